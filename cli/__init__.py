@@ -1,0 +1,1 @@
+"""pyjob command-line front end."""

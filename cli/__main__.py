@@ -1,0 +1,3 @@
+from pyjob.cli.main import main
+
+main()

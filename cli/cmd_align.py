@@ -1,0 +1,118 @@
+"""`pyjob align`: the next boundary of an interval grid, optionally waiting for it."""
+
+from __future__ import annotations
+
+import click
+from pyjob.core.clock import sleep_until
+from pyjob.core.durations import format_duration, humanize
+from pyjob.core.errors import InputError
+from pyjob.core.schedule import Parts, Schedule, build, iso, to_us
+from pyjob.core.timeparse import parse_datetime
+from pyjob.core.zones import get_zone, job_zone_name
+
+from .env import get_env
+from .exitcodes import ExitCode
+from .options import ZONE
+
+
+@click.command("align")
+@click.argument("interval", metavar="INTERVAL")
+@click.option("--offset", metavar="DURATION", help="Shift the grid, e.g. 5m --offset 30s.")
+@click.option(
+    "--tz",
+    type=ZONE,
+    metavar="ZONE",
+    help="Zone whose midnight starts the grid when INTERVAL divides a day.",
+)
+@click.option("--from", "from_", metavar="DATETIME", help="Count from this instant instead of now.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    default=False,
+    help="Sleep until the boundary, then exit 0 (a countdown on a terminal).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["iso", "unix", "json"]),
+    default="iso",
+    show_default=True,
+    help="iso (local, with offset), unix seconds, or json.",
+)
+def align_cmd(
+    interval: str, offset: str | None, tz: str | None, from_: str | None, wait: bool, fmt: str
+) -> None:
+    """Print the next boundary of the INTERVAL grid that `run --every INTERVAL --align` uses.
+
+    The grid restarts at every local midnight when INTERVAL divides 24h (so 1h lands on :00 local,
+    also in +05:30 zones), and counts from the Unix epoch otherwise. `pyjob align 5m --wait && cmd`
+    starts cmd on the next 5-minute boundary; Ctrl-C while waiting exits 130.
+    """
+    env = get_env()
+    clock = env.clock
+    now = clock.now()
+    zone_name = job_zone_name(tz, None, env.environ)
+    if from_ is not None:
+        try:
+            now = parse_datetime(from_, get_zone(zone_name), now)
+        except InputError as e:
+            raise click.BadParameter(e.message, param_hint="'--from'") from None
+    try:
+        spec = build(
+            Parts(kind="every", value=interval, align=True, offset=offset),
+            tz=zone_name,
+            env=env.environ,
+            now=now,
+        )
+    except InputError as e:
+        raise click.BadParameter(e.message, param_hint="'INTERVAL' or '--offset'") from None
+    boundary = Schedule(spec).next_tick(now)
+    assert boundary is not None
+    zone = get_zone(zone_name)
+    if fmt == "iso":
+        click.echo(iso(boundary, zone))
+    elif fmt == "unix":
+        us = to_us(boundary)
+        click.echo(str(us // 1_000_000) if us % 1_000_000 == 0 else f"{us / 1e6:.6f}")
+    else:
+        from .render import echo_json
+
+        echo_json(
+            {
+                "boundary": iso(boundary, zone),
+                "utc": iso(boundary),
+                "unix": to_us(boundary) / 1e6,
+                "interval": format_duration(spec.rule.every),  # type: ignore[union-attr]
+                "offset": format_duration(spec.rule.offset),  # type: ignore[union-attr]
+                "grid": "local-midnight" if spec.zone else "unix-epoch",
+                "zone": zone_name,
+                "wait_seconds": max(0.0, (boundary - now).total_seconds()),
+            }
+        )
+    if not wait:
+        return
+    try:
+        if env.err_is_terminal():
+            _countdown(env, boundary)
+        sleep_until(clock, boundary)
+    except KeyboardInterrupt:
+        if env.err_is_terminal():
+            click.echo("", err=True)
+        raise click.exceptions.Exit(int(ExitCode.INTERRUPTED)) from None
+
+
+def _countdown(env: object, boundary: object) -> None:
+    """A live one-line countdown on stderr, redrawn a few times a second until the boundary."""
+    from datetime import datetime
+
+    from .env import Env
+
+    assert isinstance(env, Env) and isinstance(boundary, datetime)
+    clock = env.clock
+    while True:
+        remaining = (boundary - clock.now()).total_seconds()
+        if remaining <= 0.3:
+            break
+        click.echo(f"\rwaiting {humanize(remaining):>8} for {iso(boundary)} ", err=True, nl=False)
+        clock.sleep(min(0.25, remaining - 0.25))
+    click.echo("\r" + " " * 60 + "\r", err=True, nl=False)

@@ -1,0 +1,118 @@
+"""`pyjob next`: preview a schedule's next ticks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from pyjob.core.describe import describe
+from pyjob.core.durations import humanize
+from pyjob.core.schedule import Schedule, Tick, derive_job_id, iso, to_us
+
+from .env import get_env
+from .options import build_spec, schedule_options
+from .render import echo_json, table
+
+
+def _note(tick: Tick) -> str:
+    if tick.moved_from is not None:
+        return f"DST gap: moved from {tick.moved_from:%H:%M}"
+    if tick.repeated:
+        return "DST: repeated hour"
+    return ""
+
+
+@click.command("next")
+@click.argument("expr", required=False, metavar="[EXPR]")
+@schedule_options
+@click.option(
+    "-n",
+    "--count",
+    type=click.IntRange(1, 100_000),
+    default=5,
+    show_default=True,
+    help="How many ticks to show.",
+)
+@click.option(
+    "--from",
+    "from_",
+    metavar="DATETIME",
+    help="Count from this instant instead of now (ISO 8601; naive means the job's zone).",
+)
+@click.option(
+    "--name",
+    metavar="JOB",
+    help="Job id for H fields and random intervals "
+    "(default: derived from the schedule, as `pyjob run` does for a command-less job).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "plain", "json"]),
+    default="table",
+    show_default=True,
+    help="table for people, plain (one ISO 8601 instant per line) or json.",
+)
+def next_cmd(
+    expr: str | None, count: int, from_: str | None, name: str | None, fmt: str, **kw: Any
+) -> None:
+    """Show the next ticks of a schedule.
+
+    EXPR is a cron expression or a phrase ('every 5m align', 'daily at 09:00'); the schedule
+    options build the same. Ticks that a DST gap moved, or that sit in a repeated hour, are marked.
+
+    \b
+    Examples:
+      pyjob next "0 * * * *"
+      pyjob next "CRON_TZ=America/New_York 30 2 * * *" --from 2026-03-07 -n 3
+      pyjob next --every 1h --align --tz Asia/Kolkata --format plain
+    """
+    env = get_env()
+    spec, now = build_spec(expr, kw, from_)
+    schedule = Schedule(spec, job_id=name or derive_job_id(spec), anchor=now)
+    ticks = list(schedule.ticks(now, count))
+    zone = schedule.zone
+    if fmt == "plain":
+        for tick in ticks:
+            click.echo(iso(tick.instant, zone))
+        return
+    if fmt == "json":
+        echo_json(
+            {
+                "schedule": str(spec),
+                "description": describe(spec),
+                "zone": str(zone),
+                "from": iso(now),
+                "ticks": [
+                    {
+                        "local": iso(t.instant, zone),
+                        "utc": iso(t.instant),
+                        "unix": to_us(t.instant) / 1e6,
+                        "in_seconds": (t.instant - now).total_seconds(),
+                        "dst": "gap" if t.moved_from else ("repeated" if t.repeated else None),
+                        "moved_from": t.moved_from.isoformat() if t.moved_from else None,
+                    }
+                    for t in ticks
+                ],
+            }
+        )
+        return
+    rows = []
+    for i, tick in enumerate(ticks, 1):
+        local = tick.instant.astimezone(zone)
+        rows.append(
+            [
+                str(i),
+                local.strftime("%a %Y-%m-%d %H:%M:%S")
+                + (f".{local.microsecond:06d}" if local.microsecond else "")
+                + " "
+                + (local.tzname() or ""),
+                iso(tick.instant),
+                "in " + humanize((tick.instant - now).total_seconds()),
+                _note(tick),
+            ]
+        )
+    title = [("Schedule", str(spec)), ("Means", describe(spec))]
+    if not ticks:
+        title.append(("Ticks", "none: the schedule has ended"))
+    table(env, ["#", "Local", "UTC", "When", "Note"], rows, title)

@@ -1,0 +1,42 @@
+"""What the CLI takes from the outside world, in one object tests can replace (like httpie's)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import click
+from pyjob.core.clock import Clock, SystemClock
+
+
+@dataclass
+class Env:
+    clock: Clock = field(default_factory=SystemClock)
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    stdout_terminal: bool | None = None  # None: ask the stream
+    stderr_terminal: bool | None = None
+
+    def out_is_terminal(self) -> bool:
+        if self.stdout_terminal is not None:
+            return self.stdout_terminal
+        return sys.stdout.isatty()
+
+    def err_is_terminal(self) -> bool:
+        if self.stderr_terminal is not None:
+            return self.stderr_terminal
+        return sys.stderr.isatty()
+
+    @property
+    def color(self) -> bool:
+        return "NO_COLOR" not in self.environ
+
+
+def get_env() -> Env:
+    ctx = click.get_current_context()
+    root = ctx.find_root()
+    if not isinstance(root.obj, Env):
+        root.obj = Env() if root.obj is None else root.obj
+    assert isinstance(root.obj, Env)
+    return root.obj

@@ -1,0 +1,66 @@
+"""The `pyjob` command group: global options, and core errors mapped to exit codes."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from pyjob.core import __version__
+from pyjob.core.errors import PyjobError
+
+from .errors import CliError
+from .exitcodes import ExitCode
+
+# Subcommands are imported only when invoked, so `pyjob --version` and shell completion stay fast.
+_COMMANDS = {
+    "next": ("pyjob.cli.cmd_next", "next_cmd"),
+    "validate": ("pyjob.cli.cmd_validate", "validate_cmd"),
+    "align": ("pyjob.cli.cmd_align", "align_cmd"),
+}
+
+
+class PyjobGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in _COMMANDS:
+            return None
+        import importlib
+
+        module, attr = _COMMANDS[cmd_name]
+        command = getattr(importlib.import_module(module), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PyjobError as e:
+            from .env import get_env
+
+            raise CliError(e, terminal=get_env().err_is_terminal()) from None
+
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "PYJOB"}
+
+
+@click.group(cls=PyjobGroup, context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "-V", "--version", prog_name="pyjob")
+def cli() -> None:
+    """Run commands on schedules across one or many machines, exactly once per tick.
+
+    Schedules are cron expressions ('0 * * * *', '0 30 9 * * MON-FRI' with seconds first,
+    '@daily') or phrases ('every 5m', 'every 1h align', 'daily at 09:00', 'weekly on MON at
+    08:00', 'monthly on -1 at 23:00', 'once at 2026-12-24T18:00'). The same text, or the
+    equivalent options (--every 5m --align), works in every command.
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(args=argv, prog_name="pyjob")
+    except KeyboardInterrupt:  # pragma: no cover - click turns most into Abort
+        sys.exit(int(ExitCode.INTERRUPTED))

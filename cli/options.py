@@ -1,0 +1,207 @@
+"""Click parameter types and the schedule options every schedule-taking command shares.
+
+Validation happens at the edge (a ParamType's ``convert`` calls ``self.fail``), and every type
+calls the same core parser the schedule text goes through, so errors read the same everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+from pyjob.core.durations import parse_duration
+from pyjob.core.errors import InputError
+from pyjob.core.schedule import Parts, Spec, build, split
+
+from .env import get_env
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class DurationType(click.ParamType):
+    name = "duration"
+
+    def __init__(self, allow_zero: bool = False) -> None:
+        self.allow_zero = allow_zero
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_duration(str(value), allow_zero=self.allow_zero)
+        except InputError as e:
+            self.fail(e.message, param, ctx)
+
+
+class ZoneType(click.ParamType):
+    name = "zone"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from pyjob.core.zones import get_zone
+
+        try:
+            get_zone(str(value))
+        except InputError as e:
+            self.fail(e.message, param, ctx)
+        return str(value).strip()
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[Any]:
+        from click.shell_completion import CompletionItem
+        from pyjob.core.zones import zone_names
+
+        return [CompletionItem(n) for n in zone_names() if n.startswith(incomplete)]
+
+
+DURATION = DurationType()
+DURATION_OR_ZERO = DurationType(allow_zero=True)
+ZONE = ZoneType()
+
+_KIND_OPTIONS = ("cron", "every", "daily", "weekly", "monthly", "once")
+
+
+def schedule_options(f: F) -> F:
+    """The schedule options of DESIGN §2, shared by run, next and validate."""
+    options = [
+        click.option(
+            "--cron", metavar="EXPR", help="Cron expression (5 fields, or 6 with seconds first)."
+        ),
+        click.option(
+            "--every",
+            metavar="DURATION",
+            help="Fixed interval like 5m or 1h30m, or a random one MIN..MAX like 1m..5m.",
+        ),
+        click.option(
+            "--align",
+            is_flag=True,
+            default=False,
+            help="With --every: fire on grid boundaries (from local midnight when the interval "
+            "divides a day, else from the Unix epoch), the same on every host.",
+        ),
+        click.option(
+            "--offset",
+            metavar="DURATION",
+            help="With --every --align: shift the grid, e.g. --every 1h --align --offset 15m.",
+        ),
+        click.option("--daily", is_flag=True, default=False, help="Every day at the --at times."),
+        click.option(
+            "--weekly",
+            metavar="DAYS",
+            help="On these weekdays at the --at times, e.g. MON,FRI or MON-FRI.",
+        ),
+        click.option(
+            "--monthly",
+            metavar="DAYS",
+            help="On these days of the month at the --at times; negative counts from the end "
+            "(-1 is the last day). A day a month lacks is skipped that month.",
+        ),
+        click.option(
+            "--at",
+            "at",
+            metavar="HH:MM[:SS]",
+            multiple=True,
+            help="Times of day for --daily/--weekly/--monthly (repeatable, or comma-separated). "
+            "Default 00:00.",
+        ),
+        click.option(
+            "--interval",
+            metavar="N",
+            help="Every N days/weeks/months, counted from 1970-01-01 (weeks from Monday "
+            "1970-01-05), so all hosts agree which are on.",
+        ),
+        click.option(
+            "--once",
+            metavar="DATETIME",
+            multiple=True,
+            help="Run once at this ISO 8601 date-time (repeatable); naive means the job's zone.",
+        ),
+        click.option(
+            "--tz",
+            type=ZONE,
+            metavar="ZONE",
+            help="The job's time zone (IANA name). Default: CRON_TZ= in the expression, else "
+            "$PYJOB_TZ, else the system zone.",
+        ),
+        click.option("--start-at", metavar="DATETIME", help="No tick before this instant."),
+        click.option(
+            "--stop-at",
+            metavar="DATETIME",
+            help="No tick after this instant (a tick may equal it).",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def schedule_parts(expr: str | None, kw: dict[str, Any]) -> tuple[Parts, str | None]:
+    """Parts from a positional expression and/or the schedule options; the --tz override."""
+    given = []
+    if expr is not None:
+        given.append("EXPR")
+    for name in _KIND_OPTIONS:
+        value = kw.get(name)
+        if value:
+            given.append(f"--{name}")
+    if len(given) > 1:
+        raise click.UsageError(
+            f"conflicting schedules: {' and '.join(given)} (give exactly one schedule)"
+        )
+    if expr is not None:
+        parts = split(expr)
+    elif kw.get("cron"):
+        parts = Parts(kind="cron", value=kw["cron"])
+        if kw["cron"].strip().upper().startswith(("CRON_TZ=", "TZ=")):
+            parts = split(kw["cron"])
+            if parts.kind != "cron":
+                raise click.UsageError(f"--cron {kw['cron']!r} is not a cron expression")
+    elif kw.get("every"):
+        parts = Parts(kind="every", value=kw["every"])
+    elif kw.get("daily"):
+        parts = Parts(kind="daily")
+    elif kw.get("weekly"):
+        parts = Parts(kind="weekly", value=kw["weekly"])
+    elif kw.get("monthly"):
+        parts = Parts(kind="monthly", value=kw["monthly"])
+    elif kw.get("once"):
+        parts = Parts(kind="once", value=",".join(kw["once"]))
+    else:
+        raise click.UsageError(
+            "no schedule: give an expression like '0 * * * *' or 'every 5m', or one of "
+            "--cron, --every, --daily, --weekly, --monthly, --once"
+        )
+    if kw.get("align"):
+        parts.align = True
+    if kw.get("offset") is not None:
+        parts.offset = kw["offset"]
+    parts.at.extend(kw.get("at") or ())
+    for name in ("interval", "start_at", "stop_at"):
+        value = kw.get(name)
+        if value is not None:
+            if getattr(parts, name) is not None:
+                flag = "--" + name.replace("_", "-")
+                raise click.UsageError(f"{flag} given twice (in the expression and as an option)")
+            setattr(parts, name, value)
+    return parts, kw.get("tz")
+
+
+def build_spec(
+    expr: str | None, kw: dict[str, Any], from_text: str | None = None
+) -> tuple[Spec, datetime]:
+    """The schedule and the reference instant (``--from``, read in the job's zone; else now)."""
+    from pyjob.core.timeparse import parse_datetime
+    from pyjob.core.zones import get_zone, job_zone_name
+
+    env = get_env()
+    parts, tz = schedule_parts(expr, kw)
+    now = env.clock.now()
+    if from_text is not None:
+        zone = get_zone(job_zone_name(tz, parts.tz or parts.prefix_tz, env.environ))
+        try:
+            now = parse_datetime(from_text, zone, now)
+        except InputError as e:
+            raise click.BadParameter(e.message, param_hint="'--from'") from None
+    return build(parts, tz=tz, env=env.environ, now=now), now

@@ -1,0 +1,399 @@
+"""Cron expressions: pyjob's parser and DST semantics in front of croniter.
+
+croniter computes which wall-clock times match the fields; pyjob decides which instants those are
+(DESIGN §2-3), because croniter's own defaults differ from Vixie/Debian cron in ways users notice:
+
+- ``a-a`` means ``a`` (croniter reads it as "every").
+- Day-of-month and day-of-week: if either field starts with ``*`` both must match, otherwise
+  either may (Vixie cron). croniter gets ``day_or`` set accordingly.
+- A fixed time (minute and hour fields both not starting with ``*``) in a spring-forward gap fires
+  once at the first instant after the gap; in a repeated fall-back hour, once at its first
+  occurrence. This is Debian cron's rule, as cronsim implements it.
+- Wildcard minute or hour fields follow elapsed time: the instants whose local wall time matches,
+  so ``0 * * * *`` fires every real hour, twice in a repeated hour and never in a gap.
+
+Fields are parsed here (not by croniter) so that every error names its field and bad token:
+"bad minute '61' (0-59)".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any
+
+from .errors import ScheduleError
+from .zones import next_transition, offset_at, resolve_wall
+
+_MONTHS = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
+_DAYS = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    lo: int
+    hi: int
+    names: dict[str, int]
+
+    @property
+    def range_text(self) -> str:
+        return f"{self.lo}-{self.hi}"
+
+
+SECOND = Field("second", 0, 59, {})
+MINUTE = Field("minute", 0, 59, {})
+HOUR = Field("hour", 0, 23, {})
+DOM = Field("day-of-month", 1, 31, {})
+MONTH = Field("month", 1, 12, {n: i + 1 for i, n in enumerate(_MONTHS)})
+DOW = Field("day-of-week", 0, 7, {n: i for i, n in enumerate(_DAYS)})
+FIELDS_5 = (MINUTE, HOUR, DOM, MONTH, DOW)
+FIELDS_6 = (SECOND, *FIELDS_5)
+
+DESCRIPTORS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+_ITEM = re.compile(
+    r"""^(?:
+        (?P<star>\*)
+      | (?P<hash>H)(?:\((?P<hlo>[^-()]+)-(?P<hhi>[^-()]+)\))?
+      | (?P<a>[^-/]+)(?:-(?P<b>[^-/]+))?
+    )(?:/(?P<step>.*))?$""",
+    re.VERBOSE,
+)
+_DOM_SPECIAL = re.compile(r"^(?:L|(\d{1,2})W)$")
+_DOW_SPECIAL = re.compile(r"^(?:([A-Z]{3}|\d)#(\d+)|L([A-Z]{3}|\d))$")
+
+
+def _bad(field: Field, token: str, why: str, source: str, pos: int) -> ScheduleError:
+    return ScheduleError(
+        f"bad {field.name} '{token}' ({why})", source=source, pos=pos, length=len(token)
+    )
+
+
+def _value(field: Field, token: str, source: str, pos: int) -> int:
+    up = token.upper()
+    if up in field.names:
+        return field.names[up]
+    if not token.isdigit():
+        allowed = field.range_text
+        if field.names:
+            allowed += " or " + "-".join((next(iter(field.names)), list(field.names)[-1]))
+        raise _bad(field, token, allowed, source, pos)
+    v = int(token)
+    if not field.lo <= v <= field.hi:
+        raise _bad(field, token, field.range_text, source, pos)
+    return v
+
+
+def _name_or_number(field: Field, token: str, v: int) -> str:
+    return token.upper() if token.upper() in field.names else str(v)
+
+
+def _parse_item(field: Field, item: str, source: str, pos: int) -> str:
+    """Validate one comma-separated item and return its normalized text."""
+    up = item.upper()
+    if field is DOM and _DOM_SPECIAL.match(up):
+        m = _DOM_SPECIAL.match(up)
+        assert m is not None
+        if m.group(1) is not None:
+            day = int(m.group(1))
+            if not 1 <= day <= 31:
+                raise _bad(field, item, "nW needs a day 1-31", source, pos)
+            return f"{day}W"
+        return "L"
+    if field is DOW and _DOW_SPECIAL.match(up):
+        m = _DOW_SPECIAL.match(up)
+        assert m is not None
+        if m.group(1) is not None:
+            day = _value(field, m.group(1), source, pos)
+            nth = int(m.group(2))
+            if not 1 <= nth <= 5:
+                raise _bad(field, item, "the n in day#n is 1-5", source, pos)
+            return f"{_name_or_number(field, m.group(1), day)}#{nth}"
+        day = _value(field, m.group(3), source, pos + 1)
+        return f"L{_name_or_number(field, m.group(3), day)}"
+    if item == "?":
+        return "*"
+    m = _ITEM.match(up)
+    if m is None or not item:
+        raise _bad(field, item, f"{field.range_text}, a range a-b, a list, or */n", source, pos)
+    step_text = m.group("step")
+    step_norm = ""
+    if step_text is not None:
+        span = field.hi - field.lo + 1
+        if not step_text.isdigit() or not 1 <= int(step_text) <= span:
+            raise _bad(field, item, f"the step after / is 1-{span}", source, pos)
+        step_norm = f"/{int(step_text)}"
+    if m.group("star"):
+        return "*" + step_norm
+    if m.group("hash"):
+        if m.group("hlo") is not None:
+            lo = _value(field, m.group("hlo"), source, pos)
+            hi = _value(field, m.group("hhi"), source, pos)
+            if lo > hi:
+                raise _bad(field, item, "range start after its end", source, pos)
+            return f"H({lo}-{hi}){step_norm}"
+        return "H" + step_norm
+    a_tok, b_tok = m.group("a"), m.group("b")
+    a = _value(field, item[: len(a_tok)], source, pos)
+    if b_tok is None:
+        return _name_or_number(field, a_tok, a) + step_norm
+    b = _value(field, b_tok, source, pos + len(a_tok) + 1)
+    if a > b:
+        raise _bad(field, item, "range start after its end", source, pos)
+    a_text = _name_or_number(field, a_tok, a)
+    if a == b and not step_norm:
+        return a_text  # "a-a" is "a"; croniter would read it as "every"
+    return f"{a_text}-{_name_or_number(field, b_tok, b)}{step_norm}"
+
+
+def _parse_field(field: Field, text: str, source: str, pos: int) -> str:
+    items = []
+    offset = 0
+    for item in text.split(","):
+        if not item:
+            raise _bad(field, text, "empty item in list", source, pos + offset)
+        items.append(_parse_item(field, item, source, pos + offset))
+        offset += len(item) + 1
+    return ",".join(items)
+
+
+@dataclass(frozen=True)
+class CronExpr:
+    """A validated cron expression in normalized text (names upper-case, ``?`` as ``*``)."""
+
+    fields: tuple[str, ...]  # 5 fields, or 6 with seconds first
+
+    def __str__(self) -> str:
+        return " ".join(self.fields)
+
+    @property
+    def has_seconds(self) -> bool:
+        return len(self.fields) == 6
+
+    def _f(self, index_5: int) -> str:
+        return self.fields[index_5 + (1 if self.has_seconds else 0)]
+
+    @property
+    def minute(self) -> str:
+        return self._f(0)
+
+    @property
+    def hour(self) -> str:
+        return self._f(1)
+
+    @property
+    def dom(self) -> str:
+        return self._f(2)
+
+    @property
+    def month(self) -> str:
+        return self._f(3)
+
+    @property
+    def dow(self) -> str:
+        return self._f(4)
+
+    @property
+    def fixed_time(self) -> bool:
+        """Debian cron's "fixed-time job": DST gap and repeat rules apply (module doc)."""
+        return not self.minute.startswith("*") and not self.hour.startswith("*")
+
+    @property
+    def day_or(self) -> bool:
+        """Vixie cron: day-of-month OR day-of-week, unless either starts with ``*``."""
+        return not (self.dom.startswith("*") or self.dow.startswith("*"))
+
+    @property
+    def both_days_restricted(self) -> bool:
+        return self.day_or
+
+    @property
+    def uses_hash(self) -> bool:
+        return any("H" in f.replace("THU", "").replace("SAT", "") for f in self.fields)
+
+
+def parse_cron(text: str, source: str | None = None, base: int = 0) -> CronExpr:
+    """Parse 5 fields, or 6 with seconds first (gocron, Quartz) at ``base`` in ``source``."""
+    source = text if source is None else source
+    parts: list[tuple[str, int]] = [
+        (m.group(), m.start() + base) for m in re.finditer(r"\S+", text)
+    ]
+    if len(parts) not in (5, 6):
+        raise ScheduleError(
+            f"a cron expression has 5 fields (minute hour day-of-month month day-of-week) or 6 "
+            f"with seconds first; got {len(parts)} in '{text.strip()}'",
+            source=source,
+            pos=base,
+            length=max(1, len(text)),
+        )
+    fields = FIELDS_6 if len(parts) == 6 else FIELDS_5
+    normalized = tuple(
+        _parse_field(f, tok, source, pos) for f, (tok, pos) in zip(fields, parts, strict=True)
+    )
+    expr = CronExpr(normalized)
+    _check_fires(expr, source, base, len(text))
+    return expr
+
+
+def _hash_value(job_id: str, index: int, lo: int, hi: int) -> int:
+    digest = hashlib.sha256(f"{job_id}\0{index}".encode()).digest()
+    return lo + int.from_bytes(digest[:8], "big") % (hi - lo + 1)
+
+
+_UTC_NAMES = frozenset({"UTC", "Etc/UTC", "GMT", "Etc/GMT", "UCT", "Etc/UCT", "Zulu", "Universal"})
+_HASH_ITEM = re.compile(r"^H(?:\((\d+)-(\d+)\))?(?:/(\d+))?$")
+
+
+def resolve_hash(expr: CronExpr, job_id: str) -> str:
+    """croniter's expression: ``H`` replaced by values hashed from the job id (Jenkins' H).
+
+    ``H`` is one value in the field's range; ``H(a-b)`` one in a-b; ``H/n`` every n starting at a
+    hashed offset below n; ``H(a-b)/n`` the same inside a-b.
+    """
+    fields = FIELDS_6 if expr.has_seconds else FIELDS_5
+    out = []
+    for index, (field, text) in enumerate(zip(fields, expr.fields, strict=True)):
+        items = []
+        for item in text.split(","):
+            m = _HASH_ITEM.match(item)
+            if m is None:
+                items.append(item)
+                continue
+            lo, hi = field.lo, (6 if field is DOW else field.hi)
+            if field is DOM:
+                hi = 28  # a hashed day exists in every month
+            if m.group(1) is not None:
+                lo, hi = int(m.group(1)), int(m.group(2))
+            if m.group(3) is None:
+                items.append(str(_hash_value(job_id, index, lo, hi)))
+            else:
+                step = int(m.group(3))
+                start = _hash_value(job_id, index, lo, min(hi, lo + step - 1))
+                items.append(f"{start}-{hi}/{step}" if start < hi else str(start))
+        out.append(",".join(items))
+    return " ".join(out)
+
+
+def _croniter(text: str, has_seconds: bool, day_or: bool, start: datetime) -> Any:
+    from croniter import croniter  # imported on first use: `pyjob align` never needs it
+
+    return croniter(
+        text,
+        start,
+        ret_type=datetime,
+        day_or=day_or,
+        second_at_beginning=has_seconds,
+        max_years_between_matches=50,
+    )
+
+
+def _check_fires(expr: CronExpr, source: str, base: int, length: int) -> None:
+    """An expression that can never fire (``0 0 31 2 *``) is an error now, not a hang later."""
+    from croniter import CroniterBadDateError, CroniterError
+
+    text = resolve_hash(expr, "validate")
+    try:
+        _croniter(text, expr.has_seconds, expr.day_or, datetime(2000, 1, 1)).get_next()
+    except CroniterBadDateError:
+        raise ScheduleError(
+            f"'{expr}' can never fire: no date matches its day-of-month, month and "
+            "day-of-week fields",
+            source=source,
+            pos=base,
+            length=length,
+        ) from None
+    except CroniterError as e:
+        raise ScheduleError(
+            f"bad cron expression '{expr}': {e}", source=source, pos=base, length=length
+        ) from e
+
+
+class CronTicks:
+    """``next_tick(after)`` for one cron expression in one zone, with pyjob's DST rules.
+
+    croniter iterates naive wall-clock times; this maps them to instants. Consecutive calls are
+    served from the same croniter iterator when the caller continues from the last tick, which is
+    what an executor and ``pyjob next`` do.
+    """
+
+    def __init__(self, expr: CronExpr, zone: tzinfo, job_id: str = "") -> None:
+        self.expr = expr
+        self.zone = zone
+        self._text = resolve_hash(expr, job_id)
+        self._iter: Any = None
+        self._iter_last: datetime | None = None  # the naive value the iterator last returned
+        # UTC has one offset forever: its wall clock is elapsed time, no DST mapping needed.
+        self._fixed_offset = zone is UTC or str(zone) in _UTC_NAMES
+
+    def _next_wall(self, naive: datetime) -> datetime:
+        """The first matching wall-clock time strictly after ``naive`` (whole seconds)."""
+        naive = naive.replace(microsecond=0)
+        if self._iter is None or self._iter_last != naive:
+            self._iter = _croniter(self._text, self.expr.has_seconds, self.expr.day_or, naive)
+        nxt: datetime = self._iter.get_next()
+        self._iter_last = nxt
+        return nxt
+
+    def next_wall(self, after: datetime) -> tuple[datetime, datetime | None]:
+        """The next tick strictly after ``after``, and the wall time a DST gap moved it from."""
+        after = after.astimezone(UTC)
+        if self._fixed_offset:
+            off = offset_at(after, self.zone)
+            wall = self._next_wall((after + off).replace(tzinfo=None))
+            return (wall - off).replace(tzinfo=UTC), None
+        if self.expr.fixed_time:
+            return self._next_fixed(after)
+        return self._next_elapsed(after), None
+
+    def _next_fixed(self, after: datetime) -> tuple[datetime, datetime | None]:
+        # Wall times at or before after's own wall time can never land after it (a wall time
+        # earlier than after's maps to an instant before it, even across a fall-back), so the
+        # search starts just after it; walls in a repeated hour that map to their first
+        # occurrence before ``after`` are skipped.
+        naive = after.astimezone(self.zone).replace(tzinfo=None)
+        for _ in range(100_000):
+            naive = self._next_wall(naive)
+            wall = resolve_wall(naive, self.zone)
+            if wall.instant > after:
+                return wall.instant, (naive if wall.gap else None)
+        raise ScheduleError(f"no tick found for '{self.expr}' after {after.isoformat()}")
+
+    def _next_elapsed(self, after: datetime) -> datetime:
+        # The instants whose local wall time matches. Within a stretch of constant UTC offset the
+        # wall clock is elapsed time, so croniter's next wall time maps straight back; when the
+        # candidate lies past an offset change, restart from the change.
+        t = after
+        for _ in range(10_000):
+            off = offset_at(t, self.zone)
+            naive = (t + off).replace(tzinfo=None)
+            if t != after:
+                naive -= timedelta(seconds=1)  # t is an offset change: t itself may match
+            wall = self._next_wall(naive)
+            candidate = (wall - off).replace(tzinfo=UTC)
+            if offset_at(candidate, self.zone) == off and self._same_stretch(t, candidate, off):
+                return candidate
+            t = self._offset_change(t, candidate, off)
+        raise ScheduleError(f"no tick found for '{self.expr}' after {after.isoformat()}")
+
+    def _same_stretch(self, start: datetime, end: datetime, off: timedelta) -> bool:
+        """No offset change between start and end (only checked where one could hide)."""
+        if end - start <= timedelta(days=1):
+            return offset_at(start + (end - start) / 2, self.zone) == off
+        return next_transition(self.zone, start, end) is None
+
+    def _offset_change(self, start: datetime, end: datetime, off: timedelta) -> datetime:
+        change = next_transition(self.zone, start, end)
+        if change is None:  # pragma: no cover - offset differs at end, so a change exists
+            raise AssertionError("offset changed without a transition")
+        return change.instant

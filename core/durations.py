@@ -1,0 +1,108 @@
+"""Durations written like Go's time.ParseDuration ("250ms", "1h30m", "1.5h"), plus "d" for days.
+
+Durations are kept as whole microseconds (``int``): exact arithmetic for grids, no float drift.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from .errors import DurationError
+
+US = 1
+MS = 1_000
+SECOND = 1_000_000
+MINUTE = 60 * SECOND
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+
+_UNITS = {
+    "ns": None,  # accepted by Go; below pyjob's resolution unless it sums to whole microseconds
+    "us": US,
+    "µs": US,
+    "μs": US,
+    "ms": MS,
+    "s": SECOND,
+    "m": MINUTE,
+    "h": HOUR,
+    "d": DAY,
+}
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
+# timedelta's limit, and far beyond any useful schedule.
+MAX_US = 999_999_999 * DAY
+_HINT = "like 250ms, 90s, 5m, 1h30m or 2d"
+
+
+def parse_duration(text: str, *, allow_zero: bool = False) -> int:
+    """Parse ``text`` into microseconds. Zero is an error unless ``allow_zero``; negatives are."""
+    s = text.strip()
+    if not s:
+        raise DurationError(f"empty duration ({_HINT})", source=text, pos=0)
+    if s[0] in "+-":
+        if s[0] == "-" and s[1:] and s[1:] != "0":
+            raise DurationError(f"negative duration '{text}': must be positive", source=text, pos=0)
+        s = s[1:]
+    if s == "0":
+        if allow_zero:
+            return 0
+        raise DurationError(f"zero duration '{text}': must be positive", source=text, pos=0)
+    pos = 0
+    total_ns = 0
+    while pos < len(s):
+        m = _PART.match(s, pos)
+        if m is None:
+            raise DurationError(
+                f"bad duration '{text}' at '{s[pos:]}' ({_HINT})", source=text, pos=pos
+            )
+        number, unit = m.group(1), m.group(2)
+        unit_ns = 1 if unit == "ns" else _UNITS[unit] * 1000  # type: ignore[operator]
+        whole, _, frac = number.partition(".")
+        part_ns = int(whole or "0") * unit_ns
+        if frac:
+            part_ns += int(frac) * unit_ns // 10 ** len(frac)
+        total_ns += part_ns
+        if total_ns > MAX_US * 1000:
+            raise DurationError(f"duration '{text}' is too large", source=text, pos=0)
+        pos = m.end()
+    if total_ns % 1000:
+        raise DurationError(f"duration '{text}' is finer than a microsecond", source=text, pos=0)
+    total = total_ns // 1000
+    if total == 0 and not allow_zero:
+        raise DurationError(f"zero duration '{text}': must be positive", source=text, pos=0)
+    return total
+
+
+def format_duration(us: int) -> str:
+    """The normalized text of a duration: largest units first, ``parse_duration`` reads it back."""
+    if us == 0:
+        return "0s"
+    sign = "-" if us < 0 else ""
+    us = abs(us)
+    out = []
+    for unit, size in (("d", DAY), ("h", HOUR), ("m", MINUTE), ("s", SECOND), ("ms", MS)):
+        q, us = divmod(us, size)
+        if q:
+            out.append(f"{q}{unit}")
+    if us:
+        out.append(f"{us}us")
+    return sign + "".join(out)
+
+
+def to_timedelta(us: int) -> timedelta:
+    return timedelta(microseconds=us)
+
+
+def humanize(seconds: float) -> str:
+    """A short human reading of a span: "3h 12m", "45s", "250ms"."""
+    if seconds < 0:
+        return "-" + humanize(-seconds)
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    parts = [(d, "d"), (h, "h"), (m, "m"), (s, "s")]
+    shown = [f"{v}{u}" for v, u in parts if v]
+    return " ".join(shown[:2]) if shown else "0s"

@@ -1,0 +1,174 @@
+"""Time zones and the rules for wall-clock times that DST skips or repeats.
+
+pyjob follows Debian cron's rule for times of day (DESIGN §3): a wall time inside a spring-forward
+gap happens once, at the first instant after the gap (02:30 -> 03:00); a wall time that occurs
+twice at fall-back happens once, at its first occurrence. Instants are always compared in UTC:
+Python ignores ``fold`` when it compares two aware datetimes of the same zone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from functools import lru_cache
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from .errors import ZoneError
+
+_ONE_SECOND = timedelta(seconds=1)
+
+
+@lru_cache(maxsize=256)
+def get_zone(name: str) -> ZoneInfo:
+    """The zone called ``name`` (an IANA name such as Europe/Berlin), or a ZoneError."""
+    key = name.strip()
+    if not key:
+        raise ZoneError("empty time zone name", source=name, pos=0)
+    try:
+        return ZoneInfo(key)
+    except (ZoneInfoNotFoundError, ValueError, IsADirectoryError, OSError):
+        raise ZoneError(
+            f"unknown time zone '{name}' (use an IANA name like Europe/Berlin or UTC)",
+            source=name,
+            pos=0,
+            length=len(name),
+        ) from None
+
+
+def zone_names() -> list[str]:
+    return sorted(available_timezones())
+
+
+def system_zone_name(env: Mapping[str, str] | None = None) -> str:
+    """The host's zone as an IANA name: $TZ, /etc/timezone, the /etc/localtime link, else UTC."""
+    env = os.environ if env is None else env
+    tz = env.get("TZ", "").lstrip(":")
+    if tz:
+        if tz.startswith("/"):
+            marker = "zoneinfo/"
+            if marker in tz:
+                return tz.split(marker, 1)[1]
+        else:
+            return tz
+    etc_timezone = Path("/etc/timezone")
+    try:
+        name = etc_timezone.read_text().strip()
+        if name:
+            return name
+    except OSError:
+        pass
+    try:
+        target = os.readlink("/etc/localtime")
+        if "zoneinfo/" in target:
+            return target.split("zoneinfo/", 1)[1]
+    except OSError:
+        pass
+    return "UTC"
+
+
+def job_zone_name(
+    explicit: str | None, from_expression: str | None, env: Mapping[str, str] | None = None
+) -> str:
+    """DESIGN §3: --tz, else CRON_TZ= in the expression, else $PYJOB_TZ, else the system zone."""
+    env = os.environ if env is None else env
+    for candidate in (explicit, from_expression, env.get("PYJOB_TZ")):
+        if candidate:
+            return candidate
+    return system_zone_name(env)
+
+
+def offset_at(instant: datetime, zone: tzinfo) -> timedelta:
+    off = instant.astimezone(zone).utcoffset()
+    assert off is not None
+    return off
+
+
+@dataclass(frozen=True)
+class Wall:
+    """Where a wall-clock time lands: its instant (UTC) and what DST did to it."""
+
+    instant: datetime
+    gap: bool = False  # the wall time does not exist; ``instant`` is the end of the gap
+    repeated: bool = False  # the wall time exists twice; ``instant`` is the first occurrence
+
+
+def resolve_wall(naive: datetime, zone: tzinfo) -> Wall:
+    """The instant of a wall-clock time under Debian cron's DST rule (see module doc)."""
+    first = naive.replace(tzinfo=zone, fold=0).astimezone(UTC)
+    second = naive.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    if first == second:
+        return Wall(first)
+    lo, hi = min(first, second), max(first, second)
+    if lo.astimezone(zone).replace(tzinfo=None) == naive:
+        return Wall(lo, repeated=True)
+    # In a gap: the transition lies between the two readings. Find its first whole second.
+    return Wall(_first_second_with_offset(lo, hi, offset_at(hi, zone), zone), gap=True)
+
+
+def _first_second_with_offset(
+    lo: datetime, hi: datetime, target: timedelta, zone: tzinfo
+) -> datetime:
+    """Smallest whole-second instant in (lo, hi] whose offset is ``target`` (bisection)."""
+    lo = lo.replace(microsecond=0)
+    while hi - lo > _ONE_SECOND:
+        mid = lo + (hi - lo) / 2
+        mid = mid.replace(microsecond=0)
+        if offset_at(mid, zone) == target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def is_repeated(instant: datetime, zone: tzinfo) -> bool:
+    """Whether the wall time of ``instant`` occurs twice in ``zone`` (a fall-back hour)."""
+    local = instant.astimezone(zone)
+    other = local.replace(fold=1 - local.fold)
+    return other.astimezone(UTC) != instant.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Transition:
+    instant: datetime  # first instant with the new offset
+    before: timedelta
+    after: timedelta
+
+    @property
+    def is_gap(self) -> bool:
+        return self.after > self.before
+
+
+def next_transition(
+    zone: tzinfo, after: datetime, until: datetime, step: timedelta = timedelta(hours=6)
+) -> Transition | None:
+    """The first change of UTC offset in (after, until], or None."""
+    before = offset_at(after, zone)
+    probe = after
+    while probe < until:
+        nxt = min(probe + step, until)
+        off = offset_at(nxt, zone)
+        if off != before:
+            at = _first_second_with_offset(probe, nxt, off, zone)
+            # Seconds are the resolution of the tz database; make sure we got the first change.
+            if offset_at(at - _ONE_SECOND, zone) == before or at - _ONE_SECOND <= after:
+                return Transition(at, before, offset_at(at, zone))
+            return next_transition(zone, probe, at, timedelta(minutes=1))
+        probe = nxt
+    return None
+
+
+def transitions(zone: tzinfo, start: datetime, end: datetime) -> list[Transition]:
+    out: list[Transition] = []
+    cursor = start
+    while (t := next_transition(zone, cursor, end)) is not None:
+        out.append(t)
+        cursor = t.instant
+    return out
+
+
+def local_midnight(day: date, zone: tzinfo) -> datetime:
+    """The first instant of ``day`` in ``zone`` (the gap's end where midnight is skipped)."""
+    return resolve_wall(datetime.combine(day, time()), zone).instant
