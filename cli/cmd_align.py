@@ -11,7 +11,6 @@ from pyjob.core.timeparse import parse_datetime
 from pyjob.core.zones import get_zone, job_zone_name
 
 from .env import get_env
-from .exitcodes import ExitCode
 from .options import ZONE
 
 
@@ -91,14 +90,9 @@ def align_cmd(
         )
     if not wait:
         return
-    try:
-        if env.err_is_terminal():
-            _countdown(env, boundary)
-        sleep_until(clock, boundary)
-    except KeyboardInterrupt:
-        if env.err_is_terminal():
-            click.echo("", err=True)
-        raise click.exceptions.Exit(int(ExitCode.INTERRUPTED)) from None
+    if env.err_is_terminal():
+        _countdown(env, boundary)
+    sleep_until(clock, boundary)  # Ctrl-C: the group maps KeyboardInterrupt to exit 130
 
 
 def _countdown(env: object, boundary: object) -> None:

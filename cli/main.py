@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
@@ -41,6 +40,9 @@ class PyjobGroup(click.Group):
             from .env import get_env
 
             raise CliError(e, terminal=get_env().err_is_terminal()) from None
+        except KeyboardInterrupt:
+            # Ctrl-C anywhere is 130 (128 + SIGINT), as shells report it; not Click's "Aborted!" 1.
+            raise click.exceptions.Exit(int(ExitCode.INTERRUPTED)) from None
 
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "PYJOB"}
@@ -60,7 +62,4 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    try:
-        cli.main(args=argv, prog_name="pyjob")
-    except KeyboardInterrupt:  # pragma: no cover - click turns most into Abort
-        sys.exit(int(ExitCode.INTERRUPTED))
+    cli.main(args=argv, prog_name="pyjob")

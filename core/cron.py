@@ -152,8 +152,8 @@ def _parse_item(field: Field, item: str, source: str, pos: int) -> str:
     if a > b:
         raise _bad(field, item, "range start after its end", source, pos)
     a_text = _name_or_number(field, a_tok, a)
-    if a == b and not step_norm:
-        return a_text  # "a-a" is "a"; croniter would read it as "every"
+    if a == b:
+        return a_text  # "a-a" (with any step) is "a"; croniter would read it as "every"
     return f"{a_text}-{_name_or_number(field, b_tok, b)}{step_norm}"
 
 
@@ -162,7 +162,7 @@ def _parse_field(field: Field, text: str, source: str, pos: int) -> str:
     offset = 0
     for item in text.split(","):
         if not item:
-            raise _bad(field, text, "empty item in list", source, pos + offset)
+            raise _bad(field, text, "empty item in list", source, pos)
         items.append(_parse_item(field, item, source, pos + offset))
         offset += len(item) + 1
     return ",".join(items)
@@ -256,7 +256,7 @@ _HASH_ITEM = re.compile(r"^H(?:\((\d+)-(\d+)\))?(?:/(\d+))?$")
 
 
 def resolve_hash(expr: CronExpr, job_id: str) -> str:
-    """croniter's expression: ``H`` replaced by values hashed from the job id (Jenkins' H).
+    """The expression with ``H`` replaced by values hashed from the job id (Jenkins' H).
 
     ``H`` is one value in the field's range; ``H(a-b)`` one in a-b; ``H/n`` every n starting at a
     hashed offset below n; ``H(a-b)/n`` the same inside a-b.
@@ -285,6 +285,58 @@ def resolve_hash(expr: CronExpr, job_id: str) -> str:
     return " ".join(out)
 
 
+def _values(field: Field, text: str) -> set[int] | None:
+    """The values a plain field (numbers, names, ranges, steps) selects; None with L, W or #."""
+
+    def number(token: str) -> int | None:
+        if token in field.names:
+            return field.names[token]
+        return int(token) if token.isdigit() else None
+
+    out: set[int] = set()
+    for item in text.split(","):
+        base, _, step_text = item.partition("/")
+        step = int(step_text) if step_text else 1
+        if base == "*":
+            lo, hi = field.lo, field.hi
+        else:
+            lo_text, dash, hi_text = base.partition("-")
+            lo_value = number(lo_text)
+            hi_value = number(hi_text) if dash else (field.hi if step_text else lo_value)
+            if lo_value is None or hi_value is None:
+                return None
+            lo, hi = lo_value, hi_value
+        out.update(range(lo, hi + 1, step))
+    if field is DOW and 7 in out:
+        out = (out - {7}) | {0}
+    return out
+
+
+def croniter_expression(expr: CronExpr, job_id: str) -> tuple[str, bool]:
+    """What croniter is given: H resolved, and day fields it reads the way Vixie cron does.
+
+    Under OR semantics croniter ignores a day field that is full or contains a ``*`` item
+    (``SUN-6``, ``11-25,*/2``) and keeps only the other one; Vixie cron ORs them. So a full day
+    field makes every day match (``* *``), and ``*`` items inside lists are spelled out.
+    """
+    fields = resolve_hash(expr, job_id).split()
+    if not expr.day_or:
+        return " ".join(fields), False
+    i = 3 if expr.has_seconds else 2
+    j = i + 2
+    dom, dow = _values(DOM, fields[i]), _values(DOW, fields[j])
+    if dom == set(range(1, 32)) or dow == set(range(7)):
+        fields[i] = fields[j] = "*"
+        return " ".join(fields), False
+    fields[i] = ",".join(
+        ("1-31" + it[1:]) if it.startswith("*") else it for it in fields[i].split(",")
+    )
+    fields[j] = ",".join(
+        ("0-6" + it[1:]) if it.startswith("*") else it for it in fields[j].split(",")
+    )
+    return " ".join(fields), True
+
+
 def _croniter(text: str, has_seconds: bool, day_or: bool, start: datetime) -> Any:
     from croniter import croniter  # imported on first use: `pyjob align` never needs it
 
@@ -302,9 +354,9 @@ def _check_fires(expr: CronExpr, source: str, base: int, length: int) -> None:
     """An expression that can never fire (``0 0 31 2 *``) is an error now, not a hang later."""
     from croniter import CroniterBadDateError, CroniterError
 
-    text = resolve_hash(expr, "validate")
+    text, day_or = croniter_expression(expr, "validate")
     try:
-        _croniter(text, expr.has_seconds, expr.day_or, datetime(2000, 1, 1)).get_next()
+        _croniter(text, expr.has_seconds, day_or, datetime(2000, 1, 1)).get_next()
     except CroniterBadDateError:
         raise ScheduleError(
             f"'{expr}' can never fire: no date matches its day-of-month, month and "
@@ -330,7 +382,7 @@ class CronTicks:
     def __init__(self, expr: CronExpr, zone: tzinfo, job_id: str = "") -> None:
         self.expr = expr
         self.zone = zone
-        self._text = resolve_hash(expr, job_id)
+        self._text, self._day_or = croniter_expression(expr, job_id)
         self._iter: Any = None
         self._iter_last: datetime | None = None  # the naive value the iterator last returned
         # UTC has one offset forever: its wall clock is elapsed time, no DST mapping needed.
@@ -340,7 +392,7 @@ class CronTicks:
         """The first matching wall-clock time strictly after ``naive`` (whole seconds)."""
         naive = naive.replace(microsecond=0)
         if self._iter is None or self._iter_last != naive:
-            self._iter = _croniter(self._text, self.expr.has_seconds, self.expr.day_or, naive)
+            self._iter = _croniter(self._text, self.expr.has_seconds, self._day_or, naive)
         nxt: datetime = self._iter.get_next()
         self._iter_last = nxt
         return nxt

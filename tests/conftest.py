@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from pyjob.cli.env import Env
+from pyjob.cli.main import cli
+from pyjob.core.clock import FakeClock
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = datetime(2026, 11, 27, 22, 0, tzinfo=UTC)  # a fixed "now" for CLI tests
+
+
+def pyjob_exe() -> list[str]:
+    """The installed console script of the interpreter running the tests."""
+    exe = Path(sys.executable).parent / "pyjob"
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("pyjob")
+    return [found] if found else [sys.executable, "-m", "pyjob.cli"]
+
+
+@dataclass
+class Invoker:
+    clock: FakeClock
+    environ: dict[str, str]
+
+    def __call__(self, args: Sequence[str], *, terminal: bool = False) -> Result:
+        env = Env(
+            clock=self.clock,
+            environ=self.environ,
+            stdout_terminal=terminal,
+            stderr_terminal=terminal,
+        )
+        runner = CliRunner()
+        return runner.invoke(cli, list(args), obj=env, catch_exceptions=False, env=self.environ)
+
+
+@pytest.fixture
+def invoke() -> Callable[..., Result]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PYJOB_")}
+    environ.update({"TZ": "UTC", "NO_COLOR": "1"})
+    return Invoker(FakeClock(NOW), environ)

@@ -1,0 +1,30 @@
+"""The README, --help and CI agree."""
+
+from __future__ import annotations
+
+import re
+
+from pyjob.cli import docgen
+
+from .conftest import ROOT
+
+
+def test_readme_reference_is_generated_from_help() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert docgen.render(readme) == readme, "run: python -m pyjob.cli.docgen"
+
+
+def test_readme_has_exactly_two_setup_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert readme.count("<!-- main-command -->") == 1
+    assert readme.count("<!-- test-command -->") == 1
+    for marker in ("main-command", "test-command"):
+        block = re.search(rf"<!-- {marker} -->\n```sh\n(.+?)\n```", readme, re.S)
+        assert block is not None and "\n" not in block.group(1), marker
+
+
+def test_ci_runs_the_readme_test_command_and_linters() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "<!-- test-command -->" in ci and 'eval "$test_command"' in ci
+    for tool in ("ruff check .", "ruff format --check .", "mypy core", "docgen --check"):
+        assert tool in ci
