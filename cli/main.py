@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -16,6 +17,7 @@ _COMMANDS = {
     "next": ("pyjob.cli.cmd_next", "next_cmd"),
     "validate": ("pyjob.cli.cmd_validate", "validate_cmd"),
     "align": ("pyjob.cli.cmd_align", "align_cmd"),
+    "run": ("pyjob.cli.cmd_run", "run_cmd"),
 }
 
 
@@ -61,5 +63,16 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
-    cli.main(args=argv, prog_name="pyjob")
+    """Console-script entry point: one `Error:` line for every error (no usage block), the exit
+    codes of DESIGN §7."""
+    try:
+        rv = cli.main(args=argv, prog_name="pyjob", standalone_mode=False)
+    except click.UsageError as e:
+        click.echo(f"Error: {e.format_message()}", err=True)
+        sys.exit(int(ExitCode.USAGE))
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.Abort:
+        sys.exit(int(ExitCode.INTERRUPTED))
+    sys.exit(rv if isinstance(rv, int) else 0)

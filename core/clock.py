@@ -5,6 +5,9 @@ Everything else takes a ``Clock`` so that tests can pass a ``FakeClock`` and dri
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import time as _time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -23,6 +26,13 @@ class Clock(Protocol):
         """Block for ``seconds`` of real time (may return early when interrupted)."""
         ...
 
+    def wait(self, waker: Waker, seconds: float) -> bool:
+        """Block until ``waker`` is woken or ``seconds`` pass; True if it was woken."""
+        ...
+
+
+FINE_SLEEP = 0.002
+
 
 class SystemClock:
     """The host's clocks."""
@@ -36,6 +46,18 @@ class SystemClock:
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             _time.sleep(seconds)
+
+    def wait(self, waker: Waker, seconds: float) -> bool:
+        # select() oversleeps by about a millisecond here while nanosleep is precise, so wait on
+        # the pipe until shortly before the deadline and sleep the rest: a wake-up in that last
+        # stretch is late by at most FINE_SLEEP, and the deadline itself is met precisely.
+        deadline = _time.monotonic() + max(0.0, seconds)
+        if seconds > FINE_SLEEP and waker.block(seconds - FINE_SLEEP):
+            return True
+        rest = deadline - _time.monotonic()
+        if rest > 0:
+            _time.sleep(rest)
+        return waker.block(0)
 
 
 class FakeClock:
@@ -59,6 +81,12 @@ class FakeClock:
         if seconds > 0:
             self.advance(seconds)
 
+    def wait(self, waker: Waker, seconds: float) -> bool:
+        if waker.block(0):
+            return True
+        self.sleep(seconds)
+        return waker.block(0)
+
     def advance(self, seconds: float) -> None:
         """Let ``seconds`` of real time pass (wall and monotonic move together)."""
         self._now += timedelta(seconds=seconds)
@@ -67,6 +95,38 @@ class FakeClock:
     def step(self, seconds: float) -> None:
         """Step the wall clock only, as NTP or an operator would; monotonic time is unmoved."""
         self._now += timedelta(seconds=seconds)
+
+
+class Waker:
+    """A self-pipe that ends a wait early: threads call ``wake()``; for signals, pass ``fd`` to
+    ``signal.set_wakeup_fd`` and the interpreter writes to it from C the moment a signal arrives
+    (a Python handler that took a lock could deadlock against the thread it interrupted)."""
+
+    def __init__(self) -> None:
+        self._r, self.fd = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self.fd, False)
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):  # a full pipe is already a pending wake-up
+            os.write(self.fd, b"!")
+
+    def block(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for a wake-up; drain it; True if there was one."""
+        ready, _, _ = select.select([self._r], [], [], max(0.0, seconds))
+        if not ready:
+            return False
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        return True
+
+    def close(self) -> None:
+        for fd in (self._r, self.fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 # The longest single sleep while waiting for an instant: waking a few times a minute lets a wait

@@ -321,3 +321,12 @@ def test_align_wait_sigint_exits_130(delay: float) -> None:
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=10) == 130
     assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
+
+
+def test_align_wait_shows_a_countdown_on_a_terminal_only(invoke) -> None:  # type: ignore[no-untyped-def]
+    result = invoke(["align", "5s", "--wait"], terminal=True)
+    assert result.exit_code == 0
+    assert "\rwaiting" in result.output and "for 2026-11-27T22:00:05Z" in result.output
+    assert invoke.clock.now().isoformat() == "2026-11-27T22:00:05+00:00"
+    quiet = invoke(["align", "5s", "--wait"])
+    assert quiet.output == "2026-11-27T22:00:10+00:00\n"

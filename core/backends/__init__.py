@@ -1,0 +1,134 @@
+"""Lock backends: where instances of one job agree who runs each tick (DESIGN §5).
+
+Every backend implements ``Backend``; one shared test suite (tests/backend_suite.py) runs against
+each of them: claim races, fence order, lease expiry after a crash, no theft from a live holder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from ..errors import BackendError, InputError
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """The outcome of claiming (job, tick): who holds it, and the fence it was given."""
+
+    won: bool
+    holder: str  # the instance that holds the claim (this one when won)
+    fence: int | None  # grows with every claim of a job; None where the backend has none
+
+
+@dataclass
+class Lease:
+    """A time-limited hold on a job (the run lease of ``--overlap skip``)."""
+
+    job: str
+    instance: str
+    token: str
+    ttl: float  # seconds; a holder that stops renewing loses it after this long
+    handle: object = None  # backend-private
+
+
+class Backend(Protocol):
+    url: str  # for messages; never contains a password
+
+    def check(self) -> None:
+        """Raise BackendError if the backend cannot be used (called once at start)."""
+        ...
+
+    def claim(self, job: str, tick: datetime, instance: str, keep_until: datetime) -> ClaimResult:
+        """Claim tick ``tick`` of ``job``: exactly one claimer wins. The claim is kept at least
+        until ``keep_until`` so that an instance whose clock lags cannot run the tick again."""
+        ...
+
+    def acquire_lease(self, job: str, instance: str, ttl: float) -> Lease | None:
+        """Take the job's run lease, or None when another live holder has it."""
+        ...
+
+    def lease_holder(self, job: str) -> str | None:
+        """Who holds the job's run lease, if anyone (for log messages)."""
+        ...
+
+    def renew_lease(self, lease: Lease) -> bool:
+        """Extend the lease by its TTL; False if it was lost."""
+        ...
+
+    def release_lease(self, lease: Lease) -> None: ...
+
+    def cleanup(self, job: str, now: datetime) -> int:
+        """Remove claims kept past their ``keep_until``; returns how many were removed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_name(job: str) -> str:
+    """A file/key-safe form of a job id that stays unique (a hash suffix when it had to change)."""
+    import hashlib
+
+    cleaned = _SAFE.sub("_", job)[:80] or "_"
+    if cleaned == job:
+        return job
+    return f"{cleaned}-{hashlib.sha256(job.encode()).hexdigest()[:8]}"
+
+
+def default_lock_dir(env: Mapping[str, str] | None = None) -> Path:
+    """$XDG_RUNTIME_DIR/pyjob, else ~/.local/state/pyjob (never a shared world-writable dir)."""
+    env = os.environ if env is None else env
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "pyjob"
+    home = env.get("HOME") or str(Path.home())
+    return Path(home) / ".local" / "state" / "pyjob"
+
+
+SCHEMES = ("file", "none")
+
+
+def open_backend(url: str | None, env: Mapping[str, str] | None = None) -> Backend:
+    """The backend for ``--lock URL`` (default: a private directory on this host)."""
+    from .file import FileBackend
+    from .null import NullBackend
+
+    if url is None or url == "":
+        return FileBackend(default_lock_dir(env))
+    if url == "none":
+        return NullBackend()
+    scheme, sep, rest = url.partition(":")
+    if not sep:
+        raise InputError(
+            f"bad lock URL '{url}' (file:PATH or none)", source=url, pos=0, length=len(url)
+        )
+    if scheme == "file":
+        path = rest[2:] if rest.startswith("//") else rest
+        if not path:
+            raise InputError("file: needs a directory, like file:/var/lib/pyjob", source=url, pos=0)
+        return FileBackend(Path(path).expanduser())
+    raise InputError(
+        f"unknown lock backend '{scheme}:' (supported: file:PATH, none)",
+        source=url,
+        pos=0,
+        length=len(scheme) + 1,
+    )
+
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "ClaimResult",
+    "Lease",
+    "default_lock_dir",
+    "open_backend",
+    "safe_name",
+]

@@ -1,0 +1,78 @@
+"""Helpers to drive real `pyjob run` processes and read their JSON logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from .conftest import pyjob_exe
+
+
+class PyjobRun:
+    def __init__(
+        self, args: list[str], cwd: Path, name: str = "run", env: dict[str, str] | None = None
+    ) -> None:
+        self.log_path = cwd / f"{name}.log"
+        self.out_path = cwd / f"{name}.out"
+        self._log = self.log_path.open("w")
+        self._out = self.out_path.open("w")
+        full_env = {**os.environ, "TZ": "UTC", **(env or {})}
+        self.proc = subprocess.Popen(
+            [*pyjob_exe(), "run", "--log-format", "json", *args],
+            stdout=self._out,
+            stderr=self._log,
+            cwd=cwd,
+            env=full_env,
+        )
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 30) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._log.close()
+            self._out.close()
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            doc = json.loads(line)  # every line is one JSON object
+            if kind is None or doc["event"] == kind:
+                out.append(doc)
+        return out
+
+    def wait_for(self, kind: str, count: int = 1, timeout: float = 20) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.events(kind)
+            if len(found) >= count:
+                return found
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no {count}x {kind} in {self.log_path.read_text()[-3000:]}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False

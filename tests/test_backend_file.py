@@ -1,0 +1,78 @@
+"""The file backend: the shared suite, plus what only a directory can get wrong."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from pyjob.core.backends import default_lock_dir, open_backend
+from pyjob.core.backends.file import FileBackend
+from pyjob.core.errors import BackendError, InputError
+
+from .backend_suite import *  # noqa: F403
+from .backend_suite import KEEP, T0
+
+
+@pytest.fixture
+def lock_url(tmp_path: Path) -> str:
+    return f"file:{tmp_path / 'locks'}"
+
+
+def test_directory_is_created_private(tmp_path: Path) -> None:
+    FileBackend(tmp_path / "a" / "locks").check()
+    assert (tmp_path / "a" / "locks").stat().st_mode & 0o777 == 0o700
+
+
+def test_directory_that_is_not_private_is_refused(tmp_path: Path) -> None:
+    d = tmp_path / "shared"
+    d.mkdir()
+    d.chmod(0o777)
+    with pytest.raises(BackendError, match=r"is not private \(mode 0777\): run chmod 700"):
+        FileBackend(d).check()
+
+
+def test_directory_that_cannot_be_created(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(BackendError, match="cannot be created"):
+        FileBackend(tmp_path / "file" / "locks").check()
+
+
+def test_storage_failing_mid_run_is_a_backend_error(tmp_path: Path) -> None:
+    backend = FileBackend(tmp_path / "locks")
+    backend.check()
+    assert backend.claim("job", T0, "a", KEEP).won
+    claims = tmp_path / "locks" / "job" / "claims"
+    for f in claims.iterdir():
+        f.unlink()
+    claims.rmdir()
+    claims.write_text("")  # the claims directory is gone: every write fails (also for root)
+    with pytest.raises(BackendError, match="claim failed"):
+        backend.claim("job", T0 + timedelta(seconds=1), "a", KEEP)
+
+
+def test_default_directory() -> None:
+    assert default_lock_dir({"XDG_RUNTIME_DIR": "/run/user/7"}) == Path("/run/user/7/pyjob")
+    assert default_lock_dir({"HOME": "/home/u"}) == Path("/home/u/.local/state/pyjob")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis-ish", "bad lock URL"),
+        ("ftp://x", "unknown lock backend 'ftp:'"),
+        ("file:", "needs a directory"),
+    ],
+)
+def test_bad_lock_urls(url: str, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        open_backend(url)
+
+
+def test_job_names_are_made_file_safe(tmp_path: Path) -> None:
+    backend = FileBackend(tmp_path / "locks")
+    backend.check()
+    assert backend.claim("../../etc/passwd", T0, "a", KEEP).won
+    names = os.listdir(tmp_path / "locks")
+    assert len(names) == 1 and "/" not in names[0] and names[0].startswith(".._.._etc_passwd-")
