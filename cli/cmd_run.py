@@ -193,7 +193,8 @@ def run_cmd(
         on_backend_error=on_backend_error,
         env=dict(env.environ),
     )
-    executor = Executor(config, backend, env.clock, RealRunner(), log)
+    runner = RealRunner()
+    executor = Executor(config, backend, env.clock, runner, log)
     problem = check_command(cmd, env.environ)
     if problem:
         executor.emit("warning", None, problem=problem, action="each run will fail (exit 127/126)")
@@ -202,6 +203,7 @@ def run_cmd(
         code = executor.run(now)
     finally:
         signal.set_wakeup_fd(-1)
+        runner.close()
         backend.close()
     raise click.exceptions.Exit(code)
 

@@ -285,7 +285,7 @@ def resolve_hash(expr: CronExpr, job_id: str) -> str:
     return " ".join(out)
 
 
-def _values(field: Field, text: str) -> set[int] | None:
+def field_values(field: Field, text: str) -> set[int] | None:
     """The values a plain field (numbers, names, ranges, steps) selects; None with L, W or #."""
 
     def number(token: str) -> int | None:
@@ -324,7 +324,7 @@ def croniter_expression(expr: CronExpr, job_id: str) -> tuple[str, bool]:
         return " ".join(fields), False
     i = 3 if expr.has_seconds else 2
     j = i + 2
-    dom, dow = _values(DOM, fields[i]), _values(DOW, fields[j])
+    dom, dow = field_values(DOM, fields[i]), field_values(DOW, fields[j])
     if dom == set(range(1, 32)) or dow == set(range(7)):
         fields[i] = fields[j] = "*"
         return " ".join(fields), False

@@ -283,18 +283,7 @@ def _hours_between(start: datetime, end: datetime) -> set[int]:
 
 
 def _cron_hours_hit(expr: CronExpr, hours: set[int]) -> bool:
-    from .cron import HOUR, resolve_hash
+    from .cron import HOUR, field_values, resolve_hash
 
-    text = resolve_hash(expr, "validate").split()[1 if not expr.has_seconds else 2]
-    for item in text.split(","):
-        base, _, step_text = item.partition("/")
-        step = int(step_text) if step_text else 1
-        if base == "*":
-            lo, hi = HOUR.lo, HOUR.hi
-        else:
-            lo_text, dash, hi_text = base.partition("-")
-            lo = int(lo_text)
-            hi = int(hi_text) if dash else (HOUR.hi if step_text else lo)
-        if any(h in hours for h in range(lo, hi + 1, step)):
-            return True
-    return False
+    text = resolve_hash(expr, "validate").split()[2 if expr.has_seconds else 1]
+    return bool((field_values(HOUR, text) or set()) & hours)

@@ -282,17 +282,24 @@ def test_second_sigint_kills_at_once_and_exits_130(tmp_path: Path) -> None:
     assert not pid_alive(started[0]["pid"])
 
 
-def test_sigkilled_pyjob_takes_its_child_with_it(tmp_path: Path) -> None:
+def test_sigkilled_pyjob_takes_its_command_and_grandchildren_with_it(tmp_path: Path) -> None:
+    cmd = 'sleep 30 & echo $! > "$OUT"; sleep 30'
     run = PyjobRun(
-        ["--every", "1h", "--align", "--run-now", "--lock", "none", "--", "sleep", "30"], tmp_path
+        ["--every", "1h", "--align", "--run-now", "--lock", "none", "--shell", "--", cmd],
+        tmp_path,
+        env={"OUT": str(tmp_path / "pid")},
     )
     pid = run.wait_for("run-started")[0]["pid"]
-    run.proc.kill()
+    deadline = time.monotonic() + 5
+    while not (tmp_path / "pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    grandchild = int((tmp_path / "pid").read_text())
+    run.proc.kill()  # SIGKILL: pyjob gets no chance to clean up; its reaper does
     run.wait()
     deadline = time.monotonic() + 3
-    while pid_alive(pid) and time.monotonic() < deadline:
+    while (pid_alive(pid) or pid_alive(grandchild)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not pid_alive(pid)
+    assert not pid_alive(pid) and not pid_alive(grandchild)
 
 
 def test_missing_command_is_logged_per_run_and_the_loop_goes_on(tmp_path: Path) -> None:
