@@ -1,0 +1,115 @@
+"""Hand-written parts of the man pages; docgen adds NAME, SYNOPSIS and OPTIONS from the CLI.
+
+Each page has DESCRIPTION, EXAMPLES, EXIT STATUS, ENVIRONMENT, FILES and SEE ALSO. Text is plain
+(docgen escapes it for roff); a line starting with "$ " is an example command.
+"""
+
+from __future__ import annotations
+
+EXIT_STATUS = [
+    ("0", "success"),
+    ("1", "something failed: a run failed (when run ends by itself), validate --strict found "
+          "warnings, check-clock found the offset over its limit"),
+    ("2", "usage: a bad option, schedule, duration, time or zone"),
+    ("3", "the clock could not be measured (no usable NTP reply)"),
+    ("4", "run refused to start: the clock offset is over the limit"),
+    ("5", "the lock backend is unreachable or misconfigured at start"),
+    ("130", "interrupted (Ctrl-C; for run, a second Ctrl-C)"),
+]
+
+ENVIRONMENT = [
+    ("PYJOB_TZ", "the zone of schedules given no --tz and no CRON_TZ="),
+    ("PYJOB_LOCK", "the lock backend of run (--lock)"),
+    ("PYJOB_<COMMAND>_<OPTION>", "any option, e.g. PYJOB_NEXT_COUNT=10"),
+    ("TZ", "the system zone, when PYJOB_TZ is not set"),
+    ("XDG_RUNTIME_DIR", "where the default file lock directory is created (pyjob/)"),
+    ("NO_COLOR", "no colour in tables and logs"),
+]
+
+FILES = [
+    ("$XDG_RUNTIME_DIR/pyjob/, ~/.local/state/pyjob/",
+     "the default lock directory of run (mode 0700): claims, fences and run leases per job"),
+]
+
+PAGES: dict[str, dict[str, object]] = {
+    "": {
+        "summary": "run commands on schedules, exactly once per tick across machines",
+        "description": [
+            "pyjob runs shell commands on schedules, on one machine or many, so that each "
+            "scheduled run happens exactly once and at the right instant. It reads cron "
+            "expressions (5 fields, or 6 with seconds first) and phrases such as 'every 5m "
+            "align', 'daily at 09:00' or 'once at 2026-12-24T18:00', handles time zones and DST "
+            "as Debian cron does, and coordinates instances through a lock backend.",
+            "Every command that takes a schedule accepts the same text, or the equivalent "
+            "options (--every 5m --align).",
+        ],
+        "examples": [
+            ("Run a backup on every 5-minute boundary", "pyjob run --every 5m --align -- ./backup.sh"),
+            ("Preview a cron expression", 'pyjob next "0 * * * *"'),
+            ("Check schedules in CI", 'pyjob validate "0 3 * * *" "every 15m align" --strict'),
+            ("Start a command on the next 5-minute boundary", "pyjob align 5m --wait && ./task"),
+        ],
+    },
+    "run": {
+        "summary": "run a command on a schedule, with locks",
+        "description": [
+            "Runs CMD on every tick of the schedule, forever, or until the schedule ends "
+            "(--once, --stop-at, --max-runs). Before a tick runs, the instance claims (job, tick) "
+            "in the lock backend; one claimer wins and the others log who won. Claims are kept "
+            "past the following tick, so an instance whose clock lags cannot run a tick twice.",
+            "The command runs in its own process group with stdin from /dev/null and gets "
+            "PYJOB_JOB, PYJOB_TICK, PYJOB_TICK_UNIX, PYJOB_RUN_ID, PYJOB_FENCE and PYJOB_INSTANCE. "
+            "When pyjob wakes late, only the most recent passed tick runs; older ones are logged "
+            "as missed. A clock stepped back never re-runs a handled tick.",
+            "SIGTERM or SIGINT stops scheduling, forwards SIGTERM to running commands, waits "
+            "--stop-timeout, then sends SIGKILL. A second SIGINT kills at once. If pyjob is "
+            "killed outright, a small reaper process kills the process groups of its runs.",
+        ],
+        "examples": [
+            ("Every 5 minutes on the boundary", "pyjob run --every 5m --align -- ./backup.sh"),
+            ("Nightly, Berlin time, at most an hour",
+             'pyjob run --cron "0 3 * * *" --tz Europe/Berlin --timeout 1h -- ./nightly.sh'),
+            ("JSON logs, output captured", "pyjob run --every 1m --log-output --log-format json -- ./poll"),
+            ("A one-time run that exits when done", "pyjob run --once 2026-12-24T18:00 -- ./greet"),
+        ],
+    },
+    "next": {
+        "summary": "show the next ticks of a schedule",
+        "description": [
+            "Prints the next ticks with local time, UTC and how far away they are, the normalized "
+            "schedule and a one-line description. Ticks moved by a DST gap, or inside a repeated "
+            "hour, are marked. --format plain prints one ISO 8601 instant per line.",
+        ],
+        "examples": [
+            ("The next five hourly ticks", 'pyjob next "0 * * * *"'),
+            ("Across a DST change", 'pyjob next "CRON_TZ=America/New_York 30 2 * * *" --from 2026-03-07 -n 3'),
+            ("For scripts", "pyjob next --every 1h --align --tz Asia/Kolkata --format plain"),
+        ],
+    },
+    "validate": {
+        "summary": "check schedules, with exit codes for CI",
+        "description": [
+            "Checks each EXPR (or the schedule options): prints the normalized form and the next "
+            "tick when valid, one line per problem otherwise, naming the field and the bad token, "
+            "with a caret under it on a terminal. Warns when a schedule fires at a time a DST change "
+            "skips or repeats, or restricts both day-of-month and day-of-week (either then fires).",
+        ],
+        "examples": [
+            ("Several at once", 'pyjob validate "0 * * * *" "every 5m align"'),
+            ("Warnings fail the build", 'pyjob validate --strict "CRON_TZ=Europe/Berlin 30 2 * * *"'),
+        ],
+    },
+    "align": {
+        "summary": "the next boundary of an interval grid",
+        "description": [
+            "Prints the next boundary of the grid that run --every INTERVAL --align uses: from each "
+            "local midnight when INTERVAL divides a day, otherwise from the Unix epoch. With --wait "
+            "it sleeps until the boundary and exits 0.",
+        ],
+        "examples": [
+            ("The next 5-minute boundary", "pyjob align 5m"),
+            ("Start a task on it", "pyjob align 5m --wait && ./task"),
+            ("As Unix seconds", "pyjob align 15m --offset 30s --format unix"),
+        ],
+    },
+}
