@@ -8,8 +8,11 @@ from __future__ import annotations
 
 EXIT_STATUS = [
     ("0", "success"),
-    ("1", "something failed: a run failed (when run ends by itself), validate --strict found "
-          "warnings, check-clock found the offset over its limit"),
+    (
+        "1",
+        "something failed: a run failed (when run ends by itself), validate --strict found "
+        "warnings, check-clock found the offset over its limit",
+    ),
     ("2", "usage: a bad option, schedule, duration, time or zone"),
     ("3", "the clock could not be measured (no usable NTP reply)"),
     ("4", "run refused to start: the clock offset is over the limit"),
@@ -27,8 +30,10 @@ ENVIRONMENT = [
 ]
 
 FILES = [
-    ("$XDG_RUNTIME_DIR/pyjob/, ~/.local/state/pyjob/",
-     "the default lock directory of run (mode 0700): claims, fences and run leases per job"),
+    (
+        "$XDG_RUNTIME_DIR/pyjob/, ~/.local/state/pyjob/",
+        "the default lock directory of run (mode 0700): claims, fences and run leases per job",
+    ),
 ]
 
 PAGES: dict[str, dict[str, object]] = {
@@ -44,7 +49,10 @@ PAGES: dict[str, dict[str, object]] = {
             "options (--every 5m --align).",
         ],
         "examples": [
-            ("Run a backup on every 5-minute boundary", "pyjob run --every 5m --align -- ./backup.sh"),
+            (
+                "Run a backup on every 5-minute boundary",
+                "pyjob run --every 5m --align -- ./backup.sh",
+            ),
             ("Preview a cron expression", 'pyjob next "0 * * * *"'),
             ("Check schedules in CI", 'pyjob validate "0 3 * * *" "every 15m align" --strict'),
             ("Start a command on the next 5-minute boundary", "pyjob align 5m --wait && ./task"),
@@ -67,9 +75,14 @@ PAGES: dict[str, dict[str, object]] = {
         ],
         "examples": [
             ("Every 5 minutes on the boundary", "pyjob run --every 5m --align -- ./backup.sh"),
-            ("Nightly, Berlin time, at most an hour",
-             'pyjob run --cron "0 3 * * *" --tz Europe/Berlin --timeout 1h -- ./nightly.sh'),
-            ("JSON logs, output captured", "pyjob run --every 1m --log-output --log-format json -- ./poll"),
+            (
+                "Nightly, Berlin time, at most an hour",
+                'pyjob run --cron "0 3 * * *" --tz Europe/Berlin --timeout 1h -- ./nightly.sh',
+            ),
+            (
+                "JSON logs, output captured",
+                "pyjob run --every 1m --log-output --log-format json -- ./poll",
+            ),
             ("A one-time run that exits when done", "pyjob run --once 2026-12-24T18:00 -- ./greet"),
         ],
     },
@@ -82,29 +95,36 @@ PAGES: dict[str, dict[str, object]] = {
         ],
         "examples": [
             ("The next five hourly ticks", 'pyjob next "0 * * * *"'),
-            ("Across a DST change", 'pyjob next "CRON_TZ=America/New_York 30 2 * * *" --from 2026-03-07 -n 3'),
+            (
+                "Across a DST change",
+                'pyjob next "CRON_TZ=America/New_York 30 2 * * *" --from 2026-03-07 -n 3',
+            ),
             ("For scripts", "pyjob next --every 1h --align --tz Asia/Kolkata --format plain"),
         ],
     },
     "validate": {
         "summary": "check schedules, with exit codes for CI",
         "description": [
-            "Checks each EXPR (or the schedule options): prints the normalized form and the next "
-            "tick when valid, one line per problem otherwise, naming the field and the bad token, "
-            "with a caret under it on a terminal. Warns when a schedule fires at a time a DST change "
-            "skips or repeats, or restricts both day-of-month and day-of-week (either then fires).",
+            "Checks each EXPR (or the schedule options): prints the normalized form and the "
+            "next tick when valid, one line per problem otherwise, naming the field and the bad "
+            "token, with a caret under it on a terminal. Warns when a schedule fires at a time a "
+            "DST change skips or repeats, or restricts both day-of-month and day-of-week (either "
+            "then fires).",
         ],
         "examples": [
             ("Several at once", 'pyjob validate "0 * * * *" "every 5m align"'),
-            ("Warnings fail the build", 'pyjob validate --strict "CRON_TZ=Europe/Berlin 30 2 * * *"'),
+            (
+                "Warnings fail the build",
+                'pyjob validate --strict "CRON_TZ=Europe/Berlin 30 2 * * *"',
+            ),
         ],
     },
     "align": {
         "summary": "the next boundary of an interval grid",
         "description": [
-            "Prints the next boundary of the grid that run --every INTERVAL --align uses: from each "
-            "local midnight when INTERVAL divides a day, otherwise from the Unix epoch. With --wait "
-            "it sleeps until the boundary and exits 0.",
+            "Prints the next boundary of the grid that run --every INTERVAL --align uses: from "
+            "each local midnight when INTERVAL divides a day, otherwise from the Unix epoch. With "
+            "--wait it sleeps until the boundary and exits 0.",
         ],
         "examples": [
             ("The next 5-minute boundary", "pyjob align 5m"),
