@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import click
-from pyjob.core.clock import sleep_until
-from pyjob.core.durations import format_duration, humanize
 from pyjob.core.errors import InputError
-from pyjob.core.schedule import Parts, Schedule, build, iso, to_us
-from pyjob.core.timeparse import parse_datetime
-from pyjob.core.zones import get_zone, job_zone_name
 
 from .env import get_env
 from .options import ZONE
@@ -47,6 +42,12 @@ def align_cmd(
     also in +05:30 zones), and counts from the Unix epoch otherwise. `pyjob align 5m --wait && cmd`
     starts cmd on the next 5-minute boundary; Ctrl-C while waiting exits 130.
     """
+    from pyjob.core.clock import sleep_until
+    from pyjob.core.durations import format_duration
+    from pyjob.core.schedule import Parts, Schedule, build, iso, to_us
+    from pyjob.core.timeparse import parse_datetime
+    from pyjob.core.zones import get_zone, job_zone_name
+
     env = get_env()
     clock = env.clock
     now = clock.now()
@@ -98,6 +99,9 @@ def align_cmd(
 def _countdown(env: object, boundary: object) -> None:
     """A live one-line countdown on stderr, redrawn a few times a second until the boundary."""
     from datetime import datetime
+
+    from pyjob.core.durations import humanize
+    from pyjob.core.schedule import iso
 
     from .env import Env
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from pyjob.core.describe import describe
-from pyjob.core.durations import humanize
-from pyjob.core.schedule import Schedule, Tick, derive_job_id, iso, to_us
 
 from .env import get_env
-from .options import build_spec, schedule_options
+from .options import build_spec, complete_schedule, schedule_options
 from .render import echo_json, table
+
+if TYPE_CHECKING:
+    from pyjob.core.schedule import Tick
 
 
 def _note(tick: Tick) -> str:
@@ -23,7 +23,7 @@ def _note(tick: Tick) -> str:
 
 
 @click.command("next")
-@click.argument("expr", required=False, metavar="[EXPR]")
+@click.argument("expr", required=False, metavar="[EXPR]", shell_complete=complete_schedule)
 @schedule_options
 @click.option(
     "-n",
@@ -67,6 +67,10 @@ def next_cmd(
       pyjob next "CRON_TZ=America/New_York 30 2 * * *" --from 2026-03-07 -n 3
       pyjob next --every 1h --align --tz Asia/Kolkata --format plain
     """
+    from pyjob.core.describe import describe
+    from pyjob.core.durations import humanize
+    from pyjob.core.schedule import Schedule, derive_job_id, iso, to_us
+
     env = get_env()
     spec, now = build_spec(expr, kw, from_)
     schedule = Schedule(spec, job_id=name or derive_job_id(spec), anchor=now)

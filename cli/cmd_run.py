@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from pyjob.core.backends import open_backend
-from pyjob.core.executor import OVERLAP_POLICIES, Executor, JobConfig
-from pyjob.core.process import Command, RealRunner, check_command
-from pyjob.core.schedule import Schedule, derive_job_id
+from pyjob.core import OVERLAP_POLICIES
 
 from .env import get_env
-from .logs import EventLog
-from .options import DURATION, DURATION_OR_ZERO, build_spec, schedule_options
+from .options import (
+    DURATION,
+    DURATION_OR_ZERO,
+    LOCK_URL,
+    build_spec,
+    complete_schedule,
+    schedule_options,
+)
+
+if TYPE_CHECKING:
+    from pyjob.core.executor import Executor
 
 
 def _seconds(us: int | None) -> float | None:
@@ -29,6 +34,7 @@ def _seconds(us: int | None) -> float | None:
     "--schedule",
     "schedule_text",
     metavar="EXPR",
+    shell_complete=complete_schedule,
     help="The schedule as text: a cron expression or a phrase like 'every 5m align'.",
 )
 @click.option(
@@ -44,6 +50,7 @@ def _seconds(us: int | None) -> float | None:
 )
 @click.option(
     "--lock",
+    type=LOCK_URL,
     metavar="URL",
     envvar="PYJOB_LOCK",
     help="Lock backend: file:PATH (default: $XDG_RUNTIME_DIR/pyjob or "
@@ -167,6 +174,16 @@ def run_cmd(
       pyjob run --cron "0 3 * * *" --tz Europe/Berlin --timeout 1h -- ./nightly.sh
       pyjob run -s "every 1m..5m" --shell -- 'curl -fsS https://example.com/ping'
     """
+    # Imported here, not at the top: completion and --help load this module on every TAB.
+    import socket
+
+    from pyjob.core.backends import open_backend
+    from pyjob.core.executor import Executor, JobConfig
+    from pyjob.core.process import Command, RealRunner, check_command
+    from pyjob.core.schedule import Schedule, derive_job_id
+
+    from .logs import EventLog
+
     env = get_env()
     spec, now = build_spec(schedule_text, kw)
     cmd = Command(tuple(command), shell=shell)

@@ -5,19 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from pyjob.core.describe import describe, warnings
 from pyjob.core.errors import InputError
-from pyjob.core.schedule import Schedule, derive_job_id, iso
 
 from .env import get_env
 from .errors import caret_lines
 from .exitcodes import ExitCode
-from .options import build_spec, schedule_options
+from .options import build_spec, complete_schedule, schedule_options
 from .render import echo_json
 
 
 @click.command("validate")
-@click.argument("exprs", nargs=-1, metavar="[EXPR]...")
+@click.argument("exprs", nargs=-1, metavar="[EXPR]...", shell_complete=complete_schedule)
 @schedule_options
 @click.option(
     "--strict",
@@ -41,6 +39,9 @@ def validate_cmd(exprs: tuple[str, ...], strict: bool, fmt: str, **kw: Any) -> N
     1 with --strict when any has a warning: a time that a DST change skips or repeats in its zone,
     or both day-of-month and day-of-week restricted (cron then fires when EITHER matches).
     """
+    from pyjob.core.describe import describe, warnings
+    from pyjob.core.schedule import Schedule, derive_job_id, iso
+
     env = get_env()
     clock_now = env.clock.now()
     inputs: list[str | None] = list(exprs) if exprs else [None]

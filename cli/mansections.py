@@ -10,8 +10,8 @@ EXIT_STATUS = [
     ("0", "success"),
     (
         "1",
-        "something failed: a run failed (when run ends by itself), validate --strict found "
-        "warnings, check-clock found the offset over its limit",
+        "something failed: a run failed (when run ends by itself), or validate --strict found "
+        "warnings",
     ),
     ("2", "usage: a bad option, schedule, duration, time or zone"),
     ("3", "the clock could not be measured (no usable NTP reply)"),

@@ -7,13 +7,16 @@ calls the same core parser the schedule text goes through, so errors read the sa
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from pyjob.core.durations import parse_duration
 from pyjob.core.errors import InputError
-from pyjob.core.schedule import Parts, Spec, build, split
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from pyjob.core.schedule import Parts, Spec
 
 from .env import get_env
 
@@ -56,9 +59,60 @@ class ZoneType(click.ParamType):
         return [CompletionItem(n) for n in zone_names() if n.startswith(incomplete)]
 
 
+class LockURLType(click.ParamType):
+    """A lock backend URL; completes the schemes pyjob supports."""
+
+    name = "url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return str(value)
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[Any]:
+        from click.shell_completion import CompletionItem
+        from pyjob.core.backends import COMPLETIONS
+
+        return [
+            CompletionItem(u, type="nospace" if u.endswith((":", "/")) else "plain")
+            for u in COMPLETIONS
+            if u.startswith(incomplete)
+        ]
+
+
+SCHEDULE_STARTS = (
+    "every ",
+    "daily at ",
+    "weekly on ",
+    "monthly on ",
+    "once at ",
+    "CRON_TZ=",
+    "@hourly",
+    "@daily",
+    "@midnight",
+    "@weekly",
+    "@monthly",
+    "@yearly",
+    "@annually",
+    "@every ",
+)
+
+
+def complete_schedule(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """TAB on a schedule argument offers the schedule kinds (a cron expression is typed as is)."""
+    from click.shell_completion import CompletionItem
+
+    return [
+        CompletionItem(k, type="nospace" if k.endswith((" ", "=")) else "plain")
+        for k in SCHEDULE_STARTS
+        if k.startswith(incomplete)
+    ]
+
+
 DURATION = DurationType()
 DURATION_OR_ZERO = DurationType(allow_zero=True)
 ZONE = ZoneType()
+LOCK_URL = LockURLType()
 
 _KIND_OPTIONS = ("cron", "every", "daily", "weekly", "monthly", "once")
 
@@ -139,6 +193,8 @@ def schedule_options(f: F) -> F:
 
 def schedule_parts(expr: str | None, kw: dict[str, Any]) -> tuple[Parts, str | None]:
     """Parts from a positional expression and/or the schedule options; the --tz override."""
+    from pyjob.core.schedule import Parts, split
+
     given = []
     if expr is not None:
         given.append("EXPR")
@@ -192,6 +248,7 @@ def build_spec(
     expr: str | None, kw: dict[str, Any], from_text: str | None = None
 ) -> tuple[Spec, datetime]:
     """The schedule and the reference instant (``--from``, read in the job's zone; else now)."""
+    from pyjob.core.schedule import build
     from pyjob.core.timeparse import parse_datetime
     from pyjob.core.zones import get_zone, job_zone_name
 

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pyjob.cli import docgen
-
 from .conftest import ROOT
-
-
-def test_readme_reference_is_generated_from_help() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert docgen.render(readme) == readme, "run: python -m pyjob.cli.docgen"
 
 
 def test_readme_has_exactly_two_setup_commands() -> None:

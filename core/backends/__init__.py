@@ -94,6 +94,7 @@ def default_lock_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 SCHEMES = ("file", "none")
+COMPLETIONS = ("file:", "none")  # what TAB offers for --lock
 
 
 def open_backend(url: str | None, env: Mapping[str, str] | None = None) -> Backend:

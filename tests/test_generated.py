@@ -1,0 +1,188 @@
+"""Completions, man pages and the README reference are generated from the CLI and kept in step;
+start-up paths stay light (DESIGN: keep --help, README, man/ and completions/ in step)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from pyjob.cli import docgen
+
+from .conftest import ROOT, pyjob_exe
+
+CI = os.environ.get("CI") == "true"
+
+
+def _need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        if CI:
+            pytest.fail(f"{tool} is missing; .ci/run installs it")
+        pytest.skip(f"{tool} is not installed on this machine")
+    return path
+
+
+def _env() -> dict[str, str]:
+    bindir = str(Path(pyjob_exe()[0]).parent)
+    return {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+
+
+def test_generated_files_are_up_to_date() -> None:
+    assert docgen.main(["--check", "--root", str(ROOT)]) == 0, "run: python -m pyjob.cli.docgen"
+
+
+def test_every_command_and_option_has_help() -> None:
+    for name, command in docgen.commands():
+        assert command.help, name
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"{name} {param.opts}"
+
+
+@pytest.mark.parametrize("name", ["", *(n for n, _ in docgen.commands())])
+def test_man_page_lists_every_option_and_renders_clean(name: str) -> None:
+    page = ROOT / "man" / (f"pyjob-{name}.1" if name else "pyjob.1")
+    text = page.read_text()
+    command = dict(docgen.commands())[name] if name else docgen.cli
+    for param in command.params:
+        if isinstance(param, click.Option):
+            for opt in param.opts:
+                assert docgen.literal(opt) in text, f"{opt} missing from {page.name}"
+    for section in (
+        "NAME",
+        "SYNOPSIS",
+        "DESCRIPTION",
+        "OPTIONS",
+        "EXAMPLES",
+        "EXIT STATUS",
+        "ENVIRONMENT",
+        "FILES",
+        "SEE ALSO",
+    ):
+        assert f".SH {section}" in text
+    groff = _need("groff")
+    proc = subprocess.run([groff, "-man", "-ww", "-z", str(page)], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def bash_complete(line: str) -> list[str]:
+    words = shlex.split(line) + ([""] if line.endswith(" ") else [])
+    script = (
+        f"source {ROOT}/completions/pyjob.bash\n"
+        "complete -p pyjob >/dev/null || exit 3\n"
+        f"COMP_WORDS=({' '.join(shlex.quote(w) for w in words)}); COMP_CWORD={len(words) - 1}\n"
+        "_pyjob_completion pyjob 2>/dev/null\n"
+        "printf '%s\\n' \"${COMPREPLY[@]}\"\n"
+    )
+    proc = subprocess.run(
+        [_need("bash"), "-c", script], capture_output=True, text=True, env=_env(), timeout=30
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [x for x in proc.stdout.split("\n") if x]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("pyjob ", ["align", "next", "run", "validate"]),
+        ("pyjob run --ov", ["--overlap"]),
+        ("pyjob run --overlap ", ["skip", "queue", "allow", "replace"]),
+        ("pyjob run --log-format ", ["text", "json"]),
+        ("pyjob next --format ", ["table", "plain", "json"]),
+        ("pyjob next --tz Europe/Ber", ["Europe/Berlin"]),
+        ("pyjob run --lock ", ["file:", "none"]),
+        ("pyjob next ev", ["every "]),
+        ("pyjob align --format ", ["iso", "unix", "json"]),
+    ],
+)
+def test_bash_completion(line: str, expected: list[str]) -> None:
+    assert bash_complete(line) == expected
+
+
+def test_zsh_completion_loads() -> None:
+    zsh = _need("zsh")
+    path = ROOT / "completions" / "_pyjob"
+    assert subprocess.run([zsh, "-n", str(path)]).returncode == 0
+    proc = subprocess.run(
+        [
+            zsh,
+            "-fc",
+            f"autoload -Uz compinit && compinit -u -D && source {path} && "
+            "print -r -- ${_comps[pyjob]}",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=30,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "_pyjob_completion", proc.stderr
+
+
+def test_fish_completion_loads_and_completes() -> None:
+    fish = _need("fish")
+    path = ROOT / "completions" / "pyjob.fish"
+    assert subprocess.run([fish, "-n", str(path)]).returncode == 0
+    proc = subprocess.run(
+        [fish, "--no-config", "-c", f"source {path}; complete -C 'pyjob run --overlap '"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = sorted(line.split("\t")[0] for line in proc.stdout.splitlines())
+    assert got == ["allow", "queue", "replace", "skip"]  # fish sorts them
+
+
+_REPORT = (
+    "import atexit, sys\n"
+    "atexit.register(lambda: print('HEAVY=' + ','.join(m for m in ('rich', 'croniter', 'ntplib', "
+    "'filelock') if m in sys.modules), file=sys.stderr))\n"
+    "sys.argv = ['pyjob', *sys.argv[1:]]\n"
+    "from pyjob.cli.main import main\n"
+    "main()\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--version"], {}),
+        (["--help"], {}),
+        (["align", "5m"], {}),
+        (
+            [],
+            {
+                "_PYJOB_COMPLETE": "bash_complete",
+                "COMP_WORDS": "pyjob run --overlap ",
+                "COMP_CWORD": "3",
+            },
+        ),
+        (
+            [],
+            {
+                "_PYJOB_COMPLETE": "bash_complete",
+                "COMP_WORDS": "pyjob next --tz Eur",
+                "COMP_CWORD": "3",
+            },
+        ),
+    ],
+)
+def test_start_up_paths_do_not_import_heavy_modules(args: list[str], env: dict[str, str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _REPORT, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=30,
+    )
+    heavy = re.search(r"HEAVY=(.*)", proc.stderr)
+    assert heavy is not None, proc.stderr
+    assert heavy.group(1) == "", f"{args or env['COMP_WORDS']} imported {heavy.group(1)}"
