@@ -53,8 +53,9 @@ def _seconds(us: int | None) -> float | None:
     type=LOCK_URL,
     metavar="URL",
     envvar="PYJOB_LOCK",
-    help="Lock backend: file:PATH (default: $XDG_RUNTIME_DIR/pyjob or "
-    "~/.local/state/pyjob), or none. Env: PYJOB_LOCK.",
+    help="Lock backend: file:PATH (one host; default: $XDG_RUNTIME_DIR/pyjob or "
+    "~/.local/state/pyjob), nfs:PATH (a directory shared by hosts), redis://HOST[:PORT]/DB "
+    "(rediss:// for TLS), postgresql://USER@HOST/DB, or none.",
 )
 @click.option(
     "--shell",
@@ -190,7 +191,7 @@ def run_cmd(
     job = name or derive_job_id(spec, (["--shell"] if shell else []) + list(command))
     instance = instance_id or f"{socket.gethostname()}:{os.getpid()}"
     schedule = Schedule(spec, job_id=job, anchor=now)
-    backend = open_backend(lock, env.environ)
+    backend = open_backend(lock, env.environ, env.clock)
     backend.check()
     log = EventLog(log_format, env.err_is_terminal(), env.color)
     config = JobConfig(

@@ -259,7 +259,9 @@ class Executor:
 
     def _claim(self, tick: datetime) -> ClaimResult | BackendError:
         try:
-            return self.backend.claim(self.c.job_id, tick, self.c.instance, self._keep_until(tick))
+            return self.backend.claim(
+                self.c.job_id, tick, self.c.instance, self._keep_until(tick), self.clock.now()
+            )
         except BackendError as e:
             return e
 

@@ -52,7 +52,9 @@ class FlakyBackend(NullBackend):
         super().__init__()
         self.down = down
 
-    def claim(self, job: str, tick: datetime, instance: str, keep_until: datetime) -> ClaimResult:
+    def claim(
+        self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
+    ) -> ClaimResult:
         if tick in self.down:
             raise BackendError("backend unreachable (test)")
-        return super().claim(job, tick, instance, keep_until)
+        return super().claim(job, tick, instance, keep_until, now)

@@ -42,14 +42,14 @@ def test_directory_that_cannot_be_created(tmp_path: Path) -> None:
 def test_storage_failing_mid_run_is_a_backend_error(tmp_path: Path) -> None:
     backend = FileBackend(tmp_path / "locks")
     backend.check()
-    assert backend.claim("job", T0, "a", KEEP).won
+    assert backend.claim("job", T0, "a", KEEP, T0).won
     claims = tmp_path / "locks" / "job" / "claims"
     for f in claims.iterdir():
         f.unlink()
     claims.rmdir()
     claims.write_text("")  # the claims directory is gone: every write fails (also for root)
     with pytest.raises(BackendError, match="claim failed"):
-        backend.claim("job", T0 + timedelta(seconds=1), "a", KEEP)
+        backend.claim("job", T0 + timedelta(seconds=1), "a", KEEP, T0)
 
 
 def test_default_directory() -> None:
@@ -63,6 +63,7 @@ def test_default_directory() -> None:
         ("redis-ish", "bad lock URL"),
         ("ftp://x", "unknown lock backend 'ftp:'"),
         ("file:", "needs a directory"),
+        ("nfs:", "needs a directory"),
     ],
 )
 def test_bad_lock_urls(url: str, message: str) -> None:
@@ -73,6 +74,6 @@ def test_bad_lock_urls(url: str, message: str) -> None:
 def test_job_names_are_made_file_safe(tmp_path: Path) -> None:
     backend = FileBackend(tmp_path / "locks")
     backend.check()
-    assert backend.claim("../../etc/passwd", T0, "a", KEEP).won
+    assert backend.claim("../../etc/passwd", T0, "a", KEEP, T0).won
     names = os.listdir(tmp_path / "locks")
     assert len(names) == 1 and "/" not in names[0] and names[0].startswith(".._.._etc_passwd-")

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from ..clock import Clock
 from ..errors import BackendError, InputError
 
 
@@ -44,9 +45,12 @@ class Backend(Protocol):
         """Raise BackendError if the backend cannot be used (called once at start)."""
         ...
 
-    def claim(self, job: str, tick: datetime, instance: str, keep_until: datetime) -> ClaimResult:
+    def claim(
+        self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
+    ) -> ClaimResult:
         """Claim tick ``tick`` of ``job``: exactly one claimer wins. The claim is kept at least
-        until ``keep_until`` so that an instance whose clock lags cannot run the tick again."""
+        until ``keep_until`` (``now`` is the caller's clock; a backend that keeps time itself
+        derives a relative TTL from the two), so that a lagging instance cannot run it again."""
         ...
 
     def acquire_lease(self, job: str, instance: str, ttl: float) -> Lease | None:
@@ -68,6 +72,20 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def redact(url: str) -> str:
+    """The URL without its password (for messages and logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -93,31 +111,56 @@ def default_lock_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path(home) / ".local" / "state" / "pyjob"
 
 
-SCHEMES = ("file", "none")
-COMPLETIONS = ("file:", "none")  # what TAB offers for --lock
+SCHEMES = ("file", "nfs", "redis", "rediss", "postgresql", "postgres", "none")
+# what TAB offers for --lock
+COMPLETIONS = ("file:", "nfs:", "redis://", "rediss://", "postgresql://", "none")
 
 
-def open_backend(url: str | None, env: Mapping[str, str] | None = None) -> Backend:
+def open_backend(
+    url: str | None, env: Mapping[str, str] | None = None, clock: Clock | None = None
+) -> Backend:
     """The backend for ``--lock URL`` (default: a private directory on this host)."""
-    from .file import FileBackend
-    from .null import NullBackend
-
     if url is None or url == "":
+        from .file import FileBackend
+
         return FileBackend(default_lock_dir(env))
     if url == "none":
+        from .null import NullBackend
+
         return NullBackend()
     scheme, sep, rest = url.partition(":")
     if not sep:
         raise InputError(
-            f"bad lock URL '{url}' (file:PATH or none)", source=url, pos=0, length=len(url)
+            f"bad lock URL '{redact(url)}' (file:PATH, nfs:PATH, redis://HOST, "
+            "postgresql://HOST/DB or none)",
+            source=url,
+            pos=0,
+            length=len(url),
         )
-    if scheme == "file":
+    if scheme in ("file", "nfs"):
         path = rest[2:] if rest.startswith("//") else rest
         if not path:
-            raise InputError("file: needs a directory, like file:/var/lib/pyjob", source=url, pos=0)
-        return FileBackend(Path(path).expanduser())
+            raise InputError(
+                f"{scheme}: needs a directory, like {scheme}:/var/lib/pyjob", source=url, pos=0
+            )
+        if scheme == "file":
+            from .file import FileBackend
+
+            return FileBackend(Path(path).expanduser())
+        from .nfs import NfsBackend
+
+        return NfsBackend(Path(path).expanduser(), clock)
+    if scheme in ("redis", "rediss"):
+        from .redis import RedisBackend
+
+        return RedisBackend(url)
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresBackend
+
+        return PostgresBackend(url)
     raise InputError(
-        f"unknown lock backend '{scheme}:' (supported: file:PATH, none)",
+        f"unknown lock backend '{scheme}:' (supported: file:PATH, nfs:PATH, redis://, "
+        "rediss://, postgresql://, none)",
         source=url,
         pos=0,
         length=len(scheme) + 1,
@@ -131,5 +174,6 @@ __all__ = [
     "Lease",
     "default_lock_dir",
     "open_backend",
+    "redact",
     "safe_name",
 ]

@@ -91,7 +91,9 @@ class FileBackend:
 
     # ---------------------------------------------------------------- claims
 
-    def claim(self, job: str, tick: datetime, instance: str, keep_until: datetime) -> ClaimResult:
+    def claim(
+        self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
+    ) -> ClaimResult:
         try:
             job_dir = self._job_dir(job)
             claim_path = job_dir / "claims" / f"{_us(tick)}.json"

@@ -19,7 +19,9 @@ class NullBackend:
     def check(self) -> None:
         return None
 
-    def claim(self, job: str, tick: datetime, instance: str, keep_until: datetime) -> ClaimResult:
+    def claim(
+        self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
+    ) -> ClaimResult:
         return ClaimResult(True, instance, None)
 
     def acquire_lease(self, job: str, instance: str, ttl: float) -> Lease | None:

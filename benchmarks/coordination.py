@@ -1,0 +1,178 @@
+"""Coordination: claim latency per backend, and four instances sharing each backend.
+
+    python benchmarks/coordination.py            # 500 claims, 30 ticks per backend (~2.5 minutes)
+    python benchmarks/coordination.py --quick    # 50 claims, 5 ticks (a smoke test for CI)
+
+Servers (redis-server, PostgreSQL) are started on free loopback ports, as the tests do; nfs: runs on
+a local directory (NFS cannot be mounted here). The fleet run is 4 `pyjob run --every 1s --align`
+processes, one of them with its clock 300 ms ahead (libfaketime); a tick "ran" when its command
+wrote a line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pyjob.core.backends import open_backend  # noqa: E402
+
+from tests.servers import start_postgres, start_redis  # noqa: E402
+
+FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+def pyjob() -> str:
+    exe = Path(sys.executable).parent / "pyjob"
+    return str(exe) if exe.exists() else (shutil.which("pyjob") or "pyjob")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def claim_latency(url: str, n: int) -> tuple[list[float], list[float]]:
+    backend = open_backend(url)
+    backend.check()
+    t0 = datetime(2030, 1, 1, tzinfo=UTC)
+    keep = t0 + timedelta(days=1)
+    claims, leases = [], []
+    for i in range(n):
+        start = time.perf_counter()
+        backend.claim("bench", t0 + timedelta(seconds=i), "me", keep, t0)
+        claims.append((time.perf_counter() - start) * 1000)
+        start = time.perf_counter()
+        lease = backend.acquire_lease("bench", "me", 30.0)
+        assert lease is not None
+        backend.release_lease(lease)
+        leases.append((time.perf_counter() - start) * 1000)
+    backend.close()
+    return claims, leases
+
+
+def fleet(url: str, ticks: int, tmp: Path) -> dict[str, object]:
+    out = tmp / f"runs-{random.randrange(10**9)}"
+    record = 'echo "$PYJOB_TICK_UNIX $PYJOB_INSTANCE" >> "$OUT"'
+    procs = []
+    for n in range(4):
+        env = {**os.environ, "TZ": "UTC", "OUT": str(out)}
+        if n == 0 and Path(FAKETIME_LIB).exists():
+            env.update(LD_PRELOAD=FAKETIME_LIB, FAKETIME="+0.3")
+        procs.append(
+            subprocess.Popen(
+                [
+                    pyjob(),
+                    "run",
+                    "--every",
+                    "1s",
+                    "--align",
+                    "--lock",
+                    url,
+                    "--instance-id",
+                    f"i{n}" + ("+300ms" if n == 0 else ""),
+                    "--shell",
+                    "--",
+                    record,
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    time.sleep(2.0)  # all started
+    first = int(time.time()) + 1
+    time.sleep(first + ticks - time.time() + 0.5)
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(timeout=30)
+    rows = [line.split() for line in out.read_text().splitlines() if line.strip()]
+    window = {float(t) for t in range(first, first + ticks)}
+    counts = Counter(float(r[0]) for r in rows if float(r[0]) in window)
+    share = Counter(r[1] for r in rows if float(r[0]) in window)
+    return {
+        "ticks": ticks,
+        "runs": sum(counts.values()),
+        "duplicates": sum(c - 1 for c in counts.values() if c > 1),
+        "misses": sum(1 for t in window if counts[t] == 0),
+        "share": ", ".join(f"{k} {v}" for k, v in sorted(share.items())),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="50 claims, 5 ticks (CI smoke)")
+    args = parser.parse_args()
+    n, ticks = (50, 5) if args.quick else (500, 30)
+    print(
+        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}"
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="pyjob-bench-"))
+    redis_server = start_redis(tmp)
+    pg = start_postgres()
+    ok = True
+    try:
+        import psycopg
+
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE bench")
+        urls = {
+            "file": f"file:{tmp / 'file'}",
+            "nfs (local dir)": f"nfs:{tmp / 'nfs'}",
+            "redis": f"redis://127.0.0.1:{redis_server.port}/1",
+            "postgresql": pg.url.rsplit("/", 1)[0] + "/bench",
+        }
+        print()
+        print(f"Claim latency: {n} claims of distinct ticks, then a run lease taken and released")
+        print()
+        print("| backend | claim p50 ms | claim p99 ms | lease p50 ms | lease p99 ms |")
+        print("| --- | --- | --- | --- | --- |")
+        for name, url in urls.items():
+            claims, leases = claim_latency(url, n)
+            print(
+                f"| {name} | {statistics.median(claims):.3f} | {pct(claims, 0.99):.3f} | "
+                f"{statistics.median(leases):.3f} | {pct(leases, 0.99):.3f} |"
+            )
+        print()
+        print(f"Fleet: 4 instances (one 300 ms ahead), --every 1s --align, {ticks} ticks")
+        print()
+        print("| backend | ticks | runs | duplicates | misses | runs per instance |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for name, url in urls.items():
+            if name.startswith("file"):
+                url = f"file:{tmp / 'fleet-file'}"
+            elif name.startswith("nfs"):
+                url = f"nfs:{tmp / 'fleet-nfs'}"
+            elif name == "redis":
+                url = f"redis://127.0.0.1:{redis_server.port}/2"
+            r = fleet(url, ticks, tmp)
+            ok = ok and r["duplicates"] == 0 and r["misses"] == 0
+            print(
+                f"| {name} | {r['ticks']} | {r['runs']} | {r['duplicates']} | {r['misses']} | "
+                f"{r['share']} |"
+            )
+    finally:
+        redis_server.stop()
+        pg.destroy()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""The PostgreSQL backend against a real server: the shared suite and PostgreSQL specifics."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+from pyjob.core.backends import open_backend
+from pyjob.core.errors import BackendError
+
+from .backend_suite import *  # noqa: F403
+from .backend_suite import KEEP, T0
+from .servers import PostgresServer, free_port, start_postgres
+
+_n = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[PostgresServer]:
+    server = start_postgres()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def lock_url(pg_server: PostgresServer) -> str:
+    """A fresh database for each test."""
+    import psycopg
+
+    name = f"t{next(_n)}"
+    with psycopg.connect(pg_server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return pg_server.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def test_tables_are_created_on_first_use(lock_url: str) -> None:
+    import psycopg
+
+    backend = open_backend(lock_url)
+    backend.check()
+    assert backend.claim("job", T0, "a", KEEP, T0).won
+    with psycopg.connect(lock_url) as conn:
+        tables = {
+            r[0]
+            for r in conn.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE 'pyjob_%'")
+        }
+    assert tables == {"pyjob_claims", "pyjob_fences", "pyjob_leases"}
+
+
+def test_role_that_may_not_create_tables_gets_a_clear_error(lock_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(lock_url, autocommit=True) as conn:
+        conn.execute("CREATE ROLE weak LOGIN")
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    url = lock_url.replace("postgres@", "weak@")
+    with pytest.raises(BackendError, match="the role may not create pyjob's tables"):
+        open_backend(url).check()
+
+
+def test_unreachable_server_is_a_backend_error() -> None:
+    with pytest.raises(BackendError, match="cannot reach PostgreSQL"):
+        open_backend(f"postgresql://u:pw@127.0.0.1:{free_port()}/db").check()
+
+
+def test_reconnects_after_the_server_restarts(lock_url: str, pg_server: PostgresServer) -> None:
+    backend = open_backend(lock_url)
+    backend.check()
+    assert backend.claim("job", T0, "a", KEEP, T0).won
+    pg_server.stop()
+    with pytest.raises(BackendError):
+        backend.claim("job", T0 + __import__("datetime").timedelta(seconds=1), "a", KEEP, T0)
+    pg_server.start()
+    assert not backend.claim("job", T0, "b", KEEP, T0).won  # the claim survived the restart
