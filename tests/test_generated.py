@@ -97,7 +97,7 @@ def bash_complete(line: str) -> list[str]:
         ("pyjob run --log-format ", ["text", "json"]),
         ("pyjob next --format ", ["table", "plain", "json"]),
         ("pyjob next --tz Europe/Ber", ["Europe/Berlin"]),
-        ("pyjob run --lock ", ["file:", "none"]),
+        ("pyjob run --lock ", ["file:", "nfs:", "redis://", "rediss://", "postgresql://", "none"]),
         ("pyjob next ev", ["every "]),
         ("pyjob align --format ", ["iso", "unix", "json"]),
     ],
