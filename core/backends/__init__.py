@@ -101,6 +101,23 @@ def safe_name(job: str) -> str:
     return f"{cleaned}-{hashlib.sha256(job.encode()).hexdigest()[:8]}"
 
 
+def remove_expired_claims(claims: Path, now_us: int) -> int:
+    """Delete the claim files (JSON with ``keep_until_us``) in ``claims`` kept past ``now_us``.
+
+    Shared by the file and nfs backends; unreadable or half-written files are left for later."""
+    import json
+
+    removed = 0
+    for path in claims.glob("*.json"):
+        try:
+            if int(json.loads(path.read_text())["keep_until_us"]) < now_us:
+                path.unlink()
+                removed += 1
+        except (OSError, ValueError, KeyError):
+            continue
+    return removed
+
+
 def default_lock_dir(env: Mapping[str, str] | None = None) -> Path:
     """$XDG_RUNTIME_DIR/pyjob, else ~/.local/state/pyjob (never a shared world-writable dir)."""
     env = os.environ if env is None else env

@@ -28,15 +28,8 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from ..errors import BackendError
-from . import ClaimResult, Lease, safe_name
-
-_EPOCH_US = 0
-
-
-def _us(instant: datetime) -> int:
-    from ..schedule import to_us
-
-    return to_us(instant)
+from ..schedule import to_us as _us
+from . import ClaimResult, Lease, remove_expired_claims, safe_name
 
 
 class FileBackend:
@@ -123,18 +116,10 @@ class FileBackend:
             raise BackendError(f"{self.url}: claim failed: {e}") from e
 
     def cleanup(self, job: str, now: datetime) -> int:
-        removed = 0
         now_us = _us(now)
         try:
             claims = self._job_dir(job) / "claims"
-            for path in claims.glob("*.json"):
-                try:
-                    record = json.loads(path.read_text())
-                    if int(record["keep_until_us"]) < now_us:
-                        path.unlink()
-                        removed += 1
-                except (OSError, ValueError, KeyError):
-                    continue
+            removed = remove_expired_claims(claims, now_us)
             for tmp in claims.glob(".*"):  # left by a process killed between write and rename
                 try:
                     if now_us - int(tmp.stat().st_mtime * 1e6) > 3_600_000_000:

@@ -29,16 +29,11 @@ from pathlib import Path
 
 from ..clock import Clock, SystemClock
 from ..errors import BackendError
-from . import ClaimResult, Lease, safe_name
+from ..schedule import to_us as _us
+from . import ClaimResult, Lease, remove_expired_claims, safe_name
 
 MUTEX_STALE = 10.0  # seconds a claim mutex may stand unchanged before it is broken
 _WIDTH = 20  # the heartbeat counter is written at a fixed width, in place
-
-
-def _us(instant: datetime) -> int:
-    from ..schedule import to_us
-
-    return to_us(instant)
 
 
 def link_create(target: Path, content: str) -> bool:
@@ -169,18 +164,10 @@ class NfsBackend:
         return ClaimResult(record["instance"] == instance, record["instance"], record["fence"])
 
     def cleanup(self, job: str, now: datetime) -> int:
-        removed = 0
         try:
-            for path in (self._job_dir(job) / "claims").glob("*.json"):
-                try:
-                    if json.loads(path.read_text())["keep_until_us"] < _us(now):
-                        path.unlink()
-                        removed += 1
-                except (OSError, ValueError, KeyError):
-                    continue
+            return remove_expired_claims(self._job_dir(job) / "claims", _us(now))
         except OSError as e:
             raise BackendError(f"{self.url}: cleanup failed: {e}") from e
-        return removed
 
     # ---------------------------------------------------------------- run lease
 
