@@ -1,0 +1,1 @@
+"""pyjob's benchmarks: `python -m benchmarks` runs every area; each module also runs alone."""
