@@ -21,3 +21,18 @@ def test_ci_runs_the_readme_test_command_and_linters() -> None:
     assert "<!-- test-command -->" in ci and 'eval "$test_command"' in ci
     for tool in ("ruff check .", "ruff format --check .", "mypy core", "docgen --check"):
         assert tool in ci
+
+
+def test_every_package_directory_is_in_the_distribution() -> None:
+    """A subpackage missing from pyproject works in an editable install and breaks `pip install .`."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = set()
+    for top, name in (("core", "pyjob.core"), ("cli", "pyjob.cli")):
+        for init in (ROOT / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / top)
+            found.add(".".join([name, *rel.parts]))
+    assert found == listed
