@@ -24,7 +24,7 @@ def test_ci_runs_the_readme_test_command_and_linters() -> None:
 
 
 def test_every_package_directory_is_in_the_distribution() -> None:
-    """A subpackage missing from pyproject works in an editable install and breaks `pip install .`."""
+    """A subpackage missing from pyproject works editable but breaks a plain `pip install .`."""
     import tomllib
 
     listed = set(
