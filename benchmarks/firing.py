@@ -121,8 +121,8 @@ def measure(
     return out
 
 
-def table(ticks: int, repeat: int) -> Table:
-    results = measure(ticks, repeat)
+def table(ticks: int, repeat: int, only: list[str] | None = None) -> Table:
+    results = measure(ticks, repeat, only)
     t = Table(
         f"Firing: {ticks} ticks at 1 s, {repeat} run(s) each; lateness of the command's own "
         "start after its tick, ms",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from . import firing, idle
-from .common import Table, machine, spread
+from .common import machine
 
 
 def main() -> int:
@@ -21,30 +21,14 @@ def main() -> int:
     ticks, idle_s = (5, 5.0) if args.quick else (30, 60.0)
     print(f"machine: {machine()}\n")
     names = ["deadline loop (floor)", "pyjob run --every 1s --align"]
-    results = firing.measure(ticks, 1, only=names)
-    t = Table(
-        f"Firing: {ticks} ticks at 1 s; lateness of the command's own start, ms",
-        ["tool", "runs", "p50 ms", "p99 ms", "max ms", "drift ms"],
-    )
-    for name, s in results.items():
-        t.rows.append(
-            [
-                name,
-                spread(s["runs"], 0),
-                spread(s["p50"]),
-                spread(s["p99"]),
-                spread(s["max"]),
-                spread(s["drift"]),
-            ]
-        )
+    t = firing.table(ticks, 1, only=names)
     print(t.markdown())
     pyjob_idle = idle.measure(idle_s, 1)["pyjob run"]
     print(
         f"Idle ({idle_s:g} s): CPU {pyjob_idle['cpu'][0]:.1f} ms/min, "
         f"{pyjob_idle['wakes'][0]:.1f} wake-ups/min, peak RSS {pyjob_idle['rss'][0]:.1f} MiB"
     )
-    ok = results[names[1]]["runs"] == [float(ticks)]
-    return 0 if ok else 1
+    return 0 if t.rows[1][1] == str(ticks) else 1  # pyjob ran every tick
 
 
 if __name__ == "__main__":
