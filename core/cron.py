@@ -214,14 +214,6 @@ class CronExpr:
         """Vixie cron: day-of-month OR day-of-week, unless either starts with ``*``."""
         return not (self.dom.startswith("*") or self.dow.startswith("*"))
 
-    @property
-    def both_days_restricted(self) -> bool:
-        return self.day_or
-
-    @property
-    def uses_hash(self) -> bool:
-        return any("H" in f.replace("THU", "").replace("SAT", "") for f in self.fields)
-
 
 def parse_cron(text: str, source: str | None = None, base: int = 0) -> CronExpr:
     """Parse 5 fields, or 6 with seconds first (gocron, Quartz) at ``base`` in ``source``."""
@@ -435,7 +427,7 @@ class CronTicks:
             candidate = (wall - off).replace(tzinfo=UTC)
             if offset_at(candidate, self.zone) == off and self._same_stretch(t, candidate, off):
                 return candidate
-            t = self._offset_change(t, candidate, off)
+            t = self._offset_change(t, candidate)
         raise ScheduleError(f"no tick found for '{self.expr}' after {after.isoformat()}")
 
     def _same_stretch(self, start: datetime, end: datetime, off: timedelta) -> bool:
@@ -444,7 +436,7 @@ class CronTicks:
             return offset_at(start + (end - start) / 2, self.zone) == off
         return next_transition(self.zone, start, end) is None
 
-    def _offset_change(self, start: datetime, end: datetime, off: timedelta) -> datetime:
+    def _offset_change(self, start: datetime, end: datetime) -> datetime:
         change = next_transition(self.zone, start, end)
         if change is None:  # pragma: no cover - offset differs at end, so a change exists
             raise AssertionError("offset changed without a transition")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from .cron import CronExpr
+from .cron import HOUR, CronExpr, field_values, resolve_hash
 from .durations import format_duration
 from .schedule import (
     WEEKDAYS,
@@ -205,7 +205,7 @@ def warnings(schedule: Schedule, now: datetime, horizon_days: int = 400) -> list
     spec = schedule.spec
     rule = spec.rule
     out: list[Warning_] = []
-    if isinstance(rule, CronRule) and rule.expr.both_days_restricted:
+    if isinstance(rule, CronRule) and rule.expr.day_or:
         out.append(
             Warning_(
                 "day-or",
@@ -283,7 +283,5 @@ def _hours_between(start: datetime, end: datetime) -> set[int]:
 
 
 def _cron_hours_hit(expr: CronExpr, hours: set[int]) -> bool:
-    from .cron import HOUR, field_values, resolve_hash
-
     text = resolve_hash(expr, "validate").split()[2 if expr.has_seconds else 1]
     return bool((field_values(HOUR, text) or set()) & hours)

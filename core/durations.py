@@ -6,7 +6,6 @@ Durations are kept as whole microseconds (``int``): exact arithmetic for grids, 
 from __future__ import annotations
 
 import re
-from datetime import timedelta
 
 from .errors import DurationError
 
@@ -87,10 +86,6 @@ def format_duration(us: int) -> str:
     if us:
         out.append(f"{us}us")
     return sign + "".join(out)
-
-
-def to_timedelta(us: int) -> timedelta:
-    return timedelta(microseconds=us)
 
 
 def humanize(seconds: float) -> str:

@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from . import OVERLAP_POLICIES  # noqa: F401  (re-exported)
 from .backends import Backend, ClaimResult, Lease
 from .clock import MAX_SLEEP_SLICE, Clock, Waker
 from .errors import BackendError

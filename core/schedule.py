@@ -44,7 +44,6 @@ _WEEKDAY_ALIASES = {
     },
 }
 MAX_INTERVAL = 1000
-KINDS = ("cron", "every", "daily", "weekly", "monthly", "once")
 
 
 def to_us(instant: datetime) -> int:
@@ -176,16 +175,6 @@ class Spec:
     def zone(self) -> str | None:
         """The zone the ticks depend on, or None when they are zone-free (elapsed time, UTC)."""
         return getattr(self.rule, "zone", None)
-
-    @property
-    def interval_hint(self) -> timedelta | None:
-        """The typical gap between ticks, for thresholds derived from a job's interval."""
-        rule = self.rule
-        if isinstance(rule, EveryRule):
-            return timedelta(microseconds=rule.every)
-        if isinstance(rule, RandomEveryRule):
-            return timedelta(microseconds=rule.lo)
-        return None
 
 
 # --------------------------------------------------------------------------------------------

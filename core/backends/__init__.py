@@ -128,7 +128,6 @@ def default_lock_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path(home) / ".local" / "state" / "pyjob"
 
 
-SCHEMES = ("file", "nfs", "redis", "rediss", "postgresql", "postgres", "none")
 # what TAB offers for --lock
 COMPLETIONS = ("file:", "nfs:", "redis://", "rediss://", "postgresql://", "none")
 
