@@ -11,7 +11,9 @@ names the reason when it rejects it:
 - a non-zero transmit time;
 - the origin timestamp equals, bit for bit, the transmit timestamp we sent (the request's low bits
   are random, so a reply cannot be forged or be an old one);
-- a sane root distance (root delay / 2 + root dispersion at most 1.5 s, RFC 5905's MAXDIST).
+- a sane root distance (root delay / 2 + root dispersion at most 1.5 s, RFC 5905's MAXDIST);
+- consistent server timestamps: the server cannot have held the request (transmit − receive)
+  longer than the whole round trip took (beyond 1 ms of timestamp precision).
 
 Offset and delay follow RFC 5905 from four timestamps; the round trip is timed on the monotonic
 clock (t4 = t1 + elapsed), so a wall-clock step during the query cannot distort it. Of several
@@ -31,6 +33,7 @@ from .errors import ClockError, InputError
 
 NTP_PORT = 123
 MAX_ROOT_DISTANCE = 1.5  # seconds, RFC 5905 MAXDIST
+MAX_NEGATIVE_DELAY = 0.001  # seconds of negative delay put down to timestamp precision
 _NTP_DELTA = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
 _LEN = 48
 
@@ -74,15 +77,20 @@ def parse_server(text: str) -> tuple[str, int]:
     elif s.count(":") == 1:
         host, _, p = s.partition(":")
         port = _port(p, text)
-    if not host:
-        raise InputError(f"bad NTP server '{text}' (HOST or HOST:PORT)", source=text, pos=0)
+    if not host or not host.isprintable() or any(c.isspace() for c in host):
+        raise InputError(f"bad NTP server '{_shown(text)}' (HOST or HOST:PORT)", source=text, pos=0)
     return host, port
 
 
+def _shown(text: str) -> str:
+    """``text`` for a one-line message: control characters escaped."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def _port(text: str, source: str) -> int:
-    if text.isdigit() and 0 < int(text) < 65536:
+    if text.isascii() and text.isdigit() and 0 < int(text) < 65536:
         return int(text)
-    raise InputError(f"bad port in '{source}' (1-65535)", source=source, pos=0)
+    raise InputError(f"bad port in '{_shown(source)}' (1-65535)", source=source, pos=0)
 
 
 def _ntp_bits(seconds_since_epoch: float) -> int:
@@ -210,7 +218,15 @@ def query(server: str, clock: Clock, timeout: float = 1.0) -> Sample:
     t4 = t1 + elapsed
     t2, t3 = float(fields["recv"]), float(fields["tx"])
     offset = ((t2 - t1) + (t3 - t4)) / 2
-    delay = max(0.0, (t4 - t1) - (t3 - t2))
+    delay = (t4 - t1) - (t3 - t2)
+    if delay < -MAX_NEGATIVE_DELAY:
+        # The server says it held our packet longer than the whole round trip took: its receive
+        # and transmit stamps come from different clocks, and the offset would be a blend.
+        raise RejectedReply(
+            f"inconsistent server timestamps (it held the request {t3 - t2:.6f}s, longer than "
+            f"the {elapsed:.6f}s round trip)"
+        )
+    delay = max(0.0, delay)
     stratum = int(fields["stratum"])
     return Sample(
         server,
@@ -223,25 +239,108 @@ def query(server: str, clock: Clock, timeout: float = 1.0) -> Sample:
     )
 
 
-def measure(server: str, clock: Clock, samples: int = 4, timeout: float = 1.0) -> Measurement:
-    """Several queries to one server; the lowest-delay valid sample wins."""
+def measure(
+    server: str,
+    clock: Clock,
+    samples: int = 4,
+    timeout: float = 1.0,
+    deadline: float | None = None,
+) -> Measurement:
+    """Several queries to one server; the lowest-delay valid sample wins. ``deadline`` (on
+    ``clock.monotonic()``) bounds the whole measurement: no sample starts or waits past it."""
     result = Measurement(server, None)
     for _ in range(samples):
+        wait = timeout
+        if deadline is not None:
+            wait = min(timeout, deadline - clock.monotonic())
+            if wait <= 0.001:
+                result.rejected.append("time budget used up")
+                break
         try:
-            result.samples.append(query(server, clock, timeout))
+            result.samples.append(query(server, clock, wait))
         except RejectedReply as e:
             result.rejected.append(str(e))
+            if str(e).startswith("cannot resolve"):
+                break  # asking again would not change the answer
     if result.samples:
         result.best = min(result.samples, key=lambda s: s.delay)
     return result
 
 
+def measure_all(
+    servers: Sequence[str],
+    clock: Clock,
+    samples: int = 4,
+    timeout: float = 1.0,
+    budget: float | None = None,
+) -> list[Measurement]:
+    """Measure every server at once (one thread each), in the order given.
+
+    With a ``budget`` (seconds) the call returns by then whatever happens: a server still
+    resolving its name or waiting for a reply is reported as out of time, and its thread is left
+    to finish on its own."""
+    import threading
+
+    from .clock import Waker
+
+    if not servers:
+        return []
+    start = clock.monotonic()
+    deadline = None if budget is None else start + budget
+    results: dict[int, Measurement] = {}
+    waker = Waker()
+    lock = threading.Lock()
+    state = {"running": len(servers), "abandoned": False}
+
+    def work(i: int, server: str) -> None:
+        try:
+            outcome = measure(server, clock, samples, timeout, deadline)
+        except InputError as e:
+            outcome = Measurement(server, None, rejected=[e.message])
+        with lock:
+            results[i] = outcome
+            state["running"] -= 1
+            if state["abandoned"]:
+                if not state["running"]:
+                    waker.close()  # the caller left; the last straggler tidies up
+            else:
+                waker.wake()
+
+    for i, server in enumerate(servers):
+        threading.Thread(target=work, args=(i, server), daemon=True).start()
+    # Every server answers within samples × timeout, plus a margin for name resolution.
+    limit = budget if budget is not None else samples * timeout + 5.0
+    while True:
+        with lock:
+            if not state["running"] or clock.monotonic() >= start + limit:
+                done = dict(results)
+                state["abandoned"] = bool(state["running"])
+                if not state["running"]:
+                    waker.close()
+                break
+        clock.wait(waker, start + limit - clock.monotonic())
+    return [
+        done.get(i) or Measurement(s, None, rejected=[f"no answer within {limit:g}s"])
+        for i, s in enumerate(servers)
+    ]
+
+
+def best_sample(measurements: Sequence[Measurement]) -> Sample | None:
+    """The best sample across servers: the smallest delay plus root distance."""
+    usable = [m.best for m in measurements if m.best is not None]
+    return min(usable, key=lambda s: s.delay + s.root_distance) if usable else None
+
+
+def unusable(measurements: Sequence[Measurement]) -> str:
+    """Why ``measurements`` gave no usable reply: the last reason of each server."""
+    return "; ".join(
+        f"{m.server}: {m.rejected[-1] if m.rejected else 'no samples'}" for m in measurements
+    )
+
+
 def best_of(measurements: Sequence[Measurement]) -> Sample:
     """The best sample across servers, or ClockError naming every server's reasons."""
-    usable = [m.best for m in measurements if m.best is not None]
-    if not usable:
-        reasons = "; ".join(
-            f"{m.server}: {m.rejected[-1] if m.rejected else 'no samples'}" for m in measurements
-        )
-        raise ClockError(f"no usable NTP reply ({reasons})")
-    return min(usable, key=lambda s: s.delay + s.root_distance)
+    best = best_sample(measurements)
+    if best is None:
+        raise ClockError(f"no usable NTP reply ({unusable(measurements)})")
+    return best

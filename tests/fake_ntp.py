@@ -16,7 +16,8 @@ def _bits(t: float) -> int:
 
 class FakeNtp:
     """``behaviour`` picks the reply: good, kod-RATE, kod-DENY, leap3, stratum16, wrong-origin,
-    echo, zero-tx, short, other-port, silent, far (root distance too large)."""
+    echo, zero-tx, short, other-port, silent, far (root distance too large), held (a transmit
+    time 0.3 s after the receive time, on a loopback round trip of microseconds)."""
 
     def __init__(self, behaviour: str = "good", offset: float = 0.0) -> None:
         self.behaviour = behaviour
@@ -71,7 +72,7 @@ class FakeNtp:
         origin = struct.unpack("!Q", request[40:48])[0]
         if b == "wrong-origin":
             origin ^= 0xFFFF
-        tx = 0 if b == "zero-tx" else _bits(now)
+        tx = 0 if b == "zero-tx" else _bits(now + (0.3 if b == "held" else 0))
         packet = struct.pack(
             "!BBbbIIIQQQQ",
             leap << 6 | 4 << 3 | mode,

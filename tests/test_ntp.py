@@ -42,6 +42,7 @@ def test_good_server_offset_is_measured(fake: FakeNtp, offset: float) -> None:
         ("zero-tx", "zero transmit time"),
         ("short", "short packet (20 bytes"),
         ("far", "is over 1.5s"),
+        ("held", "inconsistent server timestamps (it held the request 0.3"),
         ("silent", "no reply within 0.3s"),
     ],
 )
