@@ -60,6 +60,28 @@ class SystemClock:
         return waker.block(0)
 
 
+class OffsetClock:
+    """Another clock corrected by a measured offset: ``now()`` is the base clock's time plus
+    ``offset`` seconds (NTP's sign: positive when the base clock is behind). Monotonic time and
+    sleeping are the base clock's. ``offset`` may be updated from another thread at any time."""
+
+    def __init__(self, base: Clock, offset: float = 0.0) -> None:
+        self.base = base
+        self.offset = offset
+
+    def now(self) -> datetime:
+        return self.base.now() + timedelta(seconds=self.offset)
+
+    def monotonic(self) -> float:
+        return self.base.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        self.base.sleep(seconds)
+
+    def wait(self, waker: Waker, seconds: float) -> bool:
+        return self.base.wait(waker, seconds)
+
+
 class FakeClock:
     """A clock for tests: time moves only when the code sleeps or the test steps it."""
 

@@ -6,6 +6,7 @@ each of them: claim races, fence order, lease expiry after a crash, no theft fro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping
@@ -71,7 +72,42 @@ class Backend(Protocol):
         """Remove claims kept past their ``keep_until``; returns how many were removed."""
         ...
 
+    def server_time(self) -> tuple[float, float] | None:
+        """A reading of the clock the backend itself keeps, as (Unix seconds, resolution in
+        seconds); None when it has none (``--lock none``). The caller times the call."""
+        ...
+
     def close(self) -> None: ...
+
+
+def probe_mtime(directory: Path) -> tuple[float, float]:
+    """The time a file system stamps on a new file in ``directory``: on NFS the server's clock
+    sets it, locally this host's kernel. Returned as (mtime + half a tick, tick): the stamp comes
+    from the kernel's coarse clock, which lags real time by up to one timer tick."""
+    import time
+    import uuid
+
+    probe = directory / f".clock-probe-{uuid.uuid4().hex}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            os.write(fd, b"t")
+        finally:
+            os.close(fd)
+        stamp = os.stat(probe).st_mtime_ns / 1e9
+    except OSError as e:
+        raise BackendError(f"{directory}: clock probe failed: {e.strerror or e}") from e
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    try:
+        tick = time.clock_getres(_CLOCK_REALTIME_COARSE)  # the kernel's timer tick
+    except OSError:
+        tick = 0.01  # not Linux: assume a coarse 100 Hz stamp
+    return stamp + tick / 2, tick
+
+
+_CLOCK_REALTIME_COARSE = 5  # Linux's clockid; Python's time module does not name it
 
 
 def redact(url: str) -> str:

@@ -29,7 +29,7 @@ from filelock import FileLock, Timeout
 
 from ..errors import BackendError
 from ..schedule import to_us as _us
-from . import ClaimResult, Lease, remove_expired_claims, safe_name
+from . import ClaimResult, Lease, probe_mtime, remove_expired_claims, safe_name
 
 
 class FileBackend:
@@ -168,6 +168,9 @@ class FileBackend:
             with contextlib.suppress(OSError):
                 (self._job_dir(lease.job) / "run.holder").unlink(missing_ok=True)
             lock.release()
+
+    def server_time(self) -> tuple[float, float]:
+        return probe_mtime(self.directory)
 
     def close(self) -> None:
         return None

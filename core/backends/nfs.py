@@ -30,7 +30,7 @@ from pathlib import Path
 from ..clock import Clock, SystemClock
 from ..errors import BackendError
 from ..schedule import to_us as _us
-from . import ClaimResult, Lease, remove_expired_claims, safe_name
+from . import ClaimResult, Lease, probe_mtime, remove_expired_claims, safe_name
 
 MUTEX_STALE = 10.0  # seconds a claim mutex may stand unchanged before it is broken
 _WIDTH = 20  # the heartbeat counter is written at a fixed width, in place
@@ -228,6 +228,9 @@ class NfsBackend:
             return
         except OSError as e:
             raise BackendError(f"{self.url}: lease release failed: {e}") from e
+
+    def server_time(self) -> tuple[float, float]:
+        return probe_mtime(self.directory)
 
     def close(self) -> None:
         return None

@@ -46,5 +46,8 @@ class NullBackend:
     def cleanup(self, job: str, now: datetime) -> int:
         return 0
 
+    def server_time(self) -> None:
+        return None  # no backend, no clock of its own
+
     def close(self) -> None:
         return None

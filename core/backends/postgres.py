@@ -185,5 +185,11 @@ class PostgresBackend:
         )
         return len(rows)
 
+    def server_time(self) -> tuple[float, float]:
+        rows = self._run(
+            "clock_timestamp() failed", "SELECT extract(epoch FROM clock_timestamp())::float8", ()
+        )
+        return float(rows[0][0]), 1e-6
+
     def close(self) -> None:
         self._drop()

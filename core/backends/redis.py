@@ -135,6 +135,13 @@ class RedisBackend:
     def cleanup(self, job: str, now: datetime) -> int:
         return 0  # claims carry their own TTL in Redis
 
+    def server_time(self) -> tuple[float, float]:
+        try:
+            seconds, micros = self._r.time()
+        except self._errors as e:
+            raise self._fail("TIME failed", e) from e
+        return int(seconds) + int(micros) / 1e6, 1e-6
+
     def close(self) -> None:
         with contextlib.suppress(*self._errors):
             self._r.close()
