@@ -14,9 +14,11 @@ from .options import (
     DURATION,
     DURATION_OR_ZERO,
     LOCK_URL,
+    NTP_SERVER,
     build_spec,
     complete_schedule,
     schedule_options,
+    server_list,
 )
 
 if TYPE_CHECKING:
@@ -140,6 +142,69 @@ def _seconds(us: int | None) -> float | None:
     help="While running, a tick whose claim fails: skip it (fail "
     "closed) or run it anyway (fail open).",
 )
+@click.option(
+    "--ntp-server",
+    "ntp_servers",
+    multiple=True,
+    type=NTP_SERVER,
+    metavar="HOST[:PORT]",
+    envvar="PYJOB_NTP_SERVERS",
+    help="NTP server for the clock check; repeat for several "
+    "(default: $PYJOB_NTP_SERVERS, else pool.ntp.org).",
+)
+@click.option(
+    "--max-offset",
+    type=DURATION,
+    metavar="DURATION",
+    help="Refuse to start (exit 4) when the clock is further than this from NTP time "
+    "(default: 1/60 of the schedule's interval, at least 100ms).",
+)
+@click.option(
+    "--clock-policy",
+    type=click.Choice(["refuse", "warn"]),
+    default="refuse",
+    show_default=True,
+    help="An offset over --max-offset at start: refuse to start, or only warn.",
+)
+@click.option(
+    "--require-clock",
+    is_flag=True,
+    default=False,
+    help="Exit 3 when no NTP server gives a usable reply at start (default: warn, go on).",
+)
+@click.option(
+    "--clock",
+    "clock_mode",
+    type=click.Choice(["system", "ntp"]),
+    default="system",
+    show_default=True,
+    help="Fire ticks by this host's clock, or by NTP-corrected time (local time plus the "
+    "measured offset, updated at each re-check): instances with skewed clocks then fire "
+    "together.",
+)
+@click.option(
+    "--clock-check-every",
+    type=DURATION,
+    default="10m",
+    show_default=True,
+    metavar="DURATION",
+    help="Re-measure the offset this often, beside the run loop, and log it.",
+)
+@click.option(
+    "--clock-budget",
+    type=DURATION,
+    default="3s",
+    show_default=True,
+    metavar="DURATION",
+    help="The most one clock check may take, however slow or absent the servers.",
+)
+@click.option(
+    "--no-clock-check",
+    is_flag=True,
+    default=False,
+    envvar="PYJOB_NO_CLOCK_CHECK",
+    help="Do not measure the clock (air-gapped hosts); the log says so.",
+)
 @click.argument("command", nargs=-1, required=True, metavar="-- CMD [ARGS]...")
 def run_cmd(
     command: tuple[str, ...],
@@ -159,6 +224,14 @@ def run_cmd(
     log_output: bool,
     log_format: str,
     on_backend_error: str,
+    ntp_servers: tuple[str, ...],
+    max_offset: int | None,
+    clock_policy: str,
+    require_clock: bool,
+    clock_mode: str,
+    clock_check_every: int,
+    clock_budget: int,
+    no_clock_check: bool,
     **kw: Any,
 ) -> None:
     """Run CMD on a schedule, once per tick across every instance that shares the lock.
@@ -179,6 +252,8 @@ def run_cmd(
     import socket
 
     from pyjob.core.backends import open_backend
+    from pyjob.core.clock import Clock, OffsetClock
+    from pyjob.core.clockcheck import DEFAULT_SERVERS, ClockWatch, offset_limit, schedule_interval
     from pyjob.core.executor import Executor, JobConfig
     from pyjob.core.process import Command, RealRunner, check_command
     from pyjob.core.schedule import Schedule, derive_job_id
@@ -186,6 +261,9 @@ def run_cmd(
     from .logs import EventLog
 
     env = get_env()
+    if no_clock_check and (clock_mode == "ntp" or require_clock):
+        flag = "--clock ntp" if clock_mode == "ntp" else "--require-clock"
+        raise click.UsageError(f"{flag} needs the clock check: drop --no-clock-check")
     spec, now = build_spec(schedule_text, kw)
     cmd = Command(tuple(command), shell=shell)
     job = name or derive_job_id(spec, (["--shell"] if shell else []) + list(command))
@@ -212,15 +290,39 @@ def run_cmd(
         env=dict(env.environ),
     )
     runner = RealRunner()
-    executor = Executor(config, backend, env.clock, runner, log)
+    corrected = OffsetClock(env.clock) if clock_mode == "ntp" else None
+    clock: Clock = corrected or env.clock
+    executor = Executor(config, backend, clock, runner, log)
     problem = check_command(cmd, env.environ)
     if problem:
         executor.emit("warning", None, problem=problem, action="each run will fail (exit 127/126)")
-    _install_signals(executor)
+    watch = None
+    if no_clock_check:
+        executor.emit("clock", None, action="not measured (--no-clock-check)")
+    else:
+        limit, reason = offset_limit(_seconds(max_offset), schedule_interval(schedule, now))
+        watch = ClockWatch(
+            server_list(ntp_servers) or list(DEFAULT_SERVERS),
+            env.clock,
+            lambda kind, **fields: executor.emit(kind, None, **fields),
+            limit=limit,
+            limit_reason=reason,
+            policy=clock_policy,
+            require=require_clock,
+            every=clock_check_every / 1e6,
+            budget=clock_budget / 1e6,
+            correct=corrected,
+        )
     try:
-        code = executor.run(now)
+        if watch is not None:
+            watch.check_start()  # raises ClockError (exit 3) or ClockOffsetError (exit 4)
+            watch.start()
+        _install_signals(executor)
+        code = executor.run(clock.now())
     finally:
         signal.set_wakeup_fd(-1)
+        if watch is not None:
+            watch.stop()
         runner.close()
         backend.close()
     raise click.exceptions.Exit(code)

@@ -18,6 +18,7 @@ _COMMANDS = {
     "validate": ("pyjob.cli.cmd_validate", "validate_cmd"),
     "align": ("pyjob.cli.cmd_align", "align_cmd"),
     "run": ("pyjob.cli.cmd_run", "run_cmd"),
+    "check-clock": ("pyjob.cli.cmd_check_clock", "check_clock_cmd"),
 }
 
 

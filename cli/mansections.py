@@ -10,11 +10,19 @@ EXIT_STATUS = [
     ("0", "success"),
     (
         "1",
-        "something failed: a run failed (when run ends by itself), or validate --strict found "
-        "warnings",
+        "something failed: a run failed (when run ends by itself), validate --strict found "
+        "warnings, or check-clock found an offset or skew over its limit (nagios: WARNING)",
     ),
-    ("2", "usage: a bad option, schedule, duration, time or zone"),
-    ("3", "the clock could not be measured (no usable NTP reply)"),
+    (
+        "2",
+        "usage: a bad option, schedule, duration, time or zone (check-clock --format nagios: "
+        "CRITICAL)",
+    ),
+    (
+        "3",
+        "the clock could not be measured: no usable NTP reply (run --require-clock, "
+        "check-clock; nagios: UNKNOWN)",
+    ),
     ("4", "run refused to start: the clock offset is over the limit"),
     ("5", "the lock backend is unreachable or misconfigured at start"),
     ("130", "interrupted (Ctrl-C; for run, a second Ctrl-C)"),
@@ -22,7 +30,13 @@ EXIT_STATUS = [
 
 ENVIRONMENT = [
     ("PYJOB_TZ", "the zone of schedules given no --tz and no CRON_TZ="),
-    ("PYJOB_LOCK", "the lock backend of run (--lock)"),
+    ("PYJOB_LOCK", "the lock backend of run and check-clock (--lock)"),
+    (
+        "PYJOB_NTP_SERVERS",
+        "NTP servers, separated by spaces or commas, for run and check-clock (default "
+        "pool.ntp.org)",
+    ),
+    ("PYJOB_NO_CLOCK_CHECK", "set to 1: run does not measure the clock (--no-clock-check)"),
     ("PYJOB_<COMMAND>_<OPTION>", "any option, e.g. PYJOB_NEXT_COUNT=10"),
     ("TZ", "the system zone, when PYJOB_TZ is not set"),
     ("XDG_RUNTIME_DIR", "where the default file lock directory is created (pyjob/)"),
@@ -56,6 +70,7 @@ PAGES: dict[str, dict[str, object]] = {
             ("Preview a cron expression", 'pyjob next "0 * * * *"'),
             ("Check schedules in CI", 'pyjob validate "0 3 * * *" "every 15m align" --strict'),
             ("Start a command on the next 5-minute boundary", "pyjob align 5m --wait && ./task"),
+            ("Check the clock in CI", "pyjob check-clock --interval 5m"),
         ],
     },
     "run": {
@@ -72,6 +87,13 @@ PAGES: dict[str, dict[str, object]] = {
             "SIGTERM or SIGINT stops scheduling, forwards SIGTERM to running commands, waits "
             "--stop-timeout, then sends SIGKILL. A second SIGINT kills at once. If pyjob is "
             "killed outright, a small reaper process kills the process groups of its runs.",
+            "Before the first tick run measures the clock against NTP (--ntp-server, "
+            "PYJOB_NTP_SERVERS, else pool.ntp.org) within --clock-budget, and logs the offset. "
+            "No usable reply: a warning, and it goes on (--require-clock: exit 3). An offset over "
+            "--max-offset (default 1/60 of the schedule's interval, at least 100ms): exit 4 "
+            "(--clock-policy warn: a warning). It re-measures every --clock-check-every on a "
+            "thread of its own and logs each result. With --clock ntp ticks fire by local time "
+            "plus the measured offset, so instances whose clocks disagree still fire together.",
         ],
         "examples": [
             ("Every 5 minutes on the boundary", "pyjob run --every 5m --align -- ./backup.sh"),
@@ -84,6 +106,11 @@ PAGES: dict[str, dict[str, object]] = {
                 "pyjob run --every 1m --log-output --log-format json -- ./poll",
             ),
             ("A one-time run that exits when done", "pyjob run --once 2026-12-24T18:00 -- ./greet"),
+            (
+                "Fire by NTP time, against the site's servers",
+                "pyjob run --every 1m --align --clock ntp --ntp-server ntp1 --ntp-server ntp2 "
+                "-- ./sync",
+            ),
         ],
     },
     "next": {
@@ -116,6 +143,42 @@ PAGES: dict[str, dict[str, object]] = {
             (
                 "Warnings fail the build",
                 'pyjob validate --strict "CRON_TZ=Europe/Berlin 30 2 * * *"',
+            ),
+        ],
+    },
+    "check-clock": {
+        "summary": "measure the clock against NTP, peers and the lock backend",
+        "description": [
+            "Queries each NTP server several times (--samples), checks every reply (mode, "
+            "stratum, kiss-o'-death code, leap indicator, zero transmit time, origin timestamp, "
+            "source address and port, root distance) and keeps the sample with the smallest "
+            "round trip. It reports offset (NTP's sign: +2.5s means this host is 2.5s behind), "
+            "error bound (half the round trip), delay, stratum, reference id and leap state for "
+            "each server, and why a rejected reply was rejected.",
+            "The best server's offset is judged against --max-offset (default 1s) or the limit "
+            "an --interval tolerates: 1/60 of it, at least 100ms (1s: 100ms, 1m: 1s, 5m: 5s, "
+            "1h: 1m). The impact class is negligible below 100ms, minor to 1s, noticeable to 5s, "
+            "and severe above.",
+            "--peer asks other instances' hosts over NTP (they must serve it, as chronyd does "
+            "with an allow line) and reports the largest skew between any two clocks, this one "
+            "included, against --max-skew. --lock measures the lock backend's clock: Redis "
+            "TIME, PostgreSQL clock_timestamp(), or the mtime of a probe file for file: and "
+            "nfs:. On Linux the kernel's synchronisation state and estimated error are shown "
+            "(adjtimex, read only).",
+            "--format nagios prints monitoring-plugins' line, e.g. 'NTP OK: Offset 0.0012 "
+            "secs|offset=0.001200s;0.100000;1.000000;', and exits 0 OK, 1 WARNING, 2 CRITICAL "
+            "or 3 UNKNOWN by --warn and --crit.",
+        ],
+        "examples": [
+            ("In a CI pipeline, for 5-minute jobs", "pyjob check-clock --interval 5m"),
+            (
+                "Skew across the fleet",
+                "pyjob check-clock --server ntp1 --peer app2 --peer app3 --max-skew 200ms",
+            ),
+            ("The lock backend's clock", "pyjob check-clock --lock redis://redis:6379/0"),
+            (
+                "A monitoring check",
+                "pyjob check-clock --format nagios --warn 100ms --crit 1s",
             ),
         ],
     },

@@ -80,6 +80,28 @@ class LockURLType(click.ParamType):
         ]
 
 
+class NtpServerType(click.ParamType):
+    """HOST, HOST:PORT or [IPv6]:PORT; a comma-separated list is split (PYJOB_NTP_SERVERS)."""
+
+    name = "server"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from pyjob.core.ntp import parse_server
+
+        items = [v.strip() for v in str(value).split(",") if v.strip()]
+        for item in items:
+            try:
+                parse_server(item)
+            except InputError as e:
+                self.fail(e.message, param, ctx)
+        return ",".join(items)
+
+
+def server_list(values: tuple[str, ...] | None) -> list[str]:
+    """The servers of a repeatable NTP server option, commas split, order kept."""
+    return [item for v in values or () for item in v.split(",") if item]
+
+
 SCHEDULE_STARTS = (
     "every ",
     "daily at ",
@@ -113,6 +135,7 @@ DURATION = DurationType()
 DURATION_OR_ZERO = DurationType(allow_zero=True)
 ZONE = ZoneType()
 LOCK_URL = LockURLType()
+NTP_SERVER = NtpServerType()
 
 _KIND_OPTIONS = ("cron", "every", "daily", "weekly", "monthly", "once")
 
