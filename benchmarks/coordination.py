@@ -66,6 +66,7 @@ def fleet(url: str, ticks: int, tmp: Path) -> dict[str, object]:
                 [
                     pyjob(),
                     "run",
+                    "--no-clock-check",
                     "--every",
                     "1s",
                     "--align",

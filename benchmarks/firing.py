@@ -64,6 +64,7 @@ def tools(ticks: int, tmp: Path) -> dict[str, tuple[list[str], bool]]:
             [
                 pyjob(),
                 "run",
+                "--no-clock-check",
                 "--every",
                 "1s",
                 "--align",

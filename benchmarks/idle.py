@@ -31,7 +31,17 @@ while True:
 def tools(tmp: str) -> dict[str, list[str]]:
     far = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
     return {
-        "pyjob run": [pyjob(), "run", "--once", far, "--lock", f"file:{tmp}/idle", "--", "true"],
+        "pyjob run": [
+            pyjob(),
+            "run",
+            "--no-clock-check",
+            "--once",
+            far,
+            "--lock",
+            f"file:{tmp}/idle",
+            "--",
+            "true",
+        ],
         "APScheduler 3 (BlockingScheduler)": [sys.executable, "-c", APSCHEDULER],
         "schedule (sleep until idle_seconds)": [sys.executable, "-c", SCHEDULE],
     }

@@ -18,6 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 27, 22, 0, tzinfo=UTC)  # a fixed "now" for CLI tests
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Long tests first (a stable sort, the same on every xdist worker), so that with one test
+    per worker at a time they are shared out at the start rather than left to the end."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 def pyjob_exe() -> list[str]:
     """The installed console script of the interpreter running the tests."""
     exe = Path(sys.executable).parent / "pyjob"

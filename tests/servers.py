@@ -145,6 +145,101 @@ class PostgresServer:
         shutil.rmtree(self.datadir.parent, ignore_errors=True)
 
 
+FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+def faketime_env(offset: str) -> dict[str, str]:
+    """Environment that runs a program with its clock moved by ``offset`` (e.g. "+2.5")."""
+    need("faketime")
+    if not Path(FAKETIME_LIB).exists():
+        pytest.fail(f"{FAKETIME_LIB} is missing (Debian package faketime)")
+    return {"LD_PRELOAD": FAKETIME_LIB, "FAKETIME": offset}
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ChronyServer:
+    """chronyd serving its own clock on a loopback port: no sources, ``local stratum 8``, no
+    control of the system clock (-x), no command socket.
+
+    Under libfaketime give it an offset over 1 s: chronyd stamps received packets with the
+    kernel's (true) clock unless that differs from its own by more than about a second, so a
+    smaller fake offset yields replies whose receive and transmit stamps disagree (pyjob rejects
+    those as inconsistent; tests/test_clock.py checks it)."""
+
+    exe: str
+    port: int
+    workdir: Path
+    offset: str | None = None  # libfaketime offset of the server's clock, e.g. "+2.5"
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        conf = self.workdir / "chrony.conf"
+        conf.write_text(
+            f"port {self.port}\n"
+            "bindaddress 127.0.0.1\n"
+            "cmdport 0\n"
+            "local stratum 8\n"
+            "allow 127.0.0.1\n"
+            f"pidfile {self.workdir}/chronyd.pid\n"
+            f"driftfile {self.workdir}/drift\n"
+        )
+        env = dict(os.environ)
+        if self.offset is not None:
+            env.update(faketime_env(self.offset))
+        # -x: never touch the system clock; -d: stay in the foreground; as root keep root (the
+        # _chrony user could not read the work directory), otherwise -U allows a normal user.
+        user = ["-u", "root"] if os.getuid() == 0 else ["-U"]
+        self.proc = subprocess.Popen(
+            [self.exe, "-x", "-d", *user, "-f", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.workdir / "chronyd.log").open("w"),
+            env=env,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 20.0) -> None:
+        from pyjob.core.clock import SystemClock
+        from pyjob.core.ntp import RejectedReply, query
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                query(self.address, SystemClock(), timeout=0.2)
+                return
+            except RejectedReply as e:
+                if not str(e).startswith(("no reply", "network error")):
+                    return  # it answers, if not well: the test is about that
+                if self.proc is not None and self.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+        log = (self.workdir / "chronyd.log").read_text()
+        raise RuntimeError(f"chronyd on {self.address} did not answer: {log[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+            self.proc = None
+
+
+def start_chronyd(tmp: Path, offset: str | None = None) -> ChronyServer:
+    exe = need("chronyd", "/usr/sbin/chronyd", "/sbin/chronyd")
+    tmp.mkdir(parents=True, exist_ok=True)
+    server = ChronyServer(exe, free_udp_port(), tmp, offset)
+    server.start()
+    return server
+
+
 def start_redis(tmp: Path) -> RedisServer:
     server = RedisServer(need("redis-server"), free_port(), tmp)
     server.start()

@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 
 from .runproc import PyjobRun
-from .servers import PostgresServer, RedisServer, need, start_postgres, start_redis
+from .servers import PostgresServer, RedisServer, faketime_env, start_postgres, start_redis
 
 pytestmark = pytest.mark.slow
 
 TICKS = 30
 RECORD = 'echo "$PYJOB_TICK_UNIX $PYJOB_INSTANCE" >> "$OUT"'
-FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
 
 @pytest.fixture(scope="module")
@@ -60,17 +59,10 @@ def lock_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return server.url.rsplit("/", 1)[0] + f"/{name}"
 
 
-def _faketime_env() -> dict[str, str]:
-    need("faketime")
-    if not Path(FAKETIME_LIB).exists():
-        pytest.fail(f"{FAKETIME_LIB} is missing (Debian package faketime)")
-    return {"LD_PRELOAD": FAKETIME_LIB, "FAKETIME": "+0.3"}
-
-
 def _start(lock_url: str, tmp: Path, name: str, skewed: bool = False) -> PyjobRun:
     env = {"OUT": str(tmp / "runs")}
     if skewed:
-        env.update(_faketime_env())
+        env.update(faketime_env("+0.3"))
     run = PyjobRun(
         ["--every", "1s", "--align", "--lock", lock_url, "--shell", "--", RECORD], tmp, name, env
     )
@@ -83,6 +75,7 @@ def _counts(tmp: Path) -> Counter[float]:
     return Counter(float(r[0]) for r in rows)  # PYJOB_TICK_UNIX, exact (200 ms ticks too)
 
 
+@pytest.mark.long
 def test_four_instances_one_300ms_ahead_run_each_tick_exactly_once(
     lock_url: str, tmp_path: Path
 ) -> None:
@@ -100,6 +93,7 @@ def test_four_instances_one_300ms_ahead_run_each_tick_exactly_once(
     assert sum(shares.values()) >= TICKS
 
 
+@pytest.mark.long
 def test_no_tick_runs_twice_while_instances_are_killed_and_restarted(
     lock_url: str, tmp_path: Path
 ) -> None:
@@ -170,7 +164,7 @@ def test_backend_down_at_start_exits_5(tmp_path: Path) -> None:
         f"postgresql://u:pw@127.0.0.1:{free_port()}/db",
     ):
         proc = subprocess.run(
-            [*pyjob_exe(), "run", "--every", "1s", "--lock", url, "--", "true"],
+            [*pyjob_exe(), "run", "--no-clock-check", "--every", "1s", "--lock", url, "--", "true"],
             capture_output=True,
             text=True,
             timeout=30,

@@ -91,7 +91,11 @@ def bash_complete(line: str) -> list[str]:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("pyjob ", ["align", "next", "run", "validate"]),
+        ("pyjob ", ["align", "check-clock", "next", "run", "validate"]),
+        ("pyjob check-clock --format ", ["table", "json", "nagios"]),
+        ("pyjob check-clock --lock re", ["redis://", "rediss://"]),
+        ("pyjob run --clock ", ["system", "ntp"]),
+        ("pyjob run --clock-policy ", ["refuse", "warn"]),
         ("pyjob run --ov", ["--overlap"]),
         ("pyjob run --overlap ", ["skip", "queue", "allow", "replace"]),
         ("pyjob run --log-format ", ["text", "json"]),
@@ -157,6 +161,14 @@ _REPORT = (
         (["--version"], {}),
         (["--help"], {}),
         (["align", "5m"], {}),
+        (
+            [],
+            {
+                "_PYJOB_COMPLETE": "bash_complete",
+                "COMP_WORDS": "pyjob check-clock --format ",
+                "COMP_CWORD": "3",
+            },
+        ),
         (
             [],
             {
