@@ -3,10 +3,10 @@
     python -m benchmarks.coordination            # 500 claims, 30 ticks per backend (~2.5 minutes)
     python -m benchmarks.coordination --quick    # 50 claims, 5 ticks (a smoke test for CI)
 
-Servers (redis-server, PostgreSQL) are started on free loopback ports, as the tests do; nfs: runs on
-a local directory (NFS cannot be mounted here). The fleet run is 4 `pyjob run --every 1s --align`
-processes, one of them with its clock 300 ms ahead (libfaketime); a tick "ran" when its command
-wrote a line.
+Servers (redis-server, PostgreSQL, chronyd) are started on free loopback ports, as the tests do;
+nfs: runs on a local directory (NFS cannot be mounted here). The fleet run is 4 `pyjob run
+--every 1s --align` processes, one of them with its clock 300 ms ahead (libfaketime); a tick
+"ran" when its command wrote a line. On Redis it runs again with --clock ntp.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pyjob.core.backends import open_backend
 from .common import ROOT, Table, machine, pct, pyjob
 
 sys.path.insert(0, str(ROOT))
-from tests.servers import start_postgres, start_redis
+from tests.servers import start_chronyd, start_postgres, start_redis
 
 FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
@@ -53,7 +53,8 @@ def claim_latency(url: str, n: int) -> tuple[list[float], list[float]]:
     return claims, leases
 
 
-def fleet(url: str, ticks: int, tmp: Path) -> dict[str, object]:
+def fleet(url: str, ticks: int, tmp: Path, clock: list[str] | None = None) -> dict[str, object]:
+    """``clock``: run's clock options (default: no clock check, the local clocks as they are)."""
     out = tmp / f"runs-{random.randrange(10**9)}"
     record = 'echo "$PYJOB_TICK_UNIX $PYJOB_INSTANCE" >> "$OUT"'
     procs = []
@@ -66,7 +67,7 @@ def fleet(url: str, ticks: int, tmp: Path) -> dict[str, object]:
                 [
                     pyjob(),
                     "run",
-                    "--no-clock-check",
+                    *(clock or ["--no-clock-check"]),
                     "--every",
                     "1s",
                     "--align",
@@ -107,6 +108,7 @@ def tables(n: int, ticks: int) -> list[Table]:
     tmp = Path(tempfile.mkdtemp(prefix="pyjob-bench-"))
     redis_server = start_redis(tmp)
     pg = start_postgres()
+    ntp = start_chronyd(tmp / "chrony")
     latency = Table(
         f"Claim latency: {n} claims of distinct ticks, then a run lease taken and released",
         ["backend", "claim p50 ms", "claim p99 ms", "lease p50 ms", "lease p99 ms"],
@@ -142,18 +144,31 @@ def tables(n: int, ticks: int) -> list[Table]:
                     f"{pct(leases, 0.99):.3f}",
                 ]
             )
-            r = fleet(fleet_url, ticks, tmp)
-            fleet_t.rows.append(
-                [
-                    name,
-                    str(r["ticks"]),
-                    str(r["runs"]),
-                    str(r["duplicates"]),
-                    str(r["misses"]),
-                    str(r["share"]),
+            runs = [(name, fleet(fleet_url, ticks, tmp))]
+            if name == "redis":
+                ntp_clock = [
+                    "--clock",
+                    "ntp",
+                    "--ntp-server",
+                    ntp.address,
+                    "--clock-policy",
+                    "warn",
                 ]
-            )
+                url3 = f"redis://127.0.0.1:{redis_server.port}/3"
+                runs.append(("redis, --clock ntp", fleet(url3, ticks, tmp, ntp_clock)))
+            for label, r in runs:
+                fleet_t.rows.append(
+                    [
+                        label,
+                        str(r["ticks"]),
+                        str(r["runs"]),
+                        str(r["duplicates"]),
+                        str(r["misses"]),
+                        str(r["share"]),
+                    ]
+                )
     finally:
+        ntp.stop()
         redis_server.stop()
         pg.destroy()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -161,8 +176,9 @@ def tables(n: int, ticks: int) -> list[Table]:
         "Servers on loopback; nfs: on a local directory (NFS cannot be mounted on these machines)."
     )
     fleet_t.note = (
-        "A tick ran when its command wrote a line. The instance 300 ms ahead "
-        "(libfaketime) wins every claim: correct, not fair."
+        "A tick ran when its command wrote a line. By their own clocks the instance 300 ms "
+        "ahead (libfaketime) wins every claim: correct, not fair. With --clock ntp (a chronyd "
+        "on loopback) all four fire by NTP time and share the ticks."
     )
     return [latency, fleet_t]
 

@@ -180,3 +180,19 @@ def test_lease_release_lets_the_next_holder_in(lock_url: str) -> None:
     second = b.acquire_lease("job", "b", 5.0)
     assert second is not None
     b.release_lease(second)
+
+
+def test_backend_clock_agrees_with_this_host(lock_url: str) -> None:
+    # Every test server runs on this host, so its clock is ours: the measured offset must be
+    # zero within the error bound the measurement claims (plus 2 ms for scheduling noise).
+    from pyjob.core.clock import SystemClock
+    from pyjob.core.clockcheck import backend_clock
+
+    backend = _open(lock_url)
+    try:
+        reading = backend_clock(backend, SystemClock())
+    finally:
+        backend.close()
+    assert reading is not None and reading.url == backend.url
+    assert 0 < reading.error < 0.05
+    assert abs(reading.offset) <= reading.error + 0.002, reading
