@@ -18,6 +18,14 @@ ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 27, 22, 0, tzinfo=UTC)  # a fixed "now" for CLI tests
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, hand out one test at a time per worker (unless told otherwise): with the long
+    tests first (below), the 20-35 s ones then spread over the workers instead of queueing on
+    one."""
+    if config.pluginmanager.hasplugin("xdist") and config.getoption("maxschedchunk") is None:
+        config.option.maxschedchunk = 1
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Long tests first (a stable sort, the same on every xdist worker), so that with one test
     per worker at a time they are shared out at the start rather than left to the end."""
