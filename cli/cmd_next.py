@@ -46,6 +46,14 @@ def _note(tick: Tick) -> str:
     "(default: derived from the schedule, as `pyjob run` does for a command-less job).",
 )
 @click.option(
+    "--file",
+    "jobs_file",
+    type=click.Path(dir_okay=False),
+    metavar="PATH",
+    help="The next ticks of every job of a crontab or TOML jobs file, merged in time order, "
+    "each with its job's name.",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(["table", "plain", "json"]),
@@ -54,7 +62,13 @@ def _note(tick: Tick) -> str:
     help="table for people, plain (one ISO 8601 instant per line) or json.",
 )
 def next_cmd(
-    expr: str | None, count: int, from_: str | None, name: str | None, fmt: str, **kw: Any
+    expr: str | None,
+    count: int,
+    from_: str | None,
+    name: str | None,
+    jobs_file: str | None,
+    fmt: str,
+    **kw: Any,
 ) -> None:
     """Show the next ticks of a schedule.
 
@@ -72,6 +86,17 @@ def next_cmd(
     from pyjob.core.schedule import Schedule, derive_job_id, iso, to_us
 
     env = get_env()
+    if jobs_file is not None:
+        if (
+            expr
+            or name
+            or any(kw.get(k) for k in ("cron", "every", "daily", "weekly", "monthly", "once"))
+        ):
+            raise click.UsageError(
+                "--file previews the file's jobs: drop the EXPR, --name and schedule options"
+            )
+        _next_file(jobs_file, count, from_, fmt)
+        return
     spec, now = build_spec(expr, kw, from_)
     schedule = Schedule(spec, job_id=name or derive_job_id(spec), anchor=now)
     ticks = list(schedule.ticks(now, count))
@@ -120,3 +145,79 @@ def next_cmd(
     if not ticks:
         title.append(("Ticks", "none: the schedule has ended"))
     table(env, ["#", "Local", "UTC", "When", "Note"], rows, title)
+
+
+def _local(tick: Tick, zone: Any) -> str:
+    local = tick.instant.astimezone(zone)
+    return (
+        local.strftime("%a %Y-%m-%d %H:%M:%S")
+        + (f".{local.microsecond:06d}" if local.microsecond else "")
+        + " "
+        + (local.tzname() or "")
+    )
+
+
+def _next_file(path: str, count: int, from_: str | None, fmt: str) -> None:
+    import heapq
+
+    from pyjob.core.durations import humanize
+    from pyjob.core.errors import InputError
+    from pyjob.core.jobsfile import load
+    from pyjob.core.schedule import Schedule, iso, to_us
+    from pyjob.core.timeparse import parse_datetime
+    from pyjob.core.zones import get_zone, job_zone_name
+
+    env = get_env()
+    now = env.clock.now()
+    if from_ is not None:
+        try:
+            now = parse_datetime(from_, get_zone(job_zone_name(None, None, env.environ)), now)
+        except InputError as e:
+            raise click.BadParameter(e.message, param_hint="'--from'") from None
+    jobs = load(path, env.environ, now)
+
+    def stream(job: Any) -> Any:  # a function, so that each stream keeps its own job
+        schedule = Schedule(job.spec, job_id=job.name, anchor=now)
+        for t in schedule.ticks(now, count):
+            yield t.instant, job.name, t, schedule.zone
+
+    merged = list(heapq.merge(*map(stream, jobs), key=lambda x: (x[0], x[1])))[:count]
+    if fmt == "plain":
+        for instant, job_name, _, zone in merged:
+            click.echo(f"{iso(instant, zone)} {job_name}")
+        return
+    if fmt == "json":
+        echo_json(
+            {
+                "file": path,
+                "from": iso(now),
+                "ticks": [
+                    {
+                        "job": job_name,
+                        "local": iso(instant, zone),
+                        "utc": iso(instant),
+                        "unix": to_us(instant) / 1e6,
+                        "in_seconds": (instant - now).total_seconds(),
+                    }
+                    for instant, job_name, _, zone in merged
+                ],
+            }
+        )
+        return
+    rows = [
+        [
+            str(i),
+            _local(tick, zone),
+            iso(instant),
+            "in " + humanize((instant - now).total_seconds()),
+            job_name,
+            _note(tick),
+        ]
+        for i, (instant, job_name, tick, zone) in enumerate(merged, 1)
+    ]
+    table(
+        env,
+        ["#", "Local", "UTC", "When", "Job", "Note"],
+        rows,
+        [("File", path), ("Jobs", str(len(jobs)))],
+    )

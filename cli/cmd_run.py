@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -22,6 +23,10 @@ from .options import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pyjob.core.clock import Clock, OffsetClock
+    from pyjob.core.clockcheck import ClockWatch
     from pyjob.core.executor import Executor
 
 
@@ -205,7 +210,15 @@ def _seconds(us: int | None) -> float | None:
     envvar="PYJOB_NO_CLOCK_CHECK",
     help="Do not measure the clock (air-gapped hosts); the log says so.",
 )
-@click.argument("command", nargs=-1, required=True, metavar="-- CMD [ARGS]...")
+@click.option(
+    "--file",
+    "jobs_file",
+    type=click.Path(dir_okay=False),
+    metavar="PATH",
+    help="Run every job of a crontab or a TOML jobs file (*.toml) in this one process, instead "
+    "of one command; SIGHUP re-reads it. The run options given here are defaults for its jobs.",
+)
+@click.argument("command", nargs=-1, required=False, metavar="-- CMD [ARGS]...")
 def run_cmd(
     command: tuple[str, ...],
     schedule_text: str | None,
@@ -232,6 +245,7 @@ def run_cmd(
     clock_check_every: int,
     clock_budget: int,
     no_clock_check: bool,
+    jobs_file: str | None,
     **kw: Any,
 ) -> None:
     """Run CMD on a schedule, once per tick across every instance that shares the lock.
@@ -242,9 +256,13 @@ def run_cmd(
     wait --stop-timeout, exit 0; a second Ctrl-C kills at once, exit 130), or until the schedule
     ends (--once, --stop-at, --max-runs): then exit 0 if every run succeeded, else 1.
 
+    With --file PATH, runs every job of a crontab or TOML jobs file instead, each on its own
+    ticks; SIGHUP re-reads the file (unchanged jobs keep running, removed ones finish their run).
+
     \b
     Examples:
       pyjob run --every 5m --align -- ./backup.sh
+      pyjob run --file crontab --lock redis://redis:6379/0
       pyjob run --cron "0 3 * * *" --tz Europe/Berlin --timeout 1h -- ./nightly.sh
       pyjob run -s "every 1m..5m" --shell -- 'curl -fsS https://example.com/ping'
     """
@@ -252,8 +270,8 @@ def run_cmd(
     import socket
 
     from pyjob.core.backends import open_backend
-    from pyjob.core.clock import Clock, OffsetClock
-    from pyjob.core.clockcheck import DEFAULT_SERVERS, ClockWatch, offset_limit, schedule_interval
+    from pyjob.core.clock import OffsetClock
+    from pyjob.core.clockcheck import schedule_interval
     from pyjob.core.executor import Executor, JobConfig
     from pyjob.core.process import Command, RealRunner, check_command
     from pyjob.core.schedule import Schedule, derive_job_id
@@ -264,6 +282,51 @@ def run_cmd(
     if no_clock_check and (clock_mode == "ntp" or require_clock):
         flag = "--clock ntp" if clock_mode == "ntp" else "--require-clock"
         raise click.UsageError(f"{flag} needs the clock check: drop --no-clock-check")
+    clock_options = ClockOptions(
+        servers=server_list(ntp_servers) or None,
+        max_offset=_seconds(max_offset),
+        policy=clock_policy,
+        require=require_clock,
+        mode=clock_mode,
+        every=clock_check_every / 1e6,
+        budget=clock_budget / 1e6,
+        skip=no_clock_check,
+    )
+    if jobs_file is not None:
+        from .run_file import run_file
+
+        given = [f"--{k}" for k in _SCHEDULE_KEYS if kw.get(k)] + (["-s"] if schedule_text else [])
+        for flag, value in (("CMD", command), ("--name", name), ("--shell", shell)):
+            if value:
+                given.append(flag)
+        if given:
+            raise click.UsageError(f"--file takes its jobs from the file: drop {', '.join(given)}")
+        defaults = {
+            "overlap": overlap,
+            "misfire-grace": misfire_grace,
+            "timeout": timeout,
+            "kill-after": kill_after,
+            "stop-timeout": stop_timeout,
+            "run-now": run_now,
+            "jitter": jitter,
+            "max-runs": max_runs,
+            "log-output": log_output,
+            "on-backend-error": on_backend_error,
+        }
+        code = run_file(
+            jobs_file,
+            env,
+            instance_id=instance_id,
+            lock=lock,
+            log_format=log_format,
+            defaults={k: v for k, v in defaults.items() if v is not None},
+            clock_options=clock_options,
+        )
+        raise click.exceptions.Exit(code)
+    if not command:
+        raise click.UsageError(
+            "missing the command: pyjob run SCHEDULE -- CMD [ARGS]... (or --file PATH)"
+        )
     spec, now = build_spec(schedule_text, kw)
     cmd = Command(tuple(command), shell=shell)
     job = name or derive_job_id(spec, (["--shell"] if shell else []) + list(command))
@@ -296,23 +359,16 @@ def run_cmd(
     problem = check_command(cmd, env.environ)
     if problem:
         executor.emit("warning", None, problem=problem, action="each run will fail (exit 127/126)")
-    watch = None
-    if no_clock_check:
-        executor.emit("clock", None, action="not measured (--no-clock-check)")
-    else:
-        limit, reason = offset_limit(_seconds(max_offset), schedule_interval(schedule, now))
-        watch = ClockWatch(
-            server_list(ntp_servers) or list(DEFAULT_SERVERS),
-            env.clock,
-            lambda kind, **fields: executor.emit(kind, None, **fields),
-            limit=limit,
-            limit_reason=reason,
-            policy=clock_policy,
-            require=require_clock,
-            every=clock_check_every / 1e6,
-            budget=clock_budget / 1e6,
-            correct=corrected,
-        )
+    unshared = unshared_warning(spec.rule)
+    if unshared and backend.url != "none":
+        executor.emit("warning", None, **unshared)
+    watch = clock_watch(
+        clock_options,
+        env.clock,
+        corrected,
+        schedule_interval(schedule, now),
+        lambda kind, **fields: executor.emit(kind, None, **fields),
+    )
     try:
         if watch is not None:
             watch.check_start()  # raises ClockError (exit 3) or ClockOffsetError (exit 4)
@@ -326,6 +382,72 @@ def run_cmd(
         runner.close()
         backend.close()
     raise click.exceptions.Exit(code)
+
+
+_SCHEDULE_KEYS = ("cron", "every", "daily", "weekly", "monthly", "once", "at", "align", "offset")
+
+
+@dataclass(frozen=True)
+class ClockOptions:
+    servers: list[str] | None
+    max_offset: float | None
+    policy: str
+    require: bool
+    mode: str  # system or ntp
+    every: float
+    budget: float
+    skip: bool
+
+
+def clock_watch(
+    options: ClockOptions,
+    base: Clock,
+    corrected: OffsetClock | None,
+    interval: float | None,
+    emit: Callable[..., None],
+) -> ClockWatch | None:
+    """The ClockWatch `run` uses, or None (after logging so) with --no-clock-check."""
+    from pyjob.core.clockcheck import DEFAULT_SERVERS, ClockWatch, offset_limit
+
+    if options.skip:
+        emit("clock", action="not measured (--no-clock-check)")
+        return None
+    limit, reason = offset_limit(options.max_offset, interval)
+    return ClockWatch(
+        options.servers or list(DEFAULT_SERVERS),
+        base,
+        emit,
+        limit=limit,
+        limit_reason=reason,
+        policy=options.policy,
+        require=options.require,
+        every=options.every,
+        budget=options.budget,
+        correct=corrected,
+    )
+
+
+def unshared_warning(rule: object) -> dict[str, str] | None:
+    """The fields of the warning for a schedule whose ticks differ between instances."""
+    why = _unshared_ticks(rule)
+    if why is None:
+        return None
+    return {
+        "problem": f"'{rule}' {why}: other instances get other ticks and do not coordinate "
+        "with this one",
+        "action": "add --align (or use cron) when several instances run this job",
+    }
+
+
+def _unshared_ticks(rule: object) -> str | None:
+    """Why the ticks of ``rule`` differ between instances, if they do."""
+    from pyjob.core.schedule import EveryRule, RandomEveryRule
+
+    if isinstance(rule, EveryRule) and not rule.align:
+        return "counts from this instance's start"
+    if isinstance(rule, RandomEveryRule):
+        return "draws each wait at random"
+    return None
 
 
 def _install_signals(executor: Executor) -> None:

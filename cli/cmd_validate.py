@@ -24,6 +24,14 @@ from .render import echo_json
     help="Treat warnings (DST, day-of-month OR day-of-week) as failures: exit 1.",
 )
 @click.option(
+    "--file",
+    "jobs_file",
+    type=click.Path(dir_okay=False),
+    metavar="PATH",
+    help="Check every job of a crontab or TOML jobs file (as run --file reads it); each problem "
+    "is reported with file:line or the job's table.",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(["text", "json"]),
@@ -31,7 +39,9 @@ from .render import echo_json
     show_default=True,
     help="text for people, json for machines.",
 )
-def validate_cmd(exprs: tuple[str, ...], strict: bool, fmt: str, **kw: Any) -> None:
+def validate_cmd(
+    exprs: tuple[str, ...], strict: bool, jobs_file: str | None, fmt: str, **kw: Any
+) -> None:
     """Check schedules: print the normalized form and next tick, or what is wrong.
 
     Each EXPR is checked on its own (or the schedule options, when no EXPR is given). Exit 0 when
@@ -44,6 +54,13 @@ def validate_cmd(exprs: tuple[str, ...], strict: bool, fmt: str, **kw: Any) -> N
 
     env = get_env()
     clock_now = env.clock.now()
+    if jobs_file is not None:
+        if exprs or any(kw.get(k) for k in ("cron", "every", "daily", "weekly", "monthly", "once")):
+            raise click.UsageError(
+                "--file checks the file's jobs: drop the EXPR and schedule options"
+            )
+        _validate_file(jobs_file, strict, fmt)
+        return
     inputs: list[str | None] = list(exprs) if exprs else [None]
     results = []
     for text in inputs:
@@ -96,4 +113,46 @@ def validate_cmd(exprs: tuple[str, ...], strict: bool, fmt: str, **kw: Any) -> N
     if any_error:
         raise click.exceptions.Exit(int(ExitCode.USAGE))
     if strict and any_warning:
+        raise click.exceptions.Exit(int(ExitCode.FAILED))
+
+
+def _validate_file(path: str, strict: bool, fmt: str) -> None:
+    from pyjob.core.describe import warnings
+    from pyjob.core.jobsfile import JobsFileError, load
+    from pyjob.core.schedule import Schedule, iso
+
+    env = get_env()
+    now = env.clock.now()
+    try:
+        jobs = load(path, env.environ, now)
+    except JobsFileError as e:
+        if fmt == "json":
+            echo_json({"valid": False, "file": path, "jobs": [], "errors": e.problems})
+        else:
+            for problem in e.problems:
+                click.echo(f"Error: {problem}", err=True)
+        raise click.exceptions.Exit(int(ExitCode.USAGE)) from None
+    docs = []
+    for job in jobs:
+        schedule = Schedule(job.spec, job_id=job.name, anchor=now)
+        nxt = schedule.next_tick(now)
+        docs.append(
+            {
+                "name": job.name,
+                "where": job.where,
+                "schedule": str(job.spec),
+                "command": str(job.command),
+                "next": iso(nxt, schedule.zone) if nxt else None,
+                "warnings": [w.message for w in warnings(schedule, now)],
+            }
+        )
+    if fmt == "json":
+        echo_json({"valid": True, "file": path, "jobs": docs, "errors": []})
+    else:
+        for d in docs:
+            click.echo(f"ok: {d['name']}: {d['schedule']} -- {d['command']}")
+            click.echo(f"  next:  {d['next'] or 'none: the schedule has ended'}")
+            for w in d["warnings"]:
+                click.echo(f"warning: {d['where']}: {w}", err=True)
+    if strict and any(d["warnings"] for d in docs):
         raise click.exceptions.Exit(int(ExitCode.FAILED))

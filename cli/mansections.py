@@ -87,6 +87,13 @@ PAGES: dict[str, dict[str, object]] = {
             "SIGTERM or SIGINT stops scheduling, forwards SIGTERM to running commands, waits "
             "--stop-timeout, then sends SIGKILL. A second SIGINT kills at once. If pyjob is "
             "killed outright, a small reaper process kills the process groups of its runs.",
+            "With --file PATH it runs every job of a crontab (5 or 6 fields, descriptors, "
+            "KEY=VALUE and CRON_TZ= lines; the rest of a line is run by /bin/sh -c) or of a TOML "
+            "file (*.toml: [defaults] and [jobs.NAME] tables whose keys are run's long options, "
+            "plus command, shell and env) in one process, each job with its own ticks, claims "
+            "and thread. Command-line options are defaults for the jobs. SIGHUP re-reads the "
+            "file: unchanged jobs keep running, removed ones finish their current run and stop, "
+            "and a file with problems leaves the old jobs running (a reload-failed event).",
             "Before the first tick run measures the clock against NTP (--ntp-server, "
             "PYJOB_NTP_SERVERS, else pool.ntp.org) within --clock-budget, and logs the offset. "
             "No usable reply: a warning, and it goes on (--require-clock: exit 3). An offset over "
@@ -106,6 +113,10 @@ PAGES: dict[str, dict[str, object]] = {
                 "pyjob run --every 1m --log-output --log-format json -- ./poll",
             ),
             ("A one-time run that exits when done", "pyjob run --once 2026-12-24T18:00 -- ./greet"),
+            (
+                "Every job of a crontab, with a shared Redis",
+                "pyjob run --file crontab --lock redis://redis:6379/0",
+            ),
             (
                 "Fire by NTP time, against the site's servers",
                 "pyjob run --every 1m --align --clock ntp --ntp-server ntp1 --ntp-server ntp2 "
@@ -127,6 +138,7 @@ PAGES: dict[str, dict[str, object]] = {
                 'pyjob next "CRON_TZ=America/New_York 30 2 * * *" --from 2026-03-07 -n 3',
             ),
             ("For scripts", "pyjob next --every 1h --align --tz Asia/Kolkata --format plain"),
+            ("Every job of a jobs file, merged", "pyjob next --file jobs.toml -n 10"),
         ],
     },
     "validate": {
@@ -144,6 +156,7 @@ PAGES: dict[str, dict[str, object]] = {
                 "Warnings fail the build",
                 'pyjob validate --strict "CRON_TZ=Europe/Berlin 30 2 * * *"',
             ),
+            ("A whole crontab or jobs file", "pyjob validate --file crontab"),
         ],
     },
     "check-clock": {

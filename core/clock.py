@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import threading
 import time as _time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -128,10 +129,18 @@ class Waker:
         self._r, self.fd = os.pipe()
         os.set_blocking(self._r, False)
         os.set_blocking(self.fd, False)
+        # Re-entrant: a signal handler that wakes runs on the thread it interrupted.
+        self._guard = threading.RLock()
+        self._closed = False
 
     def wake(self) -> None:
-        with contextlib.suppress(OSError):  # a full pipe is already a pending wake-up
-            os.write(self.fd, b"!")
+        """Safe from any thread, and after close() (a closed descriptor's number may already
+        belong to another file: it is never written to)."""
+        with self._guard:
+            if self._closed:
+                return
+            with contextlib.suppress(OSError):  # a full pipe is already a pending wake-up
+                os.write(self.fd, b"!")
 
     def block(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for a wake-up; drain it; True if there was one."""
@@ -146,9 +155,13 @@ class Waker:
         return True
 
     def close(self) -> None:
-        for fd in (self._r, self.fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with self._guard:
+            if self._closed:
+                return
+            self._closed = True
+            for fd in (self._r, self.fd):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 # The longest single sleep while waiting for an instant: waking a few times a minute lets a wait

@@ -113,6 +113,7 @@ class Executor:
         self._done: SimpleQueue[tuple[Run, int]] = SimpleQueue()
         self._stop = False
         self._force = False
+        self._drain = False
         self._preclaimed: dict[datetime, ClaimResult | BackendError] = {}
         self._preleased: dict[datetime, Lease] = {}
         self._queued: tuple[datetime, ClaimResult | None] | None = None
@@ -123,9 +124,15 @@ class Executor:
 
     # ------------------------------------------------------------------ public
 
-    def request_stop(self, force: bool = False) -> None:
-        """Ask the loop to stop (from a signal handler: sets flags only, wakes the loop)."""
+    def request_stop(self, force: bool = False, drain: bool = False) -> None:
+        """Ask the loop to stop (from a signal handler: sets flags only, wakes the loop). With
+        ``drain`` running commands are left to finish (a job removed by a reload); otherwise
+        they get SIGTERM, then SIGKILL after ``stop_timeout``."""
         self._force = self._force or force
+        if not self._stop:
+            self._drain = drain
+        elif not drain:
+            self._drain = False  # a stop overrides an earlier drain
         self._stop = True
         self.waker.wake()
 
@@ -537,6 +544,7 @@ class Executor:
             running=len(self.runs),
             forced=self._force,
             stop_timeout=self.c.stop_timeout,
+            **({"drain": True} if self._drain else {}),
         )
         for d in self._deferred:
             if d.lease is not None:
@@ -548,7 +556,7 @@ class Executor:
         for run in self.runs:
             if self._force and run.handle is not None:
                 run.handle.signal_group(signal.SIGKILL)
-            else:
+            elif not self._drain:
                 self._terminate(run, "stop", mono)
         while self.runs:
             self._reap()
@@ -559,9 +567,17 @@ class Executor:
                 for run in self.runs:
                     if run.handle is not None:
                         run.handle.signal_group(signal.SIGKILL)
+            if not self._drain:  # a drain may have turned into a stop meanwhile
+                for run in self.runs:
+                    self._terminate(run, "stop", mono)
             self._enforce_deadlines(mono)
-            waits = [r.kill_at - mono for r in self.runs if r.kill_at is not None]
-            self.clock.wait(self.waker, max(0.0, min(waits, default=1.0)))
+            waits = [
+                t - mono
+                for r in self.runs
+                for t in (r.kill_at, r.deadline, r.next_renew)
+                if t is not None
+            ]
+            self.clock.wait(self.waker, max(0.0, min(waits, default=MAX_SLEEP_SLICE)))
         self.emit("stopped", None, runs=self.runs_started, failures=self.failures)
         self.waker.close()
         return 130 if self._force else 0

@@ -430,7 +430,7 @@ def test_once_schedule_ends_by_itself_with_the_runs_status(tmp_path: Path) -> No
         ),
         (["--every", "5m", "--lock", "ftp://x", "--", "true"], 2, "unknown lock backend 'ftp:'"),
         (["--every", "5m", "--lock", "file:/proc/nope/x", "--", "true"], 5, "cannot be created"),
-        (["--every", "5m"], 2, "Missing argument"),
+        (["--every", "5m"], 2, "missing the command"),
     ],
 )
 def test_bad_input_and_bad_backend_fail_at_start(

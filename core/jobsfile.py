@@ -1,0 +1,390 @@
+"""Jobs files: many jobs for one `pyjob run --file` process (issue #7).
+
+Two formats, chosen by the file name:
+
+- a crontab (any name but ``*.toml``): lines of ``SCHEDULE COMMAND``, where SCHEDULE is 5 cron
+  fields, 6 with seconds first, or a descriptor (``@hourly``, ``@every 5m``, ...) and COMMAND is the
+  rest of the line, run by ``/bin/sh -c`` (``%`` is not special, as in supercronic). ``KEY=VALUE``
+  lines set the environment of the jobs below them; ``CRON_TZ=ZONE`` sets their zone; ``#`` starts
+  a comment line. A line is read as 6 fields when its sixth word is a valid day-of-week field (a
+  command rarely is), else as 5.
+- TOML (``*.toml``): a ``[defaults]`` table and one ``[jobs.NAME]`` table per job, whose keys are
+  `pyjob run`'s long options without the dashes (``every``, ``align``, ``cron``, ``tz``,
+  ``timeout``, ``overlap``, ``lock``, ...), plus ``command = [argv...]`` or ``shell = "line"`` and
+  ``env = {KEY = "value"}``. Unknown keys are errors.
+
+Every problem of a file is collected and reported together, each with ``file:line`` (crontab) or
+the job's table (TOML). A job's identity is its TOML name, else derived from its schedule and
+command as for a one-liner (DESIGN §1), so the same file on several hosts coordinates.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .durations import parse_duration
+from .errors import InputError
+from .process import Command
+from .schedule import Parts, Spec, build, derive_job_id, split
+
+
+class JobsFileError(InputError):
+    """A jobs file with problems: ``problems`` lists each one, located."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        first = problems[0] if problems else "empty"
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(first + more)
+        self.path = path
+        self.problems = problems
+
+
+# Options a job may set, with their kind: the long options of `pyjob run`.
+SCHEDULE_KEYS = {
+    "schedule": str,
+    "cron": str,
+    "every": str,
+    "align": bool,
+    "offset": str,
+    "daily": bool,
+    "weekly": str,
+    "monthly": str,
+    "at": list,
+    "interval": int,
+    "once": list,
+    "tz": str,
+    "start-at": str,
+    "stop-at": str,
+}
+RUN_KEYS: dict[str, Any] = {
+    "timeout": "duration",
+    "kill-after": "duration",
+    "misfire-grace": "duration0",
+    "jitter": "duration",
+    "overlap": ("skip", "queue", "allow", "replace"),
+    "on-backend-error": ("skip", "run"),
+    "max-runs": int,
+    "run-now": bool,
+    "log-output": bool,
+    "lock": str,
+}
+JOB_KEYS = {"command", "shell", "env", "name"}
+_KINDS = ("schedule", "cron", "every", "daily", "weekly", "monthly", "once")
+
+
+@dataclass(frozen=True)
+class JobDef:
+    """One job of a file, validated."""
+
+    name: str
+    where: str  # file:line or file[jobs.NAME], for messages
+    spec: Spec
+    command: Command
+    env: tuple[tuple[str, str], ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()  # RUN_KEYS values, converted (durations in µs)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.options)
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        """Equal for two definitions that would run the same way (a reload keeps such a job)."""
+        return (self.name, str(self.spec), self.command, self.env, self.options)
+
+
+@dataclass
+class _Ctx:
+    path: str
+    env: Mapping[str, str]
+    now: datetime
+    problems: list[str] = field(default_factory=list)
+
+
+def load(
+    path: str | Path, env: Mapping[str, str] | None = None, now: datetime | None = None
+) -> list[JobDef]:
+    """Read and validate a jobs file; JobsFileError lists every problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise JobsFileError(str(p), [f"{p}: cannot read: {reason}"]) from e
+    if p.suffix == ".toml":
+        return parse_toml(text, str(p), env, now)
+    return parse_crontab(text, str(p), env, now)
+
+
+def _finish(ctx: _Ctx, jobs: list[JobDef]) -> list[JobDef]:
+    seen: dict[str, str] = {}
+    for job in jobs:
+        if job.name in seen:
+            ctx.problems.append(
+                f"{job.where}: the same job as {seen[job.name]} (same schedule and command): "
+                "give one of them a different command, or remove it"
+            )
+        seen.setdefault(job.name, job.where)
+    if not jobs and not ctx.problems:
+        ctx.problems.append(f"{ctx.path}: no jobs")
+    if ctx.problems:
+        raise JobsFileError(ctx.path, ctx.problems)
+    return jobs
+
+
+def _build(ctx: _Ctx, where: str, parts: Parts, tz: str | None) -> Spec | None:
+    try:
+        return build(parts, tz=tz, env=ctx.env, now=ctx.now)
+    except InputError as e:
+        ctx.problems.append(f"{where}: {e.message}")
+        return None
+
+
+# ---------------------------------------------------------------------------------- crontab
+
+_ENV_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
+def parse_crontab(
+    text: str, path: str, env: Mapping[str, str] | None = None, now: datetime | None = None
+) -> list[JobDef]:
+    from .clock import SystemClock
+
+    ctx = _Ctx(path, env or {}, now or SystemClock().now())
+    jobs: list[JobDef] = []
+    job_env: dict[str, str] = {}
+    zone: str | None = None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        where = f"{path}:{number}"
+        if not line or line.startswith("#"):
+            continue
+        assignment = _ENV_LINE.match(line)
+        if assignment:
+            key, value = assignment.group(1), _unquote(assignment.group(2))
+            if key == "CRON_TZ":
+                zone = value or None
+                if (
+                    zone is not None
+                    and _build(ctx, where, Parts(kind="every", value="1h"), zone) is None
+                ):
+                    zone = None  # reported once; the jobs below are checked in the default zone
+            else:
+                job_env[key] = value
+            continue
+        schedule, command = _split_line(line)
+        try:
+            parts = split(schedule)
+        except InputError as e:
+            ctx.problems.append(f"{where}: {e.message}")
+            continue
+        spec = _build(ctx, where, parts, None if parts.prefix_tz else zone)
+        if spec is None:
+            continue
+        if not command:
+            ctx.problems.append(f"{where}: no command after the schedule '{schedule}'")
+            continue
+        argv = ["--shell", command]
+        jobs.append(
+            JobDef(
+                name=derive_job_id(spec, argv),
+                where=where,
+                spec=spec,
+                command=Command((command,), shell=True),
+                env=tuple(sorted(job_env.items())),
+            )
+        )
+    return _finish(ctx, jobs)
+
+
+_DOW = re.compile(
+    r"^(\*|\?|H|[0-7]|SUN|MON|TUE|WED|THU|FRI|SAT)([-,/#LH()0-9*?]|SUN|MON|TUE|WED|THU|FRI|SAT)*$",
+    re.IGNORECASE,
+)
+
+
+def _split_line(line: str) -> tuple[str, str]:
+    """(schedule text, command) of a crontab job line."""
+    words = line.split()
+    if words[0].startswith("@"):
+        count = 2 if words[0].lower() == "@every" else 1
+    elif len(words) >= 7 and _DOW.match(words[5]):
+        count = 6
+    else:
+        count = 5
+    pieces = line.split(None, count)
+    return " ".join(pieces[:count]), (pieces[count].strip() if len(pieces) > count else "")
+
+
+# ---------------------------------------------------------------------------------- TOML
+
+
+def parse_toml(
+    text: str, path: str, env: Mapping[str, str] | None = None, now: datetime | None = None
+) -> list[JobDef]:
+    import tomllib
+
+    from .clock import SystemClock
+
+    ctx = _Ctx(path, env or {}, now or SystemClock().now())
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise JobsFileError(path, [f"{path}: not valid TOML: {e}"]) from e
+    for key in doc:
+        if key not in ("defaults", "jobs"):
+            ctx.problems.append(f"{path}: unknown table [{key}] (only [defaults] and [jobs.NAME])")
+    defaults = doc.get("defaults", {})
+    if not isinstance(defaults, dict):
+        ctx.problems.append(f"{path}: [defaults] must be a table")
+        defaults = {}
+    table = doc.get("jobs", {})
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        ctx.problems.append(f"{path}: jobs must be tables, like [jobs.backup]")
+        table = {}
+    _check_keys(ctx, f"{path}[defaults]", defaults, defaults=True)
+    jobs: list[JobDef] = []
+    for name, body in table.items():
+        where = f"{path}[jobs.{name}]"
+        if not _check_keys(ctx, where, body, defaults=False):
+            continue
+        merged = {**{k: v for k, v in defaults.items() if k != "env"}, **body}
+        job_env = {**defaults.get("env", {}), **body.get("env", {})}
+        job = _toml_job(ctx, where, str(name), merged, job_env)
+        if job is not None:
+            jobs.append(job)
+    return _finish(ctx, jobs)
+
+
+def _check_keys(ctx: _Ctx, where: str, body: dict[str, Any], defaults: bool) -> bool:
+    ok = True
+    allowed = set(SCHEDULE_KEYS) | set(RUN_KEYS) | {"env"} | (set() if defaults else JOB_KEYS)
+    for key, value in body.items():
+        norm = key.replace("_", "-")
+        if norm not in allowed:
+            hint = " (a job's own key: put it in [jobs.NAME])" if norm in JOB_KEYS else ""
+            ctx.problems.append(f"{where}: unknown key '{key}'{hint}")
+            ok = False
+            continue
+        problem = _type_problem(norm, value)
+        if problem:
+            ctx.problems.append(f"{where}: '{key}' {problem}")
+            ok = False
+    if not defaults:
+        kinds = [k for k in _KINDS if k in {x.replace("_", "-") for x in body}]
+        if "command" in body and "shell" in body:
+            ctx.problems.append(f"{where}: give 'command' or 'shell', not both")
+            ok = False
+        elif "command" not in body and "shell" not in body:
+            ctx.problems.append(f'{where}: no command: add command = [...] or shell = "..."')
+            ok = False
+        if len(kinds) > 1:
+            ctx.problems.append(f"{where}: conflicting schedules: {' and '.join(kinds)}")
+            ok = False
+    return ok
+
+
+def _type_problem(key: str, value: Any) -> str | None:
+    if key == "command":
+        if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+            return 'must be a non-empty list of strings, like ["./backup.sh", "--fast"]'
+        return None
+    if key in ("shell", "name"):
+        return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
+    if key == "env":
+        if not (isinstance(value, dict) and all(isinstance(v, str) for v in value.values())):
+            return 'must be a table of strings, like { KEY = "value" }'
+        return None
+    kind = SCHEDULE_KEYS.get(key, RUN_KEYS.get(key))
+    if kind is bool and not isinstance(value, bool):
+        return "must be true or false"
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        return "must be a whole number of at least 1"
+    strings = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind is list and not (isinstance(value, str) or strings):
+        return "must be a string or a list of strings"
+    if kind in (str, "duration", "duration0") and not isinstance(value, str):
+        return 'must be a string, like "5m"'
+    if isinstance(kind, tuple) and value not in kind:
+        return f"must be one of {', '.join(kind)}"
+    if kind in ("duration", "duration0"):
+        try:
+            parse_duration(value, allow_zero=kind == "duration0")
+        except InputError as e:
+            return f"is not a duration: {e.message}"
+    return None
+
+
+def _toml_job(
+    ctx: _Ctx, where: str, name: str, body: dict[str, Any], job_env: dict[str, str]
+) -> JobDef | None:
+    get = {k.replace("_", "-"): v for k, v in body.items()}
+    kind = next((k for k in _KINDS if k in get), None)
+    if kind is None:
+        ctx.problems.append(f"{where}: no schedule: add one of {', '.join(_KINDS)}")
+        return None
+    try:
+        if kind == "schedule":
+            parts = split(get["schedule"])
+        elif kind in ("daily",):
+            parts = Parts(kind="daily") if get["daily"] else Parts()
+        elif kind == "once":
+            once = get["once"]
+            parts = Parts(kind="once", value=once if isinstance(once, str) else ",".join(once))
+        else:
+            parts = Parts(kind=kind, value=get[kind])
+            if kind == "cron" and str(get[kind]).strip().upper().startswith(("CRON_TZ=", "TZ=")):
+                parts = split(get[kind])
+    except InputError as e:
+        ctx.problems.append(f"{where}: {e.message}")
+        return None
+    if parts.kind is None:
+        ctx.problems.append(f"{where}: daily = false is not a schedule")
+        return None
+    parts.align = parts.align or bool(get.get("align", False))
+    if "offset" in get:
+        parts.offset = get["offset"]
+    at = get.get("at", [])
+    parts.at.extend([at] if isinstance(at, str) else at)
+    if "interval" in get:
+        parts.interval = str(get["interval"])
+    if "start-at" in get:
+        parts.start_at = get["start-at"]
+    if "stop-at" in get:
+        parts.stop_at = get["stop-at"]
+    spec = _build(ctx, where, parts, get.get("tz"))
+    if spec is None:
+        return None
+    if "command" in get:
+        command = Command(tuple(get["command"]), shell=False)
+    else:
+        command = Command((get["shell"],), shell=True)
+    options = []
+    for key, kind_ in RUN_KEYS.items():
+        if key in get:
+            value = get[key]
+            if kind_ in ("duration", "duration0"):
+                value = parse_duration(value, allow_zero=kind_ == "duration0")
+            options.append((key, value))
+    return JobDef(
+        name=str(get.get("name", name)),
+        where=where,
+        spec=spec,
+        command=command,
+        env=tuple(sorted(job_env.items())),
+        options=tuple(options),
+    )
+
+
+__all__ = ["JobDef", "JobsFileError", "load", "parse_crontab", "parse_toml"]

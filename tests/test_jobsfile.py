@@ -1,0 +1,404 @@
+"""Jobs files (issue #7): parsing, validate/next --file, and real `pyjob run --file` processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+from pyjob.core.jobsfile import JobsFileError, parse_crontab, parse_toml
+from pyjob.core.schedule import derive_job_id, parse
+
+from .conftest import NOW, pyjob_exe
+from .runproc import PyjobRun
+
+ENV = {"TZ": "UTC"}
+
+
+def crontab(text: str) -> list:  # type: ignore[type-arg]
+    return parse_crontab(text, "jobs.cron", ENV, NOW)
+
+
+def problems(text: str, toml: bool = False) -> list[str]:
+    with pytest.raises(JobsFileError) as info:
+        if toml:
+            parse_toml(text, "jobs.toml", ENV, NOW)
+        else:
+            crontab(text)
+    return info.value.problems
+
+
+# ------------------------------------------------------------------------------ crontab
+
+
+def test_crontab_lines() -> None:
+    jobs = crontab(
+        "# comment\n"
+        "\n"
+        "MAILTO=''\n"
+        'GREETING="hello world"\n'
+        "*/5 * * * * echo five fields\n"
+        "*/2 * * * * * echo six  fields   kept\n"
+        "CRON_TZ=Europe/Berlin\n"
+        "0 3 * * MON-FRI ./nightly.sh --flag\n"
+        "@hourly echo hourly\n"
+        "@every 90s echo every\n"
+        "30 2 * * * 5 is the sixth word of the command\n"
+    )
+    assert [str(j.spec) for j in jobs] == [
+        "CRON_TZ=UTC */5 * * * *",
+        "CRON_TZ=UTC */2 * * * * *",
+        "CRON_TZ=Europe/Berlin 0 3 * * MON-FRI",
+        "CRON_TZ=Europe/Berlin 0 * * * *",
+        "every 1m30s",
+        "CRON_TZ=Europe/Berlin 30 2 * * * 5",
+    ]
+    assert jobs[1].command.argv == ("echo six  fields   kept",) and jobs[1].command.shell
+    assert dict(jobs[0].env) == {"MAILTO": "", "GREETING": "hello world"}
+    assert [j.where for j in jobs] == [f"jobs.cron:{n}" for n in (5, 6, 8, 9, 10, 11)]
+
+
+def test_a_sixth_word_that_is_not_a_weekday_starts_the_command() -> None:
+    (job,) = crontab("0 * * * * echo hi there\n")
+    assert str(job.spec) == "CRON_TZ=UTC 0 * * * *" and job.command.argv == ("echo hi there",)
+    (job,) = crontab("0 * * * * MON echo monday\n")
+    assert str(job.spec) == "CRON_TZ=UTC 0 * * * * MON"
+
+
+def test_crontab_job_id_is_the_one_liners() -> None:
+    (job,) = crontab("*/5 * * * * ./backup.sh --fast\n")
+    spec = parse("*/5 * * * *", env=ENV, now=NOW)
+    assert job.name == derive_job_id(spec, ["--shell", "./backup.sh --fast"])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("61 * * * * x\n", ["jobs.cron:1: bad minute '61' (0-59)"]),
+        ("* * * * *\n", ["jobs.cron:1: no command after the schedule '* * * * *'"]),
+        (
+            "# header\nbad line\n",
+            [
+                "jobs.cron:2: a cron expression has 5 fields (minute hour day-of-month month "
+                "day-of-week) or 6 with seconds first; got 2 in 'bad line'"
+            ],
+        ),
+        (
+            "CRON_TZ=Mars/Base\n* * * * * x\n",
+            [
+                "jobs.cron:1: unknown time zone 'Mars/Base' (use an IANA name like "
+                "Europe/Berlin or UTC)"
+            ],
+        ),
+        (
+            "* * * * * x\n\n* * * * * x\n",
+            [
+                "jobs.cron:3: the same job as jobs.cron:1 (same schedule and command): give one "
+                "of them a different command, or remove it"
+            ],
+        ),
+        ("# only comments\n", ["jobs.cron: no jobs"]),
+        (
+            "0 0 31 2 * x\n@every 0s y\n",
+            [
+                "jobs.cron:1: '0 0 31 2 *' can never fire: no date matches its day-of-month, "
+                "month and day-of-week fields",
+                "jobs.cron:2: zero duration '0s': must be positive",
+            ],
+        ),
+    ],
+)
+def test_crontab_problems(text: str, expected: list[str]) -> None:
+    assert problems(text) == expected
+
+
+# ------------------------------------------------------------------------------ TOML
+
+GOOD_TOML = """
+[defaults]
+tz = "Europe/Berlin"
+timeout = "30s"
+overlap = "queue"
+env = { STAGE = "prod", KEEP = "1" }
+
+[jobs.backup]
+every = "5m"
+align = true
+command = ["./backup.sh", "--fast"]
+
+[jobs.report]
+cron = "0 9 * * MON-FRI"
+shell = "./report.sh | mail ops"
+overlap = "skip"
+misfire_grace = "0s"
+env = { STAGE = "test" }
+
+[jobs.monthly]
+monthly = "-1"
+at = ["23:00", "23:30"]
+shell = "./close-books"
+"""
+
+
+def test_toml_jobs_defaults_and_env() -> None:
+    backup, report, monthly = parse_toml(GOOD_TOML, "jobs.toml", ENV, NOW)
+    assert backup.name == "backup" and str(backup.spec) == "every 5m align tz Europe/Berlin"
+    assert backup.command.argv == ("./backup.sh", "--fast") and not backup.command.shell
+    assert backup.settings == {"timeout": 30_000_000, "overlap": "queue"}
+    assert dict(backup.env) == {"STAGE": "prod", "KEEP": "1"}
+    assert str(report.spec) == "CRON_TZ=Europe/Berlin 0 9 * * MON-FRI"
+    assert report.command.shell and report.command.argv == ("./report.sh | mail ops",)
+    assert report.settings["overlap"] == "skip" and report.settings["misfire-grace"] == 0
+    assert dict(report.env) == {"STAGE": "test", "KEEP": "1"}
+    assert str(monthly.spec).startswith("monthly on -1 at 23:00,23:30")
+
+
+def test_toml_problems_are_all_reported() -> None:
+    text = """
+[defaults]
+command = ["x"]
+colour = "blue"
+
+[jobs.a]
+every = "5m"
+align = "yes"
+shell = "true"
+
+[jobs.b]
+cron = "* * *"
+shell = "true"
+
+[jobs.c]
+every = "1m"
+
+[jobs.d]
+every = "1m"
+daily = true
+command = ["a"]
+timeout = "soon"
+
+[jobs.e]
+shell = "true"
+"""
+    assert problems(text, toml=True) == [
+        "jobs.toml[defaults]: unknown key 'command' (a job's own key: put it in [jobs.NAME])",
+        "jobs.toml[defaults]: unknown key 'colour'",
+        "jobs.toml[jobs.a]: 'align' must be true or false",
+        "jobs.toml[jobs.b]: a cron expression has 5 fields (minute hour day-of-month month "
+        "day-of-week) or 6 with seconds first; got 3 in '* * *'",
+        'jobs.toml[jobs.c]: no command: add command = [...] or shell = "..."',
+        "jobs.toml[jobs.d]: 'timeout' is not a duration: bad duration 'soon' at 'soon' (like "
+        "250ms, 90s, 5m, 1h30m or 2d)",
+        "jobs.toml[jobs.d]: conflicting schedules: every and daily",
+        "jobs.toml[jobs.e]: no schedule: add one of schedule, cron, every, daily, weekly, "
+        "monthly, once",
+    ]
+
+
+def test_toml_syntax_error() -> None:
+    (problem,) = problems("[jobs.a\nevery = 1", toml=True)
+    assert problem.startswith("jobs.toml: not valid TOML: ")
+
+
+# ------------------------------------------------------------------------------ validate / next
+
+
+def test_validate_file(invoke: Callable[..., Result], tmp_path: Path) -> None:
+    good = tmp_path / "jobs.toml"
+    good.write_text(GOOD_TOML)
+    result = invoke(["validate", "--file", str(good)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == (
+        "ok: backup: every 5m align tz Europe/Berlin -- ./backup.sh --fast"
+    )
+    bad = tmp_path / "crontab"
+    bad.write_text("* * * * * ok\n61 * * * * x\nbad\n")
+    result = invoke(["validate", "--file", str(bad)])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"Error: {bad}:2: bad minute '61' (0-59)",
+        f"Error: {bad}:3: a cron expression has 5 fields (minute hour day-of-month month "
+        "day-of-week) or 6 with seconds first; got 1 in 'bad'",
+    ]
+    doc = json.loads(invoke(["validate", "--file", str(bad), "--format", "json"]).stdout)
+    assert doc["valid"] is False and len(doc["errors"]) == 2
+    missing = invoke(["validate", "--file", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "cannot read: No such file or directory" in missing.stderr
+
+
+def test_next_file_merges_jobs_in_time_order(invoke: Callable[..., Result], tmp_path: Path) -> None:
+    path = tmp_path / "crontab"
+    path.write_text("*/20 * * * * a\n*/30 * * * * b\n")
+    result = invoke(["next", "--file", str(path), "-n", "5", "--format", "plain"])
+    assert result.exit_code == 0, result.output
+    a = derive_job_id(parse("*/20 * * * *", env=ENV, now=NOW), ["--shell", "a"])
+    b = derive_job_id(parse("*/30 * * * *", env=ENV, now=NOW), ["--shell", "b"])
+    assert result.stdout.splitlines() == [
+        f"2026-11-27T22:20:00+00:00 {a}",
+        f"2026-11-27T22:30:00+00:00 {b}",
+        f"2026-11-27T22:40:00+00:00 {a}",
+        f"2026-11-27T23:00:00+00:00 {a}",
+        f"2026-11-27T23:00:00+00:00 {b}",
+    ]
+    table = invoke(["next", "--file", str(path), "-n", "2"]).stdout
+    assert "Job" in table.splitlines()[2] and a in table
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["run", "--file", "x.cron", "--", "true"],
+            "--file takes its jobs from the file: drop CMD",
+        ),
+        (["run", "--file", "x.cron", "--every", "5m"], "drop --every"),
+        (["run", "--every", "5m"], "missing the command"),
+        (["next", "--file", "x.cron", "0 * * * *"], "--file previews the file's jobs"),
+    ],
+)
+def test_file_usage_errors(args: list[str], message: str) -> None:
+    proc = subprocess.run([*pyjob_exe(), *args], capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------ pyjob run --file
+
+
+RECORD = 'echo "$PYJOB_TICK_UNIX $PYJOB_JOB $PYJOB_INSTANCE" >> "$OUT"'
+
+
+def _rows(path: Path) -> list[tuple[float, str, str]]:
+    out = []
+    for line in path.read_text().splitlines():
+        tick, job, instance = line.split()
+        out.append((float(tick), job, instance))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_crontab_jobs_each_tick_once_across_two_processes(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    (tmp_path / "crontab").write_text(
+        f"OUT={out}\n"
+        f"* * * * * * {RECORD}\n"
+        f"*/2 * * * * * {RECORD}\n"
+        f"* * * * * * sleep 3; {RECORD}\n"  # slow: overlaps itself, delays nobody
+    )
+    args = ["--file", "crontab", "--lock", f"file:{tmp_path / 'locks'}"]
+    runs = [PyjobRun([*args, "--instance-id", f"p{n}"], tmp_path, name=f"p{n}") for n in (1, 2)]
+    time.sleep(12)
+    for run in runs:
+        assert run.stop() == 0
+    rows = _rows(out)
+    starts = [e for run in runs for e in run.events("run-started")]
+    by_job: dict[str, set[float]] = {}
+    for tick, job, _ in rows:
+        by_job.setdefault(job, set()).add(tick)
+    counts = Counter((tick, job) for tick, job, _ in rows)
+    assert all(c == 1 for c in counts.values()), [k for k, c in counts.items() if c > 1]
+    assert len(by_job) == 3
+    every_second, every_two, slow = sorted(by_job.values(), key=len, reverse=True)
+    # every tick from the first to the last ran, for both fast jobs
+    first, last = min(every_second), max(every_second)
+    assert every_second == {float(t) for t in range(int(first), int(last) + 1)}
+    assert len(every_second) >= 9 and len(every_two) >= 4
+    # the slow job (overlap skip) ran about every 4 s; the fast jobs were never held up by it
+    assert 2 <= len(slow) <= 4
+    fast = [e for e in starts if "sleep" not in e.get("command", "")]
+    assert max(e["lateness"] for e in fast) < 0.1, max(e["lateness"] for e in fast)
+    instances = {instance for _, _, instance in rows}
+    assert instances <= {"p1", "p2"}
+
+
+@pytest.mark.slow
+def test_toml_jobs_run_with_their_settings(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (tmp_path / "jobs.toml").write_text(
+        f"""
+[defaults]
+env = {{ OUT = "{out}", STAGE = "prod" }}
+
+[jobs.argv]
+every = "250ms"
+align = true
+command = ["sh", "-c", "echo argv $STAGE $PYJOB_JOB >> $OUT"]
+
+[jobs.shell]
+every = "500ms"
+align = true
+shell = "echo shell $STAGE $EXTRA $PYJOB_JOB >> $OUT"
+env = {{ EXTRA = "x" }}
+max-runs = 2
+"""
+    )
+    run = PyjobRun(["--file", "jobs.toml", "--lock", "none"], tmp_path)
+    time.sleep(2)
+    assert run.stop() == 0
+    lines = Counter(out.read_text().splitlines())
+    assert lines["shell prod x shell"] == 2  # max-runs from the job's own table
+    assert lines["argv prod argv"] >= 6
+
+
+@pytest.mark.slow
+def test_reload_adds_changes_and_removes_jobs(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    path = tmp_path / "crontab"
+    keep = f'* * * * * * echo "keep $PYJOB_TICK_UNIX" >> {out}'
+    slow = f'* * * * * * sleep 1.6; echo "slow-done $PYJOB_TICK_UNIX" >> {out}'
+    change = f'* * * * * * echo "v1 $PYJOB_TICK_UNIX" >> {out}'
+    path.write_text(f"{keep}\n{slow}\n{change}\n")
+    run = PyjobRun(["--file", "crontab", "--lock", "none"], tmp_path)
+    run.wait_for("run-started", 3)
+    started = run.events("run-started")
+    time.sleep(1.1 - (time.time() % 1) + 0.3)  # 300 ms into a second: the slow job is running
+    changed = change.replace("v1", "v2")
+    added = f'*/2 * * * * * echo "added $PYJOB_TICK_UNIX" >> {out}'
+    path.write_text(f"{keep}\n{changed}\n{added}\n")
+    run.signal(signal.SIGHUP)
+    (reloaded,) = run.wait_for("reloaded")
+    assert len(reloaded["added"]) == 2 and len(reloaded["removed"]) == 2
+    assert len(reloaded["kept"]) == 1 and reloaded["changed"] == []
+    time.sleep(2.5)
+    path.write_text("this is not a crontab\n")
+    run.signal(signal.SIGHUP)
+    (failed,) = run.wait_for("reload-failed")
+    assert failed["problems"] == ["crontab:1: bad minute 'this' (0-59)"]
+    time.sleep(1.5)
+    assert run.stop() == 0
+    text = out.read_text().split("\n")
+    at_reload = datetime.fromisoformat(reloaded["time"]).timestamp()
+    kinds = Counter(line.split()[0] for line in text if line)
+    assert kinds["added"] >= 2 and kinds["v2"] >= 3 and kinds["keep"] >= 6
+    # removed and replaced jobs stop scheduling at the reload...
+    assert all(float(line.split()[1]) <= at_reload for line in text if line.startswith("v1"))
+    # ...but the slow run that was going on at the reload finished: drained, not killed
+    drained = [e for e in run.events("stopping") if e.get("drain")]
+    assert any(e["running"] == 1 for e in drained), drained
+    assert any(float(line.split()[1]) < at_reload for line in text if line.startswith("slow-done"))
+    finished = [e for e in run.events("run-finished") if e["job"] == drained[0]["job"]]
+    assert finished and all(e["exit_code"] == 0 and "terminated" not in e for e in finished)
+    # kept jobs kept their state: one started event for the kept job, before the reload
+    kept = reloaded["kept"][0]
+    assert [e["job"] for e in run.events("started")].count(kept) == 1
+    assert started  # the file ran before the reload
+    # and after the failed reload the jobs went on
+    assert max(float(line.split()[1]) for line in text if line.startswith("keep")) > (
+        datetime.fromisoformat(failed["time"]).timestamp()
+    )
+
+
+def test_a_file_with_problems_does_not_start(tmp_path: Path) -> None:
+    path = tmp_path / "crontab"
+    path.write_text("61 * * * * x\n")
+    run = PyjobRun(["--file", str(path)], tmp_path)
+    assert run.wait() == 2
+    assert run.log_path.read_text() == f"Error: {path}:1: bad minute '61' (0-59)\n"
