@@ -402,3 +402,36 @@ def test_a_file_with_problems_does_not_start(tmp_path: Path) -> None:
     run = PyjobRun(["--file", str(path)], tmp_path)
     assert run.wait() == 2
     assert run.log_path.read_text() == f"Error: {path}:1: bad minute '61' (0-59)\n"
+
+
+@pytest.mark.slow
+def test_reload_of_a_named_job_that_changed(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    path = tmp_path / "jobs.toml"
+    body = """
+[jobs.steady]
+every = "250ms"
+align = true
+shell = "echo steady >> {out}"
+
+[jobs.moving]
+every = "250ms"
+align = true
+shell = "echo {word} >> {out}"
+"""
+    path.write_text(body.format(out=out, word="before"))
+    run = PyjobRun(["--file", "jobs.toml", "--lock", "none"], tmp_path)
+    run.wait_for("run-finished", 4)
+    path.write_text(body.format(out=out, word="after"))
+    run.signal(signal.SIGHUP)
+    (reloaded,) = run.wait_for("reloaded")
+    assert reloaded["changed"] == ["moving"] and reloaded["kept"] == ["steady"]
+    assert reloaded["added"] == [] and reloaded["removed"] == []
+    time.sleep(1)
+    assert run.stop() == 0
+    words = out.read_text().split()
+    assert words.count("after") >= 3 and "before" in words
+    last_before = max(i for i, w in enumerate(words) if w == "before")
+    first_after = words.index("after")
+    assert last_before < first_after  # the old definition stopped when the new one started
+    assert [e["job"] for e in run.events("started")].count("steady") == 1
