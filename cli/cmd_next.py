@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .env import get_env
-from .options import build_spec, complete_schedule, schedule_options
+from .options import build_spec, complete_schedule, jobs_file_option, schedule_options
 from .render import echo_json, table
 
 if TYPE_CHECKING:
@@ -45,13 +45,9 @@ def _note(tick: Tick) -> str:
     help="Job id for H fields and random intervals "
     "(default: derived from the schedule, as `pyjob run` does for a command-less job).",
 )
-@click.option(
-    "--file",
-    "jobs_file",
-    type=click.Path(dir_okay=False),
-    metavar="PATH",
-    help="The next ticks of every job of a crontab or TOML jobs file, merged in time order, "
-    "each with its job's name.",
+@jobs_file_option(
+    "The next ticks of every job of a crontab or TOML jobs file, merged in time order, "
+    "each with its job's name."
 )
 @click.option(
     "--format",

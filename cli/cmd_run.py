@@ -18,6 +18,7 @@ from .options import (
     NTP_SERVER,
     build_spec,
     complete_schedule,
+    jobs_file_option,
     schedule_options,
     server_list,
 )
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
     from pyjob.core.clock import Clock, OffsetClock
     from pyjob.core.clockcheck import ClockWatch
-    from pyjob.core.executor import Executor
 
 
 def _seconds(us: int | None) -> float | None:
@@ -210,13 +210,9 @@ def _seconds(us: int | None) -> float | None:
     envvar="PYJOB_NO_CLOCK_CHECK",
     help="Do not measure the clock (air-gapped hosts); the log says so.",
 )
-@click.option(
-    "--file",
-    "jobs_file",
-    type=click.Path(dir_okay=False),
-    metavar="PATH",
-    help="Run every job of a crontab or a TOML jobs file (*.toml) in this one process, instead "
-    "of one command; SIGHUP re-reads it. The run options given here are defaults for its jobs.",
+@jobs_file_option(
+    "Run every job of a crontab or a TOML jobs file (*.toml) in this one process, instead "
+    "of one command; SIGHUP re-reads it. The run options given here are defaults for its jobs."
 )
 @click.argument("command", nargs=-1, required=False, metavar="-- CMD [ARGS]...")
 def run_cmd(
@@ -373,7 +369,7 @@ def run_cmd(
         if watch is not None:
             watch.check_start()  # raises ClockError (exit 3) or ClockOffsetError (exit 4)
             watch.start()
-        _install_signals(executor)
+        install_signals(lambda force: executor.request_stop(force=force), executor.waker.fd)
         code = executor.run(clock.now())
     finally:
         signal.set_wakeup_fd(-1)
@@ -450,19 +446,24 @@ def _unshared_ticks(rule: object) -> str | None:
     return None
 
 
-def _install_signals(executor: Executor) -> None:
-    """SIGTERM/SIGINT stop gracefully; a second SIGINT forces. Handlers only set flags: the
-    wake-up byte is written by the interpreter itself (set_wakeup_fd)."""
+def install_signals(
+    stop: Callable[[bool], None], waker_fd: int, reload: Callable[[], None] | None = None
+) -> None:
+    """SIGTERM/SIGINT call ``stop(force)``: gracefully, and forced at a second SIGINT; SIGHUP
+    calls ``reload`` when given. Handlers only set flags: the wake-up byte is written by the
+    interpreter itself (set_wakeup_fd)."""
     interrupts = 0
 
     def on_int(signum: int, frame: object) -> None:
         nonlocal interrupts
         interrupts += 1
-        executor.request_stop(force=interrupts > 1)
+        stop(interrupts > 1)
 
     def on_term(signum: int, frame: object) -> None:
-        executor.request_stop()
+        stop(False)
 
-    signal.set_wakeup_fd(executor.waker.fd, warn_on_full_buffer=False)
+    signal.set_wakeup_fd(waker_fd, warn_on_full_buffer=False)
     signal.signal(signal.SIGINT, on_int)
     signal.signal(signal.SIGTERM, on_term)
+    if reload is not None:
+        signal.signal(signal.SIGHUP, lambda signum, frame: reload())

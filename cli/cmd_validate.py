@@ -10,7 +10,7 @@ from pyjob.core.errors import InputError
 from .env import get_env
 from .errors import caret_lines
 from .exitcodes import ExitCode
-from .options import build_spec, complete_schedule, schedule_options
+from .options import build_spec, complete_schedule, jobs_file_option, schedule_options
 from .render import echo_json
 
 
@@ -23,13 +23,9 @@ from .render import echo_json
     default=False,
     help="Treat warnings (DST, day-of-month OR day-of-week) as failures: exit 1.",
 )
-@click.option(
-    "--file",
-    "jobs_file",
-    type=click.Path(dir_okay=False),
-    metavar="PATH",
-    help="Check every job of a crontab or TOML jobs file (as run --file reads it); each problem "
-    "is reported with file:line or the job's table.",
+@jobs_file_option(
+    "Check every job of a crontab or TOML jobs file (as run --file reads it); each problem "
+    "is reported with file:line or the job's table."
 )
 @click.option(
     "--format",

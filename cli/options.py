@@ -97,6 +97,17 @@ class NtpServerType(click.ParamType):
         return ",".join(items)
 
 
+def jobs_file_option(help_text: str) -> Callable[[F], F]:
+    """--file PATH: a crontab or TOML jobs file (run, next and validate take one)."""
+    return click.option(
+        "--file",
+        "jobs_file",
+        type=click.Path(dir_okay=False),
+        metavar="PATH",
+        help=help_text,
+    )
+
+
 def server_list(values: tuple[str, ...] | None) -> list[str]:
     """The servers of a repeatable NTP server option, commas split, order kept."""
     return [item for v in values or () for item in v.split(",") if item]

@@ -32,7 +32,7 @@ def run_file(
     from pyjob.core.process import RealRunner, check_command
     from pyjob.core.schedule import Schedule
 
-    from .cmd_run import clock_watch, unshared_warning
+    from .cmd_run import clock_watch, install_signals, unshared_warning
     from .logs import EventLog
 
     try:
@@ -81,7 +81,11 @@ def run_file(
         if watch is not None:
             watch.check_start()
             watch.start()
-        _install_signals(supervisor)
+        install_signals(
+            lambda force: supervisor.request_stop(force=force),
+            supervisor.waker.fd,
+            supervisor.request_reload,
+        )
         supervisor.start(prepared)
         try:
             return supervisor.run(lambda: load(path, env.environ, env.clock.now()))
@@ -91,23 +95,3 @@ def run_file(
                 watch.stop()
     finally:
         runner.close()
-
-
-def _install_signals(supervisor: Any) -> None:
-    interrupts = 0
-
-    def on_int(signum: int, frame: object) -> None:
-        nonlocal interrupts
-        interrupts += 1
-        supervisor.request_stop(force=interrupts > 1)
-
-    def on_term(signum: int, frame: object) -> None:
-        supervisor.request_stop()
-
-    def on_hup(signum: int, frame: object) -> None:
-        supervisor.request_reload()
-
-    signal.set_wakeup_fd(supervisor.waker.fd, warn_on_full_buffer=False)
-    signal.signal(signal.SIGINT, on_int)
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGHUP, on_hup)
