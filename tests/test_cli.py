@@ -315,6 +315,9 @@ def test_align_wait_sigint_exits_130(delay: float) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell starts background jobs with SIGINT ignored, and a program should keep it so;
+        # the test wants the foreground case, whoever started the test run.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None and proc.stdout.readline().strip()  # printed before waiting
     time.sleep(delay)
