@@ -27,24 +27,24 @@ def config_for(
     < the job's own keys. Durations are microseconds, as the parsers return them."""
     s = {**defaults, **job.settings}
 
-    def seconds(key: str, fallback: float | None) -> float | None:
+    def seconds(key: str, fallback: float) -> float:
         value = s.get(key)
         return fallback if value is None else value / 1e6
 
-    kill_after = seconds("kill-after", 10.0)
-    stop_timeout = seconds("stop-timeout", 10.0)
+    grace = s.get("misfire-grace")
+    timeout = s.get("timeout")
     return JobConfig(
         job_id=job.name,
         schedule=Schedule(job.spec, job_id=job.name, anchor=now),
         command=job.command,
         instance=instance,
         overlap=s.get("overlap", "skip"),
-        misfire_grace=seconds("misfire-grace", None),
-        timeout=seconds("timeout", None),
-        kill_after=kill_after if kill_after is not None else 10.0,
-        stop_timeout=stop_timeout if stop_timeout is not None else 10.0,
+        misfire_grace=None if grace is None else grace / 1e6,
+        timeout=None if timeout is None else timeout / 1e6,
+        kill_after=seconds("kill-after", 10.0),
+        stop_timeout=seconds("stop-timeout", 10.0),
         run_now=bool(s.get("run-now", False)),
-        jitter=seconds("jitter", 0.0) or 0.0,
+        jitter=seconds("jitter", 0.0),
         max_runs=s.get("max-runs"),
         log_output=bool(s.get("log-output", False)),
         on_backend_error=s.get("on-backend-error", "skip"),

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
+from hypothesis import given
+from hypothesis import strategies as st
 from pyjob.core.jobsfile import JobsFileError, parse_crontab, parse_toml
 from pyjob.core.schedule import derive_job_id, parse
 
@@ -435,3 +437,75 @@ shell = "echo {word} >> {out}"
     first_after = words.index("after")
     assert last_before < first_after  # the old definition stopped when the new one started
     assert [e["job"] for e in run.events("started")].count("steady") == 1
+
+
+def test_settings_precedence_command_line_then_file_defaults_then_job() -> None:
+    from pyjob.core.multirun import config_for
+
+    backup, report, _ = parse_toml(GOOD_TOML, "jobs.toml", ENV, NOW)
+    cli = {"timeout": 5_000_000, "jitter": 1_000_000, "overlap": "allow", "kill-after": 2_000_000}
+    config = config_for(report, cli, "i1", {"PATH": "/bin", "STAGE": "host"}, NOW)
+    assert config.timeout == 30.0  # [defaults] beats the command line
+    assert config.overlap == "skip"  # the job's own key beats [defaults]
+    assert config.jitter == 1.0 and config.kill_after == 2.0  # only the command line set these
+    assert config.misfire_grace == 0.0 and config.stop_timeout == 10.0
+    assert config.env["STAGE"] == "test" and config.env["PATH"] == "/bin"
+    assert config_for(backup, {}, "i1", {}, NOW).overlap == "queue"
+
+
+_WORDS = st.sampled_from(
+    [
+        "*",
+        "*/5",
+        "0",
+        "61",
+        "1-5",
+        "MON",
+        "@hourly",
+        "@every",
+        "5m",
+        "0s",
+        "echo",
+        "x",
+        "H",
+        "CRON_TZ=UTC",
+        "CRON_TZ=Nope/Zone",
+        "A=1",
+        "#",
+        "L",
+        "?",
+        "'q'",
+        "\t",
+        "é",
+    ]
+)
+_LINES = st.lists(st.lists(_WORDS, max_size=9).map(" ".join), max_size=6).map("\n".join)
+
+
+@given(st.one_of(_LINES, st.text(max_size=80)))
+def test_crontab_parser_only_raises_jobs_file_errors(text: str) -> None:
+    try:
+        jobs = crontab(text)
+    except JobsFileError as e:
+        assert e.problems and all(p and "\n" not in p for p in e.problems)
+    else:
+        assert jobs and all(j.name.startswith("job-") for j in jobs)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["every", "cron", "align", "shell", "command", "tz", "timeout", "bogus"]),
+        st.one_of(
+            st.text(max_size=12), st.booleans(), st.integers(), st.lists(st.text(max_size=5))
+        ),
+        max_size=5,
+    )
+)
+def test_toml_job_checks_only_raise_jobs_file_errors(body: dict) -> None:  # type: ignore[type-arg]
+    import json as _json
+
+    lines = ["[jobs.j]"] + [f"{k} = {_json.dumps(v, ensure_ascii=False)}" for k, v in body.items()]
+    try:
+        parse_toml("\n".join(lines), "jobs.toml", ENV, NOW)
+    except JobsFileError as e:
+        assert e.problems and all(p and "\n" not in p for p in e.problems)
