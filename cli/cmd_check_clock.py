@@ -215,9 +215,11 @@ def _exit_code(report: ClockReport) -> ExitCode:
 # ---------------------------------------------------------------------------------- formats
 
 
-def _measurement_doc(m: Measurement, best: bool = False) -> dict[str, Any]:
+def _measurement_doc(m: Measurement, best: bool = False, wrong: bool = False) -> dict[str, Any]:
     s = m.best
     doc: dict[str, Any] = {"address": m.server, "usable": s is not None}
+    if wrong:
+        doc["falseticker"] = True
     if s is not None:
         doc.update(
             offset=round(s.offset, 6),
@@ -237,10 +239,12 @@ def _measurement_doc(m: Measurement, best: bool = False) -> dict[str, Any]:
 
 def _json(report: ClockReport) -> None:
     from pyjob.core.clockcheck import impact
+    from pyjob.core.ntp import falsetickers
 
     from .render import echo_json
 
     best = report.best
+    wrong = falsetickers(report.servers)
     doc: dict[str, Any] = {
         "status": report.status,
         "limit": round(report.limit, 6),
@@ -253,7 +257,8 @@ def _json(report: ClockReport) -> None:
         "problems": report.over(),
         "unknown": report.unknown(),
         "servers": [
-            _measurement_doc(m, m.best is not None and m.best is best) for m in report.servers
+            _measurement_doc(m, m.best is not None and m.best is best, m.server in wrong)
+            for m in report.servers
         ],
     }
     if report.peers:
@@ -290,7 +295,7 @@ def _json(report: ClockReport) -> None:
     echo_json(doc)
 
 
-def _row(kind: str, m: Measurement, best: bool) -> list[str]:
+def _row(kind: str, m: Measurement, best: bool, wrong: bool = False) -> list[str]:
     s = m.best
     if s is None:
         why = m.rejected[-1] if m.rejected else "no samples"
@@ -300,6 +305,8 @@ def _row(kind: str, m: Measurement, best: bool) -> list[str]:
         note += f"; rejected: {m.rejected[-1]}"
     if best:
         note = "best; " + note
+    if wrong:
+        note = "falseticker: disagrees with the other servers; " + note
     return [
         m.server,
         kind,
@@ -315,12 +322,14 @@ def _row(kind: str, m: Measurement, best: bool) -> list[str]:
 
 def _table(report: ClockReport) -> None:
     from pyjob.core.clockcheck import impact
+    from pyjob.core.ntp import falsetickers
 
     from .render import table
 
     env = get_env()
     best = report.best
-    rows = [_row("server", m, m.best is best) for m in report.servers]
+    wrong = falsetickers(report.servers)
+    rows = [_row("server", m, m.best is best, m.server in wrong) for m in report.servers]
     rows += [_row("peer", m, False) for m in report.peers]
     if report.backend_url is not None:
         b = report.backend

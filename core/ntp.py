@@ -325,9 +325,31 @@ def measure_all(
     ]
 
 
-def best_sample(measurements: Sequence[Measurement]) -> Sample | None:
-    """The best sample across servers: the smallest delay plus root distance."""
+AGREE_FLOOR = 0.002  # seconds: two servers this close agree whatever their error bounds say
+
+
+def agree(a: Sample, b: Sample) -> bool:
+    """Whether two servers' readings can both be right: their offsets differ by no more than
+    their error bounds and root distances together (plus a small floor)."""
+    slack = a.error + b.error + a.root_distance + b.root_distance + AGREE_FLOOR
+    return abs(a.offset - b.offset) <= slack
+
+
+def falsetickers(measurements: Sequence[Measurement]) -> set[str]:
+    """Servers that disagree with a majority of the usable ones (NTP's "falsetickers"). Needs at
+    least three usable servers: of two that disagree, neither can be outvoted."""
     usable = [m.best for m in measurements if m.best is not None]
+    if len(usable) < 3:
+        return set()
+    wrong = {s.server for s in usable if sum(agree(s, o) for o in usable) * 2 <= len(usable)}
+    return set() if len(wrong) == len(usable) else wrong  # no majority at all: no verdict
+
+
+def best_sample(measurements: Sequence[Measurement]) -> Sample | None:
+    """The best sample across servers, falsetickers left out: the smallest delay plus root
+    distance."""
+    wrong = falsetickers(measurements)
+    usable = [m.best for m in measurements if m.best is not None and m.server not in wrong]
     return min(usable, key=lambda s: s.delay + s.root_distance) if usable else None
 
 

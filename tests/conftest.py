@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +30,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Long tests first (a stable sort, the same on every xdist worker), so that with one test
     per worker at a time they are shared out at the start rather than left to the end."""
     items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test() -> Iterator[None]:
+    """A test that fails before stopping its `pyjob run` processes must not leave them running."""
+    from .runproc import PyjobRun
+
+    yield
+    while PyjobRun.live:
+        run = PyjobRun.live.pop()
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait(timeout=30)
 
 
 def pyjob_exe() -> list[str]:

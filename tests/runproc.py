@@ -8,12 +8,14 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .conftest import pyjob_exe
 
 
 class PyjobRun:
+    live: ClassVar[list[PyjobRun]] = []  # every one started; conftest kills what a test leaves
+
     def __init__(
         self, args: list[str], cwd: Path, name: str = "run", env: dict[str, str] | None = None
     ) -> None:
@@ -30,6 +32,7 @@ class PyjobRun:
             cwd=cwd,
             env=full_env,
         )
+        PyjobRun.live.append(self)
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)

@@ -577,3 +577,31 @@ def test_clock_ntp_makes_skewed_instances_fire_together(
     print(f"--clock ntp: {len(common)} ticks, largest gap {max(gaps) * 1000:.2f} ms")
     assert max(gaps) < 0.020, gaps
     assert all(-0.005 < ahead[t] - t < 0.020 for t in common), [ahead[t] - t for t in common]
+
+
+def test_a_falseticker_is_outvoted_even_with_the_shortest_round_trip() -> None:
+    from pyjob.core.ntp import best_sample, falsetickers
+
+    def m(server: str, offset: float, delay: float) -> Measurement:
+        sample = Sample(server, offset, delay, 2, "x", 0, 0.001)
+        return Measurement(server, sample, [sample])
+
+    three = [m("a", 0.0004, 0.020), m("b", -0.0003, 0.030), m("liar", 2.5, 0.001)]
+    assert falsetickers(three) == {"liar"}
+    best = best_sample(three)
+    assert best is not None and best.server == "a"
+    # two that disagree: neither can be outvoted, the shorter round trip wins
+    assert falsetickers(three[1:]) == set() and best_sample(three[1:]).server == "liar"  # type: ignore[union-attr]
+    # no majority at all: nobody is excluded
+    split = [m("a", 0.0, 0.02), m("b", 0.0, 0.03), m("c", 2.5, 0.01), m("d", 2.5, 0.04)]
+    assert falsetickers(split) == set()
+
+
+def test_check_clock_marks_the_falseticker(chrony: ChronyServer, skewed: ChronyServer) -> None:
+    # the same true server twice, and the skewed one: two against one
+    args = ["--server", chrony.address, "--server", f"localhost:{chrony.port}"]
+    proc = check_clock(*args, "--server", skewed.address, "--format", "json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = as_json(proc)
+    assert [s.get("falseticker", False) for s in doc["servers"]] == [False, False, True]
+    assert abs(doc["offset"]) < 0.01 and doc["server"] != skewed.address
