@@ -167,7 +167,8 @@ PAGES: dict[str, dict[str, object]] = {
             "source address and port, root distance) and keeps the sample with the smallest "
             "round trip. It reports offset (NTP's sign: +2.5s means this host is 2.5s behind), "
             "error bound (half the round trip), delay, stratum, reference id and leap state for "
-            "each server, and why a rejected reply was rejected.",
+            "each server, and why a rejected reply was rejected. Of three or more servers, one "
+            "that disagrees with the majority is marked a falseticker and never chosen.",
             "The best server's offset is judged against --max-offset (default 1s) or the limit "
             "an --interval tolerates: 1/60 of it, at least 100ms (1s: 100ms, 1m: 1s, 5m: 5s, "
             "1h: 1m). The impact class is negligible below 100ms, minor to 1s, noticeable to 5s, "
