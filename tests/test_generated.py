@@ -95,6 +95,8 @@ def bash_complete(line: str) -> list[str]:
         ("pyjob check-clock --format ", ["table", "json", "nagios"]),
         ("pyjob check-clock --lock re", ["redis://", "rediss://"]),
         ("pyjob run --clock ", ["system", "ntp"]),
+        ("pyjob validate --fi", ["--file"]),
+        ("pyjob run --ntp", ["--ntp-server"]),
         ("pyjob run --clock-policy ", ["refuse", "warn"]),
         ("pyjob run --ov", ["--overlap"]),
         ("pyjob run --overlap ", ["skip", "queue", "allow", "replace"]),
