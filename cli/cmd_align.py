@@ -91,26 +91,39 @@ def align_cmd(
         )
     if not wait:
         return
-    if env.err_is_terminal():
-        _countdown(env, boundary)
-    sleep_until(clock, boundary)  # Ctrl-C: the group maps KeyboardInterrupt to exit 130
+    import signal
+
+    from pyjob.core.clock import Waker
+
+    # Ctrl-C: the group maps KeyboardInterrupt to exit 130. The wake-up fd makes sure a SIGINT
+    # that lands just before a sleep ends it instead of waiting out the slice.
+    waker = Waker()
+    previous = signal.set_wakeup_fd(waker.fd, warn_on_full_buffer=False)
+    try:
+        if env.err_is_terminal():
+            _countdown(env, boundary, waker)
+        sleep_until(clock, boundary, waker=waker)
+    finally:
+        signal.set_wakeup_fd(previous)
+        waker.close()
 
 
-def _countdown(env: object, boundary: object) -> None:
+def _countdown(env: object, boundary: object, waker: object) -> None:
     """A live one-line countdown on stderr, redrawn a few times a second until the boundary."""
     from datetime import datetime
 
+    from pyjob.core.clock import Waker
     from pyjob.core.durations import humanize
     from pyjob.core.schedule import iso
 
     from .env import Env
 
-    assert isinstance(env, Env) and isinstance(boundary, datetime)
+    assert isinstance(env, Env) and isinstance(boundary, datetime) and isinstance(waker, Waker)
     clock = env.clock
     while True:
         remaining = (boundary - clock.now()).total_seconds()
         if remaining <= 0.3:
             break
         click.echo(f"\rwaiting {humanize(remaining):>8} for {iso(boundary)} ", err=True, nl=False)
-        clock.sleep(min(0.25, remaining - 0.25))
+        clock.wait(waker, min(0.25, remaining - 0.25))
     click.echo("\r" + " " * 60 + "\r", err=True, nl=False)

@@ -169,10 +169,19 @@ class Waker:
 MAX_SLEEP_SLICE = 20.0
 
 
-def sleep_until(clock: Clock, instant: datetime, max_slice: float = MAX_SLEEP_SLICE) -> None:
-    """Sleep until the wall clock reaches ``instant``, re-reading it every ``max_slice`` at most."""
+def sleep_until(
+    clock: Clock, instant: datetime, max_slice: float = MAX_SLEEP_SLICE, waker: Waker | None = None
+) -> None:
+    """Sleep until the wall clock reaches ``instant``, re-reading it every ``max_slice`` at most.
+
+    With a ``waker`` whose fd is the process's ``signal.set_wakeup_fd``, a signal always ends the
+    wait at once: a plain sleep entered just after the signal arrived would not be interrupted
+    (the interpreter checks for signals between bytecodes), and could sleep a whole slice."""
     while True:
         remaining = (instant - clock.now()).total_seconds()
         if remaining <= 0:
             return
-        clock.sleep(min(remaining, max_slice))
+        if waker is None:
+            clock.sleep(min(remaining, max_slice))
+        else:
+            clock.wait(waker, min(remaining, max_slice))
