@@ -239,12 +239,11 @@ def _measurement_doc(m: Measurement, best: bool = False, wrong: bool = False) ->
 
 def _json(report: ClockReport) -> None:
     from pyjob.core.clockcheck import impact
-    from pyjob.core.ntp import falsetickers
 
     from .render import echo_json
 
     best = report.best
-    wrong = falsetickers(report.servers)
+    wrong = report.falsetickers
     doc: dict[str, Any] = {
         "status": report.status,
         "limit": round(report.limit, 6),
@@ -264,7 +263,7 @@ def _json(report: ClockReport) -> None:
     if report.peers:
         skew = report.skew
         doc["peers"] = [_measurement_doc(m) for m in report.peers]
-        skew_limit = report.max_skew if report.max_skew is not None else report.limit
+        skew_limit = report.skew_limit
         doc["skew"] = (
             None
             if skew is None
@@ -322,13 +321,12 @@ def _row(kind: str, m: Measurement, best: bool, wrong: bool = False) -> list[str
 
 def _table(report: ClockReport) -> None:
     from pyjob.core.clockcheck import impact
-    from pyjob.core.ntp import falsetickers
 
     from .render import table
 
     env = get_env()
     best = report.best
-    wrong = falsetickers(report.servers)
+    wrong = report.falsetickers
     rows = [_row("server", m, m.best is best, m.server in wrong) for m in report.servers]
     rows += [_row("peer", m, False) for m in report.peers]
     if report.backend_url is not None:
@@ -359,7 +357,7 @@ def _table(report: ClockReport) -> None:
             lines.append(("Advice", cls.advice))
     skew = report.skew
     if skew is not None:
-        limit = report.max_skew if report.max_skew is not None else report.limit
+        limit = report.skew_limit
         within = "over" if skew.value > limit else "within"
         lines.append(
             (

@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .env import get_env
-from .options import build_spec, complete_schedule, jobs_file_option, schedule_options
+from .options import (
+    build_spec,
+    complete_schedule,
+    jobs_file_option,
+    schedule_flags_given,
+    schedule_options,
+)
 from .render import echo_json, table
 
 if TYPE_CHECKING:
@@ -83,11 +89,7 @@ def next_cmd(
 
     env = get_env()
     if jobs_file is not None:
-        if (
-            expr
-            or name
-            or any(kw.get(k) for k in ("cron", "every", "daily", "weekly", "monthly", "once"))
-        ):
+        if expr or name or schedule_flags_given(kw):
             raise click.UsageError(
                 "--file previews the file's jobs: drop the EXPR, --name and schedule options"
             )
@@ -124,14 +126,10 @@ def next_cmd(
         return
     rows = []
     for i, tick in enumerate(ticks, 1):
-        local = tick.instant.astimezone(zone)
         rows.append(
             [
                 str(i),
-                local.strftime("%a %Y-%m-%d %H:%M:%S")
-                + (f".{local.microsecond:06d}" if local.microsecond else "")
-                + " "
-                + (local.tzname() or ""),
+                _local(tick, zone),
                 iso(tick.instant),
                 "in " + humanize((tick.instant - now).total_seconds()),
                 _note(tick),

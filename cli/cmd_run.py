@@ -19,6 +19,7 @@ from .options import (
     build_spec,
     complete_schedule,
     jobs_file_option,
+    schedule_flags_given,
     schedule_options,
     server_list,
 )
@@ -291,7 +292,9 @@ def run_cmd(
     if jobs_file is not None:
         from .run_file import run_file
 
-        given = [f"--{k}" for k in _SCHEDULE_KEYS if kw.get(k)] + (["-s"] if schedule_text else [])
+        given = schedule_flags_given(kw, also=("at", "align", "offset")) + (
+            ["-s"] if schedule_text else []
+        )
         for flag, value in (("CMD", command), ("--name", name), ("--shell", shell)):
             if value:
                 given.append(flag)
@@ -378,9 +381,6 @@ def run_cmd(
         runner.close()
         backend.close()
     raise click.exceptions.Exit(code)
-
-
-_SCHEDULE_KEYS = ("cron", "every", "daily", "weekly", "monthly", "once", "at", "align", "offset")
 
 
 @dataclass(frozen=True)

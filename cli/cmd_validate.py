@@ -10,7 +10,13 @@ from pyjob.core.errors import InputError
 from .env import get_env
 from .errors import caret_lines
 from .exitcodes import ExitCode
-from .options import build_spec, complete_schedule, jobs_file_option, schedule_options
+from .options import (
+    build_spec,
+    complete_schedule,
+    jobs_file_option,
+    schedule_flags_given,
+    schedule_options,
+)
 from .render import echo_json
 
 
@@ -51,7 +57,7 @@ def validate_cmd(
     env = get_env()
     clock_now = env.clock.now()
     if jobs_file is not None:
-        if exprs or any(kw.get(k) for k in ("cron", "every", "daily", "weekly", "monthly", "once")):
+        if exprs or schedule_flags_given(kw):
             raise click.UsageError(
                 "--file checks the file's jobs: drop the EXPR and schedule options"
             )

@@ -151,6 +151,12 @@ NTP_SERVER = NtpServerType()
 _KIND_OPTIONS = ("cron", "every", "daily", "weekly", "monthly", "once")
 
 
+def schedule_flags_given(kw: dict[str, Any], also: tuple[str, ...] = ()) -> list[str]:
+    """The schedule kinds (and the ``also`` options) set in ``kw``: for commands that take the
+    schedule from a file instead."""
+    return [f"--{name}" for name in (*_KIND_OPTIONS, *also) if kw.get(name)]
+
+
 def schedule_options(f: F) -> F:
     """The schedule options of DESIGN §2, shared by run, next and validate."""
     options = [

@@ -30,7 +30,6 @@ def run_file(
     from pyjob.core.jobsfile import JobsFileError, load
     from pyjob.core.multirun import Supervisor
     from pyjob.core.process import RealRunner, check_command
-    from pyjob.core.schedule import Schedule
 
     from .cmd_run import clock_watch, install_signals, unshared_warning
     from .logs import EventLog
@@ -58,9 +57,7 @@ def run_file(
     try:
         prepared = supervisor.prepare(jobs)  # BackendError: exit 5
         now = env.clock.now()
-        intervals = [
-            schedule_interval(Schedule(j.spec, job_id=j.name, anchor=now), now) for j in jobs
-        ]
+        intervals = [schedule_interval(r.executor.c.schedule, now) for r in prepared]
         known = [i for i in intervals if i is not None]
         watch = clock_watch(
             clock_options,

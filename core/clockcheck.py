@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import itertools
 import math
 import threading
@@ -22,6 +23,7 @@ from .clock import Clock, OffsetClock, Waker
 from .durations import format_duration
 from .errors import ClockError, ClockOffsetError
 from .ntp import Measurement, Sample, best_sample, measure_all, unusable
+from .ntp import falsetickers as find_falsetickers
 from .schedule import Schedule
 
 DEFAULT_SERVERS = ("pool.ntp.org",)
@@ -245,13 +247,22 @@ class ClockReport:
     kernel: KernelState | None = None
     local: str = "local"
 
-    @property
+    # Derived once: the measurements do not change after check_clock() returns.
+    @functools.cached_property
+    def falsetickers(self) -> set[str]:
+        return find_falsetickers(self.servers)
+
+    @functools.cached_property
     def best(self) -> Sample | None:
         return best_sample(self.servers)
 
-    @property
+    @functools.cached_property
     def skew(self) -> Skew | None:
         return skew_of(self.local, self.peers) if self.peers else None
+
+    @property
+    def skew_limit(self) -> float:
+        return self.max_skew if self.max_skew is not None else self.limit
 
     def unknown(self) -> list[str]:
         """What was asked for and could not be measured."""
@@ -275,7 +286,7 @@ class ClockReport:
                 f"({self.limit_reason})"
             )
         skew = self.skew
-        skew_limit = self.max_skew if self.max_skew is not None else self.limit
+        skew_limit = self.skew_limit
         if skew is not None and skew.value > skew_limit:
             problems.append(
                 f"skew {skew.value:.6f}s between {skew.between[0]} and {skew.between[1]} is "
@@ -391,40 +402,7 @@ class ClockWatch:
         """Measure before scheduling. Raises ClockError when nothing usable answered and the
         clock is required, ClockOffsetError when the offset is over the limit (policy refuse,
         not corrected)."""
-        best, measured = self._measure()
-        if best is None:
-            reasons = unusable(measured)
-            if self.require:
-                raise ClockError(f"no usable NTP reply ({reasons}); --require-clock is set")
-            self.emit(
-                "clock-warning",
-                problem=f"no usable NTP reply ({reasons})",
-                action="scheduling by the local clock unmeasured",
-            )
-            return None
-        fields = self._fields(best)
-        over = abs(best.offset) > self.limit
-        if self.correct is not None:
-            self.correct.offset = best.offset
-            self.emit("clock", **fields, action="corrected (--clock ntp)")
-            return best
-        if over and self.policy == "refuse":
-            raise ClockOffsetError(
-                f"clock offset {signed(best.offset)} ±{best.error:.6f}s (from {best.server}) is "
-                f"over the limit {_dur(self.limit)} ({self.limit_reason}): fix this host's clock, "
-                "or pass --clock ntp to correct for it, or --clock-policy warn to run anyway"
-            )
-        if over:
-            advice = impact(best.offset).advice
-            self.emit(
-                "clock-warning",
-                **fields,
-                problem=f"offset over the limit ({self.limit_reason})",
-                action="running anyway (--clock-policy warn)" + (f"; {advice}" if advice else ""),
-            )
-        else:
-            self.emit("clock", **fields)
-        return best
+        return self._check(at_start=True)
 
     def start(self) -> None:
         """Re-measure every ``every`` seconds until ``stop()``."""
@@ -443,27 +421,47 @@ class ClockWatch:
                 self._closed = True
 
     def recheck(self) -> Sample | None:
+        return self._check(at_start=False)
+
+    def _check(self, at_start: bool) -> Sample | None:
+        """Measure, apply the result, log it; only the check at start may refuse or fail."""
         best, measured = self._measure()
         if self._stopped:
             return best
         if best is None:
-            action = "keeping the last correction" if self.correct else "going on"
-            problem = f"no usable NTP reply ({unusable(measured)})"
-            self.emit("clock-warning", problem=problem, action=action)
+            reasons = unusable(measured)
+            if at_start and self.require:
+                raise ClockError(f"no usable NTP reply ({reasons}); --require-clock is set")
+            if at_start:
+                action = "scheduling by the local clock unmeasured"
+            else:
+                action = "keeping the last correction" if self.correct else "going on"
+            self.emit("clock-warning", problem=f"no usable NTP reply ({reasons})", action=action)
             return None
         fields = self._fields(best)
         if self.correct is not None:
             self.correct.offset = best.offset
             self.emit("clock", **fields, action="corrected (--clock ntp)")
-        elif abs(best.offset) > self.limit:
+        elif abs(best.offset) <= self.limit:
+            self.emit("clock", **fields)
+        elif at_start and self.policy == "refuse":
+            raise ClockOffsetError(
+                f"clock offset {signed(best.offset)} ±{best.error:.6f}s (from {best.server}) is "
+                f"over the limit {_dur(self.limit)} ({self.limit_reason}): fix this host's clock, "
+                "or pass --clock ntp to correct for it, or --clock-policy warn to run anyway"
+            )
+        else:
+            advice = impact(best.offset).advice
+            if at_start:
+                action = "running anyway (--clock-policy warn)" + (f"; {advice}" if advice else "")
+            else:
+                action = advice or "going on"
             self.emit(
                 "clock-warning",
                 **fields,
                 problem=f"offset over the limit ({self.limit_reason})",
-                action=impact(best.offset).advice or "going on",
+                action=action,
             )
-        else:
-            self.emit("clock", **fields)
         return best
 
     def stop(self) -> None:

@@ -59,7 +59,6 @@ class _Running:
     backend: Backend
     thread: threading.Thread | None = None
     code: int | None = None
-    retiring: bool = False  # removed or replaced by a reload: finishing its current run
 
 
 @dataclass
@@ -93,8 +92,7 @@ class Supervisor:
         self.default_lock = default_lock
         self.waker = Waker()  # woken by signals and by executors that end
         self.jobs: dict[str, _Running] = {}
-        self.retiring: list[_Running] = []
-        self._lock = threading.Lock()
+        self.retiring: list[_Running] = []  # removed or replaced: finishing their current run
         self._stop = False
         self._force = False
         self._reload = False
@@ -180,7 +178,6 @@ class Supervisor:
         return result
 
     def _retire(self, running: _Running) -> None:
-        running.retiring = True
         running.executor.request_stop(drain=True)
         self.retiring.append(running)
 
