@@ -10,74 +10,18 @@ import contextlib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Protocol
 
 from ..clock import Clock
 from ..errors import BackendError, InputError
-
-
-@dataclass(frozen=True)
-class ClaimResult:
-    """The outcome of claiming (job, tick): who holds it, and the fence it was given."""
-
-    won: bool
-    holder: str  # the instance that holds the claim (this one when won)
-    fence: int | None  # grows with every claim of a job; None where the backend has none
-
-
-@dataclass
-class Lease:
-    """A time-limited hold on a job (the run lease of ``--overlap skip``)."""
-
-    job: str
-    instance: str
-    token: str
-    ttl: float  # seconds; a holder that stops renewing loses it after this long
-    handle: object = None  # backend-private
-
-
-class Backend(Protocol):
-    url: str  # for messages; never contains a password
-
-    def check(self) -> None:
-        """Raise BackendError if the backend cannot be used (called once at start)."""
-        ...
-
-    def claim(
-        self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
-    ) -> ClaimResult:
-        """Claim tick ``tick`` of ``job``: exactly one claimer wins. The claim is kept at least
-        until ``keep_until`` (``now`` is the caller's clock; a backend that keeps time itself
-        derives a relative TTL from the two), so that a lagging instance cannot run it again."""
-        ...
-
-    def acquire_lease(self, job: str, instance: str, ttl: float) -> Lease | None:
-        """Take the job's run lease, or None when another live holder has it."""
-        ...
-
-    def lease_holder(self, job: str) -> str | None:
-        """Who holds the job's run lease, if anyone (for log messages)."""
-        ...
-
-    def renew_lease(self, lease: Lease) -> bool:
-        """Extend the lease by its TTL; False if it was lost."""
-        ...
-
-    def release_lease(self, lease: Lease) -> None: ...
-
-    def cleanup(self, job: str, now: datetime) -> int:
-        """Remove claims kept past their ``keep_until``; returns how many were removed."""
-        ...
-
-    def server_time(self) -> tuple[float, float] | None:
-        """A reading of the clock the backend itself keeps, as (Unix seconds, resolution in
-        seconds); None when it has none (``--lock none``). The caller times the call."""
-        ...
-
-    def close(self) -> None: ...
+from .protocol import (
+    Backend,
+    Batched,
+    ClaimOutcome,
+    ClaimRequest,
+    ClaimResult,
+    Lease,
+)
 
 
 def probe_mtime(directory: Path) -> tuple[float, float]:
@@ -222,6 +166,9 @@ def open_backend(
 __all__ = [
     "Backend",
     "BackendError",
+    "Batched",
+    "ClaimOutcome",
+    "ClaimRequest",
     "ClaimResult",
     "Lease",
     "default_lock_dir",

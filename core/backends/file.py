@@ -29,10 +29,11 @@ from filelock import FileLock, Timeout
 
 from ..errors import BackendError
 from ..schedule import to_us as _us
-from . import ClaimResult, Lease, probe_mtime, remove_expired_claims, safe_name
+from . import probe_mtime, remove_expired_claims, safe_name
+from .protocol import Batched, ClaimResult, Lease
 
 
-class FileBackend:
+class FileBackend(Batched):
     def __init__(self, directory: Path, lock_timeout: float = 10.0) -> None:
         self.directory = Path(directory)
         self.url = f"file:{self.directory}"

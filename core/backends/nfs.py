@@ -30,7 +30,8 @@ from pathlib import Path
 from ..clock import Clock, SystemClock
 from ..errors import BackendError
 from ..schedule import to_us as _us
-from . import ClaimResult, Lease, probe_mtime, remove_expired_claims, safe_name
+from . import probe_mtime, remove_expired_claims, safe_name
+from .protocol import Batched, ClaimResult, Lease
 
 MUTEX_STALE = 10.0  # seconds a claim mutex may stand unchanged before it is broken
 _WIDTH = 20  # the heartbeat counter is written at a fixed width, in place
@@ -63,7 +64,7 @@ class _Watch:
         self.since = seen
 
 
-class NfsBackend:
+class NfsBackend(Batched):
     def __init__(self, directory: Path, clock: Clock | None = None) -> None:
         self.directory = Path(directory)
         self.url = f"nfs:{self.directory}"

@@ -6,10 +6,10 @@ import threading
 import uuid
 from datetime import datetime
 
-from . import ClaimResult, Lease
+from .protocol import Batched, ClaimResult, Lease
 
 
-class NullBackend:
+class NullBackend(Batched):
     url = "none"
 
     def __init__(self) -> None:

@@ -21,7 +21,8 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import BackendError
-from . import ClaimResult, Lease, redact
+from . import redact
+from .protocol import Batched, ClaimResult, Lease
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pyjob_claims (
@@ -71,7 +72,7 @@ RETURNING 1
 """
 
 
-class PostgresBackend:
+class PostgresBackend(Batched):
     def __init__(self, url: str, timeout: float = 3.0) -> None:
         try:
             import psycopg

@@ -20,7 +20,8 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import BackendError
-from . import ClaimResult, Lease, redact, safe_name
+from . import redact, safe_name
+from .protocol import Batched, ClaimResult, Lease
 
 _CLAIM = """
 local held = redis.call('GET', KEYS[1])
@@ -44,7 +45,7 @@ return 0
 """
 
 
-class RedisBackend:
+class RedisBackend(Batched):
     def __init__(self, url: str, timeout: float = 2.0) -> None:
         try:
             import redis

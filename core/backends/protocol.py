@@ -1,0 +1,173 @@
+"""The lock backend protocol (DESIGN §5): the types every backend speaks, in a module of its own so
+that ``core/backends/`` has no import circle (backends import this, never the package).
+
+A process reaches its backend through one coordinator (``core/coordinator.py``), which batches:
+claims of every job due at the same instant go in one ``claim_many`` call, lease renewals in one
+``renew_many``. Backends answer a batch in one round trip where they can (a Redis script, one SQL
+statement, one lock acquisition on ``file:``/``nfs:``); ``Batched`` gives the plain per-item
+loop to a backend that has nothing better.
+
+Every call is bounded in time on the client side and raises ``BackendError`` (never anything else)
+when it fails or takes too long; the coordinator alone decides what a failure means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from ..errors import BackendError
+
+# How far apart two clocks (a host's and the backend's, or two hosts') may be while claims still
+# guarantee that no tick runs twice (DESIGN §5, "Claims hold under skew").
+SKEW_LIMIT = 3600.0
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """The outcome of claiming (job, tick): who holds it, and the fence it was given."""
+
+    won: bool
+    holder: str  # the instance that holds the claim (this one when won)
+    fence: int | None  # grows with every claim of a job; None where the backend has none
+    refused: str | None = None  # set when the tick must not run at all: why (won is False)
+
+
+@dataclass
+class Lease:
+    """A time-limited hold on a job (the run lease of ``--overlap skip``)."""
+
+    job: str
+    instance: str
+    token: str
+    ttl: float  # seconds; a holder that stops renewing loses it after this long
+    handle: object = None  # backend-private
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """One item of a ``claim_many`` batch. With ``lease_ttl``, a won claim also takes the job's
+    run lease in the same round trip (``--overlap skip``)."""
+
+    job: str
+    tick: datetime
+    keep_until: datetime  # by the caller's clock ``now``; see Backend.claim
+    lease_ttl: float | None = None
+
+
+@dataclass(frozen=True)
+class ClaimOutcome:
+    """The answer to one ClaimRequest: the claim, and the lease when one was asked for and the
+    claim was won (None with ``lease_holder`` set when another live holder has it)."""
+
+    claim: ClaimResult
+    lease: Lease | None = None
+    lease_holder: str | None = None
+
+
+class Backend(Protocol):
+    url: str  # for messages; never contains a password
+
+    def check(self) -> None:
+        """Raise BackendError if the backend cannot be used (called once at start)."""
+        ...
+
+    def claim(
+        self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
+    ) -> ClaimResult:
+        """Claim tick ``tick`` of ``job``: exactly one claimer wins. The claim is kept at least
+        until ``keep_until`` (``now`` is the caller's clock; a backend that keeps time itself
+        derives a relative TTL from the two), so that a lagging instance cannot run it again."""
+        ...
+
+    def claim_many(
+        self, requests: Sequence[ClaimRequest], instance: str, now: datetime
+    ) -> list[ClaimOutcome]:
+        """Claim every request (in one round trip where the backend can); one outcome each, in
+        order. A BackendError fails the whole batch."""
+        ...
+
+    def acquire_lease(self, job: str, instance: str, ttl: float) -> Lease | None:
+        """Take the job's run lease, or None when another live holder has it."""
+        ...
+
+    def lease_holder(self, job: str) -> str | None:
+        """Who holds the job's run lease, if anyone (for log messages)."""
+        ...
+
+    def renew_lease(self, lease: Lease) -> bool:
+        """Extend the lease by its TTL; False if it was lost."""
+        ...
+
+    def renew_many(self, leases: Sequence[Lease]) -> list[bool]:
+        """renew_lease for each (one round trip where the backend can)."""
+        ...
+
+    def release_lease(self, lease: Lease) -> None: ...
+
+    def release_many(self, leases: Sequence[Lease]) -> None:
+        """release_lease for each (one round trip where the backend can)."""
+        ...
+
+    def cleanup(self, job: str, now: datetime) -> int:
+        """Remove claims kept past their ``keep_until``; returns how many were removed."""
+        ...
+
+    def cleanup_many(self, jobs: Sequence[str], now: datetime) -> int:
+        """cleanup for each job; the total removed."""
+        ...
+
+    def server_time(self) -> tuple[float, float] | None:
+        """A reading of the clock the backend itself keeps, as (Unix seconds, resolution in
+        seconds); None when it has none (``--lock none``). The caller times the call."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Batched:
+    """The batch calls as loops over the single ones, for a backend with nothing better."""
+
+    def claim_many(
+        self, requests: Sequence[ClaimRequest], instance: str, now: datetime
+    ) -> list[ClaimOutcome]:
+        out: list[ClaimOutcome] = []
+        for r in requests:
+            claim = self.claim(r.job, r.tick, instance, r.keep_until, now)  # type: ignore[attr-defined]
+            if not claim.won or r.lease_ttl is None:
+                out.append(ClaimOutcome(claim))
+                continue
+            lease = self.acquire_lease(r.job, instance, r.lease_ttl)  # type: ignore[attr-defined]
+            holder = None if lease is not None else self.lease_holder(r.job)  # type: ignore[attr-defined]
+            out.append(ClaimOutcome(claim, lease, holder or (None if lease else "unknown")))
+        return out
+
+    def renew_many(self, leases: Sequence[Lease]) -> list[bool]:
+        return [self.renew_lease(lease) for lease in leases]  # type: ignore[attr-defined]
+
+    def release_many(self, leases: Sequence[Lease]) -> None:
+        first: BackendError | None = None
+        for lease in leases:
+            try:
+                self.release_lease(lease)  # type: ignore[attr-defined]
+            except BackendError as e:
+                first = first or e
+        if first is not None:
+            raise first
+
+    def cleanup_many(self, jobs: Sequence[str], now: datetime) -> int:
+        return sum(self.cleanup(job, now) for job in jobs)  # type: ignore[attr-defined]
+
+
+__all__ = [
+    "SKEW_LIMIT",
+    "Backend",
+    "BackendError",
+    "Batched",
+    "ClaimOutcome",
+    "ClaimRequest",
+    "ClaimResult",
+    "Lease",
+]
