@@ -8,20 +8,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
-from pyjob.core import OVERLAP_POLICIES
 
 from .env import get_env
 from .options import (
-    DURATION,
-    DURATION_OR_ZERO,
-    LOCK_URL,
-    NTP_SERVER,
     build_spec,
     complete_schedule,
     jobs_file_option,
     schedule_flags_given,
     schedule_options,
     server_list,
+    settings_options,
 )
 
 if TYPE_CHECKING:
@@ -29,6 +25,9 @@ if TYPE_CHECKING:
 
     from pyjob.core.clock import Clock, OffsetClock
     from pyjob.core.clockcheck import ClockWatch
+    from pyjob.core.scheduler import Job
+
+    from .env import Env
 
 
 def _seconds(us: int | None) -> float | None:
@@ -52,165 +51,12 @@ def _seconds(us: int | None) -> float | None:
     "and the command, so the same one-liner on several hosts is one job).",
 )
 @click.option(
-    "--instance-id",
-    metavar="ID",
-    help="This instance's name in logs and claims (default: HOST:PID).",
-)
-@click.option(
-    "--lock",
-    type=LOCK_URL,
-    metavar="URL",
-    envvar="PYJOB_LOCK",
-    help="Lock backend: file:PATH (one host; default: $XDG_RUNTIME_DIR/pyjob or "
-    "~/.local/state/pyjob), nfs:PATH (a directory shared by hosts), redis://HOST[:PORT]/DB "
-    "(rediss:// for TLS), postgresql://USER@HOST/DB, or none.",
-)
-@click.option(
     "--shell",
     is_flag=True,
     default=False,
     help="Run the command through /bin/sh -c (default: executed directly).",
 )
-@click.option(
-    "--overlap",
-    type=click.Choice(OVERLAP_POLICIES),
-    default="skip",
-    show_default=True,
-    help="A tick that comes while the previous run goes on: skip it (across all "
-    "instances sharing the backend), queue it (at most one waits), allow it, or "
-    "replace the running one (this instance).",
-)
-@click.option(
-    "--misfire-grace",
-    type=DURATION_OR_ZERO,
-    metavar="DURATION",
-    help="Run a late tick only if at most this late (default: until the following "
-    "tick is due). Older passed ticks are always logged as missed, never run.",
-)
-@click.option(
-    "--timeout",
-    type=DURATION,
-    metavar="DURATION",
-    help="SIGTERM the command's process group after this long.",
-)
-@click.option(
-    "--kill-after",
-    type=DURATION,
-    default="10s",
-    show_default=True,
-    metavar="DURATION",
-    help="SIGKILL this long after the timeout's SIGTERM.",
-)
-@click.option(
-    "--stop-timeout",
-    type=DURATION,
-    default="10s",
-    show_default=True,
-    metavar="DURATION",
-    help="On SIGTERM/SIGINT, wait this long for running commands before SIGKILL.",
-)
-@click.option(
-    "--run-now",
-    is_flag=True,
-    default=False,
-    help="Also run once at start (this instance only, no claim).",
-)
-@click.option(
-    "--jitter",
-    type=DURATION,
-    metavar="DURATION",
-    help="Delay each run by a random amount up to this.",
-)
-@click.option(
-    "--max-runs",
-    type=click.IntRange(1),
-    metavar="N",
-    help="End after the N-th tick was run (by this instance or another).",
-)
-@click.option(
-    "--log-output",
-    is_flag=True,
-    default=False,
-    help="Capture the command's stdout/stderr and log each line with job and tick.",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Log lines for people, or one JSON object per event.",
-)
-@click.option(
-    "--on-backend-error",
-    type=click.Choice(["skip", "run"]),
-    default="skip",
-    show_default=True,
-    help="While running, a tick whose claim fails: skip it (fail "
-    "closed) or run it anyway (fail open).",
-)
-@click.option(
-    "--ntp-server",
-    "ntp_servers",
-    multiple=True,
-    type=NTP_SERVER,
-    metavar="HOST[:PORT]",
-    envvar="PYJOB_NTP_SERVERS",
-    help="NTP server for the clock check; repeat for several "
-    "(default: $PYJOB_NTP_SERVERS, else pool.ntp.org).",
-)
-@click.option(
-    "--max-offset",
-    type=DURATION,
-    metavar="DURATION",
-    help="Refuse to start (exit 4) when the clock is further than this from NTP time "
-    "(default: 1/60 of the schedule's interval, at least 100ms).",
-)
-@click.option(
-    "--clock-policy",
-    type=click.Choice(["refuse", "warn"]),
-    default="refuse",
-    show_default=True,
-    help="An offset over --max-offset at start: refuse to start, or only warn.",
-)
-@click.option(
-    "--require-clock",
-    is_flag=True,
-    default=False,
-    help="Exit 3 when no NTP server gives a usable reply at start (default: warn, go on).",
-)
-@click.option(
-    "--clock",
-    "clock_mode",
-    type=click.Choice(["system", "ntp"]),
-    default="system",
-    show_default=True,
-    help="Fire ticks by this host's clock, or by NTP-corrected time (local time plus the "
-    "measured offset, updated at each re-check): instances with skewed clocks then fire "
-    "together.",
-)
-@click.option(
-    "--clock-check-every",
-    type=DURATION,
-    default="10m",
-    show_default=True,
-    metavar="DURATION",
-    help="Re-measure the offset this often, beside the run loop, and log it.",
-)
-@click.option(
-    "--clock-budget",
-    type=DURATION,
-    default="3s",
-    show_default=True,
-    metavar="DURATION",
-    help="The most one clock check may take, however slow or absent the servers.",
-)
-@click.option(
-    "--no-clock-check",
-    is_flag=True,
-    default=False,
-    envvar="PYJOB_NO_CLOCK_CHECK",
-    help="Do not measure the clock (air-gapped hosts); the log says so.",
-)
+@settings_options
 @jobs_file_option(
     "Run every job of a crontab or a TOML jobs file (*.toml) in this one process, instead "
     "of one command; SIGHUP re-reads it. The run options given here are defaults for its jobs."
@@ -220,28 +66,7 @@ def run_cmd(
     command: tuple[str, ...],
     schedule_text: str | None,
     name: str | None,
-    instance_id: str | None,
-    lock: str | None,
     shell: bool,
-    overlap: str,
-    misfire_grace: int | None,
-    timeout: int | None,
-    kill_after: int,
-    stop_timeout: int,
-    run_now: bool,
-    jitter: int | None,
-    max_runs: int | None,
-    log_output: bool,
-    log_format: str,
-    on_backend_error: str,
-    ntp_servers: tuple[str, ...],
-    max_offset: int | None,
-    clock_policy: str,
-    require_clock: bool,
-    clock_mode: str,
-    clock_check_every: int,
-    clock_budget: int,
-    no_clock_check: bool,
     jobs_file: str | None,
     **kw: Any,
 ) -> None:
@@ -255,6 +80,8 @@ def run_cmd(
 
     With --file PATH, runs every job of a crontab or TOML jobs file instead, each on its own
     ticks; SIGHUP re-reads the file (unchanged jobs keep running, removed ones finish their run).
+    One process is one scheduler, whatever its number of jobs: one thread, one backend
+    connection per lock URL.
 
     \b
     Examples:
@@ -263,35 +90,20 @@ def run_cmd(
       pyjob run --cron "0 3 * * *" --tz Europe/Berlin --timeout 1h -- ./nightly.sh
       pyjob run -s "every 1m..5m" --shell -- 'curl -fsS https://example.com/ping'
     """
-    # Imported here, not at the top: completion and --help load this module on every TAB.
-    import socket
+    from pyjob.core.settings import SETTINGS
 
-    from pyjob.core.backends import open_backend
-    from pyjob.core.clock import OffsetClock
-    from pyjob.core.clockcheck import schedule_interval
-    from pyjob.core.executor import Executor, JobConfig
-    from pyjob.core.process import Command, RealRunner, check_command
-    from pyjob.core.schedule import Schedule, derive_job_id
-
-    from .logs import EventLog
-
+    values = {s.name: kw.pop(s.field) for s in SETTINGS}
     env = get_env()
-    if no_clock_check and (clock_mode == "ntp" or require_clock):
-        flag = "--clock ntp" if clock_mode == "ntp" else "--require-clock"
-        raise click.UsageError(f"{flag} needs the clock check: drop --no-clock-check")
-    clock_options = ClockOptions(
-        servers=server_list(ntp_servers) or None,
-        max_offset=_seconds(max_offset),
-        policy=clock_policy,
-        require=require_clock,
-        mode=clock_mode,
-        every=clock_check_every / 1e6,
-        budget=clock_budget / 1e6,
-        skip=no_clock_check,
-    )
+    process = ProcessOptions.from_values(values)
+    for field in ("name", "instance-id"):
+        text = name if field == "name" else values["instance-id"]
+        if text is not None and (not text.strip() or not text.isprintable()):
+            raise click.BadParameter(
+                "must be printable, without newlines or control characters",
+                param_hint=f"'--{field}'",
+            )
+    job_values = {k: v for k, v in values.items() if k in _JOB_SETTING_NAMES()}
     if jobs_file is not None:
-        from .run_file import run_file
-
         given = schedule_flags_given(kw, also=("at", "align", "offset")) + (
             ["-s"] if schedule_text else []
         )
@@ -300,87 +112,175 @@ def run_cmd(
                 given.append(flag)
         if given:
             raise click.UsageError(f"--file takes its jobs from the file: drop {', '.join(given)}")
-        defaults = {
-            "overlap": overlap,
-            "misfire-grace": misfire_grace,
-            "timeout": timeout,
-            "kill-after": kill_after,
-            "stop-timeout": stop_timeout,
-            "run-now": run_now,
-            "jitter": jitter,
-            "max-runs": max_runs,
-            "log-output": log_output,
-            "on-backend-error": on_backend_error,
-        }
-        code = run_file(
-            jobs_file,
-            env,
-            instance_id=instance_id,
-            lock=lock,
-            log_format=log_format,
-            defaults={k: v for k, v in defaults.items() if v is not None},
-            clock_options=clock_options,
-        )
+        path = jobs_file
+
+        def load() -> list[Job]:
+            return jobs_from_file(path, env, job_values)
+
+        jobs = _load_or_exit(load)
+        code = serve(jobs, env, process, reload=load)
         raise click.exceptions.Exit(code)
     if not command:
         raise click.UsageError(
             "missing the command: pyjob run SCHEDULE -- CMD [ARGS]... (or --file PATH)"
         )
+    from pyjob.core.process import Command
+    from pyjob.core.schedule import Schedule, derive_job_id
+    from pyjob.core.scheduler import Job
+    from pyjob.core.settings import JobSettings
+
     spec, now = build_spec(schedule_text, kw)
-    cmd = Command(tuple(command), shell=shell)
-    job = name or derive_job_id(spec, (["--shell"] if shell else []) + list(command))
-    instance = instance_id or f"{socket.gethostname()}:{os.getpid()}"
-    schedule = Schedule(spec, job_id=job, anchor=now)
-    backend = open_backend(lock, env.environ, env.clock)
-    backend.check()
-    log = EventLog(log_format, env.err_is_terminal(), env.color)
-    config = JobConfig(
-        job_id=job,
-        schedule=schedule,
-        command=cmd,
-        instance=instance,
-        overlap=overlap,
-        misfire_grace=_seconds(misfire_grace),
-        timeout=_seconds(timeout),
-        kill_after=kill_after / 1e6,
-        stop_timeout=stop_timeout / 1e6,
-        run_now=run_now,
-        jitter=(jitter or 0) / 1e6,
-        max_runs=max_runs,
-        log_output=log_output,
-        on_backend_error=on_backend_error,
+    job_id = name or derive_job_id(spec, (["--shell"] if shell else []) + list(command))
+    job = Job(
+        job_id,
+        Schedule(spec, job_id=job_id, anchor=now),
+        Command(tuple(command), shell=shell),
+        JobSettings.from_values(job_values),
         env=dict(env.environ),
     )
-    runner = RealRunner()
-    corrected = OffsetClock(env.clock) if clock_mode == "ntp" else None
-    clock: Clock = corrected or env.clock
-    executor = Executor(config, backend, clock, runner, log)
-    problem = check_command(cmd, env.environ)
-    if problem:
-        executor.emit("warning", None, problem=problem, action="each run will fail (exit 127/126)")
-    unshared = unshared_warning(spec.rule)
-    if unshared and backend.url != "none":
-        executor.emit("warning", None, **unshared)
-    watch = clock_watch(
-        clock_options,
-        env.clock,
-        corrected,
-        schedule_interval(schedule, now),
-        lambda kind, **fields: executor.emit(kind, None, **fields),
-    )
+    raise click.exceptions.Exit(serve([job], env, process))
+
+
+def _JOB_SETTING_NAMES() -> set[str]:
+    from pyjob.core.settings import JOB_SETTINGS
+
+    return {s.name for s in JOB_SETTINGS}
+
+
+def _load_or_exit(load: Callable[[], list[Job]]) -> list[Job]:
+    from pyjob.core.jobsfile import JobsFileError
+
     try:
+        return load()
+    except JobsFileError as e:  # every problem, one line each, then exit 2
+        for problem in e.problems:
+            click.echo(f"Error: {problem}", err=True)
+        raise click.exceptions.Exit(2) from None
+
+
+def jobs_from_file(path: str, env: Env, cli_values: dict[str, Any]) -> list[Job]:
+    """The jobs of a jobs file, each with the command line's settings as its defaults."""
+    from pyjob.core.jobsfile import load
+    from pyjob.core.schedule import Schedule
+    from pyjob.core.scheduler import Job
+    from pyjob.core.settings import JobSettings
+
+    now = env.clock.now()
+    jobs = []
+    for d in load(path, env.environ, now):
+        settings = JobSettings.from_values(cli_values, d.settings)
+        jobs.append(
+            Job(
+                d.name,
+                Schedule(d.spec, job_id=d.name, anchor=now),
+                d.command,
+                settings,
+                env={**env.environ, **dict(d.env)},
+                fingerprint=(d.fingerprint(), settings),
+            )
+        )
+    return jobs
+
+
+def serve(
+    jobs: list[Job],
+    env: Env,
+    process: ProcessOptions,
+    reload: Callable[[], list[Job]] | None = None,
+) -> int:
+    """The one start-up path of `pyjob run`, for one job or a file of them: open the backends,
+    check the clock, install the signals, run the scheduler; its exit code."""
+    import socket
+
+    from pyjob.core.clock import OffsetClock
+    from pyjob.core.clockcheck import schedule_interval
+    from pyjob.core.process import RealRunner, check_command
+    from pyjob.core.scheduler import Scheduler
+
+    from .logs import EventLog
+
+    instance = process.instance or f"{socket.gethostname()}:{os.getpid()}"
+    log = EventLog(process.log_format, env.err_is_terminal(), env.color)
+    corrected = OffsetClock(env.clock) if process.clock.mode == "ntp" else None
+    clock: Clock = corrected or env.clock
+    runner = RealRunner()
+    scheduler = Scheduler(clock, runner, log, instance=instance, env=env.environ)
+    who = jobs[0].job_id if len(jobs) == 1 else "*"
+    try:
+        scheduler.open(jobs)  # BackendError: exit 5
+        now = env.clock.now()
+        known = [i for i in (schedule_interval(j.schedule, now) for j in jobs) if i is not None]
+        watch = clock_watch(
+            process.clock,
+            env.clock,
+            corrected,
+            min(known) if known else None,
+            lambda kind, **fields: scheduler.emit(kind, who, None, **fields),
+        )
+        for job in jobs:
+            problem = check_command(job.command, env.environ)
+            if problem:
+                scheduler.emit(
+                    "warning",
+                    job.job_id,
+                    None,
+                    problem=problem,
+                    action="each run will fail (exit 127/126)",
+                )
+            unshared = unshared_warning(job.schedule.spec.rule)
+            if unshared and scheduler.coordinator.backend(job.lock).url != "none":
+                scheduler.emit("warning", job.job_id, None, **unshared)
         if watch is not None:
             watch.check_start()  # raises ClockError (exit 3) or ClockOffsetError (exit 4)
             watch.start()
-        install_signals(lambda force: executor.request_stop(force=force), executor.waker.fd)
-        code = executor.run(clock.now())
+        install_signals(
+            lambda force: scheduler.request_stop(force=force),
+            scheduler.waker.fd,
+            scheduler.request_reload if reload is not None else None,
+        )
+        try:
+            start = clock.now()
+            for job in jobs:
+                scheduler.add(job, start)
+            if len(jobs) > 1 or reload is not None:
+                scheduler.emit("jobs", "*", None, count=len(jobs), names=[j.job_id for j in jobs])
+            return scheduler.run(reload)
+        finally:
+            signal.set_wakeup_fd(-1)
+            if watch is not None:
+                watch.stop()
     finally:
-        signal.set_wakeup_fd(-1)
-        if watch is not None:
-            watch.stop()
+        scheduler.close()
         runner.close()
-        backend.close()
-    raise click.exceptions.Exit(code)
+
+
+@dataclass(frozen=True)
+class ProcessOptions:
+    """The process-scope settings of `pyjob run` (pyjob.core.settings, scope "process")."""
+
+    instance: str | None
+    log_format: str
+    clock: ClockOptions
+
+    @classmethod
+    def from_values(cls, v: dict[str, Any]) -> ProcessOptions:
+        if v["no-clock-check"] and (v["clock"] == "ntp" or v["require-clock"]):
+            flag = "--clock ntp" if v["clock"] == "ntp" else "--require-clock"
+            raise click.UsageError(f"{flag} needs the clock check: drop --no-clock-check")
+        return cls(
+            instance=v["instance-id"],
+            log_format=v["log-format"],
+            clock=ClockOptions(
+                servers=server_list(v["ntp-server"]) or None,
+                max_offset=_seconds(v["max-offset"]),
+                policy=v["clock-policy"],
+                require=v["require-clock"],
+                mode=v["clock"],
+                every=v["clock-check-every"] / 1e6,
+                budget=v["clock-budget"] / 1e6,
+                skip=v["no-clock-check"],
+            ),
+        )
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Rendering executor events on stderr: readable lines (rich on a terminal) or JSON lines."""
+"""Rendering the events of `pyjob run` on stderr: readable lines (rich on a terminal), or JSON."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 import threading
 from typing import Any
 
-from pyjob.core.executor import Event
+from pyjob.core.events import Event
 from pyjob.core.schedule import iso
 
 _STYLE = {

@@ -302,3 +302,41 @@ def build_spec(
         except InputError as e:
             raise click.BadParameter(e.message, param_hint="'--from'") from None
     return build(parts, tz=tz, env=env.environ, now=now), now
+
+
+def _setting_type(setting: Any) -> Any:
+    kind = setting.kind
+    if kind == "duration":
+        return DURATION
+    if kind == "duration0":
+        return DURATION_OR_ZERO
+    if kind == "count":
+        return click.IntRange(1)
+    if kind == "choice":
+        return click.Choice([c.value for c in setting.choices])
+    if kind == "lock":
+        return LOCK_URL
+    if kind == "server":
+        return NTP_SERVER
+    return click.STRING
+
+
+def settings_options(f: F) -> F:
+    """The options of `pyjob run`, one per setting of pyjob.core.settings.SETTINGS (the only
+    place they are declared: name, kind, default, choices and help come from there)."""
+    from pyjob.core.settings import SETTINGS
+
+    for s in reversed(SETTINGS):
+        kwargs: dict[str, Any] = {"help": s.help, "envvar": s.envvar}
+        if s.kind == "flag":
+            kwargs.update(is_flag=True, default=bool(s.default))
+        else:
+            kwargs.update(type=_setting_type(s), default=s.default, metavar=s.metavar)
+            if s.default is not None:
+                kwargs["show_default"] = True
+            if s.kind == "server":
+                kwargs["multiple"] = True
+        if s.kind == "choice":
+            kwargs.pop("metavar")
+        f = click.option(f"--{s.name}", s.field, **kwargs)(f)
+    return f

@@ -10,6 +10,7 @@ import os
 import select
 import threading
 import time as _time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -29,6 +30,11 @@ class Clock(Protocol):
 
     def wait(self, waker: Waker, seconds: float) -> bool:
         """Block until ``waker`` is woken or ``seconds`` pass; True if it was woken."""
+        ...
+
+    def wait_for(self, waker: Waker, seconds: float, fds: Sequence[int]) -> list[int]:
+        """Block until ``waker`` is woken, one of ``fds`` is readable, or ``seconds`` pass;
+        the readable ones among ``fds``."""
         ...
 
 
@@ -60,6 +66,19 @@ class SystemClock:
             _time.sleep(rest)
         return waker.block(0)
 
+    def wait_for(self, waker: Waker, seconds: float, fds: Sequence[int]) -> list[int]:
+        if not fds:
+            self.wait(waker, seconds)
+            return []
+        deadline = _time.monotonic() + max(0.0, seconds)
+        ready = waker.poll(fds, seconds - FINE_SLEEP if seconds > FINE_SLEEP else 0.0)
+        if ready is not None:
+            return ready
+        rest = deadline - _time.monotonic()
+        if rest > 0:
+            _time.sleep(rest)
+        return waker.poll(fds, 0.0) or []
+
 
 class OffsetClock:
     """Another clock corrected by a measured offset: ``now()`` is the base clock's time plus
@@ -81,6 +100,9 @@ class OffsetClock:
 
     def wait(self, waker: Waker, seconds: float) -> bool:
         return self.base.wait(waker, seconds)
+
+    def wait_for(self, waker: Waker, seconds: float, fds: Sequence[int]) -> list[int]:
+        return self.base.wait_for(waker, seconds, fds)
 
 
 class FakeClock:
@@ -109,6 +131,12 @@ class FakeClock:
             return True
         self.sleep(seconds)
         return waker.block(0)
+
+    def wait_for(self, waker: Waker, seconds: float, fds: Sequence[int]) -> list[int]:
+        """Fake time has no file descriptors: a fake runner's children end at fake instants
+        the caller includes in ``seconds``."""
+        self.wait(waker, seconds)
+        return []
 
     def advance(self, seconds: float) -> None:
         """Let ``seconds`` of real time pass (wall and monotonic move together)."""
@@ -153,6 +181,22 @@ class Waker:
         except (BlockingIOError, OSError):
             pass
         return True
+
+    def poll(self, fds: Sequence[int], seconds: float) -> list[int] | None:
+        """Wait up to ``seconds`` for a wake-up or for one of ``fds`` to be readable (poll(2):
+        no FD_SETSIZE limit). None when nothing happened; else the readable ``fds`` (a wake-up
+        alone gives an empty list, and is drained)."""
+        p = select.poll()
+        p.register(self._r, select.POLLIN)
+        for fd in fds:
+            p.register(fd, select.POLLIN)
+        events = p.poll(max(0.0, seconds) * 1000)
+        if not events:
+            return None
+        ready = [fd for fd, _ in events if fd != self._r]
+        if len(ready) < len(events):
+            self.block(0)
+        return ready
 
     def close(self) -> None:
         with self._guard:

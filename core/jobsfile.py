@@ -31,6 +31,7 @@ from .durations import parse_duration
 from .errors import InputError
 from .process import Command
 from .schedule import Parts, Spec, build, derive_job_id, split
+from .settings import JOB_SETTINGS, Setting, problem
 
 
 class JobsFileError(InputError):
@@ -61,18 +62,8 @@ SCHEDULE_KEYS = {
     "start-at": str,
     "stop-at": str,
 }
-RUN_KEYS: dict[str, Any] = {
-    "timeout": "duration",
-    "kill-after": "duration",
-    "misfire-grace": "duration0",
-    "jitter": "duration",
-    "overlap": ("skip", "queue", "allow", "replace"),
-    "on-backend-error": ("skip", "run"),
-    "max-runs": int,
-    "run-now": bool,
-    "log-output": bool,
-    "lock": str,
-}
+# The run settings a job may set: every job-scope setting of pyjob.core.settings (declared there).
+RUN_KEYS: dict[str, Setting] = {s.name: s for s in JOB_SETTINGS}
 JOB_KEYS = {"command", "shell", "env", "name"}
 _KINDS = ("schedule", "cron", "every", "daily", "weekly", "monthly", "once")
 
@@ -306,7 +297,9 @@ def _type_problem(key: str, value: Any) -> str | None:
         if not (isinstance(value, dict) and all(isinstance(v, str) for v in value.values())):
             return 'must be a table of strings, like { KEY = "value" }'
         return None
-    kind = SCHEDULE_KEYS.get(key, RUN_KEYS.get(key))
+    if key in RUN_KEYS:
+        return problem(RUN_KEYS[key], value)
+    kind = SCHEDULE_KEYS.get(key)
     if kind is bool and not isinstance(value, bool):
         return "must be true or false"
     if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -314,15 +307,8 @@ def _type_problem(key: str, value: Any) -> str | None:
     strings = isinstance(value, list) and all(isinstance(v, str) for v in value)
     if kind is list and not (isinstance(value, str) or strings):
         return "must be a string or a list of strings"
-    if kind in (str, "duration", "duration0") and not isinstance(value, str):
+    if kind is str and not isinstance(value, str):
         return 'must be a string, like "5m"'
-    if isinstance(kind, tuple) and value not in kind:
-        return f"must be one of {', '.join(kind)}"
-    if kind in ("duration", "duration0"):
-        try:
-            parse_duration(value, allow_zero=kind == "duration0")
-        except InputError as e:
-            return f"is not a duration: {e.message}"
     return None
 
 
@@ -371,11 +357,11 @@ def _toml_job(
     else:
         command = Command((get["shell"],), shell=True)
     options = []
-    for key, kind_ in RUN_KEYS.items():
+    for key, setting in RUN_KEYS.items():
         if key in get:
             value = get[key]
-            if kind_ in ("duration", "duration0"):
-                value = parse_duration(value, allow_zero=kind_ == "duration0")
+            if setting.kind in ("duration", "duration0"):
+                value = parse_duration(value, allow_zero=setting.kind == "duration0")
             options.append((key, value))
     return JobDef(
         name=str(get.get("name", name)),

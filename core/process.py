@@ -19,8 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import IO, Protocol
 
@@ -89,18 +88,18 @@ class Command:
 
 
 class Handle(Protocol):
-    """A started run: wait for it, signal its process group."""
+    """A started run: its process group can be signalled."""
 
     pid: int | None
-
-    def wait(self) -> int:
-        """Block until the command ends; its exit code (128+N when killed by signal N)."""
-        ...
 
     def signal_group(self, signum: int) -> None: ...
 
 
 class Runner(Protocol):
+    """Starts commands and tells which ended, without a thread per command: the scheduler waits
+    on ``fds()`` (pidfds and output pipes) together with everything else, then calls
+    ``service`` with the readable ones."""
+
     def start(
         self,
         command: Command,
@@ -108,34 +107,24 @@ class Runner(Protocol):
         on_line: Callable[[str, str], None] | None,
     ) -> Handle:
         """Start ``command``. With ``on_line``, stdout/stderr lines go to it as (stream, line).
-        A command that cannot be started gives a handle whose wait() is 127 (not found) or 126
-        (not executable), like a shell, and ``start_error`` says why."""
+        A command that cannot be started gives a handle that ends at once with 127 (not found)
+        or 126 (not executable), like a shell, and whose ``start_error`` says why."""
         ...
 
+    def fds(self) -> list[int]:
+        """The descriptors to wait on: readable when a child ended or printed."""
+        ...
 
-class _Started:
-    def __init__(
-        self,
-        proc: subprocess.Popen[bytes],
-        readers: list[threading.Thread],
-        reaper: Reaper | None,
-    ) -> None:
-        self.proc = proc
-        self.pid: int | None = proc.pid
-        self._readers = readers
-        self._reaper = reaper
+    def service(self, ready: Collection[int]) -> list[tuple[Handle, int]]:
+        """Read the output that is ready; the runs that ended, with their exit codes (128+N
+        when killed by signal N). A run ends when its process exited and its output closed."""
+        ...
 
-    def wait(self) -> int:
-        code = self.proc.wait()
-        for reader in self._readers:
-            reader.join()
-        if self._reaper is not None:
-            self._reaper.remove(self.proc.pid)
-        return 128 - code if code < 0 else code
+    def next_due(self) -> float | None:
+        """The monotonic instant a child is known to end (fakes); None for real children."""
+        ...
 
-    def signal_group(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signum)
+    def close(self) -> None: ...
 
 
 class FailedStart:
@@ -147,22 +136,71 @@ class FailedStart:
         self.code = code
         self.start_error = reason
 
-    def wait(self) -> int:
-        return self.code
-
     def signal_group(self, signum: int) -> None:
         return None
 
 
-def _pump(stream: IO[bytes], name: str, on_line: Callable[[str, str], None]) -> None:
-    with stream:
-        for raw in iter(stream.readline, b""):
-            on_line(name, raw.decode(errors="replace").rstrip("\n"))
+class _Child:
+    """A running command: its process, pidfd, and the output pipes still open."""
+
+    def __init__(
+        self, proc: subprocess.Popen[bytes], on_line: Callable[[str, str], None] | None
+    ) -> None:
+        self.proc = proc
+        self.pid: int | None = proc.pid
+        self.on_line = on_line
+        self.code: int | None = None
+        self.pidfd: int | None = None
+        try:
+            self.pidfd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):  # not Linux >= 5.3: polled instead
+            self.pidfd = None
+        self.pipes: dict[int, tuple[str, IO[bytes], bytearray]] = {}
+        if on_line is not None:
+            for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
+                assert stream is not None
+                os.set_blocking(stream.fileno(), False)
+                self.pipes[stream.fileno()] = (name, stream, bytearray())
+
+    def signal_group(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signum)
+
+    def read(self, fd: int) -> None:
+        name, stream, buf = self.pipes[fd]
+        assert self.on_line is not None
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            buf.extend(chunk)
+            *lines, rest = bytes(buf).split(b"\n")
+            buf[:] = rest
+            for raw in lines:
+                self.on_line(name, raw.decode(errors="replace"))
+            return
+        if buf:
+            self.on_line(name, bytes(buf).decode(errors="replace"))
+        del self.pipes[fd]
+        stream.close()
+
+    def poll_exit(self) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            self.code = 128 - code if code < 0 else code
+            if self.pidfd is not None:
+                os.close(self.pidfd)
+                self.pidfd = None
 
 
 class RealRunner:
     def __init__(self, reaper: bool = True) -> None:
         self.reaper = Reaper() if reaper else None
+        self._children: list[_Child] = []
+        self._failed: list[FailedStart] = []
 
     def close(self) -> None:
         if self.reaper is not None:
@@ -186,21 +224,55 @@ class RealRunner:
                 close_fds=True,
             )
         except FileNotFoundError as e:
-            return FailedStart(127, f"command not found: {e.filename or command.argv[0]}")
+            failed = FailedStart(127, f"command not found: {e.filename or command.argv[0]}")
         except PermissionError as e:
-            return FailedStart(126, f"permission denied: {e.filename or command.argv[0]}")
+            failed = FailedStart(126, f"permission denied: {e.filename or command.argv[0]}")
         except OSError as e:
-            return FailedStart(126, f"cannot execute {command.argv[0]}: {e.strerror or e}")
-        readers: list[threading.Thread] = []
-        if on_line is not None:
-            for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
-                assert stream is not None
-                t = threading.Thread(target=_pump, args=(stream, name, on_line), daemon=True)
-                t.start()
-                readers.append(t)
-        if self.reaper is not None:
-            self.reaper.add(proc.pid)  # after the spawn: nothing slow before it
-        return _Started(proc, readers, self.reaper)
+            failed = FailedStart(126, f"cannot execute {command.argv[0]}: {e.strerror or e}")
+        else:
+            if self.reaper is not None:
+                self.reaper.add(proc.pid)  # after the spawn: nothing slow before it
+            child = _Child(proc, on_line)
+            self._children.append(child)
+            return child
+        self._failed.append(failed)
+        return failed
+
+    def fds(self) -> list[int]:
+        out: list[int] = []
+        for c in self._children:
+            if c.pidfd is not None:
+                out.append(c.pidfd)
+            out.extend(c.pipes)
+        return out
+
+    def next_due(self) -> float | None:
+        return None
+
+    def polling(self) -> bool:
+        """True when some child has no pidfd: the caller must look again soon."""
+        return any(c.pidfd is None and c.code is None for c in self._children)
+
+    def service(self, ready: Collection[int]) -> list[tuple[Handle, int]]:
+        ended: list[tuple[Handle, int]] = [(f, f.code) for f in self._failed]
+        self._failed.clear()
+        if not self._children:
+            return ended
+        ready_set = set(ready)
+        still: list[_Child] = []
+        for c in self._children:
+            for fd in [fd for fd in c.pipes if fd in ready_set]:
+                c.read(fd)
+            if c.code is None and (c.pidfd is None or c.pidfd in ready_set):
+                c.poll_exit()
+            if c.code is not None and not c.pipes:
+                if self.reaper is not None:
+                    self.reaper.remove(c.proc.pid)
+                ended.append((c, c.code))
+            else:
+                still.append(c)
+        self._children = still
+        return ended
 
 
 def check_command(command: Command, env: Mapping[str, str]) -> str | None:

@@ -440,17 +440,28 @@ shell = "echo {word} >> {out}"
 
 
 def test_settings_precedence_command_line_then_file_defaults_then_job() -> None:
-    from pyjob.core.multirun import config_for
+    from pyjob.core.settings import JobSettings, Overlap
 
     backup, report, _ = parse_toml(GOOD_TOML, "jobs.toml", ENV, NOW)
     cli = {"timeout": 5_000_000, "jitter": 1_000_000, "overlap": "allow", "kill-after": 2_000_000}
-    config = config_for(report, cli, "i1", {"PATH": "/bin", "STAGE": "host"}, NOW)
+    config = JobSettings.from_values(cli, report.settings)
     assert config.timeout == 30.0  # [defaults] beats the command line
-    assert config.overlap == "skip"  # the job's own key beats [defaults]
+    assert config.overlap is Overlap.SKIP  # the job's own key beats [defaults]
     assert config.jitter == 1.0 and config.kill_after == 2.0  # only the command line set these
     assert config.misfire_grace == 0.0 and config.stop_timeout == 10.0
-    assert config.env["STAGE"] == "test" and config.env["PATH"] == "/bin"
-    assert config_for(backup, {}, "i1", {}, NOW).overlap == "queue"
+    assert JobSettings.from_values({}, backup.settings).overlap is Overlap.QUEUE
+
+
+def test_a_jobs_environment_is_the_process_one_plus_its_own(tmp_path: Path) -> None:
+    from pyjob.cli.cmd_run import jobs_from_file
+    from pyjob.cli.env import Env
+    from pyjob.core.clock import FakeClock
+
+    path = tmp_path / "jobs.toml"
+    path.write_text(GOOD_TOML)
+    env = Env(clock=FakeClock(NOW), environ={**ENV, "PATH": "/bin", "STAGE": "host"})
+    report = {j.job_id: j for j in jobs_from_file(str(path), env, {})}["report"]
+    assert report.env["STAGE"] == "test" and report.env["PATH"] == "/bin"
 
 
 _WORDS = st.sampled_from(

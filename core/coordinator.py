@@ -1,0 +1,256 @@
+"""The one place a `pyjob run` process reaches its lock backends (DESIGN §5).
+
+Every job of the process shares one backend object per lock URL, so one connection, and every
+call goes through here with one error policy:
+
+- A call runs on the backend's own worker thread, never on the scheduler's: a slow or hung
+  backend (every call is bounded on the client side, about 2 s) delays nothing else, and SIGTERM
+  is honoured at once. Results come back to the scheduler's thread through ``drain()``.
+- Calls queued together go together: the claims of every job due at one instant are one
+  ``claim_many`` round trip, the lease renewals due together one ``renew_many``.
+- A ``BackendError`` never escapes: the caller's callback receives it (the scheduler skips the
+  tick, or runs it with ``--on-backend-error run``), or it is reported as a ``backend-error``
+  event. A lease whose release failed is kept and released again before the next call, as soon
+  as the backend answers (so an outage does not leave a lease that blocks the job for its TTL).
+
+With ``threaded=False`` (tests with a fake clock) calls run at once on the caller's thread, and
+their results are still delivered by ``drain()``, so the order of events does not depend on it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from queue import Empty, SimpleQueue
+from typing import Any
+
+from .backends import Backend, open_backend
+from .backends.protocol import ClaimOutcome, ClaimRequest, Lease
+from .clock import Clock, Waker
+from .errors import BackendError
+
+RELEASE_RETRY = 1.0  # seconds between retries of lease releases an outage left behind
+
+# report(job, tick, kind, **fields): an event on behalf of the coordinator.
+Report = Callable[..., None]
+
+
+@dataclass
+class _Call:
+    what: str  # claim, renew, release, cleanup
+    args: tuple[Any, ...]
+    done: Callable[[Any], None] | None  # called on the scheduler's thread with result or error
+
+
+@dataclass
+class _Link:
+    """One backend URL: its backend object, its worker, its queue of calls."""
+
+    url: str
+    backend: Backend
+    calls: SimpleQueue[_Call | None] = field(default_factory=SimpleQueue)
+    thread: threading.Thread | None = None
+    unreleased: list[Lease] = field(default_factory=list)  # releases that failed: retried
+    busy: bool = False
+
+
+class Coordinator:
+    def __init__(
+        self,
+        clock: Clock,
+        instance: str,
+        waker: Waker,
+        report: Report,
+        *,
+        env: Mapping[str, str] | None = None,
+        threaded: bool = True,
+        opener: Callable[[str | None], Backend] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.instance = instance
+        self.waker = waker  # the scheduler's: woken when a result is ready
+        self.report = report
+        self.env = env
+        self.threaded = threaded
+        self._open = opener or (lambda url: open_backend(url, env, clock))
+        self._links: dict[str, _Link] = {}
+        self._results: SimpleQueue[tuple[Callable[[Any], None], Any]] = SimpleQueue()
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------- set-up
+
+    @staticmethod
+    def key(url: str | None) -> str:
+        return url or ""
+
+    def open(self, url: str | None) -> Backend:
+        """The backend for ``url``, opened and checked once (BackendError: unusable, which at
+        start is exit 5). Every job with the same URL shares it."""
+        k = self.key(url)
+        link = self._links.get(k)
+        if link is not None:
+            return link.backend
+        backend = self._open(url)
+        try:
+            backend.check()
+        except BaseException:
+            backend.close()
+            raise
+        link = _Link(k, backend)
+        self._links[k] = link
+        if self.threaded:
+            link.thread = threading.Thread(
+                target=self._worker,
+                args=(link,),
+                name=f"pyjob-backend-{len(self._links)}",
+                daemon=True,
+            )
+            link.thread.start()
+        return backend
+
+    def backend(self, url: str | None) -> Backend:
+        return self._links[self.key(url)].backend
+
+    def urls(self) -> list[str]:
+        return list(self._links)
+
+    # ---------------------------------------------------------------- calls
+
+    def claim(
+        self,
+        url: str | None,
+        requests: Sequence[ClaimRequest],
+        done: Callable[[list[ClaimOutcome] | BackendError], None],
+    ) -> None:
+        self._submit(url, _Call("claim", (list(requests),), done))
+
+    def renew(self, url: str | None, leases: Sequence[Lease], done: Callable[[Any], None]) -> None:
+        self._submit(url, _Call("renew", (list(leases),), done))
+
+    def release(self, url: str | None, leases: Sequence[Lease]) -> None:
+        if leases:
+            self._submit(url, _Call("release", (list(leases),), None))
+
+    def cleanup(self, url: str | None, jobs: Sequence[str]) -> None:
+        self._submit(url, _Call("cleanup", (list(jobs),), None))
+
+    def drain(self) -> int:
+        """Deliver the results that are ready (on the caller's thread); how many."""
+        n = 0
+        while True:
+            try:
+                done, result = self._results.get_nowait()
+            except Empty:
+                return n
+            done(result)
+            n += 1
+
+    def idle(self) -> bool:
+        """Nothing queued or under way (for a stop that waits for the last releases)."""
+        return all(link.calls.empty() and not link.busy for link in self._links.values())
+
+    def close(self, wait: float = 1.0) -> None:
+        """Stop the workers, letting queued calls (the last lease releases) finish for at most
+        ``wait`` seconds: a hung backend must not hold up the exit."""
+        deadline = self.clock.monotonic() + wait
+        for link in self._links.values():
+            link.calls.put(None)
+        for link in self._links.values():
+            if link.thread is not None:
+                link.thread.join(max(0.0, deadline - self.clock.monotonic()))
+            if link.thread is None or not link.thread.is_alive():
+                link.backend.close()
+
+    # ---------------------------------------------------------------- the worker
+
+    def _submit(self, url: str | None, call: _Call) -> None:
+        link = self._links[self.key(url)]
+        if self.threaded:
+            link.calls.put(call)
+        else:
+            self._do(link, call)
+
+    def _worker(self, link: _Link) -> None:
+        while True:
+            try:
+                # While releases are owed, look again every RELEASE_RETRY seconds even when
+                # nothing else is asked: they must go out as soon as the backend answers.
+                call = link.calls.get(timeout=RELEASE_RETRY if link.unreleased else None)
+            except Empty:
+                call = _Call("release", ([],), None)
+            if call is None:
+                return
+            link.busy = True
+            try:
+                self._do(link, call)
+            finally:
+                link.busy = False
+
+    def _do(self, link: _Link, call: _Call) -> None:
+        if link.unreleased and call.what != "release":
+            self._release(link, [])  # first what an outage left behind
+        try:
+            if call.what == "claim":
+                result: Any = link.backend.claim_many(call.args[0], self.instance, self.clock.now())
+            elif call.what == "renew":
+                result = link.backend.renew_many(call.args[0])
+            elif call.what == "release":
+                self._release(link, call.args[0])
+                return
+            else:
+                removed = link.backend.cleanup_many(call.args[0], self.clock.now())
+                if removed:
+                    self.report("*", None, "cleanup", removed=removed)
+                return
+        except BackendError as e:
+            if call.done is None:
+                self.report("*", None, "backend-error", error=str(e), action="cleanup later")
+                return
+            result = e
+        except Exception as e:  # a backend bug must not end the process: it is an error too
+            error = BackendError(f"{link.backend.url}: {type(e).__name__}: {e}")
+            if call.done is None:
+                self.report("*", None, "backend-error", error=str(error), action="cleanup later")
+                return
+            result = error
+        assert call.done is not None
+        self._deliver(call.done, result)
+
+    def _release(self, link: _Link, leases: list[Lease]) -> None:
+        retry = link.unreleased + leases
+        link.unreleased = []
+        if not retry:
+            return
+        try:
+            link.backend.release_many(retry)
+        except Exception as e:
+            link.unreleased = retry
+            if leases:  # reported once per lease, not at every retry
+                for lease in leases:
+                    self.report(
+                        lease.job,
+                        None,
+                        "backend-error",
+                        error=str(e),
+                        action="run lease released again once the backend answers",
+                    )
+            return
+        if len(retry) > len(leases):
+            self.report(
+                "*",
+                None,
+                "backend-recovered",
+                released=sorted({lease.job for lease in retry[: len(retry) - len(leases)]}),
+            )
+
+    def _deliver(self, done: Callable[[Any], None], result: Any) -> None:
+        self._results.put((done, result))
+        if self.threaded:
+            self.waker.wake()
+
+    def unreleased(self) -> int:
+        return sum(len(link.unreleased) for link in self._links.values())
+
+
+__all__ = ["Coordinator"]

@@ -1,0 +1,148 @@
+"""Every event `pyjob run` logs, in one catalogue (DESIGN §4): its kind, level, fields and meaning.
+
+The JSON log (`--log-format json`) is a public interface: each line is one ``Event`` whose kind is
+declared here, with only the fields declared for it (every event also names its time, job, tick
+and instance). The README's list of events is generated from this catalogue, and the tests check
+that every event emitted anywhere is declared here with the fields it carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    level: str
+    fields: tuple[str, ...]
+    doc: str
+    # A level that depends on the fields (a failed run's run-finished is an error).
+    level_of: Callable[[Mapping[str, Any]], str] | None = None
+
+
+def _finished_level(fields: Mapping[str, Any]) -> str:
+    if fields.get("terminated") == "stop":
+        return "info"
+    return "info" if fields.get("exit_code") == 0 else "error"
+
+
+_KINDS = (
+    Kind("started", "info", ("schedule", "command", "backend", "overlap"), "a job was scheduled"),
+    Kind("jobs", "info", ("count", "names"), "the jobs of a jobs file were scheduled"),
+    Kind("warning", "warning", ("problem", "action"), "something that will go wrong, at start"),
+    Kind("next-tick", "debug", ("in_seconds",), "the job's next tick, and how far away it is"),
+    Kind("claimed", "debug", ("fence",), "this instance won the claim of a tick"),
+    Kind("lost", "debug", ("holder", "fence"), "another instance won the claim of a tick"),
+    Kind(
+        "refused",
+        "warning",
+        ("reason",),
+        "the backend would not vouch that the tick was not run already (clocks too far apart)",
+    ),
+    Kind(
+        "skipped",
+        "warning",
+        ("reason", "running", "running_on"),
+        "a tick came while the previous run was still going (--overlap skip)",
+    ),
+    Kind("queued", "info", ("running",), "a tick waits for the running one (--overlap queue)"),
+    Kind(
+        "missed",
+        "warning",
+        ("count", "first", "last", "reason"),
+        "ticks that passed without running (late wake-up, --misfire-grace)",
+    ),
+    Kind("jitter", "debug", ("delay",), "the run waits a random delay first (--jitter)"),
+    Kind(
+        "run-started",
+        "info",
+        ("run_id", "pid", "lateness", "fence", "error"),
+        "the command was started (error: it could not be)",
+    ),
+    Kind("output", "info", ("stream", "line", "run_id"), "a line of the command (--log-output)"),
+    Kind(
+        "run-finished",
+        "info",
+        ("run_id", "exit_code", "duration", "lateness", "terminated", "error"),
+        "the command ended; an error when it failed",
+        _finished_level,
+    ),
+    Kind("timeout", "error", ("run_id", "after", "action"), "the command ran past --timeout"),
+    Kind(
+        "backend-error",
+        "warning",
+        ("error", "action"),
+        "a backend call failed or took too long, and what pyjob did instead",
+    ),
+    Kind(
+        "backend-recovered",
+        "info",
+        ("released",),
+        "the backend answers again; leases left behind by the outage were released",
+    ),
+    Kind("cleanup", "debug", ("removed",), "old claims were removed"),
+    Kind(
+        "clock",
+        "info",
+        ("offset", "error", "server", "stratum", "limit", "impact", "action"),
+        "the clock was measured against NTP",
+    ),
+    Kind(
+        "clock-warning",
+        "warning",
+        ("offset", "error", "server", "stratum", "limit", "impact", "problem", "action"),
+        "the clock could not be measured, or is off by more than the limit",
+    ),
+    Kind("reloaded", "info", ("added", "changed", "removed", "kept"), "SIGHUP re-read the file"),
+    Kind("reload-failed", "error", ("problems", "action"), "the re-read file has problems"),
+    Kind(
+        "stopping",
+        "info",
+        ("running", "forced", "stop_timeout", "drain"),
+        "a stop was asked for (signal, reload); running commands get SIGTERM",
+    ),
+    Kind("stopped", "info", ("runs", "failures"), "the job or the process stopped"),
+    Kind("exhausted", "info", ("runs", "failures", "jobs"), "the schedule has no more ticks"),
+)
+
+CATALOGUE: dict[str, Kind] = {k.name: k for k in _KINDS}
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    job: str
+    instance: str
+    tick: datetime | None
+    at: datetime
+    fields: dict[str, Any]
+
+    @property
+    def level(self) -> str:
+        k = CATALOGUE[self.kind]
+        return k.level_of(self.fields) if k.level_of else k.level
+
+
+def make(
+    kind: str, job: str, instance: str, tick: datetime | None, at: datetime, **fields: Any
+) -> Event:
+    """An Event, checked against the catalogue (an undeclared kind or field is a bug: it raises
+    ValueError, which the tests catch)."""
+    declared = CATALOGUE.get(kind)
+    if declared is None:
+        raise ValueError(f"event '{kind}' is not in the catalogue (core/events.py)")
+    extra = [f for f in fields if f not in declared.fields]
+    if extra:
+        raise ValueError(f"event '{kind}' has undeclared fields {extra} (core/events.py)")
+    return Event(kind, job, instance, tick, at, fields)
+
+
+Emit = Callable[[Event], None]
+
+__all__ = ["CATALOGUE", "LEVELS", "Emit", "Event", "Kind", "make"]

@@ -1,0 +1,910 @@
+"""The scheduler of `pyjob run`: every job of a process on one timer, served by one thread.
+
+A one-liner is a process with one job; `pyjob run --file` is the same process with many. The
+thread sleeps (through the injected Clock) until the earliest thing that is due, and does it:
+
+- wall-clock timers: claiming a job's next tick shortly before it, and the tick itself;
+- monotonic timers: a run's timeout and kill deadline, lease renewals, the end of a ``--jitter``
+  wait, claim clean-up, retrying lease releases that an outage left behind.
+
+Both are heaps, so a process holding 10,000 jobs that are not due costs nothing but memory, and
+the work at an instant grows with what is due then. Children are waited for without a thread per
+job: the runner's pidfds and output pipes are waited on beside the timers. Every backend call goes
+through the Coordinator, on its own thread, in batches (the claims of all jobs due at one instant
+are one round trip); its results come back here, so no backend call ever blocks this thread.
+
+Each job keeps its own overlap, queue, jitter, timeout, lease and ``--max-runs`` state. What to do
+when a tick meets a running job is a pure function, ``overlap_action``, that tests table. Ticks
+are computed from the previous tick, so nothing drifts; a tick already handled is never handled
+again, whatever the wall clock does.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from . import events
+from .backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult, Lease
+from .clock import MAX_SLEEP_SLICE, Clock, Waker
+from .coordinator import Coordinator
+from .errors import BackendError
+from .process import Command, FailedStart, Handle, Runner
+from .schedule import Schedule, iso, to_us
+from .settings import JobSettings, OnBackendError, Overlap
+
+CLAIM_LEAD = 0.5  # claim a tick this long before it (at most a quarter of its interval)
+LEASE_TTL = 30.0
+CLEANUP_EVERY = 60.0
+POLL = 0.05  # the longest sleep while a child has no pidfd (non-Linux)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as the scheduler runs it."""
+
+    job_id: str
+    schedule: Schedule
+    command: Command
+    settings: JobSettings = field(default_factory=JobSettings)
+    env: Mapping[str, str] = field(default_factory=dict)
+    fingerprint: Any = None  # equal for two definitions a reload may keep running
+
+    @property
+    def lock(self) -> str | None:
+        return self.settings.lock
+
+
+def run_id(job: str, tick: datetime | None, started: datetime) -> str:
+    """`<job>-<tick>`, the same on every host (like a Kubernetes Job's name)."""
+    instant = tick or started
+    stamp = instant.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
+    if instant.microsecond:
+        stamp += f".{instant.microsecond:06d}"
+    return f"{job}-{stamp}Z" + ("" if tick else "-now")
+
+
+def overlap_action(policy: Overlap, queued: bool) -> str:
+    """What a tick does when a run of its job is still going on this instance: ``skip``,
+    ``queue``, ``skip-queued`` (one is already waiting), ``replace`` or ``start``."""
+    if policy is Overlap.SKIP:
+        return "skip"
+    if policy is Overlap.QUEUE:
+        return "skip-queued" if queued else "queue"
+    if policy is Overlap.REPLACE:
+        return "replace"
+    return "start"
+
+
+def keep_until(schedule: Schedule, tick: datetime) -> datetime:
+    """How long a claim of ``tick`` must be kept: until well after the following tick, so that
+    an instance whose clock lags cannot run it again."""
+    following = schedule.next_tick(tick) or tick
+    return following + max(following - tick, timedelta(minutes=10))
+
+
+@dataclass(eq=False)
+class _Run:
+    job: _JobState
+    tick: datetime | None  # None for --run-now
+    run_id: str
+    fence: int | None
+    lease: Lease | None
+    started_wall: datetime
+    started_mono: float
+    handle: Handle | None = None
+    terminated: str | None = None  # "timeout", "replace", "stop"
+    deadline_gen: int = 0  # bumped to cancel the pending timeout/kill timers
+
+
+@dataclass(eq=False)
+class _Deferred:
+    tick: datetime
+    claim: ClaimResult | None
+    lease: Lease | None
+
+
+@dataclass(eq=False)
+class _JobState:
+    job: Job
+    next_tick: datetime | None = None
+    prev: datetime | None = None
+    gen: int = 0  # bumped whenever the pending wall timers of the job are obsolete
+    outcomes: dict[datetime, ClaimOutcome | BackendError | None] = field(default_factory=dict)
+    waiting: set[datetime] = field(default_factory=set)  # ticks due whose claim is not back yet
+    runs: list[_Run] = field(default_factory=list)
+    deferred: list[_Deferred] = field(default_factory=list)
+    queued: tuple[datetime, ClaimResult | None] | None = None
+    replacing: tuple[datetime, ClaimResult | None] | None = None
+    leasing: int = 0  # claims with a lease request under way
+    ticks_run: int = 0  # by this instance or another (for --max-runs)
+    runs_started: int = 0
+    failures: int = 0
+    retiring: bool = False  # removed or changed by a reload: finishes its run, then goes
+    ended: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.job.job_id
+
+    @property
+    def s(self) -> JobSettings:
+        return self.job.settings
+
+    def busy(self) -> bool:
+        return bool(self.runs or self.deferred or self.queued or self.replacing or self.waiting)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        clock: Clock,
+        runner: Runner,
+        emit: events.Emit,
+        *,
+        instance: str,
+        coordinator: Coordinator | None = None,
+        env: Mapping[str, str] | None = None,
+        rng: random.Random | None = None,
+        threaded: bool = True,
+        opener: Callable[[str | None], Any] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.runner = runner
+        self._emit = emit
+        self.instance = instance
+        self.rng = rng or random.Random()
+        self.waker = Waker()
+        self.coordinator = coordinator or Coordinator(
+            clock, instance, self.waker, self._report, env=env, threaded=threaded, opener=opener
+        )
+        self.jobs: dict[str, _JobState] = {}
+        self.retiring: list[_JobState] = []
+        self._by_handle: dict[int, _Run] = {}
+        self._wall: list[tuple[int, int, str, _JobState, int, datetime]] = []
+        self._mono: list[tuple[float, int, str, Any]] = []
+        self._seq = itertools.count()
+        self._stop = False
+        self._force = False
+        self._reload = False
+        self._loader: Callable[[], Sequence[Job]] | None = None
+        self._cleanup_scheduled = False
+
+    # ------------------------------------------------------------------ events
+
+    def emit(self, kind: str, job: str, tick: datetime | None, **fields: Any) -> None:
+        self._emit(events.make(kind, job, self.instance, tick, self.clock.now(), **fields))
+
+    def _report(self, job: str, tick: datetime | None, kind: str, **fields: Any) -> None:
+        """Events of the coordinator's worker threads."""
+        self.emit(kind, job, tick, **fields)
+
+    @property
+    def process_job(self) -> str:
+        """The job named by process-wide events: the one job of a one-liner, else ``*``."""
+        return next(iter(self.jobs)) if len(self.jobs) == 1 and not self.retiring else "*"
+
+    # ------------------------------------------------------------------ jobs
+
+    def open(self, jobs: Sequence[Job]) -> None:
+        """Open and check the backend of every job (BackendError: unusable)."""
+        for job in jobs:
+            self.coordinator.open(job.lock)
+
+    def add(self, job: Job, start: datetime | None = None) -> None:
+        """Schedule ``job`` (its backend must be open) from ``start`` (default: now)."""
+        start = start or self.clock.now()
+        state = _JobState(job)
+        self.jobs[job.job_id] = state
+        self.emit(
+            "started",
+            job.job_id,
+            None,
+            schedule=str(job.schedule.spec),
+            command=str(job.command),
+            backend=self.coordinator.backend(job.lock).url,
+            overlap=job.settings.overlap.value,
+        )
+        if job.settings.run_now:
+            self._start(state, None, None, None)
+        state.prev = start
+        self._set_next(state, job.schedule.next_tick(start))
+        if not self._cleanup_scheduled:
+            self._cleanup_scheduled = True
+            self._push_mono(self.clock.monotonic(), "cleanup", None)
+
+    def _set_next(self, state: _JobState, tick: datetime | None) -> None:
+        state.gen += 1
+        state.next_tick = tick
+        if tick is None:
+            return
+        assert state.prev is not None
+        lead = min(CLAIM_LEAD, (tick - state.prev).total_seconds() / 4)
+        self._push_wall(tick - timedelta(seconds=max(0.0, lead)), "claim", state, tick)
+        self._push_wall(tick, "tick", state, tick)
+        self.emit(
+            "next-tick",
+            state.id,
+            tick,
+            in_seconds=round((tick - self.clock.now()).total_seconds(), 6),
+        )
+
+    def _push_wall(self, at: datetime, kind: str, state: _JobState, tick: datetime) -> None:
+        heapq.heappush(self._wall, (to_us(at), next(self._seq), kind, state, state.gen, tick))
+
+    def _push_mono(self, at: float, kind: str, ref: Any) -> None:
+        heapq.heappush(self._mono, (at, next(self._seq), kind, ref))
+
+    # ------------------------------------------------------------------ requests (signal-safe)
+
+    def request_stop(self, force: bool = False) -> None:
+        """From a signal handler: sets flags only, wakes the loop."""
+        self._force = self._force or force
+        self._stop = True
+        self.waker.wake()
+
+    def request_reload(self) -> None:
+        self._reload = True
+        self.waker.wake()
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, reload: Callable[[], Sequence[Job]] | None = None) -> int:
+        """Until stopped (0; 130 when forced) or until every job's schedule has ended (0 if every
+        run succeeded, else 1). ``reload`` gives the jobs anew on SIGHUP."""
+        self._loader = reload
+        ready: list[int] = []
+        while True:
+            self.coordinator.drain()
+            self._reap(ready)
+            if self._stop:
+                return self._shutdown()
+            if self._reload:
+                self._reload = False
+                self._do_reload()
+            now = self.clock.now()
+            mono = self.clock.monotonic()
+            self._due_mono(mono)
+            self._due_wall(now)
+            self.coordinator.drain()
+            if self._finished():
+                failures = sum(j.failures for j in self.jobs.values())
+                if len(self.jobs) > 1:
+                    self.emit("exhausted", "*", None, jobs=len(self.jobs))
+                return 0 if failures == 0 else 1
+            ready = self.clock.wait_for(self.waker, self._sleep_for(), self.runner.fds())
+
+    def _finished(self) -> bool:
+        live = [j for j in self.jobs.values() if not j.ended]
+        return bool(self.jobs) and not live and not self.retiring
+
+    def _sleep_for(self) -> float:
+        candidates = [MAX_SLEEP_SLICE]  # wake a few times a minute to notice clock steps
+        now = self.clock.now()
+        mono = self.clock.monotonic()
+        while self._wall and self._stale_wall(self._wall[0]):
+            heapq.heappop(self._wall)
+        if self._wall:
+            candidates.append((self._wall[0][0] - to_us(now)) / 1e6)
+        if self._mono:
+            candidates.append(self._mono[0][0] - mono)
+        due = self.runner.next_due()
+        if due is not None:
+            candidates.append(due - mono)
+        polling = getattr(self.runner, "polling", None)
+        if polling is not None and polling():
+            candidates.append(POLL)
+        return max(0.0, min(candidates))
+
+    def _stale_wall(self, entry: tuple[int, int, str, _JobState, int, datetime]) -> bool:
+        _, _, _, state, gen, _ = entry
+        return gen != state.gen or state.ended or state.retiring
+
+    def _due_wall(self, now: datetime) -> None:
+        now_us = to_us(now)
+        claims: dict[str | None, list[tuple[_JobState, datetime]]] = {}
+        ticks: list[tuple[_JobState, datetime]] = []
+        while self._wall and self._wall[0][0] <= now_us:
+            entry = heapq.heappop(self._wall)
+            if self._stale_wall(entry):
+                continue
+            _, _, kind, state, _, tick = entry
+            if kind == "claim":
+                if tick not in state.outcomes:
+                    claims.setdefault(state.job.lock, []).append((state, tick))
+            else:
+                ticks.append((state, tick))
+        for url, items in claims.items():
+            self._claim(url, items)
+        for state, tick in ticks:
+            self._tick(state, tick, now)
+
+    def _due_mono(self, mono: float) -> None:
+        renew: dict[str | None, list[_Run]] = {}
+        while self._mono and self._mono[0][0] <= mono:
+            _, _, kind, ref = heapq.heappop(self._mono)
+            if kind == "deadline":
+                run, gen = ref
+                if run.deadline_gen == gen and run in run.job.runs:
+                    self._terminate(run, "timeout")
+            elif kind == "kill":
+                run, gen = ref
+                if run.deadline_gen == gen and run in run.job.runs and run.handle is not None:
+                    run.handle.signal_group(signal.SIGKILL)
+            elif kind == "renew":
+                run = ref
+                if run in run.job.runs and run.lease is not None:
+                    renew.setdefault(run.job.job.lock, []).append(run)
+            elif kind == "jitter":
+                state, d = ref
+                if d in state.deferred:
+                    state.deferred.remove(d)
+                    if not self._stop:
+                        self._start(state, d.tick, d.claim, d.lease)
+            elif kind == "cleanup":
+                self._push_mono(mono + CLEANUP_EVERY, "cleanup", None)
+                self._cleanup()
+        for url, runs in renew.items():
+            self._renew(url, runs, mono)
+
+    # ------------------------------------------------------------------ claims
+
+    def _claim(self, url: str | None, items: list[tuple[_JobState, datetime]]) -> None:
+        requests = []
+        for state, tick in items:
+            state.outcomes[tick] = None  # under way
+            # No lease while an earlier request for one is under way: its answer may hold the
+            # lease (a tick that went by meanwhile), and is released only when it is back.
+            lease = (
+                state.s.overlap is Overlap.SKIP
+                and not state.runs
+                and not state.deferred
+                and not state.leasing
+            )
+            state.leasing += lease
+            requests.append(
+                ClaimRequest(
+                    state.id,
+                    tick,
+                    keep_until(state.job.schedule, tick),
+                    LEASE_TTL if lease else None,
+                )
+            )
+
+        def done(result: list[ClaimOutcome] | BackendError) -> None:
+            for i, (state, tick) in enumerate(items):
+                outcome = result if isinstance(result, BackendError) else result[i]
+                if requests[i].lease_ttl is not None:
+                    state.leasing -= 1
+                self._claimed(state, tick, outcome)
+
+        self.coordinator.claim(url, requests, done)
+
+    def _claimed(
+        self, state: _JobState, tick: datetime, outcome: ClaimOutcome | BackendError
+    ) -> None:
+        """A claim's outcome is back (on this thread)."""
+        if tick not in state.outcomes or state.ended:
+            self._drop_lease(state, outcome)  # the tick went by meanwhile (missed, retired)
+            return
+        state.outcomes[tick] = outcome
+        if isinstance(outcome, ClaimOutcome) and outcome.claim.won:
+            self.emit("claimed", state.id, tick, fence=outcome.claim.fence)
+        if tick in state.waiting:
+            state.waiting.discard(tick)
+            self._decide(state, tick, self.clock.now())
+
+    def _drop_lease(self, state: _JobState, outcome: ClaimOutcome | BackendError | None) -> None:
+        if isinstance(outcome, ClaimOutcome) and outcome.lease is not None:
+            self.coordinator.release(state.job.lock, [outcome.lease])
+
+    # ------------------------------------------------------------------ ticks
+
+    def _tick(self, state: _JobState, tick: datetime, now: datetime) -> None:
+        """``tick`` of ``state`` is due: find the most recent due tick, decide it, and only then
+        schedule the following one (nothing but the decision stands before the spawn)."""
+        tick, following = self._catch_up(state, tick, now)
+        state.prev = tick
+        state.gen += 1  # this tick's timers are spent
+        state.next_tick = following  # provisional: --max-runs may still end the job here
+        late = (now - tick).total_seconds()
+        grace = state.s.misfire_grace
+        if grace is not None and late > grace:
+            self._drop_lease(state, state.outcomes.pop(tick, None))
+            self.emit(
+                "missed",
+                state.id,
+                tick,
+                count=1,
+                first=iso(tick),
+                last=iso(tick),
+                reason=f"{late:.3f}s late, over --misfire-grace {grace:g}s",
+            )
+        else:
+            if tick not in state.outcomes:
+                self._claim(state.job.lock, [(state, tick)])
+                self.coordinator.drain()  # inline coordinators answer at once
+            if state.outcomes.get(tick) is None:
+                state.waiting.add(tick)  # decided when the claim is back
+            else:
+                self._decide_tick(state, tick)
+        if state.next_tick is not None and state.next_tick == following:
+            self._set_next(state, following)
+        self._after_tick(state)
+
+    def _after_tick(self, state: _JobState) -> None:
+        if state.s.max_runs is not None and state.ticks_run >= state.s.max_runs:
+            self._set_next(state, None)
+        self._maybe_end(state)
+
+    def _catch_up(
+        self, state: _JobState, first: datetime, now: datetime
+    ) -> tuple[datetime, datetime | None]:
+        """The most recent tick that is due; older passed ticks are reported as missed."""
+        schedule = state.job.schedule
+        tick = first
+        missed: list[datetime] = []
+        following = schedule.next_tick(tick)
+        while following is not None and following <= now:
+            missed.append(tick)
+            tick, following = following, schedule.next_tick(following)
+            if len(missed) > 1_000_000:  # pragma: no cover - absurd suspend on a 1µs schedule
+                break
+        if missed:
+            self.emit(
+                "missed",
+                state.id,
+                missed[-1],
+                count=len(missed),
+                first=iso(missed[0]),
+                last=iso(missed[-1]),
+                reason="late: a later tick was already due",
+            )
+        for old in [t for t in state.outcomes if t < tick]:
+            self._drop_lease(state, state.outcomes.pop(old))
+        return tick, following
+
+    def _decide(self, state: _JobState, tick: datetime, now: datetime) -> None:
+        """The claim of a due tick is known: run it, or say why not."""
+        self._decide_tick(state, tick)
+        self._after_tick(state)
+
+    def _decide_tick(self, state: _JobState, tick: datetime) -> None:
+        outcome = state.outcomes.pop(tick, None)
+        if state.ended or self._stop:
+            self._drop_lease(state, outcome)
+            return
+        limit = state.s.max_runs
+        if limit is not None and state.ticks_run >= limit:
+            self._drop_lease(state, outcome)
+            return
+        claim: ClaimResult | None = None
+        lease: Lease | None = None
+        if isinstance(outcome, BackendError) or outcome is None:
+            fail_open = state.s.on_backend_error is OnBackendError.RUN
+            self.emit(
+                "backend-error",
+                state.id,
+                tick,
+                error=str(outcome or "no answer"),
+                action="run" if fail_open else "skip",
+            )
+            if not fail_open:
+                return
+        elif outcome.claim.refused:
+            self.emit("refused", state.id, tick, reason=outcome.claim.refused)
+            return
+        elif not outcome.claim.won:
+            state.ticks_run += 1
+            self.emit(
+                "lost", state.id, tick, holder=outcome.claim.holder, fence=outcome.claim.fence
+            )
+            return
+        else:
+            claim, lease = outcome.claim, outcome.lease
+        state.ticks_run += 1
+        if state.runs or state.deferred:
+            if lease is not None:
+                self.coordinator.release(state.job.lock, [lease])
+            self._overlap(state, tick, claim)
+            return
+        if state.s.overlap is Overlap.SKIP and isinstance(outcome, ClaimOutcome):
+            if lease is None and outcome.lease_holder is not None:
+                self.emit(
+                    "skipped",
+                    state.id,
+                    tick,
+                    reason="overlap: the previous run is still going",
+                    running_on=outcome.lease_holder,
+                )
+                return
+            if lease is None:
+                # The job was busy here when it claimed, and is not any more: take the lease now.
+                self._lease_then_start(state, tick, claim)
+                return
+        self._jitter_or_start(state, tick, claim, lease)
+
+    def _lease_then_start(
+        self, state: _JobState, tick: datetime, claim: ClaimResult | None
+    ) -> None:
+        request = ClaimRequest(state.id, tick, keep_until(state.job.schedule, tick), LEASE_TTL)
+        state.leasing += 1
+
+        def done(result: list[ClaimOutcome] | BackendError) -> None:
+            state.leasing -= 1
+            if isinstance(result, BackendError):
+                self.emit("backend-error", state.id, tick, error=str(result), action="skip")
+                return
+            got = result[0]
+            if state.ended or self._stop or state.runs or state.deferred:
+                self._drop_lease(state, got)
+                if not (state.ended or self._stop):
+                    self._overlap(state, tick, claim)
+                return
+            if got.lease is None:
+                self.emit(
+                    "skipped",
+                    state.id,
+                    tick,
+                    reason="overlap: the previous run is still going",
+                    running_on=got.lease_holder or "unknown",
+                )
+                return
+            self._jitter_or_start(state, tick, claim, got.lease)
+
+        # Claiming a tick this instance already holds is idempotent: it only takes the lease.
+        self.coordinator.claim(state.job.lock, [request], done)
+
+    def _jitter_or_start(
+        self, state: _JobState, tick: datetime, claim: ClaimResult | None, lease: Lease | None
+    ) -> None:
+        if state.s.jitter:
+            delay = self.rng.uniform(0, state.s.jitter)
+            d = _Deferred(tick, claim, lease)
+            state.deferred.append(d)
+            self._push_mono(self.clock.monotonic() + delay, "jitter", (state, d))
+            self.emit("jitter", state.id, tick, delay=round(delay, 6))
+            return
+        self._start(state, tick, claim, lease)
+
+    def _overlap(self, state: _JobState, tick: datetime, claim: ClaimResult | None) -> None:
+        """Apply --overlap while a run of the job is going on here."""
+        running = [iso(r.tick) if r.tick else "run-now" for r in state.runs]
+        action = overlap_action(state.s.overlap, state.queued is not None)
+        if action == "skip":
+            self.emit(
+                "skipped",
+                state.id,
+                tick,
+                reason="overlap: the previous run is still going",
+                running=running,
+                running_on=self.instance,
+            )
+        elif action == "skip-queued":
+            self.emit(
+                "skipped",
+                state.id,
+                tick,
+                reason="overlap: one run is already queued",
+                running=running,
+            )
+        elif action == "queue":
+            state.queued = (tick, claim)
+            self.emit("queued", state.id, tick, running=running)
+        elif action == "replace":
+            for r in state.runs:
+                self._terminate(r, "replace")
+            state.replacing = (tick, claim)
+        else:
+            self._jitter_or_start(state, tick, claim, None)
+
+    # ------------------------------------------------------------------ runs
+
+    def _env(
+        self, state: _JobState, tick: datetime | None, rid: str, fence: int | None
+    ) -> dict[str, str]:
+        env = dict(state.job.env)
+        instant = tick or self.clock.now()
+        env.update(
+            PYJOB_JOB=state.id,
+            PYJOB_TICK=iso(instant, state.job.schedule.zone),
+            PYJOB_TICK_UNIX=_unix_text(instant),
+            PYJOB_RUN_ID=rid,
+            PYJOB_INSTANCE=self.instance,
+        )
+        if fence is not None:
+            env["PYJOB_FENCE"] = str(fence)
+        else:
+            env.pop("PYJOB_FENCE", None)
+        return env
+
+    def _start(
+        self,
+        state: _JobState,
+        tick: datetime | None,
+        claim: ClaimResult | None,
+        lease: Lease | None,
+    ) -> None:
+        started = self.clock.now()
+        rid = run_id(state.id, tick, started)
+        fence = claim.fence if claim else None
+        env = self._env(state, tick, rid, fence)
+        mono = self.clock.monotonic()
+        run = _Run(state, tick, rid, fence, lease, started, mono)
+        on_line = None
+        if state.s.log_output:
+
+            def on_line(stream: str, line: str) -> None:
+                self.emit("output", state.id, tick, stream=stream, line=line, run_id=rid)
+
+        handle = self.runner.start(state.job.command, env, on_line)
+        run.handle = handle
+        state.runs.append(run)
+        state.runs_started += 1
+        self._by_handle[id(handle)] = run
+        if state.s.timeout is not None:
+            self._push_mono(mono + state.s.timeout, "deadline", (run, run.deadline_gen))
+        if lease is not None and lease.ttl:
+            self._push_mono(mono + lease.ttl / 3, "renew", run)
+        lateness = round((started - tick).total_seconds(), 6) if tick else 0.0
+        if isinstance(handle, FailedStart):
+            self.emit(
+                "run-started",
+                state.id,
+                tick,
+                run_id=rid,
+                pid=None,
+                lateness=lateness,
+                error=handle.start_error,
+            )
+        else:
+            self.emit(
+                "run-started",
+                state.id,
+                tick,
+                run_id=rid,
+                pid=handle.pid,
+                lateness=lateness,
+                fence=fence,
+            )
+
+    def _reap(self, ready: Sequence[int]) -> None:
+        for handle, code in self.runner.service(ready):
+            run = self._by_handle.pop(id(handle), None)
+            if run is None:  # pragma: no cover - a handle this scheduler did not start
+                continue
+            self._finish(run, code)
+
+    def _finish(self, run: _Run, code: int) -> None:
+        state = run.job
+        state.runs.remove(run)
+        duration = self.clock.monotonic() - run.started_mono
+        lateness = (run.started_wall - run.tick).total_seconds() if run.tick else 0.0
+        if code != 0 and run.terminated != "stop":
+            state.failures += 1
+        fields: dict[str, Any] = {
+            "run_id": run.run_id,
+            "exit_code": code,
+            "duration": round(duration, 6),
+            "lateness": round(lateness, 6),
+        }
+        if run.terminated:
+            fields["terminated"] = run.terminated
+        if isinstance(run.handle, FailedStart):
+            fields["error"] = run.handle.start_error
+        self.emit("run-finished", state.id, run.tick, **fields)
+        if run.lease is not None:
+            self.coordinator.release(state.job.lock, [run.lease])
+        if not state.runs and not self._stop:
+            # --overlap replace / queue: the waiting tick starts once nothing else runs.
+            pending, state.replacing = state.replacing, None
+            if pending is None:
+                pending, state.queued = state.queued, None
+            if pending is not None:
+                self._start(state, pending[0], pending[1], None)
+        self._maybe_end(state)
+
+    def _terminate(self, run: _Run, why: str) -> None:
+        if run.terminated is not None or run.handle is None:
+            return
+        run.terminated = why
+        run.handle.signal_group(signal.SIGTERM)
+        s = run.job.s
+        grace = s.stop_timeout if why == "stop" else s.kill_after
+        run.deadline_gen += 1
+        self._push_mono(self.clock.monotonic() + grace, "kill", (run, run.deadline_gen))
+        if why == "timeout":
+            self.emit(
+                "timeout",
+                run.job.id,
+                run.tick,
+                run_id=run.run_id,
+                after=s.timeout,
+                action=f"SIGTERM to the process group, SIGKILL in {grace:g}s",
+            )
+
+    def _renew(self, url: str | None, runs: list[_Run], mono: float) -> None:
+        leases = [r.lease for r in runs if r.lease is not None]
+        for r in runs:
+            assert r.lease is not None
+            self._push_mono(mono + r.lease.ttl / 3, "renew", r)
+
+        def done(result: list[bool] | BackendError) -> None:
+            for i, r in enumerate(runs):
+                if isinstance(result, BackendError):
+                    self.emit(
+                        "backend-error",
+                        r.job.id,
+                        r.tick,
+                        error=str(result),
+                        action="the run goes on; its lease expires if this lasts",
+                    )
+                elif not result[i]:
+                    self.emit(
+                        "backend-error",
+                        r.job.id,
+                        r.tick,
+                        error="run lease lost",
+                        action="the run goes on",
+                    )
+
+        self.coordinator.renew(url, leases, done)
+
+    def _cleanup(self) -> None:
+        by_url: dict[str, list[str]] = {}
+        for state in self.jobs.values():
+            by_url.setdefault(Coordinator.key(state.job.lock), []).append(state.id)
+        for url, ids in by_url.items():
+            self.coordinator.cleanup(url or None, ids)
+
+    def _maybe_end(self, state: _JobState) -> None:
+        """A job whose schedule is over ends once nothing of it is left."""
+        if state.ended or state.busy() or (state.next_tick is not None and not state.retiring):
+            return
+        state.ended = True
+        if state.retiring:
+            if state in self.retiring:
+                self.retiring.remove(state)
+            return
+        self.emit("exhausted", state.id, None, runs=state.runs_started, failures=state.failures)
+
+    # ------------------------------------------------------------------ reload
+
+    def _do_reload(self) -> None:
+        from .errors import PyjobError
+
+        if self._loader is None:
+            return
+        try:
+            new = {j.job_id: j for j in self._loader()}
+            for job in new.values():
+                self.coordinator.open(job.lock)
+        except PyjobError as e:
+            problems = getattr(e, "problems", None) or [str(e)]
+            self.emit(
+                "reload-failed",
+                "*",
+                None,
+                problems=problems,
+                action="the previous jobs keep running",
+            )
+            return
+        added, changed, removed, kept = [], [], [], []
+        for job_id, job in new.items():
+            old = self.jobs.get(job_id)
+            if old is None:
+                added.append(job_id)
+            elif old.job.fingerprint != job.fingerprint or job.fingerprint is None:
+                changed.append(job_id)
+            else:
+                kept.append(job_id)
+        removed = [j for j in self.jobs if j not in new]
+        self.emit("reloaded", "*", None, added=added, changed=changed, removed=removed, kept=kept)
+        for job_id in removed + changed:
+            self._retire(self.jobs.pop(job_id))
+        for job_id in added + changed:
+            self.add(new[job_id])
+
+    def _retire(self, state: _JobState) -> None:
+        """Stop scheduling ``state``; its running commands finish first (a drain)."""
+        state.retiring = True
+        state.gen += 1
+        for d in state.deferred:
+            if d.lease is not None:
+                self.coordinator.release(state.job.lock, [d.lease])
+        state.deferred.clear()
+        state.queued = state.replacing = None
+        state.waiting.clear()
+        for outcome in state.outcomes.values():
+            self._drop_lease(state, outcome)
+        state.outcomes.clear()
+        self.emit(
+            "stopping",
+            state.id,
+            None,
+            running=len(state.runs),
+            forced=False,
+            stop_timeout=state.s.stop_timeout,
+            drain=True,
+        )
+        if state.runs:
+            self.retiring.append(state)
+        else:
+            state.ended = True
+            self.emit("stopped", state.id, None, runs=state.runs_started, failures=state.failures)
+
+    # ------------------------------------------------------------------ stopping
+
+    def _shutdown(self) -> int:
+        everything = list(self.jobs.values()) + self.retiring
+        running = sum(len(s.runs) for s in everything)
+        longest = max((s.s.stop_timeout for s in everything), default=10.0)
+        who = self.process_job
+        self.emit("stopping", who, None, running=running, forced=self._force, stop_timeout=longest)
+        for state in everything:
+            for d in state.deferred:
+                if d.lease is not None:
+                    self.coordinator.release(state.job.lock, [d.lease])
+            state.deferred.clear()
+            state.queued = state.replacing = None
+            for outcome in state.outcomes.values():
+                self._drop_lease(state, outcome)
+            state.outcomes.clear()
+            state.waiting.clear()
+        forced_sent = False
+        for state in everything:
+            for run in state.runs:
+                if self._force and run.handle is not None:
+                    run.handle.signal_group(signal.SIGKILL)
+                else:
+                    self._terminate(run, "stop")
+        forced_sent = self._force
+        ready: list[int] = []
+        while any(s.runs for s in everything):
+            self._reap(ready)
+            if not any(s.runs for s in everything):
+                break
+            if self._force and not forced_sent:
+                forced_sent = True
+                for state in everything:
+                    for run in state.runs:
+                        if run.handle is not None:
+                            run.handle.signal_group(signal.SIGKILL)
+            mono = self.clock.monotonic()
+            while self._mono and self._mono[0][0] <= mono:
+                _, _, kind, ref = heapq.heappop(self._mono)
+                if kind == "kill":
+                    run, gen = ref
+                    if run.deadline_gen == gen and run in run.job.runs and run.handle is not None:
+                        run.handle.signal_group(signal.SIGKILL)
+            waits = [e[0] - mono for e in self._mono if e[2] == "kill"]
+            due = self.runner.next_due()
+            if due is not None:
+                waits.append(due - mono)
+            ready = self.clock.wait_for(
+                self.waker, max(0.0, min(waits, default=MAX_SLEEP_SLICE)), self.runner.fds()
+            )
+        self.coordinator.drain()
+        runs = sum(s.runs_started for s in everything)
+        failures = sum(s.failures for s in everything)
+        self.emit("stopped", who, None, runs=runs, failures=failures)
+        return 130 if self._force else 0
+
+    def close(self) -> None:
+        """Let the last lease releases go out (bounded), and free the wake-up pipe."""
+        self.coordinator.close()
+        self.waker.close()
+
+
+def _unix_text(instant: datetime) -> str:
+    us = to_us(instant)
+    return str(us // 1_000_000) if us % 1_000_000 == 0 else f"{us / 1e6:.6f}"
+
+
+__all__ = ["Job", "Scheduler", "keep_until", "overlap_action", "run_id"]

@@ -1,0 +1,320 @@
+"""Every setting of `pyjob run`, declared once: name, kind, default, choices, help.
+
+This table is the only place a run setting is written down. From it come the Click options of
+`pyjob run` (cli/options.py), the keys a TOML jobs file accepts and their validation
+(core/jobsfile.py), and ``JobSettings``, the converted configuration the scheduler reads (durations
+become seconds here, once). Settings of scope ``job`` may differ per job of a jobs file; those of
+scope ``process`` belong to the one `pyjob run` process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any
+
+from .durations import parse_duration
+from .errors import InputError
+
+
+class Overlap(StrEnum):
+    SKIP = "skip"
+    QUEUE = "queue"
+    ALLOW = "allow"
+    REPLACE = "replace"
+
+
+class OnBackendError(StrEnum):
+    SKIP = "skip"
+    RUN = "run"
+
+
+class ClockPolicy(StrEnum):
+    REFUSE = "refuse"
+    WARN = "warn"
+
+
+class ClockMode(StrEnum):
+    SYSTEM = "system"
+    NTP = "ntp"
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting. ``kind``: duration (not zero), duration0 (zero allowed), count (an integer of
+    at least 1), flag, choice (``choices`` is the enum), text, lock (a backend URL), server (an
+    NTP server, repeatable). ``default`` is given as it is written on the command line."""
+
+    name: str
+    kind: str
+    help: str
+    default: Any = None
+    choices: type[StrEnum] | None = None
+    metavar: str | None = None
+    scope: str = "job"
+    envvar: str | None = None
+
+    @property
+    def field(self) -> str:
+        return self.name.replace("-", "_")
+
+
+_DURATION = "DURATION"
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "overlap",
+        "choice",
+        "A tick that comes while the previous run goes on: skip it (across all instances "
+        "sharing the backend), queue it (at most one waits), allow it, or replace the running "
+        "one (this instance).",
+        default="skip",
+        choices=Overlap,
+    ),
+    Setting(
+        "misfire-grace",
+        "duration0",
+        "Run a late tick only if at most this late (default: until the following tick is due). "
+        "Older passed ticks are always logged as missed, never run.",
+        metavar=_DURATION,
+    ),
+    Setting(
+        "timeout",
+        "duration",
+        "SIGTERM the command's process group after this long.",
+        metavar=_DURATION,
+    ),
+    Setting(
+        "kill-after",
+        "duration",
+        "SIGKILL this long after the timeout's SIGTERM.",
+        default="10s",
+        metavar=_DURATION,
+    ),
+    Setting(
+        "stop-timeout",
+        "duration",
+        "On SIGTERM/SIGINT, wait this long for running commands before SIGKILL.",
+        default="10s",
+        metavar=_DURATION,
+    ),
+    Setting("run-now", "flag", "Also run once at start (this instance only, no claim).", False),
+    Setting(
+        "jitter", "duration", "Delay each run by a random amount up to this.", metavar=_DURATION
+    ),
+    Setting(
+        "max-runs",
+        "count",
+        "End after the N-th tick was run (by this instance or another).",
+        metavar="N",
+    ),
+    Setting(
+        "log-output",
+        "flag",
+        "Capture the command's stdout/stderr and log each line with job and tick.",
+        False,
+    ),
+    Setting(
+        "on-backend-error",
+        "choice",
+        "While running, a tick whose claim fails: skip it (fail closed) or run it anyway "
+        "(fail open).",
+        default="skip",
+        choices=OnBackendError,
+    ),
+    Setting(
+        "lock",
+        "lock",
+        "Lock backend: file:PATH (one host; default: $XDG_RUNTIME_DIR/pyjob or "
+        "~/.local/state/pyjob), nfs:PATH (a directory shared by hosts), redis://HOST[:PORT]/DB "
+        "(rediss:// for TLS), postgresql://USER@HOST/DB, or none.",
+        metavar="URL",
+        envvar="PYJOB_LOCK",
+    ),
+    Setting(
+        "instance-id",
+        "text",
+        "This instance's name in logs and claims (default: HOST:PID).",
+        metavar="ID",
+        scope="process",
+    ),
+    Setting(
+        "log-format",
+        "choice",
+        "Log lines for people, or one JSON object per event.",
+        default="text",
+        choices=LogFormat,
+        scope="process",
+    ),
+    Setting(
+        "ntp-server",
+        "server",
+        "NTP server for the clock check; repeat for several (default: $PYJOB_NTP_SERVERS, "
+        "else pool.ntp.org).",
+        metavar="HOST[:PORT]",
+        scope="process",
+        envvar="PYJOB_NTP_SERVERS",
+    ),
+    Setting(
+        "max-offset",
+        "duration",
+        "Refuse to start (exit 4) when the clock is further than this from NTP time "
+        "(default: 1/60 of the schedule's interval, at least 100ms).",
+        metavar=_DURATION,
+        scope="process",
+    ),
+    Setting(
+        "clock-policy",
+        "choice",
+        "An offset over --max-offset at start: refuse to start, or only warn.",
+        default="refuse",
+        choices=ClockPolicy,
+        scope="process",
+    ),
+    Setting(
+        "require-clock",
+        "flag",
+        "Exit 3 when no NTP server gives a usable reply at start (default: warn, go on).",
+        False,
+        scope="process",
+    ),
+    Setting(
+        "clock",
+        "choice",
+        "Fire ticks by this host's clock, or by NTP-corrected time (local time plus the "
+        "measured offset, updated at each re-check): instances with skewed clocks then fire "
+        "together.",
+        default="system",
+        choices=ClockMode,
+        scope="process",
+    ),
+    Setting(
+        "clock-check-every",
+        "duration",
+        "Re-measure the offset this often, beside the run loop, and log it.",
+        default="10m",
+        metavar=_DURATION,
+        scope="process",
+    ),
+    Setting(
+        "clock-budget",
+        "duration",
+        "The most one clock check may take, however slow or absent the servers.",
+        default="3s",
+        metavar=_DURATION,
+        scope="process",
+    ),
+    Setting(
+        "no-clock-check",
+        "flag",
+        "Do not measure the clock (air-gapped hosts); the log says so.",
+        False,
+        scope="process",
+        envvar="PYJOB_NO_CLOCK_CHECK",
+    ),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+JOB_SETTINGS: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.scope == "job")
+
+
+def _seconds(us: int | None) -> float | None:
+    return None if us is None else us / 1e6
+
+
+def convert(setting: Setting, value: Any) -> Any:
+    """A setting's value as the scheduler uses it, from the parsed form (durations as integer
+    microseconds, or as text) : seconds for durations, the enum for choices."""
+    if value is None:
+        return None
+    kind = setting.kind
+    if kind in ("duration", "duration0"):
+        if isinstance(value, str):
+            value = parse_duration(value, allow_zero=kind == "duration0")
+        return _seconds(int(value))
+    if kind == "choice":
+        assert setting.choices is not None
+        return setting.choices(value)
+    if kind == "flag":
+        return bool(value)
+    return value
+
+
+def problem(setting: Setting, value: Any) -> str | None:
+    """Why ``value`` (from a TOML file) is not a valid value of ``setting``, or None."""
+    kind = setting.kind
+    if kind == "flag":
+        return None if isinstance(value, bool) else "must be true or false"
+    if kind == "count":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return "must be a whole number of at least 1"
+        return None
+    if not isinstance(value, str):
+        return 'must be a string, like "5m"' if kind.startswith("duration") else "must be a string"
+    if kind == "choice":
+        assert setting.choices is not None
+        names = [c.value for c in setting.choices]
+        return None if value in names else f"must be one of {', '.join(names)}"
+    if kind in ("duration", "duration0"):
+        try:
+            parse_duration(value, allow_zero=kind == "duration0")
+        except InputError as e:
+            return f"is not a duration: {e.message}"
+    return None
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """The job-scope settings of one job, converted (seconds, enums)."""
+
+    overlap: Overlap = Overlap.SKIP
+    misfire_grace: float | None = None  # None: until the following tick is due
+    timeout: float | None = None
+    kill_after: float = 10.0
+    stop_timeout: float = 10.0
+    run_now: bool = False
+    jitter: float | None = None
+    max_runs: int | None = None
+    log_output: bool = False
+    on_backend_error: OnBackendError = OnBackendError.SKIP
+    lock: str | None = None
+
+    def __post_init__(self) -> None:  # the enums, also when given as their text
+        object.__setattr__(self, "overlap", Overlap(self.overlap))
+        object.__setattr__(self, "on_backend_error", OnBackendError(self.on_backend_error))
+
+    @classmethod
+    def from_values(cls, *layers: Mapping[str, Any]) -> JobSettings:
+        """Built-in defaults < each layer in turn (keys are setting names, values as parsed);
+        a layer's None means "not given"."""
+        merged: dict[str, Any] = {}
+        for s in JOB_SETTINGS:
+            if s.default is not None:
+                merged[s.name] = s.default
+        for layer in layers:
+            merged.update({k: v for k, v in layer.items() if v is not None and k in BY_NAME})
+        return cls(**{BY_NAME[k].field: convert(BY_NAME[k], v) for k, v in merged.items()})
+
+
+assert {f.name for f in fields(JobSettings)} == {s.field for s in JOB_SETTINGS}
+
+__all__ = [
+    "BY_NAME",
+    "JOB_SETTINGS",
+    "SETTINGS",
+    "ClockMode",
+    "ClockPolicy",
+    "JobSettings",
+    "LogFormat",
+    "OnBackendError",
+    "Overlap",
+    "Setting",
+    "convert",
+    "problem",
+]

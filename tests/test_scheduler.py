@@ -1,0 +1,433 @@
+"""The scheduler's decisions against a fake clock and a fake runner whose children end at chosen
+fake times: the exact event sequences of overlap, timeouts, leases, jitter, max-runs, clean-up."""
+
+from __future__ import annotations
+
+import re
+import signal
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyjob.core.backends.null import NullBackend
+from pyjob.core.clock import FakeClock
+from pyjob.core.events import CATALOGUE, Event
+from pyjob.core.process import Command
+from pyjob.core.schedule import Schedule, parse
+from pyjob.core.scheduler import Job, Scheduler, overlap_action
+from pyjob.core.settings import JobSettings, Overlap
+
+from .fakes import FakeRunner, FlakyBackend, RecordingBackend
+
+T0 = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def job(text: str, clock: FakeClock, name: str = "job", **settings: Any) -> Job:
+    spec = parse(text, env={"TZ": "UTC"}, now=clock.now())
+    return Job(
+        name,
+        Schedule(spec, job_id=name, anchor=clock.now()),
+        Command(("true",)),
+        JobSettings(**settings),
+    )
+
+
+def make(
+    jobs: list[Job], runner: FakeRunner, clock: FakeClock, backend: Any = None
+) -> tuple[Scheduler, list[Event]]:
+    events: list[Event] = []
+    backend = backend or NullBackend()
+    s = Scheduler(
+        clock, runner, events.append, instance="test:1", threaded=False, opener=lambda u: backend
+    )
+    s.open(jobs)
+    for j in jobs:
+        s.add(j)
+    return s, events
+
+
+def seq(events: list[Event], *skip: str) -> list[tuple[str, str]]:
+    """(kind, tick as HH:MM:SS) of each event, leaving out ``skip`` kinds."""
+    return [
+        (e.kind, e.tick.strftime("%H:%M:%S") if e.tick else "-")
+        for e in events
+        if e.kind not in skip
+    ]
+
+
+def ticks_run(runner: FakeRunner) -> list[str]:
+    return [env["PYJOB_TICK"] for env in runner.started]
+
+
+def test_runs_each_tick_once_and_ends_when_exhausted() -> None:
+    clock = FakeClock(T0)
+    runner = FakeRunner(clock)
+    s, events = make(
+        [job("every 10s align tz UTC stop-at 2026-06-01T12:00:30Z", clock)], runner, clock
+    )
+    assert s.run() == 0
+    assert ticks_run(runner) == [f"2026-06-01T12:00:{x}+00:00" for x in ("10", "20", "30")]
+    assert seq(events) == [
+        ("started", "-"),
+        ("next-tick", "12:00:10"),
+        ("claimed", "12:00:10"),
+        ("run-started", "12:00:10"),
+        ("next-tick", "12:00:20"),
+        ("run-finished", "12:00:10"),
+        ("claimed", "12:00:20"),
+        ("run-started", "12:00:20"),
+        ("next-tick", "12:00:30"),
+        ("run-finished", "12:00:20"),
+        ("claimed", "12:00:30"),
+        ("run-started", "12:00:30"),
+        ("run-finished", "12:00:30"),
+        ("exhausted", "-"),
+    ]
+
+
+def test_waits_without_polling() -> None:
+    clock = FakeClock(T0)
+    s, _ = make([job("every 1h align tz UTC", clock, max_runs=2)], FakeRunner(clock), clock)
+    s.run()
+    # Sleeps are whole stretches (a few per minute at most), not a busy loop.
+    assert len(clock.sleeps) < 2 * (3600 / 20 + 10)
+    assert max(clock.sleeps) <= 20.0
+
+
+def test_failed_run_makes_exit_1() -> None:
+    clock = FakeClock(T0)
+    s, events = make(
+        [job("every 1s align tz UTC", clock, max_runs=2)], FakeRunner(clock, code=3), clock
+    )
+    assert s.run() == 1
+    finished = [e for e in events if e.kind == "run-finished"]
+    assert [e.level for e in finished] == ["error", "error"]
+
+
+def test_late_wakeup_runs_only_the_most_recent_tick_and_counts_missed() -> None:
+    clock = FakeClock(T0)
+
+    def suspend(n: int) -> None:
+        if n == 2:
+            clock.step(45)  # the host slept: 12:00:20 -> 12:01:05 on the wall clock
+
+    runner = FakeRunner(clock, on_start=suspend)
+    s, events = make([job("every 10s align tz UTC", clock, max_runs=4)], runner, clock)
+    s.run()
+    assert ticks_run(runner)[:3] == [
+        "2026-06-01T12:00:10+00:00",
+        "2026-06-01T12:00:20+00:00",
+        "2026-06-01T12:01:00+00:00",
+    ]
+    missed = [e for e in events if e.kind == "missed"]
+    assert len(missed) == 1 and missed[0].fields["count"] == 3  # 12:00:30, :40, :50
+
+
+def test_misfire_grace_skips_a_tick_that_is_too_late() -> None:
+    clock = FakeClock(T0)
+
+    def stall(n: int) -> None:
+        if n == 1:
+            clock.step(17)  # 12:00:10 -> 12:00:27: 7 s late for 12:00:20, before 12:00:30
+
+    runner = FakeRunner(clock, on_start=stall)
+    s, events = make(
+        [job("every 10s align tz UTC", clock, max_runs=3, misfire_grace=5.0)], runner, clock
+    )
+    s.run()
+    missed = [e for e in events if e.kind == "missed"]
+    assert missed and "over --misfire-grace 5s" in missed[0].fields["reason"]
+
+
+def test_clock_step_back_never_reruns_a_handled_tick() -> None:
+    clock = FakeClock(T0)
+
+    def step_back(n: int) -> None:
+        if n == 2:
+            clock.step(-35)  # NTP steps the clock back over three handled ticks
+
+    runner = FakeRunner(clock, on_start=step_back)
+    s, _ = make([job("every 10s align tz UTC", clock, max_runs=4)], runner, clock)
+    s.run()
+    ran = ticks_run(runner)
+    assert len(ran) == len(set(ran)) == 4
+    assert ran == sorted(ran)
+
+
+def test_backend_error_skips_the_tick_and_goes_on() -> None:
+    clock = FakeClock(T0)
+    runner = FakeRunner(clock)
+    backend = FlakyBackend({T0 + timedelta(seconds=20)})
+    s, events = make([job("every 10s align tz UTC", clock, max_runs=3)], runner, clock, backend)
+    assert s.run() == 0
+    assert "2026-06-01T12:00:20+00:00" not in ticks_run(runner)
+    assert len(runner.started) == 3  # the loop went on: 12:00:10, :30, :40
+    errors = [e for e in events if e.kind == "backend-error"]
+    assert [(e.fields["action"], e.level) for e in errors] == [("skip", "warning")]
+
+
+def test_backend_error_fail_open_runs_the_tick() -> None:
+    clock = FakeClock(T0)
+    runner = FakeRunner(clock)
+    backend = FlakyBackend({T0 + timedelta(seconds=20)})
+    jobs = [job("every 10s align tz UTC", clock, max_runs=3, on_backend_error="run")]
+    s, _ = make(jobs, runner, clock, backend)
+    s.run()
+    assert "2026-06-01T12:00:20+00:00" in ticks_run(runner)
+
+
+def test_environment_of_the_command() -> None:
+    clock = FakeClock(T0)
+    runner = FakeRunner(clock)
+    spec = parse("every 1h align tz Europe/Berlin", env={}, now=clock.now())
+    j = Job("job", Schedule(spec, job_id="job"), Command(("true",)), JobSettings(max_runs=1))
+    s, _ = make([j], runner, clock)
+    s.run()
+    env = runner.started[0]
+    assert env["PYJOB_JOB"] == "job"
+    assert env["PYJOB_TICK"] == "2026-06-01T15:00:00+02:00"
+    assert env["PYJOB_TICK_UNIX"] == str(int((T0 + timedelta(hours=1)).timestamp()))
+    assert env["PYJOB_RUN_ID"] == "job-20260601T130000Z"
+    assert env["PYJOB_INSTANCE"] == "test:1"
+    assert "PYJOB_FENCE" not in env  # the null backend has no fences
+
+
+def test_run_now_runs_at_start_without_a_claim() -> None:
+    clock = FakeClock(T0)
+    runner = FakeRunner(clock)
+    s, _ = make([job("every 1h align tz UTC", clock, max_runs=1, run_now=True)], runner, clock)
+    s.run()
+    assert len(runner.started) == 2
+    assert runner.started[0]["PYJOB_RUN_ID"].endswith("-now")
+
+
+def test_jitter_delays_within_bound() -> None:
+    clock = FakeClock(T0)
+    starts: list[datetime] = []
+    runner = FakeRunner(clock, on_start=lambda n: starts.append(clock.now()))
+    s, events = make([job("every 10s align tz UTC", clock, max_runs=5, jitter=3.0)], runner, clock)
+    s.run()
+    ticks = [datetime.fromisoformat(env["PYJOB_TICK"]) for env in runner.started]
+    delays = [(a - t).total_seconds() for a, t in zip(starts, ticks, strict=True)]
+    assert all(0 <= d <= 3.0 + 1e-6 for d in delays) and len(set(delays)) > 1
+    logged = [e.fields["delay"] for e in events if e.kind == "jitter"]
+    assert logged == pytest.approx(delays, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("policy", "queued", "action"),
+    [
+        (Overlap.SKIP, False, "skip"),
+        (Overlap.SKIP, True, "skip"),
+        (Overlap.QUEUE, False, "queue"),
+        (Overlap.QUEUE, True, "skip-queued"),
+        (Overlap.ALLOW, False, "start"),
+        (Overlap.ALLOW, True, "start"),
+        (Overlap.REPLACE, False, "replace"),
+    ],
+)
+def test_overlap_decision_table(policy: Overlap, queued: bool, action: str) -> None:
+    assert overlap_action(policy, queued) == action
+
+
+QUIET = ("next-tick", "claimed", "started", "exhausted")
+
+
+def test_overlap_skip_skips_ticks_while_the_run_goes_on() -> None:
+    clock = FakeClock(T0)
+    runner = FakeRunner(clock, durations=[25.0, 1.0])
+    s, events = make([job("every 10s align tz UTC", clock, max_runs=4)], runner, clock)
+    s.run()
+    assert seq(events, *QUIET) == [
+        ("run-started", "12:00:10"),
+        ("skipped", "12:00:20"),
+        ("skipped", "12:00:30"),
+        ("run-finished", "12:00:10"),  # at 12:00:35
+        ("run-started", "12:00:40"),
+        ("run-finished", "12:00:40"),
+    ]
+    assert events[[e.kind for e in events].index("skipped")].fields["running_on"] == "test:1"
+
+
+def test_overlap_queue_keeps_one_waiting_and_starts_it_when_the_run_ends() -> None:
+    clock = FakeClock(T0)
+    runner = FakeRunner(clock, durations=[25.0, 1.0, 1.0])
+    s, events = make(
+        [job("every 10s align tz UTC", clock, max_runs=4, overlap=Overlap.QUEUE)], runner, clock
+    )
+    s.run()
+    assert seq(events, *QUIET) == [
+        ("run-started", "12:00:10"),
+        ("queued", "12:00:20"),
+        ("skipped", "12:00:30"),  # one is already queued
+        ("run-finished", "12:00:10"),
+        ("run-started", "12:00:20"),  # the queued tick, at 12:00:35
+        ("run-finished", "12:00:20"),
+        ("run-started", "12:00:40"),
+        ("run-finished", "12:00:40"),
+    ]
+    assert runner.started[1]["PYJOB_RUN_ID"] == "job-20260601T120020Z"
+
+
+def test_overlap_allow_runs_concurrently() -> None:
+    clock = FakeClock(T0)
+    runner = FakeRunner(clock, durations=[15.0, 1.0])
+    s, events = make(
+        [job("every 10s align tz UTC", clock, max_runs=2, overlap=Overlap.ALLOW)], runner, clock
+    )
+    s.run()
+    assert seq(events, *QUIET) == [
+        ("run-started", "12:00:10"),
+        ("run-started", "12:00:20"),
+        ("run-finished", "12:00:20"),
+        ("run-finished", "12:00:10"),
+    ]
+
+
+def test_overlap_replace_terminates_the_running_one_first() -> None:
+    clock = FakeClock(T0)
+    runner = FakeRunner(clock, durations=[100.0, 1.0])
+    s, events = make(
+        [job("every 10s align tz UTC", clock, max_runs=2, overlap=Overlap.REPLACE)],
+        runner,
+        clock,
+    )
+    s.run()
+    assert seq(events, *QUIET) == [
+        ("run-started", "12:00:10"),
+        ("run-finished", "12:00:10"),
+        ("run-started", "12:00:20"),
+        ("run-finished", "12:00:20"),
+    ]
+    first = next(e for e in events if e.kind == "run-finished")
+    assert first.fields["terminated"] == "replace" and first.fields["exit_code"] == 143
+    assert runner.children[0].signals == [signal.SIGTERM]
+
+
+def test_timeout_sends_sigterm_then_sigkill_after_kill_after() -> None:
+    clock = FakeClock(T0)
+    runner = FakeRunner(clock, duration=100.0, ignores_term=True)
+    jobs = [job("every 1m align tz UTC", clock, max_runs=1, timeout=5.0, kill_after=2.0)]
+    s, events = make(jobs, runner, clock)
+    assert s.run() == 1
+    assert seq(events, *QUIET) == [
+        ("run-started", "12:01:00"),
+        ("timeout", "12:01:00"),
+        ("run-finished", "12:01:00"),
+    ]
+    finished = events[-2]
+    assert finished.fields["exit_code"] == 137 and finished.fields["terminated"] == "timeout"
+    assert finished.fields["duration"] == pytest.approx(7.0)
+    assert runner.children[0].signals == [signal.SIGTERM, signal.SIGKILL]
+
+
+def test_the_run_lease_is_taken_with_the_claim_renewed_and_released() -> None:
+    clock = FakeClock(T0)
+    backend = RecordingBackend()
+    released: list[str] = []
+    original = backend.release_lease
+    backend.release_lease = lambda lease: (released.append(lease.job), original(lease))  # type: ignore[method-assign]
+    runner = FakeRunner(clock, duration=65.0)
+    s, _ = make([job("every 10m align tz UTC", clock, max_runs=1)], runner, clock, backend)
+    s.run()
+    assert backend.batches == [1]  # claim and lease: one round trip
+    assert backend.renewals == [1] * 6  # every ttl/3 = 10 s for 65 s
+    assert released == ["job"]
+
+
+def test_max_runs_counts_ticks_another_instance_ran() -> None:
+    clock = FakeClock(T0)
+    backend = RecordingBackend(lose={T0 + timedelta(seconds=10), T0 + timedelta(seconds=30)})
+    runner = FakeRunner(clock)
+    s, events = make([job("every 10s align tz UTC", clock, max_runs=3)], runner, clock, backend)
+    assert s.run() == 0
+    assert ticks_run(runner) == ["2026-06-01T12:00:20+00:00"]
+    lost = [e for e in events if e.kind == "lost"]
+    assert [e.fields["holder"] for e in lost] == ["other:1", "other:1"]
+
+
+def test_jobs_due_together_are_claimed_in_one_batch_and_cleaned_up_together() -> None:
+    clock = FakeClock(T0)
+    backend = RecordingBackend()
+    runner = FakeRunner(clock)
+    jobs = [job("every 1m align tz UTC", clock, name=f"j{i}", max_runs=3) for i in range(100)]
+    s, _ = make(jobs, runner, clock, backend)
+    assert s.run() == 0
+    assert len(runner.started) == 300
+    assert backend.batches == [100, 100, 100]
+    assert backend.cleanups and set(backend.cleanups) == {100}
+
+
+def test_stop_terminates_runs_then_kills_after_stop_timeout() -> None:
+    clock = FakeClock(T0)
+    runner = FakeRunner(clock, duration=1000.0, ignores_term=True)
+    s, events = make([job("every 10s align tz UTC", clock, stop_timeout=4.0)], runner, clock)
+    runner.on_start = lambda n: s.request_stop()
+    assert s.run() == 0
+    assert seq(events, *QUIET) == [
+        ("run-started", "12:00:10"),
+        ("stopping", "-"),
+        ("run-finished", "12:00:10"),
+        ("stopped", "-"),
+    ]
+    finished = events[-2]
+    assert finished.fields["terminated"] == "stop" and finished.fields["duration"] == 4.0
+    assert finished.level == "info"  # pyjob stopped it: not a failure
+    assert events[-1].fields == {"runs": 1, "failures": 0}
+
+
+def test_a_lease_whose_release_failed_is_released_once_the_backend_answers() -> None:
+    clock = FakeClock(T0)
+    # The backend is down from the end of the first run (12:00:11) until 12:00:15.
+    backend = FlakyBackend(clock=clock, releases_down_until=T0 + timedelta(seconds=15))
+    runner = FakeRunner(clock, duration=1.0)
+    s, events = make([job("every 10s align tz UTC", clock, max_runs=3)], runner, clock, backend)
+    assert s.run() == 0
+    assert seq(events, *QUIET) == [
+        ("run-started", "12:00:10"),
+        ("run-finished", "12:00:10"),
+        ("backend-error", "-"),
+        ("backend-recovered", "-"),  # retried at the next call, before the next claim
+        ("run-started", "12:00:20"),  # so the lease left by the outage blocked no tick
+        ("run-finished", "12:00:20"),
+        ("run-started", "12:00:30"),
+        ("run-finished", "12:00:30"),
+    ]
+    error = next(e for e in events if e.kind == "backend-error")
+    assert error.job == "job" and "released again" in error.fields["action"]
+    assert backend.released == ["job", "job", "job"]
+
+
+def test_a_changed_job_is_drained_and_the_new_one_scheduled_on_reload() -> None:
+    clock = FakeClock(T0)
+    runner = FakeRunner(clock, duration=15.0)
+    old = job("every 10s align tz UTC", clock, name="a")
+    new = job("every 1m align tz UTC", clock, name="a", max_runs=1)
+    s, events = make([old], runner, clock)
+    runner.on_start = lambda n: s.request_reload() if n == 1 else None
+    assert s.run(lambda: [new]) == 0
+    assert ticks_run(runner) == ["2026-06-01T12:00:10+00:00", "2026-06-01T12:01:00+00:00"]
+    assert seq(events, "next-tick", "claimed") == [
+        ("started", "-"),
+        ("run-started", "12:00:10"),
+        ("reloaded", "-"),
+        ("stopping", "-"),
+        ("started", "-"),
+        ("run-finished", "12:00:10"),  # the old definition's run finished (a drain)
+        ("run-started", "12:01:00"),
+        ("run-finished", "12:01:00"),
+        ("exhausted", "-"),
+    ]
+
+
+def test_every_event_emitted_anywhere_is_in_the_catalogue() -> None:
+    root = Path(__file__).resolve().parent.parent
+    emitted: set[str] = set()
+    for path in [*root.glob("core/**/*.py"), *root.glob("cli/*.py")]:
+        text = path.read_text()
+        emitted |= set(re.findall(r"""(?:emit|report)\(\s*["']([a-z-]+)["']""", text))
+        emitted |= set(re.findall(r"""\(\s*"\*",\s*None,\s*"([a-z-]+)\"""", text))
+        emitted |= set(re.findall(r"""self\.emit\(\s*\n?\s*"([a-z-]+)\"""", text))
+    assert emitted, "the scan found no emitters"
+    assert emitted <= set(CATALOGUE), emitted - set(CATALOGUE)
