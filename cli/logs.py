@@ -49,6 +49,7 @@ class EventLog:
             doc = {
                 "time": iso(event.at),
                 "event": event.kind,
+                "level": event.level,
                 "job": event.job,
                 "tick": iso(event.tick) if event.tick else None,
                 "instance": event.instance,

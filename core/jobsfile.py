@@ -233,6 +233,8 @@ def parse_toml(
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise JobsFileError(path, [f"{path}: not valid TOML: {e}"]) from e
+    except RecursionError as e:  # tomllib recurses once per level of nested arrays and tables
+        raise JobsFileError(path, [f"{path}: not valid TOML: nested too deeply"]) from e
     for key in doc:
         if key not in ("defaults", "jobs"):
             ctx.problems.append(f"{path}: unknown table [{key}] (only [defaults] and [jobs.NAME])")

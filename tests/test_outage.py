@@ -1,0 +1,89 @@
+"""A run lease left behind by an outage must not block the job: a release that failed while the
+backend was down is made again once it answers, and runs resume at the next tick, not after the
+lease's 30 s TTL. Real servers: PostgreSQL stopped and started again (its lease row survives the
+restart, as Redis with AOF would keep its key), and Redis frozen with SIGSTOP (a hang: the socket
+stays open, nothing answers) then thawed."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .runproc import PyjobRun
+from .servers import PostgresServer, RedisServer, start_postgres, start_redis
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def pg_server() -> Iterator[PostgresServer]:
+    server = start_postgres()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path)
+    yield server
+    if server.proc is not None:
+        server.proc.send_signal(signal.SIGCONT)
+    server.stop()
+
+
+def _job(url: str, tmp: Path) -> PyjobRun:
+    # A 2 s grid; each run takes 1 s, so its lease is released at the end of the run.
+    cmd = 'sleep 1; echo "$PYJOB_TICK_UNIX" >> "$OUT"'
+    args = ["--every", "2s", "--align", "--lock", url, "--shell", "--", cmd]
+    return PyjobRun(args, tmp, env={"OUT": str(tmp / "runs")})
+
+
+def _t(event: dict[str, object]) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(str(event["time"])).timestamp()
+
+
+def _assert_recovers(run: PyjobRun, back: float) -> None:
+    """After the backend is back at ``back``: the lease is released again and a tick runs within
+    two grid steps (with the lease left behind it would wait out the 30 s TTL)."""
+    deadline = back + 8
+    while time.time() < deadline:
+        if [e for e in run.events("run-started") if _t(e) > back]:
+            break
+        time.sleep(0.1)
+    errors = run.events("backend-error")
+    assert any("released again" in e["action"] for e in errors), errors
+    assert run.events("backend-recovered"), run.log_path.read_text()[-2000:]
+    started = [e for e in run.events("run-started") if _t(e) > back]
+    assert started, run.log_path.read_text()[-3000:]
+    assert _t(started[0]) - back < 6
+    assert run.proc.poll() is None  # no backend error ends the process
+    assert run.stop() == 0
+
+
+def test_a_lease_left_by_a_postgresql_restart_is_released_when_it_is_back(
+    pg_server: PostgresServer, tmp_path: Path
+) -> None:
+    run = _job(pg_server.url, tmp_path)
+    run.wait_for("run-started", timeout=30)
+    pg_server.stop()  # the run ends in the outage: its lease release fails
+    time.sleep(3)
+    pg_server.start()
+    _assert_recovers(run, time.time())
+
+
+def test_a_lease_left_by_a_hung_redis_is_released_when_it_answers(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    run = _job(redis_server.url, tmp_path)
+    run.wait_for("run-started", timeout=30)
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)  # hangs: the socket stays open
+    time.sleep(4)
+    redis_server.proc.send_signal(signal.SIGCONT)
+    _assert_recovers(run, time.time())
