@@ -19,6 +19,8 @@ _COMMANDS = {
     "align": ("pyjob.cli.cmd_align", "align_cmd"),
     "run": ("pyjob.cli.cmd_run", "run_cmd"),
     "check-clock": ("pyjob.cli.cmd_check_clock", "check_clock_cmd"),
+    "status": ("pyjob.cli.cmd_status", "status_cmd"),
+    "history": ("pyjob.cli.cmd_history", "history_cmd"),
 }
 
 

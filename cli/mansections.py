@@ -91,7 +91,10 @@ PAGES: dict[str, dict[str, object]] = {
             "KEY=VALUE and CRON_TZ= lines; the rest of a line is run by /bin/sh -c) or of a TOML "
             "file (*.toml: [defaults] and [jobs.NAME] tables whose keys are run's long options, "
             "plus command, shell and env) in one process, each job with its own ticks, claims "
-            "and thread. Command-line options are defaults for the jobs. SIGHUP re-reads the "
+            "and overlap state. The process is one scheduler whatever its number of jobs: one "
+            "thread, and one backend connection per lock URL, shared by every job; claims due "
+            "at one instant go to the backend in one round trip. Command-line options are "
+            "defaults for the jobs. SIGHUP re-reads the "
             "file: unchanged jobs keep running, removed ones finish their current run and stop, "
             "and a file with problems leaves the old jobs running (a reload-failed event).",
             "Before the first tick run measures the clock against NTP (--ntp-server, "
@@ -122,6 +125,48 @@ PAGES: dict[str, dict[str, object]] = {
                 "pyjob run --every 1m --align --clock ntp --ntp-server ntp1 --ntp-server ntp2 "
                 "-- ./sync",
             ),
+        ],
+    },
+    "status": {
+        "summary": "every job of the fleet: last run, next tick, instances",
+        "description": [
+            "Reads the run records the instances of pyjob run keep in the lock backend (every "
+            "backend but none keeps them) and prints one row per job: its schedule in words, its "
+            "last run (when, result, duration, instance), its next tick, what runs now and "
+            "where, and how many live instances serve it. Times are in the job's zone and "
+            "relative. An instance that has not refreshed its heartbeat for 3.5 beats (10 s "
+            "each, or a third of --lease-ttl) has gone quiet, and a run it left running shows as "
+            "lost.",
+            '--format json prints {"jobs": [{"job", "schedule", "command", "zone", '
+            '"last", "next_tick", "running", "instances"}]}. An unreachable backend '
+            "exits 5.",
+        ],
+        "examples": [
+            ("The fleet behind a Redis", "pyjob status --lock redis://redis:6379/0"),
+            ("This host's jobs", "pyjob status"),
+            (
+                "Jobs whose last run failed",
+                "pyjob status --format json | jq '.jobs[] | "
+                'select(.last.result == "failure") | .job\'',
+            ),
+        ],
+    },
+    "history": {
+        "summary": "the runs of the fleet, newest first",
+        "description": [
+            "Prints the run records of JOB (or of every job), newest first: tick, result "
+            "(success, failure, timeout, stopped, start-failed, running, lost, skipped, missed), "
+            "exit code, duration, the instance that ran it and, for skipped or missed ticks, why. "
+            "A tick has one record however many instances saw it. Records are kept per job up "
+            "to pyjob run's --history-keep (100) and --history-max-age (30d).",
+            '--format json prints {"runs": [RUN]} where RUN has job, tick, run_id, instance, '
+            "fence, attempt, started, finished, duration, lateness, exit_code and result (plus "
+            "reason, held_by and output_tail where present); times are ISO 8601 with the job's "
+            "offset, durations in seconds. An unknown JOB exits 1, an unreachable backend 5.",
+        ],
+        "examples": [
+            ("Did last night's backup run?", "pyjob history backup -n 3 --lock redis://redis/0"),
+            ("Failures of the last day", "pyjob history --result failure --since 24h"),
         ],
     },
     "next": {

@@ -29,6 +29,7 @@ from .backends import Backend, open_backend
 from .backends.protocol import ClaimOutcome, ClaimRequest, Lease
 from .clock import Clock, Waker
 from .errors import BackendError
+from .records import InstanceInfo, JobInfo, RecordStore, RunRecord, records_for
 
 RELEASE_RETRY = 1.0  # seconds between retries of lease releases an outage left behind
 
@@ -53,6 +54,8 @@ class _Link:
     thread: threading.Thread | None = None
     unreleased: list[Lease] = field(default_factory=list)  # releases that failed: retried
     busy: bool = False
+    records: RecordStore | None = None
+    carry: _Call | None = None  # a call taken from the queue while batching records
 
 
 class Coordinator:
@@ -97,7 +100,7 @@ class Coordinator:
         except BaseException:
             backend.close()
             raise
-        link = _Link(k, backend)
+        link = _Link(k, backend, records=records_for(backend))
         self._links[k] = link
         if self.threaded:
             link.thread = threading.Thread(
@@ -134,6 +137,27 @@ class Coordinator:
 
     def cleanup(self, url: str | None, jobs: Sequence[str]) -> None:
         self._submit(url, _Call("cleanup", (list(jobs),), None))
+
+    def has_records(self, url: str | None) -> bool:
+        return self._links[self.key(url)].records is not None
+
+    def record(self, url: str | None, record: RunRecord, keep: int) -> None:
+        """Write a run record (batched with the others queued; a failure is reported)."""
+        if self._links[self.key(url)].records is not None:
+            self._submit(url, _Call("records", ([record], keep), None))
+
+    def register(self, url: str | None, jobs: Sequence[JobInfo], me: InstanceInfo) -> None:
+        if jobs and self._links[self.key(url)].records is not None:
+            self._submit(url, _Call("register", (list(jobs), me), None))
+
+    def heartbeat(self, me: InstanceInfo) -> None:
+        for link in self._links.values():
+            if link.records is not None:
+                self._submit(link.url or None, _Call("heartbeat", (me,), None))
+
+    def prune(self, url: str | None, jobs: Sequence[str], keep: int, oldest_us: int) -> None:
+        if jobs and self._links[self.key(url)].records is not None:
+            self._submit(url, _Call("prune", (list(jobs), keep, oldest_us), None))
 
     def drain(self) -> int:
         """Deliver the results that are ready (on the caller's thread); how many."""
@@ -173,19 +197,46 @@ class Coordinator:
 
     def _worker(self, link: _Link) -> None:
         while True:
-            try:
-                # While releases are owed, look again every RELEASE_RETRY seconds even when
-                # nothing else is asked: they must go out as soon as the backend answers.
-                call = link.calls.get(timeout=RELEASE_RETRY if link.unreleased else None)
-            except Empty:
-                call = _Call("release", ([],), None)
+            if link.carry is not None:
+                call: _Call | None = link.carry
+                link.carry = None
+            else:
+                try:
+                    # While releases are owed, look again every RELEASE_RETRY seconds even when
+                    # nothing else is asked: they must go out as soon as the backend answers.
+                    call = link.calls.get(timeout=RELEASE_RETRY if link.unreleased else None)
+                except Empty:
+                    call = _Call("release", ([],), None)
             if call is None:
                 return
+            if call.what == "records":
+                call = self._gather(link, call)
             link.busy = True
             try:
                 self._do(link, call)
             finally:
                 link.busy = False
+
+    @staticmethod
+    def _gather(link: _Link, first: _Call) -> _Call:
+        """The record writes queued behind ``first``, as one call (one round trip)."""
+        records = list(first.args[0])
+        keep = first.args[1]
+        while len(records) < 500:
+            try:
+                nxt = link.calls.get_nowait()
+            except Empty:
+                break
+            if nxt is None or nxt.what != "records" or nxt.args[1] != keep:
+                link.carry = nxt
+                if nxt is None:
+                    link.calls.put(None)
+                    link.carry = None
+                break
+            records += nxt.args[0]
+        # A run's "running" record and its result may meet in one batch: the last one wins.
+        latest = {(r.job, r.tick_us): r for r in records}
+        return _Call("records", (list(latest.values()), keep), None)
 
     def _do(self, link: _Link, call: _Call) -> None:
         if link.unreleased and call.what != "release":
@@ -197,6 +248,9 @@ class Coordinator:
                 result = link.backend.renew_many(call.args[0])
             elif call.what == "release":
                 self._release(link, call.args[0])
+                return
+            elif call.what in ("records", "register", "heartbeat", "prune"):
+                self._records(link, call)
                 return
             else:
                 removed = link.backend.cleanup_many(call.args[0], self.clock.now())
@@ -216,6 +270,29 @@ class Coordinator:
             result = error
         assert call.done is not None
         self._deliver(call.done, result)
+
+    def _records(self, link: _Link, call: _Call) -> None:
+        store = link.records
+        assert store is not None
+        try:
+            if call.what == "records":
+                store.put_runs(call.args[0], call.args[1])
+            elif call.what == "register":
+                store.register(call.args[0], call.args[1])
+            elif call.what == "heartbeat":
+                store.heartbeat(call.args[0])
+            else:
+                store.prune(*call.args)
+        except Exception as e:
+            what = {"records": "runs not recorded", "register": "jobs not registered"}
+            for job in sorted({r.job for r in call.args[0]}) if call.what == "records" else ["*"]:
+                self.report(
+                    job,
+                    None,
+                    "backend-error",
+                    error=str(e),
+                    action=what.get(call.what, f"{call.what} later") + "; runs go on",
+                )
 
     def _release(self, link: _Link, leases: list[Lease]) -> None:
         retry = link.unreleased + leases

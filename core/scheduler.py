@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import random
 import signal
 from collections.abc import Callable, Mapping, Sequence
@@ -36,12 +37,13 @@ from .clock import MAX_SLEEP_SLICE, Clock, Waker
 from .coordinator import Coordinator
 from .errors import BackendError
 from .process import Command, FailedStart, Handle, Runner
+from .records import HEARTBEAT_EVERY, OUTPUT_TAIL, InstanceInfo, JobInfo, RunRecord
 from .schedule import Schedule, iso, to_us
 from .settings import JobSettings, OnBackendError, Overlap
 
 CLAIM_LEAD = 0.5  # claim a tick this long before it (at most a quarter of its interval)
-LEASE_TTL = 30.0
 CLEANUP_EVERY = 60.0
+OVERLAPPING = "overlap: the previous run is still going"
 POLL = 0.05  # the longest sleep while a child has no pidfd (non-Linux)
 
 
@@ -101,6 +103,9 @@ class _Run:
     handle: Handle | None = None
     terminated: str | None = None  # "timeout", "replace", "stop"
     deadline_gen: int = 0  # bumped to cancel the pending timeout/kill timers
+    record: RunRecord | None = None
+    tail: list[str] | None = None  # the last lines of output (--log-output), for the record
+    tail_bytes: int = 0
 
 
 @dataclass(eq=False)
@@ -175,6 +180,17 @@ class Scheduler:
         self._reload = False
         self._loader: Callable[[], Sequence[Job]] | None = None
         self._cleanup_scheduled = False
+        self._register: dict[str, list[JobInfo]] = {}  # by lock URL: jobs not yet registered
+        self._recorded: dict[str, set[str]] = {}  # by lock URL: jobs written since the last prune
+        # by lock URL: job -> the latest keep_until (µs) of its claims not yet cleaned up
+        self._claims_kept: dict[str, dict[str, int]] = {}
+        self._heartbeat_scheduled = False
+        self._heartbeat_every = HEARTBEAT_EVERY
+        import socket
+
+        from . import __version__
+
+        self.me = InstanceInfo(instance, socket.gethostname(), os.getpid(), __version__)
 
     # ------------------------------------------------------------------ events
 
@@ -218,6 +234,21 @@ class Scheduler:
         if not self._cleanup_scheduled:
             self._cleanup_scheduled = True
             self._push_mono(self.clock.monotonic(), "cleanup", None)
+        if self.coordinator.has_records(job.lock):
+            info = JobInfo(
+                job.job_id,
+                str(job.schedule.spec),
+                job.schedule.spec.zone or "UTC",
+                str(job.command),
+            )
+            self._register.setdefault(Coordinator.key(job.lock), []).append(info)
+            # Heartbeats often enough that a quiet instance is noticed within its leases' TTL.
+            every = min(self._heartbeat_every, job.settings.lease_ttl / 3)
+            if every < self._heartbeat_every or not self._heartbeat_scheduled:
+                self._heartbeat_every = every
+                self.me.quiet_us = int(every * 3.5e6)
+                self._heartbeat_scheduled = True
+                self._push_mono(self.clock.monotonic() + every, "heartbeat", every)
 
     def _set_next(self, state: _JobState, tick: datetime | None) -> None:
         state.gen += 1
@@ -272,6 +303,8 @@ class Scheduler:
             mono = self.clock.monotonic()
             self._due_mono(mono)
             self._due_wall(now)
+            if self._register:
+                self._flush_registrations()
             self.coordinator.drain()
             if self._finished():
                 failures = sum(j.failures for j in self.jobs.values())
@@ -347,6 +380,12 @@ class Scheduler:
                     state.deferred.remove(d)
                     if not self._stop:
                         self._start(state, d.tick, d.claim, d.lease)
+            elif kind == "heartbeat":
+                if ref != self._heartbeat_every:
+                    continue  # replaced by a shorter interval
+                self._push_mono(mono + self._heartbeat_every, "heartbeat", self._heartbeat_every)
+                self.me.seen_us = to_us(self.clock.now())
+                self.coordinator.heartbeat(self.me)
             elif kind == "cleanup":
                 self._push_mono(mono + CLEANUP_EVERY, "cleanup", None)
                 self._cleanup()
@@ -368,14 +407,11 @@ class Scheduler:
                 and not state.leasing
             )
             state.leasing += lease
-            requests.append(
-                ClaimRequest(
-                    state.id,
-                    tick,
-                    keep_until(state.job.schedule, tick),
-                    LEASE_TTL if lease else None,
-                )
-            )
+            until = keep_until(state.job.schedule, tick)
+            kept = self._claims_kept.setdefault(Coordinator.key(url), {})
+            kept[state.id] = max(kept.get(state.id, 0), to_us(until))
+            ttl = state.s.lease_ttl if lease else None
+            requests.append(ClaimRequest(state.id, tick, until, ttl))
 
         def done(result: list[ClaimOutcome] | BackendError) -> None:
             for i, (state, tick) in enumerate(items):
@@ -417,15 +453,7 @@ class Scheduler:
         grace = state.s.misfire_grace
         if grace is not None and late > grace:
             self._drop_lease(state, state.outcomes.pop(tick, None))
-            self.emit(
-                "missed",
-                state.id,
-                tick,
-                count=1,
-                first=iso(tick),
-                last=iso(tick),
-                reason=f"{late:.3f}s late, over --misfire-grace {grace:g}s",
-            )
+            self._missed(state, [tick], f"{late:.3f}s late, over --misfire-grace {grace:g}s")
         else:
             if tick not in state.outcomes:
                 self._claim(state.job.lock, [(state, tick)])
@@ -457,15 +485,7 @@ class Scheduler:
             if len(missed) > 1_000_000:  # pragma: no cover - absurd suspend on a 1µs schedule
                 break
         if missed:
-            self.emit(
-                "missed",
-                state.id,
-                missed[-1],
-                count=len(missed),
-                first=iso(missed[0]),
-                last=iso(missed[-1]),
-                reason="late: a later tick was already due",
-            )
+            self._missed(state, missed, "late: a later tick was already due")
         for old in [t for t in state.outcomes if t < tick]:
             self._drop_lease(state, state.outcomes.pop(old))
         return tick, following
@@ -516,13 +536,7 @@ class Scheduler:
             return
         if state.s.overlap is Overlap.SKIP and isinstance(outcome, ClaimOutcome):
             if lease is None and outcome.lease_holder is not None:
-                self.emit(
-                    "skipped",
-                    state.id,
-                    tick,
-                    reason="overlap: the previous run is still going",
-                    running_on=outcome.lease_holder,
-                )
+                self._skipped(state, tick, OVERLAPPING, outcome.lease_holder)
                 return
             if lease is None:
                 # The job was busy here when it claimed, and is not any more: take the lease now.
@@ -533,7 +547,8 @@ class Scheduler:
     def _lease_then_start(
         self, state: _JobState, tick: datetime, claim: ClaimResult | None
     ) -> None:
-        request = ClaimRequest(state.id, tick, keep_until(state.job.schedule, tick), LEASE_TTL)
+        until = keep_until(state.job.schedule, tick)
+        request = ClaimRequest(state.id, tick, until, state.s.lease_ttl)
         state.leasing += 1
 
         def done(result: list[ClaimOutcome] | BackendError) -> None:
@@ -548,18 +563,41 @@ class Scheduler:
                     self._overlap(state, tick, claim)
                 return
             if got.lease is None:
-                self.emit(
-                    "skipped",
-                    state.id,
-                    tick,
-                    reason="overlap: the previous run is still going",
-                    running_on=got.lease_holder or "unknown",
-                )
+                self._skipped(state, tick, OVERLAPPING, got.lease_holder or "unknown")
                 return
             self._jitter_or_start(state, tick, claim, got.lease)
 
         # Claiming a tick this instance already holds is idempotent: it only takes the lease.
         self.coordinator.claim(state.job.lock, [request], done)
+
+    def _skipped(
+        self,
+        state: _JobState,
+        tick: datetime,
+        reason: str,
+        running_on: str | None,
+        running: list[str] | None = None,
+    ) -> None:
+        fields: dict[str, Any] = {"reason": reason}
+        if running is not None:
+            fields["running"] = running
+        if running_on is not None:
+            fields["running_on"] = running_on
+        self.emit("skipped", state.id, tick, **fields)
+        self._record_tick(state, tick, "skipped", reason, running_on)
+
+    def _missed(self, state: _JobState, ticks: list[datetime], reason: str) -> None:
+        self.emit(
+            "missed",
+            state.id,
+            ticks[-1],
+            count=len(ticks),
+            first=iso(ticks[0]),
+            last=iso(ticks[-1]),
+            reason=reason,
+        )
+        for tick in ticks[-state.s.history_keep :]:
+            self._record_tick(state, tick, "missed", reason)
 
     def _jitter_or_start(
         self, state: _JobState, tick: datetime, claim: ClaimResult | None, lease: Lease | None
@@ -578,22 +616,9 @@ class Scheduler:
         running = [iso(r.tick) if r.tick else "run-now" for r in state.runs]
         action = overlap_action(state.s.overlap, state.queued is not None)
         if action == "skip":
-            self.emit(
-                "skipped",
-                state.id,
-                tick,
-                reason="overlap: the previous run is still going",
-                running=running,
-                running_on=self.instance,
-            )
+            self._skipped(state, tick, OVERLAPPING, self.instance, running)
         elif action == "skip-queued":
-            self.emit(
-                "skipped",
-                state.id,
-                tick,
-                reason="overlap: one run is already queued",
-                running=running,
-            )
+            self._skipped(state, tick, "overlap: one run is already queued", None, running)
         elif action == "queue":
             state.queued = (tick, claim)
             self.emit("queued", state.id, tick, running=running)
@@ -639,9 +664,11 @@ class Scheduler:
         run = _Run(state, tick, rid, fence, lease, started, mono)
         on_line = None
         if state.s.log_output:
+            run.tail = []
 
             def on_line(stream: str, line: str) -> None:
                 self.emit("output", state.id, tick, stream=stream, line=line, run_id=rid)
+                _keep_tail(run, line)
 
         handle = self.runner.start(state.job.command, env, on_line)
         run.handle = handle
@@ -653,6 +680,17 @@ class Scheduler:
         if lease is not None and lease.ttl:
             self._push_mono(mono + lease.ttl / 3, "renew", run)
         lateness = round((started - tick).total_seconds(), 6) if tick else 0.0
+        run.record = RunRecord(
+            state.id,
+            to_us(tick or started),
+            rid,
+            self.instance,
+            "running",
+            fence=fence,
+            started_us=to_us(started),
+            lateness=lateness,
+        )
+        self._record(state, run.record)
         if isinstance(handle, FailedStart):
             self.emit(
                 "run-started",
@@ -699,6 +737,15 @@ class Scheduler:
         if isinstance(run.handle, FailedStart):
             fields["error"] = run.handle.start_error
         self.emit("run-finished", state.id, run.tick, **fields)
+        if run.record is not None:
+            r = run.record
+            r.result = _result(run, code)
+            r.exit_code = code
+            r.finished_us = to_us(self.clock.now())
+            r.duration = round(duration, 6)
+            if run.tail:
+                r.output_tail = "\n".join(run.tail)
+            self._record(state, r)
         if run.lease is not None:
             self.coordinator.release(state.job.lock, [run.lease])
         if not state.runs and not self._stop:
@@ -756,12 +803,55 @@ class Scheduler:
 
         self.coordinator.renew(url, leases, done)
 
+    def _record(self, state: _JobState, record: RunRecord) -> None:
+        url = Coordinator.key(state.job.lock)
+        self._recorded.setdefault(url, set()).add(state.id)
+        self.coordinator.record(state.job.lock, record, state.s.history_keep)
+
+    def _record_tick(
+        self, state: _JobState, tick: datetime, result: str, reason: str, held_by: str | None = None
+    ) -> None:
+        """A tick that did not run here although this instance handled it (skipped, missed)."""
+        if self.coordinator.has_records(state.job.lock):
+            rid = run_id(state.id, tick, tick)
+            self._record(
+                state,
+                RunRecord(
+                    state.id,
+                    to_us(tick),
+                    rid,
+                    self.instance,
+                    result,
+                    reason=reason,
+                    held_by=held_by,
+                ),
+            )
+
+    def _flush_registrations(self) -> None:
+        pending, self._register = self._register, {}
+        self.me.seen_us = to_us(self.clock.now())
+        for url, infos in pending.items():
+            self.coordinator.register(url or None, infos, self.me)
+
     def _cleanup(self) -> None:
-        by_url: dict[str, list[str]] = {}
-        for state in self.jobs.values():
-            by_url.setdefault(Coordinator.key(state.job.lock), []).append(state.id)
-        for url, ids in by_url.items():
-            self.coordinator.cleanup(url or None, ids)
+        recorded, self._recorded = self._recorded, {}
+        now_us = to_us(self.clock.now())
+        for url, ids in recorded.items():
+            groups: dict[tuple[int, float], list[str]] = {}
+            for job_id in ids:
+                state = self.jobs.get(job_id)
+                if state is not None:
+                    key = (state.s.history_keep, state.s.history_max_age)
+                    groups.setdefault(key, []).append(job_id)
+            for (keep, age), members in groups.items():
+                self.coordinator.prune(url or None, members, keep, now_us - int(age * 1e6))
+        # Claims: only jobs that claimed since their last claims expired have any to remove, so
+        # an idle process with 10,000 jobs sweeps nothing.
+        for url, kept in self._claims_kept.items():
+            if kept:
+                self.coordinator.cleanup(url or None, sorted(kept))
+                for job_id in [j for j, until in kept.items() if until < now_us]:
+                    del kept[job_id]
 
     def _maybe_end(self, state: _JobState) -> None:
         """A job whose schedule is over ends once nothing of it is left."""
@@ -900,6 +990,26 @@ class Scheduler:
         """Let the last lease releases go out (bounded), and free the wake-up pipe."""
         self.coordinator.close()
         self.waker.close()
+
+
+def _keep_tail(run: _Run, line: str) -> None:
+    """The last OUTPUT_TAIL bytes of a run's output, in whole lines."""
+    assert run.tail is not None
+    run.tail.append(line)
+    run.tail_bytes += len(line) + 1
+    while run.tail_bytes > OUTPUT_TAIL and len(run.tail) > 1:
+        run.tail_bytes -= len(run.tail.pop(0)) + 1
+
+
+def _result(run: _Run, code: int) -> str:
+    """The result of a run that ended (run records, hooks)."""
+    if run.terminated == "timeout":
+        return "timeout"
+    if run.terminated in ("stop", "replace"):
+        return "stopped"
+    if isinstance(run.handle, FailedStart):
+        return "start-failed"
+    return "success" if code == 0 else "failure"
 
 
 def _unix_text(instant: datetime) -> str:

@@ -129,6 +129,28 @@ SETTINGS: tuple[Setting, ...] = (
         choices=OnBackendError,
     ),
     Setting(
+        "lease-ttl",
+        "duration",
+        "How long a run lease (--overlap skip) outlives an instance that stopped renewing it "
+        "(killed, host lost); also how soon its running record shows as lost.",
+        default="30s",
+        metavar=_DURATION,
+    ),
+    Setting(
+        "history-keep",
+        "count",
+        "Keep the records of this many runs per job in the backend (pyjob history).",
+        default=100,
+        metavar="N",
+    ),
+    Setting(
+        "history-max-age",
+        "duration",
+        "Remove run records older than this.",
+        default="30d",
+        metavar=_DURATION,
+    ),
+    Setting(
         "lock",
         "lock",
         "Lock backend: file:PATH (one host; default: $XDG_RUNTIME_DIR/pyjob or "
@@ -283,6 +305,9 @@ class JobSettings:
     max_runs: int | None = None
     log_output: bool = False
     on_backend_error: OnBackendError = OnBackendError.SKIP
+    lease_ttl: float = 30.0
+    history_keep: int = 100
+    history_max_age: float = 30 * 86400.0
     lock: str | None = None
 
     def __post_init__(self) -> None:  # the enums, also when given as their text

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -13,6 +14,8 @@ from click.testing import CliRunner, Result
 from pyjob.cli.env import Env
 from pyjob.cli.main import cli
 from pyjob.core.clock import FakeClock
+
+from .servers import PostgresServer, RedisServer, start_postgres, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 27, 22, 0, tzinfo=UTC)  # a fixed "now" for CLI tests
@@ -75,3 +78,44 @@ def invoke() -> Callable[..., Result]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PYJOB_")}
     environ.update({"TZ": "UTC", "NO_COLOR": "1"})
     return Invoker(FakeClock(NOW), environ)
+
+
+# The real servers of the fleet tests (tests/test_fleet.py, tests/test_records.py): one per module,
+# and ``lock_url`` runs a test once per backend, each with a fresh store.
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[PostgresServer]:
+    server = start_postgres()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(params=["file", "nfs", "redis", "postgresql"])
+def fleet_lock_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    kind = request.param
+    if kind == "file":
+        return f"file:{tmp_path / 'locks'}"
+    if kind == "nfs":
+        return f"nfs:{tmp_path / 'shared'}"
+    if kind == "redis":
+        server = request.getfixturevalue("redis_server")
+        import redis
+
+        db = random.randint(1, 15)
+        redis.Redis(port=server.port, db=db).flushdb()
+        return f"redis://127.0.0.1:{server.port}/{db}"
+    server = request.getfixturevalue("pg_server")
+    import psycopg
+
+    name = f"fleet_{random.randrange(10**9)}"
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return server.url.rsplit("/", 1)[0] + f"/{name}"

@@ -8,7 +8,6 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,49 +21,15 @@ TICKS = 30
 RECORD = 'echo "$PYJOB_TICK_UNIX $PYJOB_INSTANCE" >> "$OUT"'
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = start_redis(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[PostgresServer]:
-    server = start_postgres()
-    yield server
-    server.destroy()
-
-
-@pytest.fixture(params=["file", "nfs", "redis", "postgresql"])
-def lock_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    kind = request.param
-    if kind == "file":
-        return f"file:{tmp_path / 'locks'}"
-    if kind == "nfs":
-        return f"nfs:{tmp_path / 'shared'}"
-    if kind == "redis":
-        server = request.getfixturevalue("redis_server")
-        import redis
-
-        db = random.randint(1, 15)
-        redis.Redis(port=server.port, db=db).flushdb()
-        return f"redis://127.0.0.1:{server.port}/{db}"
-    server = request.getfixturevalue("pg_server")
-    import psycopg
-
-    name = f"fleet_{random.randrange(10**9)}"
-    with psycopg.connect(server.url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return server.url.rsplit("/", 1)[0] + f"/{name}"
-
-
-def _start(lock_url: str, tmp: Path, name: str, skewed: bool = False) -> PyjobRun:
+def _start(fleet_lock_url: str, tmp: Path, name: str, skewed: bool = False) -> PyjobRun:
     env = {"OUT": str(tmp / "runs")}
     if skewed:
         env.update(faketime_env("+0.3"))
     run = PyjobRun(
-        ["--every", "1s", "--align", "--lock", lock_url, "--shell", "--", RECORD], tmp, name, env
+        ["--every", "1s", "--align", "--lock", fleet_lock_url, "--shell", "--", RECORD],
+        tmp,
+        name,
+        env,
     )
     run.wait_for("next-tick", timeout=30)
     return run
@@ -77,10 +42,10 @@ def _counts(tmp: Path) -> Counter[float]:
 
 @pytest.mark.long
 def test_four_instances_one_300ms_ahead_run_each_tick_exactly_once(
-    lock_url: str, tmp_path: Path
+    fleet_lock_url: str, tmp_path: Path
 ) -> None:
-    runs = [_start(lock_url, tmp_path, "skewed", skewed=True)]
-    runs += [_start(lock_url, tmp_path, f"i{n}") for n in range(3)]
+    runs = [_start(fleet_lock_url, tmp_path, "skewed", skewed=True)]
+    runs += [_start(fleet_lock_url, tmp_path, f"i{n}") for n in range(3)]
     first = int(time.time()) + 2  # every instance is up for this tick and the ones after it
     time.sleep(first + TICKS - time.time() + 0.6)
     for r in runs:
@@ -95,10 +60,10 @@ def test_four_instances_one_300ms_ahead_run_each_tick_exactly_once(
 
 @pytest.mark.long
 def test_no_tick_runs_twice_while_instances_are_killed_and_restarted(
-    lock_url: str, tmp_path: Path
+    fleet_lock_url: str, tmp_path: Path
 ) -> None:
-    runs = [_start(lock_url, tmp_path, "skewed", skewed=True)]
-    runs += [_start(lock_url, tmp_path, f"i{n}") for n in range(3)]
+    runs = [_start(fleet_lock_url, tmp_path, "skewed", skewed=True)]
+    runs += [_start(fleet_lock_url, tmp_path, f"i{n}") for n in range(3)]
     rng = random.Random(7)
     end = time.monotonic() + TICKS
     n = 0
@@ -108,7 +73,7 @@ def test_no_tick_runs_twice_while_instances_are_killed_and_restarted(
         victim.proc.send_signal(signal.SIGKILL)
         victim.wait()
         n += 1
-        runs.append(_start(lock_url, tmp_path, f"restart{n}", skewed=rng.random() < 0.3))
+        runs.append(_start(fleet_lock_url, tmp_path, f"restart{n}", skewed=rng.random() < 0.3))
     for r in runs:
         assert r.stop() == 0
     counts = _counts(tmp_path)

@@ -91,7 +91,7 @@ def bash_complete(line: str) -> list[str]:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("pyjob ", ["align", "check-clock", "next", "run", "validate"]),
+        ("pyjob ", ["align", "check-clock", "history", "next", "run", "status", "validate"]),
         ("pyjob check-clock --format ", ["table", "json", "nagios"]),
         ("pyjob check-clock --lock re", ["redis://", "rediss://"]),
         ("pyjob run --clock ", ["system", "ntp"]),

@@ -1,0 +1,148 @@
+"""`pyjob status`: every job the lock backend knows, its last run, next tick and instances."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from .env import get_env
+from .records_view import RESULT_STYLE, ago, format_option, lock_option, open_store, span, styled
+from .render import echo_json, table
+
+RAN = ("success", "failure", "timeout", "stopped", "start-failed", "lost")
+
+
+@click.command("status")
+@lock_option
+@format_option
+def status_cmd(lock: str | None, fmt: str) -> None:
+    """Every job known to the lock backend, in the style of `systemctl list-timers`: its
+    schedule, last run (when, where, result, duration), next tick, what runs now and where, and
+    the instances that serve it.
+
+    Each instance registers its jobs in the backend and refreshes a heartbeat every 10 s; one
+    not seen for 35 s has gone quiet, and a run it left `running` shows as `lost`. With the
+    default file: backend this shows this host's jobs.
+
+    \b
+    Examples:
+      pyjob status --lock redis://redis:6379/0
+      pyjob status --format json | jq '.jobs[] | select(.last.result != "success")'
+    """
+    from pyjob.core.records import effective, is_quiet, run_document
+    from pyjob.core.schedule import to_us
+    from pyjob.core.zones import get_zone
+
+    env = get_env()
+    now = env.clock.now()
+    now_us = to_us(now)
+    store, backend = open_store(lock, env)
+    try:
+        jobs = store.jobs()
+        instances = store.instances()
+        recent = {j.job: store.runs(j.job, 20) for j in jobs}
+    finally:
+        backend.close()
+    docs: list[dict[str, Any]] = []
+    rows = []
+    term = env.out_is_terminal()
+    for j in jobs:
+        zone = get_zone(j.zone)
+        records = [effective(r, instances, now_us) for r in recent[j.job]]
+        last = next((r for r in records if r.result in RAN), None)
+        running = [r for r in records if r.result == "running"]
+        nxt = _next_tick(j.schedule, j.job, now)
+        live = []
+        for name in j.instances:
+            info = instances.get(name) or next(
+                (i for k, i in instances.items() if k.startswith(name)), None
+            )
+            if info is not None and not is_quiet(info, now_us):
+                live.append(info)
+        docs.append(
+            {
+                "job": j.job,
+                "schedule": j.schedule,
+                "description": _describe(j.schedule, j.job),
+                "command": j.command,
+                "zone": j.zone,
+                "last": run_document(last, zone) if last else None,
+                "next_tick": None if nxt is None else nxt.astimezone(zone).isoformat(),
+                "running": [run_document(r, zone) for r in running],
+                "instances": [
+                    {
+                        "instance": i.instance,
+                        "host": i.host,
+                        "seen": _iso(i.seen_us, zone),
+                    }
+                    for i in live
+                ],
+            }
+        )
+        if last is None:
+            last_text = "never"
+        else:
+            took = "" if last.duration is None else f", {span(last.duration)}"
+            last_text = (
+                f"{ago(last.started_us or last.tick_us, now_us)} "
+                f"{styled(last.result, RESULT_STYLE.get(last.result), term)}{took} "
+                f"on {last.instance}"
+            )
+        running_text = (
+            ", ".join(f"{r.instance} since {ago(r.started_us, now_us)}" for r in running) or "-"
+        )
+        rows.append(
+            [
+                j.job,
+                _describe(j.schedule, j.job),
+                last_text,
+                "-"
+                if nxt is None
+                else f"{nxt.astimezone(zone):%Y-%m-%d %H:%M:%S} ({ago(to_us(nxt), now_us)})",
+                running_text,
+                str(len(live)),
+            ]
+        )
+    if fmt == "json":
+        echo_json({"jobs": docs})
+        return
+    if not rows:
+        click.echo("no jobs recorded in this backend yet", err=True)
+        return
+    table(env, ["JOB", "SCHEDULE", "LAST", "NEXT", "RUNNING", "INSTANCES"], rows)
+
+
+def _iso(us: int, zone: Any) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(us / 1e6, UTC).astimezone(zone).isoformat(timespec="seconds")
+
+
+def _spec(text: str) -> Any:
+    from pyjob.core.errors import InputError
+    from pyjob.core.schedule import parse
+
+    try:
+        return parse(text, env={})
+    except InputError:
+        return None
+
+
+def _describe(text: str, job: str) -> str:
+    from pyjob.core.describe import describe
+
+    spec = _spec(text)
+    return text if spec is None else describe(spec)
+
+
+def _next_tick(text: str, job: str, now: Any) -> Any:
+    from pyjob.core.schedule import Schedule
+
+    spec = _spec(text)
+    if spec is None:
+        return None
+    try:
+        return Schedule(spec, job_id=job, anchor=now).next_tick(now)
+    except Exception:  # a schedule this version cannot compute: shown as unknown
+        return None

@@ -1,0 +1,626 @@
+"""Run records: the outcome of every run, skipped and missed tick, kept in the lock backend, so
+that `pyjob status` and `pyjob history` show the whole fleet from any host (DESIGN §5).
+
+The instance that handles a tick writes its record, from ``running`` to its result; a record is
+keyed by (job, tick), so writing it again (the run ended, or two instances both noticed a missed
+tick) replaces it. Each instance also registers the jobs it serves and refreshes a heartbeat, so a
+reader sees which instances serve a job and which went quiet; a ``running`` record whose instance
+went quiet is ``lost``. Retention is bounded: ``keep`` records per job, none older than
+``max_age``. Every backend but ``none`` keeps them, through the connection its claims use; a
+failed write is a BackendError for the coordinator, never a delayed or skipped run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import BackendError
+
+RESULTS = (
+    "running",
+    "success",
+    "failure",
+    "timeout",
+    "stopped",
+    "start-failed",
+    "skipped",
+    "missed",
+    "lost",
+)
+HEARTBEAT_EVERY = 10.0  # seconds between an instance's heartbeats
+QUIET_AFTER = 35.0  # an instance not seen for this long has gone quiet (its runs are lost)
+OUTPUT_TAIL = 4096  # bytes of output kept with a run (--log-output)
+
+
+@dataclass
+class RunRecord:
+    job: str
+    tick_us: int
+    run_id: str
+    instance: str
+    result: str
+    fence: int | None = None
+    attempt: int = 1
+    started_us: int | None = None
+    finished_us: int | None = None
+    duration: float | None = None
+    lateness: float | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    held_by: str | None = None
+    output_tail: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items() if v is not None})
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> RunRecord:
+        doc = json.loads(text)
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in doc.items() if k in known})
+
+
+@dataclass
+class JobInfo:
+    """What an instance registers for a job it serves."""
+
+    job: str
+    schedule: str  # the normalized form, which parses back to the same schedule
+    zone: str
+    command: str
+    instances: list[str] = field(default_factory=list)  # filled in by readers
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items() if k != "instances"})
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> JobInfo:
+        doc = json.loads(text)
+        return cls(doc["job"], doc["schedule"], doc["zone"], doc["command"])
+
+
+@dataclass
+class InstanceInfo:
+    instance: str
+    host: str
+    pid: int
+    version: str
+    seen_us: int = 0  # the writer's clock at its last heartbeat
+    quiet_us: int = int(QUIET_AFTER * 1e6)  # gone quiet when not seen for this long
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> InstanceInfo:
+        doc = json.loads(text)
+        return cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
+
+
+class RecordStore(Protocol):
+    def put_runs(self, records: Sequence[RunRecord], keep: int = 100) -> None:
+        """Write (replace) each record (a store that trims as it writes keeps ``keep``)."""
+        ...
+
+    def register(self, jobs: Sequence[JobInfo], instance: InstanceInfo) -> None:
+        """``instance`` serves ``jobs``; also a heartbeat."""
+        ...
+
+    def heartbeat(self, instance: InstanceInfo) -> None: ...
+
+    def jobs(self) -> list[JobInfo]:
+        """Every job registered, with the instances that registered it."""
+        ...
+
+    def instances(self) -> dict[str, InstanceInfo]: ...
+
+    def runs(self, job: str, limit: int, since_us: int | None = None) -> list[RunRecord]:
+        """The job's records, newest first."""
+        ...
+
+    def prune(self, jobs: Sequence[str], keep: int, oldest_us: int) -> int:
+        """Keep at most ``keep`` records per job, none with a tick before ``oldest_us``;
+        instances quiet since before ``oldest_us`` are forgotten. How many were removed."""
+        ...
+
+
+# ------------------------------------------------------------------------------ file and nfs
+
+
+def _safe(name: str) -> str:
+    from .backends import safe_name
+
+    return safe_name(name)
+
+
+def _write(path: Path, text: str) -> None:
+    """Atomically (a temporary name, then rename); nothing left behind when it fails."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+class DirectoryRecords:
+    """file: and nfs: keep records beside the claims:
+
+    <dir>/<job>/job.json                 the job's registration
+    <dir>/<job>/instances/<instance>     instances serving it (empty files)
+    <dir>/<job>/runs/<tick µs>.json      one record per tick
+    <dir>/.instances/<instance>.json     each instance's heartbeat
+    """
+
+    def __init__(self, directory: Path, url: str) -> None:
+        self.directory = Path(directory)
+        self.url = url
+
+    def _fail(self, what: str, e: OSError) -> BackendError:
+        return BackendError(f"{self.url}: {what}: {e.strerror or e}")
+
+    def _runs_dir(self, job: str) -> Path:
+        return self.directory / _safe(job) / "runs"
+
+    def put_runs(self, records: Sequence[RunRecord], keep: int = 100) -> None:
+        made: set[str] = set()
+        try:
+            for r in records:
+                d = self._runs_dir(r.job)
+                if r.job not in made:
+                    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    made.add(r.job)
+                _write(d / f"{r.tick_us}.json", r.to_json())
+        except OSError as e:
+            raise self._fail("run record not written", e) from e
+        for job in made:  # at most ``keep`` per job, as soon as they are written
+            d = self._runs_dir(job)
+            for tick in self._ticks(job)[keep:]:
+                with contextlib.suppress(FileNotFoundError):
+                    (d / f"{tick}.json").unlink()
+
+    def register(self, jobs: Sequence[JobInfo], instance: InstanceInfo) -> None:
+        try:
+            for j in jobs:
+                d = self.directory / _safe(j.job)
+                (d / "instances").mkdir(parents=True, exist_ok=True, mode=0o700)
+                _write(d / "job.json", j.to_json())
+                (d / "instances" / _safe(instance.instance)).touch()
+        except OSError as e:
+            raise self._fail("jobs not registered", e) from e
+        self.heartbeat(instance)
+
+    def heartbeat(self, instance: InstanceInfo) -> None:
+        d = self.directory / ".instances"
+        try:
+            d.mkdir(exist_ok=True, mode=0o700)
+            _write(d / f"{_safe(instance.instance)}.json", instance.to_json())
+        except OSError as e:
+            raise self._fail("heartbeat not written", e) from e
+
+    def jobs(self) -> list[JobInfo]:
+        out = []
+        try:
+            paths = sorted(self.directory.glob("*/job.json"))
+        except OSError as e:
+            raise self._fail("jobs not read", e) from e
+        for path in paths:
+            try:
+                info = JobInfo.from_json(path.read_text())
+                info.instances = sorted(p.name for p in (path.parent / "instances").iterdir())
+            except (OSError, ValueError, KeyError):
+                continue  # half-written or removed meanwhile
+            out.append(info)
+        return out
+
+    def instances(self) -> dict[str, InstanceInfo]:
+        out: dict[str, InstanceInfo] = {}
+        for path in (self.directory / ".instances").glob("*.json"):
+            try:
+                info = InstanceInfo.from_json(path.read_text())
+            except (OSError, ValueError, TypeError):
+                continue
+            out[_safe(info.instance)] = info
+        return out
+
+    def _ticks(self, job: str) -> list[int]:
+        d = self._runs_dir(job)
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise self._fail("history not read", e) from e
+        return sorted(
+            (int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()),
+            reverse=True,
+        )
+
+    def runs(self, job: str, limit: int, since_us: int | None = None) -> list[RunRecord]:
+        out = []
+        d = self._runs_dir(job)
+        for tick in self._ticks(job):
+            if since_us is not None and tick < since_us:
+                break
+            try:
+                out.append(RunRecord.from_json((d / f"{tick}.json").read_text()))
+            except (OSError, ValueError, TypeError):
+                continue
+            if len(out) >= limit:
+                break
+        return out
+
+    def prune(self, jobs: Sequence[str], keep: int, oldest_us: int) -> int:
+        removed = 0
+        for job in jobs:
+            d = self._runs_dir(job)
+            for i, tick in enumerate(self._ticks(job)):
+                if i >= keep or tick < oldest_us:
+                    with contextlib.suppress(FileNotFoundError):
+                        (d / f"{tick}.json").unlink()
+                        removed += 1
+            with contextlib.suppress(OSError):
+                for stray in d.glob(".*"):  # a writer killed between write and rename
+                    if stray.stat().st_mtime * 1e6 < oldest_us:
+                        stray.unlink()
+        for path in (self.directory / ".instances").glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                if InstanceInfo.from_json(path.read_text()).seen_us < oldest_us:
+                    path.unlink()
+        return removed
+
+
+# ------------------------------------------------------------------------------ Redis
+
+_PUT = """
+for i = 1, #ARGV, 4 do
+  local job, tick, doc, keep = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local z = 'pyjob:' .. job .. ':runs'
+  local h = 'pyjob:' .. job .. ':records'
+  redis.call('HSET', h, tick, doc)
+  redis.call('ZADD', z, tonumber(tick), tick)
+  local n = redis.call('ZCARD', z)
+  if n > keep then
+    local old = redis.call('ZRANGE', z, 0, n - keep - 1)
+    redis.call('ZREM', z, unpack(old))
+    redis.call('HDEL', h, unpack(old))
+  end
+end
+return 1
+"""
+
+
+class RedisRecords:
+    """Redis: per job a hash of records and a sorted set of their ticks (trimmed as written),
+    the registration ``pyjob:<job>:info`` and ``pyjob:<job>:instances``; the set ``pyjob:jobs``;
+    heartbeats ``pyjob:instance:<id>``, which expire by themselves."""
+
+    def __init__(self, client: Any, url: str, errors: tuple[type[BaseException], ...]) -> None:
+        self._r = client
+        self.url = url
+        self._errors = errors
+        self._put = client.register_script(_PUT)
+
+    def _k(self, job: str, part: str) -> str:
+        return f"pyjob:{_safe(job)}:{part}"
+
+    def _call(self, what: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except self._errors as e:
+            raise BackendError(f"{self.url}: {what}: {e}") from e
+
+    def put_runs(self, records: Sequence[RunRecord], keep: int = 100) -> None:
+        args: list[Any] = []
+        for r in records:
+            args += [_safe(r.job), r.tick_us, r.to_json(), keep]
+        self._call("run record not written", lambda: self._put(keys=[], args=args))
+
+    def register(self, jobs: Sequence[JobInfo], instance: InstanceInfo) -> None:
+        def go() -> None:
+            pipe = self._r.pipeline(transaction=False)
+            for j in jobs:
+                pipe.sadd("pyjob:jobs", j.job)
+                pipe.set(self._k(j.job, "info"), j.to_json())
+                pipe.sadd(self._k(j.job, "instances"), instance.instance)
+            pipe.set(f"pyjob:instance:{instance.instance}", instance.to_json(), ex=86400)
+            pipe.execute()
+
+        self._call("jobs not registered", go)
+
+    def heartbeat(self, instance: InstanceInfo) -> None:
+        key = f"pyjob:instance:{instance.instance}"
+        self._call("heartbeat not written", lambda: self._r.set(key, instance.to_json(), ex=86400))
+
+    def jobs(self) -> list[JobInfo]:
+        def go() -> list[JobInfo]:
+            names = sorted(self._r.smembers("pyjob:jobs"))
+            pipe = self._r.pipeline(transaction=False)
+            for n in names:
+                pipe.get(self._k(n, "info"))
+                pipe.smembers(self._k(n, "instances"))
+            replies = pipe.execute()
+            out = []
+            for i in range(len(names)):
+                doc, members = replies[2 * i], replies[2 * i + 1]
+                if doc:
+                    info = JobInfo.from_json(doc)
+                    info.instances = sorted(members)
+                    out.append(info)
+            return out
+
+        result: list[JobInfo] = self._call("jobs not read", go)
+        return result
+
+    def instances(self) -> dict[str, InstanceInfo]:
+        def go() -> dict[str, InstanceInfo]:
+            keys = list(self._r.scan_iter(match="pyjob:instance:*", count=1000))
+            values = self._r.mget(keys) if keys else []
+            out = {}
+            for v in values:
+                if v:
+                    info = InstanceInfo.from_json(v)
+                    out[info.instance] = info
+            return out
+
+        result: dict[str, InstanceInfo] = self._call("instances not read", go)
+        return result
+
+    def runs(self, job: str, limit: int, since_us: int | None = None) -> list[RunRecord]:
+        def go() -> list[RunRecord]:
+            z, h = self._k(job, "runs"), self._k(job, "records")
+            low = "-inf" if since_us is None else since_us
+            ticks = self._r.zrevrangebyscore(z, "+inf", low, start=0, num=limit)
+            docs = self._r.hmget(h, ticks) if ticks else []
+            return [RunRecord.from_json(d) for d in docs if d]
+
+        result: list[RunRecord] = self._call("history not read", go)
+        return result
+
+    def prune(self, jobs: Sequence[str], keep: int, oldest_us: int) -> int:
+        def go() -> int:
+            removed = 0
+            for job in jobs:
+                z, h = self._k(job, "runs"), self._k(job, "records")
+                old = self._r.zrangebyscore(z, "-inf", f"({oldest_us}")
+                n = self._r.zcard(z) - len(old)
+                if n > keep:
+                    old += self._r.zrange(z, len(old), len(old) + n - keep - 1)
+                if old:
+                    self._r.zrem(z, *old)
+                    self._r.hdel(h, *old)
+                    removed += len(old)
+            return removed
+
+        result: int = self._call("history not pruned", go)
+        return result
+
+
+# ------------------------------------------------------------------------------ PostgreSQL
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pyjob_runs (
+    job text NOT NULL,
+    tick_us bigint NOT NULL,
+    record jsonb NOT NULL,
+    PRIMARY KEY (job, tick_us)
+);
+CREATE TABLE IF NOT EXISTS pyjob_jobs (job text PRIMARY KEY, info jsonb NOT NULL);
+CREATE TABLE IF NOT EXISTS pyjob_job_instances (
+    job text NOT NULL, instance text NOT NULL, PRIMARY KEY (job, instance)
+);
+CREATE TABLE IF NOT EXISTS pyjob_instances (instance text PRIMARY KEY, info jsonb NOT NULL);
+"""
+_PRUNE = """
+DELETE FROM pyjob_runs r USING (
+    SELECT job, tick_us, row_number() OVER (PARTITION BY job ORDER BY tick_us DESC) AS n
+    FROM pyjob_runs WHERE job = ANY(%(jobs)s)
+) o
+WHERE r.job = o.job AND r.tick_us = o.tick_us AND (o.n > %(keep)s OR o.tick_us < %(oldest)s)
+"""
+
+
+class PostgresRecords:
+    """PostgreSQL: the tables of SCHEMA, created on first use. A batch of records is one
+    statement (INSERT ... ON CONFLICT DO UPDATE over a VALUES list)."""
+
+    def __init__(self, backend: Any) -> None:
+        self._b = backend
+        self.url = backend.url
+        self._ready = False
+
+    def _exec(self, what: str, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        if not self._ready:
+            self._b._run("records table not created", "SELECT pg_advisory_lock(7451847)", ())
+            try:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self._b._run("records table not created", statement, ())
+            finally:
+                self._b._run("records table not created", "SELECT pg_advisory_unlock(7451847)", ())
+            self._ready = True
+        rows: list[tuple[Any, ...]] = self._b._run(what, sql, params)
+        return rows
+
+    def put_runs(self, records: Sequence[RunRecord], keep: int = 100) -> None:
+        if not records:
+            return
+        values = ", ".join(["(%s, %s, %s::jsonb)"] * len(records))
+        params: list[Any] = []
+        for r in records:
+            params += [r.job, r.tick_us, r.to_json()]
+        self._exec(
+            "run record not written",
+            f"INSERT INTO pyjob_runs (job, tick_us, record) VALUES {values} "
+            "ON CONFLICT (job, tick_us) DO UPDATE SET record = EXCLUDED.record",
+            params,
+        )
+        self._exec(
+            "history not trimmed",
+            _PRUNE,
+            {"jobs": sorted({r.job for r in records}), "keep": keep, "oldest": -(2**62)},
+        )
+
+    def register(self, jobs: Sequence[JobInfo], instance: InstanceInfo) -> None:
+        if jobs:
+            values = ", ".join(["(%s, %s::jsonb)"] * len(jobs))
+            params: list[Any] = []
+            for j in jobs:
+                params += [j.job, j.to_json()]
+            self._exec(
+                "jobs not registered",
+                f"INSERT INTO pyjob_jobs (job, info) VALUES {values} "
+                "ON CONFLICT (job) DO UPDATE SET info = EXCLUDED.info",
+                params,
+            )
+            pairs = ", ".join(["(%s, %s)"] * len(jobs))
+            params = []
+            for j in jobs:
+                params += [j.job, instance.instance]
+            self._exec(
+                "jobs not registered",
+                f"INSERT INTO pyjob_job_instances (job, instance) VALUES {pairs} "
+                "ON CONFLICT DO NOTHING",
+                params,
+            )
+        self.heartbeat(instance)
+
+    def heartbeat(self, instance: InstanceInfo) -> None:
+        self._exec(
+            "heartbeat not written",
+            "INSERT INTO pyjob_instances (instance, info) VALUES (%s, %s::jsonb) "
+            "ON CONFLICT (instance) DO UPDATE SET info = EXCLUDED.info",
+            (instance.instance, instance.to_json()),
+        )
+
+    def jobs(self) -> list[JobInfo]:
+        rows = self._exec(
+            "jobs not read",
+            "SELECT j.info::text, coalesce(array_agg(i.instance ORDER BY i.instance) "
+            "FILTER (WHERE i.instance IS NOT NULL), '{}') FROM pyjob_jobs j "
+            "LEFT JOIN pyjob_job_instances i ON i.job = j.job GROUP BY j.job, j.info "
+            "ORDER BY j.job",
+        )
+        out = []
+        for doc, members in rows:
+            info = JobInfo.from_json(doc)
+            info.instances = list(members)
+            out.append(info)
+        return out
+
+    def instances(self) -> dict[str, InstanceInfo]:
+        rows = self._exec("instances not read", "SELECT info::text FROM pyjob_instances")
+        infos = [InstanceInfo.from_json(r[0]) for r in rows]
+        return {i.instance: i for i in infos}
+
+    def runs(self, job: str, limit: int, since_us: int | None = None) -> list[RunRecord]:
+        rows = self._exec(
+            "history not read",
+            "SELECT record::text FROM pyjob_runs WHERE job = %s AND tick_us >= %s "
+            "ORDER BY tick_us DESC LIMIT %s",
+            (job, -(2**62) if since_us is None else since_us, limit),
+        )
+        return [RunRecord.from_json(r[0]) for r in rows]
+
+    def prune(self, jobs: Sequence[str], keep: int, oldest_us: int) -> int:
+        rows = self._exec(
+            "history not pruned",
+            _PRUNE + " RETURNING 1",
+            {"jobs": list(jobs), "keep": keep, "oldest": oldest_us},
+        )
+        self._exec(
+            "instances not pruned",
+            "DELETE FROM pyjob_instances WHERE (info->>'seen_us')::bigint < %s",
+            (oldest_us,),
+        )
+        return len(rows)
+
+
+def records_for(backend: Any) -> RecordStore | None:
+    """The record store that lives in ``backend`` (None for ``--lock none``)."""
+    from .backends.file import FileBackend
+    from .backends.nfs import NfsBackend
+
+    if isinstance(backend, FileBackend | NfsBackend):
+        return DirectoryRecords(backend.directory, backend.url)
+    kind = type(backend).__name__
+    if kind == "RedisBackend":
+        return RedisRecords(backend._r, backend.url, backend._errors)
+    if kind == "PostgresBackend":
+        return PostgresRecords(backend)
+    return None
+
+
+__all__ = [
+    "HEARTBEAT_EVERY",
+    "OUTPUT_TAIL",
+    "QUIET_AFTER",
+    "RESULTS",
+    "InstanceInfo",
+    "JobInfo",
+    "RecordStore",
+    "RunRecord",
+    "records_for",
+]
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def is_quiet(info: InstanceInfo | None, now_us: int) -> bool:
+    return info is None or now_us - info.seen_us > info.quiet_us
+
+
+def effective(record: RunRecord, instances: dict[str, InstanceInfo], now_us: int) -> RunRecord:
+    """``record`` as a reader should see it: a ``running`` record whose instance has gone quiet
+    (killed, host lost) is ``lost``; it never stays ``running`` for ever."""
+    if record.result == "running" and is_quiet(_lookup(instances, record.instance), now_us):
+        return RunRecord(**{**asdict(record), "result": "lost"})
+    return record
+
+
+def _lookup(instances: dict[str, InstanceInfo], name: str) -> InstanceInfo | None:
+    return instances.get(name) or instances.get(_safe(name))
+
+
+def run_document(record: RunRecord, zone: Any) -> dict[str, Any]:
+    """A record as `pyjob history --format json` and `pyjob status` print it."""
+    from datetime import UTC, datetime
+
+    def when(us: int | None) -> str | None:
+        if us is None:
+            return None
+        instant = datetime.fromtimestamp(us / 1e6, UTC).astimezone(zone)
+        return instant.isoformat(timespec="microseconds" if us % 1_000_000 else "seconds")
+
+    doc: dict[str, Any] = {
+        "job": record.job,
+        "tick": when(record.tick_us),
+        "run_id": record.run_id,
+        "instance": record.instance,
+        "fence": record.fence,
+        "attempt": record.attempt,
+        "started": when(record.started_us),
+        "finished": when(record.finished_us),
+        "duration": record.duration,
+        "lateness": record.lateness,
+        "exit_code": record.exit_code,
+        "result": record.result,
+    }
+    for extra in ("reason", "held_by", "output_tail"):
+        value = getattr(record, extra)
+        if value is not None:
+            doc[extra] = value
+    return doc
+
+
+__all__ += ["effective", "is_quiet", "run_document"]

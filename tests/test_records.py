@@ -1,0 +1,168 @@
+"""Run records on every backend: the fleet's history and status, read from a process that runs
+nothing. The nfs: backend runs on a local directory here (NFS cannot be mounted on these
+machines)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import pyjob_exe
+from .runproc import PyjobRun
+
+pytestmark = pytest.mark.slow
+
+FAIL_ON_ODD = "exit $(( ${PYJOB_TICK_UNIX%%.*} % 2 ))"
+
+
+def pyjob(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*pyjob_exe(), *args], capture_output=True, text=True, timeout=60, env=_env()
+    )
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "TZ": "UTC", "PYJOB_NO_CLOCK_CHECK": "1"}
+
+
+def history(url: str, *args: str) -> list[dict[str, Any]]:
+    out = pyjob("history", *args, "--lock", url, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    runs: list[dict[str, Any]] = json.loads(out.stdout)["runs"]
+    return runs
+
+
+def status(url: str) -> dict[str, dict[str, Any]]:
+    out = pyjob("status", "--lock", url, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    return {j["job"]: j for j in json.loads(out.stdout)["jobs"]}
+
+
+def _iso(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.long
+def test_three_instances_five_ticks_one_record_per_tick(
+    fleet_lock_url: str, tmp_path: Path
+) -> None:
+    first = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=4)
+    last = first + timedelta(seconds=4)
+    args = ["--every", "1s", "--align", "--start-at", _iso(first), "--stop-at", _iso(last)]
+    args += ["--lock", fleet_lock_url, "--name", "flaky", "--shell", "--", FAIL_ON_ODD]
+    runs = [PyjobRun(["--instance-id", f"i{n}", *args], tmp_path, f"i{n}") for n in range(3)]
+    codes = [r.wait(timeout=40) for r in runs]
+    assert set(codes) <= {0, 1}
+    got = history(fleet_lock_url, "flaky")
+    ticks = [int(datetime.fromisoformat(r["tick"]).timestamp()) for r in got]
+    assert ticks == list(range(int(last.timestamp()), int(first.timestamp()) - 1, -1))
+    for r, tick in zip(got, ticks, strict=True):
+        assert r["exit_code"] == tick % 2
+        assert r["result"] == ("failure" if tick % 2 else "success")
+        assert r["instance"] in {"i0", "i1", "i2"}
+        assert r["run_id"] == f"flaky-{datetime.fromtimestamp(tick, UTC):%Y%m%dT%H%M%SZ}"
+        assert r["fence"] is not None and r["attempt"] == 1
+        assert r["duration"] >= 0 and r["finished"] >= r["started"]
+    fences = [r["fence"] for r in reversed(got)]
+    assert fences == sorted(fences)
+    job = status(fleet_lock_url)["flaky"]
+    assert job["last"]["tick"] == got[0]["tick"] and job["running"] == []
+    assert job["next_tick"] is None  # --stop-at: no tick after the last
+    assert {i["instance"] for i in job["instances"]} <= {"i0", "i1", "i2"}
+    assert pyjob("history", "--lock", fleet_lock_url, "--result", "failure", "--format", "json")
+    failed = history(fleet_lock_url, "--result", "failure")
+    assert [r["exit_code"] for r in failed] == [1] * len(failed) and len(failed) in (2, 3)
+
+
+def test_status_shows_a_run_in_progress_with_its_instance(
+    fleet_lock_url: str, tmp_path: Path
+) -> None:
+    args = ["--every", "1s", "--align", "--lock", fleet_lock_url, "--name", "slow"]
+    run = PyjobRun([*args, "--instance-id", "busy", "--", "sleep", "30"], tmp_path)
+    run.wait_for("run-started", timeout=30)
+    time.sleep(0.3)
+    job = status(fleet_lock_url)["slow"]
+    assert [r["instance"] for r in job["running"]] == ["busy"]
+    assert job["running"][0]["result"] == "running"
+    assert [i["instance"] for i in job["instances"]] == ["busy"]
+    assert job["command"] == "sleep 30" and job["zone"] == "UTC"
+    assert job["schedule"] == "every 1s align tz UTC" and job["next_tick"] is not None
+    table = pyjob("status", "--lock", fleet_lock_url)
+    assert table.returncode == 0 and "slow" in table.stdout and "busy since" in table.stdout
+    assert run.stop() == 0
+    stopped = next(r for r in history(fleet_lock_url, "slow") if r["result"] != "skipped")
+    assert stopped["result"] == "stopped" and stopped["exit_code"] == 143
+
+
+def test_a_killed_instances_running_record_becomes_lost(
+    fleet_lock_url: str, tmp_path: Path
+) -> None:
+    args = ["--every", "1s", "--align", "--lock", fleet_lock_url, "--name", "victim"]
+    args += ["--lease-ttl", "1s", "--instance-id", "doomed", "--", "sleep", "30"]
+    run = PyjobRun(args, tmp_path)
+    run.wait_for("run-started", timeout=30)
+    time.sleep(0.5)
+    assert history(fleet_lock_url, "victim")[0]["result"] == "running"
+    run.signal(signal.SIGKILL)
+    run.wait()
+    time.sleep(2.0)  # the heartbeat (every 1/3 s with a 1 s lease) has stopped for > 3.5 beats
+    assert history(fleet_lock_url, "victim")[0]["result"] == "lost"
+    assert status(fleet_lock_url)["victim"]["running"] == []
+
+
+def test_history_keeps_the_newest_n_runs(fleet_lock_url: str, tmp_path: Path) -> None:
+    args = ["--every", "200ms", "--align", "--max-runs", "6", "--lock", fleet_lock_url]
+    args += ["--name", "short", "--history-keep", "3", "--", "true"]
+    assert PyjobRun(args, tmp_path).wait(timeout=30) == 0
+    got = history(fleet_lock_url, "short")
+    assert len(got) == 3 and [r["result"] for r in got] == ["success"] * 3
+    assert got == sorted(got, key=lambda r: r["tick"], reverse=True)
+
+
+def test_records_older_than_the_max_age_are_pruned(fleet_lock_url: str) -> None:
+    from pyjob.core.backends import open_backend
+    from pyjob.core.records import RunRecord, records_for
+
+    backend = open_backend(fleet_lock_url)
+    backend.check()
+    store = records_for(backend)
+    assert store is not None
+    now_us = int(time.time() * 1e6)
+    old = [RunRecord("aged", now_us - i * 3_600_000_000, f"r{i}", "x", "success") for i in range(5)]
+    store.put_runs(old, 100)
+    assert len(store.runs("aged", 100)) == 5
+    removed = store.prune(["aged"], 100, now_us - int(2.5 * 3_600_000_000))
+    assert removed == 2 and [r.run_id for r in store.runs("aged", 100)] == ["r0", "r1", "r2"]
+    backend.close()
+
+
+def test_a_failing_record_write_never_skips_a_run(tmp_path: Path) -> None:
+    lock = tmp_path / "locks"
+    lock.mkdir(mode=0o700)
+    (lock / "broken").mkdir()
+    (lock / "broken" / "runs").write_text("a file where the records directory should be")
+    args = ["--every", "200ms", "--align", "--max-runs", "4", "--lock", f"file:{lock}"]
+    run = PyjobRun([*args, "--name", "broken", "--", "true"], tmp_path)
+    assert run.wait(timeout=30) == 0
+    assert len(run.events("run-finished")) == 4
+    errors = run.events("backend-error")
+    assert errors and all("runs not recorded" in e["action"] for e in errors)
+
+
+def test_unknown_job_is_exit_1_and_an_unreachable_backend_exit_5(tmp_path: Path) -> None:
+    lock = tmp_path / "locks"
+    out = pyjob("history", "nope", "--lock", f"file:{lock}")
+    assert out.returncode == 1 and out.stderr.startswith("Error: no such job: nope")
+    out = pyjob("status", "--lock", "redis://127.0.0.1:1/0")
+    assert out.returncode == 5 and out.stderr.count("\n") == 1 and "Error:" in out.stderr
+    out = pyjob("history", "--lock", "none")
+    assert out.returncode == 5 and "keeps no run records" in out.stderr
