@@ -44,7 +44,9 @@ def align_cmd(
     """
     from pyjob.core.clock import sleep_until
     from pyjob.core.durations import format_duration
-    from pyjob.core.schedule import Parts, Schedule, build, iso, to_us
+    from pyjob.core.grammar import Parts, build
+    from pyjob.core.rules import iso, to_us
+    from pyjob.core.schedule import Schedule
     from pyjob.core.timeparse import parse_datetime
     from pyjob.core.zones import get_zone, job_zone_name
 
@@ -114,7 +116,7 @@ def _countdown(env: object, boundary: object, waker: object) -> None:
 
     from pyjob.core.clock import Waker
     from pyjob.core.durations import humanize
-    from pyjob.core.schedule import iso
+    from pyjob.core.rules import iso
 
     from .env import Env
 

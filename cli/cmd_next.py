@@ -17,7 +17,7 @@ from .options import (
 from .render import echo_json, table
 
 if TYPE_CHECKING:
-    from pyjob.core.schedule import Tick
+    from pyjob.core.rules import Tick
 
 
 def _note(tick: Tick) -> str:
@@ -85,7 +85,8 @@ def next_cmd(
     """
     from pyjob.core.describe import describe
     from pyjob.core.durations import humanize
-    from pyjob.core.schedule import Schedule, derive_job_id, iso, to_us
+    from pyjob.core.rules import iso, to_us
+    from pyjob.core.schedule import Schedule, derive_job_id
 
     env = get_env()
     if jobs_file is not None:
@@ -157,7 +158,8 @@ def _next_file(path: str, count: int, from_: str | None, fmt: str) -> None:
     from pyjob.core.durations import humanize
     from pyjob.core.errors import InputError
     from pyjob.core.jobsfile import load
-    from pyjob.core.schedule import Schedule, iso, to_us
+    from pyjob.core.rules import iso, to_us
+    from pyjob.core.schedule import Schedule
     from pyjob.core.timeparse import parse_datetime
     from pyjob.core.zones import get_zone, job_zone_name
 

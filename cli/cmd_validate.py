@@ -52,7 +52,8 @@ def validate_cmd(
     or both day-of-month and day-of-week restricted (cron then fires when EITHER matches).
     """
     from pyjob.core.describe import describe, warnings
-    from pyjob.core.schedule import Schedule, derive_job_id, iso
+    from pyjob.core.rules import iso
+    from pyjob.core.schedule import Schedule, derive_job_id
 
     env = get_env()
     clock_now = env.clock.now()
@@ -121,7 +122,8 @@ def validate_cmd(
 def _validate_file(path: str, strict: bool, fmt: str) -> None:
     from pyjob.core.describe import warnings
     from pyjob.core.jobsfile import JobsFileError, load
-    from pyjob.core.schedule import Schedule, iso
+    from pyjob.core.rules import iso
+    from pyjob.core.schedule import Schedule
 
     env = get_env()
     now = env.clock.now()

@@ -16,7 +16,8 @@ from pyjob.core.errors import InputError
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from pyjob.core.schedule import Parts, Spec
+    from pyjob.core.grammar import Parts
+    from pyjob.core.rules import Spec
 
 from .env import get_env
 
@@ -233,7 +234,7 @@ def schedule_options(f: F) -> F:
 
 def schedule_parts(expr: str | None, kw: dict[str, Any]) -> tuple[Parts, str | None]:
     """Parts from a positional expression and/or the schedule options; the --tz override."""
-    from pyjob.core.schedule import Parts, split
+    from pyjob.core.grammar import Parts, split
 
     given = []
     if expr is not None:
@@ -288,7 +289,7 @@ def build_spec(
     expr: str | None, kw: dict[str, Any], from_text: str | None = None
 ) -> tuple[Spec, datetime]:
     """The schedule and the reference instant (``--from``, read in the job's zone; else now)."""
-    from pyjob.core.schedule import build
+    from pyjob.core.grammar import build
     from pyjob.core.timeparse import parse_datetime
     from pyjob.core.zones import get_zone, job_zone_name
 
