@@ -62,6 +62,7 @@ __all__ = [
     "derive_job_id",
     "from_us",
     "iso",
+    "job_identity",
     "parse",
     "split",
     "to_us",
@@ -109,6 +110,17 @@ class Schedule:
             yield tick
             after = tick.instant
             count += 1
+
+
+def job_identity(
+    spec: Spec, command: Sequence[str] = (), *, shell: bool = False, name: str | None = None
+) -> str:
+    """The id of the job ``--name`` (when given), or else the job of ``spec`` running ``command``
+    (through /bin/sh -c with ``shell``): what `run` claims under and what seeds ``H`` fields and
+    random waits, so `next` and `validate` given the same options preview the same ticks."""
+    if name:
+        return name
+    return derive_job_id(spec, (["--shell"] if shell else []) + list(command))
 
 
 def derive_job_id(spec: Spec, argv: Sequence[str] = ()) -> str:
