@@ -38,8 +38,9 @@ def align_cmd(
 ) -> None:
     """Print the next boundary of the INTERVAL grid that `run --every INTERVAL --align` uses.
 
-    The grid restarts at every local midnight when INTERVAL divides 24h (so 1h lands on :00 local,
-    also in +05:30 zones), and counts from the Unix epoch otherwise. `pyjob align 5m --wait && cmd`
+    When INTERVAL divides 24h the grid is on the local wall clock, as `run --align` fires it (1h
+    lands on :00 local, also in +05:30 zones; 6h at 00:00, 06:00, 12:00 and 18:00 local, DST days
+    included); otherwise it counts from the Unix epoch. `pyjob align 5m --wait && cmd`
     starts cmd on the next 5-minute boundary; Ctrl-C while waiting exits 130.
     """
     from pyjob.core.clock import sleep_until

@@ -235,8 +235,9 @@ def schedule_options(f: F) -> F:
             "--align",
             is_flag=True,
             default=False,
-            help="With --every: fire on grid boundaries (from local midnight when the interval "
-            "divides a day, else from the Unix epoch), the same on every host.",
+            help="With --every: fire on grid boundaries, the same on every host. An interval "
+            "that divides 24h is on the local wall clock (--every 6h --align: 00:00, 06:00, 12:00, "
+            "18:00 local, DST days included, like cron); others count from the Unix epoch.",
         ),
         click.option(
             "--offset",

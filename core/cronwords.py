@@ -6,7 +6,7 @@ itself with these helpers.
 
 from __future__ import annotations
 
-from .cron import CronExpr
+from .cron import DOW, CronExpr, field_values
 
 DAY_NAMES = {
     "MON": "Monday",
@@ -59,6 +59,8 @@ def _name(token: str, kind: str) -> str:
     if kind == "dom":
         if token == "L":
             return "the last day"
+        if token == "LW":
+            return "the last weekday"
         if token.endswith("W"):
             return f"the weekday nearest the {ordinal(int(token[:-1]))}"
         return f"the {ordinal(int(token))}" if token.isdigit() else token
@@ -67,9 +69,14 @@ def _name(token: str, kind: str) -> str:
 
 def _field(text: str, unit: str, kind: str = "") -> str:
     """A cron field in words: '*/15' -> 'every 15 minutes'; '1-5' -> 'Monday to Friday'."""
-    parts = []
+    parts: list[str] = []
     for item in text.split(","):
         base, _, step = item.partition("/")
+        if step and kind == "dow" and not base.startswith("H"):
+            # Weekdays with a step are a few days, not a period: '1/2' is Mon, Wed, Fri and Sun.
+            values = field_values(DOW, item) or set()
+            parts.extend(_DOW_NUM[v] for v in sorted(values, key=lambda v: (v - 1) % 7))
+            continue
         if base == "*":
             parts.append(f"every {step} {unit}s" if step else f"every {unit}")
             continue

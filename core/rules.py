@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
@@ -30,7 +30,7 @@ from .durations import DAY, format_duration, parse_duration
 from .errors import DurationError, ScheduleError
 from .timeparse import format_time_of_day
 from .values import WEEKDAYS, interval, month_days, once_instants, times_of_day, weekdays
-from .zones import Wall, get_zone, is_repeated, local_midnight, resolve_wall
+from .zones import Wall, get_zone, is_repeated, next_transition, offset_at, resolve_wall
 
 if TYPE_CHECKING:
     from .grammar import Parts
@@ -87,6 +87,11 @@ class Rule(ABC):
     def tick_zone(self) -> str | None:
         """The zone the ticks depend on, or None when they are zone-free (elapsed time, UTC)."""
         return None
+
+    @property
+    def local_zone(self) -> str | None:
+        """The zone its ticks are shown in (`next`'s Local column, PYJOB_TICK); None is UTC."""
+        return self.tick_zone
 
     @property
     def unshared_reason(self) -> str | None:
@@ -210,7 +215,10 @@ class EveryRule(Rule):
     every: int  # microseconds
     align: bool = False
     offset: int = 0
-    zone: str | None = None  # only for grids that restart at local midnight
+    zone: str | None = None  # only for grids on the local wall clock (D divides 24 h)
+    # The job's zone for an epoch grid: its ticks do not depend on it (so it is not part of the
+    # normalized form, nor of the job id), but they are shown in it.
+    shown_zone: str | None = field(default=None, compare=False)
 
     keys: ClassVar[dict[str, frozenset[str]]] = {"every": frozenset({"align", "offset"})}
 
@@ -237,6 +245,10 @@ class EveryRule(Rule):
         return self.zone
 
     @property
+    def local_zone(self) -> str | None:
+        return self.zone or self.shown_zone
+
+    @property
     def unshared_reason(self) -> str | None:
         return None if self.align else "counts from this instance's start"
 
@@ -245,7 +257,7 @@ class EveryRule(Rule):
         if not self.align:
             return text + " from the start"
         if self.zone:
-            text += f" on the grid from each local midnight ({self.zone})"
+            text += f" on the local wall clock from midnight ({self.zone})"
         else:
             text += " on the grid from the Unix epoch"
         if self.offset:
@@ -271,10 +283,9 @@ class EveryRule(Rule):
         if not parts.align:
             return cls(every)
         offset = parse_duration(parts.offset, allow_zero=True) % every if parts.offset else 0
-        rule = cls(every, True, offset)
-        if rule.divides_day:
-            rule = cls(every, True, offset, zone_name)
-        return rule
+        if cls(every).divides_day:
+            return cls(every, True, offset, zone_name)
+        return cls(every, True, offset, shown_zone=zone_name)
 
 
 class _EveryTicker:
@@ -285,28 +296,54 @@ class _EveryTicker:
 
     def next(self, after: datetime) -> Tick | None:
         d = self.rule.every
-        a = to_us(after)
         if self.zone is not None:
-            return Tick(self._next_daily_grid(after), repeated=False)
+            return self._next_on_wall_grid(after, self.zone)
         base = self.anchor if not self.rule.align else self.rule.offset
-        k = (a - base) // d + 1
+        k = (to_us(after) - base) // d + 1
         return Tick(from_us(base + k * d))
 
-    def _next_daily_grid(self, after: datetime) -> datetime:
-        """Grid restarting at each local midnight: midnight + offset + k·D, before next midnight."""
-        assert self.zone is not None
+    def _grid_wall(self, wall: datetime, strict: bool) -> datetime:
+        """The first wall time of the grid after (or at, unless ``strict``) ``wall``: since D
+        divides 24 h, the grid is offset + k·D counted on the naive wall clock."""
+        d, off = self.rule.every, self.rule.offset
+        us = (wall - _NAIVE_EPOCH) // US - off
+        k = us // d + 1 if strict else -(-us // d)
+        return _NAIVE_EPOCH + timedelta(microseconds=off + k * d)
+
+    def _next_on_wall_grid(self, after: datetime, zone: tzinfo) -> Tick:
+        """DESIGN §2: the grid is on the local wall clock, the same ticks as the cron grid. Within
+        a stretch of constant UTC offset a grid wall time maps straight to its instant; at a
+        transition, a grid time a spring-forward skips fires at the gap's end when D is longer
+        than the jump (else it is absent), and a grid time a fall-back repeats fires at its first
+        occurrence only when D is longer than the repeat (else at both)."""
         d = self.rule.every
-        day = after.astimezone(self.zone).date()
-        for _ in range(8):
-            start = to_us(local_midnight(day, self.zone))
-            end = to_us(local_midnight(day + timedelta(days=1), self.zone))
-            base = start + self.rule.offset
-            k = max(0, (to_us(after) - base) // d + 1)
-            tick = base + k * d
-            if tick < end:
-                return from_us(tick)
-            day += timedelta(days=1)
+        t, strict = after, True
+        for _ in range(1000):
+            off = offset_at(t, zone)
+            wall = self._grid_wall((t + off).replace(tzinfo=None), strict)
+            candidate = (wall - off).replace(tzinfo=UTC)
+            change = next_transition(zone, t, candidate)
+            if change is not None:
+                gap = change.after - change.before
+                if change.is_gap and d > to_us(EPOCH + gap):
+                    start = (change.instant + change.before).replace(tzinfo=None)
+                    skipped = self._grid_wall(start, strict=False)
+                    if skipped < (change.instant + change.after).replace(tzinfo=None):
+                        return Tick(change.instant, moved_from=skipped)
+                t, strict = change.instant, False
+                continue
+            first = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+            if first != candidate:  # the second occurrence of a repeated wall time
+                offsets = [wall.replace(tzinfo=zone, fold=f).utcoffset() for f in (0, 1)]
+                assert offsets[0] is not None and offsets[1] is not None
+                if d > to_us(EPOCH + (offsets[0] - offsets[1])):
+                    t, strict = candidate, True
+                    continue
+            return Tick(candidate, repeated=is_repeated(candidate, zone))
         raise ScheduleError(f"no tick found for '{self.rule}'")  # pragma: no cover
+
+
+_NAIVE_EPOCH = datetime(1970, 1, 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -577,3 +614,8 @@ class Spec:
     def zone(self) -> str | None:
         """The zone the ticks depend on, or None when they are zone-free (elapsed time, UTC)."""
         return self.rule.tick_zone
+
+    @property
+    def local_zone(self) -> str | None:
+        """The zone its ticks are shown in; None is UTC."""
+        return self.rule.local_zone

@@ -79,7 +79,7 @@ class Schedule:
     def __init__(self, spec: Spec, *, job_id: str = "", anchor: datetime | None = None) -> None:
         self.spec = spec
         self._ticks: Ticker = spec.rule.ticker(job_id=job_id, anchor=anchor, start_at=spec.start_at)
-        self.zone: tzinfo = get_zone(spec.zone) if spec.zone else UTC
+        self.zone: tzinfo = get_zone(spec.local_zone) if spec.local_zone else UTC
 
     def next_info(self, after: datetime) -> Tick | None:
         """The first tick strictly after ``after`` within the bounds, or None when exhausted."""
