@@ -29,7 +29,7 @@ import calendar
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from datetime import MAXYEAR, UTC, date, datetime, time, timedelta, tzinfo
 
 from .errors import ScheduleError
 from .zones import next_transition, offset_at, resolve_wall
@@ -77,9 +77,18 @@ _ITEM = re.compile(
     )(?:/(?P<step>.*))?$""",
     re.VERBOSE,
 )
-_DOM_SPECIAL = re.compile(r"^(?:L|LW|(\d{1,2})W)$")
+# [0-9], not \d: only ASCII digits belong in cron fields ('٥' and '５' are not 5; issue 14).
+_DOM_SPECIAL = re.compile(r"^(?:L|LW|([0-9]{1,2})W)$")
 # d#n, Ld (croniter) and dL (Quartz, cronsim): d is a weekday number or name.
-_DOW_SPECIAL = re.compile(r"^(?:([A-Z]{3}|\d)#(\d+)|L([A-Z]{3}|\d)|([A-Z]{3}|\d)L)$")
+_DOW_SPECIAL = re.compile(
+    r"^(?:([A-Z]{3}|[0-9])#([0-9]{1,3})|L([A-Z]{3}|[0-9])|([A-Z]{3}|[0-9])L)$"
+)
+
+
+def _is_number(token: str) -> bool:
+    """ASCII digits, at most 3 of them: every field's values fit; str.isdigit() alone takes
+    '٥' and '５', and int() of 4,301 digits raises ValueError."""
+    return 0 < len(token) <= 3 and token.isascii() and token.isdigit()
 
 
 def _bad(field: Field, token: str, why: str, source: str, pos: int) -> ScheduleError:
@@ -92,7 +101,7 @@ def _value(field: Field, token: str, source: str, pos: int) -> int:
     up = token.upper()
     if up in field.names:
         return field.names[up]
-    if not token.isdigit():
+    if not _is_number(token):
         allowed = field.range_text
         if field.names:
             allowed += " or " + "-".join((next(iter(field.names)), list(field.names)[-1]))
@@ -146,7 +155,7 @@ def _parse_item(field: Field, item: str, source: str, pos: int) -> str:
     step_norm = ""
     if step_text is not None:
         span = field.hi - field.lo + 1
-        if not step_text.isdigit() or not 1 <= int(step_text) <= span:
+        if not _is_number(step_text) or not 1 <= int(step_text) <= span:
             raise _bad(field, item, f"the step after / is 1-{span}", source, pos)
         step_norm = f"/{int(step_text)}"
     if m.group("star"):
@@ -259,7 +268,7 @@ def _hash_value(job_id: str, index: int, lo: int, hi: int) -> int:
 
 
 _UTC_NAMES = frozenset({"UTC", "Etc/UTC", "GMT", "Etc/GMT", "UCT", "Etc/UCT", "Zulu", "Universal"})
-_HASH_ITEM = re.compile(r"^H(?:\((\d+)-(\d+)\))?(?:/(\d+))?$")
+_HASH_ITEM = re.compile(r"^H(?:\(([0-9]+)-([0-9]+)\))?(?:/([0-9]+))?$")
 
 
 def resolve_hash(expr: CronExpr, job_id: str) -> str:
@@ -483,12 +492,16 @@ class WallClock:
         t = naive.replace(microsecond=0) + timedelta(seconds=1)
         day, start = t.date(), (t.hour, t.minute, t.second)
         end_year = day.year + HORIZON_YEARS
+        if end_year > MAXYEAR:
+            end_year = MAXYEAR  # past 9999-12-31 date arithmetic overflows: no tick
         months = self.days.months
         while day.year <= end_year:
             if day.month not in months:
                 year, month = day.year, day.month
                 while month not in months:
                     year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+                if year > end_year:
+                    break
                 day, start = date(year, month, 1), (0, 0, 0)
                 continue
             if self.days.matches(day):
@@ -527,6 +540,8 @@ class CronTicks:
     def _next_wall(self, naive: datetime) -> datetime:
         """The first matching wall-clock time strictly after ``naive`` (whole seconds)."""
         found = self._wall.next_after(naive)
+        if found is None and naive.year + HORIZON_YEARS >= MAXYEAR - 1:
+            raise OverflowError("no tick before year 9999")  # Schedule: the schedule ends
         if found is None:
             raise ScheduleError(f"no tick found for '{self.expr}' after {naive.isoformat()}")
         return found

@@ -91,7 +91,10 @@ class Schedule:
             after = start - US
         if stop is not None and after >= stop:
             return None
-        tick = self._ticks.next(after)
+        try:
+            tick = self._ticks.next(after)
+        except OverflowError:  # the next tick would be after year 9999: there is none
+            return None
         if tick is None or (stop is not None and tick.instant > stop):
             return None
         assert tick.instant > after, (self.spec, after, tick)

@@ -81,11 +81,14 @@ def month_days(text: str) -> list[int]:
     return sorted(out, key=lambda d: (d < 0, abs(d)))
 
 
+def _is_number(text: str) -> bool:
+    """A few ASCII digits: int() also reads '٥' and '５', and fails on 4,301 digits."""
+    return 0 < len(text) <= 6 and text.isascii() and text.isdigit()
+
+
 def _month_day(word: str, source: str, pos: int) -> int:
-    try:
-        value = int(word)
-    except ValueError:
-        value = 0
+    digits = word[1:] if word.startswith("-") else word
+    value = int(word) if _is_number(digits) else 0
     if 1 <= abs(value) <= 31:
         return value
     raise ScheduleError(
@@ -113,7 +116,7 @@ def interval(text: str | None) -> int:
     if text is None:
         return 1
     stripped = text.strip()
-    if not stripped.isdigit() or not 1 <= int(stripped) <= MAX_INTERVAL:
+    if not _is_number(stripped) or not 1 <= int(stripped) <= MAX_INTERVAL:
         raise ScheduleError(
             f"bad interval '{text}' (a whole number 1-{MAX_INTERVAL})",
             source=text,
