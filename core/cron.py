@@ -469,6 +469,14 @@ class WallClock:
         self.minutes = values(MINUTE, minute)
         self.hours = values(HOUR, hour)
         self.days = DayRule.from_fields(dom, month, dow, expr.day_or)
+        days = self.days
+        plain = not (days.dom_last or days.dom_last_weekday or days.dom_nearest)
+        # Only the day of the month decides (day-of-week '*'): skip straight to those days.
+        self._plain_days = (
+            sorted(days.dom)
+            if plain and not days.day_or and days.dow == frozenset(range(7)) and days.dom
+            else []
+        )
 
     def _first_time(self, h: int, m: int, s: int) -> time | None:
         """The first matching time of day at or after h:m:s."""
@@ -508,8 +516,17 @@ class WallClock:
                 found = self._first_time(*start)
                 if found is not None:
                     return datetime.combine(day, found)
-            day, start = day + timedelta(days=1), (0, 0, 0)
+            day, start = self._next_day(day), (0, 0, 0)
         return None
+
+    def _next_day(self, day: date) -> date:
+        """The day after ``day``, or for plain days of the month the next such day."""
+        if self._plain_days:
+            i = bisect.bisect_right(self._plain_days, day.day)
+            if i < len(self._plain_days) and self._plain_days[i] <= _last_day(day.year, day.month):
+                return day.replace(day=self._plain_days[i])
+            return (day.replace(day=1) + timedelta(days=32)).replace(day=1)
+        return day + timedelta(days=1)
 
 
 def _check_fires(expr: CronExpr, source: str, base: int, length: int) -> None:
