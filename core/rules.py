@@ -324,8 +324,7 @@ class _EveryTicker:
             candidate = (wall - off).replace(tzinfo=UTC)
             change = next_transition(zone, t, candidate)
             if change is not None:
-                gap = change.after - change.before
-                if change.is_gap and d > to_us(EPOCH + gap):
+                if change.is_gap and d > (change.after - change.before) // US:
                     start = (change.instant + change.before).replace(tzinfo=None)
                     skipped = self._grid_wall(start, strict=False)
                     if skipped < (change.instant + change.after).replace(tzinfo=None):
@@ -334,9 +333,8 @@ class _EveryTicker:
                 continue
             first = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
             if first != candidate:  # the second occurrence of a repeated wall time
-                offsets = [wall.replace(tzinfo=zone, fold=f).utcoffset() for f in (0, 1)]
-                assert offsets[0] is not None and offsets[1] is not None
-                if d > to_us(EPOCH + (offsets[0] - offsets[1])):
+                repeat = offset_at(first, zone) - offset_at(candidate, zone)
+                if d > repeat // US:
                     t, strict = candidate, True
                     continue
             return Tick(candidate, repeated=is_repeated(candidate, zone))
