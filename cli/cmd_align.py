@@ -38,13 +38,16 @@ def align_cmd(
 ) -> None:
     """Print the next boundary of the INTERVAL grid that `run --every INTERVAL --align` uses.
 
-    The grid restarts at every local midnight when INTERVAL divides 24h (so 1h lands on :00 local,
-    also in +05:30 zones), and counts from the Unix epoch otherwise. `pyjob align 5m --wait && cmd`
+    When INTERVAL divides 24h the grid is on the local wall clock, as `run --align` fires it (1h
+    lands on :00 local, also in +05:30 zones; 6h at 00:00, 06:00, 12:00 and 18:00 local, DST days
+    included); otherwise it counts from the Unix epoch. `pyjob align 5m --wait && cmd`
     starts cmd on the next 5-minute boundary; Ctrl-C while waiting exits 130.
     """
     from pyjob.core.clock import sleep_until
     from pyjob.core.durations import format_duration
-    from pyjob.core.schedule import Parts, Schedule, build, iso, to_us
+    from pyjob.core.grammar import Parts, build
+    from pyjob.core.rules import iso, to_us
+    from pyjob.core.schedule import Schedule
     from pyjob.core.timeparse import parse_datetime
     from pyjob.core.zones import get_zone, job_zone_name
 
@@ -114,7 +117,7 @@ def _countdown(env: object, boundary: object, waker: object) -> None:
 
     from pyjob.core.clock import Waker
     from pyjob.core.durations import humanize
-    from pyjob.core.schedule import iso
+    from pyjob.core.rules import iso
 
     from .env import Env
 

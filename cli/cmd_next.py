@@ -8,8 +8,10 @@ import click
 
 from .env import get_env
 from .options import (
+    CommandAfterDashes,
     build_spec,
     complete_schedule,
+    job_identity_options,
     jobs_file_option,
     schedule_flags_given,
     schedule_options,
@@ -17,7 +19,7 @@ from .options import (
 from .render import echo_json, table
 
 if TYPE_CHECKING:
-    from pyjob.core.schedule import Tick
+    from pyjob.core.rules import Tick
 
 
 def _note(tick: Tick) -> str:
@@ -28,9 +30,10 @@ def _note(tick: Tick) -> str:
     return ""
 
 
-@click.command("next")
+@click.command("next", cls=CommandAfterDashes)
 @click.argument("expr", required=False, metavar="[EXPR]", shell_complete=complete_schedule)
 @schedule_options
+@job_identity_options
 @click.option(
     "-n",
     "--count",
@@ -44,12 +47,6 @@ def _note(tick: Tick) -> str:
     "from_",
     metavar="DATETIME",
     help="Count from this instant instead of now (ISO 8601; naive means the job's zone).",
-)
-@click.option(
-    "--name",
-    metavar="JOB",
-    help="Job id for H fields and random intervals "
-    "(default: derived from the schedule, as `pyjob run` does for a command-less job).",
 )
 @jobs_file_option(
     "The next ticks of every job of a crontab or TOML jobs file, merged in time order, "
@@ -68,6 +65,8 @@ def next_cmd(
     count: int,
     from_: str | None,
     name: str | None,
+    shell: bool,
+    command: tuple[str, ...],
     jobs_file: str | None,
     fmt: str,
     **kw: Any,
@@ -77,26 +76,33 @@ def next_cmd(
     EXPR is a cron expression or a phrase ('every 5m align', 'daily at 09:00'); the schedule
     options build the same. Ticks that a DST gap moved, or that sit in a repeated hour, are marked.
 
+    H fields and random intervals depend on the job: give the command after -- (and --shell or
+    --name) as for `pyjob run`, and the ticks shown are the ones run fires for that job.
+
     \b
     Examples:
       pyjob next "0 * * * *"
+      pyjob next "H 3 * * *" -- ./backup.sh
       pyjob next "CRON_TZ=America/New_York 30 2 * * *" --from 2026-03-07 -n 3
       pyjob next --every 1h --align --tz Asia/Kolkata --format plain
     """
     from pyjob.core.describe import describe
     from pyjob.core.durations import humanize
-    from pyjob.core.schedule import Schedule, derive_job_id, iso, to_us
+    from pyjob.core.rules import iso, to_us
+    from pyjob.core.schedule import Schedule, job_identity
 
     env = get_env()
     if jobs_file is not None:
-        if expr or name or schedule_flags_given(kw):
+        if expr or name or shell or command or schedule_flags_given(kw):
             raise click.UsageError(
-                "--file previews the file's jobs: drop the EXPR, --name and schedule options"
+                "--file previews the file's jobs: drop the EXPR, the command, --name, --shell "
+                "and schedule options"
             )
         _next_file(jobs_file, count, from_, fmt)
         return
     spec, now = build_spec(expr, kw, from_)
-    schedule = Schedule(spec, job_id=name or derive_job_id(spec), anchor=now)
+    job = job_identity(spec, command, shell=shell, name=name)
+    schedule = Schedule(spec, job_id=job, anchor=now)
     ticks = list(schedule.ticks(now, count))
     zone = schedule.zone
     if fmt == "plain":
@@ -107,6 +113,7 @@ def next_cmd(
         echo_json(
             {
                 "schedule": str(spec),
+                "job": job,
                 "description": describe(spec),
                 "zone": str(zone),
                 "from": iso(now),
@@ -136,6 +143,8 @@ def next_cmd(
             ]
         )
     title = [("Schedule", str(spec)), ("Means", describe(spec))]
+    if name or command:
+        title.append(("Job", job))
     if not ticks:
         title.append(("Ticks", "none: the schedule has ended"))
     table(env, ["#", "Local", "UTC", "When", "Note"], rows, title)
@@ -157,7 +166,8 @@ def _next_file(path: str, count: int, from_: str | None, fmt: str) -> None:
     from pyjob.core.durations import humanize
     from pyjob.core.errors import InputError
     from pyjob.core.jobsfile import load
-    from pyjob.core.schedule import Schedule, iso, to_us
+    from pyjob.core.rules import iso, to_us
+    from pyjob.core.schedule import Schedule
     from pyjob.core.timeparse import parse_datetime
     from pyjob.core.zones import get_zone, job_zone_name
 

@@ -13,6 +13,7 @@ from .env import get_env
 from .options import (
     build_spec,
     complete_schedule,
+    job_identity_options,
     jobs_file_option,
     schedule_flags_given,
     schedule_options,
@@ -44,24 +45,12 @@ def _seconds(us: int | None) -> float | None:
     shell_complete=complete_schedule,
     help="The schedule as text: a cron expression or a phrase like 'every 5m align'.",
 )
-@click.option(
-    "--name",
-    metavar="JOB",
-    help="Job id (default: a hash of the normalized schedule "
-    "and the command, so the same one-liner on several hosts is one job).",
-)
-@click.option(
-    "--shell",
-    is_flag=True,
-    default=False,
-    help="Run the command through /bin/sh -c (default: executed directly).",
-)
+@job_identity_options
 @settings_options
 @jobs_file_option(
     "Run every job of a crontab or a TOML jobs file (*.toml) in this one process, instead "
     "of one command; SIGHUP re-reads it. The run options given here are defaults for its jobs."
 )
-@click.argument("command", nargs=-1, required=False, metavar="-- CMD [ARGS]...")
 def run_cmd(
     command: tuple[str, ...],
     schedule_text: str | None,
@@ -125,12 +114,12 @@ def run_cmd(
             "missing the command: pyjob run SCHEDULE -- CMD [ARGS]... (or --file PATH)"
         )
     from pyjob.core.process import Command
-    from pyjob.core.schedule import Schedule, derive_job_id
+    from pyjob.core.schedule import Schedule, job_identity
     from pyjob.core.scheduler import Job
     from pyjob.core.settings import JobSettings
 
     spec, now = build_spec(schedule_text, kw)
-    job_id = name or derive_job_id(spec, (["--shell"] if shell else []) + list(command))
+    job_id = job_identity(spec, command, shell=shell, name=name)
     job = Job(
         job_id,
         Schedule(spec, job_id=job_id, anchor=now),
@@ -323,9 +312,9 @@ def clock_watch(
     )
 
 
-def unshared_warning(rule: object) -> dict[str, str] | None:
+def unshared_warning(rule: Any) -> dict[str, str] | None:
     """The fields of the warning for a schedule whose ticks differ between instances."""
-    why = _unshared_ticks(rule)
+    why = rule.unshared_reason
     if why is None:
         return None
     return {
@@ -333,17 +322,6 @@ def unshared_warning(rule: object) -> dict[str, str] | None:
         "with this one",
         "action": "add --align (or use cron) when several instances run this job",
     }
-
-
-def _unshared_ticks(rule: object) -> str | None:
-    """Why the ticks of ``rule`` differ between instances, if they do."""
-    from pyjob.core.schedule import EveryRule, RandomEveryRule
-
-    if isinstance(rule, EveryRule) and not rule.align:
-        return "counts from this instance's start"
-    if isinstance(rule, RandomEveryRule):
-        return "draws each wait at random"
-    return None
 
 
 def install_signals(

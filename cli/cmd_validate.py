@@ -11,8 +11,10 @@ from .env import get_env
 from .errors import caret_lines
 from .exitcodes import ExitCode
 from .options import (
+    CommandAfterDashes,
     build_spec,
     complete_schedule,
+    job_identity_options,
     jobs_file_option,
     schedule_flags_given,
     schedule_options,
@@ -20,9 +22,10 @@ from .options import (
 from .render import echo_json
 
 
-@click.command("validate")
+@click.command("validate", cls=CommandAfterDashes)
 @click.argument("exprs", nargs=-1, metavar="[EXPR]...", shell_complete=complete_schedule)
 @schedule_options
+@job_identity_options
 @click.option(
     "--strict",
     is_flag=True,
@@ -42,7 +45,14 @@ from .render import echo_json
     help="text for people, json for machines.",
 )
 def validate_cmd(
-    exprs: tuple[str, ...], strict: bool, jobs_file: str | None, fmt: str, **kw: Any
+    exprs: tuple[str, ...],
+    name: str | None,
+    shell: bool,
+    command: tuple[str, ...],
+    strict: bool,
+    jobs_file: str | None,
+    fmt: str,
+    **kw: Any,
 ) -> None:
     """Check schedules: print the normalized form and next tick, or what is wrong.
 
@@ -50,16 +60,26 @@ def validate_cmd(
     all are valid, 2 when any is not (one line per problem, naming the field and the bad token),
     1 with --strict when any has a warning: a time that a DST change skips or repeats in its zone,
     or both day-of-month and day-of-week restricted (cron then fires when EITHER matches).
+
+    The next tick of a schedule with H fields or a random interval depends on the job: give the
+    command after -- (and --shell or --name) as for `pyjob run` to check that job's.
+
+    \b
+    Examples:
+      pyjob validate "*/5 * * * *" "0 0 31 2 *"
+      pyjob validate "H H * * *" -- ./backup.sh
     """
     from pyjob.core.describe import describe, warnings
-    from pyjob.core.schedule import Schedule, derive_job_id, iso
+    from pyjob.core.rules import iso
+    from pyjob.core.schedule import Schedule, job_identity
 
     env = get_env()
     clock_now = env.clock.now()
     if jobs_file is not None:
-        if exprs or schedule_flags_given(kw):
+        if exprs or name or shell or command or schedule_flags_given(kw):
             raise click.UsageError(
-                "--file checks the file's jobs: drop the EXPR and schedule options"
+                "--file checks the file's jobs: drop the EXPR, the command, --name, --shell "
+                "and schedule options"
             )
         _validate_file(jobs_file, strict, fmt)
         return
@@ -69,13 +89,15 @@ def validate_cmd(
         result: dict[str, Any] = {"input": text, "valid": False}
         try:
             spec, now = build_spec(text, kw)
-            schedule = Schedule(spec, job_id=derive_job_id(spec), anchor=now)
+            job = job_identity(spec, command, shell=shell, name=name)
+            schedule = Schedule(spec, job_id=job, anchor=now)
             nxt = schedule.next_tick(now)
             if nxt is None:
                 raise InputError(f"'{spec}' has no tick after {iso(now)}")
             result.update(
                 valid=True,
                 normalized=str(spec),
+                job=job,
                 description=describe(spec),
                 zone=str(schedule.zone),
                 next=iso(nxt, schedule.zone),
@@ -102,6 +124,8 @@ def validate_cmd(
                 click.echo(f"ok: {r['normalized']}")
                 click.echo(f"  means: {r['description']}")
                 click.echo(f"  next:  {r['next']}")
+                if name or command:
+                    click.echo(f"  job:   {r['job']}")
                 for w in r["warnings"]:
                     click.echo(f"warning: {label}: {w['message']}", err=True)
             for err in r["errors"]:
@@ -121,7 +145,8 @@ def validate_cmd(
 def _validate_file(path: str, strict: bool, fmt: str) -> None:
     from pyjob.core.describe import warnings
     from pyjob.core.jobsfile import JobsFileError, load
-    from pyjob.core.schedule import Schedule, iso
+    from pyjob.core.rules import iso
+    from pyjob.core.schedule import Schedule
 
     env = get_env()
     now = env.clock.now()

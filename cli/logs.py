@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 from pyjob.core.events import Event
-from pyjob.core.schedule import iso
+from pyjob.core.rules import iso
 
 _STYLE = {
     "run-started": "bold",

@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rv = cli.main(args=argv, prog_name="pyjob", standalone_mode=False)
     except click.UsageError as e:
-        click.echo(f"Error: {e.format_message()}", err=True)
+        from pyjob.core.errors import tidy
+
+        click.echo(f"Error: {tidy(e.format_message())}", err=True)
         sys.exit(int(ExitCode.USAGE))
     except click.ClickException as e:
         e.show()

@@ -61,6 +61,18 @@ PAGES: dict[str, dict[str, object]] = {
             "as Debian cron does, and coordinates instances through a lock backend.",
             "Every command that takes a schedule accepts the same text, or the equivalent "
             "options (--every 5m --align).",
+            "Cron day fields: L (last day), LW (last weekday) and 15W (the weekday nearest the "
+            "15th, also in lists: 1W,15W) in day-of-month; FRI#2 (second Friday) and 5L, FRIL or "
+            "L5 (last Friday) in day-of-week; day-of-week a/n runs up to 7 = Sunday, so 7/1 is "
+            "Sundays. If either day field starts with * (or ?) both must match, otherwise either "
+            "may: '0 0 1 * MON#1' fires on the 1st and on the first Monday.",
+            "Aligned intervals (every D align) that divide 24h are on the local wall clock, with "
+            "the ticks of the equivalent cron grid: 'every 6h align' fires at 00:00, 06:00, 12:00 "
+            "and 18:00 local, DST days included. A grid time a spring-forward skips fires at the "
+            "gap's end when D is longer than the jump (else it is absent); one a fall-back "
+            "repeats fires once when D is longer than the repeat (else at both occurrences: "
+            "'every 1h align' fires 25 times on a 25-hour day). Other intervals count from the "
+            "Unix epoch.",
         ],
         "examples": [
             (
@@ -175,6 +187,9 @@ PAGES: dict[str, dict[str, object]] = {
             "Prints the next ticks with local time, UTC and how far away they are, the normalized "
             "schedule and a one-line description. Ticks moved by a DST gap, or inside a repeated "
             "hour, are marked. --format plain prints one ISO 8601 instant per line.",
+            "H fields and random intervals depend on the job id. Give the command after -- (and "
+            "--shell or --name) exactly as for run, and next shows the ticks run fires for that "
+            "job.",
         ],
         "examples": [
             ("The next five hourly ticks", 'pyjob next "0 * * * *"'),
@@ -183,6 +198,7 @@ PAGES: dict[str, dict[str, object]] = {
                 'pyjob next "CRON_TZ=America/New_York 30 2 * * *" --from 2026-03-07 -n 3',
             ),
             ("For scripts", "pyjob next --every 1h --align --tz Asia/Kolkata --format plain"),
+            ("The minute run picks for this command", 'pyjob next "H * * * *" -- ./backup.sh'),
             ("Every job of a jobs file, merged", "pyjob next --file jobs.toml -n 10"),
         ],
     },
@@ -193,7 +209,8 @@ PAGES: dict[str, dict[str, object]] = {
             "next tick when valid, one line per problem otherwise, naming the field and the bad "
             "token, with a caret under it on a terminal. Warns when a schedule fires at a time a "
             "DST change skips or repeats, or restricts both day-of-month and day-of-week (either "
-            "then fires).",
+            "then fires). With -- CMD (and --shell or --name) as for run, H fields and random "
+            "intervals are those of that job.",
         ],
         "examples": [
             ("Several at once", 'pyjob validate "0 * * * *" "every 5m align"'),
@@ -244,9 +261,10 @@ PAGES: dict[str, dict[str, object]] = {
     "align": {
         "summary": "the next boundary of an interval grid",
         "description": [
-            "Prints the next boundary of the grid that run --every INTERVAL --align uses: from "
-            "each local midnight when INTERVAL divides a day, otherwise from the Unix epoch. With "
-            "--wait it sleeps until the boundary and exits 0.",
+            "Prints the next boundary of the grid that run --every INTERVAL --align uses: on the "
+            "local wall clock when INTERVAL divides a day (the same times as the equivalent cron "
+            "grid), otherwise counted from the Unix epoch. With --wait it sleeps until the "
+            "boundary and exits 0.",
         ],
         "examples": [
             ("The next 5-minute boundary", "pyjob align 5m"),

@@ -16,7 +16,8 @@ from pyjob.core.errors import InputError
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from pyjob.core.schedule import Parts, Spec
+    from pyjob.core.grammar import Parts
+    from pyjob.core.rules import Spec
 
 from .env import get_env
 
@@ -108,6 +109,68 @@ def jobs_file_option(help_text: str) -> Callable[[F], F]:
     )
 
 
+# --------------------------------------------------------------------------------------------
+# The job's identity: --name, --shell and -- CMD [ARGS]... (run, next, validate)
+
+_AFTER_DASHES = "pyjob.job-command"
+
+
+class CommandAfterDashes(click.Command):
+    """A command whose job command is everything after the first ``--``, so that it can follow
+    positional arguments of the command's own: ``pyjob next EXPR -- CMD``, ``pyjob validate
+    EXPR... -- CMD``. (``run`` has no positionals but the command and parses it as usual.)"""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        tail: tuple[str, ...] = ()
+        if "--" in args:
+            i = args.index("--")
+            args, tail = args[:i], tuple(args[i + 1 :])
+        ctx.meta[f"{_AFTER_DASHES}.{self.name}"] = tail
+        return super().parse_args(ctx, args)
+
+
+class JobCommandArgument(click.Argument):
+    """``-- CMD [ARGS]...``: taken from after ``--`` by a CommandAfterDashes, else parsed as a
+    plain variadic argument."""
+
+    def _key(self, ctx: click.Context) -> str:
+        return f"{_AFTER_DASHES}.{ctx.command.name}"
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
+        if self._key(ctx) not in ctx.meta:
+            super().add_to_parser(parser, ctx)
+
+    def consume_value(self, ctx: click.Context, opts: Any) -> tuple[Any, Any]:
+        from click.core import ParameterSource
+
+        if self._key(ctx) in ctx.meta:
+            return ctx.meta[self._key(ctx)], ParameterSource.COMMANDLINE
+        return super().consume_value(ctx, opts)
+
+
+def job_identity_options(f: F) -> F:
+    """--name, --shell and ``-- CMD [ARGS]...``: what makes a job's id (core
+    ``job_identity``), shared by run, next and validate so all three see the same job. The
+    function receives ``name``, ``shell`` and ``command``."""
+    f = click.argument(
+        "command", nargs=-1, required=False, metavar="[-- CMD [ARGS]...]", cls=JobCommandArgument
+    )(f)
+    f = click.option(
+        "--shell",
+        is_flag=True,
+        default=False,
+        help="Run the command through /bin/sh -c (default: executed directly); part of the job id.",
+    )(f)
+    f = click.option(
+        "--name",
+        metavar="JOB",
+        help="Job id: what claims are keyed by and what seeds H fields and random intervals "
+        "(default: a hash of the normalized schedule, --shell and the command, so the same "
+        "one-liner on several hosts is one job).",
+    )(f)
+    return f
+
+
 def server_list(values: tuple[str, ...] | None) -> list[str]:
     """The servers of a repeatable NTP server option, commas split, order kept."""
     return [item for v in values or () for item in v.split(",") if item]
@@ -172,8 +235,9 @@ def schedule_options(f: F) -> F:
             "--align",
             is_flag=True,
             default=False,
-            help="With --every: fire on grid boundaries (from local midnight when the interval "
-            "divides a day, else from the Unix epoch), the same on every host.",
+            help="With --every: fire on grid boundaries, the same on every host. An interval "
+            "that divides 24h is on the local wall clock (--every 6h --align: 00:00, 06:00, 12:00, "
+            "18:00 local, DST days included, like cron); others count from the Unix epoch.",
         ),
         click.option(
             "--offset",
@@ -233,7 +297,7 @@ def schedule_options(f: F) -> F:
 
 def schedule_parts(expr: str | None, kw: dict[str, Any]) -> tuple[Parts, str | None]:
     """Parts from a positional expression and/or the schedule options; the --tz override."""
-    from pyjob.core.schedule import Parts, split
+    from pyjob.core.grammar import Parts, split
 
     given = []
     if expr is not None:
@@ -288,7 +352,7 @@ def build_spec(
     expr: str | None, kw: dict[str, Any], from_text: str | None = None
 ) -> tuple[Spec, datetime]:
     """The schedule and the reference instant (``--from``, read in the job's zone; else now)."""
-    from pyjob.core.schedule import build
+    from pyjob.core.grammar import build
     from pyjob.core.timeparse import parse_datetime
     from pyjob.core.zones import get_zone, job_zone_name
 

@@ -1,28 +1,35 @@
-"""Cron expressions: pyjob's parser and DST semantics in front of croniter.
+"""Cron expressions: pyjob's own parser and evaluator, with Vixie/Debian cron's semantics.
 
-croniter computes which wall-clock times match the fields; pyjob decides which instants those are
-(DESIGN §2-3), because croniter's own defaults differ from Vixie/Debian cron in ways users notice:
+Fields are parsed once into values (as cronsim does): sorted seconds, minutes and hours, and a
+day rule (``DayRule``) for day-of-month, month and day-of-week. ``WallClock`` finds the next
+matching wall-clock time; ``CronTicks`` maps wall times to instants by pyjob's DST rules
+(DESIGN §2-3). Where cron dialects differ, pyjob follows Vixie/Debian cron and cronsim:
 
-- ``a-a`` means ``a`` (croniter reads it as "every").
+- ``a-a`` means ``a`` (croniter reads it as "every"); ``a/n`` runs from a to the field's end, and
+  in day-of-week that end is 7 = Sunday (``7/1`` is Sunday, not every day).
 - Day-of-month and day-of-week: if either field starts with ``*`` both must match, otherwise
-  either may (Vixie cron). croniter gets ``day_or`` set accordingly.
+  either may (Vixie cron), whatever they contain: ``0 0 1 * MON#1`` fires on the 1st and on the
+  first Monday, ``0 0 15W * FRI`` on the weekday nearest the 15th and on every Friday.
+- Quartz's specials: ``L`` (last day), ``LW`` (last weekday), ``nW`` (weekday nearest the n-th,
+  within the month; in lists too: ``1W,15W``), ``d#n`` (n-th weekday d), ``dL`` or ``Ld`` (last
+  weekday d of the month; ``5L`` = ``L5`` = last Friday).
 - A fixed time (minute and hour fields both not starting with ``*``) in a spring-forward gap fires
   once at the first instant after the gap; in a repeated fall-back hour, once at its first
   occurrence. This is Debian cron's rule, as cronsim implements it.
 - Wildcard minute or hour fields follow elapsed time: the instants whose local wall time matches,
   so ``0 * * * *`` fires every real hour, twice in a repeated hour and never in a gap.
 
-Fields are parsed here (not by croniter) so that every error names its field and bad token:
-"bad minute '61' (0-59)".
+Every error names its field and bad token: "bad minute '61' (0-59)".
 """
 
 from __future__ import annotations
 
+import bisect
+import calendar
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any
+from datetime import MAXYEAR, UTC, date, datetime, time, timedelta, tzinfo
 
 from .errors import ScheduleError
 from .zones import next_transition, offset_at, resolve_wall
@@ -70,8 +77,18 @@ _ITEM = re.compile(
     )(?:/(?P<step>.*))?$""",
     re.VERBOSE,
 )
-_DOM_SPECIAL = re.compile(r"^(?:L|(\d{1,2})W)$")
-_DOW_SPECIAL = re.compile(r"^(?:([A-Z]{3}|\d)#(\d+)|L([A-Z]{3}|\d))$")
+# [0-9], not \d: only ASCII digits belong in cron fields ('٥' and '５' are not 5; issue 14).
+_DOM_SPECIAL = re.compile(r"^(?:L|LW|([0-9]{1,2})W)$")
+# d#n, Ld (croniter) and dL (Quartz, cronsim): d is a weekday number or name.
+_DOW_SPECIAL = re.compile(
+    r"^(?:([A-Z]{3}|[0-9])#([0-9]{1,3})|L([A-Z]{3}|[0-9])|([A-Z]{3}|[0-9])L)$"
+)
+
+
+def _is_number(token: str) -> bool:
+    """ASCII digits, at most 3 of them: every field's values fit; str.isdigit() alone takes
+    '٥' and '５', and int() of 4,301 digits raises ValueError."""
+    return 0 < len(token) <= 3 and token.isascii() and token.isdigit()
 
 
 def _bad(field: Field, token: str, why: str, source: str, pos: int) -> ScheduleError:
@@ -84,7 +101,7 @@ def _value(field: Field, token: str, source: str, pos: int) -> int:
     up = token.upper()
     if up in field.names:
         return field.names[up]
-    if not token.isdigit():
+    if not _is_number(token):
         allowed = field.range_text
         if field.names:
             allowed += " or " + "-".join((next(iter(field.names)), list(field.names)[-1]))
@@ -110,7 +127,7 @@ def _parse_item(field: Field, item: str, source: str, pos: int) -> str:
             if not 1 <= day <= 31:
                 raise _bad(field, item, "nW needs a day 1-31", source, pos)
             return f"{day}W"
-        return "L"
+        return up
     if field is DOW and _DOW_SPECIAL.match(up):
         m = _DOW_SPECIAL.match(up)
         assert m is not None
@@ -120,8 +137,15 @@ def _parse_item(field: Field, item: str, source: str, pos: int) -> str:
             if not 1 <= nth <= 5:
                 raise _bad(field, item, "the n in day#n is 1-5", source, pos)
             return f"{_name_or_number(field, m.group(1), day)}#{nth}"
-        day = _value(field, m.group(3), source, pos + 1)
-        return f"L{_name_or_number(field, m.group(3), day)}"
+        token, at = (m.group(3), pos + 1) if m.group(3) is not None else (m.group(4), pos)
+        day = _value(field, token, source, at)
+        return f"L{_name_or_number(field, token, day)}"  # one normalized form: L5
+    if field is DOM and "W" in up:
+        raise _bad(field, item, "W takes one day, like 15W or LW, not a range or step", source, pos)
+    if field is DOW and "L" in up:  # no weekday name has an L
+        raise _bad(
+            field, item, "L needs one weekday, like 5L or FRIL: the last Friday", source, pos
+        )
     if item == "?":
         return "*"
     m = _ITEM.match(up)
@@ -131,7 +155,7 @@ def _parse_item(field: Field, item: str, source: str, pos: int) -> str:
     step_norm = ""
     if step_text is not None:
         span = field.hi - field.lo + 1
-        if not step_text.isdigit() or not 1 <= int(step_text) <= span:
+        if not _is_number(step_text) or not 1 <= int(step_text) <= span:
             raise _bad(field, item, f"the step after / is 1-{span}", source, pos)
         step_norm = f"/{int(step_text)}"
     if m.group("star"):
@@ -244,7 +268,7 @@ def _hash_value(job_id: str, index: int, lo: int, hi: int) -> int:
 
 
 _UTC_NAMES = frozenset({"UTC", "Etc/UTC", "GMT", "Etc/GMT", "UCT", "Etc/UCT", "Zulu", "Universal"})
-_HASH_ITEM = re.compile(r"^H(?:\((\d+)-(\d+)\))?(?:/(\d+))?$")
+_HASH_ITEM = re.compile(r"^H(?:\(([0-9]+)-([0-9]+)\))?(?:/([0-9]+))?$")
 
 
 def resolve_hash(expr: CronExpr, job_id: str) -> str:
@@ -278,12 +302,16 @@ def resolve_hash(expr: CronExpr, job_id: str) -> str:
 
 
 def field_values(field: Field, text: str) -> set[int] | None:
-    """The values a plain field (numbers, names, ranges, steps) selects; None with L, W or #."""
+    """The values a plain field (numbers, names, ranges, steps) selects; None with L, W or #.
+
+    ``a/n`` runs from a to the field's end (cronsim, Vixie cron); in day-of-week that end is 7, so
+    ``7/1`` is Sunday alone and ``1/2`` is Monday, Wednesday, Friday and Sunday; 7 is Sunday.
+    """
 
     def number(token: str) -> int | None:
         if token in field.names:
             return field.names[token]
-        return int(token) if token.isdigit() else None
+        return int(token) if token.isascii() and token.isdigit() else None
 
     out: set[int] = set()
     for item in text.split(","):
@@ -304,90 +332,236 @@ def field_values(field: Field, text: str) -> set[int] | None:
     return out
 
 
-def croniter_expression(expr: CronExpr, job_id: str) -> tuple[str, bool]:
-    """What croniter is given: H resolved, and day fields it reads the way Vixie cron does.
-
-    Under OR semantics croniter ignores a day field that is full or contains a ``*`` item
-    (``SUN-6``, ``11-25,*/2``) and keeps only the other one; Vixie cron ORs them. So a full day
-    field makes every day match (``* *``), and ``*`` items inside lists are spelled out.
-    """
-    fields = resolve_hash(expr, job_id).split()
-    if not expr.day_or:
-        return " ".join(fields), False
-    i = 3 if expr.has_seconds else 2
-    j = i + 2
-    dom, dow = field_values(DOM, fields[i]), field_values(DOW, fields[j])
-    if dom == set(range(1, 32)) or dow == set(range(7)):
-        fields[i] = fields[j] = "*"
-        return " ".join(fields), False
-    fields[i] = ",".join(
-        ("1-31" + it[1:]) if it.startswith("*") else it for it in fields[i].split(",")
-    )
-    fields[j] = ",".join(
-        ("0-6" + it[1:]) if it.startswith("*") else it for it in fields[j].split(",")
-    )
-    return " ".join(fields), True
+def _last_day(year: int, month: int) -> int:
+    return calendar.monthrange(year, month)[1]
 
 
-def _croniter(text: str, has_seconds: bool, day_or: bool, start: datetime) -> Any:
-    from croniter import croniter  # imported on first use: `pyjob align` never needs it
+def _nearest_weekday(year: int, month: int, day: int) -> int | None:
+    """Quartz's ``nW``: the weekday (Mon-Fri) nearest the day, never leaving the month; None when
+    the month has no such day."""
+    last = _last_day(year, month)
+    if day > last:
+        return None
+    weekday = calendar.weekday(year, month, day)  # 0 = Monday
+    if weekday == 5:  # Saturday: the Friday before, or the Monday after on the 1st
+        return day - 1 if day > 1 else day + 2
+    if weekday == 6:  # Sunday: the Monday after, or the Friday before on the last day
+        return day + 1 if day < last else day - 2
+    return day
 
-    return croniter(
-        text,
-        start,
-        ret_type=datetime,
-        day_or=day_or,
-        second_at_beginning=has_seconds,
-        max_years_between_matches=50,
-    )
+
+def _last_weekday(year: int, month: int) -> int:
+    """``LW``: the last Monday-Friday of the month."""
+    last = _last_day(year, month)
+    weekday = calendar.weekday(year, month, last)
+    return last - max(0, weekday - 4)
+
+
+@dataclass(frozen=True)
+class DayRule:
+    """Which days a cron expression fires on: its day-of-month, month and day-of-week fields as
+    values (parsed once; ``matches`` is arithmetic on a date)."""
+
+    months: frozenset[int]
+    dom: frozenset[int]  # plain days 1-31
+    dom_last: bool  # L
+    dom_last_weekday: bool  # LW
+    dom_nearest: frozenset[int]  # nW
+    dow: frozenset[int]  # 0 = Sunday .. 6
+    dow_nth: frozenset[tuple[int, int]]  # d#n: (weekday, n)
+    dow_last: frozenset[int]  # dL / Ld: the last such weekday of the month
+    day_or: bool  # Vixie cron: either field may match (neither starts with *)
+
+    @classmethod
+    def from_fields(cls, dom_text: str, month_text: str, dow_text: str, day_or: bool) -> DayRule:
+        months = field_values(MONTH, month_text)
+        assert months is not None
+        dom: set[int] = set()
+        nearest: set[int] = set()
+        last = last_weekday = False
+        for item in dom_text.split(","):
+            if item == "L":
+                last = True
+            elif item == "LW":
+                last_weekday = True
+            elif item.endswith("W"):
+                nearest.add(int(item[:-1]))
+            else:
+                values = field_values(DOM, item)
+                assert values is not None, item
+                dom |= values
+        dow: set[int] = set()
+        nth: set[tuple[int, int]] = set()
+        last_dow: set[int] = set()
+        for item in dow_text.split(","):
+            if "#" in item:
+                day, _, n = item.partition("#")
+                nth.add((_dow_number(day), int(n)))
+            elif item.startswith("L") or (item.endswith("L") and len(item) > 1):
+                last_dow.add(_dow_number(item.strip("L")))
+            else:
+                values = field_values(DOW, item)
+                assert values is not None, item
+                dow |= values
+        return cls(
+            frozenset(months),
+            frozenset(dom),
+            last,
+            last_weekday,
+            frozenset(nearest),
+            frozenset(dow),
+            frozenset(nth),
+            frozenset(last_dow),
+            day_or,
+        )
+
+    def _dom_matches(self, d: date) -> bool:
+        if d.day in self.dom:
+            return True
+        if self.dom_last and d.day == _last_day(d.year, d.month):
+            return True
+        if self.dom_last_weekday and d.day == _last_weekday(d.year, d.month):
+            return True
+        return any(_nearest_weekday(d.year, d.month, n) == d.day for n in self.dom_nearest)
+
+    def _dow_matches(self, d: date) -> bool:
+        weekday = d.isoweekday() % 7  # 0 = Sunday
+        if weekday in self.dow:
+            return True
+        if (weekday, (d.day + 6) // 7) in self.dow_nth:
+            return True
+        return weekday in self.dow_last and d.day + 7 > _last_day(d.year, d.month)
+
+    def matches(self, d: date) -> bool:
+        if d.month not in self.months:
+            return False
+        if self.day_or:
+            return self._dom_matches(d) or self._dow_matches(d)
+        return self._dom_matches(d) and self._dow_matches(d)
+
+
+def _dow_number(token: str) -> int:
+    return DOW.names[token] if token in DOW.names else int(token) % 7
+
+
+# A valid expression fires within this many years of any instant: Feb 29 on one weekday is
+# the rarest date (40 years apart across a century that is not a leap year).
+HORIZON_YEARS = 50
+
+
+class WallClock:
+    """The wall-clock times a cron expression matches, for one job (H resolved), as values:
+    sorted seconds, minutes and hours, and the day rule. ``next_after`` is the first matching
+    naive time strictly after a naive time, or None within HORIZON_YEARS."""
+
+    def __init__(self, expr: CronExpr, job_id: str) -> None:
+        fields = resolve_hash(expr, job_id).split()
+        if not expr.has_seconds:
+            fields.insert(0, "0")
+        second, minute, hour, dom, month, dow = fields
+
+        def values(field: Field, text: str) -> list[int]:
+            found = field_values(field, text)
+            assert found is not None, text
+            return sorted(found)
+
+        self.seconds = values(SECOND, second)
+        self.minutes = values(MINUTE, minute)
+        self.hours = values(HOUR, hour)
+        self.days = DayRule.from_fields(dom, month, dow, expr.day_or)
+        days = self.days
+        plain = not (days.dom_last or days.dom_last_weekday or days.dom_nearest)
+        # Only the day of the month decides (day-of-week '*'): skip straight to those days.
+        self._plain_days = (
+            sorted(days.dom)
+            if plain and not days.day_or and days.dow == frozenset(range(7)) and days.dom
+            else []
+        )
+
+    def _first_time(self, h: int, m: int, s: int) -> time | None:
+        """The first matching time of day at or after h:m:s."""
+        hours, minutes, seconds = self.hours, self.minutes, self.seconds
+        i = bisect.bisect_left(hours, h)
+        if i < len(hours) and hours[i] == h:
+            j = bisect.bisect_left(minutes, m)
+            if j < len(minutes) and minutes[j] == m:
+                k = bisect.bisect_left(seconds, s)
+                if k < len(seconds):
+                    return time(h, m, seconds[k])
+                j += 1
+            if j < len(minutes):
+                return time(h, minutes[j], seconds[0])
+            i += 1
+        if i < len(hours):
+            return time(hours[i], minutes[0], seconds[0])
+        return None
+
+    def next_after(self, naive: datetime) -> datetime | None:
+        t = naive.replace(microsecond=0) + timedelta(seconds=1)
+        day, start = t.date(), (t.hour, t.minute, t.second)
+        end_year = day.year + HORIZON_YEARS
+        if end_year > MAXYEAR:
+            end_year = MAXYEAR  # past 9999-12-31 date arithmetic overflows: no tick
+        months = self.days.months
+        while day.year <= end_year:
+            if day.month not in months:
+                year, month = day.year, day.month
+                while month not in months:
+                    year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+                if year > end_year:
+                    break
+                day, start = date(year, month, 1), (0, 0, 0)
+                continue
+            if self.days.matches(day):
+                found = self._first_time(*start)
+                if found is not None:
+                    return datetime.combine(day, found)
+            day, start = self._next_day(day), (0, 0, 0)
+        return None
+
+    def _next_day(self, day: date) -> date:
+        """The day after ``day``, or for plain days of the month the next such day."""
+        if self._plain_days:
+            i = bisect.bisect_right(self._plain_days, day.day)
+            if i < len(self._plain_days) and self._plain_days[i] <= _last_day(day.year, day.month):
+                return day.replace(day=self._plain_days[i])
+            return (day.replace(day=1) + timedelta(days=32)).replace(day=1)
+        return day + timedelta(days=1)
 
 
 def _check_fires(expr: CronExpr, source: str, base: int, length: int) -> None:
     """An expression that can never fire (``0 0 31 2 *``) is an error now, not a hang later."""
-    from croniter import CroniterBadDateError, CroniterError
-
-    text, day_or = croniter_expression(expr, "validate")
-    try:
-        _croniter(text, expr.has_seconds, day_or, datetime(2000, 1, 1)).get_next()
-    except CroniterBadDateError:
+    if WallClock(expr, "validate").next_after(datetime(2000, 1, 1)) is None:
         raise ScheduleError(
             f"'{expr}' can never fire: no date matches its day-of-month, month and "
             "day-of-week fields",
             source=source,
             pos=base,
             length=length,
-        ) from None
-    except CroniterError as e:
-        raise ScheduleError(
-            f"bad cron expression '{expr}': {e}", source=source, pos=base, length=length
-        ) from e
+        )
 
 
 class CronTicks:
     """``next_tick(after)`` for one cron expression in one zone, with pyjob's DST rules.
 
-    croniter iterates naive wall-clock times; this maps them to instants. Consecutive calls are
-    served from the same croniter iterator when the caller continues from the last tick, which is
-    what an executor and ``pyjob next`` do.
+    WallClock finds matching naive wall-clock times; this maps them to instants.
     """
 
     def __init__(self, expr: CronExpr, zone: tzinfo, job_id: str = "") -> None:
         self.expr = expr
         self.zone = zone
-        self._text, self._day_or = croniter_expression(expr, job_id)
-        self._iter: Any = None
-        self._iter_last: datetime | None = None  # the naive value the iterator last returned
+        self._wall = WallClock(expr, job_id)
         # UTC has one offset forever: its wall clock is elapsed time, no DST mapping needed.
         self._fixed_offset = zone is UTC or str(zone) in _UTC_NAMES
 
     def _next_wall(self, naive: datetime) -> datetime:
         """The first matching wall-clock time strictly after ``naive`` (whole seconds)."""
-        naive = naive.replace(microsecond=0)
-        if self._iter is None or self._iter_last != naive:
-            self._iter = _croniter(self._text, self.expr.has_seconds, self._day_or, naive)
-        nxt: datetime = self._iter.get_next()
-        self._iter_last = nxt
-        return nxt
+        found = self._wall.next_after(naive)
+        if found is None and naive.year + HORIZON_YEARS >= MAXYEAR - 1:
+            raise OverflowError("no tick before year 9999")  # Schedule: the schedule ends
+        if found is None:
+            raise ScheduleError(f"no tick found for '{self.expr}' after {naive.isoformat()}")
+        return found
 
     def next_wall(self, after: datetime) -> tuple[datetime, datetime | None]:
         """The next tick strictly after ``after``, and the wall time a DST gap moved it from."""

@@ -27,9 +27,16 @@ _UNITS = {
     "h": HOUR,
     "d": DAY,
 }
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
-# timedelta's limit, and far beyond any useful schedule.
-MAX_US = 999_999_999 * DAY
+# ASCII digits only: str.isdigit() and int() also take '٥' and '５' (issue 14).
+_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h|d)")
+# 100 years: far beyond any useful schedule, and small enough that every tick, claim and deadline
+# pyjob computes from a duration stays inside datetime's range (year 9999) for centuries.
+MAX_DAYS = 36_525
+MAX_US = MAX_DAYS * DAY
+# More digits than these cannot be a valid duration: the whole part would exceed MAX_US in
+# nanoseconds; a fraction with more significant digits is finer than a microsecond in any unit.
+_MAX_WHOLE_DIGITS = len(str(MAX_US * 1000))
+_MAX_FRACTION_DIGITS = 18
 _HINT = "like 250ms, 90s, 5m, 1h30m or 2d"
 
 
@@ -57,12 +64,19 @@ def parse_duration(text: str, *, allow_zero: bool = False) -> int:
         number, unit = m.group(1), m.group(2)
         unit_ns = 1 if unit == "ns" else _UNITS[unit] * 1000  # type: ignore[operator]
         whole, _, frac = number.partition(".")
+        whole, frac = whole.lstrip("0"), frac.rstrip("0")
+        if len(whole) > _MAX_WHOLE_DIGITS:
+            raise _too_large(text)
+        if len(frac) > _MAX_FRACTION_DIGITS:
+            raise DurationError(
+                f"duration '{text}' is finer than a microsecond", source=text, pos=0
+            )
         part_ns = int(whole or "0") * unit_ns
         if frac:
             part_ns += int(frac) * unit_ns // 10 ** len(frac)
         total_ns += part_ns
         if total_ns > MAX_US * 1000:
-            raise DurationError(f"duration '{text}' is too large", source=text, pos=0)
+            raise _too_large(text)
         pos = m.end()
     if total_ns % 1000:
         raise DurationError(f"duration '{text}' is finer than a microsecond", source=text, pos=0)
@@ -70,6 +84,12 @@ def parse_duration(text: str, *, allow_zero: bool = False) -> int:
     if total == 0 and not allow_zero:
         raise DurationError(f"zero duration '{text}': must be positive", source=text, pos=0)
     return total
+
+
+def _too_large(text: str) -> DurationError:
+    return DurationError(
+        f"duration '{text}' is too large (at most {MAX_DAYS}d, 100 years)", source=text, pos=0
+    )
 
 
 def format_duration(us: int) -> str:

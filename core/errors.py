@@ -6,6 +6,20 @@ what is wrong and what would be right: "bad minute '61' (0-59)".
 
 from __future__ import annotations
 
+import re
+
+_LONG_QUOTED = re.compile(r"'([^']{41,})'")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def tidy(message: str) -> str:
+    """One printable line: control characters (a newline in a bad token too) are escaped, and a
+    quoted token longer than 40 characters is cut to its start and its length."""
+    message = _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
+    return _LONG_QUOTED.sub(
+        lambda m: f"'{m.group(1)[:24]}...' ({len(m.group(1))} characters)", message
+    )
+
 
 class PyjobError(Exception):
     """Base of everything the core raises on purpose."""
@@ -21,6 +35,7 @@ class InputError(PyjobError):
     def __init__(
         self, message: str, *, source: str | None = None, pos: int | None = None, length: int = 1
     ) -> None:
+        message = tidy(message)
         super().__init__(message)
         self.message = message
         self.source = source

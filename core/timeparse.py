@@ -8,7 +8,7 @@ from datetime import UTC, datetime, time, tzinfo
 from .errors import TimeParseError
 from .zones import resolve_wall
 
-_TIME_OF_DAY = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?$")
+_TIME_OF_DAY = re.compile(r"^([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?$")  # ASCII digits only
 
 
 def parse_time_of_day(text: str) -> time:
@@ -36,6 +36,8 @@ def parse_datetime(text: str, zone: tzinfo, now: datetime | None = None) -> date
     A naive value means wall time in ``zone``, resolved by the DST rule of ``zones.resolve_wall``.
     """
     s = text.strip()
+    if not s.isascii():  # float() and parsers take '٥' and '５' for digits: not here
+        s = ""
     if s.lower() == "now":
         if now is None:
             raise TimeParseError("'now' is not allowed here", source=text, pos=0)

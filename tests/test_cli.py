@@ -69,6 +69,7 @@ def test_next_json(invoke) -> None:  # type: ignore[no-untyped-def]
     doc = json.loads(result.output)
     assert doc == {
         "schedule": "daily at 02:30 tz Europe/Berlin",
+        "job": "job-5baf2d79d788",
         "description": "at 02:30 every day (Europe/Berlin)",
         "zone": "Europe/Berlin",
         "from": "2026-03-28T11:00:00Z",

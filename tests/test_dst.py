@@ -165,14 +165,16 @@ CASES = [
     pytest.param(
         "every 1h align tz Australia/Lord_Howe",
         "2026-10-04T00:30+10:30",
-        ["2026-10-04T01:00:00+10:30", "2026-10-04T02:30:00+11:00", "2026-10-04T03:30:00+11:00"],
-        id="lord-howe-spring-every-1h-align-elapsed-from-midnight",
+        # issue 15: the grid is on the wall clock; 02:00 is skipped by a 30-minute jump, shorter
+        # than 1h, so it fires at the gap's end, and the grid stays on :00.
+        ["2026-10-04T01:00:00+10:30", "2026-10-04T02:30:00+11:00", "2026-10-04T03:00:00+11:00"],
+        id="lord-howe-spring-every-1h-align-moves-skipped-02-00-then-stays-on-the-hour",
     ),
     pytest.param(
         "every 1h align tz Australia/Lord_Howe",
-        "2026-10-04T23:00+11:00",
-        ["2026-10-04T23:30:00+11:00", "2026-10-05T00:00:00+11:00", "2026-10-05T01:00:00+11:00"],
-        id="lord-howe-grid-restarts-at-next-midnight",
+        "2026-10-04T22:59+11:00",
+        ["2026-10-04T23:00:00+11:00", "2026-10-05T00:00:00+11:00", "2026-10-05T01:00:00+11:00"],
+        id="lord-howe-grid-on-the-hour-after-the-transition-day",
     ),
     # --- Asia/Kolkata: +05:30, no DST
     pytest.param(

@@ -4,19 +4,23 @@ exception; through the CLI, exit 0 or 2 with one `Error:` line, never a tracebac
 from __future__ import annotations
 
 import contextlib
+import subprocess
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyjob.cli.env import Env
 from pyjob.cli.main import cli
 from pyjob.core.clock import FakeClock
-from pyjob.core.durations import format_duration, parse_duration
+from pyjob.core.durations import MAX_DAYS, format_duration, parse_duration
 from pyjob.core.errors import PyjobError
 from pyjob.core.schedule import Schedule, parse
 from pyjob.core.timeparse import parse_datetime, parse_time_of_day
 from pyjob.core.zones import get_zone
+
+from .conftest import pyjob_exe
 
 NOW = datetime(2026, 11, 27, 22, 0, tzinfo=UTC)
 ENV = {"TZ": "Europe/Berlin"}
@@ -176,7 +180,8 @@ def test_cli_gives_exit_0_or_2_and_no_traceback(command: str, text: str, extra: 
     env = Env(clock=FakeClock(NOW), environ=ENV, stdout_terminal=False, stderr_terminal=False)
     result = CliRunner().invoke(
         cli,
-        [command, "--", text, *extra] if text.startswith("-") else [command, text, *extra],
+        # after `--` comes the job's command: a text that looks like an option goes in --cron=
+        [command, f"--cron={text}", *extra] if text.startswith("-") else [command, text, *extra],
         obj=env,
     )
     assert result.exit_code in (0, 1, 2), result.output
@@ -253,3 +258,151 @@ def test_normalized_form_parses_back_to_the_same_schedule(kind: str, data: st.Da
     b = Schedule(again, job_id="x", anchor=NOW)
     start = NOW + timedelta(days=data.draw(st.integers(0, 800)))
     assert [t.instant for t in a.ticks(start, 5)] == [t.instant for t in b.ticks(start, 5)]
+
+
+# ------------------------------------------- hostile input (issue 14 item 7): huge numbers,
+# digits that are not ASCII ('٥', '５', '߅'...), control characters
+
+_non_ascii_digit = st.characters(categories=["Nd"]).filter(lambda c: not c.isascii())
+_control = st.characters(categories=["Cc"])
+_huge_number = st.integers(20, 6000).map(lambda n: "9" * n)  # over 100 years in any unit
+_hostile_number = st.one_of(
+    _huge_number,
+    st.lists(st.one_of(_non_ascii_digit, st.sampled_from("0123456789")), min_size=1, max_size=4)
+    .map("".join)
+    .filter(lambda s: not s.isascii()),
+    st.tuples(st.text("0123456789", min_size=1, max_size=3), _control).map("".join),
+)
+_unit = st.sampled_from(["", "s", "m", "h", "d", "ms", "us"])
+
+
+def _has_bad_char(text: str) -> bool:
+    return any(not c.isascii() and c.isdigit() for c in text) or any(
+        ord(c) < 32 and not c.isspace() for c in text
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(_hostile_number, _unit, st.booleans())
+def test_duration_parser_rejects_hostile_numbers(number: str, unit: str, fraction: bool) -> None:
+    if fraction and number.isascii() and number.isdigit() and len(number) <= 18:
+        return  # a plain fraction like 1.999999d is a fine duration
+    text = (f"1.{number}" if fraction else number) + (unit or "d")
+    try:
+        us = parse_duration(text)
+    except PyjobError as e:
+        assert "\n" not in str(e) and len(str(e)) < 200, str(e)
+        return
+    raise AssertionError(f"{text[:50]!r} parsed as {us}")
+
+
+def test_duration_limit_is_what_schedules_can_compute() -> None:
+    # The largest duration the parser takes must give ticks, claims and deadlines pyjob can
+    # compute: an unaligned schedule's ticks far into the future, and the end of time (9999) as
+    # the end of the schedule, not an OverflowError.
+    us = parse_duration(f"{MAX_DAYS}d")
+    with pytest.raises(PyjobError, match="too large"):
+        parse_duration(f"{MAX_DAYS + 1}d")
+    sched = Schedule(parse(f"every {MAX_DAYS}d", env=ENV, now=NOW), anchor=NOW)
+    ticks = list(sched.ticks(NOW, 1000))
+    assert ticks[0].instant == NOW + timedelta(microseconds=us)
+    assert len(ticks) == (datetime(9999, 12, 31, tzinfo=UTC) - NOW) // timedelta(microseconds=us)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 4), _hostile_number, st.sampled_from(["{}", "{}-30", "*/{}", "1-{}", "{}#2"]))
+def test_cron_fields_take_only_ascii_digits(index: int, number: str, shape: str) -> None:
+    fields = ["0", "0", "*", "*", "*"]
+    fields[index] = shape.format(number)
+    text = " ".join(fields)
+    if any(c.isspace() for c in number):
+        return  # a whitespace control character splits the field: another expression
+    with pytest.raises(PyjobError) as raised:
+        parse(text, env=ENV, now=NOW)
+    assert "\n" not in str(raised.value) and len(str(raised.value)) < 250
+
+
+@pytest.mark.parametrize("text", ["٥ * * * *", "５ * * * *", "0 ٥ * * *", "*/５ * * * *"])
+def test_non_ascii_digits_are_not_cron_digits(text: str) -> None:
+    with pytest.raises(PyjobError, match=r"bad (minute|hour)"):
+        parse(text, env=ENV, now=NOW)
+
+
+def _pyjob(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*pyjob_exe(), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", "TZ": "UTC", "PYJOB_NO_CLOCK_CHECK": "1"},
+    )
+
+
+def _one_error_line(proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-500:])
+    assert proc.stderr.startswith("Error: ") and proc.stderr.count("\n") == 1, proc.stderr[-500:]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(["run", "next", "validate", "align"]),
+    st.sampled_from(["--every", "cron", "--offset", "--timeout", "--jitter"]),
+    _hostile_number,
+    _unit,
+)
+def test_real_cli_rejects_hostile_numbers_with_one_error_line(
+    command: str, where: str, number: str, unit: str
+) -> None:
+    if any(c.isspace() for c in number) or "\x00" in number:
+        return  # not one argument (a NUL cannot be passed in argv)
+    value = number + (unit or "d")
+    if command == "align":
+        args = ["align", value] if where != "--offset" else ["align", "5m", "--offset", value]
+    elif where == "cron":
+        args = [command, "-s" if command == "run" else "--cron", f"{number} * * * *"]
+    elif where in ("--timeout", "--jitter") and command != "run":
+        args = [command, "--every", value]
+    elif where == "--offset":
+        args = [command, "--every", "5m", "--align", "--offset", value]
+    else:
+        args = (
+            [command, where, value]
+            if where == "--every"
+            else [command, "--every", "5m", where, value]
+        )
+    if command == "run":
+        args += ["--lock", "none", "--", "true"]
+    _one_error_line(_pyjob(*args))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["next", "--every", "1" * 4301 + "s"], "is too large (at most 36525d, 100 years)"),
+        (["run", "--every", "1" * 4301 + "s", "--", "true"], "is too large"),
+        (["run", "--every", "500000d", "--lock", "none", "--", "true"], "'500000d' is too large"),
+        (["next", "--every", "800000d"], "'800000d' is too large"),
+        (["next", "٥ * * * *"], "bad minute '٥' (0-59)"),
+        (["run", "-s", "５ * * * *", "--", "true"], "bad minute '５' (0-59)"),
+        (["validate", "0 0 * * 5#" + "1" * 5000], "(5002 characters)"),
+        (["next", "--every", "5\x1bm"], "bad duration '5\\x1bm'"),
+        (["next", "0 \x07 * * *"], "bad hour '\\x07' (0-23)"),
+        (["next", "--daily", "--at", "٠٩:00"], "bad time of day '٠٩:00'"),
+        (["next", "--weekly", "MON", "--interval", "٢"], "bad interval '٢'"),
+        (["next", "--every", "1h", "--start-at", "@١٧٩٠٠٠٠٠٠٠"], "bad date-time"),
+    ],
+)
+def test_issue_14_bad_input_gives_one_error_line(args: list[str], message: str) -> None:
+    proc = _pyjob(*args)
+    _one_error_line(proc)
+    assert message in proc.stderr, proc.stderr
+
+
+def test_schedules_end_at_year_9999_instead_of_crashing() -> None:
+    for text in ["0 0 1 1 *", "0 0 29 2 1", "daily at 00:00 interval 1000", "every 36525d align"]:
+        sched = Schedule(parse(text, env=ENV, now=NOW), anchor=NOW)
+        ticks = list(sched.ticks(NOW, 100_000))
+        assert ticks and ticks[-1].instant.year >= 9900, text

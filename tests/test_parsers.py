@@ -38,7 +38,8 @@ def test_parse_duration(text: str, us: int) -> None:
         ("1h 30m", "bad duration '1h 30m' at ' 30m' (like 250ms, 90s, 5m, 1h30m or 2d)"),
         ("", "empty duration (like 250ms, 90s, 5m, 1h30m or 2d)"),
         ("10ns", "duration '10ns' is finer than a microsecond"),
-        ("9999999999999d", "duration '9999999999999d' is too large"),
+        ("9999999999999d", "duration '9999999999999d' is too large (at most 36525d, 100 years)"),
+        ("36526d", "duration '36526d' is too large (at most 36525d, 100 years)"),
     ],
 )
 def test_bad_durations(text: str, message: str) -> None:

@@ -1,0 +1,619 @@
+"""The rule kinds of a schedule (DESIGN §2), each one class that owns everything about its kind.
+
+A rule is frozen data. It knows
+
+- its normalized text (``str(rule)``, which the grammar parses back to an equal rule),
+- how it is built from the grammar's Parts (``from_parts``, registered under its phrase heads),
+- its description in words (``describe()``),
+- its properties: ``kind``, ``tick_zone`` and ``unshared_reason`` (why instances on other hosts
+  would compute other ticks, or None when every host computes the same ones),
+- its ticker (``ticker(...)``): the pure ``next(after) -> Tick | None``, never reading the clock.
+
+Adding a kind means one new class here with ``@register("head")``; the grammar, ``Schedule``,
+``describe`` and the run path ask the rule, not ``isinstance``.
+
+A ``Spec`` is a rule plus its bounds (start-at, stop-at).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
+
+from .cron import DESCRIPTORS, CronExpr, CronTicks, parse_cron
+from .cronwords import DAY_NAMES, describe_cron, join_words, ordinal
+from .durations import DAY, format_duration, parse_duration
+from .errors import DurationError, ScheduleError
+from .timeparse import format_time_of_day
+from .values import WEEKDAYS, interval, month_days, once_instants, times_of_day, weekdays
+from .zones import Wall, get_zone, is_repeated, next_transition, offset_at, resolve_wall
+
+if TYPE_CHECKING:
+    from .grammar import Parts
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EPOCH_DATE = date(1970, 1, 1)
+EPOCH_MONDAY = date(1970, 1, 5)  # ISO weeks for `weekly --interval` count from here
+US = timedelta(microseconds=1)
+
+
+def to_us(instant: datetime) -> int:
+    """Microseconds since the Unix epoch (exact integer arithmetic for grids)."""
+    return (instant - EPOCH) // US
+
+
+def from_us(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+def iso(instant: datetime, zone: tzinfo | None = None) -> str:
+    """ISO 8601 with offset; UTC is written with Z."""
+    value = instant.astimezone(zone or UTC)
+    text = value.isoformat(timespec="microseconds" if value.microsecond else "seconds")
+    return text.replace("+00:00", "Z") if zone is None else text
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One instant a schedule yields, with what DST did to it."""
+
+    instant: datetime  # aware, UTC
+    moved_from: datetime | None = None  # the wall time it was meant for, if a DST gap moved it
+    repeated: bool = False  # its wall time occurs twice (a fall-back hour)
+
+
+class Ticker(Protocol):
+    """A rule bound to its run-time facts: the first tick strictly after ``after`` (UTC)."""
+
+    def next(self, after: datetime) -> Tick | None: ...
+
+
+class Rule(ABC):
+    """A kind of schedule. Subclasses are frozen dataclasses registered under their heads."""
+
+    #: The option keys (besides tz and the bounds) each phrase head accepts.
+    keys: ClassVar[dict[str, frozenset[str]]] = {}
+
+    @property
+    @abstractmethod
+    def kind(self) -> str:
+        """cron, every, daily, weekly, monthly or once."""
+
+    @property
+    def tick_zone(self) -> str | None:
+        """The zone the ticks depend on, or None when they are zone-free (elapsed time, UTC)."""
+        return None
+
+    @property
+    def local_zone(self) -> str | None:
+        """The zone its ticks are shown in (`next`'s Local column, PYJOB_TICK); None is UTC."""
+        return self.tick_zone
+
+    @property
+    def unshared_reason(self) -> str | None:
+        """Why instances on other hosts compute other ticks for this rule, or None when every
+        instance that runs it computes the same ticks whenever it started."""
+        return None
+
+    @abstractmethod
+    def describe(self) -> str:
+        """The rule in words, for `validate` and `next`."""
+
+    @abstractmethod
+    def ticker(self, *, job_id: str, anchor: datetime | None, start_at: datetime | None) -> Ticker:
+        """The pure tick function; ``job_id`` seeds H and random waits, ``anchor`` is where an
+        unaligned interval counts from (``start_at`` wins: then start-at is the first tick)."""
+
+    @classmethod
+    @abstractmethod
+    def from_parts(cls, parts: Parts, zone_name: str, now: datetime | None) -> Rule:
+        """Validate the grammar's Parts of this kind into a rule."""
+
+
+R = TypeVar("R", bound=type[Rule])
+RULES: dict[str, type[Rule]] = {}  # phrase head (or "cron") -> the class that builds it
+
+
+def register(*heads: str) -> Callable[[R], R]:
+    def add(cls: R) -> R:
+        for head in heads:
+            RULES[head] = cls
+        return cls
+
+    return add
+
+
+def _tick_from_wall(wall: Wall, naive: datetime, zone: tzinfo) -> Tick:
+    if wall.gap:
+        return Tick(wall.instant, moved_from=naive)
+    return Tick(wall.instant, repeated=wall.repeated or is_repeated(wall.instant, zone))
+
+
+# --------------------------------------------------------------------------------------------
+# cron
+
+
+@register("cron")
+@dataclass(frozen=True)
+class CronRule(Rule):
+    expr: CronExpr
+    zone: str
+
+    keys: ClassVar[dict[str, frozenset[str]]] = {"cron": frozenset()}
+
+    def __str__(self) -> str:
+        return f"CRON_TZ={self.zone} {self.expr}"
+
+    @property
+    def kind(self) -> str:
+        return "cron"
+
+    @property
+    def tick_zone(self) -> str | None:
+        return self.zone
+
+    def describe(self) -> str:
+        return describe_cron(self.expr) + f" ({self.zone})"
+
+    def ticker(self, *, job_id: str, anchor: datetime | None, start_at: datetime | None) -> Ticker:
+        return _CronTicker(self, job_id)
+
+    @classmethod
+    def from_parts(cls, parts: Parts, zone_name: str, now: datetime | None) -> Rule:
+        assert parts.value is not None
+        text = parts.value
+        stripped = text.strip()
+        lowered = stripped.lower()
+        if lowered.startswith("@every"):
+            rest = stripped[len("@every") :]
+            if not rest.strip():
+                raise ScheduleError("@every needs a duration, like '@every 5m'", source=text, pos=0)
+            try:
+                return EveryRule(parse_duration(rest.strip()))
+            except DurationError as e:
+                raise e.at(text, text.index(rest.strip()), len(rest.strip())) from None
+        if lowered.startswith("@"):
+            word = lowered.split()[0]
+            if word not in DESCRIPTORS or len(stripped.split()) > 1:
+                raise ScheduleError(
+                    f"unknown descriptor '{stripped.split()[0]}' (one of "
+                    + ", ".join(sorted(DESCRIPTORS))
+                    + ", @every DURATION)",
+                    source=text,
+                    pos=0,
+                    length=len(word),
+                )
+            return cls(parse_cron(DESCRIPTORS[word]), zone_name)
+        return cls(parse_cron(text), zone_name)
+
+
+class _CronTicker:
+    def __init__(self, rule: CronRule, job_id: str) -> None:
+        self.zone = get_zone(rule.zone)
+        self.ticks = CronTicks(rule.expr, self.zone, job_id)
+
+    def next(self, after: datetime) -> Tick | None:
+        instant, moved_from = self.ticks.next_wall(after)
+        if moved_from is not None:
+            return Tick(instant, moved_from=moved_from)
+        return Tick(instant, repeated=is_repeated(instant, self.zone))
+
+
+# --------------------------------------------------------------------------------------------
+# every DURATION [align [offset D]]
+
+
+@register("every")
+@dataclass(frozen=True)
+class EveryRule(Rule):
+    """A fixed duration in elapsed time, from the anchor or on an aligned grid (DESIGN §2)."""
+
+    every: int  # microseconds
+    align: bool = False
+    offset: int = 0
+    zone: str | None = None  # only for grids on the local wall clock (D divides 24 h)
+    # The job's zone for an epoch grid: its ticks do not depend on it (so it is not part of the
+    # normalized form, nor of the job id), but they are shown in it.
+    shown_zone: str | None = field(default=None, compare=False)
+
+    keys: ClassVar[dict[str, frozenset[str]]] = {"every": frozenset({"align", "offset"})}
+
+    @property
+    def divides_day(self) -> bool:
+        return self.every <= DAY and DAY % self.every == 0
+
+    def __str__(self) -> str:
+        text = f"every {format_duration(self.every)}"
+        if self.align:
+            text += " align"
+            if self.offset:
+                text += f" offset {format_duration(self.offset)}"
+            if self.zone:
+                text += f" tz {self.zone}"
+        return text
+
+    @property
+    def kind(self) -> str:
+        return "every"
+
+    @property
+    def tick_zone(self) -> str | None:
+        return self.zone
+
+    @property
+    def local_zone(self) -> str | None:
+        return self.zone or self.shown_zone
+
+    @property
+    def unshared_reason(self) -> str | None:
+        return None if self.align else "counts from this instance's start"
+
+    def describe(self) -> str:
+        text = f"every {format_duration(self.every)}"
+        if not self.align:
+            return text + " from the start"
+        if self.zone:
+            text += f" on the local wall clock from midnight ({self.zone})"
+        else:
+            text += " on the grid from the Unix epoch"
+        if self.offset:
+            text += f", shifted by {format_duration(self.offset)}"
+        return text
+
+    def ticker(self, *, job_id: str, anchor: datetime | None, start_at: datetime | None) -> Ticker:
+        start = start_at or anchor
+        if start is None and not self.align:
+            raise ValueError("an unaligned 'every' schedule needs an anchor instant")
+        ticks = _EveryTicker(self, start or EPOCH)
+        if start_at is not None and not self.align:
+            ticks.anchor -= self.every  # so that start-at itself is the first tick
+        return ticks
+
+    @classmethod
+    def from_parts(cls, parts: Parts, zone_name: str, now: datetime | None) -> Rule:
+        value = parts.value
+        assert value is not None
+        if ".." in value:
+            return RandomEveryRule.from_parts(parts, zone_name, now)
+        every = parse_duration(value)
+        if not parts.align:
+            return cls(every)
+        offset = parse_duration(parts.offset, allow_zero=True) % every if parts.offset else 0
+        if cls(every).divides_day:
+            return cls(every, True, offset, zone_name)
+        return cls(every, True, offset, shown_zone=zone_name)
+
+
+class _EveryTicker:
+    def __init__(self, rule: EveryRule, anchor: datetime) -> None:
+        self.rule = rule
+        self.zone = get_zone(rule.zone) if rule.zone else None
+        self.anchor = to_us(anchor)
+
+    def next(self, after: datetime) -> Tick | None:
+        d = self.rule.every
+        if self.zone is not None:
+            return self._next_on_wall_grid(after, self.zone)
+        base = self.anchor if not self.rule.align else self.rule.offset
+        k = (to_us(after) - base) // d + 1
+        return Tick(from_us(base + k * d))
+
+    def _grid_wall(self, wall: datetime, strict: bool) -> datetime:
+        """The first wall time of the grid after (or at, unless ``strict``) ``wall``: since D
+        divides 24 h, the grid is offset + k·D counted on the naive wall clock."""
+        d, off = self.rule.every, self.rule.offset
+        us = (wall - _NAIVE_EPOCH) // US - off
+        k = us // d + 1 if strict else -(-us // d)
+        return _NAIVE_EPOCH + timedelta(microseconds=off + k * d)
+
+    def _next_on_wall_grid(self, after: datetime, zone: tzinfo) -> Tick:
+        """DESIGN §2: the grid is on the local wall clock, the same ticks as the cron grid. Within
+        a stretch of constant UTC offset a grid wall time maps straight to its instant; at a
+        transition, a grid time a spring-forward skips fires at the gap's end when D is longer
+        than the jump (else it is absent), and a grid time a fall-back repeats fires at its first
+        occurrence only when D is longer than the repeat (else at both)."""
+        d = self.rule.every
+        t, strict = after, True
+        for _ in range(1000):
+            off = offset_at(t, zone)
+            wall = self._grid_wall((t + off).replace(tzinfo=None), strict)
+            candidate = (wall - off).replace(tzinfo=UTC)
+            change = next_transition(zone, t, candidate)
+            if change is not None:
+                if change.is_gap and d > (change.after - change.before) // US:
+                    start = (change.instant + change.before).replace(tzinfo=None)
+                    skipped = self._grid_wall(start, strict=False)
+                    if skipped < (change.instant + change.after).replace(tzinfo=None):
+                        return Tick(change.instant, moved_from=skipped)
+                t, strict = change.instant, False
+                continue
+            first = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+            if first != candidate:  # the second occurrence of a repeated wall time
+                repeat = offset_at(first, zone) - offset_at(candidate, zone)
+                if d > repeat // US:
+                    t, strict = candidate, True
+                    continue
+            return Tick(candidate, repeated=is_repeated(candidate, zone))
+        raise ScheduleError(f"no tick found for '{self.rule}'")  # pragma: no cover
+
+
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# every MIN..MAX
+
+
+@dataclass(frozen=True)
+class RandomEveryRule(Rule):
+    """A random duration in [lo, hi) after each tick (gocron's DurationRandomJob)."""
+
+    lo: int
+    hi: int
+
+    def __str__(self) -> str:
+        return f"every {format_duration(self.lo)}..{format_duration(self.hi)}"
+
+    @property
+    def kind(self) -> str:
+        return "every"
+
+    @property
+    def unshared_reason(self) -> str | None:
+        return "draws each wait at random"
+
+    def describe(self) -> str:
+        return (
+            f"after a random {format_duration(self.lo)} to {format_duration(self.hi)} "
+            "after each run"
+        )
+
+    def ticker(self, *, job_id: str, anchor: datetime | None, start_at: datetime | None) -> Ticker:
+        return _RandomEveryTicker(self, job_id)
+
+    @classmethod
+    def from_parts(cls, parts: Parts, zone_name: str, now: datetime | None) -> Rule:
+        value = parts.value
+        assert value is not None
+        lo_text, _, hi_text = value.partition("..")
+        lo = parse_duration(lo_text)
+        try:
+            hi = parse_duration(hi_text)
+        except DurationError as e:
+            raise e.at(value, len(lo_text) + 2) from None
+        if hi <= lo:
+            raise DurationError(
+                f"bad random interval '{value}': MIN..MAX needs MIN < MAX", source=value, pos=0
+            )
+        if parts.align:
+            raise ScheduleError("'align' does not apply to a random interval MIN..MAX")
+        return cls(lo, hi)
+
+
+class _RandomEveryTicker:
+    """Deterministic randomness: the gap after tick T is drawn from a hash of (job, T), so every
+    instance that saw tick T computes the same next tick, and ``pyjob next`` is repeatable."""
+
+    def __init__(self, rule: RandomEveryRule, job_id: str) -> None:
+        self.rule = rule
+        self.seed = job_id.encode()
+
+    def next(self, after: datetime) -> Tick | None:
+        a = to_us(after)
+        digest = hashlib.sha256(self.seed + a.to_bytes(16, "big", signed=True)).digest()
+        span = self.rule.hi - self.rule.lo
+        return Tick(from_us(a + self.rule.lo + int.from_bytes(digest[:8], "big") % span))
+
+
+# --------------------------------------------------------------------------------------------
+# daily / weekly / monthly
+
+_CALENDAR_HEADS = {"day": "daily", "week": "weekly", "month": "monthly"}
+
+
+@register("daily", "weekly", "monthly")
+@dataclass(frozen=True)
+class CalendarRule(Rule):
+    """daily / weekly / monthly at times of day in a zone."""
+
+    unit: str  # "day", "week", "month"
+    days: tuple[int, ...]  # weekly: 0=MON..6=SUN; monthly: 1..31 and -1..-31; daily: ()
+    times: tuple[time, ...]
+    interval: int
+    zone: str
+
+    keys: ClassVar[dict[str, frozenset[str]]] = {
+        "daily": frozenset({"at", "interval"}),
+        "weekly": frozenset({"at", "interval", "on"}),
+        "monthly": frozenset({"at", "interval", "on"}),
+    }
+
+    def __str__(self) -> str:
+        text = _CALENDAR_HEADS[self.unit]
+        if self.unit == "week":
+            text += " on " + ",".join(WEEKDAYS[d] for d in self.days)
+        elif self.unit == "month":
+            text += " on " + ",".join(str(d) for d in self.days)
+        text += " at " + ",".join(format_time_of_day(t) for t in self.times)
+        if self.interval != 1:
+            text += f" interval {self.interval}"
+        return text + f" tz {self.zone}"
+
+    @property
+    def kind(self) -> str:
+        return _CALENDAR_HEADS[self.unit]
+
+    @property
+    def tick_zone(self) -> str | None:
+        return self.zone
+
+    def describe(self) -> str:
+        times = join_words([format_time_of_day(t) for t in self.times])
+        every = self.unit
+        period = f"every {self.interval} {every}s" if self.interval > 1 else f"every {every}"
+        if self.unit == "day":
+            text = f"at {times} {period}"
+        elif self.unit == "week":
+            names = join_words([DAY_NAMES[WEEKDAYS[d]] for d in self.days])
+            text = f"at {times} on {names}, {period}"
+        else:
+            days = join_words([ordinal(d) if d > 0 else _last(d) for d in self.days])
+            text = f"at {times} on the {days} day, {period}"
+        return text + f" ({self.zone})"
+
+    def ticker(self, *, job_id: str, anchor: datetime | None, start_at: datetime | None) -> Ticker:
+        return _CalendarTicker(self)
+
+    @classmethod
+    def from_parts(cls, parts: Parts, zone_name: str, now: datetime | None) -> Rule:
+        kind = parts.kind
+        assert kind in ("daily", "weekly", "monthly")
+        unit = {"daily": "day", "weekly": "week", "monthly": "month"}[kind]
+        days: list[int] = []
+        days_text = parts.on if parts.on is not None else parts.value
+        if kind == "daily":
+            if days_text:
+                raise ScheduleError(
+                    f"daily takes no days (got '{days_text}'); use weekly or monthly"
+                )
+        elif not days_text:
+            example = "MON,FRI" if kind == "weekly" else "1,15,-1"
+            raise ScheduleError(f"{kind} needs days, like '{kind} on {example}'")
+        elif kind == "weekly":
+            days = sorted(set(weekdays(days_text)))
+        else:
+            days = month_days(days_text)
+        return cls(unit, tuple(days), times_of_day(parts.at), interval(parts.interval), zone_name)
+
+
+def _last(d: int) -> str:
+    return "last" if d == -1 else f"{ordinal(-d)}-to-last"
+
+
+def _days_in_month(year: int, month: int) -> int:
+    nxt = date(year + month // 12, month % 12 + 1, 1)
+    return (nxt - date(year, month, 1)).days
+
+
+class _CalendarTicker:
+    def __init__(self, rule: CalendarRule) -> None:
+        self.rule = rule
+        self.zone = get_zone(rule.zone)
+
+    def _on(self, day: date) -> date | None:
+        """``day`` if it is on; else the next day worth checking."""
+        rule, n = self.rule, self.rule.interval
+        if rule.unit == "day":
+            idx = (day - EPOCH_DATE).days
+            return day if idx % n == 0 else day + timedelta(days=n - idx % n)
+        if rule.unit == "week":
+            week = (day - EPOCH_MONDAY).days // 7
+            if week % n:
+                return EPOCH_MONDAY + timedelta(weeks=week + n - week % n)
+            return day if day.weekday() in rule.days else None
+        month = (day.year - 1970) * 12 + day.month - 1
+        if month % n:
+            target = month + n - month % n
+            return date(1970 + target // 12, target % 12 + 1, 1)
+        last = _days_in_month(day.year, day.month)
+        for d in rule.days:
+            if d == day.day or (d < 0 and last + 1 + d == day.day):
+                return day
+        return None
+
+    def next(self, after: datetime) -> Tick | None:
+        day = after.astimezone(self.zone).date() - timedelta(days=1)
+        for _ in range(400 * 366):
+            on = self._on(day)
+            if on is None:
+                day += timedelta(days=1)
+                continue
+            if on != day:
+                day = on
+                continue
+            for t in self.rule.times:
+                naive = datetime.combine(day, t)
+                wall = resolve_wall(naive, self.zone)
+                if wall.instant > after:
+                    return _tick_from_wall(wall, naive, self.zone)
+            day += timedelta(days=1)
+        return None  # pragma: no cover - every calendar rule fires within its interval
+
+
+# --------------------------------------------------------------------------------------------
+# once
+
+
+@register("once")
+@dataclass(frozen=True)
+class OnceRule(Rule):
+    instants: tuple[datetime, ...]  # UTC, sorted, unique
+
+    keys: ClassVar[dict[str, frozenset[str]]] = {"once": frozenset()}
+
+    def __str__(self) -> str:
+        return "once at " + ",".join(iso(i) for i in self.instants)
+
+    @property
+    def kind(self) -> str:
+        return "once"
+
+    def describe(self) -> str:
+        return "once at " + join_words([iso(i) for i in self.instants])
+
+    def ticker(self, *, job_id: str, anchor: datetime | None, start_at: datetime | None) -> Ticker:
+        return _OnceTicker(self)
+
+    @classmethod
+    def from_parts(cls, parts: Parts, zone_name: str, now: datetime | None) -> Rule:
+        assert parts.value is not None
+        return cls(once_instants(parts.value, get_zone(zone_name), now))
+
+
+class _OnceTicker:
+    def __init__(self, rule: OnceRule) -> None:
+        self.rule = rule
+
+    def next(self, after: datetime) -> Tick | None:
+        for instant in self.rule.instants:
+            if instant > after:
+                return Tick(instant)
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed schedule: a rule plus its bounds. ``str()`` is the normalized form."""
+
+    rule: Rule
+    start_at: datetime | None = None
+    stop_at: datetime | None = None
+
+    def __str__(self) -> str:
+        text = str(self.rule)
+        if self.start_at is not None:
+            text += f" start-at {iso(self.start_at)}"
+        if self.stop_at is not None:
+            text += f" stop-at {iso(self.stop_at)}"
+        return text
+
+    @property
+    def kind(self) -> str:
+        return self.rule.kind
+
+    @property
+    def zone(self) -> str | None:
+        """The zone the ticks depend on, or None when they are zone-free (elapsed time, UTC)."""
+        return self.rule.tick_zone
+
+    @property
+    def local_zone(self) -> str | None:
+        """The zone its ticks are shown in; None is UTC."""
+        return self.rule.local_zone
