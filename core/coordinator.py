@@ -159,6 +159,17 @@ class Coordinator:
         if jobs and self._links[self.key(url)].records is not None:
             self._submit(url, _Call("prune", (list(jobs), keep, oldest_us), None))
 
+    def previous(
+        self, url: str | None, job: str, before_us: int, done: Callable[[str | None], None]
+    ) -> bool:
+        """The result of ``job``'s last finished run before ``before_us`` across the fleet, to
+        ``done`` (None when there is none, or the backend could not say). False when the backend
+        keeps no records (the caller knows only its own runs)."""
+        if self._links[self.key(url)].records is None:
+            return False
+        self._submit(url, _Call("previous", (job, before_us), done))
+        return True
+
     def drain(self) -> int:
         """Deliver the results that are ready (on the caller's thread); how many."""
         n = 0
@@ -249,6 +260,15 @@ class Coordinator:
             elif call.what == "release":
                 self._release(link, call.args[0])
                 return
+            elif call.what == "previous":
+                assert link.records is not None
+                job, before = call.args
+                finished = [
+                    r.result
+                    for r in link.records.runs(job, 20, None)
+                    if r.tick_us < before and r.result not in ("running", "skipped", "missed")
+                ]
+                result = finished[0] if finished else None
             elif call.what in ("records", "register", "heartbeat", "prune"):
                 self._records(link, call)
                 return

@@ -73,6 +73,18 @@ _KINDS = (
         "the command ended; an error when it failed",
         _finished_level,
     ),
+    Kind(
+        "hook-finished",
+        "debug",
+        ("hook", "run_id", "exit_code", "duration"),
+        "a hook (--on-failure, --on-success, --on-finish) ended well",
+    ),
+    Kind(
+        "hook-failed",
+        "warning",
+        ("hook", "run_id", "exit_code", "duration", "error"),
+        "a hook failed or ran past --hook-timeout (the run's result is unchanged)",
+    ),
     Kind("timeout", "error", ("run_id", "after", "action"), "the command ran past --timeout"),
     Kind(
         "backend-error",

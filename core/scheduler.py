@@ -36,6 +36,7 @@ from .backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult, Lease
 from .clock import MAX_SLEEP_SLICE, Clock, Waker
 from .coordinator import Coordinator
 from .errors import BackendError
+from .hooks import hook_env, hooks_to_run
 from .process import Command, FailedStart, Handle, Runner
 from .records import HEARTBEAT_EVERY, OUTPUT_TAIL, InstanceInfo, JobInfo, RunRecord
 from .schedule import Schedule, iso, to_us
@@ -44,6 +45,7 @@ from .settings import JobSettings, OnBackendError, Overlap
 CLAIM_LEAD = 0.5  # claim a tick this long before it (at most a quarter of its interval)
 CLEANUP_EVERY = 60.0
 OVERLAPPING = "overlap: the previous run is still going"
+HOOK_KILL_AFTER = 5.0  # seconds from a hook's SIGTERM (--hook-timeout) to its SIGKILL
 POLL = 0.05  # the longest sleep while a child has no pidfd (non-Linux)
 
 
@@ -106,6 +108,20 @@ class _Run:
     record: RunRecord | None = None
     tail: list[str] | None = None  # the last lines of output (--log-output), for the record
     tail_bytes: int = 0
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class _Hook:
+    """A hook command running after a run (core/hooks.py)."""
+
+    job: _JobState
+    name: str
+    run_id: str
+    started_mono: float
+    handle: Handle | None = None
+    gen: int = 0
+    timed_out: bool = False
 
 
 @dataclass(eq=False)
@@ -131,6 +147,7 @@ class _JobState:
     ticks_run: int = 0  # by this instance or another (for --max-runs)
     runs_started: int = 0
     failures: int = 0
+    last_result: str | None = None  # of this instance's last run (--notify-on change fallback)
     retiring: bool = False  # removed or changed by a reload: finishes its run, then goes
     ended: bool = False
 
@@ -172,6 +189,8 @@ class Scheduler:
         self.jobs: dict[str, _JobState] = {}
         self.retiring: list[_JobState] = []
         self._by_handle: dict[int, _Run] = {}
+        self._hooks: dict[int, _Hook] = {}
+        self._hooks_pending = 0  # --notify-on change: hooks waiting for the previous result
         self._wall: list[tuple[int, int, str, _JobState, int, datetime]] = []
         self._mono: list[tuple[float, int, str, Any]] = []
         self._seq = itertools.count()
@@ -315,7 +334,8 @@ class Scheduler:
 
     def _finished(self) -> bool:
         live = [j for j in self.jobs.values() if not j.ended]
-        return bool(self.jobs) and not live and not self.retiring
+        hooks = bool(self._hooks) or self._hooks_pending > 0
+        return bool(self.jobs) and not live and not self.retiring and not hooks
 
     def _sleep_for(self) -> float:
         candidates = [MAX_SLEEP_SLICE]  # wake a few times a minute to notice clock steps
@@ -380,6 +400,15 @@ class Scheduler:
                     state.deferred.remove(d)
                     if not self._stop:
                         self._start(state, d.tick, d.claim, d.lease)
+            elif kind == "hook-timeout":
+                hook, gen = ref
+                if hook.gen == gen and hook.handle is not None and id(hook.handle) in self._hooks:
+                    hook.timed_out = True
+                    hook.gen += 1
+                    hook.handle.signal_group(signal.SIGTERM)
+                    self._push_mono(mono + HOOK_KILL_AFTER, "hook-timeout", (hook, -1))
+                elif gen == -1 and hook.handle is not None and id(hook.handle) in self._hooks:
+                    hook.handle.signal_group(signal.SIGKILL)
             elif kind == "heartbeat":
                 if ref != self._heartbeat_every:
                     continue  # replaced by a shorter interval
@@ -661,7 +690,7 @@ class Scheduler:
         fence = claim.fence if claim else None
         env = self._env(state, tick, rid, fence)
         mono = self.clock.monotonic()
-        run = _Run(state, tick, rid, fence, lease, started, mono)
+        run = _Run(state, tick, rid, fence, lease, started, mono, env=env)
         on_line = None
         if state.s.log_output:
             run.tail = []
@@ -714,6 +743,10 @@ class Scheduler:
 
     def _reap(self, ready: Sequence[int]) -> None:
         for handle, code in self.runner.service(ready):
+            hook = self._hooks.pop(id(handle), None)
+            if hook is not None:
+                self._hook_done(hook, code)
+                continue
             run = self._by_handle.pop(id(handle), None)
             if run is None:  # pragma: no cover - a handle this scheduler did not start
                 continue
@@ -746,6 +779,7 @@ class Scheduler:
             if run.tail:
                 r.output_tail = "\n".join(run.tail)
             self._record(state, r)
+        self._after_run(run, code, duration)
         if run.lease is not None:
             self.coordinator.release(state.job.lock, [run.lease])
         if not state.runs and not self._stop:
@@ -756,6 +790,61 @@ class Scheduler:
             if pending is not None:
                 self._start(state, pending[0], pending[1], None)
         self._maybe_end(state)
+
+    # ------------------------------------------------------------------ hooks
+
+    def _after_run(self, run: _Run, code: int, duration: float) -> None:
+        """Fire the run's hooks (core/hooks.py); with --notify-on change, once the job's
+        previous result across the fleet is known."""
+        state = run.job
+        s = state.s
+        if not (s.on_failure or s.on_success or s.on_finish):
+            return
+        result = _result(run, code)
+        local_previous, state.last_result = state.last_result, result
+
+        def fire(previous: str | None) -> None:
+            for name, line in hooks_to_run(s, result, previous):
+                self._start_hook(run, name, line, _hooks_env(run, name, result, code, duration))
+
+        from .settings import NotifyOn
+
+        if s.notify_on is NotifyOn.CHANGE and run.tick is not None:
+
+            def known(previous: str | BackendError | None) -> None:
+                self._hooks_pending -= 1
+                if isinstance(previous, BackendError) or previous is None:
+                    previous = local_previous
+                if not self._force:
+                    fire(previous)
+
+            self._hooks_pending += 1
+            asked = self.coordinator.previous(state.job.lock, state.id, to_us(run.tick), known)
+            if asked:
+                return
+            self._hooks_pending -= 1
+        fire(local_previous)
+
+    def _start_hook(self, run: _Run, name: str, line: str, env: dict[str, str]) -> None:
+        hook = _Hook(run.job, name, run.run_id, self.clock.monotonic())
+        handle = self.runner.start(Command((line,), shell=True), env, None)
+        hook.handle = handle
+        self._hooks[id(handle)] = hook
+        self._push_mono(hook.started_mono + run.job.s.hook_timeout, "hook-timeout", (hook, 0))
+
+    def _hook_done(self, hook: _Hook, code: int) -> None:
+        duration = round(self.clock.monotonic() - hook.started_mono, 6)
+        fields: dict[str, Any] = {"hook": hook.name, "run_id": hook.run_id, "exit_code": code}
+        fields["duration"] = duration
+        if isinstance(hook.handle, FailedStart):
+            fields["error"] = hook.handle.start_error
+        elif hook.timed_out:
+            fields["error"] = f"ran past --hook-timeout {hook.job.s.hook_timeout:g}s"
+        if code == 0 and "error" not in fields:
+            self.emit("hook-finished", hook.job.id, None, **fields)
+        else:
+            fields.setdefault("error", f"exit code {code}")
+            self.emit("hook-failed", hook.job.id, None, **fields)
 
     def _terminate(self, run: _Run, why: str) -> None:
         if run.terminated is not None or run.handle is None:
@@ -956,9 +1045,17 @@ class Scheduler:
                     self._terminate(run, "stop")
         forced_sent = self._force
         ready: list[int] = []
-        while any(s.runs for s in everything):
+        # Hooks of runs that ended (also those the stop ended) may finish within the stop
+        # timeout; whatever still runs after it is killed.
+        hooks_deadline = self.clock.monotonic() + longest
+
+        def busy() -> bool:
+            return any(s.runs for s in everything) or bool(self._hooks) or self._hooks_pending > 0
+
+        while busy():
             self._reap(ready)
-            if not any(s.runs for s in everything):
+            self.coordinator.drain()
+            if not busy():
                 break
             if self._force and not forced_sent:
                 forced_sent = True
@@ -967,13 +1064,24 @@ class Scheduler:
                         if run.handle is not None:
                             run.handle.signal_group(signal.SIGKILL)
             mono = self.clock.monotonic()
+            if mono >= hooks_deadline or self._force:
+                for hook in self._hooks.values():
+                    if hook.handle is not None:
+                        hook.handle.signal_group(signal.SIGKILL)
+                self._hooks_pending = 0
             while self._mono and self._mono[0][0] <= mono:
                 _, _, kind, ref = heapq.heappop(self._mono)
                 if kind == "kill":
                     run, gen = ref
                     if run.deadline_gen == gen and run in run.job.runs and run.handle is not None:
                         run.handle.signal_group(signal.SIGKILL)
-            waits = [e[0] - mono for e in self._mono if e[2] == "kill"]
+                elif kind == "hook-timeout":
+                    hook, _gen = ref
+                    if hook.handle is not None and id(hook.handle) in self._hooks:
+                        hook.timed_out = True
+                        hook.handle.signal_group(signal.SIGKILL)
+            waits = [e[0] - mono for e in self._mono if e[2] in ("kill", "hook-timeout")]
+            waits.append(hooks_deadline - mono)
             due = self.runner.next_due()
             if due is not None:
                 waits.append(due - mono)
@@ -990,6 +1098,11 @@ class Scheduler:
         """Let the last lease releases go out (bounded), and free the wake-up pipe."""
         self.coordinator.close()
         self.waker.close()
+
+
+def _hooks_env(run: _Run, name: str, result: str, code: int, duration: float) -> dict[str, str]:
+    tail = "\n".join(run.tail) if run.tail is not None else None
+    return hook_env(run.env, name, result, code, duration, tail)
 
 
 def _keep_tail(run: _Run, line: str) -> None:

@@ -40,6 +40,12 @@ class ClockMode(StrEnum):
     NTP = "ntp"
 
 
+class NotifyOn(StrEnum):
+    ALWAYS = "always"
+    FAILURE = "failure"
+    CHANGE = "change"
+
+
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"
@@ -127,6 +133,42 @@ SETTINGS: tuple[Setting, ...] = (
         "(fail open).",
         default="skip",
         choices=OnBackendError,
+    ),
+    Setting(
+        "on-failure",
+        "text",
+        "Run this shell line after a run fails (exit code not 0, timeout, not startable), once "
+        "per run across the fleet, with PYJOB_EXIT_CODE, PYJOB_RESULT, PYJOB_DURATION and "
+        "PYJOB_OUTPUT_TAIL added to the run's environment.",
+        metavar="CMD",
+    ),
+    Setting(
+        "on-success",
+        "text",
+        "Run this shell line after a run succeeds (as --on-failure).",
+        metavar="CMD",
+    ),
+    Setting(
+        "on-finish",
+        "text",
+        "Run this shell line after every run, whatever its result (as --on-failure).",
+        metavar="CMD",
+    ),
+    Setting(
+        "hook-timeout",
+        "duration",
+        "Stop a hook (SIGTERM, then SIGKILL 5s later) after this long; a hook never delays a "
+        "tick and its failure is logged (hook-failed), never a failed run.",
+        default="30s",
+        metavar=_DURATION,
+    ),
+    Setting(
+        "notify-on",
+        "choice",
+        "Which runs fire the hooks: always, failures only, or only a change of outcome from "
+        "the job's previous run across the fleet (a failure after successes, a recovery).",
+        default="always",
+        choices=NotifyOn,
     ),
     Setting(
         "lease-ttl",
@@ -305,6 +347,11 @@ class JobSettings:
     max_runs: int | None = None
     log_output: bool = False
     on_backend_error: OnBackendError = OnBackendError.SKIP
+    on_failure: str | None = None
+    on_success: str | None = None
+    on_finish: str | None = None
+    hook_timeout: float = 30.0
+    notify_on: NotifyOn = NotifyOn.ALWAYS
     lease_ttl: float = 30.0
     history_keep: int = 100
     history_max_age: float = 30 * 86400.0
@@ -313,6 +360,7 @@ class JobSettings:
     def __post_init__(self) -> None:  # the enums, also when given as their text
         object.__setattr__(self, "overlap", Overlap(self.overlap))
         object.__setattr__(self, "on_backend_error", OnBackendError(self.on_backend_error))
+        object.__setattr__(self, "notify_on", NotifyOn(self.notify_on))
 
     @classmethod
     def from_values(cls, *layers: Mapping[str, Any]) -> JobSettings:
@@ -337,6 +385,7 @@ __all__ = [
     "ClockPolicy",
     "JobSettings",
     "LogFormat",
+    "NotifyOn",
     "OnBackendError",
     "Overlap",
     "Setting",
