@@ -28,8 +28,8 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from ..errors import BackendError
-from ..schedule import to_us as _us
-from . import probe_mtime, remove_expired_claims, safe_name
+from .common import probe_mtime, remove_expired_claims, safe_name
+from .common import to_us as _us
 from .protocol import Batched, ClaimResult, Lease
 
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from ..clock import Clock, SystemClock
 from ..errors import BackendError
-from ..schedule import to_us as _us
-from . import probe_mtime, remove_expired_claims, safe_name
+from .common import probe_mtime, remove_expired_claims, safe_name
+from .common import to_us as _us
 from .protocol import Batched, ClaimResult, Lease
 
 MUTEX_STALE = 10.0  # seconds a claim mutex may stand unchanged before it is broken

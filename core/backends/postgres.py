@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import BackendError
-from . import redact
+from .common import redact
 from .protocol import Batched, ClaimResult, Lease
 
 SCHEMA = """
@@ -134,7 +134,7 @@ class PostgresBackend(Batched):
     def claim(
         self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
     ) -> ClaimResult:
-        from ..schedule import to_us
+        from .common import to_us
 
         keep = max(1.0, (keep_until - now).total_seconds())
         params = {"job": job, "tick": to_us(tick), "instance": instance, "keep": keep}

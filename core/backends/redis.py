@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import BackendError
-from . import redact, safe_name
+from .common import redact, safe_name
 from .protocol import Batched, ClaimResult, Lease
 
 _CLAIM = """
@@ -84,7 +84,7 @@ class RedisBackend(Batched):
     def claim(
         self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
     ) -> ClaimResult:
-        from ..schedule import to_us
+        from .common import to_us
 
         ttl_ms = max(1000, int((keep_until - now).total_seconds() * 1000))
         try:
