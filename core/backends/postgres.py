@@ -210,11 +210,10 @@ class PostgresBackend:
         except BackendError:
             self._drop()
             raise
-        except self._psycopg.errors._WaitTimeout as e:
-            self._drop()
-            raise BackendError(f"{self.url}: {what}: no answer within {self.timeout:g}s") from e
         except (self._psycopg.Error, OSError) as e:
             self._drop()
+            if type(e).__name__ in ("_WaitTimeout", "ConnectionTimeout"):
+                raise BackendError(f"{self.url}: {what}: no answer within {self.timeout:g}s") from e
             raise BackendError(f"{self.url}: {what}: {str(e).strip().splitlines()[0]}") from e
 
     def _drop(self) -> None:
