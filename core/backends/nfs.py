@@ -65,13 +65,17 @@ def link_create(target: Path, content: str) -> bool:
     try:
         with open(tmp, "x") as f:
             f.write(content)
-        os.link(tmp, target)
-        return True
-    except FileExistsError:
-        return False
-    except OSError:
-        # NFS: the reply to a retransmitted LINK can be an error although the first one worked.
-        return os.stat(tmp).st_nlink == 2
+        try:
+            os.link(tmp, target)
+            return True
+        except OSError as e:
+            # NFS: the reply to a retransmitted LINK can be an error (even EEXIST) although the
+            # first one worked; the link count of our own file tells.
+            if os.stat(tmp).st_nlink == 2:
+                return True
+            if isinstance(e, FileExistsError):
+                return False
+            raise
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
