@@ -41,6 +41,8 @@ def open_backend(
     url: str | None, env: Mapping[str, str] | None = None, clock: Clock | None = None
 ) -> Backend:
     """The backend for ``--lock URL`` (default: a private directory on this host)."""
+    from .urls import check_control, check_server_url
+
     if url is None or url == "":
         from .file import FileBackend
 
@@ -49,6 +51,7 @@ def open_backend(
         from .null import NullBackend
 
         return NullBackend()
+    check_control(url)
     scheme, sep, rest = url.partition(":")
     if not sep:
         raise InputError(
@@ -71,6 +74,8 @@ def open_backend(
         from .nfs import NfsBackend
 
         return NfsBackend(Path(path).expanduser(), clock)
+    if scheme in ("redis", "rediss", "postgresql", "postgres"):
+        check_server_url(url, scheme)
     if scheme in ("redis", "rediss"):
         from .redis import RedisBackend
 

@@ -52,16 +52,22 @@ def redact(url: str) -> str:
     """The URL without its password (for messages and logs)."""
     from urllib.parse import urlsplit, urlunsplit
 
-    parts = urlsplit(url)
-    if parts.password is None:
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+        port = parts.port
+    except ValueError:  # not even a URL: hide whatever sits between "user:" and "@"
+        return _USERINFO.sub(r"\1***@", url)
+    del port  # read only to see that the URL parses
+    if password is None:
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    netloc = f"{user}:***@{hostport}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+_USERINFO = re.compile(r"(//[^/@:]*:)[^@]*@")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 

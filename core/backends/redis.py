@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from ..errors import BackendError
+from ..errors import BackendError, InputError
 from .common import redact, refused_behind_mark, refused_too_old, safe_name, to_us
 from .protocol import SKEW_LIMIT, ClaimOutcome, ClaimRequest, ClaimResult, Lease
 
@@ -120,8 +120,8 @@ class RedisBackend:
                 decode_responses=True,
             )
             self._r: Any = redis.Redis(connection_pool=pool)
-        except (ValueError, redis.RedisError) as e:
-            raise BackendError(f"{self.url}: bad Redis URL: {e}") from e
+        except (ValueError, TypeError, redis.RedisError) as e:
+            raise InputError(f"bad Redis URL '{self.url}': {e}") from e
         self._claim = self._r.register_script(_CLAIM_MANY)
         self._renew = self._r.register_script(_RENEW_MANY)
         self._release = self._r.register_script(_RELEASE_MANY)
