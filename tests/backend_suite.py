@@ -324,3 +324,22 @@ def test_a_tick_older_than_its_claims_are_kept_plus_the_skew_limit_is_refused(
     # 59 minutes behind is within the limit: that claim is made
     late = now - timedelta(minutes=59)
     assert backend.claim("job", late, "a", late + timedelta(minutes=1), late).won
+
+
+def test_a_repeated_claim_many_is_won_again_and_keeps_one_lease(lock_url: str) -> None:
+    """A retry after a lost reply: the same claim (same fence), and the lease it took already
+    (or a word that this instance holds it), never a second holder."""
+    from pyjob.core.backends import ClaimRequest
+
+    backend, other = _open(lock_url), _open(lock_url)
+    batch = [ClaimRequest("job", T0, KEEP, lease_ttl=5.0)]
+    first = backend.claim_many(batch, "a", T0)[0]
+    again = backend.claim_many(batch, "a", T0)[0]
+    assert first.claim.won and again.claim.won and again.claim.fence == first.claim.fence
+    assert first.lease is not None
+    assert (again.lease is not None and again.lease.token == first.lease.token) or (
+        again.lease is None and again.lease_holder == "a"
+    )
+    assert other.acquire_lease("job", "b", 5.0) is None and other.lease_holder("job") == "a"
+    backend.release_many([first.lease])
+    assert other.lease_holder("job") is None

@@ -141,7 +141,10 @@ class FileBackend:
             record = json.loads(claim_path.read_text())
             holder, fence = str(record["instance"]), int(record["fence"])
             known.raise_to(Mark(fence, tick_us))
-            return ClaimOutcome(ClaimResult(holder == instance, holder, fence))
+            claim = ClaimResult(holder == instance, holder, fence)
+            if claim.won and r.lease_ttl is not None:  # our own claim, repeated
+                return self._with_lease(claim, job_dir, r.job, instance, r.lease_ttl)
+            return ClaimOutcome(claim)
         keep_until_us = _us(r.keep_until)
         if clock_us > keep_until_us + SKEW_LIMIT * 1e6:
             why = refused_too_old(tick_us, keep_until_us, clock_us, SKEW_LIMIT)
@@ -159,7 +162,12 @@ class FileBackend:
         claim = ClaimResult(True, instance, fence)
         if r.lease_ttl is None:
             return ClaimOutcome(claim)
-        lease = self._take_lease(job_dir, r.job, instance, r.lease_ttl)
+        return self._with_lease(claim, job_dir, r.job, instance, r.lease_ttl)
+
+    def _with_lease(
+        self, claim: ClaimResult, job_dir: Path, job: str, instance: str, ttl: float
+    ) -> ClaimOutcome:
+        lease = self._take_lease(job_dir, job, instance, ttl)
         other = None if lease is not None else self._holder(job_dir) or "unknown"
         return ClaimOutcome(claim, lease, other)
 

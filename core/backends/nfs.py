@@ -172,7 +172,8 @@ class NfsBackend:
             for i, r in enumerate(requests):  # the common loser's path needs no lock
                 path = self._job_dir(r.job) / "claims" / f"{_us(r.tick)}.json"
                 if path.exists():
-                    known[i] = ClaimOutcome(self._read_claim(path, r.job, instance))
+                    claim = self._read_claim(path, r.job, instance)
+                    known[i] = self._with_lease(claim, r, instance)
             if len(known) == len(requests):
                 return [known[i] for i in range(len(requests))]
             lock, server_us = self._lock(instance)
@@ -196,7 +197,7 @@ class NfsBackend:
         tick_us = _us(r.tick)
         claim_path = job_dir / "claims" / f"{tick_us}.json"
         if claim_path.exists():
-            return ClaimOutcome(self._read_claim(claim_path, r.job, instance))
+            return self._with_lease(self._read_claim(claim_path, r.job, instance), r, instance)
         keep_until_us = _us(r.keep_until)
         if server_us > keep_until_us + SKEW_LIMIT * 1e6:
             why = refused_too_old(tick_us, keep_until_us, server_us, SKEW_LIMIT)
@@ -214,8 +215,11 @@ class NfsBackend:
         record = claim_record(instance, fence, tick_us, keep_us, keep_until_us)
         if not link_create(claim_path, record):
             return ClaimOutcome(self._read_claim(claim_path, r.job, instance))  # pragma: no cover
-        claim = ClaimResult(True, instance, fence)
-        if r.lease_ttl is None:
+        return self._with_lease(ClaimResult(True, instance, fence), r, instance)
+
+    def _with_lease(self, claim: ClaimResult, r: ClaimRequest, instance: str) -> ClaimOutcome:
+        """The run lease with a won claim (also our own claim repeated), when asked for."""
+        if not claim.won or r.lease_ttl is None:
             return ClaimOutcome(claim)
         lease = self.acquire_lease(r.job, instance, r.lease_ttl)
         other = None if lease is not None else self.lease_holder(r.job) or "unknown"

@@ -54,6 +54,16 @@ CREATE TABLE IF NOT EXISTS pyjob_leases (
     token text NOT NULL,
     expires timestamptz NOT NULL
 );
+CREATE OR REPLACE FUNCTION pyjob_take_lease(
+    p_job text, p_instance text, p_token text, p_ttl float8) RETURNS boolean
+LANGUAGE sql AS $$
+    INSERT INTO pyjob_leases AS l (job, instance, token, expires)
+    VALUES (p_job, p_instance, p_token, clock_timestamp() + make_interval(secs => p_ttl))
+    ON CONFLICT (job) DO UPDATE
+        SET instance = EXCLUDED.instance, token = EXCLUDED.token, expires = EXCLUDED.expires
+        WHERE l.expires < clock_timestamp() OR l.token = EXCLUDED.token
+    RETURNING true
+$$;
 CREATE OR REPLACE FUNCTION pyjob_claim_many(
     p_jobs text[], p_ticks bigint[], p_keep float8[], p_keep_until bigint[],
     p_lease_ttl float8[], p_tokens text[], p_instance text, p_skew_us bigint)
@@ -65,7 +75,6 @@ DECLARE
     v_mark bigint;
     v_fence bigint;
     v_now bigint;
-    v_token text;
 BEGIN
     FOR k IN SELECT u.o FROM unnest(p_jobs) WITH ORDINALITY AS u(j, o) ORDER BY u.j, u.o LOOP
         r_i := k; r_holder := NULL; r_fence := NULL; r_info := NULL;
@@ -79,6 +88,13 @@ BEGIN
         v_now := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
         IF FOUND THEN
             r_status := 0;
+            IF r_holder = p_instance AND p_lease_ttl[k] IS NOT NULL THEN
+                -- our own repeated claim (a retry after a lost reply): the lease it took
+                -- already, or one free now
+                PERFORM pyjob_take_lease(p_jobs[k], p_instance, p_tokens[k], p_lease_ttl[k]);
+                SELECT l.token = p_tokens[k], l.instance INTO r_lease, r_lease_holder
+                    FROM pyjob_leases AS l WHERE l.job = p_jobs[k];
+            END IF;
         ELSIF v_now > p_keep_until[k] + p_skew_us THEN
             r_status := 2; r_info := v_now;
         ELSIF v_mark IS NOT NULL AND v_mark >= p_ticks[k] THEN
@@ -91,16 +107,8 @@ BEGIN
                 VALUES (p_jobs[k], p_ticks[k], p_instance, r_fence,
                         clock_timestamp() + make_interval(secs => p_keep[k]));
             IF p_lease_ttl[k] IS NOT NULL THEN
-                v_token := NULL;
-                INSERT INTO pyjob_leases AS l (job, instance, token, expires)
-                    VALUES (p_jobs[k], p_instance, p_tokens[k],
-                            clock_timestamp() + make_interval(secs => p_lease_ttl[k]))
-                    ON CONFLICT (job) DO UPDATE
-                    SET instance = EXCLUDED.instance, token = EXCLUDED.token,
-                        expires = EXCLUDED.expires
-                    WHERE l.expires < clock_timestamp()
-                    RETURNING l.token INTO v_token;
-                r_lease := v_token IS NOT NULL;
+                r_lease := coalesce(
+                    pyjob_take_lease(p_jobs[k], p_instance, p_tokens[k], p_lease_ttl[k]), false);
                 IF NOT r_lease THEN
                     SELECT l.instance INTO r_lease_holder
                         FROM pyjob_leases AS l WHERE l.job = p_jobs[k];
@@ -177,6 +185,7 @@ class PostgresBackend:
         self.timeout = timeout
         self._conn: Any = None
         self._schema_ready = False
+        self._nonce = uuid.uuid4().hex
 
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
@@ -238,7 +247,8 @@ class PostgresBackend:
     ) -> list[ClaimOutcome]:
         if not requests:
             return []
-        tokens = [uuid.uuid4().hex for _ in requests]
+        # the same token when a claim is repeated, so that a retry gets back its lease
+        tokens = [f"{self._nonce}-{to_us(r.tick)}" for r in requests]
         params = {
             "jobs": [r.job for r in requests],
             "ticks": [to_us(r.tick) for r in requests],
@@ -265,7 +275,7 @@ class PostgresBackend:
                 out.append(ClaimOutcome(ClaimResult(False, "unknown", None, refused=why)))
                 continue
             claim = ClaimResult(holder == instance, str(holder), int(fence))
-            if status == 0 or r.lease_ttl is None:
+            if r.lease_ttl is None or not claim.won:
                 out.append(ClaimOutcome(claim))
             elif leased:
                 out.append(ClaimOutcome(claim, Lease(r.job, instance, token, r.lease_ttl)))

@@ -40,15 +40,27 @@ _CLAIM_MANY = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local instance, skew = ARGV[1], tonumber(ARGV[2])
+-- the run lease: ours already (a repeated claim after a lost reply), or SET NX, or who has it
+local function lease(key, token, ttl, status, value)
+  local mine = instance .. ' ' .. token
+  if redis.call('GET', key) == mine or redis.call('SET', key, mine, 'NX', 'PX', ttl) then
+    return {status, value, 1}
+  end
+  return {status, value, 0, redis.call('GET', key) or 'unknown'}
+end
 local out = {}
 for i = 0, #KEYS / 4 - 1 do
   local claim, fence_key, mark_key, lease_key = KEYS[4*i+1], KEYS[4*i+2], KEYS[4*i+3], KEYS[4*i+4]
   local a = 3 + 5 * i
-  local tick, keep_until = tonumber(ARGV[a]), tonumber(ARGV[a+2])
+  local tick, keep_until, lease_ttl = tonumber(ARGV[a]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3])
   local held = redis.call('GET', claim)
   local mark = redis.call('GET', mark_key)
   if held then
-    out[#out+1] = {0, held}
+    if lease_ttl > 0 and string.match(held, '^(.*) %d+$') == instance then
+      out[#out+1] = lease(lease_key, ARGV[a+4], lease_ttl, 0, held)
+    else
+      out[#out+1] = {0, held}
+    end
   elseif now > keep_until + skew then
     out[#out+1] = {2, now}
   elseif mark and tonumber(mark) >= tick then
@@ -58,21 +70,20 @@ for i = 0, #KEYS / 4 - 1 do
     local value = instance .. ' ' .. fence
     redis.call('SET', claim, value, 'PX', ARGV[a+1])
     redis.call('SET', mark_key, ARGV[a])
-    local lease_ttl = tonumber(ARGV[a+3])
     if lease_ttl > 0 then
-      local lease = instance .. ' ' .. ARGV[a+4]
-      local leased = redis.call('SET', lease_key, lease, 'NX', 'PX', lease_ttl)
-      if leased then
-        out[#out+1] = {1, value, 1}
-      else
-        out[#out+1] = {1, value, 0, redis.call('GET', lease_key) or 'unknown'}
-      end
+      out[#out+1] = lease(lease_key, ARGV[a+4], lease_ttl, 1, value)
     else
       out[#out+1] = {1, value}
     end
   end
 end
 return out
+"""
+# SET NX, or: we hold it already (redis-py repeated the call after a lost reply).
+_ACQUIRE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
 """
 _RENEW_MANY = """
 local out = {}
@@ -122,7 +133,9 @@ class RedisBackend:
             self._r: Any = redis.Redis(connection_pool=pool)
         except (ValueError, TypeError, redis.RedisError) as e:
             raise InputError(f"bad Redis URL '{self.url}': {e}") from e
+        self._nonce = uuid.uuid4().hex
         self._claim = self._r.register_script(_CLAIM_MANY)
+        self._acquire = self._r.register_script(_ACQUIRE)
         self._renew = self._r.register_script(_RENEW_MANY)
         self._release = self._r.register_script(_RELEASE_MANY)
 
@@ -164,7 +177,7 @@ class RedisBackend:
             ]
             ttl_ms = max(1000, int((r.keep_until - now).total_seconds() * 1000))
             lease_ms = 0 if r.lease_ttl is None else max(1, int(r.lease_ttl * 1000))
-            token = uuid.uuid4().hex
+            token = f"{self._nonce}-{to_us(r.tick)}"  # the same when the claim is repeated
             tokens.append(token)
             args += [to_us(r.tick), ttl_ms, to_us(r.keep_until), lease_ms, token]
         try:
@@ -191,7 +204,7 @@ class RedisBackend:
             return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
         holder, _, fence = str(reply[1]).rpartition(" ")
         claim = ClaimResult(status == 1 or holder == instance, holder, int(fence))
-        if status == 0 or r.lease_ttl is None:
+        if r.lease_ttl is None or not claim.won:
             return ClaimOutcome(claim)
         if int(reply[2]) == 1:
             return ClaimOutcome(claim, Lease(r.job, instance, token, r.lease_ttl))
@@ -208,8 +221,9 @@ class RedisBackend:
     def acquire_lease(self, job: str, instance: str, ttl: float) -> Lease | None:
         token = uuid.uuid4().hex
         try:
-            ok = self._r.set(
-                self._key(job, "lease"), f"{instance} {token}", nx=True, px=max(1, int(ttl * 1000))
+            ok = self._acquire(
+                keys=[self._key(job, "lease")],
+                args=[f"{instance} {token}", max(1, int(ttl * 1000))],
             )
         except self._errors as e:
             raise self._fail("lease failed", e) from e
