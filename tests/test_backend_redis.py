@@ -103,3 +103,18 @@ def test_one_backend_object_is_one_connection(lock_url: str) -> None:
         backend.server_time()
     assert len(probe.client_list()) == before + 1
     backend.close()
+
+
+def test_a_batch_over_the_limit_goes_in_several_round_trips_in_order(
+    lock_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyjob.core.backends import ClaimRequest
+    from pyjob.core.backends import redis as module
+
+    monkeypatch.setattr(module, "BATCH_LIMIT", 3)
+    backend = open_backend(lock_url)
+    batch = [ClaimRequest(f"j{j}", T0, KEEP) for j in range(10)]
+    assert [o.claim.won for o in backend.claim_many(batch, "a", T0)] == [True] * 10
+    again = open_backend(lock_url).claim_many(batch[::-1], "b", T0)
+    assert [o.claim.holder for o in again] == ["a"] * 10
+    assert [o.claim.fence for o in again] == [1] * 10

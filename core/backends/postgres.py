@@ -34,7 +34,7 @@ from typing import Any
 
 from ..errors import BackendError
 from .common import redact, refused_behind_mark, refused_too_old, to_us
-from .protocol import SKEW_LIMIT, ClaimOutcome, ClaimRequest, ClaimResult, Lease
+from .protocol import BATCH_LIMIT, SKEW_LIMIT, ClaimOutcome, ClaimRequest, ClaimResult, Lease
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pyjob_claims (
@@ -245,8 +245,15 @@ class PostgresBackend:
     def claim_many(
         self, requests: Sequence[ClaimRequest], instance: str, now: datetime
     ) -> list[ClaimOutcome]:
-        if not requests:
-            return []
+        """One round trip per BATCH_LIMIT claims (one for every usual batch)."""
+        out: list[ClaimOutcome] = []
+        for start in range(0, len(requests), BATCH_LIMIT):
+            out += self._claim_batch(requests[start : start + BATCH_LIMIT], instance, now)
+        return out
+
+    def _claim_batch(
+        self, requests: Sequence[ClaimRequest], instance: str, now: datetime
+    ) -> list[ClaimOutcome]:
         # the same token when a claim is repeated, so that a retry gets back its lease
         tokens = [f"{self._nonce}-{to_us(r.tick)}" for r in requests]
         params = {

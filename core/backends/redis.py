@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import BackendError, InputError
 from .common import redact, refused_behind_mark, refused_too_old, safe_name, to_us
-from .protocol import SKEW_LIMIT, ClaimOutcome, ClaimRequest, ClaimResult, Lease
+from .protocol import BATCH_LIMIT, SKEW_LIMIT, ClaimOutcome, ClaimRequest, ClaimResult, Lease
 
 # KEYS: 4 per request (claim, fence, mark, lease). ARGV: instance, skew limit (µs), then 5 per
 # request (tick µs, claim TTL ms, keep_until µs, lease TTL ms or 0, lease token). Numbers stay
@@ -163,8 +163,15 @@ class RedisBackend:
     def claim_many(
         self, requests: Sequence[ClaimRequest], instance: str, now: datetime
     ) -> list[ClaimOutcome]:
-        if not requests:
-            return []
+        """One round trip per BATCH_LIMIT claims (one for every usual batch)."""
+        out: list[ClaimOutcome] = []
+        for start in range(0, len(requests), BATCH_LIMIT):
+            out += self._claim_batch(requests[start : start + BATCH_LIMIT], instance, now)
+        return out
+
+    def _claim_batch(
+        self, requests: Sequence[ClaimRequest], instance: str, now: datetime
+    ) -> list[ClaimOutcome]:
         keys: list[str] = []
         args: list[str | int] = [instance, int(SKEW_LIMIT * 1_000_000)]
         tokens = []
