@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +43,7 @@ while time.monotonic() < end:
         try:
             o = b.claim_many([ClaimRequest("job", tick, keep)], instance, now)[0].claim
             print(json.dumps([tick.timestamp(), o.won, o.holder, o.refused]), flush=True)
+            b.cleanup_many(["job"], now)  # as the scheduler does, now and then
         except BackendError as e:
             print(json.dumps([tick.timestamp(), False, None, "error: " + str(e)]), flush=True)
     time.sleep(0.05)
@@ -142,21 +144,63 @@ def test_no_tick_is_won_twice_with_instances_behind_and_ahead(
         assert all("up to 1h" in r[3] for r in refused)
 
 
-def test_redis_clock_jumping_11_minutes_ahead_mid_run_doubles_no_tick(tmp_path: Path) -> None:
-    shim = ClockShim(tmp_path / "redis-clock", 0.0)
-    server, url = _shifted_redis(tmp_path, shim)
+def _shifted_postgres(shim: ClockShim) -> PostgresServer:
+    """A PostgreSQL server whose clock (clock_timestamp()) the shim moves."""
+    import pwd
+    import tempfile
+
+    initdb = need("initdb", "/usr/lib/postgresql/*/bin/initdb")
+    bindir = Path(os.path.realpath(initdb)).parent
+    base = Path(tempfile.mkdtemp(prefix="pyjob-pg-skew-", dir="/tmp"))
+    base.chmod(0o755)
+    datadir = base / "data"
+    prefix = ["env", *(f"{k}={v}" for k, v in shim.env().items())]
+    if os.getuid() == 0:  # PostgreSQL refuses to run as root
+        pw = pwd.getpwnam("postgres")
+        datadir.mkdir()
+        os.chown(datadir, pw.pw_uid, pw.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--", *prefix]
+    server = PostgresServer(bindir, free_port(), datadir, prefix)
+    try:
+        server.init()
+        server.start()
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
+    return server
+
+
+@pytest.mark.parametrize("kind", ["redis", "postgresql"])
+def test_backend_clock_jumping_11_minutes_ahead_mid_run_doubles_no_tick(
+    tmp_path: Path, kind: str
+) -> None:
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="pyjob-clock-", dir="/tmp"))  # the server reads it
+    shared.chmod(0o755)
+    shim = ClockShim(shared / "server-clock", 0.0)
+    (shared / "server-clock").chmod(0o644)
+    if kind == "redis":
+        server, url = _shifted_redis(tmp_path, shim)
+
+        def stop() -> None:
+            server.terminate()
+            server.wait(timeout=20)
+    else:
+        pg = _shifted_postgres(shim)
+        url, stop = pg.url, pg.destroy
     try:
         procs = _claimers(url, tmp_path, {"true": 0.0, "behind": -2.5}, 5.0)
         time.sleep(2.0)
-        shim.set(660.0)  # every claim key made so far outlives its TTL at once
+        shim.set(660.0)  # every claim made so far is past its retention at once
         results = _results(procs)
         _assert_no_tick_won_twice(results)
         refused = [r for r in results["behind"] if r[3]]
         assert refused, results["behind"]  # ticks whose claim vanished: refused, not run
         assert all("no longer kept" in r[3] for r in refused)
     finally:
-        server.terminate()
-        server.wait(timeout=20)
+        stop()
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def test_nfs_host_11_minutes_ahead_removes_no_claim_the_others_need(tmp_path: Path) -> None:
