@@ -23,7 +23,6 @@ def probe_mtime(directory: Path) -> tuple[float, float]:
     sets it, locally this host's kernel. Returned as (mtime + half a tick, tick): the stamp comes
     from the kernel's coarse clock, which lags real time by up to one timer tick."""
     import time
-    import uuid
 
     probe = directory / f".clock-probe-{uuid.uuid4().hex}"
     try:
@@ -87,7 +86,7 @@ def write_atomic(path: Path, text: str) -> None:
     system must leave nothing behind)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     try:
-        with open(tmp, "x") as f:
+        with open(tmp, "x", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:

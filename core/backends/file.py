@@ -175,9 +175,14 @@ class FileBackend:
         return self.cleanup_many([job], now)
 
     def cleanup_many(self, jobs: Sequence[str], now: datetime) -> int:
-        clock_now = time.time()  # this host's clock stamps the files
+        if not jobs:
+            return 0
+        # judged by the clock that stamps the files (a fresh probe's mtime), like the claims'
+        # own mtimes: nothing depends on what this process thinks the time is
         removed = 0
         try:
+            self._make_directory()
+            clock_now, _ = probe_mtime(self.directory)
             for job in jobs:
                 job_dir = self._job_dir(job)
                 removed += remove_expired_claims(job_dir / "claims", clock_now)

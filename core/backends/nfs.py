@@ -237,6 +237,8 @@ class NfsBackend:
     def cleanup_many(self, jobs: Sequence[str], now: datetime) -> int:
         """Judged by the server's clock (a probe file's mtime), never by this host's: a host
         whose clock runs ahead must not remove claims the others still rely on."""
+        if not jobs:
+            return 0
         try:
             server_now, _ = probe_mtime(self.directory)
         except BackendError as e:
