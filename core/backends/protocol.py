@@ -90,7 +90,14 @@ class Backend(Protocol):
         self, requests: Sequence[ClaimRequest], instance: str, now: datetime
     ) -> list[ClaimOutcome]:
         """Claim every request (in one round trip where the backend can); one outcome each, in
-        order. A BackendError fails the whole batch."""
+        order. A BackendError fails the whole batch.
+
+        A tick that the backend cannot be sure has not run comes back refused (``won`` False,
+        ``refused`` says why, naming the clocks and SKEW_LIMIT): one at or before the job's mark
+        (the latest tick claimed, kept forever) whose own claim is gone, or one older than its
+        ``keep_until`` plus SKEW_LIMIT by the backend's clock. Repeating a claim (same instance,
+        same tick, e.g. after a lost reply) is won again with the same fence, and with the run
+        lease it took the first time where the backend can tell (Redis, PostgreSQL)."""
         ...
 
     def acquire_lease(self, job: str, instance: str, ttl: float) -> Lease | None:
