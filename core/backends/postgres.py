@@ -157,6 +157,13 @@ def _bounded_connection(psycopg: Any) -> Any:
     (``call_timeout``): psycopg itself waits for as long as the socket stays open."""
     cls = _bounded.get(id(psycopg))
     if cls is None:
+        import inspect
+
+        if "timeout" not in inspect.signature(psycopg.Connection.wait).parameters:
+            raise BackendError(
+                f"psycopg {psycopg.__version__} cannot bound its waits for the server: "
+                "pip install 'psycopg[binary]>=3.2'"
+            )
 
         class BoundedConnection(psycopg.Connection):  # type: ignore[misc]
             call_timeout: float = 2.0
@@ -182,6 +189,7 @@ class PostgresBackend:
         self._psycopg = psycopg
         self._dsn = url
         self.url = redact(url)
+        self._cls = _bounded_connection(psycopg)
         self.timeout = timeout
         self._conn: Any = None
         self._schema_ready = False
@@ -189,7 +197,7 @@ class PostgresBackend:
 
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
-            cls = _bounded_connection(self._psycopg)
+            cls = self._cls
             self._conn = cls.connect(
                 self._dsn, autocommit=True, connect_timeout=max(1, round(self.timeout))
             )
