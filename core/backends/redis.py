@@ -37,6 +37,8 @@ from .protocol import BATCH_LIMIT, SKEW_LIMIT, ClaimOutcome, ClaimRequest, Claim
 # request (tick µs, claim TTL ms, keep_until µs, lease TTL ms or 0, lease token). Numbers stay
 # exact: µs since 1970 are below 2^53, and ticks are compared as numbers but stored as given.
 _CLAIM_MANY = """
+-- Redis 3.2-4 replicate scripts verbatim unless told otherwise, and refuse writes after TIME
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local instance, skew = ARGV[1], tonumber(ARGV[2])
