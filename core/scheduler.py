@@ -770,6 +770,8 @@ class Scheduler:
         if isinstance(run.handle, FailedStart):
             fields["error"] = run.handle.start_error
         self.emit("run-finished", state.id, run.tick, **fields)
+        if run.lease is not None:  # first: the next tick of the fleet waits for it
+            self.coordinator.release(state.job.lock, [run.lease])
         if run.record is not None:
             r = run.record
             r.result = _result(run, code)
@@ -780,8 +782,6 @@ class Scheduler:
                 r.output_tail = "\n".join(run.tail)
             self._record(state, r)
         self._after_run(run, code, duration)
-        if run.lease is not None:
-            self.coordinator.release(state.job.lock, [run.lease])
         if not state.runs and not self._stop:
             # --overlap replace / queue: the waiting tick starts once nothing else runs.
             pending, state.replacing = state.replacing, None
