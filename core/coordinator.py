@@ -42,6 +42,7 @@ class _Call:
     what: str  # claim, renew, release, cleanup
     args: tuple[Any, ...]
     done: Callable[[Any], None] | None  # called on the scheduler's thread with result or error
+    expires: float | None = None  # monotonic: not sent after this (its answer is no use then)
 
 
 @dataclass
@@ -125,8 +126,12 @@ class Coordinator:
         url: str | None,
         requests: Sequence[ClaimRequest],
         done: Callable[[list[ClaimOutcome] | BackendError], None],
+        expires: float | None = None,
     ) -> None:
-        self._submit(url, _Call("claim", (list(requests),), done))
+        """Claim ``requests`` in one round trip. A batch still queued at ``expires`` (the
+        following tick is due: a backend that hangs has kept the queue waiting) is not sent;
+        ``done`` gets a BackendError saying so."""
+        self._submit(url, _Call("claim", (list(requests),), done, expires))
 
     def renew(self, url: str | None, leases: Sequence[Lease], done: Callable[[Any], None]) -> None:
         self._submit(url, _Call("renew", (list(leases),), done))
@@ -252,6 +257,14 @@ class Coordinator:
     def _do(self, link: _Link, call: _Call) -> None:
         if link.unreleased and call.what != "release":
             self._release(link, [])  # first what an outage left behind
+        if call.expires is not None and self.clock.monotonic() > call.expires:
+            assert call.done is not None
+            late = BackendError(
+                f"{link.backend.url}: claim not sent: the backend kept it waiting until the "
+                "following tick was due"
+            )
+            self._deliver(call.done, late)
+            return
         try:
             if call.what == "claim":
                 result: Any = link.backend.claim_many(call.args[0], self.instance, self.clock.now())

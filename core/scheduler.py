@@ -86,10 +86,10 @@ def overlap_action(policy: Overlap, queued: bool) -> str:
     return "start"
 
 
-def keep_until(schedule: Schedule, tick: datetime) -> datetime:
+def keep_until(schedule: Schedule, tick: datetime, following: datetime | None = None) -> datetime:
     """How long a claim of ``tick`` must be kept: until well after the following tick, so that
     an instance whose clock lags cannot run it again."""
-    following = schedule.next_tick(tick) or tick
+    following = following or schedule.next_tick(tick) or tick
     return following + max(following - tick, timedelta(minutes=10))
 
 
@@ -425,6 +425,8 @@ class Scheduler:
 
     def _claim(self, url: str | None, items: list[tuple[_JobState, datetime]]) -> None:
         requests = []
+        now = self.clock.now()
+        useful = float("inf")  # seconds until the first of the following ticks is due
         for state, tick in items:
             state.outcomes[tick] = None  # under way
             # No lease while an earlier request for one is under way: its answer may hold the
@@ -436,7 +438,10 @@ class Scheduler:
                 and not state.leasing
             )
             state.leasing += lease
-            until = keep_until(state.job.schedule, tick)
+            following = state.job.schedule.next_tick(tick)
+            if following is not None:
+                useful = min(useful, (following - now).total_seconds())
+            until = keep_until(state.job.schedule, tick, following)
             kept = self._claims_kept.setdefault(Coordinator.key(url), {})
             kept[state.id] = max(kept.get(state.id, 0), to_us(until))
             ttl = state.s.lease_ttl if lease else None
@@ -449,12 +454,22 @@ class Scheduler:
                     state.leasing -= 1
                 self._claimed(state, tick, outcome)
 
-        self.coordinator.claim(url, requests, done)
+        expires = None if useful == float("inf") else self.clock.monotonic() + useful
+        self.coordinator.claim(url, requests, done, expires)
 
     def _claimed(
         self, state: _JobState, tick: datetime, outcome: ClaimOutcome | BackendError
     ) -> None:
         """A claim's outcome is back (on this thread)."""
+        if tick in state.waiting and (
+            state.ended or (state.prev is not None and tick < state.prev)
+        ):
+            # Due, and overtaken by a later tick while the backend kept the answer waiting.
+            state.waiting.discard(tick)
+            state.outcomes.pop(tick, None)
+            self._late_answer(state, tick, outcome)
+            self._after_tick(state)
+            return
         if tick not in state.outcomes or state.ended:
             self._drop_lease(state, outcome)  # the tick went by meanwhile (missed, retired)
             return
@@ -464,6 +479,27 @@ class Scheduler:
         if tick in state.waiting:
             state.waiting.discard(tick)
             self._decide(state, tick, self.clock.now())
+
+    def _late_answer(
+        self, state: _JobState, tick: datetime, outcome: ClaimOutcome | BackendError
+    ) -> None:
+        """The answer to a due tick's claim came after the following tick was due: the tick is
+        not run (it is no longer the most recent one); say why."""
+        self._drop_lease(state, outcome)
+        if isinstance(outcome, BackendError):
+            self.emit("backend-error", state.id, tick, error=str(outcome), action="skip")
+        elif outcome.claim.refused:
+            self.emit("refused", state.id, tick, reason=outcome.claim.refused)
+        elif not outcome.claim.won:
+            state.ticks_run += 1
+            self.emit(
+                "lost", state.id, tick, holder=outcome.claim.holder, fence=outcome.claim.fence
+            )
+        else:
+            state.ticks_run += 1
+            self._missed(
+                state, [tick], "the backend answered the claim after the next tick was due"
+            )
 
     def _drop_lease(self, state: _JobState, outcome: ClaimOutcome | BackendError | None) -> None:
         if isinstance(outcome, ClaimOutcome) and outcome.lease is not None:

@@ -176,3 +176,56 @@ def test_dropped_connections_give_backend_errors_only_and_no_tick_is_won_twice(
     proxy.forward()
     assert a.claim("after", T0, "a", KEEP, T0).won  # recovered
     assert not b.claim("after", T0, "b", KEEP, T0).won
+
+
+# ---------------------------------------------------------------------------- real `pyjob run`
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_instances_behind_a_dropping_proxy_never_exit_nor_run_a_tick_twice(
+    proxied: tuple[FaultProxy, str], tmp_path: Path
+) -> None:
+    from .runproc import PyjobRun
+
+    proxy, url = proxied
+    out = tmp_path / "runs"
+    cmd = 'echo "$PYJOB_TICK_UNIX" >> "$OUT"'
+    args = ["--every", "500ms", "--align", "--lock", url, "--shell", "--", cmd]
+    runs = [
+        PyjobRun(["--instance-id", f"i{n}", *args], tmp_path, f"i{n}", {"OUT": str(out)})
+        for n in range(2)
+    ]
+    for r in runs:
+        r.wait_for("claimed", timeout=30)
+    proxy.drop(0.08)  # 8 % of requests lose their connection
+    time.sleep(10)
+    proxy.forward()
+    time.sleep(2)
+    assert [r.proc.poll() for r in runs] == [None, None]  # no backend error ends pyjob run
+    for r in runs:
+        assert r.stop() == 0
+        assert "Traceback" not in r.log_path.read_text()
+    assert proxy.dropped > 0
+    assert any(r.events("backend-error") for r in runs)
+    ticks = out.read_text().split()
+    assert len(ticks) == len(set(ticks)), sorted(t for t in ticks if ticks.count(t) > 1)
+    assert len(ticks) >= 12  # the fleet kept running through it
+
+
+@pytest.mark.slow
+def test_sigterm_is_honoured_during_a_hang(proxied: tuple[FaultProxy, str], tmp_path: Path) -> None:
+    from .runproc import PyjobRun
+
+    proxy, url = proxied
+    args = ["--every", "500ms", "--align", "--lock", url, "--stop-timeout", "2s", "--", "true"]
+    run = PyjobRun(args, tmp_path)
+    run.wait_for("run-finished", timeout=30)
+    proxy.hang()  # the server stops answering; the sockets stay open
+    errors = run.wait_for("backend-error", timeout=10)  # within the 2 s bound, logged
+    assert errors[0]["action"] in ("skip", "cleanup later") or "backend" in errors[0]["error"]
+    start = time.monotonic()
+    run.signal(__import__("signal").SIGTERM)
+    assert run.wait(timeout=10) == 0
+    assert time.monotonic() - start < 2 + 1  # --stop-timeout plus a second
+    assert run.events("stopped")
