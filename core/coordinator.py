@@ -175,6 +175,15 @@ class Coordinator:
         self._submit(url, _Call("previous", (job, before_us), done))
         return True
 
+    def latest(self, url: str | None, job: str, done: Callable[[int | None], None]) -> bool:
+        """The tick (µs) of the latest record of ``job`` — the latest tick anyone in the fleet
+        handled — to ``done`` (None when there is none; a BackendError when the backend could not
+        say). False when the backend keeps no records."""
+        if self._links[self.key(url)].records is None:
+            return False
+        self._submit(url, _Call("latest", (job,), done))
+        return True
+
     def drain(self) -> int:
         """Deliver the results that are ready (on the caller's thread); how many."""
         n = 0
@@ -273,6 +282,10 @@ class Coordinator:
             elif call.what == "release":
                 self._release(link, call.args[0])
                 return
+            elif call.what == "latest":
+                assert link.records is not None
+                newest = link.records.runs(call.args[0], 1, None)
+                result = newest[0].tick_us if newest else None
             elif call.what == "previous":
                 assert link.records is not None
                 job, before = call.args

@@ -58,6 +58,12 @@ _KINDS = (
         ("count", "first", "last", "reason"),
         "ticks that passed without running (late wake-up, --misfire-grace)",
     ),
+    Kind(
+        "caught-up",
+        "info",
+        ("late", "missed", "window"),
+        "a tick the whole fleet missed runs now (--catch-up): how late, how many were missed",
+    ),
     Kind("jitter", "debug", ("delay",), "the run waits a random delay first (--jitter)"),
     Kind(
         "run-started",

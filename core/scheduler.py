@@ -148,6 +148,8 @@ class _JobState:
     runs_started: int = 0
     failures: int = 0
     last_result: str | None = None  # of this instance's last run (--notify-on change fallback)
+    catchup: list[tuple[datetime, ClaimResult]] = field(default_factory=list)  # won, to run
+    catching_up: bool = False  # a --catch-up look-up or claim is under way
     retiring: bool = False  # removed or changed by a reload: finishes its run, then goes
     ended: bool = False
 
@@ -160,7 +162,15 @@ class _JobState:
         return self.job.settings
 
     def busy(self) -> bool:
-        return bool(self.runs or self.deferred or self.queued or self.replacing or self.waiting)
+        return bool(
+            self.runs
+            or self.deferred
+            or self.queued
+            or self.replacing
+            or self.waiting
+            or self.catchup
+            or self.catching_up
+        )
 
 
 class Scheduler:
@@ -191,6 +201,7 @@ class Scheduler:
         self._by_handle: dict[int, _Run] = {}
         self._hooks: dict[int, _Hook] = {}
         self._hooks_pending = 0  # --notify-on change: hooks waiting for the previous result
+        self._down: set[str] = set()  # lock URLs whose last claim failed (an outage)
         self._wall: list[tuple[int, int, str, _JobState, int, datetime]] = []
         self._mono: list[tuple[float, int, str, Any]] = []
         self._seq = itertools.count()
@@ -250,6 +261,8 @@ class Scheduler:
             self._start(state, None, None, None)
         state.prev = start
         self._set_next(state, job.schedule.next_tick(start))
+        if job.settings.catch_up:
+            self._check_catch_up(state)
         if not self._cleanup_scheduled:
             self._cleanup_scheduled = True
             self._push_mono(self.clock.monotonic(), "cleanup", None)
@@ -448,6 +461,7 @@ class Scheduler:
             requests.append(ClaimRequest(state.id, tick, until, ttl))
 
         def done(result: list[ClaimOutcome] | BackendError) -> None:
+            self._backend_state(url, isinstance(result, BackendError))
             for i, (state, tick) in enumerate(items):
                 outcome = result if isinstance(result, BackendError) else result[i]
                 if requests[i].lease_ttl is not None:
@@ -500,6 +514,122 @@ class Scheduler:
             self._missed(
                 state, [tick], "the backend answered the claim after the next tick was due"
             )
+
+    # ------------------------------------------------------------------ catch-up
+
+    def _backend_state(self, url: str | None, failed: bool) -> None:
+        """Track outages per lock URL: when claims succeed again after failing, jobs with
+        --catch-up look for ticks the fleet missed meanwhile."""
+        key = Coordinator.key(url)
+        if failed:
+            self._down.add(key)
+        elif key in self._down:
+            self._down.discard(key)
+            for state in list(self.jobs.values()):
+                if state.s.catch_up and Coordinator.key(state.job.lock) == key:
+                    self._check_catch_up(state)
+
+    def _check_catch_up(self, state: _JobState) -> None:
+        """Ask the backend for the latest tick anyone handled, then plan the catch-up."""
+        if state.catching_up or state.ended or state.retiring:
+            return
+
+        def done(latest: int | BackendError | None) -> None:
+            state.catching_up = False
+            if isinstance(latest, BackendError):
+                self.emit(
+                    "backend-error",
+                    state.id,
+                    None,
+                    error=str(latest),
+                    action="catch-up when the backend answers again",
+                )
+                self._down.add(Coordinator.key(state.job.lock))
+            elif latest is not None:  # a fresh job has no proof that anything was missed
+                self._plan_catch_up(state, latest)
+            self._maybe_end(state)
+
+        state.catching_up = True
+        if not self.coordinator.latest(state.job.lock, state.id, done):
+            state.catching_up = False  # no records (--lock none): nothing to judge by
+
+    def _plan_catch_up(self, state: _JobState, latest_us: int) -> None:
+        from datetime import UTC
+
+        now = self.clock.now()
+        schedule = state.job.schedule
+        window = state.s.catch_up or 0.0
+        first = datetime.fromtimestamp(latest_us / 1e6, UTC)
+        until = state.next_tick  # from this one on, the ticks are handled as usual
+        missed: list[datetime] = []
+        t = schedule.next_tick(first)
+        while t is not None and t <= now and (until is None or t < until) and len(missed) < 10**5:
+            missed.append(t)
+            t = schedule.next_tick(t)
+        if not missed:
+            return
+        recent = [t for t in missed if (now - t).total_seconds() <= window]
+        run = recent[-state.s.catch_up_max :] if state.s.catch_up_all else recent[-1:]
+        chosen = set(run)
+        outside = [t for t in missed if t not in chosen and t not in recent]
+        passed_over = [t for t in recent if t not in chosen]
+        if outside:
+            self._missed(state, outside, "missed by the whole fleet, before the --catch-up window")
+        if passed_over:
+            why = "--catch-up-max" if state.s.catch_up_all else "only the most recent"
+            self._missed(state, passed_over, f"missed by the whole fleet; --catch-up runs {why}")
+        if not run:
+            return
+        keep = [keep_until(schedule, t) for t in run]
+        requests = [ClaimRequest(state.id, t, k, None) for t, k in zip(run, keep, strict=True)]
+
+        def claimed(result: list[ClaimOutcome] | BackendError) -> None:
+            state.catching_up = False
+            if isinstance(result, BackendError):
+                self.emit(
+                    "backend-error",
+                    state.id,
+                    run[-1],
+                    error=str(result),
+                    action="catch-up when the backend answers again",
+                )
+                self._down.add(Coordinator.key(state.job.lock))
+                return
+            for tick, outcome in zip(run, result, strict=True):
+                c = outcome.claim
+                if c.refused:
+                    self.emit("refused", state.id, tick, reason=c.refused)
+                elif not c.won:
+                    self.emit("lost", state.id, tick, holder=c.holder, fence=c.fence)
+                else:
+                    state.catchup.append((tick, c))
+                    self.emit("claimed", state.id, tick, fence=c.fence)
+            self._next_catch_up(state, len(missed))
+
+        state.catching_up = True
+        kept = self._claims_kept.setdefault(Coordinator.key(state.job.lock), {})
+        kept[state.id] = max(kept.get(state.id, 0), to_us(max(keep)))
+        self.coordinator.claim(state.job.lock, requests, claimed)
+
+    def _next_catch_up(self, state: _JobState, missed: int | None = None) -> None:
+        """Start the oldest caught-up tick won, once nothing of the job runs here."""
+        if not state.catchup or state.runs or state.deferred or self._stop or state.ended:
+            return
+        tick, claim = state.catchup.pop(0)
+        state.ticks_run += 1
+        late = (self.clock.now() - tick).total_seconds()
+        self.emit(
+            "caught-up",
+            state.id,
+            tick,
+            late=round(late, 6),
+            missed=missed if missed is not None else len(state.catchup) + 1,
+            window=state.s.catch_up,
+        )
+        if state.s.overlap is Overlap.SKIP:
+            self._lease_then_start(state, tick, claim)
+        else:
+            self._start(state, tick, claim, None)
 
     def _drop_lease(self, state: _JobState, outcome: ClaimOutcome | BackendError | None) -> None:
         if isinstance(outcome, ClaimOutcome) and outcome.lease is not None:
@@ -818,6 +948,8 @@ class Scheduler:
                 r.output_tail = "\n".join(run.tail)
             self._record(state, r)
         self._after_run(run, code, duration)
+        if not state.runs and state.catchup and not self._stop:
+            self._next_catch_up(state)
         if not state.runs and not self._stop:
             # --overlap replace / queue: the waiting tick starts once nothing else runs.
             pending, state.replacing = state.replacing, None

@@ -135,6 +135,29 @@ SETTINGS: tuple[Setting, ...] = (
         choices=OnBackendError,
     ),
     Setting(
+        "catch-up",
+        "duration",
+        "When this instance starts, or the backend answers again after an outage: if a tick "
+        "within this window of now was missed by the whole fleet (a later tick than the last "
+        "one anyone handled, by the run records), run the most recent one once (off by "
+        "default; systemd's Persistent=).",
+        metavar=_DURATION,
+    ),
+    Setting(
+        "catch-up-all",
+        "flag",
+        "With --catch-up: run every missed tick of the window, oldest first, one after "
+        "another (at most --catch-up-max), not only the most recent.",
+        False,
+    ),
+    Setting(
+        "catch-up-max",
+        "count",
+        "With --catch-up-all: at most this many missed ticks (the most recent ones) run.",
+        default=10,
+        metavar="N",
+    ),
+    Setting(
         "on-failure",
         "text",
         "Run this shell line after a run fails (exit code not 0, timeout, not startable), once "
@@ -347,6 +370,9 @@ class JobSettings:
     max_runs: int | None = None
     log_output: bool = False
     on_backend_error: OnBackendError = OnBackendError.SKIP
+    catch_up: float | None = None
+    catch_up_all: bool = False
+    catch_up_max: int = 10
     on_failure: str | None = None
     on_success: str | None = None
     on_finish: str | None = None
