@@ -34,6 +34,8 @@ RESULTS = (
     "missed",
     "lost",
 )
+FINISHED = ("success", "failure", "timeout", "stopped", "start-failed", "lost")
+RECENT_MAX = 100  # records `recent` looks through for the newest finished run
 HEARTBEAT_EVERY = 10.0  # seconds between an instance's heartbeats
 QUIET_AFTER = 35.0  # an instance not seen for this long has gone quiet (its runs are lost)
 OUTPUT_TAIL = 4096  # bytes of output kept with a run (--log-output)
@@ -123,6 +125,11 @@ class RecordStore(Protocol):
 
     def runs(self, job: str, limit: int, since_us: int | None = None) -> list[RunRecord]:
         """The job's records, newest first."""
+        ...
+
+    def recent(self, job: str) -> list[RunRecord]:
+        """The job's newest records, newest first, up to and including its newest finished run
+        (what `pyjob status` needs: the last run, and what runs now)."""
         ...
 
     def prune(self, jobs: Sequence[str], keep: int, oldest_us: int) -> int:
@@ -259,6 +266,19 @@ class DirectoryRecords:
                 break
         return out
 
+    def recent(self, job: str) -> list[RunRecord]:
+        out: list[RunRecord] = []
+        d = self._runs_dir(job)
+        for tick in self._ticks(job)[:RECENT_MAX]:  # read one by one: usually one is enough
+            try:
+                record = RunRecord.from_json((d / f"{tick}.json").read_text())
+            except (OSError, ValueError, TypeError):
+                continue
+            out.append(record)
+            if record.result in FINISHED:
+                break
+        return out
+
     def prune(self, jobs: Sequence[str], keep: int, oldest_us: int) -> int:
         removed = 0
         for job in jobs:
@@ -297,6 +317,18 @@ for i = 1, #ARGV, 4 do
 end
 return 1
 """
+
+
+def _recent(store: RecordStore, job: str) -> list[RunRecord]:
+    """``recent`` from ``runs``: 20 at first, more only when none of them is a finished run."""
+    for limit in (20, RECENT_MAX):
+        records = store.runs(job, limit)
+        for i, r in enumerate(records):
+            if r.result in FINISHED:
+                return records[: i + 1]
+        if len(records) < limit:
+            return records
+    return records
 
 
 class RedisRecords:
@@ -385,6 +417,9 @@ class RedisRecords:
 
         result: list[RunRecord] = self._call("history not read", go)
         return result
+
+    def recent(self, job: str) -> list[RunRecord]:
+        return _recent(self, job)
 
     def prune(self, jobs: Sequence[str], keep: int, oldest_us: int) -> int:
         def go() -> int:
@@ -530,6 +565,9 @@ class PostgresRecords:
             (job, -(2**62) if since_us is None else since_us, limit),
         )
         return [RunRecord.from_json(r[0]) for r in rows]
+
+    def recent(self, job: str) -> list[RunRecord]:
+        return _recent(self, job)
 
     def prune(self, jobs: Sequence[str], keep: int, oldest_us: int) -> int:
         rows = self._exec(
