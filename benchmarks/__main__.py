@@ -4,8 +4,8 @@
     python -m benchmarks --quick         # a few ticks, 1 repeat (a smoke test for CI, ~1.5 min)
     python -m benchmarks --readme        # also write the tables into README.md
 
-Areas: start-up, schedule computation, firing precision, idle cost, coordination, run records. Comparison
-tools (APScheduler 3, schedule) come from the `bench` extra: pip install -e '.[bench]'.
+Areas: start-up, schedule computation, firing precision, idle cost, coordination, run records.
+Comparison tools (APScheduler 3, schedule) come from the `bench` extra: pip install -e '.[bench]'.
 """
 
 from __future__ import annotations
