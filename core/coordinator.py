@@ -184,6 +184,11 @@ class Coordinator:
         self._submit(url, _Call("latest", (job,), done))
         return True
 
+    def orphan(self, url: str | None, job: str, done: Callable[[Any], None]) -> None:
+        """The newest record of ``job`` and the instances' heartbeats, to ``done`` (None when the
+        job has no records): what an instance needs to take over another's attempts."""
+        self._submit(url, _Call("orphan", (job,), done))
+
     def drain(self) -> int:
         """Deliver the results that are ready (on the caller's thread); how many."""
         n = 0
@@ -282,6 +287,10 @@ class Coordinator:
             elif call.what == "release":
                 self._release(link, call.args[0])
                 return
+            elif call.what == "orphan":
+                assert link.records is not None
+                newest = link.records.runs(call.args[0], 1, None)
+                result = (newest[0], link.records.instances()) if newest else None
             elif call.what == "latest":
                 assert link.records is not None
                 newest = link.records.runs(call.args[0], 1, None)

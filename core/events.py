@@ -64,18 +64,31 @@ _KINDS = (
         ("late", "missed", "window"),
         "a tick the whole fleet missed runs now (--catch-up): how late, how many were missed",
     ),
+    Kind(
+        "retrying",
+        "warning",
+        ("run_id", "attempt", "delay", "exit_code", "result", "taken_over_from"),
+        "a failed run runs again after a delay (--retries), or another instance takes over the "
+        "attempts of one that went quiet",
+    ),
+    Kind(
+        "retry-dropped",
+        "warning",
+        ("run_id", "attempt", "reason"),
+        "a retry that would start after the following tick is due, or that a stop cancelled",
+    ),
     Kind("jitter", "debug", ("delay",), "the run waits a random delay first (--jitter)"),
     Kind(
         "run-started",
         "info",
-        ("run_id", "pid", "lateness", "fence", "error"),
+        ("run_id", "pid", "lateness", "fence", "attempt", "error"),
         "the command was started (error: it could not be)",
     ),
     Kind("output", "info", ("stream", "line", "run_id"), "a line of the command (--log-output)"),
     Kind(
         "run-finished",
         "info",
-        ("run_id", "exit_code", "duration", "lateness", "terminated", "error"),
+        ("run_id", "exit_code", "duration", "lateness", "terminated", "attempt", "error"),
         "the command ended; an error when it failed",
         _finished_level,
     ),

@@ -25,6 +25,7 @@ from .errors import BackendError
 
 RESULTS = (
     "running",
+    "retrying",
     "success",
     "failure",
     "timeout",
@@ -58,6 +59,8 @@ class RunRecord:
     reason: str | None = None
     held_by: str | None = None
     output_tail: str | None = None
+    next_attempt_us: int | None = None  # "retrying": when the next attempt is due
+    attempts: list[dict[str, Any]] | None = None  # the earlier attempts of this run
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if v is not None})
@@ -654,6 +657,16 @@ def run_document(record: RunRecord, zone: Any) -> dict[str, Any]:
         "exit_code": record.exit_code,
         "result": record.result,
     }
+    if record.next_attempt_us is not None:
+        doc["next_attempt"] = when(record.next_attempt_us)
+    if record.attempts:
+        doc["attempts"] = [
+            {**a, "started": when(a.get("started_us")), "finished": when(a.get("finished_us"))}
+            for a in record.attempts
+        ]
+        for a in doc["attempts"]:
+            a.pop("started_us", None)
+            a.pop("finished_us", None)
     for extra in ("reason", "held_by", "output_tail"):
         value = getattr(record, extra)
         if value is not None:

@@ -109,6 +109,20 @@ class _Run:
     tail: list[str] | None = None  # the last lines of output (--log-output), for the record
     tail_bytes: int = 0
     env: Mapping[str, str] = field(default_factory=dict)
+    attempt: int = 1
+    prior: list[dict[str, Any]] = field(default_factory=list)  # the earlier attempts
+
+
+@dataclass(eq=False)
+class _Retry:
+    """The next attempt of a failed run (--retries), waiting for its delay."""
+
+    tick: datetime
+    claim: ClaimResult | None
+    attempt: int
+    prior: list[dict[str, Any]]
+    record: RunRecord | None
+    cancelled: bool = False
 
 
 @dataclass(eq=False)
@@ -150,6 +164,9 @@ class _JobState:
     last_result: str | None = None  # of this instance's last run (--notify-on change fallback)
     catchup: list[tuple[datetime, ClaimResult]] = field(default_factory=list)  # won, to run
     catching_up: bool = False  # a --catch-up look-up or claim is under way
+    retries: list[_Retry] = field(default_factory=list)  # attempts waiting for their delay
+    attempts: dict[datetime, tuple[int, list[dict[str, Any]]]] = field(default_factory=dict)
+    adopting: bool = False  # a look for another instance's orphaned attempts is under way
     retiring: bool = False  # removed or changed by a reload: finishes its run, then goes
     ended: bool = False
 
@@ -170,6 +187,8 @@ class _JobState:
             or self.waiting
             or self.catchup
             or self.catching_up
+            or self.retries
+            or self.attempts
         )
 
 
@@ -413,6 +432,9 @@ class Scheduler:
                     state.deferred.remove(d)
                     if not self._stop:
                         self._start(state, d.tick, d.claim, d.lease)
+            elif kind == "retry":
+                state, retry = ref
+                self._retry_now(state, retry)
             elif kind == "hook-timeout":
                 hook, gen = ref
                 if hook.gen == gen and hook.handle is not None and id(hook.handle) in self._hooks:
@@ -428,6 +450,7 @@ class Scheduler:
                 self._push_mono(mono + self._heartbeat_every, "heartbeat", self._heartbeat_every)
                 self.me.seen_us = to_us(self.clock.now())
                 self.coordinator.heartbeat(self.me)
+                self._adopt_orphans()
             elif kind == "cleanup":
                 self._push_mono(mono + CLEANUP_EVERY, "cleanup", None)
                 self._cleanup()
@@ -740,7 +763,7 @@ class Scheduler:
         self._jitter_or_start(state, tick, claim, lease)
 
     def _lease_then_start(
-        self, state: _JobState, tick: datetime, claim: ClaimResult | None
+        self, state: _JobState, tick: datetime, claim: ClaimResult | None, jitter: bool = True
     ) -> None:
         until = keep_until(state.job.schedule, tick)
         request = ClaimRequest(state.id, tick, until, state.s.lease_ttl)
@@ -760,7 +783,10 @@ class Scheduler:
             if got.lease is None:
                 self._skipped(state, tick, OVERLAPPING, got.lease_holder or "unknown")
                 return
-            self._jitter_or_start(state, tick, claim, got.lease)
+            if jitter:
+                self._jitter_or_start(state, tick, claim, got.lease)
+            else:
+                self._start(state, tick, claim, got.lease)
 
         # Claiming a tick this instance already holds is idempotent: it only takes the lease.
         self.coordinator.claim(state.job.lock, [request], done)
@@ -854,9 +880,12 @@ class Scheduler:
         started = self.clock.now()
         rid = run_id(state.id, tick, started)
         fence = claim.fence if claim else None
+        attempt, prior = state.attempts.pop(tick, (1, [])) if tick is not None else (1, [])
         env = self._env(state, tick, rid, fence)
+        env["PYJOB_ATTEMPT"] = str(attempt)
         mono = self.clock.monotonic()
-        run = _Run(state, tick, rid, fence, lease, started, mono, env=env)
+        run = _Run(state, tick, rid, fence, lease, started, mono, env=env, attempt=attempt)
+        run.prior = prior
         on_line = None
         if state.s.log_output:
             run.tail = []
@@ -884,6 +913,8 @@ class Scheduler:
             fence=fence,
             started_us=to_us(started),
             lateness=lateness,
+            attempt=attempt,
+            attempts=prior or None,
         )
         self._record(state, run.record)
         if isinstance(handle, FailedStart):
@@ -894,6 +925,7 @@ class Scheduler:
                 run_id=rid,
                 pid=None,
                 lateness=lateness,
+                attempt=attempt,
                 error=handle.start_error,
             )
         else:
@@ -905,6 +937,7 @@ class Scheduler:
                 pid=handle.pid,
                 lateness=lateness,
                 fence=fence,
+                attempt=attempt,
             )
 
     def _reap(self, ready: Sequence[int]) -> None:
@@ -923,7 +956,9 @@ class Scheduler:
         state.runs.remove(run)
         duration = self.clock.monotonic() - run.started_mono
         lateness = (run.started_wall - run.tick).total_seconds() if run.tick else 0.0
-        if code != 0 and run.terminated != "stop":
+        result = _result(run, code)
+        delay = self._retry_delay(run, result, code)
+        if code != 0 and run.terminated != "stop" and delay is None:
             state.failures += 1
         fields: dict[str, Any] = {
             "run_id": run.run_id,
@@ -931,6 +966,8 @@ class Scheduler:
             "duration": round(duration, 6),
             "lateness": round(lateness, 6),
         }
+        if run.attempt > 1:
+            fields["attempt"] = run.attempt
         if run.terminated:
             fields["terminated"] = run.terminated
         if isinstance(run.handle, FailedStart):
@@ -940,14 +977,21 @@ class Scheduler:
             self.coordinator.release(state.job.lock, [run.lease])
         if run.record is not None:
             r = run.record
-            r.result = _result(run, code)
+            r.result = result
             r.exit_code = code
             r.finished_us = to_us(self.clock.now())
             r.duration = round(duration, 6)
             if run.tail:
                 r.output_tail = "\n".join(run.tail)
+            if delay is not None:
+                r.result = "retrying"
+                r.next_attempt_us = to_us(self.clock.now()) + int(delay * 1e6)
+                r.attempts = [*run.prior, _attempt_doc(run, code, result, r.finished_us)]
             self._record(state, r)
-        self._after_run(run, code, duration)
+        if delay is not None:
+            self._schedule_retry(run, code, result, delay)
+        else:
+            self._after_run(run, code, duration)
         if not state.runs and state.catchup and not self._stop:
             self._next_catch_up(state)
         if not state.runs and not self._stop:
@@ -958,6 +1002,165 @@ class Scheduler:
             if pending is not None:
                 self._start(state, pending[0], pending[1], None)
         self._maybe_end(state)
+
+    # ------------------------------------------------------------------ retries
+
+    def _retry_delay(self, run: _Run, result: str, code: int) -> float | None:
+        """The delay before the run's next attempt, or None when it is not retried."""
+        s = run.job.s
+        if not s.retries or run.attempt > s.retries or run.tick is None:
+            return None
+        if result not in ("failure", "timeout") or self._stop or run.job.retiring:
+            return None
+        if s.retry_on is not None:
+            key = "timeout" if result == "timeout" else str(code)
+            if key not in s.retry_on:
+                return None
+        delay = min(s.retry_max_delay, s.retry_delay * s.retry_backoff ** (run.attempt - 1))
+        following = run.job.job.schedule.next_tick(run.tick)
+        due = self.clock.now() + timedelta(seconds=delay)
+        if following is not None and due >= following and s.overlap not in _SHARE_TIME:
+            self.emit(
+                "retry-dropped",
+                run.job.id,
+                run.tick,
+                run_id=run.run_id,
+                attempt=run.attempt + 1,
+                reason=f"it would start after the following tick ({iso(following)}) is due",
+            )
+            return None
+        return delay
+
+    def _schedule_retry(self, run: _Run, code: int, result: str, delay: float) -> None:
+        state = run.job
+        assert run.tick is not None
+        prior = [*run.prior, _attempt_doc(run, code, result, to_us(self.clock.now()))]
+        claim = ClaimResult(True, self.instance, run.fence)
+        retry = _Retry(run.tick, claim, run.attempt + 1, prior, run.record)
+        state.retries.append(retry)
+        self._push_mono(self.clock.monotonic() + delay, "retry", (state, retry))
+        self.emit(
+            "retrying",
+            state.id,
+            run.tick,
+            run_id=run.run_id,
+            attempt=run.attempt + 1,
+            delay=round(delay, 6),
+            exit_code=code,
+            result=result,
+        )
+
+    def _retry_now(self, state: _JobState, retry: _Retry) -> None:
+        if retry not in state.retries:
+            return
+        state.retries.remove(retry)
+        if retry.cancelled or self._stop or state.ended or state.retiring:
+            return
+        state.attempts[retry.tick] = (retry.attempt, retry.prior)
+        if state.s.overlap is Overlap.SKIP and not state.runs:
+            self._lease_then_start(state, retry.tick, retry.claim, jitter=False)
+        else:
+            self._start(state, retry.tick, retry.claim, None)
+
+    def _cancel_retries(self, state: _JobState) -> None:
+        """A stop cancels the attempts still waiting: each run's result is its last attempt's,
+        recorded as such, and its hooks see it."""
+        for retry in state.retries:
+            retry.cancelled = True
+            self.emit(
+                "retry-dropped",
+                state.id,
+                retry.tick,
+                run_id=run_id(state.id, retry.tick, retry.tick),
+                attempt=retry.attempt,
+                reason="cancelled by the stop",
+            )
+            last = retry.prior[-1] if retry.prior else {}
+            if retry.record is not None:
+                retry.record.result = str(last.get("result", "failure"))
+                retry.record.next_attempt_us = None
+                self._record(state, retry.record)
+        state.retries.clear()
+        state.attempts.clear()
+
+    def _adopt_orphans(self) -> None:
+        """Continue the attempts of a run whose instance went quiet while it had retries left
+        (killed during an attempt or while waiting for the next): once its heartbeat is older
+        than its leases' TTL, one instance claims the next attempt and runs it."""
+        for state in self.jobs.values():
+            s = state.s
+            if not s.retries or state.adopting or state.busy() or state.ended or state.retiring:
+                continue
+            if not self.coordinator.has_records(state.job.lock):
+                continue
+
+            def found(answer: Any, state: _JobState = state) -> None:
+                state.adopting = False
+                if isinstance(answer, BackendError) or answer is None:
+                    return
+                self._adopt(state, *answer)
+
+            state.adopting = True
+            self.coordinator.orphan(state.job.lock, state.id, found)
+
+    def _adopt(self, state: _JobState, record: RunRecord, instances: dict[str, Any]) -> None:
+        from .records import is_quiet
+
+        s = state.s
+        if record.instance == self.instance or record.result not in ("running", "retrying"):
+            return
+        info = instances.get(record.instance)
+        now_us = to_us(self.clock.now())
+        if not is_quiet(info, now_us) or record.attempt > s.retries:
+            return
+        if record.result == "retrying" and (record.next_attempt_us or 0) > now_us:
+            return
+        from datetime import UTC
+
+        tick = datetime.fromtimestamp(record.tick_us / 1e6, UTC)
+        following = state.job.schedule.next_tick(tick)
+        if following is not None and following <= self.clock.now() and s.overlap not in _SHARE_TIME:
+            return  # the attempts stay within their tick
+        prior = list(record.attempts or [])
+        if record.result == "running":  # killed during the attempt: that attempt was lost
+            prior.append(
+                {
+                    "attempt": record.attempt,
+                    "instance": record.instance,
+                    "started_us": record.started_us,
+                    "result": "lost",
+                }
+            )
+        attempt = record.attempt + 1
+        # One instance takes the attempt over: a claim of its own, just after the tick, with the
+        # run lease (the dead holder's expires by its TTL; until then this waits for the next
+        # look). Claiming it again is idempotent for the instance that won it.
+        key = tick + timedelta(microseconds=attempt)
+        ttl = s.lease_ttl if s.overlap is Overlap.SKIP else None
+        request = ClaimRequest(state.id, key, keep_until(state.job.schedule, tick), ttl)
+
+        def claimed(result: list[ClaimOutcome] | BackendError) -> None:
+            if isinstance(result, BackendError) or not result[0].claim.won:
+                return
+            got = result[0]
+            if state.busy() or self._stop or state.ended or (ttl is not None and got.lease is None):
+                self._drop_lease(state, got)
+                return
+            self.emit(
+                "retrying",
+                state.id,
+                tick,
+                run_id=record.run_id,
+                attempt=attempt,
+                delay=0.0,
+                exit_code=record.exit_code,
+                result="lost" if record.result == "running" else prior[-1].get("result", "failure"),
+                taken_over_from=record.instance,
+            )
+            state.attempts[tick] = (attempt, prior)
+            self._start(state, tick, ClaimResult(True, self.instance, got.claim.fence), got.lease)
+
+        self.coordinator.claim(state.job.lock, [request], claimed)
 
     # ------------------------------------------------------------------ hooks
 
@@ -1204,6 +1407,8 @@ class Scheduler:
                 self._drop_lease(state, outcome)
             state.outcomes.clear()
             state.waiting.clear()
+            state.catchup.clear()
+            self._cancel_retries(state)
         forced_sent = False
         for state in everything:
             for run in state.runs:
@@ -1270,7 +1475,21 @@ class Scheduler:
 
 def _hooks_env(run: _Run, name: str, result: str, code: int, duration: float) -> dict[str, str]:
     tail = "\n".join(run.tail) if run.tail is not None else None
-    return hook_env(run.env, name, result, code, duration, tail)
+    return hook_env(run.env, name, result, code, duration, tail, run.attempt)
+
+
+_SHARE_TIME = (Overlap.ALLOW, Overlap.QUEUE)  # policies under which a retry may overlap a tick
+
+
+def _attempt_doc(run: _Run, code: int, result: str, finished_us: int | None) -> dict[str, Any]:
+    return {
+        "attempt": run.attempt,
+        "instance": run.record.instance if run.record else None,
+        "started_us": to_us(run.started_wall),
+        "finished_us": finished_us,
+        "exit_code": code,
+        "result": result,
+    }
 
 
 def _keep_tail(run: _Run, line: str) -> None:

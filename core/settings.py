@@ -135,6 +135,42 @@ SETTINGS: tuple[Setting, ...] = (
         choices=OnBackendError,
     ),
     Setting(
+        "retries",
+        "count0",
+        "Run a failed run again up to N times (the same run: run id, tick, fence; PYJOB_ATTEMPT "
+        "counts 1, 2, 3...); hooks and pings see its final result once.",
+        default=0,
+        metavar="N",
+    ),
+    Setting(
+        "retry-delay",
+        "duration",
+        "Wait this long before the first retry.",
+        default="10s",
+        metavar=_DURATION,
+    ),
+    Setting(
+        "retry-backoff",
+        "factor",
+        "Multiply the delay by this after each retry (1: the same delay every time).",
+        default="2",
+        metavar="F",
+    ),
+    Setting(
+        "retry-max-delay",
+        "duration",
+        "The longest delay between two attempts.",
+        default="10m",
+        metavar=_DURATION,
+    ),
+    Setting(
+        "retry-on",
+        "codes",
+        "Retry only these exit codes, comma-separated, and 'timeout' for runs past --timeout "
+        "(default: any non-zero exit, and timeouts).",
+        metavar="CODES",
+    ),
+    Setting(
         "catch-up",
         "duration",
         "When this instance starts, or the backend answers again after an outage: if a tick "
@@ -330,7 +366,44 @@ def convert(setting: Setting, value: Any) -> Any:
         return setting.choices(value)
     if kind == "flag":
         return bool(value)
+    if kind == "factor":
+        return parse_factor(str(value))
+    if kind == "codes":
+        return parse_codes(str(value))
     return value
+
+
+def parse_factor(text: str) -> float:
+    """A number of at least 1 (--retry-backoff)."""
+    t = text.strip()
+    try:
+        if not t.isascii():
+            raise ValueError
+        value = float(t)
+    except ValueError:
+        raise InputError(f"bad factor '{t}': a number like 2 or 1.5", source=text, pos=0) from None
+    if not 1.0 <= value <= 1000.0:
+        raise InputError(f"bad factor '{t}': from 1 to 1000", source=text, pos=0)
+    return value
+
+
+def parse_codes(text: str) -> frozenset[str]:
+    """Exit codes 1-255, comma-separated, and the word ``timeout`` (--retry-on)."""
+    out = set()
+    for part in text.split(","):
+        p = part.strip().lower()
+        if p == "timeout" or (p.isascii() and p.isdigit() and 1 <= int(p) <= 255):
+            out.add(str(int(p)) if p.isdigit() else p)
+            continue
+        raise InputError(
+            f"bad exit code '{part.strip()}' in '{text}': 1-255 or timeout, comma-separated",
+            source=text,
+            pos=max(0, text.find(part.strip())),
+            length=max(1, len(part.strip())),
+        )
+    if not out:
+        raise InputError("no exit codes: give some, like 1,75 or timeout", source=text, pos=0)
+    return frozenset(out)
 
 
 def problem(setting: Setting, value: Any) -> str | None:
@@ -338,10 +411,13 @@ def problem(setting: Setting, value: Any) -> str | None:
     kind = setting.kind
     if kind == "flag":
         return None if isinstance(value, bool) else "must be true or false"
-    if kind == "count":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            return "must be a whole number of at least 1"
+    if kind in ("count", "count0"):
+        low = 1 if kind == "count" else 0
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 10**6:
+            return f"must be a whole number from {low} to 1000000"
         return None
+    if kind == "factor" and isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
     if not isinstance(value, str):
         return 'must be a string, like "5m"' if kind.startswith("duration") else "must be a string"
     if kind == "choice":
@@ -353,6 +429,11 @@ def problem(setting: Setting, value: Any) -> str | None:
             parse_duration(value, allow_zero=kind == "duration0")
         except InputError as e:
             return f"is not a duration: {e.message}"
+    if kind in ("factor", "codes"):
+        try:
+            (parse_factor if kind == "factor" else parse_codes)(value)
+        except InputError as e:
+            return f"is not valid: {e.message}"
     return None
 
 
@@ -370,6 +451,11 @@ class JobSettings:
     max_runs: int | None = None
     log_output: bool = False
     on_backend_error: OnBackendError = OnBackendError.SKIP
+    retries: int = 0
+    retry_delay: float = 10.0
+    retry_backoff: float = 2.0
+    retry_max_delay: float = 600.0
+    retry_on: frozenset[str] | None = None  # exit codes as text, and "timeout"
     catch_up: float | None = None
     catch_up_all: bool = False
     catch_up_max: int = 10
