@@ -151,6 +151,15 @@ SETTINGS: tuple[Setting, ...] = (
         metavar=_DURATION,
     ),
     Setting(
+        "ping",
+        "text",
+        "Ping this URL when each run starts and ends, healthchecks.io style: URL/start, then "
+        "URL/<exit code> (URL/0 is a success), with ?rid= the same UUID on every host. Sent in "
+        "the background, never delaying a tick.",
+        metavar="URL",
+        envvar="PYJOB_PING_URL",
+    ),
+    Setting(
         "lock",
         "lock",
         "Lock backend: file:PATH (one host; default: $XDG_RUNTIME_DIR/pyjob or "
@@ -240,6 +249,22 @@ SETTINGS: tuple[Setting, ...] = (
         scope="process",
         envvar="PYJOB_NO_CLOCK_CHECK",
     ),
+    Setting(
+        "metrics-listen",
+        "text",
+        "Serve Prometheus metrics on http://HOST:PORT/metrics, and /healthz for a liveness "
+        "probe (needs pip install 'pyjob[metrics]').",
+        metavar="HOST:PORT",
+        scope="process",
+    ),
+    Setting(
+        "metrics-textfile",
+        "text",
+        "Write the same metrics to this file (atomically, every 10s and at exit) for "
+        "node_exporter's textfile collector.",
+        metavar="PATH",
+        scope="process",
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -308,6 +333,7 @@ class JobSettings:
     lease_ttl: float = 30.0
     history_keep: int = 100
     history_max_age: float = 30 * 86400.0
+    ping: str | None = None
     lock: str | None = None
 
     def __post_init__(self) -> None:  # the enums, also when given as their text
