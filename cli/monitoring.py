@@ -115,11 +115,13 @@ class Monitoring:
             self._consumers.append(self.pings.on_event)
         if options.metrics:
             try:
-                from pyjob.core import metrics
+                import prometheus_client  # noqa: F401
             except ImportError:
                 flag = "--metrics-listen" if options.listen else "--metrics-textfile"
                 click.echo(f"Error: {flag} needs prometheus-client: {METRICS_EXTRA}", err=True)
                 raise click.exceptions.Exit(2) from None
+            from pyjob.core import metrics
+
             now = clock.now()
             self.metrics = metrics.Metrics(
                 clock,
