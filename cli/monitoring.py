@@ -76,8 +76,8 @@ def longest_gap(job: Job, now: datetime, count: int = 8) -> float | None:
 
 
 class Monitoring:
-    """The consumers `pyjob run` feeds, built from its jobs and options; a missing extra or a
-    bad --ping URL exits 2 here, before anything is opened.
+    """The consumers `pyjob run` feeds, built from its jobs and options; a missing extra exits 2
+    here, before anything is opened (--ping URLs are checked with the settings).
 
     For the scheduler's author: ``beat()`` says the loop is alive (until it is called from the
     loop, ``loop_clock()`` beats each time the loop waits); ``update_jobs(jobs)`` takes the jobs
@@ -104,15 +104,10 @@ class Monitoring:
         self.server: MetricsServer | None = None
         self.fleet: FleetReader | None = None
         self._periodic: list[Periodic] = []
-        for job in jobs:
-            self._check_ping(job)
+        self._started = False
+        self._user_agent = f"pyjob/{__version__}"
         if any(job.settings.ping for job in jobs):
-            from pyjob.core.pings import PingSender
-
-            self.pings = PingSender(
-                self._ping_urls(jobs), clock, self._report, user_agent=f"pyjob/{__version__}"
-            )
-            self._consumers.append(self.pings.on_event)
+            self._add_pings(jobs)
         if options.metrics:
             try:
                 import prometheus_client  # noqa: F401
@@ -140,9 +135,7 @@ class Monitoring:
     def fan_out(self, log: Emit) -> Emit:
         """The scheduler's emit: log the event, then give it to each consumer."""
         self._log = log
-        if not self._consumers:
-            return log
-        consumers = tuple(self._consumers)
+        consumers = self._consumers  # a reload may add one (the first --ping)
 
         def emit(event: Event) -> None:
             log(event)
@@ -183,6 +176,8 @@ class Monitoring:
         """The jobs after a reload: their ping URLs, metric series and fleet reads."""
         if self.pings is not None:
             self.pings.update(self._ping_urls(jobs))
+        elif any(job.settings.ping for job in jobs):
+            self._add_pings(jobs)
         if self.metrics is not None:
             now = self.clock.now()
             self.metrics.set_jobs(
@@ -198,6 +193,7 @@ class Monitoring:
         """Bind the metrics port (exit 2 when it cannot be), start the workers."""
         from pyjob.core.metrics import FLEET_EVERY, TEXTFILE_EVERY, MetricsServer, Periodic
 
+        self._started = True
         if self.pings is not None:
             self.pings.start()
         if self.metrics is None:
@@ -281,16 +277,15 @@ class Monitoring:
                 )
             )
 
-    @staticmethod
-    def _check_ping(job: Job) -> None:
-        from pyjob.core.pings import url_problem
+    def _add_pings(self, jobs: Sequence[Job]) -> None:
+        from pyjob.core.pings import PingSender
 
-        url = job.settings.ping
-        if url is not None:
-            problem = url_problem(url)
-            if problem:
-                click.echo(f"Error: job {job.job_id}: --ping {problem}", err=True)
-                raise click.exceptions.Exit(2)
+        self.pings = PingSender(
+            self._ping_urls(jobs), self.clock, self._report, user_agent=self._user_agent
+        )
+        self._consumers.append(self.pings.on_event)
+        if self._started:
+            self.pings.start()
 
     @staticmethod
     def _ping_urls(jobs: Sequence[Job]) -> dict[str, str]:

@@ -17,9 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,7 +42,7 @@ def url_problem(url: str) -> str | None:
     """Why ``url`` cannot be a --ping URL, or None."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"'{url}' is not an http:// or https:// URL"
+        return "is not an http:// or https:// URL"
     return None
 
 
@@ -182,6 +180,9 @@ class PingSender:
         return self._drain_until is not None and self.clock.monotonic() >= self._drain_until
 
     def _send(self, ping: _Ping) -> None:
+        import urllib.error
+        import urllib.request
+
         rid = ping_rid(ping.run_id)
         url = ping_url(ping.url, ping.what, rid)
         request = urllib.request.Request(url, headers={"User-Agent": self.user_agent})

@@ -49,7 +49,8 @@ class LogFormat(StrEnum):
 class Setting:
     """One setting. ``kind``: duration (not zero), duration0 (zero allowed), count (an integer of
     at least 1), flag, choice (``choices`` is the enum), text, lock (a backend URL), server (an
-    NTP server, repeatable). ``default`` is given as it is written on the command line."""
+    NTP server, repeatable), url (an http:// or https:// URL). ``default`` is given as it is
+    written on the command line."""
 
     name: str
     kind: str
@@ -152,7 +153,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "ping",
-        "text",
+        "url",
         "Ping this URL when each run starts and ends, healthchecks.io style: URL/start, then "
         "URL/<exit code> (URL/0 is a success), with ?rid= the same UUID on every host. Sent in "
         "the background, never delaying a tick.",
@@ -313,6 +314,10 @@ def problem(setting: Setting, value: Any) -> str | None:
             parse_duration(value, allow_zero=kind == "duration0")
         except InputError as e:
             return f"is not a duration: {e.message}"
+    if kind == "url":
+        from .pings import url_problem
+
+        return url_problem(value)
     return None
 
 
