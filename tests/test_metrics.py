@@ -369,3 +369,20 @@ def test_an_instance_that_ran_nothing_reports_the_fleets_last_success(tmp_path: 
     assert idle.events("run-started") == []
     got = value(prom.read_text(), "pyjob_last_success_timestamp_seconds", job="shared")
     assert got is not None and abs(got - last) < 0.05, (got, last)
+
+
+def test_a_port_that_cannot_be_bound_is_exit_2(invoke: Callable[..., Result]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = invoke(
+            [
+                *("run", "--every", "1s", "--lock", "none", "--no-clock-check"),
+                *("--metrics-listen", f"127.0.0.1:{port}", "--", "true"),
+            ]
+        )
+    assert result.exit_code == 2
+    assert f"Error: --metrics-listen 127.0.0.1:{port}: Address already in use" in result.output

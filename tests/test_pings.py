@@ -4,6 +4,7 @@ real HTTP on loopback; a hung or absent monitor never delays a tick."""
 from __future__ import annotations
 
 import random
+import signal
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -256,3 +257,47 @@ def test_a_hung_or_absent_ping_server_never_delays_a_tick(tmp_path: Path) -> Non
     assert failed and failed[0]["attempts"] == 4, failed
     assert "refused" in failed[0]["error"].lower(), failed
     assert all("/down" not in e["error"] for e in failed)
+
+
+@pytest.mark.slow
+def test_a_reload_pings_and_counts_the_jobs_it_adds(tmp_path: Path) -> None:
+    rec = Recorder()
+    jobs = tmp_path / "jobs.toml"
+
+    def job(name: str) -> str:
+        return (
+            f'[jobs.{name}]\nevery = "1s"\nalign = true\ncommand = ["true"]\n'
+            f'ping = "{rec.url("/" + name)}"\n'
+        )
+
+    jobs.write_text(job("a"))
+    prom = tmp_path / "pyjob.prom"
+    try:
+        run = PyjobRun(
+            ["--file", str(jobs), "--lock", "none", "--metrics-textfile", str(prom)], tmp_path
+        )
+        run.wait_for("run-finished", count=2, timeout=30)
+        jobs.write_text(job("a") + job("b"))
+        run.signal(signal.SIGHUP)
+        (reloaded,) = run.wait_for("reloaded")
+        assert reloaded["added"] == ["b"]
+        deadline = time.monotonic() + 20
+        while len([e for e in run.events("run-finished") if e["job"] == "b"]) < 2:
+            assert time.monotonic() < deadline, "b did not run"
+            time.sleep(0.1)
+        assert run.stop() == 0
+    finally:
+        rec.close()
+    b_runs = [e for e in run.events("run-finished") if e["job"] == "b"]
+    pings = by_rid(rec.requests)
+    for e in b_runs:
+        assert pings[rid_of_tick("b", e["tick"])] == ["/b/start", "/b/0"]
+    from prometheus_client.parser import text_string_to_metric_families
+
+    got = {
+        (s.labels.get("job"), s.labels.get("result")): s.value
+        for f in text_string_to_metric_families(prom.read_text())
+        for s in f.samples
+        if s.name == "pyjob_runs_total"
+    }
+    assert got[("b", "success")] == len(b_runs)
