@@ -155,6 +155,8 @@ class PingSender:
             with self._lock:
                 ping = self._queue.popleft() if self._queue else None
                 stopping = self._stopping
+                if not self._queue:
+                    self._dropping = False  # drained: a full queue is worth a new warning
             if ping is None:
                 if stopping:
                     return
@@ -180,6 +182,7 @@ class PingSender:
         return self._drain_until is not None and self.clock.monotonic() >= self._drain_until
 
     def _send(self, ping: _Ping) -> None:
+        import http.client
         import urllib.error
         import urllib.request
 
@@ -202,7 +205,7 @@ class PingSender:
                 error = f"HTTP {e.code} {e.reason}"
                 if 400 <= e.code < 500 and e.code not in (408, 429):
                     break  # the monitor refuses this URL: retrying will not help
-            except (urllib.error.URLError, OSError, ValueError) as e:
+            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
                 error = _reason(e)
         self._failed(ping, attempts, error)
 
