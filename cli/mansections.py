@@ -135,7 +135,8 @@ PAGES: dict[str, dict[str, object]] = {
             "records every 15s), pyjob_running{job}, pyjob_missed_ticks_total{job}, "
             "pyjob_skipped_ticks_total{job,reason}, pyjob_backend_errors_total{backend}, "
             "pyjob_ping_failures_total{job}, pyjob_schedule_interval_seconds{job}, "
-            "pyjob_clock_offset_seconds and pyjob_info{version,instance}. Label values are job "
+            "pyjob_clock_offset_seconds, pyjob_loop_silence_seconds and "
+            "pyjob_info{version,instance}. Label values are job "
             "ids and fixed kinds, never commands or URLs. Both need pip install "
             "'pyjob[metrics]' (prometheus-client); without it, or when the port cannot be "
             "bound, run exits 2.",

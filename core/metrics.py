@@ -160,6 +160,13 @@ class Metrics:
             registry=r,
         )
         self.info.labels(version, instance).set(1)
+        self.silence = Gauge(
+            "pyjob_loop_silence_seconds",
+            f"Seconds since the scheduler loop was last seen; /healthz fails over {LIVENESS:g} "
+            "(for the textfile, which has no /healthz).",
+            registry=r,
+        )
+        self.silence.set_function(lambda: round(self.health()[1], 3))
         self._offset: Gauge | None = None  # registered at the first clock measurement
         self._lock = threading.Lock()
         self._success: dict[str, float] = {}

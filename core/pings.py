@@ -166,7 +166,10 @@ class PingSender:
                 with self._lock:
                     self._queue.appendleft(ping)
                 return
-            self._send(ping)
+            try:
+                self._send(ping)
+            except Exception as e:  # a bug must not end the worker: later pings still go
+                self._failed(ping, 0, f"{type(e).__name__}: {e}")
 
     def _pause(self, seconds: float) -> bool:
         """Wait ``seconds`` before a retry; False when stop()'s drain time ran out first."""

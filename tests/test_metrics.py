@@ -120,6 +120,7 @@ def test_healthz_is_200_while_the_loop_beats_and_503_after_it_stopped() -> None:
         clock.advance(LIVENESS + 1)
         code, text = get(base + "/healthz")
         assert code == 503 and "last seen 61s ago" in text
+        assert value(get(base + "/metrics")[1], "pyjob_loop_silence_seconds") == LIVENESS + 1
         # the scheduler's wait is a beat: the wrapped clock gives one before and after
         BeatingClock(clock, m.beat).wait_for(Waker(), 5.0, [])
         assert get(base + "/healthz") == (200, "ok\n")

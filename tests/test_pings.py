@@ -8,11 +8,13 @@ import signal
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import Result
 from pyjob.core.clock import SystemClock
 from pyjob.core.events import make
 from pyjob.core.pings import PingSender, ping_rid, ping_url, url_problem
@@ -301,3 +303,13 @@ def test_a_reload_pings_and_counts_the_jobs_it_adds(tmp_path: Path) -> None:
         if s.name == "pyjob_runs_total"
     }
     assert got[("b", "success")] == len(b_runs)
+
+
+def test_validate_finds_a_bad_ping_url_in_a_jobs_file(
+    invoke: Callable[..., Result], tmp_path: Path
+) -> None:
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text('[jobs.a]\nevery = "1m"\nping = "hc-ping.com/x"\ncommand = ["true"]\n')
+    result = invoke(["validate", "--file", str(jobs)])
+    assert result.exit_code == 2
+    assert "[jobs.a]: 'ping' is not an http:// or https:// URL" in result.output
