@@ -58,6 +58,12 @@ _KINDS = (
         ("count", "first", "last", "reason"),
         "ticks that passed without running (late wake-up, --misfire-grace)",
     ),
+    Kind(
+        "caught-up",
+        "info",
+        ("late", "missed", "window"),
+        "a tick the whole fleet missed runs now (--catch-up): how late, how many were missed",
+    ),
     Kind("jitter", "debug", ("delay",), "the run waits a random delay first (--jitter)"),
     Kind(
         "run-started",
@@ -72,6 +78,18 @@ _KINDS = (
         ("run_id", "exit_code", "duration", "lateness", "terminated", "error"),
         "the command ended; an error when it failed",
         _finished_level,
+    ),
+    Kind(
+        "hook-finished",
+        "debug",
+        ("hook", "run_id", "exit_code", "duration"),
+        "a hook (--on-failure, --on-success, --on-finish) ended well",
+    ),
+    Kind(
+        "hook-failed",
+        "warning",
+        ("hook", "run_id", "exit_code", "duration", "error"),
+        "a hook failed or ran past --hook-timeout (the run's result is unchanged)",
     ),
     Kind("timeout", "error", ("run_id", "after", "action"), "the command ran past --timeout"),
     Kind(

@@ -40,6 +40,12 @@ class ClockMode(StrEnum):
     NTP = "ntp"
 
 
+class NotifyOn(StrEnum):
+    ALWAYS = "always"
+    FAILURE = "failure"
+    CHANGE = "change"
+
+
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"
@@ -128,6 +134,65 @@ SETTINGS: tuple[Setting, ...] = (
         "(fail open).",
         default="skip",
         choices=OnBackendError,
+    ),
+    Setting(
+        "catch-up",
+        "duration",
+        "When this instance starts, or the backend answers again after an outage: if a tick "
+        "within this window of now was missed by the whole fleet (a later tick than the last "
+        "one anyone handled, by the run records), run the most recent one once (off by "
+        "default; systemd's Persistent=).",
+        metavar=_DURATION,
+    ),
+    Setting(
+        "catch-up-all",
+        "flag",
+        "With --catch-up: run every missed tick of the window, oldest first, one after "
+        "another (at most --catch-up-max), not only the most recent.",
+        False,
+    ),
+    Setting(
+        "catch-up-max",
+        "count",
+        "With --catch-up-all: at most this many missed ticks (the most recent ones) run.",
+        default=10,
+        metavar="N",
+    ),
+    Setting(
+        "on-failure",
+        "text",
+        "Run this shell line after a run fails (exit code not 0, timeout, not startable), once "
+        "per run across the fleet, with PYJOB_EXIT_CODE, PYJOB_RESULT, PYJOB_DURATION and "
+        "PYJOB_OUTPUT_TAIL added to the run's environment.",
+        metavar="CMD",
+    ),
+    Setting(
+        "on-success",
+        "text",
+        "Run this shell line after a run succeeds (as --on-failure).",
+        metavar="CMD",
+    ),
+    Setting(
+        "on-finish",
+        "text",
+        "Run this shell line after every run, whatever its result (as --on-failure).",
+        metavar="CMD",
+    ),
+    Setting(
+        "hook-timeout",
+        "duration",
+        "Stop a hook (SIGTERM, then SIGKILL 5s later) after this long; a hook never delays a "
+        "tick and its failure is logged (hook-failed), never a failed run.",
+        default="30s",
+        metavar=_DURATION,
+    ),
+    Setting(
+        "notify-on",
+        "choice",
+        "Which runs fire the hooks: always, failures only, or only a change of outcome from "
+        "the job's previous run across the fleet (a failure after successes, a recovery).",
+        default="always",
+        choices=NotifyOn,
     ),
     Setting(
         "lease-ttl",
@@ -335,6 +400,14 @@ class JobSettings:
     max_runs: int | None = None
     log_output: bool = False
     on_backend_error: OnBackendError = OnBackendError.SKIP
+    catch_up: float | None = None
+    catch_up_all: bool = False
+    catch_up_max: int = 10
+    on_failure: str | None = None
+    on_success: str | None = None
+    on_finish: str | None = None
+    hook_timeout: float = 30.0
+    notify_on: NotifyOn = NotifyOn.ALWAYS
     lease_ttl: float = 30.0
     history_keep: int = 100
     history_max_age: float = 30 * 86400.0
@@ -344,6 +417,7 @@ class JobSettings:
     def __post_init__(self) -> None:  # the enums, also when given as their text
         object.__setattr__(self, "overlap", Overlap(self.overlap))
         object.__setattr__(self, "on_backend_error", OnBackendError(self.on_backend_error))
+        object.__setattr__(self, "notify_on", NotifyOn(self.notify_on))
 
     @classmethod
     def from_values(cls, *layers: Mapping[str, Any]) -> JobSettings:
@@ -368,6 +442,7 @@ __all__ = [
     "ClockPolicy",
     "JobSettings",
     "LogFormat",
+    "NotifyOn",
     "OnBackendError",
     "Overlap",
     "Setting",
