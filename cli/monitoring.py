@@ -233,7 +233,13 @@ class Monitoring:
             fleet = self.fleet
             self._periodic.append(
                 Periodic(
-                    fleet.read, FLEET_EVERY, self.clock, "pyjob-metrics-fleet", _ignore, first=0.0
+                    fleet.read,
+                    FLEET_EVERY,
+                    self.clock,
+                    "pyjob-metrics-fleet",
+                    _ignore,
+                    at_stop=True,  # so the last textfile has the fleet's latest
+                    first=0.0,
                 )
             )
         for p in self._periodic:
@@ -244,7 +250,7 @@ class Monitoring:
         """After the scheduler ended: send the last pings, write the textfile a last time."""
         if self.pings is not None:
             self.pings.stop()
-        for p in self._periodic:
+        for p in reversed(self._periodic):  # the last fleet read, then the last textfile
             p.stop()
         if self.server is not None:
             self.server.stop()

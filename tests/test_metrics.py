@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -387,3 +388,48 @@ def test_a_port_that_cannot_be_bound_is_exit_2(invoke: Callable[..., Result]) ->
         )
     assert result.exit_code == 2
     assert f"Error: --metrics-listen 127.0.0.1:{port}: Address already in use" in result.output
+
+
+@pytest.mark.slow
+def test_three_instances_on_redis_count_each_run_once_and_agree_on_the_last_success(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    import redis
+
+    db = random.randint(1, 15)
+    redis.Redis(port=redis_server.port, db=db).flushdb()
+    url = f"redis://127.0.0.1:{redis_server.port}/{db}"
+    runs = [
+        PyjobRun(
+            [
+                *("--every", "1s", "--align", "--lock", url, "--name", "fleetjob"),
+                *("--metrics-textfile", str(tmp_path / f"i{n}.prom"), "--", "true"),
+            ],
+            tmp_path,
+            f"i{n}",
+        )
+        for n in range(3)
+    ]
+    for r in runs:
+        r.wait_for("next-tick", timeout=30)
+    time.sleep(5)
+    time.sleep(1.5 - time.time() % 1)  # half a second after a tick: no run is going on
+    for r in runs:
+        r.signal(signal.SIGTERM)  # all at once: no instance runs a tick after another stopped
+    for r in runs:
+        assert r.wait() == 0
+    finished = {f"i{n}": r.events("run-finished") for n, r in enumerate(runs)}
+    made = sum(len(v) for v in finished.values())
+    assert made >= 4
+    texts = {f"i{n}": (tmp_path / f"i{n}.prom").read_text() for n in range(3)}
+    for name, text in texts.items():  # this instance's runs
+        assert value(text, "pyjob_runs_total", job="fleetjob", result="success") == len(
+            finished[name]
+        )
+    last = max(datetime.fromisoformat(e["time"]).timestamp() for v in finished.values() for e in v)
+    seen = {
+        name: value(text, "pyjob_last_success_timestamp_seconds", job="fleetjob")
+        for name, text in texts.items()
+    }
+    for got in seen.values():  # the fleet's: the same on every instance, ran it or not
+        assert got is not None and abs(got - last) < 0.05, seen
