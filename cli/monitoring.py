@@ -175,7 +175,7 @@ class Monitoring:
     def update_jobs(self, jobs: Sequence[Job]) -> None:
         """The jobs after a reload: their ping URLs, metric series and fleet reads."""
         if self.pings is not None:
-            self.pings.update(self._ping_urls(jobs))
+            self.pings.update(self._ping_urls(jobs), {j.job_id for j in jobs})
         elif any(job.settings.ping for job in jobs):
             self._add_pings(jobs)
         if self.metrics is not None:

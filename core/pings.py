@@ -19,7 +19,7 @@ import contextlib
 import threading
 import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -97,11 +97,13 @@ class PingSender:
         self._drain_until: float | None = None
         self._thread: threading.Thread | None = None
 
-    def update(self, urls: Mapping[str, str]) -> None:
-        """The jobs' --ping URLs after a reload. A job no longer listed keeps its URL, so the
-        run a removed job still has going pings its end."""
+    def update(self, urls: Mapping[str, str], served: Collection[str] = ()) -> None:
+        """The --ping URLs after a reload; ``served``: every job id the reload kept or added. A
+        job in ``served`` without a URL in ``urls`` is pinged no more; a job not in ``served``
+        (removed) keeps its URL, so the run it still has going pings its end."""
         with self._lock:
-            self._urls.update(urls)
+            kept = {job: url for job, url in self._urls.items() if job not in served}
+            self._urls = {**kept, **urls}
 
     def on_event(self, event: Event) -> None:
         if event.kind == "run-started":

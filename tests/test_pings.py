@@ -146,10 +146,17 @@ def test_jobs_without_a_ping_url_are_not_pinged_and_a_reload_adds_them() -> None
         sender.update({"other": rec.url("/other")})
         for e in _events("other", "other-2", 0):
             sender.on_event(e)
+        # a reload that drops j's ping but keeps the job: j is pinged no more
+        sender.update({"other": rec.url("/other")}, served={"j", "other"})
+        for e in _events("j", "j-3", 0):
+            sender.on_event(e)
+        # a reload that removes "other": the run it still has going pings its end
+        sender.update({}, served={"j"})
+        sender.on_event(_events("other", "other-2", 0)[1])
         sender.stop()
     finally:
         rec.close()
-    assert [r.path for r in rec.requests] == ["/other/start", "/other/0"]
+    assert [r.path for r in rec.requests] == ["/other/start", "/other/0", "/other/0"]
 
 
 # ------------------------------------------------------------------------------ real runs
