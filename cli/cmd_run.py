@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .env import get_env
+from .monitoring import MonitorOptions, parse_listen
 from .options import (
     build_spec,
     complete_schedule,
@@ -187,16 +188,22 @@ def serve(
     from pyjob.core.scheduler import Scheduler
 
     from .logs import EventLog
+    from .monitoring import Monitoring
 
     instance = process.instance or f"{socket.gethostname()}:{os.getpid()}"
     log = EventLog(process.log_format, env.err_is_terminal(), env.color)
+    # --ping and the metrics consume the events beside the log (exit 2 here if misconfigured)
+    monitoring = Monitoring(jobs, process.monitor, instance, env.clock, env.environ)
     corrected = OffsetClock(env.clock) if process.clock.mode == "ntp" else None
-    clock: Clock = corrected or env.clock
+    clock: Clock = monitoring.loop_clock(corrected or env.clock)
     runner = RealRunner()
-    scheduler = Scheduler(clock, runner, log, instance=instance, env=env.environ)
+    scheduler = Scheduler(
+        clock, runner, monitoring.fan_out(log), instance=instance, env=env.environ
+    )
     who = jobs[0].job_id if len(jobs) == 1 else "*"
     try:
         scheduler.open(jobs)  # BackendError: exit 5
+        monitoring.start(who)  # a port or textfile that cannot be used: exit 2
         now = env.clock.now()
         known = [i for i in (schedule_interval(j.schedule, now) for j in jobs) if i is not None]
         watch = clock_watch(
@@ -233,7 +240,7 @@ def serve(
                 scheduler.add(job, start)
             if len(jobs) > 1 or reload is not None:
                 scheduler.emit("jobs", "*", None, count=len(jobs), names=[j.job_id for j in jobs])
-            return scheduler.run(reload)
+            return scheduler.run(monitoring.reloading(reload))
         finally:
             signal.set_wakeup_fd(-1)
             if watch is not None:
@@ -241,6 +248,7 @@ def serve(
     finally:
         scheduler.close()
         runner.close()
+        monitoring.stop()  # the last pings, the last textfile
 
 
 @dataclass(frozen=True)
@@ -250,6 +258,7 @@ class ProcessOptions:
     instance: str | None
     log_format: str
     clock: ClockOptions
+    monitor: MonitorOptions
 
     @classmethod
     def from_values(cls, v: dict[str, Any]) -> ProcessOptions:
@@ -268,6 +277,9 @@ class ProcessOptions:
                 every=v["clock-check-every"] / 1e6,
                 budget=v["clock-budget"] / 1e6,
                 skip=v["no-clock-check"],
+            ),
+            monitor=MonitorOptions(
+                listen=parse_listen(v["metrics-listen"]), textfile=v["metrics-textfile"]
             ),
         )
 

@@ -81,6 +81,20 @@ class LockURLType(click.ParamType):
         ]
 
 
+class HttpURLType(click.ParamType):
+    """An http:// or https:// URL (--ping)."""
+
+    name = "url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from pyjob.core.pings import url_problem
+
+        problem = url_problem(str(value))
+        if problem:
+            self.fail(f"'{value}' {problem}", param, ctx)
+        return str(value)
+
+
 class NtpServerType(click.ParamType):
     """HOST, HOST:PORT or [IPv6]:PORT; a comma-separated list is split (PYJOB_NTP_SERVERS)."""
 
@@ -404,6 +418,8 @@ def _setting_type(setting: Any) -> Any:
         return LOCK_URL
     if kind == "server":
         return NTP_SERVER
+    if kind == "url":
+        return HttpURLType()
     return click.STRING
 
 

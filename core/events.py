@@ -138,6 +138,18 @@ _KINDS = (
         ("running", "forced", "stop_timeout", "drain"),
         "a stop was asked for (signal, reload); running commands get SIGTERM",
     ),
+    Kind(
+        "ping-failed",
+        "warning",
+        ("run_id", "ping", "host", "attempts", "error"),
+        "a --ping request failed after its retries, or was not sent; the run is not affected",
+    ),
+    Kind(
+        "metrics",
+        "info",
+        ("listen", "textfile"),
+        "Prometheus metrics are served (--metrics-listen) or written (--metrics-textfile)",
+    ),
     Kind("stopped", "info", ("runs", "failures"), "the job or the process stopped"),
     Kind("exhausted", "info", ("runs", "failures", "jobs"), "the schedule has no more ticks"),
 )

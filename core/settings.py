@@ -55,7 +55,8 @@ class LogFormat(StrEnum):
 class Setting:
     """One setting. ``kind``: duration (not zero), duration0 (zero allowed), count (an integer of
     at least 1), flag, choice (``choices`` is the enum), text, lock (a backend URL), server (an
-    NTP server, repeatable). ``default`` is given as it is written on the command line."""
+    NTP server, repeatable), url (an http:// or https:// URL). ``default`` is given as it is
+    written on the command line."""
 
     name: str
     kind: str
@@ -252,6 +253,15 @@ SETTINGS: tuple[Setting, ...] = (
         metavar=_DURATION,
     ),
     Setting(
+        "ping",
+        "url",
+        "Ping this URL when each run starts and ends, healthchecks.io style: URL/start, then "
+        "URL/<exit code> (URL/0 is a success), with ?rid= the same UUID on every host. Sent in "
+        "the background, never delaying a tick.",
+        metavar="URL",
+        envvar="PYJOB_PING_URL",
+    ),
+    Setting(
         "lock",
         "lock",
         "Lock backend: file:PATH (one host; default: $XDG_RUNTIME_DIR/pyjob or "
@@ -340,6 +350,22 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         scope="process",
         envvar="PYJOB_NO_CLOCK_CHECK",
+    ),
+    Setting(
+        "metrics-listen",
+        "text",
+        "Serve Prometheus metrics on http://HOST:PORT/metrics, and /healthz for a liveness "
+        "probe (needs pip install 'pyjob[metrics]').",
+        metavar="HOST:PORT",
+        scope="process",
+    ),
+    Setting(
+        "metrics-textfile",
+        "text",
+        "Write the same metrics to this file (atomically, every 10s and at exit) for "
+        "node_exporter's textfile collector.",
+        metavar="PATH",
+        scope="process",
     ),
 )
 
@@ -434,6 +460,10 @@ def problem(setting: Setting, value: Any) -> str | None:
             (parse_factor if kind == "factor" else parse_codes)(value)
         except InputError as e:
             return f"is not valid: {e.message}"
+    if kind == "url":
+        from .pings import url_problem
+
+        return url_problem(value)
     return None
 
 
@@ -467,6 +497,7 @@ class JobSettings:
     lease_ttl: float = 30.0
     history_keep: int = 100
     history_max_age: float = 30 * 86400.0
+    ping: str | None = None
     lock: str | None = None
 
     def __post_init__(self) -> None:  # the enums, also when given as their text
