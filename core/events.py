@@ -88,7 +88,16 @@ _KINDS = (
     Kind(
         "run-finished",
         "info",
-        ("run_id", "exit_code", "duration", "lateness", "terminated", "attempt", "error"),
+        (
+            "run_id",
+            "exit_code",
+            "duration",
+            "lateness",
+            "terminated",
+            "attempt",
+            "retry_in",
+            "error",
+        ),
         "the command ended; an error when it failed",
         _finished_level,
     ),

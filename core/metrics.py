@@ -215,10 +215,13 @@ class Metrics:
         kind, job, f = event.kind, event.job, event.fields
         if kind == "output":
             return
+        first = int(f.get("attempt") or 1) == 1
         if kind == "run-started":
             self.running.labels(job).inc()
-            if event.tick is not None and f.get("lateness") is not None:
+            if first and event.tick is not None and f.get("lateness") is not None:
                 self.lateness.labels(job).observe(max(0.0, float(f["lateness"])))
+        elif kind == "run-finished" and "retry_in" in f:
+            self.running.labels(job).dec()  # an attempt that is retried: the run goes on
         elif kind == "run-finished":
             result = result_of(f)
             self.running.labels(job).dec()

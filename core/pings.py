@@ -106,9 +106,10 @@ class PingSender:
             self._urls = {**kept, **urls}
 
     def on_event(self, event: Event) -> None:
-        if event.kind == "run-started":
+        # A run's retries (--retries) are the same run: one start, one end with its final result.
+        if event.kind == "run-started" and int(event.fields.get("attempt") or 1) == 1:
             what = "start"
-        elif event.kind == "run-finished":
+        elif event.kind == "run-finished" and "retry_in" not in event.fields:
             what = str(event.fields.get("exit_code"))
         else:
             return

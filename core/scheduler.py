@@ -968,6 +968,8 @@ class Scheduler:
         }
         if run.attempt > 1:
             fields["attempt"] = run.attempt
+        if delay is not None:
+            fields["retry_in"] = round(delay, 6)  # not the run's end: consumers wait for it
         if run.terminated:
             fields["terminated"] = run.terminated
         if isinstance(run.handle, FailedStart):

@@ -178,3 +178,32 @@ def test_another_instance_takes_over_the_attempts_of_one_that_was_killed(
     record = json.loads(hist.stdout)["runs"][0]
     assert record["attempt"] == 2 and record["result"] == "success"
     assert [(a["attempt"], a["result"]) for a in record["attempts"]] == [(1, "lost")]
+
+
+def test_pings_and_metrics_see_a_retried_run_once_with_its_final_result() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+    from pyjob.core.metrics import Metrics
+    from pyjob.core.pings import PingSender
+
+    clock = FakeClock(T0)
+    runner = CodesRunner(clock, [1, 3])
+    jobs = [job("every 1m align tz UTC", clock, max_runs=1, retries=2, retry_delay=0.3)]
+    s, events = make(jobs, runner, clock)
+    assert s.run() == 0
+    pings = PingSender({"job": "http://127.0.0.1:9/ping"}, clock, lambda *a, **k: None)
+    for e in events:
+        pings.on_event(e)
+    assert [p.what for p in pings._queue] == ["start", "0"]  # one start, the final end
+    metrics = Metrics(clock, "test:1", "0", {"job": 60.0}, {"job": "none"})
+    for e in events:
+        metrics.on_event(e)
+    from prometheus_client import generate_latest
+
+    text = generate_latest(metrics.registry).decode()
+    runs = {
+        s.labels["result"]: s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "pyjob_runs_total" and s.labels.get("job") == "job"
+    }
+    assert runs.get("success") == 1.0 and not runs.get("failure")
