@@ -130,20 +130,14 @@ def test_a_stop_cancels_the_attempts_that_wait() -> None:
 @pytest.mark.slow
 @pytest.mark.long
 def test_another_instance_takes_over_the_attempts_of_one_that_was_killed(
-    redis_server: object, tmp_path: Path
+    fleet_lock_url: str, tmp_path: Path
 ) -> None:
     import json
-    import random
     import subprocess
-
-    import redis
 
     from .conftest import pyjob_exe
 
-    port = redis_server.port  # type: ignore[attr-defined]
-    db = random.randint(1, 15)
-    redis.Redis(port=port, db=db).flushdb()
-    url = f"redis://127.0.0.1:{port}/{db}"
+    url = fleet_lock_url
     out = tmp_path / "attempts"
     cmd = (
         f'echo "$PYJOB_ATTEMPT $PYJOB_INSTANCE $PYJOB_RUN_ID" >> {out}; '
