@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -151,15 +150,9 @@ def _safe(name: str) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    """Atomically (a temporary name, then rename); nothing left behind when it fails."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    from .backends.common import write_atomic
+
+    write_atomic(path, text)
 
 
 class DirectoryRecords:

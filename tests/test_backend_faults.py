@@ -19,26 +19,12 @@ from pyjob.core.errors import BackendError
 from .backend_suite import *  # noqa: F403
 from .backend_suite import KEEP, T0
 from .faultproxy import FaultProxy
-from .servers import PostgresServer, RedisServer, start_postgres, start_redis
+from .servers import PostgresServer, RedisServer
 
 BOUND = 2.0  # the backends' client-side bound, seconds
 SLACK = 1.0  # scheduling noise on a shared 2-core machine
 
 _n = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = start_redis(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[PostgresServer]:
-    server = start_postgres()
-    yield server
-    server.destroy()
 
 
 @pytest.fixture(params=["redis", "postgresql"])

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from pyjob.core.backends import open_backend
 from pyjob.core.errors import BackendError
 
 from .clockshim import ClockShim
-from .servers import PostgresServer, RedisServer, free_port, need, start_postgres, start_redis
+from .servers import PostgresServer, RedisServer, free_port, need
 
 # An instance as the scheduler drives it: each tick of an "every 1s" schedule claimed once, when
 # its own clock reaches the tick, kept until the following tick plus 10 minutes.
@@ -50,20 +49,6 @@ while time.monotonic() < end:
 """
 
 _n = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = start_redis(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[PostgresServer]:
-    server = start_postgres()
-    yield server
-    server.destroy()
 
 
 @pytest.fixture(params=["file", "nfs", "redis", "postgresql"])
