@@ -31,6 +31,15 @@ if TYPE_CHECKING:
     from .env import Env
 
 
+def _zone_of(scheduler: Any, job: str) -> Any:
+    """The zone a job's ticks are written in by the text log: its --tz / CRON_TZ, if any."""
+    from pyjob.core.zones import get_zone
+
+    state = scheduler.jobs.get(job)
+    zone = state.job.schedule.spec.zone if state is not None else None
+    return get_zone(zone) if zone else None
+
+
 def _seconds(us: int | None) -> float | None:
     return None if us is None else us / 1e6
 
@@ -189,11 +198,12 @@ def serve(
     from .logs import EventLog
 
     instance = process.instance or f"{socket.gethostname()}:{os.getpid()}"
-    log = EventLog(process.log_format, env.err_is_terminal(), env.color)
+    log = EventLog(process.log_format, env.err_is_terminal(), env.color, process.log_level)
     corrected = OffsetClock(env.clock) if process.clock.mode == "ntp" else None
     clock: Clock = corrected or env.clock
-    runner = RealRunner()
+    runner = RealRunner(prefix=len(jobs) > 1)  # several jobs: whose output is it?
     scheduler = Scheduler(clock, runner, log, instance=instance, env=env.environ)
+    log.zone_of = lambda job: _zone_of(scheduler, job)
     who = jobs[0].job_id if len(jobs) == 1 else "*"
     try:
         scheduler.open(jobs)  # BackendError: exit 5
@@ -217,7 +227,9 @@ def serve(
                     action="each run will fail (exit 127/126)",
                 )
             unshared = unshared_warning(job.schedule.spec.rule)
-            if unshared and scheduler.coordinator.backend(job.lock).url != "none":
+            # Only where other instances may share the ticks: a lock given on purpose (the
+            # default file lock of a lone one-liner is not a fleet).
+            if unshared and job.lock is not None and job.lock != "none":
                 scheduler.emit("warning", job.job_id, None, **unshared)
         if watch is not None:
             watch.check_start()  # raises ClockError (exit 3) or ClockOffsetError (exit 4)
@@ -249,6 +261,7 @@ class ProcessOptions:
 
     instance: str | None
     log_format: str
+    log_level: str
     clock: ClockOptions
 
     @classmethod
@@ -259,6 +272,7 @@ class ProcessOptions:
         return cls(
             instance=v["instance-id"],
             log_format=v["log-format"],
+            log_level=v["log-level"],
             clock=ClockOptions(
                 servers=server_list(v["ntp-server"]) or None,
                 max_offset=_seconds(v["max-offset"]),
@@ -317,10 +331,17 @@ def unshared_warning(rule: Any) -> dict[str, str] | None:
     why = rule.unshared_reason
     if why is None:
         return None
+    if getattr(rule, "align", None) is False:
+        action = "add --align (or use cron) when several instances run this job"
+    else:  # a random interval cannot be aligned
+        action = (
+            "use a fixed interval with --align (--every 5m --align), or cron, when several "
+            "instances run this job; or --jitter for a random delay on shared ticks"
+        )
     return {
         "problem": f"'{rule}' {why}: other instances get other ticks and do not coordinate "
         "with this one",
-        "action": "add --align (or use cron) when several instances run this job",
+        "action": action,
     }
 
 

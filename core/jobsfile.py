@@ -196,7 +196,41 @@ def parse_crontab(
                 env=tuple(sorted(job_env.items())),
             )
         )
-    return _finish(ctx, jobs)
+    return _finish(ctx, _readable_names(jobs))
+
+
+def _program(command: str) -> str:
+    """A short readable name from a shell line: its program's base name (after any leading
+    ``KEY=value`` assignments), in letters, digits, ``.``, ``_`` and ``-``."""
+    import shlex
+
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = command.split()
+    words = [w for w in words if w] or ["job"]
+    i = 0
+    while i < len(words) - 1 and _ENV_LINE.match(words[i]):
+        i += 1
+    base = words[i].rstrip("/").rsplit("/", 1)[-1]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.")[:40]
+    return slug or "job"
+
+
+def _readable_names(jobs: list[JobDef]) -> list[JobDef]:
+    """Crontab jobs named after their program (``backup.sh``); where two jobs of the file share
+    it, each gets a part of its hash (``backup.sh-5f0df2``), so every name stays unique, and the
+    same on every host that reads the same file."""
+    from dataclasses import replace
+
+    slugs = [_program(j.command.argv[0]) for j in jobs]
+    count: dict[str, int] = {}
+    for slug in slugs:
+        count[slug] = count.get(slug, 0) + 1
+    return [
+        replace(j, name=slug if count[slug] == 1 else f"{slug}-{j.name.removeprefix('job-')[:6]}")
+        for j, slug in zip(jobs, slugs, strict=True)
+    ]
 
 
 _DOW = re.compile(

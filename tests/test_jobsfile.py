@@ -74,10 +74,34 @@ def test_a_sixth_word_that_is_not_a_weekday_starts_the_command() -> None:
     assert str(job.spec) == "CRON_TZ=UTC 0 * * * * MON"
 
 
-def test_crontab_job_id_is_the_one_liners() -> None:
-    (job,) = crontab("*/5 * * * * ./backup.sh --fast\n")
-    spec = parse("*/5 * * * *", env=ENV, now=NOW)
-    assert job.name == derive_job_id(spec, ["--shell", "./backup.sh --fast"])
+def test_crontab_jobs_are_named_after_their_program_with_a_hash_only_where_shared(
+    invoke: Callable[..., Result], tmp_path: Path
+) -> None:
+    path = tmp_path / "crontab"
+    path.write_text(
+        "*/5 * * * * /usr/bin/backup.sh --fast\n"
+        "0 3 * * * ./backup.sh --full\n"
+        "@hourly LC_ALL=C ./rotate-logs --keep 3\n"
+    )
+    fast = derive_job_id(
+        parse("*/5 * * * *", env=ENV, now=NOW), ["--shell", "/usr/bin/backup.sh --fast"]
+    )
+    full = derive_job_id(parse("0 3 * * *", env=ENV, now=NOW), ["--shell", "./backup.sh --full"])
+    result = invoke(["next", "--file", str(path), "-n", "3", "--format", "plain"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        f"2026-11-27T22:05:00+00:00 backup.sh-{fast[4:10]}",
+        f"2026-11-27T22:10:00+00:00 backup.sh-{fast[4:10]}",
+        f"2026-11-27T22:15:00+00:00 backup.sh-{fast[4:10]}",
+    ]
+    result = invoke(["validate", "--file", str(path)])
+    assert [
+        line.split(":")[1].strip() for line in result.stdout.splitlines() if line.startswith("ok")
+    ] == [
+        f"backup.sh-{fast[4:10]}",
+        f"backup.sh-{full[4:10]}",
+        "rotate-logs",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -240,8 +264,7 @@ def test_next_file_merges_jobs_in_time_order(invoke: Callable[..., Result], tmp_
     path.write_text("*/20 * * * * a\n*/30 * * * * b\n")
     result = invoke(["next", "--file", str(path), "-n", "5", "--format", "plain"])
     assert result.exit_code == 0, result.output
-    a = derive_job_id(parse("*/20 * * * *", env=ENV, now=NOW), ["--shell", "a"])
-    b = derive_job_id(parse("*/30 * * * *", env=ENV, now=NOW), ["--shell", "b"])
+    a, b = "a", "b"  # crontab jobs are named after their program
     assert result.stdout.splitlines() == [
         f"2026-11-27T22:20:00+00:00 {a}",
         f"2026-11-27T22:30:00+00:00 {b}",
