@@ -235,3 +235,31 @@ def test_unshared_ticks_warn_only_with_a_lock_given(
 )
 def test_durations_read_as_pyjob_writes_them(seconds: float, text: str) -> None:
     assert human_seconds(seconds) == text
+
+
+def test_events_come_in_the_order_things_happen_and_a_stop_is_no_failure(tmp_path: Path) -> None:
+    from .runproc import PyjobRun
+
+    run = PyjobRun(
+        ["--every", "1s", "--log-output", "--name", "j", "--shell", "--", "echo a; exec sleep 30"],
+        tmp_path,
+    )
+    run.wait_for("output")
+    assert run.stop() == 0
+    order = [e["event"] for e in run.events() if e["event"] not in ("next-tick", "clock")]
+    assert order == [
+        "started",
+        "claimed",
+        "run-started",
+        "output",
+        "stopping",
+        "run-finished",
+        "stopped",
+    ]
+    finished, stopped = run.events("run-finished")[0], run.events("stopped")[0]
+    assert (finished["level"], finished["terminated"], finished["exit_code"]) == (
+        "info",
+        "stop",
+        143,
+    )
+    assert (stopped["runs"], stopped["failures"]) == (1, 0)
