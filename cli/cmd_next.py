@@ -31,7 +31,7 @@ def _note(tick: Tick) -> str:
 
 
 @click.command("next", cls=CommandAfterDashes)
-@click.argument("expr", required=False, metavar="[EXPR]", shell_complete=complete_schedule)
+@click.argument("words", nargs=-1, metavar="[EXPR]", shell_complete=complete_schedule)
 @schedule_options
 @job_identity_options
 @click.option(
@@ -61,7 +61,7 @@ def _note(tick: Tick) -> str:
     help="table for people, plain (one ISO 8601 instant per line) or json.",
 )
 def next_cmd(
-    expr: str | None,
+    words: tuple[str, ...],
     count: int,
     from_: str | None,
     name: str | None,
@@ -92,6 +92,7 @@ def next_cmd(
     from pyjob.core.schedule import Schedule, job_identity
 
     env = get_env()
+    expr = " ".join(words) if words else None  # `pyjob next every 5m` reads as 'every 5m'
     if jobs_file is not None:
         if expr or name or shell or command or schedule_flags_given(kw):
             raise click.UsageError(

@@ -11,6 +11,8 @@ import click
 
 from .env import get_env
 from .options import (
+    RunCommand,
+    ScheduleBeforeDashes,
     build_spec,
     complete_schedule,
     job_identity_options,
@@ -44,7 +46,14 @@ def _seconds(us: int | None) -> float | None:
     return None if us is None else us / 1e6
 
 
-@click.command("run", context_settings={"allow_interspersed_args": False})
+@click.command("run", cls=RunCommand, context_settings={"allow_interspersed_args": False})
+@click.argument(
+    "words",
+    nargs=-1,
+    metavar="[SCHEDULE]",
+    cls=ScheduleBeforeDashes,
+    shell_complete=complete_schedule,
+)
 @schedule_options
 @click.option(
     "-s",
@@ -61,6 +70,7 @@ def _seconds(us: int | None) -> float | None:
     "of one command; SIGHUP re-reads it. The run options given here are defaults for its jobs."
 )
 def run_cmd(
+    words: tuple[str, ...],
     command: tuple[str, ...],
     schedule_text: str | None,
     name: str | None,
@@ -69,6 +79,9 @@ def run_cmd(
     **kw: Any,
 ) -> None:
     """Run CMD on a schedule, once per tick across every instance that shares the lock.
+
+    SCHEDULE is the text `next` and `validate` take ('*/5 * * * *', 'every 5m align'); -s EXPR
+    and the schedule options (--every 5m --align) say the same.
 
     Ticks are claimed in the lock backend before they run; an instance that loses the claim logs
     who won and skips. Logs go to stderr; the command's output passes through (or is logged with
@@ -83,6 +96,7 @@ def run_cmd(
 
     \b
     Examples:
+      pyjob run "*/5 * * * *" -- ./backup.sh
       pyjob run --every 5m --align -- ./backup.sh
       pyjob run --file crontab --lock redis://redis:6379/0
       pyjob run --cron "0 3 * * *" --tz Europe/Berlin --timeout 1h -- ./nightly.sh
@@ -101,9 +115,13 @@ def run_cmd(
                 param_hint=f"'--{field}'",
             )
     job_values = {k: v for k, v in values.items() if k in _JOB_SETTING_NAMES()}
+    if words:
+        if schedule_text is not None:
+            raise click.UsageError("two schedules: SCHEDULE and -s (give one)")
+        schedule_text = " ".join(words)
     if jobs_file is not None:
         given = schedule_flags_given(kw, also=("at", "align", "offset")) + (
-            ["-s"] if schedule_text else []
+            ["SCHEDULE" if words else "-s"] if schedule_text else []
         )
         for flag, value in (("CMD", command), ("--name", name), ("--shell", shell)):
             if value:
@@ -122,6 +140,8 @@ def run_cmd(
         raise click.UsageError(
             "missing the command: pyjob run SCHEDULE -- CMD [ARGS]... (or --file PATH)"
         )
+    if schedule_text is None and not schedule_flags_given(kw):
+        _command_before_dashes(command)
     from pyjob.core.process import Command
     from pyjob.core.schedule import Schedule, job_identity
     from pyjob.core.scheduler import Job
@@ -137,6 +157,26 @@ def run_cmd(
         env=dict(env.environ),
     )
     raise click.exceptions.Exit(serve([job], env, process))
+
+
+def _command_before_dashes(command: tuple[str, ...]) -> None:
+    """No schedule, and the command starts with one (``pyjob run "0 9 * * *" ./x``): say where
+    it goes."""
+    import shlex
+
+    from pyjob.core.errors import InputError
+    from pyjob.core.grammar import parse
+
+    for n in range(len(command) - 1, 0, -1):  # the longest schedule the words start with
+        text = " ".join(command[:n])
+        try:
+            parse(text)
+        except InputError:
+            continue
+        raise click.UsageError(
+            f"no schedule: the command goes after -- (pyjob run {shlex.quote(text)} -- "
+            f"{shlex.join(command[n:])})"
+        )
 
 
 def _JOB_SETTING_NAMES() -> set[str]:

@@ -118,15 +118,47 @@ _AFTER_DASHES = "pyjob.job-command"
 class CommandAfterDashes(click.Command):
     """A command whose job command is everything after the first ``--``, so that it can follow
     positional arguments of the command's own: ``pyjob next EXPR -- CMD``, ``pyjob validate
-    EXPR... -- CMD``. (``run`` has no positionals but the command and parses it as usual.)"""
+    EXPR... -- CMD``, ``pyjob run SCHEDULE -- CMD``."""
+
+    # run: without ``--``, every positional is the command (``pyjob run --every 5m ./x -v``).
+    only_with_dashes = False
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         tail: tuple[str, ...] = ()
         if "--" in args:
             i = args.index("--")
             args, tail = args[:i], tuple(args[i + 1 :])
+            # The job command is cut off already: options may follow the schedule words
+            # (`pyjob run "0 9 * * *" --tz Europe/Berlin -- ./report`).
+            ctx.allow_interspersed_args = True
+        elif self.only_with_dashes:
+            return super().parse_args(ctx, args)
         ctx.meta[f"{_AFTER_DASHES}.{self.name}"] = tail
         return super().parse_args(ctx, args)
+
+
+class RunCommand(CommandAfterDashes):
+    only_with_dashes = True
+
+
+class ScheduleBeforeDashes(click.Argument):
+    """``pyjob run [SCHEDULE] -- CMD``: the words before ``--`` are the schedule (joined, so
+    that an unquoted ``every 5m`` works). Without ``--`` there is no such argument: every
+    positional is the command, as before."""
+
+    def _key(self, ctx: click.Context) -> str:
+        return f"{_AFTER_DASHES}.{ctx.command.name}"
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
+        if self._key(ctx) in ctx.meta:
+            super().add_to_parser(parser, ctx)
+
+    def consume_value(self, ctx: click.Context, opts: Any) -> tuple[Any, Any]:
+        from click.core import ParameterSource
+
+        if self._key(ctx) not in ctx.meta:
+            return (), ParameterSource.DEFAULT
+        return super().consume_value(ctx, opts)
 
 
 class JobCommandArgument(click.Argument):
@@ -358,6 +390,10 @@ def build_spec(
 
     env = get_env()
     parts, tz = schedule_parts(expr, kw)
+    own = parts.prefix_tz or parts.tz
+    if tz and own and tz.strip() != own.strip():
+        said = f"CRON_TZ={own}" if parts.prefix_tz else f"tz {own}"
+        click.echo(f"warning: --tz {tz} overrides {said} of the schedule", err=True)
     now = env.clock.now()
     if from_text is not None:
         zone = get_zone(job_zone_name(tz, parts.tz or parts.prefix_tz, env.environ))

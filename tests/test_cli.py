@@ -164,7 +164,7 @@ def test_validate_many_one_bad(invoke) -> None:  # type: ignore[no-untyped-def]
     result = invoke(["validate", "0 * * * *", "0 0 * 13 *", "every 5m"])
     assert result.exit_code == 2
     assert result.output.count("ok: ") == 2
-    assert "Error: bad month '13' (1-12)" in result.output
+    assert "Error: '0 0 * 13 *': bad month '13' (1-12)" in result.output  # names the input
 
 
 def test_validate_warnings_and_strict(invoke) -> None:  # type: ignore[no-untyped-def]

@@ -121,7 +121,7 @@ def test_next_table_names_the_job(invoke) -> None:  # type: ignore[no-untyped-de
     [
         (["next", "--file", "x.cron", "--", "true"], "--file previews the file's jobs"),
         (["validate", "--file", "x.cron", "--shell"], "--file checks the file's jobs"),
-        (["next", "H * * * *", "./backup.sh"], "unexpected extra argument (./backup.sh)"),
+        (["next", "H * * * *", "./backup.sh"], "a command goes after -- (pyjob run"),
     ],
 )
 def test_identity_usage_errors(args: list[str], message: str) -> None:

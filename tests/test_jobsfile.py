@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -523,7 +524,8 @@ def test_crontab_parser_only_raises_jobs_file_errors(text: str) -> None:
     except JobsFileError as e:
         assert e.problems and all(p and "\n" not in p for p in e.problems)
     else:
-        assert jobs and all(j.name.startswith("job-") for j in jobs)
+        assert jobs and all(re.fullmatch(r"[A-Za-z0-9._-]+", j.name) for j in jobs)
+        assert len({j.name for j in jobs}) == len(jobs)
 
 
 @given(
