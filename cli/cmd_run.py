@@ -85,7 +85,7 @@ def run_cmd(
 
     Ticks are claimed in the lock backend before they run; an instance that loses the claim logs
     who won and skips. Logs go to stderr; the command's output passes through (or is logged with
-    --log-output). It runs until stopped (SIGTERM/SIGINT: stop scheduling, forward SIGTERM,
+    --log-output). It runs until stopped (SIGTERM/SIGINT/SIGHUP: stop scheduling, forward SIGTERM,
     wait --stop-timeout, exit 0; a second Ctrl-C kills at once, exit 130), or until the schedule
     ends (--once, --stop-at, --max-runs): then exit 0 if every run succeeded, else 1.
 
@@ -389,8 +389,9 @@ def install_signals(
     stop: Callable[[bool], None], waker_fd: int, reload: Callable[[], None] | None = None
 ) -> None:
     """SIGTERM/SIGINT call ``stop(force)``: gracefully, and forced at a second SIGINT; SIGHUP
-    calls ``reload`` when given. Handlers only set flags: the wake-up byte is written by the
-    interpreter itself (set_wakeup_fd)."""
+    calls ``reload`` when given, else stops as gracefully as SIGTERM (an ssh session that
+    closes must not kill the command behind its TERM trap). Handlers only set flags: the
+    wake-up byte is written by the interpreter itself (set_wakeup_fd)."""
     interrupts = 0
 
     def on_int(signum: int, frame: object) -> None:
@@ -406,3 +407,5 @@ def install_signals(
     signal.signal(signal.SIGTERM, on_term)
     if reload is not None:
         signal.signal(signal.SIGHUP, lambda signum, frame: reload())
+    else:
+        signal.signal(signal.SIGHUP, on_term)

@@ -96,7 +96,8 @@ PAGES: dict[str, dict[str, object]] = {
             "PYJOB_JOB, PYJOB_TICK, PYJOB_TICK_UNIX, PYJOB_RUN_ID, PYJOB_FENCE and PYJOB_INSTANCE. "
             "When pyjob wakes late, only the most recent passed tick runs; older ones are logged "
             "as missed. A clock stepped back never re-runs a handled tick.",
-            "SIGTERM or SIGINT stops scheduling, forwards SIGTERM to running commands, waits "
+            "SIGTERM, SIGINT or (for one command, without --file) SIGHUP stops scheduling, "
+            "forwards SIGTERM to running commands, waits "
             "--stop-timeout, then sends SIGKILL. A second SIGINT kills at once. If pyjob is "
             "killed outright, a small reaper process kills the process groups of its runs.",
             "With --file PATH it runs every job of a crontab (5 or 6 fields, descriptors, "

@@ -263,3 +263,20 @@ def test_events_come_in_the_order_things_happen_and_a_stop_is_no_failure(tmp_pat
         143,
     )
     assert (stopped["runs"], stopped["failures"]) == (1, 0)
+
+
+def test_a_hang_up_stops_a_one_liner_as_gracefully_as_sigterm(tmp_path: Path) -> None:
+    """An ssh session that closes: the command's TERM trap runs, pyjob exits 0."""
+    import signal
+
+    from .runproc import PyjobRun
+
+    trap = f"trap 'echo trapped > {tmp_path}/t; exit 0' TERM; echo up; while :; do sleep 0.1; done"
+    run = PyjobRun(["--every", "1s", "--log-output", "--shell", "--", trap], tmp_path)
+    run.wait_for("output")
+    run.signal(signal.SIGHUP)
+    assert run.wait() == 0
+    assert (tmp_path / "t").read_text() == "trapped\n"
+    events = [e["event"] for e in run.events() if e["event"] != "output"]  # sleep: Terminated
+    assert events[-3:] == ["stopping", "run-finished", "stopped"]
+    assert run.events("run-finished")[0]["exit_code"] == 0
