@@ -324,7 +324,7 @@ class EveryRule(Rule):
     def describe(self) -> str:
         text = f"every {format_duration(self.every)}"
         if not self.align:
-            return text + " from the start"
+            return text + ", counted from when pyjob run starts"
         if self.zone:
             text += f" on the local wall clock from midnight ({self.zone})"
         else:
@@ -437,8 +437,8 @@ class RandomEveryRule(Rule):
 
     def describe(self) -> str:
         return (
-            f"after a random {format_duration(self.lo)} to {format_duration(self.hi)} "
-            "after each run"
+            f"at random intervals of {format_duration(self.lo)} to {format_duration(self.hi)}, "
+            "a new one drawn after each tick"
         )
 
     def ticker(self, *, job_id: str, anchor: datetime | None, start_at: datetime | None) -> Ticker:
@@ -632,7 +632,8 @@ class OnceRule(Rule):
         return "once"
 
     def describe(self) -> str:
-        return "once at " + join_words([iso(i) for i in self.instants])
+        at = join_words([iso(i) for i in self.instants])
+        return f"once, at {at}" if len(self.instants) == 1 else f"once each at {at}"
 
     def ticker(self, *, job_id: str, anchor: datetime | None, start_at: datetime | None) -> Ticker:
         return _OnceTicker(self)

@@ -155,7 +155,7 @@ def test_validate_ok(invoke) -> None:  # type: ignore[no-untyped-def]
     assert result.exit_code == 0
     assert result.output == (
         "ok: CRON_TZ=UTC */5 * * * *\n"
-        "  means: every 5 minutes every day (UTC)\n"
+        "  means: every 5 minutes (UTC)\n"
         "  next:  2026-11-27T22:05:00+00:00\n"
     )
 

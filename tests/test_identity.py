@@ -104,7 +104,7 @@ def test_validate_text_names_the_job(invoke) -> None:  # type: ignore[no-untyped
     assert result.exit_code == 0
     assert result.output == (
         "ok: CRON_TZ=UTC H * * * *\n"
-        "  means: at minute a hashed minute every day (UTC)\n"
+        "  means: at a minute hashed from the job id past every hour (UTC)\n"
         "  next:  2026-11-27T22:07:00+00:00\n"
         "  job:   nightly\n"
     )
