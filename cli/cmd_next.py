@@ -16,7 +16,7 @@ from .options import (
     schedule_flags_given,
     schedule_options,
 )
-from .render import echo_json, table
+from .render import echo_json, instant_fields, table
 
 if TYPE_CHECKING:
     from pyjob.core.rules import Tick
@@ -88,7 +88,7 @@ def next_cmd(
     """
     from pyjob.core.describe import describe
     from pyjob.core.durations import humanize
-    from pyjob.core.rules import iso, to_us
+    from pyjob.core.rules import iso
     from pyjob.core.schedule import Schedule, job_identity
 
     env = get_env()
@@ -120,10 +120,7 @@ def next_cmd(
                 "from": iso(now),
                 "ticks": [
                     {
-                        "local": iso(t.instant, zone),
-                        "utc": iso(t.instant),
-                        "unix": to_us(t.instant) / 1e6,
-                        "in_seconds": (t.instant - now).total_seconds(),
+                        **instant_fields(t.instant, zone, now),
                         "dst": "gap" if t.moved_from else ("repeated" if t.repeated else None),
                         "moved_from": t.moved_from.isoformat() if t.moved_from else None,
                     }

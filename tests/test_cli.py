@@ -229,14 +229,24 @@ def test_align(invoke, args: list[str], output: str) -> None:  # type: ignore[no
 def test_align_json(invoke) -> None:  # type: ignore[no-untyped-def]
     result = invoke(["align", "7m", "--format", "json"])
     assert json.loads(result.output) == {
-        "boundary": "2026-11-27T22:05:00+00:00",
+        "local": "2026-11-27T22:05:00+00:00",
         "utc": "2026-11-27T22:05:00Z",
-        "unix": 1795817100.0,
+        "unix": 1795817100,
+        "in_seconds": 300.0,
         "interval": "7m",
         "offset": "0s",
         "grid": "unix-epoch",
         "zone": "UTC",
-        "wait_seconds": 300.0,
+    }
+    # the words of next's ticks, for the same instant
+    ticks = json.loads(invoke(["next", "every 7m align", "-n", "1", "--format", "json"]).output)
+    assert ticks["ticks"][0] == {
+        "local": "2026-11-27T22:05:00+00:00",
+        "utc": "2026-11-27T22:05:00Z",
+        "unix": 1795817100,
+        "in_seconds": 300.0,
+        "dst": None,
+        "moved_from": None,
     }
 
 
