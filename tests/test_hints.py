@@ -153,3 +153,20 @@ def test_run_takes_the_schedule_as_an_argument(tmp_path: object) -> None:
         ids.append((started["job"], started["schedule"]))
     assert ids[0] == ids[1]  # the positional schedule is the --cron one
     assert ids[2][1] == "every 1s align tz UTC"
+
+
+def test_check_clock_reports_a_refused_server_at_once() -> None:
+    import socket
+    import time
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nothing listens there
+    start = time.monotonic()
+    done = pyjob("check-clock", "--server", f"127.0.0.1:{port}", "--format", "nagios")
+    assert time.monotonic() - start < 2  # not 4 samples x 1s of "no reply"
+    assert done.returncode == 3
+    assert done.stdout == (
+        f"NTP UNKNOWN: no usable NTP reply (127.0.0.1:{port}: connection refused: nothing listens "
+        "on its NTP port)\n"
+    )
