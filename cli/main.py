@@ -87,6 +87,12 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: one `Error:` line for every error (no usage block), the exit
     codes of DESIGN §7."""
+    import os
+
+    if "_PYJOB_COMPLETE" in os.environ:  # a completion request: pyjob's own shell classes
+        from .completion import register
+
+        register()
     try:
         rv = cli.main(args=argv, prog_name="pyjob", standalone_mode=False)
     except click.UsageError as e:
