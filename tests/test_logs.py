@@ -280,3 +280,37 @@ def test_a_hang_up_stops_a_one_liner_as_gracefully_as_sigterm(tmp_path: Path) ->
     events = [e["event"] for e in run.events() if e["event"] != "output"]  # sleep: Terminated
     assert events[-3:] == ["stopping", "run-finished", "stopped"]
     assert run.events("run-finished")[0]["exit_code"] == 0
+
+
+def test_text_quotes_list_values_and_leaves_out_absent_ones(tmp_path: Path) -> None:
+    """reload-failed's problems as one logfmt value; stopping without forced=False."""
+    import signal
+
+    crontab = tmp_path / "crontab"
+    crontab.write_text("0 3 * * * ./nightly\n")
+    proc = subprocess.Popen(
+        [*pyjob_exe(), "run", "--file", str(crontab), "--instance-id", "i1"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(tmp_path),
+        cwd=tmp_path,
+    )
+    assert proc.stderr is not None
+    lines = [proc.stderr.readline() for _ in range(3)]  # clock, started, jobs
+    assert lines[2].split()[2] == "jobs"
+    crontab.write_text("61 * * * * ./nightly\n0 3 * * * ./nightly --all\n")
+    proc.send_signal(signal.SIGHUP)
+    failed = proc.stderr.readline()
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert re.fullmatch(
+        TIME + rf" error   reload-failed job=\* instance=i1 problems=\"{crontab}:1: bad minute "
+        r"'61' \(0-59\)\" action=\"the previous jobs keep running\"\n",
+        failed,
+    )
+    stopping = rest.splitlines()[0]
+    assert re.fullmatch(
+        TIME + r" info    stopping      job=nightly instance=i1 running=0 stop_timeout=10s",
+        stopping,
+    )
