@@ -238,6 +238,7 @@ def _measurement_doc(m: Measurement, best: bool = False, wrong: bool = False) ->
 
 
 def _json(report: ClockReport) -> None:
+    from pyjob.core.backends.protocol import SKEW_LIMIT
     from pyjob.core.clockcheck import impact
 
     from .render import echo_json
@@ -282,6 +283,9 @@ def _json(report: ClockReport) -> None:
             "offset": None if b is None else round(b.offset, 6),
             "error": None if b is None else round(b.error, 6),
             "impact": None if b is None else impact(b.offset).name,
+            # claims hold (no tick runs twice, none refused) only within this skew
+            "skew_limit": SKEW_LIMIT,
+            "within_skew_limit": None if b is None else abs(b.offset) <= SKEW_LIMIT,
         }
     if report.kernel is not None:
         k = report.kernel

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .env import get_env
+from .monitoring import MonitorOptions, parse_listen
 from .options import (
     RunCommand,
     ScheduleBeforeDashes,
@@ -236,17 +237,24 @@ def serve(
     from pyjob.core.scheduler import Scheduler
 
     from .logs import EventLog
+    from .monitoring import Monitoring
 
     instance = process.instance or f"{socket.gethostname()}:{os.getpid()}"
     log = EventLog(process.log_format, env.err_is_terminal(), env.color, process.log_level)
+    # --ping and the metrics consume the events beside the log (exit 2 here if misconfigured);
+    # they see every event, whatever --log-level keeps in the log
+    monitoring = Monitoring(jobs, process.monitor, instance, env.clock, env.environ)
     corrected = OffsetClock(env.clock) if process.clock.mode == "ntp" else None
-    clock: Clock = corrected or env.clock
+    clock: Clock = monitoring.loop_clock(corrected or env.clock)
     runner = RealRunner(prefix=len(jobs) > 1)  # several jobs: whose output is it?
-    scheduler = Scheduler(clock, runner, log, instance=instance, env=env.environ)
+    scheduler = Scheduler(
+        clock, runner, monitoring.fan_out(log), instance=instance, env=env.environ
+    )
     log.zone_of = lambda job: _zone_of(scheduler, job)
     who = jobs[0].job_id if len(jobs) == 1 else "*"
     try:
         scheduler.open(jobs)  # BackendError: exit 5
+        monitoring.start(who)  # a port or textfile that cannot be used: exit 2
         now = env.clock.now()
         known = [i for i in (schedule_interval(j.schedule, now) for j in jobs) if i is not None]
         watch = clock_watch(
@@ -285,7 +293,7 @@ def serve(
                 scheduler.add(job, start)
             if len(jobs) > 1 or reload is not None:
                 scheduler.emit("jobs", "*", None, count=len(jobs), names=[j.job_id for j in jobs])
-            return scheduler.run(reload)
+            return scheduler.run(monitoring.reloading(reload))
         finally:
             signal.set_wakeup_fd(-1)
             if watch is not None:
@@ -293,6 +301,7 @@ def serve(
     finally:
         scheduler.close()
         runner.close()
+        monitoring.stop()  # the last pings, the last textfile
 
 
 @dataclass(frozen=True)
@@ -303,6 +312,7 @@ class ProcessOptions:
     log_format: str
     log_level: str
     clock: ClockOptions
+    monitor: MonitorOptions
 
     @classmethod
     def from_values(cls, v: dict[str, Any]) -> ProcessOptions:
@@ -322,6 +332,9 @@ class ProcessOptions:
                 every=v["clock-check-every"] / 1e6,
                 budget=v["clock-budget"] / 1e6,
                 skip=v["no-clock-check"],
+            ),
+            monitor=MonitorOptions(
+                listen=parse_listen(v["metrics-listen"]), textfile=v["metrics-textfile"]
             ),
         )
 

@@ -10,8 +10,6 @@ from .env import get_env
 from .records_view import RESULT_STYLE, ago, format_option, lock_option, open_store, span, styled
 from .render import echo_json, table
 
-RAN = ("success", "failure", "timeout", "stopped", "start-failed", "lost")
-
 
 @click.command("status")
 @lock_option
@@ -30,7 +28,7 @@ def status_cmd(lock: str | None, fmt: str) -> None:
       pyjob status --lock redis://redis:6379/0
       pyjob status --format json | jq '.jobs[] | select(.last.result != "success")'
     """
-    from pyjob.core.records import effective, is_quiet, run_document
+    from pyjob.core.records import FINISHED, effective, is_quiet, run_document
     from pyjob.core.schedule import to_us
     from pyjob.core.zones import get_zone
 
@@ -41,7 +39,7 @@ def status_cmd(lock: str | None, fmt: str) -> None:
     try:
         jobs = store.jobs()
         instances = store.instances()
-        recent = {j.job: store.runs(j.job, 20) for j in jobs}
+        recent = {j.job: store.recent(j.job) for j in jobs}
     finally:
         backend.close()
     docs: list[dict[str, Any]] = []
@@ -50,7 +48,7 @@ def status_cmd(lock: str | None, fmt: str) -> None:
     for j in jobs:
         zone = get_zone(j.zone)
         records = [effective(r, instances, now_us) for r in recent[j.job]]
-        last = next((r for r in records if r.result in RAN), None)
+        last = next((r for r in records if r.result in FINISHED), None)
         running = [r for r in records if r.result == "running"]
         nxt = _next_tick(j.schedule, j.job, now)
         live = []

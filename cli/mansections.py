@@ -37,6 +37,7 @@ ENVIRONMENT = [
         "pool.ntp.org)",
     ),
     ("PYJOB_NO_CLOCK_CHECK", "set to 1: run does not measure the clock (--no-clock-check)"),
+    ("PYJOB_PING_URL", "the URL run pings at each run's start and end (--ping)"),
     ("PYJOB_<COMMAND>_<OPTION>", "any option, e.g. PYJOB_NEXT_COUNT=10"),
     ("TZ", "the system zone, when PYJOB_TZ is not set"),
     ("XDG_RUNTIME_DIR", "where the default file lock directory is created (pyjob/)"),
@@ -120,6 +121,30 @@ PAGES: dict[str, dict[str, object]] = {
             "(--clock-policy warn: a warning). It re-measures every --clock-check-every on a "
             "thread of its own and logs each result. With --clock ntp ticks fire by local time "
             "plus the measured offset, so instances whose clocks disagree still fire together.",
+            "--ping URL (PYJOB_PING_URL; ping in a TOML job) speaks the healthchecks.io protocol: "
+            "GET URL/start?rid=UUID when a run starts and URL/<exit code>?rid=UUID when it ends "
+            "(URL/0 is a success). UUID is uuid5(NAMESPACE_URL, PYJOB_RUN_ID), the same on every "
+            "host, and only the instance that ran the run pings, so a monitor sees one start and "
+            "one end per run across the fleet. One background thread sends them with a 3s "
+            "timeout and 3 retries; a ping that still fails is a ping-failed event, never a "
+            "failed run or a delayed tick.",
+            "--metrics-listen HOST:PORT (:9464 for every interface) serves Prometheus metrics on "
+            "/metrics and /healthz, which answers 200 while the scheduler loop runs (it wakes at "
+            "least every 20s) and 503 after 60s without it, for a liveness probe. "
+            "--metrics-textfile PATH writes the same metrics for node_exporter's textfile "
+            "collector, atomically (a temporary file renamed over PATH), at start, every 10s and "
+            "at exit. Metrics: pyjob_runs_total{job,result}, pyjob_run_duration_seconds{job} and "
+            "pyjob_lateness_seconds{job} (histograms), pyjob_last_run_timestamp_seconds{job,"
+            "result}, pyjob_last_success_timestamp_seconds{job} (the fleet's, read from the run "
+            "records at start, every 15s and at exit), pyjob_running{job}, "
+            "pyjob_missed_ticks_total{job}, "
+            "pyjob_skipped_ticks_total{job,reason}, pyjob_backend_errors_total{backend}, "
+            "pyjob_ping_failures_total{job}, pyjob_schedule_interval_seconds{job}, "
+            "pyjob_clock_offset_seconds, pyjob_loop_silence_seconds and "
+            "pyjob_info{version,instance}. Label values are job "
+            "ids and fixed kinds, never commands or URLs. Both need pip install "
+            "'pyjob[metrics]' (prometheus-client); without it, or when the port cannot be "
+            "bound, run exits 2.",
         ],
         "examples": [
             ("Every 5 minutes on the boundary", "pyjob run --every 5m --align -- ./backup.sh"),
@@ -135,6 +160,11 @@ PAGES: dict[str, dict[str, object]] = {
             (
                 "Every job of a crontab, with a shared Redis",
                 "pyjob run --file crontab --lock redis://redis:6379/0",
+            ),
+            (
+                "Ping healthchecks.io and serve Prometheus metrics",
+                "pyjob run --cron '0 3 * * *' --ping https://hc-ping.com/UUID "
+                "--metrics-listen :9464 -- ./nightly.sh",
             ),
             (
                 "Fire by NTP time, against the site's servers",

@@ -84,6 +84,20 @@ class LockURLType(click.ParamType):
         ]
 
 
+class HttpURLType(click.ParamType):
+    """An http:// or https:// URL (--ping)."""
+
+    name = "url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from pyjob.core.pings import url_problem
+
+        problem = url_problem(str(value))
+        if problem:
+            self.fail(f"'{value}' {problem}", param, ctx)
+        return str(value)
+
+
 class NtpServerType(click.ParamType):
     """HOST, HOST:PORT or [IPv6]:PORT; a comma-separated list is split (PYJOB_NTP_SERVERS)."""
 
@@ -469,6 +483,24 @@ def build_spec(
     return build(parts, tz=tz, env=env.environ, now=now), now
 
 
+class CheckedText(click.ParamType):
+    """Text checked by the core's parser of a setting kind (factor, codes)."""
+
+    name = "text"
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from pyjob.core.settings import parse_codes, parse_factor
+
+        try:
+            (parse_factor if self.kind == "factor" else parse_codes)(str(value))
+        except InputError as e:
+            self.fail(e.message, param, ctx)
+        return str(value)
+
+
 def _setting_type(setting: Any) -> Any:
     kind = setting.kind
     if kind == "duration":
@@ -476,13 +508,19 @@ def _setting_type(setting: Any) -> Any:
     if kind == "duration0":
         return DURATION_OR_ZERO
     if kind == "count":
-        return click.IntRange(1)
+        return click.IntRange(1, 10**6)
+    if kind == "count0":
+        return click.IntRange(0, 10**6)
+    if kind in ("factor", "codes"):
+        return CheckedText(kind)
     if kind == "choice":
         return click.Choice([c.value for c in setting.choices])
     if kind == "lock":
         return LOCK_URL
     if kind == "server":
         return NTP_SERVER
+    if kind == "url":
+        return HttpURLType()
     return click.STRING
 
 

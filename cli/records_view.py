@@ -71,8 +71,6 @@ def ago(us: int | None, now_us: int) -> str:
         return "-"
     delta = (us - now_us) / 1e6
     text = span(abs(delta))
-    if abs(delta) < 1:
-        return "now"
     return f"in {text}" if delta > 0 else f"{text} ago"
 
 

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from .backends import Backend
+from .backends.protocol import SKEW_LIMIT
 from .clock import Clock, OffsetClock, Waker
 from .durations import format_duration
 from .errors import ClockError, ClockOffsetError
@@ -292,7 +293,13 @@ class ClockReport:
                 f"skew {skew.value:.6f}s between {skew.between[0]} and {skew.between[1]} is "
                 f"over {_dur(skew_limit)}"
             )
-        if self.backend is not None and abs(self.backend.offset) > self.limit:
+        if self.backend is not None and abs(self.backend.offset) > SKEW_LIMIT:
+            problems.append(
+                f"the backend's clock is {signed(self.backend.offset)} from this host's, beyond "
+                f"the skew limit {_dur(SKEW_LIMIT)} under which claims hold: this host's ticks "
+                "will be refused (or win every claim), fix the clocks"
+            )
+        elif self.backend is not None and abs(self.backend.offset) > self.limit:
             problems.append(
                 f"the backend's clock is {signed(self.backend.offset)} from this host's, over "
                 f"{_dur(self.limit)}"

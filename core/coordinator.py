@@ -42,6 +42,7 @@ class _Call:
     what: str  # claim, renew, release, cleanup
     args: tuple[Any, ...]
     done: Callable[[Any], None] | None  # called on the scheduler's thread with result or error
+    expires: float | None = None  # monotonic: not sent after this (its answer is no use then)
 
 
 @dataclass
@@ -125,8 +126,12 @@ class Coordinator:
         url: str | None,
         requests: Sequence[ClaimRequest],
         done: Callable[[list[ClaimOutcome] | BackendError], None],
+        expires: float | None = None,
     ) -> None:
-        self._submit(url, _Call("claim", (list(requests),), done))
+        """Claim ``requests`` in one round trip. A batch still queued at ``expires`` (the
+        following tick is due: a backend that hangs has kept the queue waiting) is not sent;
+        ``done`` gets a BackendError saying so."""
+        self._submit(url, _Call("claim", (list(requests),), done, expires))
 
     def renew(self, url: str | None, leases: Sequence[Lease], done: Callable[[Any], None]) -> None:
         self._submit(url, _Call("renew", (list(leases),), done))
@@ -158,6 +163,31 @@ class Coordinator:
     def prune(self, url: str | None, jobs: Sequence[str], keep: int, oldest_us: int) -> None:
         if jobs and self._links[self.key(url)].records is not None:
             self._submit(url, _Call("prune", (list(jobs), keep, oldest_us), None))
+
+    def previous(
+        self, url: str | None, job: str, before_us: int, done: Callable[[str | None], None]
+    ) -> bool:
+        """The result of ``job``'s last finished run before ``before_us`` across the fleet, to
+        ``done`` (None when there is none, or the backend could not say). False when the backend
+        keeps no records (the caller knows only its own runs)."""
+        if self._links[self.key(url)].records is None:
+            return False
+        self._submit(url, _Call("previous", (job, before_us), done))
+        return True
+
+    def latest(self, url: str | None, job: str, done: Callable[[int | None], None]) -> bool:
+        """The tick (µs) of the latest record of ``job`` — the latest tick anyone in the fleet
+        handled — to ``done`` (None when there is none; a BackendError when the backend could not
+        say). False when the backend keeps no records."""
+        if self._links[self.key(url)].records is None:
+            return False
+        self._submit(url, _Call("latest", (job,), done))
+        return True
+
+    def orphan(self, url: str | None, job: str, done: Callable[[Any], None]) -> None:
+        """The newest record of ``job`` and the instances' heartbeats, to ``done`` (None when the
+        job has no records): what an instance needs to take over another's attempts."""
+        self._submit(url, _Call("orphan", (job,), done))
 
     def drain(self) -> int:
         """Deliver the results that are ready (on the caller's thread); how many."""
@@ -241,6 +271,14 @@ class Coordinator:
     def _do(self, link: _Link, call: _Call) -> None:
         if link.unreleased and call.what != "release":
             self._release(link, [])  # first what an outage left behind
+        if call.expires is not None and self.clock.monotonic() > call.expires:
+            assert call.done is not None
+            late = BackendError(
+                f"{link.backend.url}: claim not sent: the backend kept it waiting until the "
+                "following tick was due"
+            )
+            self._deliver(call.done, late)
+            return
         try:
             if call.what == "claim":
                 result: Any = link.backend.claim_many(call.args[0], self.instance, self.clock.now())
@@ -249,6 +287,23 @@ class Coordinator:
             elif call.what == "release":
                 self._release(link, call.args[0])
                 return
+            elif call.what == "orphan":
+                assert link.records is not None
+                newest = link.records.runs(call.args[0], 1, None)
+                result = (newest[0], link.records.instances()) if newest else None
+            elif call.what == "latest":
+                assert link.records is not None
+                newest = link.records.runs(call.args[0], 1, None)
+                result = newest[0].tick_us if newest else None
+            elif call.what == "previous":
+                assert link.records is not None
+                job, before = call.args
+                finished = [
+                    r.result
+                    for r in link.records.runs(job, 20, None)
+                    if r.tick_us < before and r.result not in ("running", "skipped", "missed")
+                ]
+                result = finished[0] if finished else None
             elif call.what in ("records", "register", "heartbeat", "prune"):
                 self._records(link, call)
                 return

@@ -18,6 +18,7 @@ LEVELS = ("debug", "info", "warning", "error")  # lowest first: --log-level keep
 # Fields whose numbers are seconds (JSON gives them exact; a text line writes 2.3ms or 19h48m).
 SECONDS = frozenset(
     {"in_seconds", "lateness", "duration", "stop_timeout", "after", "delay", "offset", "limit"}
+    | {"late", "window", "retry_in"}
     | {"error"}  # the clock's error bound; a run's `error` is text, and stays text
 )
 
@@ -64,20 +65,60 @@ _KINDS = (
         ("count", "first", "last", "reason"),
         "ticks that passed without running (late wake-up, --misfire-grace)",
     ),
+    Kind(
+        "caught-up",
+        "info",
+        ("late", "missed", "window"),
+        "a tick the whole fleet missed runs now (--catch-up): how late, how many were missed",
+    ),
+    Kind(
+        "retrying",
+        "warning",
+        ("run_id", "attempt", "delay", "exit_code", "result", "taken_over_from"),
+        "a failed run runs again after a delay (--retries), or another instance takes over the "
+        "attempts of one that went quiet",
+    ),
+    Kind(
+        "retry-dropped",
+        "warning",
+        ("run_id", "attempt", "reason"),
+        "a retry that would start after the following tick is due, or that a stop cancelled",
+    ),
     Kind("jitter", "debug", ("delay",), "the run waits a random delay first (--jitter)"),
     Kind(
         "run-started",
         "info",
-        ("run_id", "pid", "lateness", "fence", "error"),
+        ("run_id", "pid", "lateness", "fence", "attempt", "error"),
         "the command was started (error: it could not be)",
     ),
     Kind("output", "info", ("stream", "line", "run_id"), "a line of the command (--log-output)"),
     Kind(
         "run-finished",
         "info",
-        ("run_id", "exit_code", "duration", "lateness", "terminated", "error"),
+        (
+            "run_id",
+            "exit_code",
+            "duration",
+            "lateness",
+            "terminated",
+            "attempt",
+            "retry_in",
+            "error",
+        ),
         "the command ended; an error when it failed",
         _finished_level,
+    ),
+    Kind(
+        "hook-finished",
+        "debug",
+        ("hook", "run_id", "exit_code", "duration"),
+        "a hook (--on-failure, --on-success, --on-finish) ended well",
+    ),
+    Kind(
+        "hook-failed",
+        "warning",
+        ("hook", "run_id", "exit_code", "duration", "error"),
+        "a hook failed or ran past --hook-timeout (the run's result is unchanged)",
     ),
     Kind("timeout", "error", ("run_id", "after", "action"), "the command ran past --timeout"),
     Kind(
@@ -112,6 +153,18 @@ _KINDS = (
         "info",
         ("running", "forced", "stop_timeout", "drain"),
         "a stop was asked for (signal, reload); running commands get SIGTERM",
+    ),
+    Kind(
+        "ping-failed",
+        "warning",
+        ("run_id", "ping", "host", "attempts", "error"),
+        "a --ping request failed after its retries, or was not sent; the run is not affected",
+    ),
+    Kind(
+        "metrics",
+        "info",
+        ("listen", "textfile"),
+        "Prometheus metrics are served (--metrics-listen) or written (--metrics-textfile)",
     ),
     Kind("stopped", "info", ("runs", "failures"), "the job or the process stopped"),
     Kind("exhausted", "info", ("runs", "failures", "jobs"), "the schedule has no more ticks"),

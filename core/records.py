@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from .errors import BackendError
 
 RESULTS = (
     "running",
+    "retrying",
     "success",
     "failure",
     "timeout",
@@ -34,6 +34,8 @@ RESULTS = (
     "missed",
     "lost",
 )
+FINISHED = ("success", "failure", "timeout", "stopped", "start-failed", "lost")
+RECENT_MAX = 100  # records `recent` looks through for the newest finished run
 HEARTBEAT_EVERY = 10.0  # seconds between an instance's heartbeats
 QUIET_AFTER = 35.0  # an instance not seen for this long has gone quiet (its runs are lost)
 OUTPUT_TAIL = 4096  # bytes of output kept with a run (--log-output)
@@ -56,6 +58,8 @@ class RunRecord:
     reason: str | None = None
     held_by: str | None = None
     output_tail: str | None = None
+    next_attempt_us: int | None = None  # "retrying": when the next attempt is due
+    attempts: list[dict[str, Any]] | None = None  # the earlier attempts of this run
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if v is not None})
@@ -125,6 +129,11 @@ class RecordStore(Protocol):
         """The job's records, newest first."""
         ...
 
+    def recent(self, job: str) -> list[RunRecord]:
+        """The job's newest records, newest first, up to and including its newest finished run
+        (what `pyjob status` needs: the last run, and what runs now)."""
+        ...
+
     def prune(self, jobs: Sequence[str], keep: int, oldest_us: int) -> int:
         """Keep at most ``keep`` records per job, none with a tick before ``oldest_us``;
         instances quiet since before ``oldest_us`` are forgotten. How many were removed."""
@@ -141,15 +150,9 @@ def _safe(name: str) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    """Atomically (a temporary name, then rename); nothing left behind when it fails."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    from .backends.common import write_atomic
+
+    write_atomic(path, text)
 
 
 class DirectoryRecords:
@@ -259,6 +262,19 @@ class DirectoryRecords:
                 break
         return out
 
+    def recent(self, job: str) -> list[RunRecord]:
+        out: list[RunRecord] = []
+        d = self._runs_dir(job)
+        for tick in self._ticks(job)[:RECENT_MAX]:  # read one by one: usually one is enough
+            try:
+                record = RunRecord.from_json((d / f"{tick}.json").read_text())
+            except (OSError, ValueError, TypeError):
+                continue
+            out.append(record)
+            if record.result in FINISHED:
+                break
+        return out
+
     def prune(self, jobs: Sequence[str], keep: int, oldest_us: int) -> int:
         removed = 0
         for job in jobs:
@@ -297,6 +313,18 @@ for i = 1, #ARGV, 4 do
 end
 return 1
 """
+
+
+def _recent(store: RecordStore, job: str) -> list[RunRecord]:
+    """``recent`` from ``runs``: 20 at first, more only when none of them is a finished run."""
+    for limit in (20, RECENT_MAX):
+        records = store.runs(job, limit)
+        for i, r in enumerate(records):
+            if r.result in FINISHED:
+                return records[: i + 1]
+        if len(records) < limit:
+            return records
+    return records
 
 
 class RedisRecords:
@@ -385,6 +413,9 @@ class RedisRecords:
 
         result: list[RunRecord] = self._call("history not read", go)
         return result
+
+    def recent(self, job: str) -> list[RunRecord]:
+        return _recent(self, job)
 
     def prune(self, jobs: Sequence[str], keep: int, oldest_us: int) -> int:
         def go() -> int:
@@ -531,6 +562,9 @@ class PostgresRecords:
         )
         return [RunRecord.from_json(r[0]) for r in rows]
 
+    def recent(self, job: str) -> list[RunRecord]:
+        return _recent(self, job)
+
     def prune(self, jobs: Sequence[str], keep: int, oldest_us: int) -> int:
         rows = self._exec(
             "history not pruned",
@@ -616,6 +650,16 @@ def run_document(record: RunRecord, zone: Any) -> dict[str, Any]:
         "exit_code": record.exit_code,
         "result": record.result,
     }
+    if record.next_attempt_us is not None:
+        doc["next_attempt"] = when(record.next_attempt_us)
+    if record.attempts:
+        doc["attempts"] = [
+            {**a, "started": when(a.get("started_us")), "finished": when(a.get("finished_us"))}
+            for a in record.attempts
+        ]
+        for a in doc["attempts"]:
+            a.pop("started_us", None)
+            a.pop("finished_us", None)
     for extra in ("reason", "held_by", "output_tail"):
         value = getattr(record, extra)
         if value is not None:

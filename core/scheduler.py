@@ -36,6 +36,7 @@ from .backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult, Lease
 from .clock import MAX_SLEEP_SLICE, Clock, Waker
 from .coordinator import Coordinator
 from .errors import BackendError
+from .hooks import hook_env, hooks_to_run
 from .process import Command, FailedStart, Handle, Runner
 from .records import HEARTBEAT_EVERY, OUTPUT_TAIL, InstanceInfo, JobInfo, RunRecord
 from .schedule import Schedule, iso, to_us
@@ -44,6 +45,7 @@ from .settings import JobSettings, OnBackendError, Overlap
 CLAIM_LEAD = 0.5  # claim a tick this long before it (at most a quarter of its interval)
 CLEANUP_EVERY = 60.0
 OVERLAPPING = "overlap: the previous run is still going"
+HOOK_KILL_AFTER = 5.0  # seconds from a hook's SIGTERM (--hook-timeout) to its SIGKILL
 POLL = 0.05  # the longest sleep while a child has no pidfd (non-Linux)
 
 
@@ -84,10 +86,10 @@ def overlap_action(policy: Overlap, queued: bool) -> str:
     return "start"
 
 
-def keep_until(schedule: Schedule, tick: datetime) -> datetime:
+def keep_until(schedule: Schedule, tick: datetime, following: datetime | None = None) -> datetime:
     """How long a claim of ``tick`` must be kept: until well after the following tick, so that
     an instance whose clock lags cannot run it again."""
-    following = schedule.next_tick(tick) or tick
+    following = following or schedule.next_tick(tick) or tick
     return following + max(following - tick, timedelta(minutes=10))
 
 
@@ -106,6 +108,34 @@ class _Run:
     record: RunRecord | None = None
     tail: list[str] | None = None  # the last lines of output (--log-output), for the record
     tail_bytes: int = 0
+    env: Mapping[str, str] = field(default_factory=dict)
+    attempt: int = 1
+    prior: list[dict[str, Any]] = field(default_factory=list)  # the earlier attempts
+
+
+@dataclass(eq=False)
+class _Retry:
+    """The next attempt of a failed run (--retries), waiting for its delay."""
+
+    tick: datetime
+    claim: ClaimResult | None
+    attempt: int
+    prior: list[dict[str, Any]]
+    record: RunRecord | None
+    cancelled: bool = False
+
+
+@dataclass(eq=False)
+class _Hook:
+    """A hook command running after a run (core/hooks.py)."""
+
+    job: _JobState
+    name: str
+    run_id: str
+    started_mono: float
+    handle: Handle | None = None
+    gen: int = 0
+    timed_out: bool = False
 
 
 @dataclass(eq=False)
@@ -131,6 +161,12 @@ class _JobState:
     ticks_run: int = 0  # by this instance or another (for --max-runs)
     runs_started: int = 0
     failures: int = 0
+    last_result: str | None = None  # of this instance's last run (--notify-on change fallback)
+    catchup: list[tuple[datetime, ClaimResult]] = field(default_factory=list)  # won, to run
+    catching_up: bool = False  # a --catch-up look-up or claim is under way
+    retries: list[_Retry] = field(default_factory=list)  # attempts waiting for their delay
+    attempts: dict[datetime, tuple[int, list[dict[str, Any]]]] = field(default_factory=dict)
+    adopting: bool = False  # a look for another instance's orphaned attempts is under way
     retiring: bool = False  # removed or changed by a reload: finishes its run, then goes
     ended: bool = False
 
@@ -143,7 +179,17 @@ class _JobState:
         return self.job.settings
 
     def busy(self) -> bool:
-        return bool(self.runs or self.deferred or self.queued or self.replacing or self.waiting)
+        return bool(
+            self.runs
+            or self.deferred
+            or self.queued
+            or self.replacing
+            or self.waiting
+            or self.catchup
+            or self.catching_up
+            or self.retries
+            or self.attempts
+        )
 
 
 class Scheduler:
@@ -172,6 +218,9 @@ class Scheduler:
         self.jobs: dict[str, _JobState] = {}
         self.retiring: list[_JobState] = []
         self._by_handle: dict[int, _Run] = {}
+        self._hooks: dict[int, _Hook] = {}
+        self._hooks_pending = 0  # --notify-on change: hooks waiting for the previous result
+        self._down: set[str] = set()  # lock URLs whose last claim failed (an outage)
         self._wall: list[tuple[int, int, str, _JobState, int, datetime]] = []
         self._mono: list[tuple[float, int, str, Any]] = []
         self._seq = itertools.count()
@@ -231,6 +280,8 @@ class Scheduler:
             self._start(state, None, None, None)
         state.prev = start
         self._set_next(state, job.schedule.next_tick(start))
+        if job.settings.catch_up:
+            self._check_catch_up(state)
         if not self._cleanup_scheduled:
             self._cleanup_scheduled = True
             self._push_mono(self.clock.monotonic(), "cleanup", None)
@@ -315,7 +366,8 @@ class Scheduler:
 
     def _finished(self) -> bool:
         live = [j for j in self.jobs.values() if not j.ended]
-        return bool(self.jobs) and not live and not self.retiring
+        hooks = bool(self._hooks) or self._hooks_pending > 0
+        return bool(self.jobs) and not live and not self.retiring and not hooks
 
     def _sleep_for(self) -> float:
         candidates = [MAX_SLEEP_SLICE]  # wake a few times a minute to notice clock steps
@@ -380,12 +432,25 @@ class Scheduler:
                     state.deferred.remove(d)
                     if not self._stop:
                         self._start(state, d.tick, d.claim, d.lease)
+            elif kind == "retry":
+                state, retry = ref
+                self._retry_now(state, retry)
+            elif kind == "hook-timeout":
+                hook, gen = ref
+                if hook.gen == gen and hook.handle is not None and id(hook.handle) in self._hooks:
+                    hook.timed_out = True
+                    hook.gen += 1
+                    hook.handle.signal_group(signal.SIGTERM)
+                    self._push_mono(mono + HOOK_KILL_AFTER, "hook-timeout", (hook, -1))
+                elif gen == -1 and hook.handle is not None and id(hook.handle) in self._hooks:
+                    hook.handle.signal_group(signal.SIGKILL)
             elif kind == "heartbeat":
                 if ref != self._heartbeat_every:
                     continue  # replaced by a shorter interval
                 self._push_mono(mono + self._heartbeat_every, "heartbeat", self._heartbeat_every)
                 self.me.seen_us = to_us(self.clock.now())
                 self.coordinator.heartbeat(self.me)
+                self._adopt_orphans()
             elif kind == "cleanup":
                 self._push_mono(mono + CLEANUP_EVERY, "cleanup", None)
                 self._cleanup()
@@ -396,6 +461,8 @@ class Scheduler:
 
     def _claim(self, url: str | None, items: list[tuple[_JobState, datetime]]) -> None:
         requests = []
+        now = self.clock.now()
+        useful = float("inf")  # seconds until the first of the following ticks is due
         for state, tick in items:
             state.outcomes[tick] = None  # under way
             # No lease while an earlier request for one is under way: its answer may hold the
@@ -407,25 +474,39 @@ class Scheduler:
                 and not state.leasing
             )
             state.leasing += lease
-            until = keep_until(state.job.schedule, tick)
+            following = state.job.schedule.next_tick(tick)
+            if following is not None:
+                useful = min(useful, (following - now).total_seconds())
+            until = keep_until(state.job.schedule, tick, following)
             kept = self._claims_kept.setdefault(Coordinator.key(url), {})
             kept[state.id] = max(kept.get(state.id, 0), to_us(until))
             ttl = state.s.lease_ttl if lease else None
             requests.append(ClaimRequest(state.id, tick, until, ttl))
 
         def done(result: list[ClaimOutcome] | BackendError) -> None:
+            self._backend_state(url, isinstance(result, BackendError))
             for i, (state, tick) in enumerate(items):
                 outcome = result if isinstance(result, BackendError) else result[i]
                 if requests[i].lease_ttl is not None:
                     state.leasing -= 1
                 self._claimed(state, tick, outcome)
 
-        self.coordinator.claim(url, requests, done)
+        expires = None if useful == float("inf") else self.clock.monotonic() + useful
+        self.coordinator.claim(url, requests, done, expires)
 
     def _claimed(
         self, state: _JobState, tick: datetime, outcome: ClaimOutcome | BackendError
     ) -> None:
         """A claim's outcome is back (on this thread)."""
+        if tick in state.waiting and (
+            state.ended or (state.prev is not None and tick < state.prev)
+        ):
+            # Due, and overtaken by a later tick while the backend kept the answer waiting.
+            state.waiting.discard(tick)
+            state.outcomes.pop(tick, None)
+            self._late_answer(state, tick, outcome)
+            self._after_tick(state)
+            return
         if tick not in state.outcomes or state.ended:
             self._drop_lease(state, outcome)  # the tick went by meanwhile (missed, retired)
             return
@@ -435,6 +516,143 @@ class Scheduler:
         if tick in state.waiting:
             state.waiting.discard(tick)
             self._decide(state, tick, self.clock.now())
+
+    def _late_answer(
+        self, state: _JobState, tick: datetime, outcome: ClaimOutcome | BackendError
+    ) -> None:
+        """The answer to a due tick's claim came after the following tick was due: the tick is
+        not run (it is no longer the most recent one); say why."""
+        self._drop_lease(state, outcome)
+        if isinstance(outcome, BackendError):
+            self.emit("backend-error", state.id, tick, error=str(outcome), action="skip")
+        elif outcome.claim.refused:
+            self.emit("refused", state.id, tick, reason=outcome.claim.refused)
+        elif not outcome.claim.won:
+            state.ticks_run += 1
+            self.emit(
+                "lost", state.id, tick, holder=outcome.claim.holder, fence=outcome.claim.fence
+            )
+        else:
+            state.ticks_run += 1
+            self._missed(
+                state, [tick], "the backend answered the claim after the next tick was due"
+            )
+
+    # ------------------------------------------------------------------ catch-up
+
+    def _backend_state(self, url: str | None, failed: bool) -> None:
+        """Track outages per lock URL: when claims succeed again after failing, jobs with
+        --catch-up look for ticks the fleet missed meanwhile."""
+        key = Coordinator.key(url)
+        if failed:
+            self._down.add(key)
+        elif key in self._down:
+            self._down.discard(key)
+            for state in list(self.jobs.values()):
+                if state.s.catch_up and Coordinator.key(state.job.lock) == key:
+                    self._check_catch_up(state)
+
+    def _check_catch_up(self, state: _JobState) -> None:
+        """Ask the backend for the latest tick anyone handled, then plan the catch-up."""
+        if state.catching_up or state.ended or state.retiring:
+            return
+
+        def done(latest: int | BackendError | None) -> None:
+            state.catching_up = False
+            if isinstance(latest, BackendError):
+                self.emit(
+                    "backend-error",
+                    state.id,
+                    None,
+                    error=str(latest),
+                    action="catch-up when the backend answers again",
+                )
+                self._down.add(Coordinator.key(state.job.lock))
+            elif latest is not None:  # a fresh job has no proof that anything was missed
+                self._plan_catch_up(state, latest)
+            self._maybe_end(state)
+
+        state.catching_up = True
+        if not self.coordinator.latest(state.job.lock, state.id, done):
+            state.catching_up = False  # no records (--lock none): nothing to judge by
+
+    def _plan_catch_up(self, state: _JobState, latest_us: int) -> None:
+        from datetime import UTC
+
+        now = self.clock.now()
+        schedule = state.job.schedule
+        window = state.s.catch_up or 0.0
+        first = datetime.fromtimestamp(latest_us / 1e6, UTC)
+        until = state.next_tick  # from this one on, the ticks are handled as usual
+        missed: list[datetime] = []
+        t = schedule.next_tick(first)
+        while t is not None and t <= now and (until is None or t < until) and len(missed) < 10**5:
+            missed.append(t)
+            t = schedule.next_tick(t)
+        if not missed:
+            return
+        recent = [t for t in missed if (now - t).total_seconds() <= window]
+        run = recent[-state.s.catch_up_max :] if state.s.catch_up_all else recent[-1:]
+        chosen = set(run)
+        outside = [t for t in missed if t not in chosen and t not in recent]
+        passed_over = [t for t in recent if t not in chosen]
+        if outside:
+            self._missed(state, outside, "missed by the whole fleet, before the --catch-up window")
+        if passed_over:
+            why = "--catch-up-max" if state.s.catch_up_all else "only the most recent"
+            self._missed(state, passed_over, f"missed by the whole fleet; --catch-up runs {why}")
+        if not run:
+            return
+        keep = [keep_until(schedule, t) for t in run]
+        requests = [ClaimRequest(state.id, t, k, None) for t, k in zip(run, keep, strict=True)]
+
+        def claimed(result: list[ClaimOutcome] | BackendError) -> None:
+            state.catching_up = False
+            if isinstance(result, BackendError):
+                self.emit(
+                    "backend-error",
+                    state.id,
+                    run[-1],
+                    error=str(result),
+                    action="catch-up when the backend answers again",
+                )
+                self._down.add(Coordinator.key(state.job.lock))
+                return
+            for tick, outcome in zip(run, result, strict=True):
+                c = outcome.claim
+                if c.refused:
+                    self.emit("refused", state.id, tick, reason=c.refused)
+                elif not c.won:
+                    self.emit("lost", state.id, tick, holder=c.holder, fence=c.fence)
+                else:
+                    state.catchup.append((tick, c))
+                    self.emit("claimed", state.id, tick, fence=c.fence)
+            self._next_catch_up(state, len(missed))
+
+        state.catching_up = True
+        kept = self._claims_kept.setdefault(Coordinator.key(state.job.lock), {})
+        kept[state.id] = max(kept.get(state.id, 0), to_us(max(keep)))
+        self.coordinator.claim(state.job.lock, requests, claimed)
+
+    def _next_catch_up(self, state: _JobState, missed: int | None = None) -> None:
+        """Start the oldest caught-up tick won, once nothing of the job runs here."""
+        if not state.catchup or state.runs or state.deferred or self._stop or state.ended:
+            return
+        tick, claim = state.catchup.pop(0)
+        state.ticks_run += 1
+        late = (self.clock.now() - tick).total_seconds()
+        self.emit(
+            "caught-up",
+            state.id,
+            tick,
+            late=round(late, 6),
+            missed=missed if missed is not None else len(state.catchup) + 1,
+            window=state.s.catch_up,
+        )
+        if state.s.overlap is Overlap.SKIP:
+            self._lease_then_start(state, tick, claim)
+        else:
+            self._start(state, tick, claim, None)
 
     def _drop_lease(self, state: _JobState, outcome: ClaimOutcome | BackendError | None) -> None:
         if isinstance(outcome, ClaimOutcome) and outcome.lease is not None:
@@ -545,7 +763,7 @@ class Scheduler:
         self._jitter_or_start(state, tick, claim, lease)
 
     def _lease_then_start(
-        self, state: _JobState, tick: datetime, claim: ClaimResult | None
+        self, state: _JobState, tick: datetime, claim: ClaimResult | None, jitter: bool = True
     ) -> None:
         until = keep_until(state.job.schedule, tick)
         request = ClaimRequest(state.id, tick, until, state.s.lease_ttl)
@@ -565,7 +783,10 @@ class Scheduler:
             if got.lease is None:
                 self._skipped(state, tick, OVERLAPPING, got.lease_holder or "unknown")
                 return
-            self._jitter_or_start(state, tick, claim, got.lease)
+            if jitter:
+                self._jitter_or_start(state, tick, claim, got.lease)
+            else:
+                self._start(state, tick, claim, got.lease)
 
         # Claiming a tick this instance already holds is idempotent: it only takes the lease.
         self.coordinator.claim(state.job.lock, [request], done)
@@ -659,9 +880,12 @@ class Scheduler:
         started = self.clock.now()
         rid = run_id(state.id, tick, started)
         fence = claim.fence if claim else None
+        attempt, prior = state.attempts.pop(tick, (1, [])) if tick is not None else (1, [])
         env = self._env(state, tick, rid, fence)
+        env["PYJOB_ATTEMPT"] = str(attempt)
         mono = self.clock.monotonic()
-        run = _Run(state, tick, rid, fence, lease, started, mono)
+        run = _Run(state, tick, rid, fence, lease, started, mono, env=env, attempt=attempt)
+        run.prior = prior
         on_line = None
         if state.s.log_output:
             run.tail = []
@@ -689,6 +913,8 @@ class Scheduler:
             fence=fence,
             started_us=to_us(started),
             lateness=lateness,
+            attempt=attempt,
+            attempts=prior or None,
         )
         self._record(state, run.record)
         if isinstance(handle, FailedStart):
@@ -699,6 +925,7 @@ class Scheduler:
                 run_id=rid,
                 pid=None,
                 lateness=lateness,
+                attempt=attempt,
                 error=handle.start_error,
             )
         else:
@@ -710,10 +937,15 @@ class Scheduler:
                 pid=handle.pid,
                 lateness=lateness,
                 fence=fence,
+                attempt=attempt,
             )
 
     def _reap(self, ready: Sequence[int]) -> None:
         for handle, code in self.runner.service(ready):
+            hook = self._hooks.pop(id(handle), None)
+            if hook is not None:
+                self._hook_done(hook, code)
+                continue
             run = self._by_handle.pop(id(handle), None)
             if run is None:  # pragma: no cover - a handle this scheduler did not start
                 continue
@@ -724,7 +956,9 @@ class Scheduler:
         state.runs.remove(run)
         duration = self.clock.monotonic() - run.started_mono
         lateness = (run.started_wall - run.tick).total_seconds() if run.tick else 0.0
-        if code != 0 and run.terminated != "stop":
+        result = _result(run, code)
+        delay = self._retry_delay(run, result, code)
+        if code != 0 and run.terminated != "stop" and delay is None:
             state.failures += 1
         fields: dict[str, Any] = {
             "run_id": run.run_id,
@@ -732,22 +966,36 @@ class Scheduler:
             "duration": round(duration, 6),
             "lateness": round(lateness, 6),
         }
+        if run.attempt > 1:
+            fields["attempt"] = run.attempt
+        if delay is not None:
+            fields["retry_in"] = round(delay, 6)  # not the run's end: consumers wait for it
         if run.terminated:
             fields["terminated"] = run.terminated
         if isinstance(run.handle, FailedStart):
             fields["error"] = run.handle.start_error
         self.emit("run-finished", state.id, run.tick, **fields)
+        if run.lease is not None:  # first: the next tick of the fleet waits for it
+            self.coordinator.release(state.job.lock, [run.lease])
         if run.record is not None:
             r = run.record
-            r.result = _result(run, code)
+            r.result = result
             r.exit_code = code
             r.finished_us = to_us(self.clock.now())
             r.duration = round(duration, 6)
             if run.tail:
                 r.output_tail = "\n".join(run.tail)
+            if delay is not None:
+                r.result = "retrying"
+                r.next_attempt_us = to_us(self.clock.now()) + int(delay * 1e6)
+                r.attempts = [*run.prior, _attempt_doc(run, code, result, r.finished_us)]
             self._record(state, r)
-        if run.lease is not None:
-            self.coordinator.release(state.job.lock, [run.lease])
+        if delay is not None:
+            self._schedule_retry(run, code, result, delay)
+        else:
+            self._after_run(run, code, duration)
+        if not state.runs and state.catchup and not self._stop:
+            self._next_catch_up(state)
         if not state.runs and not self._stop:
             # --overlap replace / queue: the waiting tick starts once nothing else runs.
             pending, state.replacing = state.replacing, None
@@ -756,6 +1004,220 @@ class Scheduler:
             if pending is not None:
                 self._start(state, pending[0], pending[1], None)
         self._maybe_end(state)
+
+    # ------------------------------------------------------------------ retries
+
+    def _retry_delay(self, run: _Run, result: str, code: int) -> float | None:
+        """The delay before the run's next attempt, or None when it is not retried."""
+        s = run.job.s
+        if not s.retries or run.attempt > s.retries or run.tick is None:
+            return None
+        if result not in ("failure", "timeout") or self._stop or run.job.retiring:
+            return None
+        if s.retry_on is not None:
+            key = "timeout" if result == "timeout" else str(code)
+            if key not in s.retry_on:
+                return None
+        delay = min(s.retry_max_delay, s.retry_delay * s.retry_backoff ** (run.attempt - 1))
+        following = run.job.job.schedule.next_tick(run.tick)
+        due = self.clock.now() + timedelta(seconds=delay)
+        if following is not None and due >= following and s.overlap not in _SHARE_TIME:
+            self.emit(
+                "retry-dropped",
+                run.job.id,
+                run.tick,
+                run_id=run.run_id,
+                attempt=run.attempt + 1,
+                reason=f"it would start after the following tick ({iso(following)}) is due",
+            )
+            return None
+        return delay
+
+    def _schedule_retry(self, run: _Run, code: int, result: str, delay: float) -> None:
+        state = run.job
+        assert run.tick is not None
+        prior = [*run.prior, _attempt_doc(run, code, result, to_us(self.clock.now()))]
+        claim = ClaimResult(True, self.instance, run.fence)
+        retry = _Retry(run.tick, claim, run.attempt + 1, prior, run.record)
+        state.retries.append(retry)
+        self._push_mono(self.clock.monotonic() + delay, "retry", (state, retry))
+        self.emit(
+            "retrying",
+            state.id,
+            run.tick,
+            run_id=run.run_id,
+            attempt=run.attempt + 1,
+            delay=round(delay, 6),
+            exit_code=code,
+            result=result,
+        )
+
+    def _retry_now(self, state: _JobState, retry: _Retry) -> None:
+        if retry not in state.retries:
+            return
+        state.retries.remove(retry)
+        if retry.cancelled or self._stop or state.ended or state.retiring:
+            return
+        state.attempts[retry.tick] = (retry.attempt, retry.prior)
+        if state.s.overlap is Overlap.SKIP and not state.runs:
+            self._lease_then_start(state, retry.tick, retry.claim, jitter=False)
+        else:
+            self._start(state, retry.tick, retry.claim, None)
+
+    def _cancel_retries(self, state: _JobState) -> None:
+        """A stop cancels the attempts still waiting: each run's result is its last attempt's,
+        recorded as such, and its hooks see it."""
+        for retry in state.retries:
+            retry.cancelled = True
+            self.emit(
+                "retry-dropped",
+                state.id,
+                retry.tick,
+                run_id=run_id(state.id, retry.tick, retry.tick),
+                attempt=retry.attempt,
+                reason="cancelled by the stop",
+            )
+            last = retry.prior[-1] if retry.prior else {}
+            if retry.record is not None:
+                retry.record.result = str(last.get("result", "failure"))
+                retry.record.next_attempt_us = None
+                self._record(state, retry.record)
+        state.retries.clear()
+        state.attempts.clear()
+
+    def _adopt_orphans(self) -> None:
+        """Continue the attempts of a run whose instance went quiet while it had retries left
+        (killed during an attempt or while waiting for the next): once its heartbeat is older
+        than its leases' TTL, one instance claims the next attempt and runs it."""
+        for state in self.jobs.values():
+            s = state.s
+            if not s.retries or state.adopting or state.busy() or state.ended or state.retiring:
+                continue
+            if not self.coordinator.has_records(state.job.lock):
+                continue
+
+            def found(answer: Any, state: _JobState = state) -> None:
+                state.adopting = False
+                if isinstance(answer, BackendError) or answer is None:
+                    return
+                self._adopt(state, *answer)
+
+            state.adopting = True
+            self.coordinator.orphan(state.job.lock, state.id, found)
+
+    def _adopt(self, state: _JobState, record: RunRecord, instances: dict[str, Any]) -> None:
+        from .records import is_quiet
+
+        s = state.s
+        if record.instance == self.instance or record.result not in ("running", "retrying"):
+            return
+        info = instances.get(record.instance)
+        now_us = to_us(self.clock.now())
+        if not is_quiet(info, now_us) or record.attempt > s.retries:
+            return
+        if record.result == "retrying" and (record.next_attempt_us or 0) > now_us:
+            return
+        from datetime import UTC
+
+        tick = datetime.fromtimestamp(record.tick_us / 1e6, UTC)
+        following = state.job.schedule.next_tick(tick)
+        if following is not None and following <= self.clock.now() and s.overlap not in _SHARE_TIME:
+            return  # the attempts stay within their tick
+        prior = list(record.attempts or [])
+        if record.result == "running":  # killed during the attempt: that attempt was lost
+            prior.append(
+                {
+                    "attempt": record.attempt,
+                    "instance": record.instance,
+                    "started_us": record.started_us,
+                    "result": "lost",
+                }
+            )
+        attempt = record.attempt + 1
+        # One instance takes the attempt over: a claim of its own, just after the tick, with the
+        # run lease (the dead holder's expires by its TTL; until then this waits for the next
+        # look). Claiming it again is idempotent for the instance that won it.
+        key = tick + timedelta(microseconds=attempt)
+        ttl = s.lease_ttl if s.overlap is Overlap.SKIP else None
+        request = ClaimRequest(state.id, key, keep_until(state.job.schedule, tick), ttl)
+
+        def claimed(result: list[ClaimOutcome] | BackendError) -> None:
+            if isinstance(result, BackendError) or not result[0].claim.won:
+                return
+            got = result[0]
+            if state.busy() or self._stop or state.ended or (ttl is not None and got.lease is None):
+                self._drop_lease(state, got)
+                return
+            self.emit(
+                "retrying",
+                state.id,
+                tick,
+                run_id=record.run_id,
+                attempt=attempt,
+                delay=0.0,
+                exit_code=record.exit_code,
+                result="lost" if record.result == "running" else prior[-1].get("result", "failure"),
+                taken_over_from=record.instance,
+            )
+            state.attempts[tick] = (attempt, prior)
+            self._start(state, tick, ClaimResult(True, self.instance, got.claim.fence), got.lease)
+
+        self.coordinator.claim(state.job.lock, [request], claimed)
+
+    # ------------------------------------------------------------------ hooks
+
+    def _after_run(self, run: _Run, code: int, duration: float) -> None:
+        """Fire the run's hooks (core/hooks.py); with --notify-on change, once the job's
+        previous result across the fleet is known."""
+        state = run.job
+        s = state.s
+        if not (s.on_failure or s.on_success or s.on_finish):
+            return
+        result = _result(run, code)
+        local_previous, state.last_result = state.last_result, result
+
+        def fire(previous: str | None) -> None:
+            for name, line in hooks_to_run(s, result, previous):
+                self._start_hook(run, name, line, _hooks_env(run, name, result, code, duration))
+
+        from .settings import NotifyOn
+
+        if s.notify_on is NotifyOn.CHANGE and run.tick is not None:
+
+            def known(previous: str | BackendError | None) -> None:
+                self._hooks_pending -= 1
+                if isinstance(previous, BackendError) or previous is None:
+                    previous = local_previous
+                if not self._force:
+                    fire(previous)
+
+            self._hooks_pending += 1
+            asked = self.coordinator.previous(state.job.lock, state.id, to_us(run.tick), known)
+            if asked:
+                return
+            self._hooks_pending -= 1
+        fire(local_previous)
+
+    def _start_hook(self, run: _Run, name: str, line: str, env: dict[str, str]) -> None:
+        hook = _Hook(run.job, name, run.run_id, self.clock.monotonic())
+        handle = self.runner.start(Command((line,), shell=True), env, None)
+        hook.handle = handle
+        self._hooks[id(handle)] = hook
+        self._push_mono(hook.started_mono + run.job.s.hook_timeout, "hook-timeout", (hook, 0))
+
+    def _hook_done(self, hook: _Hook, code: int) -> None:
+        duration = round(self.clock.monotonic() - hook.started_mono, 6)
+        fields: dict[str, Any] = {"hook": hook.name, "run_id": hook.run_id, "exit_code": code}
+        fields["duration"] = duration
+        if isinstance(hook.handle, FailedStart):
+            fields["error"] = hook.handle.start_error
+        elif hook.timed_out:
+            fields["error"] = f"ran past --hook-timeout {hook.job.s.hook_timeout:g}s"
+        if code == 0 and "error" not in fields:
+            self.emit("hook-finished", hook.job.id, None, **fields)
+        else:
+            fields.setdefault("error", f"exit code {code}")
+            self.emit("hook-failed", hook.job.id, None, **fields)
 
     def _terminate(self, run: _Run, why: str) -> None:
         if run.terminated is not None or run.handle is None:
@@ -947,6 +1409,8 @@ class Scheduler:
                 self._drop_lease(state, outcome)
             state.outcomes.clear()
             state.waiting.clear()
+            state.catchup.clear()
+            self._cancel_retries(state)
         forced_sent = False
         for state in everything:
             for run in state.runs:
@@ -956,9 +1420,17 @@ class Scheduler:
                     self._terminate(run, "stop")
         forced_sent = self._force
         ready: list[int] = []
-        while any(s.runs for s in everything):
+        # Hooks of runs that ended (also those the stop ended) may finish within the stop
+        # timeout; whatever still runs after it is killed.
+        hooks_deadline = self.clock.monotonic() + longest
+
+        def busy() -> bool:
+            return any(s.runs for s in everything) or bool(self._hooks) or self._hooks_pending > 0
+
+        while busy():
             self._reap(ready)
-            if not any(s.runs for s in everything):
+            self.coordinator.drain()
+            if not busy():
                 break
             if self._force and not forced_sent:
                 forced_sent = True
@@ -967,13 +1439,24 @@ class Scheduler:
                         if run.handle is not None:
                             run.handle.signal_group(signal.SIGKILL)
             mono = self.clock.monotonic()
+            if mono >= hooks_deadline or self._force:
+                for hook in self._hooks.values():
+                    if hook.handle is not None:
+                        hook.handle.signal_group(signal.SIGKILL)
+                self._hooks_pending = 0
             while self._mono and self._mono[0][0] <= mono:
                 _, _, kind, ref = heapq.heappop(self._mono)
                 if kind == "kill":
                     run, gen = ref
                     if run.deadline_gen == gen and run in run.job.runs and run.handle is not None:
                         run.handle.signal_group(signal.SIGKILL)
-            waits = [e[0] - mono for e in self._mono if e[2] == "kill"]
+                elif kind == "hook-timeout":
+                    hook, _gen = ref
+                    if hook.handle is not None and id(hook.handle) in self._hooks:
+                        hook.timed_out = True
+                        hook.handle.signal_group(signal.SIGKILL)
+            waits = [e[0] - mono for e in self._mono if e[2] in ("kill", "hook-timeout")]
+            waits.append(hooks_deadline - mono)
             due = self.runner.next_due()
             if due is not None:
                 waits.append(due - mono)
@@ -990,6 +1473,25 @@ class Scheduler:
         """Let the last lease releases go out (bounded), and free the wake-up pipe."""
         self.coordinator.close()
         self.waker.close()
+
+
+def _hooks_env(run: _Run, name: str, result: str, code: int, duration: float) -> dict[str, str]:
+    tail = "\n".join(run.tail) if run.tail is not None else None
+    return hook_env(run.env, name, result, code, duration, tail, run.attempt)
+
+
+_SHARE_TIME = (Overlap.ALLOW, Overlap.QUEUE)  # policies under which a retry may overlap a tick
+
+
+def _attempt_doc(run: _Run, code: int, result: str, finished_us: int | None) -> dict[str, Any]:
+    return {
+        "attempt": run.attempt,
+        "instance": run.record.instance if run.record else None,
+        "started_us": to_us(run.started_wall),
+        "finished_us": finished_us,
+        "exit_code": code,
+        "result": result,
+    }
 
 
 def _keep_tail(run: _Run, line: str) -> None:

@@ -40,6 +40,12 @@ class ClockMode(StrEnum):
     NTP = "ntp"
 
 
+class NotifyOn(StrEnum):
+    ALWAYS = "always"
+    FAILURE = "failure"
+    CHANGE = "change"
+
+
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"
@@ -56,7 +62,8 @@ class LogLevel(StrEnum):
 class Setting:
     """One setting. ``kind``: duration (not zero), duration0 (zero allowed), count (an integer of
     at least 1), flag, choice (``choices`` is the enum), text, lock (a backend URL), server (an
-    NTP server, repeatable). ``default`` is given as it is written on the command line."""
+    NTP server, repeatable), url (an http:// or https:// URL). ``default`` is given as it is
+    written on the command line."""
 
     name: str
     kind: str
@@ -136,6 +143,101 @@ SETTINGS: tuple[Setting, ...] = (
         choices=OnBackendError,
     ),
     Setting(
+        "retries",
+        "count0",
+        "Run a failed run again up to N times (the same run: run id, tick, fence; PYJOB_ATTEMPT "
+        "counts 1, 2, 3...); hooks and pings see its final result once.",
+        default=0,
+        metavar="N",
+    ),
+    Setting(
+        "retry-delay",
+        "duration",
+        "Wait this long before the first retry.",
+        default="10s",
+        metavar=_DURATION,
+    ),
+    Setting(
+        "retry-backoff",
+        "factor",
+        "Multiply the delay by this after each retry (1: the same delay every time).",
+        default="2",
+        metavar="F",
+    ),
+    Setting(
+        "retry-max-delay",
+        "duration",
+        "The longest delay between two attempts.",
+        default="10m",
+        metavar=_DURATION,
+    ),
+    Setting(
+        "retry-on",
+        "codes",
+        "Retry only these exit codes, comma-separated, and 'timeout' for runs past --timeout "
+        "(default: any non-zero exit, and timeouts).",
+        metavar="CODES",
+    ),
+    Setting(
+        "catch-up",
+        "duration",
+        "When this instance starts, or the backend answers again after an outage: if a tick "
+        "within this window of now was missed by the whole fleet (a later tick than the last "
+        "one anyone handled, by the run records), run the most recent one once (off by "
+        "default; systemd's Persistent=).",
+        metavar=_DURATION,
+    ),
+    Setting(
+        "catch-up-all",
+        "flag",
+        "With --catch-up: run every missed tick of the window, oldest first, one after "
+        "another (at most --catch-up-max), not only the most recent.",
+        False,
+    ),
+    Setting(
+        "catch-up-max",
+        "count",
+        "With --catch-up-all: at most this many missed ticks (the most recent ones) run.",
+        default=10,
+        metavar="N",
+    ),
+    Setting(
+        "on-failure",
+        "text",
+        "Run this shell line after a run fails (exit code not 0, timeout, not startable), once "
+        "per run across the fleet, with PYJOB_EXIT_CODE, PYJOB_RESULT, PYJOB_DURATION and "
+        "PYJOB_OUTPUT_TAIL added to the run's environment.",
+        metavar="CMD",
+    ),
+    Setting(
+        "on-success",
+        "text",
+        "Run this shell line after a run succeeds (as --on-failure).",
+        metavar="CMD",
+    ),
+    Setting(
+        "on-finish",
+        "text",
+        "Run this shell line after every run, whatever its result (as --on-failure).",
+        metavar="CMD",
+    ),
+    Setting(
+        "hook-timeout",
+        "duration",
+        "Stop a hook (SIGTERM, then SIGKILL 5s later) after this long; a hook never delays a "
+        "tick and its failure is logged (hook-failed), never a failed run.",
+        default="30s",
+        metavar=_DURATION,
+    ),
+    Setting(
+        "notify-on",
+        "choice",
+        "Which runs fire the hooks: always, failures only, or only a change of outcome from "
+        "the job's previous run across the fleet (a failure after successes, a recovery).",
+        default="always",
+        choices=NotifyOn,
+    ),
+    Setting(
         "lease-ttl",
         "duration",
         "How long a run lease (--overlap skip) outlives an instance that stopped renewing it "
@@ -156,6 +258,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Remove run records older than this.",
         default="30d",
         metavar=_DURATION,
+    ),
+    Setting(
+        "ping",
+        "url",
+        "Ping this URL when each run starts and ends, healthchecks.io style: URL/start, then "
+        "URL/<exit code> (URL/0 is a success), with ?rid= the same UUID on every host. Sent in "
+        "the background, never delaying a tick.",
+        metavar="URL",
+        envvar="PYJOB_PING_URL",
     ),
     Setting(
         "lock",
@@ -257,6 +368,22 @@ SETTINGS: tuple[Setting, ...] = (
         scope="process",
         envvar="PYJOB_NO_CLOCK_CHECK",
     ),
+    Setting(
+        "metrics-listen",
+        "text",
+        "Serve Prometheus metrics on http://HOST:PORT/metrics, and /healthz for a liveness "
+        "probe (needs pip install 'pyjob[metrics]').",
+        metavar="HOST:PORT",
+        scope="process",
+    ),
+    Setting(
+        "metrics-textfile",
+        "text",
+        "Write the same metrics to this file (atomically, every 10s and at exit) for "
+        "node_exporter's textfile collector.",
+        metavar="PATH",
+        scope="process",
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -282,7 +409,44 @@ def convert(setting: Setting, value: Any) -> Any:
         return setting.choices(value)
     if kind == "flag":
         return bool(value)
+    if kind == "factor":
+        return parse_factor(str(value))
+    if kind == "codes":
+        return parse_codes(str(value))
     return value
+
+
+def parse_factor(text: str) -> float:
+    """A number of at least 1 (--retry-backoff)."""
+    t = text.strip()
+    try:
+        if not t.isascii():
+            raise ValueError
+        value = float(t)
+    except ValueError:
+        raise InputError(f"bad factor '{t}': a number like 2 or 1.5", source=text, pos=0) from None
+    if not 1.0 <= value <= 1000.0:
+        raise InputError(f"bad factor '{t}': from 1 to 1000", source=text, pos=0)
+    return value
+
+
+def parse_codes(text: str) -> frozenset[str]:
+    """Exit codes 1-255, comma-separated, and the word ``timeout`` (--retry-on)."""
+    out = set()
+    for part in text.split(","):
+        p = part.strip().lower()
+        if p == "timeout" or (p.isascii() and p.isdigit() and 1 <= int(p) <= 255):
+            out.add(str(int(p)) if p.isdigit() else p)
+            continue
+        raise InputError(
+            f"bad exit code '{part.strip()}' in '{text}': 1-255 or timeout, comma-separated",
+            source=text,
+            pos=max(0, text.find(part.strip())),
+            length=max(1, len(part.strip())),
+        )
+    if not out:
+        raise InputError("no exit codes: give some, like 1,75 or timeout", source=text, pos=0)
+    return frozenset(out)
 
 
 def problem(setting: Setting, value: Any) -> str | None:
@@ -290,10 +454,13 @@ def problem(setting: Setting, value: Any) -> str | None:
     kind = setting.kind
     if kind == "flag":
         return None if isinstance(value, bool) else "must be true or false"
-    if kind == "count":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            return "must be a whole number of at least 1"
+    if kind in ("count", "count0"):
+        low = 1 if kind == "count" else 0
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 10**6:
+            return f"must be a whole number from {low} to 1000000"
         return None
+    if kind == "factor" and isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
     if not isinstance(value, str):
         return 'must be a string, like "5m"' if kind.startswith("duration") else "must be a string"
     if kind == "choice":
@@ -305,6 +472,15 @@ def problem(setting: Setting, value: Any) -> str | None:
             parse_duration(value, allow_zero=kind == "duration0")
         except InputError as e:
             return f"is not a duration: {e.message}"
+    if kind in ("factor", "codes"):
+        try:
+            (parse_factor if kind == "factor" else parse_codes)(value)
+        except InputError as e:
+            return f"is not valid: {e.message}"
+    if kind == "url":
+        from .pings import url_problem
+
+        return url_problem(value)
     return None
 
 
@@ -322,14 +498,29 @@ class JobSettings:
     max_runs: int | None = None
     log_output: bool = False
     on_backend_error: OnBackendError = OnBackendError.SKIP
+    retries: int = 0
+    retry_delay: float = 10.0
+    retry_backoff: float = 2.0
+    retry_max_delay: float = 600.0
+    retry_on: frozenset[str] | None = None  # exit codes as text, and "timeout"
+    catch_up: float | None = None
+    catch_up_all: bool = False
+    catch_up_max: int = 10
+    on_failure: str | None = None
+    on_success: str | None = None
+    on_finish: str | None = None
+    hook_timeout: float = 30.0
+    notify_on: NotifyOn = NotifyOn.ALWAYS
     lease_ttl: float = 30.0
     history_keep: int = 100
     history_max_age: float = 30 * 86400.0
+    ping: str | None = None
     lock: str | None = None
 
     def __post_init__(self) -> None:  # the enums, also when given as their text
         object.__setattr__(self, "overlap", Overlap(self.overlap))
         object.__setattr__(self, "on_backend_error", OnBackendError(self.on_backend_error))
+        object.__setattr__(self, "notify_on", NotifyOn(self.notify_on))
 
     @classmethod
     def from_values(cls, *layers: Mapping[str, Any]) -> JobSettings:
@@ -355,6 +546,7 @@ __all__ = [
     "JobSettings",
     "LogFormat",
     "LogLevel",
+    "NotifyOn",
     "OnBackendError",
     "Overlap",
     "Setting",

@@ -15,7 +15,9 @@ from datetime import UTC, datetime, timedelta
 
 from pyjob.core.backends import Backend, open_backend
 
-T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+# Ticks near the real time: backends refuse a tick older than its claims are kept by their own
+# clock (plus the skew limit), so the suite's ticks must be recent for real servers.
+T0 = datetime.now(UTC).replace(second=0, microsecond=0)
 KEEP = T0 + timedelta(days=1)
 
 
@@ -61,7 +63,7 @@ import sys, json
 from datetime import UTC, datetime, timedelta
 from pyjob.core.backends import open_backend
 b = open_backend(sys.argv[1]); b.check()
-t0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+t0 = datetime.fromisoformat(sys.argv[3])
 won = [i for i in range(30) if b.claim("job", t0 + timedelta(seconds=i), sys.argv[2],
        t0 + timedelta(days=1), t0).won]
 print(json.dumps(won))
@@ -71,7 +73,7 @@ print(json.dumps(won))
 def test_claims_race_one_winner_per_tick_processes(lock_url: str) -> None:
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _CLAIM_SCRIPT, lock_url, f"p{n}"],
+            [sys.executable, "-c", _CLAIM_SCRIPT, lock_url, f"p{n}", T0.isoformat()],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -103,17 +105,22 @@ def test_fences_strictly_increase(lock_url: str) -> None:
     assert not again.won and again.holder == "x" and again.fence == fences[0]
 
 
-def test_claims_are_kept_until_keep_until_then_removed(lock_url: str) -> None:
+def test_claims_are_kept_until_keep_until_then_removed_and_never_won_again(
+    lock_url: str,
+) -> None:
     # Real time: Redis and PostgreSQL judge retention by their own clocks, not by ``now``.
     backend = _open(lock_url)
     now = datetime.now(UTC)
     backend.claim("job", T0, "a", now + timedelta(seconds=1.2), now)
     backend.claim("job", T0 + timedelta(minutes=1), "a", now + timedelta(hours=5), now)
     backend.cleanup("job", datetime.now(UTC))
-    assert not backend.claim("job", T0, "b", KEEP, now).won  # still kept
+    kept = backend.claim("job", T0, "b", KEEP, now)
+    assert not kept.won and kept.holder == "a" and kept.refused is None  # still kept
     time.sleep(1.6)
     backend.cleanup("job", datetime.now(UTC))
-    assert backend.claim("job", T0, "b", KEEP, datetime.now(UTC)).won  # removed: a new claim
+    # removed, but the job's mark (the latest tick claimed) still says it was claimed
+    gone = backend.claim("job", T0, "b", KEEP, datetime.now(UTC))
+    assert not gone.won and gone.refused is not None and "no longer kept" in gone.refused
     assert not backend.claim("job", T0 + timedelta(minutes=1), "b", KEEP, now).won
 
 
@@ -196,3 +203,143 @@ def test_backend_clock_agrees_with_this_host(lock_url: str) -> None:
     assert reading is not None and reading.url == backend.url
     assert 0 < reading.error < 0.05
     assert abs(reading.offset) <= reading.error + 0.002, reading
+
+
+# ------------------------------------------------------------------------------------- batches
+
+
+def test_claim_many_answers_each_request_in_order_with_leases(lock_url: str) -> None:
+    from pyjob.core.backends import ClaimRequest
+
+    a, b = _open(lock_url), _open(lock_url)
+    batch = [
+        ClaimRequest("j1", T0, KEEP),
+        ClaimRequest("j2", T0, KEEP, lease_ttl=5.0),
+        ClaimRequest("j3", T0, KEEP, lease_ttl=5.0),
+    ]
+    other = b.acquire_lease("j3", "b", 5.0)  # j3's run lease is taken already
+    assert other is not None
+    won = a.claim_many(batch, "a", T0)
+    assert [o.claim.won for o in won] == [True, True, True]
+    assert all(o.claim.fence for o in won)
+    assert won[0].lease is None and won[0].lease_holder is None
+    assert won[1].lease is not None and won[1].lease.job == "j2" and won[1].lease_holder is None
+    assert won[2].lease is None and won[2].lease_holder == "b"
+    assert b.acquire_lease("j2", "b", 5.0) is None and b.lease_holder("j2") == "a"
+    lost = b.claim_many(batch, "b", T0)
+    assert [(o.claim.won, o.claim.holder) for o in lost] == [(False, "a")] * 3
+    assert [o.claim.fence for o in lost] == [o.claim.fence for o in won]
+    assert all(o.lease is None for o in lost)  # a lost claim takes no lease
+    assert a.claim_many([], "a", T0) == []
+    leases = [won[1].lease, other]
+    assert a.renew_many([won[1].lease]) == [True]
+    assert b.renew_many([won[1].lease, other]) == [True, True]  # by token, not by object
+    a.release_many([x for x in leases if x is not None])
+    assert a.lease_holder("j2") is None and a.lease_holder("j3") is None
+
+
+_BATCH_SCRIPT = """
+import sys, json
+from datetime import datetime, timedelta
+from pyjob.core.backends import ClaimRequest, open_backend
+b = open_backend(sys.argv[1]); b.check()
+t0 = datetime.fromisoformat(sys.argv[3])
+won = []
+for i in range(15):
+    tick = t0 + timedelta(seconds=i)
+    keep = t0 + timedelta(days=1)
+    batch = [ClaimRequest(f"job{j}", tick, keep, lease_ttl=30.0 if j == 0 else None)
+             for j in range(6)]
+    for r, o in zip(batch, b.claim_many(batch, sys.argv[2], t0)):
+        if o.claim.won:
+            won.append([r.job, i, o.claim.fence])
+        if o.lease is not None:
+            b.release_many([o.lease])
+print(json.dumps(won))
+"""
+
+
+def test_claim_many_races_between_processes_one_winner_and_growing_fences(lock_url: str) -> None:
+    import json
+
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _BATCH_SCRIPT, lock_url, f"p{n}", T0.isoformat()],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    won: list[tuple[str, int, int]] = []
+    for p in procs:
+        out, _ = p.communicate(timeout=60)
+        assert p.returncode == 0
+        won += [tuple(x) for x in json.loads(out)]
+    assert sorted((job, i) for job, i, _ in won) == [
+        (f"job{j}", i) for j in range(6) for i in range(15)
+    ]
+    for j in range(6):
+        by_tick = [f for job, _, f in sorted(won, key=lambda x: x[1]) if job == f"job{j}"]
+        assert by_tick == sorted(by_tick) and len(set(by_tick)) == 15, by_tick
+
+
+def test_cleanup_many_removes_expired_claims_of_every_job(lock_url: str) -> None:
+    from pyjob.core.backends import ClaimRequest
+
+    backend = _open(lock_url)
+    now = datetime.now(UTC)
+    soon = now + timedelta(seconds=0.5)
+    backend.claim_many([ClaimRequest(f"j{i}", T0, soon) for i in range(3)], "a", now)
+    time.sleep(1.2)
+    removed = backend.cleanup_many(["j0", "j1", "j2"], datetime.now(UTC))
+    assert removed in (0, 3)  # 0 where the backend expires claims itself (Redis)
+    after = backend.claim_many(
+        [ClaimRequest(f"j{i}", T0, KEEP) for i in range(3)], "b", datetime.now(UTC)
+    )
+    assert all(not o.claim.won and o.claim.refused for o in after)  # the mark still holds
+
+
+# --------------------------------------------------------------------------- marks and refusals
+
+
+def test_a_tick_at_or_before_the_mark_whose_claim_is_gone_is_refused(lock_url: str) -> None:
+    backend = _open(lock_url)
+    assert backend.claim("job", T0 + timedelta(minutes=5), "a", KEEP, T0).won
+    # T0 was never claimed, but a later tick was: nobody can tell whether T0 ran
+    r = backend.claim("job", T0, "b", KEEP, T0)
+    assert not r.won and r.refused is not None
+    assert "not after" in r.refused and "latest tick claimed" in r.refused and "1h" in r.refused
+    assert backend.claim("job", T0 + timedelta(minutes=6), "b", KEEP, T0).won  # later ones run
+
+
+def test_a_tick_older_than_its_claims_are_kept_plus_the_skew_limit_is_refused(
+    lock_url: str,
+) -> None:
+    backend = _open(lock_url)
+    now = datetime.now(UTC)
+    old = now - timedelta(hours=3)  # a host three hours behind the backend claims "now"
+    r = backend.claim("job", old, "a", old + timedelta(minutes=11), old)
+    assert not r.won and r.refused is not None and r.fence is None
+    assert "backend's clock" in r.refused and "skew limit of 1h" in r.refused
+    # 59 minutes behind is within the limit: that claim is made
+    late = now - timedelta(minutes=59)
+    assert backend.claim("job", late, "a", late + timedelta(minutes=1), late).won
+
+
+def test_a_repeated_claim_many_is_won_again_and_keeps_one_lease(lock_url: str) -> None:
+    """A retry after a lost reply: the same claim (same fence), and the lease it took already
+    (or a word that this instance holds it), never a second holder."""
+    from pyjob.core.backends import ClaimRequest
+
+    backend, other = _open(lock_url), _open(lock_url)
+    batch = [ClaimRequest("job", T0, KEEP, lease_ttl=5.0)]
+    first = backend.claim_many(batch, "a", T0)[0]
+    again = backend.claim_many(batch, "a", T0)[0]
+    assert first.claim.won and again.claim.won and again.claim.fence == first.claim.fence
+    assert first.lease is not None
+    assert (again.lease is not None and again.lease.token == first.lease.token) or (
+        again.lease is None and again.lease_holder == "a"
+    )
+    assert other.acquire_lease("job", "b", 5.0) is None and other.lease_holder("job") == "a"
+    backend.release_many([first.lease])
+    assert other.lease_holder("job") is None

@@ -30,8 +30,7 @@ def test_stale_claim_lock_of_a_dead_claimer_is_broken(tmp_path: Path) -> None:
     clock = FakeClock(T0)
     backend = NfsBackend(tmp_path / "shared", clock)
     backend.check()
-    job_dir = backend._job_dir("job")
-    (job_dir / "claim.lock").write_text("dead-host 1234")  # left by a crashed claimer
+    (tmp_path / "shared" / "claims.lock").write_text("dead-host 1234")  # a crashed claimer's
     assert backend.claim("job", T0, "a", KEEP, T0).won  # waits out the staleness, then breaks
     assert clock.monotonic() - 1000.0 > 10.0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from pyjob.core.backends import open_backend
@@ -70,6 +71,48 @@ def test_reconnects_after_the_server_restarts(lock_url: str, pg_server: Postgres
     assert backend.claim("job", T0, "a", KEEP, T0).won
     pg_server.stop()
     with pytest.raises(BackendError):
-        backend.claim("job", T0 + __import__("datetime").timedelta(seconds=1), "a", KEEP, T0)
+        backend.claim("job", T0 + timedelta(seconds=1), "a", KEEP, T0)
     pg_server.start()
     assert not backend.claim("job", T0, "b", KEEP, T0).won  # the claim survived the restart
+
+
+def test_one_backend_object_is_one_connection(lock_url: str) -> None:
+    import psycopg
+    from pyjob.core.backends import ClaimRequest
+
+    def connections() -> int:
+        with psycopg.connect(lock_url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            ).fetchone()
+            assert row is not None
+            return int(row[0]) - 1
+
+    backend = open_backend(lock_url)
+    backend.check()
+    for i in range(20):
+        tick = T0 + timedelta(seconds=i)
+        batch = [ClaimRequest(f"j{j}", tick, KEEP, lease_ttl=5.0) for j in range(5)]
+        out = backend.claim_many(batch, "a", T0)
+        leases = [o.lease for o in out if o.lease is not None]
+        backend.renew_many(leases)
+        backend.release_many(leases)
+        backend.cleanup_many(["j0", "j1"], T0)
+        backend.server_time()
+    assert connections() == 1
+    backend.close()
+
+
+def test_a_batch_over_the_limit_goes_in_several_round_trips_in_order(
+    lock_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyjob.core.backends import ClaimRequest
+    from pyjob.core.backends import postgres as module
+
+    monkeypatch.setattr(module, "BATCH_LIMIT", 3)
+    backend = open_backend(lock_url)
+    batch = [ClaimRequest(f"j{j}", T0, KEEP) for j in range(10)]
+    assert [o.claim.won for o in backend.claim_many(batch, "a", T0)] == [True] * 10
+    again = open_backend(lock_url).claim_many(batch[::-1], "b", T0)
+    assert [o.claim.holder for o in again] == ["a"] * 10
+    assert [o.claim.fence for o in again] == [1] * 10

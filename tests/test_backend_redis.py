@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,40 @@ def test_password_is_used(tmp_path: Path) -> None:
         assert ok.claim("job", T0, "a", KEEP, T0).won
     finally:
         server.stop()
+
+
+def test_one_backend_object_is_one_connection(lock_url: str) -> None:
+    import redis
+    from pyjob.core.backends import ClaimRequest
+
+    probe = redis.Redis.from_url(lock_url)
+    before = len(probe.client_list())
+    backend = open_backend(lock_url)
+    backend.check()
+    for i in range(20):
+        batch = [
+            ClaimRequest(f"j{j}", T0 + timedelta(seconds=i), KEEP, lease_ttl=5.0) for j in range(5)
+        ]
+        out = backend.claim_many(batch, "a", T0)
+        leases = [o.lease for o in out if o.lease is not None]
+        backend.renew_many(leases)
+        backend.release_many(leases)
+        backend.lease_holder("j0")
+        backend.server_time()
+    assert len(probe.client_list()) == before + 1
+    backend.close()
+
+
+def test_a_batch_over_the_limit_goes_in_several_round_trips_in_order(
+    lock_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyjob.core.backends import ClaimRequest
+    from pyjob.core.backends import redis as module
+
+    monkeypatch.setattr(module, "BATCH_LIMIT", 3)
+    backend = open_backend(lock_url)
+    batch = [ClaimRequest(f"j{j}", T0, KEEP) for j in range(10)]
+    assert [o.claim.won for o in backend.claim_many(batch, "a", T0)] == [True] * 10
+    again = open_backend(lock_url).claim_many(batch[::-1], "b", T0)
+    assert [o.claim.holder for o in again] == ["a"] * 10
+    assert [o.claim.fence for o in again] == [1] * 10

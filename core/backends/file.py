@@ -1,18 +1,26 @@
 """`file:PATH` — coordination between the pyjob processes of one host.
 
-Layout of the private directory (mode 0700), per job:
+Layout of the private directory (mode 0700):
 
+    <dir>/claims.lock                               OS lock around a batch of claims (short)
     <dir>/<job>/claims/<tick µs since epoch>.json   one file per claimed tick
-    <dir>/<job>/fence                               the last fence handed out
-    <dir>/<job>/job.lock                            OS lock around claim + fence (short)
+    <dir>/<job>/mark                                the job's high-water mark: last fence, latest
+                                                    tick claimed (never removed)
     <dir>/<job>/run.lock, run.holder                the run lease of --overlap skip
 
 Claims are decided under an OS lock (fcntl, through filelock), which the kernel releases when its
-holder dies, so a crashed process never wedges the job. The run lease is that same kind of lock,
-held for as long as the run goes on: no TTL or heartbeat is needed on one host, because the kernel
-knows at once when the holder is gone. Files are written to a temporary name and renamed, so a
-reader never sees half a claim. There is no fsync: the claims must survive a crashed process, and
-when the host itself crashes every instance on it goes too.
+holder dies, so a crashed process never wedges a job; one acquisition serves a whole batch (the
+claims of every job due at one instant). The run lease is that same kind of lock, held for as long
+as the run goes on: no TTL or heartbeat is needed on one host, because the kernel knows at once
+when the holder is gone. Files are written to a temporary name and renamed, so a reader never sees
+half a claim, and a failed write (a full file system) leaves nothing behind. There is no fsync:
+the claims must survive a crashed process, and when the host itself crashes every instance on it
+goes too.
+
+The host's clock is this backend's clock. A tick at or before the job's mark whose claim is gone
+is refused (never won twice); so is a tick older than its claims are kept plus the skew limit.
+A deleted directory is made again (0700) and the marks this process has seen keep the fences
+growing; a damaged mark is recovered from the claims on disk.
 """
 
 from __future__ import annotations
@@ -21,33 +29,51 @@ import contextlib
 import json
 import os
 import stat
+import time
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
 from ..errors import BackendError
-from ..schedule import to_us as _us
-from . import probe_mtime, remove_expired_claims, safe_name
-from .protocol import Batched, ClaimResult, Lease
+from .common import (
+    Mark,
+    claim_record,
+    probe_mtime,
+    read_mark,
+    refused_behind_mark,
+    refused_too_old,
+    remove_expired_claims,
+    remove_strays,
+    safe_name,
+    write_atomic,
+)
+from .common import to_us as _us
+from .protocol import SKEW_LIMIT, ClaimOutcome, ClaimRequest, ClaimResult, Lease
 
 
-class FileBackend(Batched):
+class FileBackend:
     def __init__(self, directory: Path, lock_timeout: float = 10.0) -> None:
         self.directory = Path(directory)
         self.url = f"file:{self.directory}"
         self.lock_timeout = lock_timeout
-        self._checked: set[str] = set()
+        self._marks: dict[str, Mark] = {}  # the highest mark seen per job
 
     # ---------------------------------------------------------------- set-up
+
+    def _make_directory(self) -> None:
+        """Create the directory 0700 ourselves before filelock can (it would make it 0755)."""
+        d = self.directory
+        d.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=0o700)
 
     def check(self) -> None:
         d = self.directory
         try:
-            d.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileExistsError):
-                d.mkdir(mode=0o700)
+            self._make_directory()
             st = d.stat()
         except OSError as e:
             raise BackendError(f"lock directory {d} cannot be created: {e.strerror or e}") from e
@@ -68,86 +94,122 @@ class FileBackend(Batched):
             probe.write_text("")
             probe.unlink()
         except OSError as e:
+            with contextlib.suppress(OSError):
+                probe.unlink()
             raise BackendError(f"lock directory {d} is not writable: {e.strerror or e}") from e
 
     def _job_dir(self, job: str) -> Path:
+        """The job's directory, made again (0700) if someone deleted it."""
         path = self.directory / safe_name(job)
-        if job not in self._checked:
-            (path / "claims").mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._checked.add(job)
+        (path / "claims").mkdir(parents=True, exist_ok=True, mode=0o700)
         return path
-
-    @staticmethod
-    def _write(path: Path, text: str) -> None:
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
 
     # ---------------------------------------------------------------- claims
 
     def claim(
         self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
     ) -> ClaimResult:
+        return self.claim_many([ClaimRequest(job, tick, keep_until)], instance, now)[0].claim
+
+    def claim_many(
+        self, requests: Sequence[ClaimRequest], instance: str, now: datetime
+    ) -> list[ClaimOutcome]:
+        if not requests:
+            return []
         try:
-            job_dir = self._job_dir(job)
-            claim_path = job_dir / "claims" / f"{_us(tick)}.json"
-            with FileLock(job_dir / "job.lock", timeout=self.lock_timeout):
-                if claim_path.exists():
-                    record = json.loads(claim_path.read_text())
-                    return ClaimResult(
-                        record["instance"] == instance, record["instance"], record.get("fence")
-                    )
-                fence_path = job_dir / "fence"
-                fence = int(fence_path.read_text() or 0) + 1 if fence_path.exists() else 1
-                self._write(fence_path, str(fence))
-                record = {
-                    "job": job,
-                    "tick_us": _us(tick),
-                    "instance": instance,
-                    "fence": fence,
-                    "keep_until_us": _us(keep_until),
-                }
-                self._write(claim_path, json.dumps(record))
-                return ClaimResult(True, instance, fence)
+            self._make_directory()
+            with FileLock(self.directory / "claims.lock", timeout=self.lock_timeout):
+                clock_us = time.time_ns() // 1000  # this host's clock is the backend's
+                return [self._claim_one(r, instance, now, clock_us) for r in requests]
         except Timeout as e:
             raise BackendError(
-                f"{self.url}: job lock for {job} not acquired within {self.lock_timeout}s"
+                f"{self.url}: claim lock not acquired within {self.lock_timeout}s"
             ) from e
-        except (OSError, ValueError, KeyError) as e:
+        except BackendError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as e:
             raise BackendError(f"{self.url}: claim failed: {e}") from e
 
+    def _claim_one(
+        self, r: ClaimRequest, instance: str, now: datetime, clock_us: int
+    ) -> ClaimOutcome:
+        job_dir = self._job_dir(r.job)
+        tick_us = _us(r.tick)
+        claim_path = job_dir / "claims" / f"{tick_us}.json"
+        known = self._marks.setdefault(r.job, Mark())
+        if claim_path.exists():
+            record = json.loads(claim_path.read_text())
+            holder, fence = str(record["instance"]), int(record["fence"])
+            known.raise_to(Mark(fence, tick_us))
+            claim = ClaimResult(holder == instance, holder, fence)
+            if claim.won and r.lease_ttl is not None:  # our own claim, repeated
+                return self._with_lease(claim, job_dir, r.job, instance, r.lease_ttl)
+            return ClaimOutcome(claim)
+        keep_until_us = _us(r.keep_until)
+        if clock_us > keep_until_us + SKEW_LIMIT * 1e6:
+            why = refused_too_old(tick_us, keep_until_us, clock_us, SKEW_LIMIT)
+            return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
+        mark = read_mark(job_dir, known)
+        if mark.tick_us is not None and tick_us <= mark.tick_us:
+            why = refused_behind_mark(tick_us, mark.tick_us, SKEW_LIMIT)
+            return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
+        fence = mark.fence + 1
+        new = Mark(fence, tick_us)
+        write_atomic(job_dir / "mark", new.text())  # first: a crash here only leaves a gap
+        known.raise_to(new)
+        keep_us = max(0, keep_until_us - _us(now))
+        write_atomic(claim_path, claim_record(instance, fence, tick_us, keep_us, keep_until_us))
+        claim = ClaimResult(True, instance, fence)
+        if r.lease_ttl is None:
+            return ClaimOutcome(claim)
+        return self._with_lease(claim, job_dir, r.job, instance, r.lease_ttl)
+
+    def _with_lease(
+        self, claim: ClaimResult, job_dir: Path, job: str, instance: str, ttl: float
+    ) -> ClaimOutcome:
+        lease = self._take_lease(job_dir, job, instance, ttl)
+        other = None if lease is not None else self._holder(job_dir) or "unknown"
+        return ClaimOutcome(claim, lease, other)
+
     def cleanup(self, job: str, now: datetime) -> int:
-        now_us = _us(now)
+        return self.cleanup_many([job], now)
+
+    def cleanup_many(self, jobs: Sequence[str], now: datetime) -> int:
+        if not jobs:
+            return 0
+        # judged by the clock that stamps the files (a fresh probe's mtime), like the claims'
+        # own mtimes: nothing depends on what this process thinks the time is
+        removed = 0
         try:
-            claims = self._job_dir(job) / "claims"
-            removed = remove_expired_claims(claims, now_us)
-            for tmp in claims.glob(".*"):  # left by a process killed between write and rename
-                try:
-                    if now_us - int(tmp.stat().st_mtime * 1e6) > 3_600_000_000:
-                        tmp.unlink()
-                except OSError:
-                    continue
+            self._make_directory()
+            clock_now, _ = probe_mtime(self.directory)
+            for job in jobs:
+                job_dir = self._job_dir(job)
+                removed += remove_expired_claims(job_dir / "claims", clock_now)
+                remove_strays(job_dir / "claims", clock_now)
+                remove_strays(job_dir, clock_now)
+            remove_strays(self.directory, clock_now)
         except OSError as e:
             raise BackendError(f"{self.url}: cleanup failed: {e}") from e
         return removed
 
     # ---------------------------------------------------------------- run lease
 
-    def acquire_lease(self, job: str, instance: str, ttl: float) -> Lease | None:
+    def _take_lease(self, job_dir: Path, job: str, instance: str, ttl: float) -> Lease | None:
+        lock = FileLock(job_dir / "run.lock")
         try:
-            job_dir = self._job_dir(job)
-            lock = FileLock(job_dir / "run.lock")
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                return None
-            self._write(job_dir / "run.holder", instance)
-            return Lease(job, instance, uuid.uuid4().hex, ttl, handle=lock)
-        except OSError as e:
-            raise BackendError(f"{self.url}: lease failed: {e}") from e
+            lock.acquire(timeout=0)
+        except Timeout:
+            return None
+        try:
+            write_atomic(job_dir / "run.holder", instance)
+        except OSError:
+            lock.release()
+            raise
+        return Lease(job, instance, uuid.uuid4().hex, ttl, handle=lock)
 
-    def lease_holder(self, job: str) -> str | None:
-        job_dir = self._job_dir(job)
+    @staticmethod
+    def _holder(job_dir: Path) -> str | None:
         probe = FileLock(job_dir / "run.lock")
         try:
             probe.acquire(timeout=0)
@@ -159,16 +221,37 @@ class FileBackend(Batched):
         probe.release()
         return None
 
+    def acquire_lease(self, job: str, instance: str, ttl: float) -> Lease | None:
+        try:
+            self._make_directory()
+            return self._take_lease(self._job_dir(job), job, instance, ttl)
+        except OSError as e:
+            raise BackendError(f"{self.url}: lease failed: {e}") from e
+
+    def lease_holder(self, job: str) -> str | None:
+        try:
+            self._make_directory()
+            return self._holder(self._job_dir(job))
+        except OSError as e:
+            raise BackendError(f"{self.url}: lease lookup failed: {e}") from e
+
     def renew_lease(self, lease: Lease) -> bool:
         lock = lease.handle
         return isinstance(lock, FileLock) and lock.is_locked
 
+    def renew_many(self, leases: Sequence[Lease]) -> list[bool]:
+        return [self.renew_lease(lease) for lease in leases]  # no I/O: the kernel holds them
+
     def release_lease(self, lease: Lease) -> None:
-        lock = lease.handle
-        if isinstance(lock, FileLock) and lock.is_locked:
-            with contextlib.suppress(OSError):
-                (self._job_dir(lease.job) / "run.holder").unlink(missing_ok=True)
-            lock.release()
+        self.release_many([lease])
+
+    def release_many(self, leases: Sequence[Lease]) -> None:
+        for lease in leases:
+            lock = lease.handle
+            if isinstance(lock, FileLock) and lock.is_locked:
+                with contextlib.suppress(OSError):
+                    (self.directory / safe_name(lease.job) / "run.holder").unlink(missing_ok=True)
+                lock.release()
 
     def server_time(self) -> tuple[float, float]:
         return probe_mtime(self.directory)

@@ -4,10 +4,17 @@ OS locks (fcntl) cannot be trusted across NFS clients in every setup, and hosts'
 not be compared, so this backend uses only operations NFS makes atomic and judges staleness on the
 waiter's own monotonic clock:
 
-- Claims are decided under a per-job mutex: a lock file made by ``link(2)``, which is atomic on
-  NFS; when a retransmitted link reports an error although it worked, the link count of the source
-  file tells (the classic NFS-safe technique). Inside it: read the fence counter, write it + 1,
-  create the claim (again by link). The mutex is held for milliseconds.
+- Claims are decided under one mutex for the directory, taken once per batch (the claims of every
+  job due at one instant): a lock file made by ``link(2)``, which is atomic on NFS; when a
+  retransmitted link reports an error although it worked, the link count of the source file tells
+  (the classic NFS-safe technique). Inside it, per job: read the job's mark (last fence, latest
+  tick claimed; never removed), write the next one, create the claim (again by link). The mutex is
+  held for milliseconds.
+- The server's clock, never a host's, judges time on the shared directory: the mtime the server
+  stamps on the new mutex file is the "now" for refusing a tick older than its claims are kept
+  (plus the skew limit), and clean-up removes a claim when a fresh probe file's mtime is past the
+  claim file's own mtime plus its retention. A host whose clock is far off therefore removes
+  nothing that others still need; a tick at or before the mark whose claim is gone is refused.
 - A lock or lease file whose content has not changed for longer than its TTL, as timed by the
   *waiter's* monotonic clock, is stale: the waiter renames it aside (only one rename wins) and
   takes its place. Holders of run leases heartbeat by rewriting a counter in place, so a live
@@ -24,33 +31,51 @@ import json
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 from ..clock import Clock, SystemClock
 from ..errors import BackendError
-from ..schedule import to_us as _us
-from . import probe_mtime, remove_expired_claims, safe_name
-from .protocol import Batched, ClaimResult, Lease
+from .common import (
+    Mark,
+    claim_record,
+    probe_mtime,
+    read_mark,
+    refused_behind_mark,
+    refused_too_old,
+    remove_expired_claims,
+    remove_strays,
+    safe_name,
+    write_atomic,
+)
+from .common import to_us as _us
+from .protocol import SKEW_LIMIT, ClaimOutcome, ClaimRequest, ClaimResult, Lease
 
 MUTEX_STALE = 10.0  # seconds a claim mutex may stand unchanged before it is broken
 _WIDTH = 20  # the heartbeat counter is written at a fixed width, in place
 
 
 def link_create(target: Path, content: str) -> bool:
-    """Create ``target`` holding ``content`` atomically, even on NFS. False if it exists."""
+    """Create ``target`` holding ``content`` atomically, even on NFS. False if it exists. The
+    temporary file is removed whatever happens (a full file system must leave nothing behind)."""
     tmp = target.with_name(
         f".{target.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex}"
     )
-    tmp.write_text(content)
     try:
-        os.link(tmp, target)
-        return True
-    except FileExistsError:
-        return False
-    except OSError:
-        # NFS: the reply to a retransmitted LINK can be an error although the first one worked.
-        return os.stat(tmp).st_nlink == 2
+        with open(tmp, "x") as f:
+            f.write(content)
+        try:
+            os.link(tmp, target)
+            return True
+        except OSError as e:
+            # NFS: the reply to a retransmitted LINK can be an error (even EEXIST) although the
+            # first one worked; the link count of our own file tells.
+            if os.stat(tmp).st_nlink == 2:
+                return True
+            if isinstance(e, FileExistsError):
+                return False
+            raise
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -64,12 +89,12 @@ class _Watch:
         self.since = seen
 
 
-class NfsBackend(Batched):
+class NfsBackend:
     def __init__(self, directory: Path, clock: Clock | None = None) -> None:
         self.directory = Path(directory)
         self.url = f"nfs:{self.directory}"
         self._watch: dict[Path, _Watch] = {}
-        self._made: set[str] = set()
+        self._marks: dict[str, Mark] = {}  # the highest mark seen per job
         self.clock = clock or SystemClock()
         self._mono = self.clock.monotonic
 
@@ -85,10 +110,9 @@ class NfsBackend(Batched):
             raise BackendError(f"{self.url}: shared directory not usable: {e.strerror or e}") from e
 
     def _job_dir(self, job: str) -> Path:
+        """The job's directory, made again if someone deleted it."""
         path = self.directory / safe_name(job)
-        if job not in self._made:
-            (path / "claims").mkdir(parents=True, exist_ok=True)
-            self._made.add(job)
+        (path / "claims").mkdir(parents=True, exist_ok=True)
         return path
 
     # ---------------------------------------------------------------- staleness
@@ -117,12 +141,15 @@ class NfsBackend(Batched):
 
     # ---------------------------------------------------------------- claims
 
-    def _lock(self, job_dir: Path, instance: str, timeout: float = 10.0) -> Path:
-        lock = job_dir / "claim.lock"
+    def _lock(self, instance: str, timeout: float = 10.0) -> tuple[Path, int]:
+        """Take the directory's claim mutex; returns it and the server's clock (µs) as stamped on
+        it."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        lock = self.directory / "claims.lock"
         deadline = self._mono() + timeout
         while True:
             if link_create(lock, f"{instance} {uuid.uuid4().hex}"):
-                return lock
+                return lock, os.stat(lock).st_mtime_ns // 1000
             if self._stale(lock, MUTEX_STALE):
                 self._break(lock)
                 continue
@@ -133,42 +160,100 @@ class NfsBackend(Batched):
     def claim(
         self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
     ) -> ClaimResult:
+        return self.claim_many([ClaimRequest(job, tick, keep_until)], instance, now)[0].claim
+
+    def claim_many(
+        self, requests: Sequence[ClaimRequest], instance: str, now: datetime
+    ) -> list[ClaimOutcome]:
+        if not requests:
+            return []
         try:
-            job_dir = self._job_dir(job)
-            claim_path = job_dir / "claims" / f"{_us(tick)}.json"
-            if claim_path.exists():  # the common loser's path needs no lock
-                return self._read_claim(claim_path, instance)
-            lock = self._lock(job_dir, instance)
+            known: dict[int, ClaimOutcome] = {}
+            for i, r in enumerate(requests):  # the common loser's path needs no lock
+                path = self._job_dir(r.job) / "claims" / f"{_us(r.tick)}.json"
+                if path.exists():
+                    claim = self._read_claim(path, r.job, instance)
+                    known[i] = self._with_lease(claim, r, instance)
+            if len(known) == len(requests):
+                return [known[i] for i in range(len(requests))]
+            lock, server_us = self._lock(instance)
             try:
-                if claim_path.exists():
-                    return self._read_claim(claim_path, instance)
-                fence_path = job_dir / "fence"
-                fence = int(fence_path.read_text() or 0) + 1 if fence_path.exists() else 1
-                tmp = fence_path.with_name(f".fence.{uuid.uuid4().hex}")
-                tmp.write_text(str(fence))
-                os.replace(tmp, fence_path)
-                record = {"instance": instance, "fence": fence, "keep_until_us": _us(keep_until)}
-                if not link_create(claim_path, json.dumps(record)):
-                    return self._read_claim(claim_path, instance)  # pragma: no cover
-                return ClaimResult(True, instance, fence)
+                return [
+                    known.get(i) or self._claim_one(r, instance, now, server_us)
+                    for i, r in enumerate(requests)
+                ]
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     lock.unlink()
         except BackendError:
             raise
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, TypeError) as e:
             raise BackendError(f"{self.url}: claim failed: {e}") from e
 
-    @staticmethod
-    def _read_claim(path: Path, instance: str) -> ClaimResult:
+    def _claim_one(
+        self, r: ClaimRequest, instance: str, now: datetime, server_us: int
+    ) -> ClaimOutcome:
+        job_dir = self._job_dir(r.job)
+        tick_us = _us(r.tick)
+        claim_path = job_dir / "claims" / f"{tick_us}.json"
+        if claim_path.exists():
+            return self._with_lease(self._read_claim(claim_path, r.job, instance), r, instance)
+        keep_until_us = _us(r.keep_until)
+        if server_us > keep_until_us + SKEW_LIMIT * 1e6:
+            why = refused_too_old(tick_us, keep_until_us, server_us, SKEW_LIMIT)
+            return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
+        known = self._marks.setdefault(r.job, Mark())
+        mark = read_mark(job_dir, known)
+        if mark.tick_us is not None and tick_us <= mark.tick_us:
+            why = refused_behind_mark(tick_us, mark.tick_us, SKEW_LIMIT)
+            return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
+        fence = mark.fence + 1
+        new = Mark(fence, tick_us)
+        write_atomic(job_dir / "mark", new.text())  # first: a crash here only leaves a gap
+        known.raise_to(new)
+        keep_us = max(0, keep_until_us - _us(now))
+        record = claim_record(instance, fence, tick_us, keep_us, keep_until_us)
+        if not link_create(claim_path, record):
+            return ClaimOutcome(self._read_claim(claim_path, r.job, instance))  # pragma: no cover
+        return self._with_lease(ClaimResult(True, instance, fence), r, instance)
+
+    def _with_lease(self, claim: ClaimResult, r: ClaimRequest, instance: str) -> ClaimOutcome:
+        """The run lease with a won claim (also our own claim repeated), when asked for."""
+        if not claim.won or r.lease_ttl is None:
+            return ClaimOutcome(claim)
+        lease = self.acquire_lease(r.job, instance, r.lease_ttl)
+        other = None if lease is not None else self.lease_holder(r.job) or "unknown"
+        return ClaimOutcome(claim, lease, other)
+
+    def _read_claim(self, path: Path, job: str, instance: str) -> ClaimResult:
         record = json.loads(path.read_text())
-        return ClaimResult(record["instance"] == instance, record["instance"], record["fence"])
+        holder, fence = str(record["instance"]), int(record["fence"])
+        self._marks.setdefault(job, Mark()).raise_to(Mark(fence, int(path.stem)))
+        return ClaimResult(holder == instance, holder, fence)
 
     def cleanup(self, job: str, now: datetime) -> int:
+        return self.cleanup_many([job], now)
+
+    def cleanup_many(self, jobs: Sequence[str], now: datetime) -> int:
+        """Judged by the server's clock (a probe file's mtime), never by this host's: a host
+        whose clock runs ahead must not remove claims the others still rely on."""
+        if not jobs:
+            return 0
         try:
-            return remove_expired_claims(self._job_dir(job) / "claims", _us(now))
+            server_now, _ = probe_mtime(self.directory)
+        except BackendError as e:
+            raise BackendError(f"{self.url}: cleanup failed: {e}") from e
+        removed = 0
+        try:
+            for job in jobs:
+                job_dir = self._job_dir(job)
+                removed += remove_expired_claims(job_dir / "claims", server_now)
+                remove_strays(job_dir / "claims", server_now)
+                remove_strays(job_dir, server_now)
+            remove_strays(self.directory, server_now)
         except OSError as e:
             raise BackendError(f"{self.url}: cleanup failed: {e}") from e
+        return removed
 
     # ---------------------------------------------------------------- run lease
 
@@ -219,6 +304,19 @@ class NfsBackend(Batched):
             raise BackendError(f"{self.url}: lease renewal failed: {e}") from e
         lease.handle = count
         return True
+
+    def renew_many(self, leases: Sequence[Lease]) -> list[bool]:
+        return [self.renew_lease(lease) for lease in leases]  # one small write each, no lock
+
+    def release_many(self, leases: Sequence[Lease]) -> None:
+        first: BackendError | None = None
+        for lease in leases:
+            try:
+                self.release_lease(lease)
+            except BackendError as e:
+                first = first or e
+        if first is not None:
+            raise first
 
     def release_lease(self, lease: Lease) -> None:
         path = self._lease_path(lease.job)

@@ -1,28 +1,40 @@
 """`postgresql://` — coordination through PostgreSQL (psycopg 3, `pyjob[postgres]`).
 
-Tables, created on first use:
+Tables and a function, created on first use:
 
     pyjob_claims (job, tick_us) primary key, instance, fence, keep_until
-    pyjob_fences (job) primary key, fence               -- the last fence handed out per job
+    pyjob_fences (job) primary key, fence, tick_us  -- per job: the last fence handed out and the
+                                                    -- latest tick claimed (the mark; never removed)
     pyjob_leases (job) primary key, instance, token, expires
+    pyjob_claim_many(...)                           -- a batch of claims, one statement
 
-A claim is one statement: take the next fence and insert the claim; ON CONFLICT DO NOTHING makes
-exactly one claimer win (a racing insert waits for the first to commit, then does nothing). A
-losing claim still advances the job's fence, so fences have gaps, but every claim's fence is larger
-than all earlier ones. Lease expiry and claim retention are judged by the database's own clock
-(clock_timestamp()), never by comparing hosts' wall clocks.
+A batch of claims (every job due at one instant, each optionally with its run lease) is one call
+of ``pyjob_claim_many``, so one round trip. For each job, in job order (so that two batches never
+deadlock), it locks the job's ``pyjob_fences`` row, then: an existing claim answers who holds the
+tick; a tick older than its claims are kept plus the skew limit (by the database's clock,
+clock_timestamp()) is refused; a tick at or before the mark, whose claim retention already
+removed, is refused (never won twice, whatever the database's clock did); otherwise the fence and
+the mark advance, the claim is inserted, and the run lease is taken when asked for. Fences have no
+gaps. Lease expiry and claim retention are judged by the database's clock, never by comparing
+hosts' wall clocks.
+
+One backend object is one connection. Every call is bounded on the client side: psycopg waits
+for the server with a deadline (``timeout`` seconds), so a connection whose server stopped
+answering gives BackendError then and is dropped; the next call reconnects. statement_timeout
+bounds the statement on the server side as well.
 """
 
 from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from ..errors import BackendError
-from . import redact
-from .protocol import Batched, ClaimResult, Lease
+from .common import redact, refused_behind_mark, refused_too_old, to_us
+from .protocol import BATCH_LIMIT, SKEW_LIMIT, ClaimOutcome, ClaimRequest, ClaimResult, Lease
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pyjob_claims (
@@ -35,28 +47,85 @@ CREATE TABLE IF NOT EXISTS pyjob_claims (
     PRIMARY KEY (job, tick_us)
 );
 CREATE TABLE IF NOT EXISTS pyjob_fences (job text PRIMARY KEY, fence bigint NOT NULL);
+ALTER TABLE pyjob_fences ADD COLUMN IF NOT EXISTS tick_us bigint;
 CREATE TABLE IF NOT EXISTS pyjob_leases (
     job text PRIMARY KEY,
     instance text NOT NULL,
     token text NOT NULL,
     expires timestamptz NOT NULL
 );
+CREATE OR REPLACE FUNCTION pyjob_take_lease(
+    p_job text, p_instance text, p_token text, p_ttl float8) RETURNS boolean
+LANGUAGE sql AS $$
+    INSERT INTO pyjob_leases AS l (job, instance, token, expires)
+    VALUES (p_job, p_instance, p_token, clock_timestamp() + make_interval(secs => p_ttl))
+    ON CONFLICT (job) DO UPDATE
+        SET instance = EXCLUDED.instance, token = EXCLUDED.token, expires = EXCLUDED.expires
+        WHERE l.expires < clock_timestamp() OR l.token = EXCLUDED.token
+    RETURNING true
+$$;
+CREATE OR REPLACE FUNCTION pyjob_claim_many(
+    p_jobs text[], p_ticks bigint[], p_keep float8[], p_keep_until bigint[],
+    p_lease_ttl float8[], p_tokens text[], p_instance text, p_skew_us bigint)
+RETURNS TABLE (r_i int, r_status int, r_holder text, r_fence bigint, r_info bigint,
+               r_lease boolean, r_lease_holder text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    k int;
+    v_mark bigint;
+    v_fence bigint;
+    v_now bigint;
+BEGIN
+    FOR k IN SELECT u.o FROM unnest(p_jobs) WITH ORDINALITY AS u(j, o) ORDER BY u.j, u.o LOOP
+        r_i := k; r_holder := NULL; r_fence := NULL; r_info := NULL;
+        r_lease := NULL; r_lease_holder := NULL;
+        INSERT INTO pyjob_fences AS f (job, fence) VALUES (p_jobs[k], 0)
+            ON CONFLICT (job) DO NOTHING;
+        SELECT f.fence, f.tick_us INTO v_fence, v_mark
+            FROM pyjob_fences AS f WHERE f.job = p_jobs[k] FOR UPDATE;
+        SELECT c.instance, c.fence INTO r_holder, r_fence
+            FROM pyjob_claims AS c WHERE c.job = p_jobs[k] AND c.tick_us = p_ticks[k];
+        v_now := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+        IF FOUND THEN
+            r_status := 0;
+            IF r_holder = p_instance AND p_lease_ttl[k] IS NOT NULL THEN
+                -- our own repeated claim (a retry after a lost reply): the lease it took
+                -- already, or one free now
+                PERFORM pyjob_take_lease(p_jobs[k], p_instance, p_tokens[k], p_lease_ttl[k]);
+                SELECT l.token = p_tokens[k], l.instance INTO r_lease, r_lease_holder
+                    FROM pyjob_leases AS l WHERE l.job = p_jobs[k];
+            END IF;
+        ELSIF v_now > p_keep_until[k] + p_skew_us THEN
+            r_status := 2; r_info := v_now;
+        ELSIF v_mark IS NOT NULL AND v_mark >= p_ticks[k] THEN
+            r_status := 3; r_info := v_mark;
+        ELSE
+            r_status := 1; r_holder := p_instance; r_fence := v_fence + 1;
+            UPDATE pyjob_fences AS f SET fence = r_fence, tick_us = p_ticks[k]
+                WHERE f.job = p_jobs[k];
+            INSERT INTO pyjob_claims (job, tick_us, instance, fence, keep_until)
+                VALUES (p_jobs[k], p_ticks[k], p_instance, r_fence,
+                        clock_timestamp() + make_interval(secs => p_keep[k]));
+            IF p_lease_ttl[k] IS NOT NULL THEN
+                r_lease := coalesce(
+                    pyjob_take_lease(p_jobs[k], p_instance, p_tokens[k], p_lease_ttl[k]), false);
+                IF NOT r_lease THEN
+                    SELECT l.instance INTO r_lease_holder
+                        FROM pyjob_leases AS l WHERE l.job = p_jobs[k];
+                END IF;
+            END IF;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
 """
 
-_CLAIM = """
-WITH f AS (
-    INSERT INTO pyjob_fences AS t (job, fence) VALUES (%(job)s, 1)
-    ON CONFLICT (job) DO UPDATE SET fence = t.fence + 1
-    RETURNING fence
-)
-INSERT INTO pyjob_claims (job, tick_us, instance, fence, keep_until)
-SELECT %(job)s, %(tick)s, %(instance)s, f.fence,
-       clock_timestamp() + make_interval(secs => %(keep)s)
-FROM f
-ON CONFLICT (job, tick_us) DO NOTHING
-RETURNING instance, fence
+_CLAIM_MANY = """
+SELECT * FROM pyjob_claim_many(
+    %(jobs)s::text[], %(ticks)s::bigint[], %(keep)s::float8[], %(keep_until)s::bigint[],
+    %(lease_ttl)s::float8[], %(tokens)s::text[], %(instance)s, %(skew)s)
 """
-_HOLDER = "SELECT instance, fence FROM pyjob_claims WHERE job = %s AND tick_us = %s"
 _ACQUIRE = """
 INSERT INTO pyjob_leases AS l (job, instance, token, expires)
 VALUES (%(job)s, %(instance)s, %(token)s, clock_timestamp() + make_interval(secs => %(ttl)s))
@@ -65,15 +134,51 @@ ON CONFLICT (job) DO UPDATE
     WHERE l.expires < clock_timestamp()
 RETURNING token
 """
-_RENEW = """
-UPDATE pyjob_leases SET expires = clock_timestamp() + make_interval(secs => %(ttl)s)
-WHERE job = %(job)s AND token = %(token)s AND expires >= clock_timestamp()
+_RENEW_MANY = """
+UPDATE pyjob_leases AS l SET expires = clock_timestamp() + make_interval(secs => u.ttl)
+FROM unnest(%s::text[], %s::text[], %s::float8[]) AS u(job, token, ttl)
+WHERE l.job = u.job AND l.token = u.token AND l.expires >= clock_timestamp()
+RETURNING l.job, l.token
+"""
+_RELEASE_MANY = """
+DELETE FROM pyjob_leases AS l USING unnest(%s::text[], %s::text[]) AS u(job, token)
+WHERE l.job = u.job AND l.token = u.token
+"""
+_CLEANUP_MANY = """
+DELETE FROM pyjob_claims WHERE job = ANY(%s::text[]) AND keep_until < clock_timestamp()
 RETURNING 1
 """
 
+_bounded: dict[int, type] = {}
 
-class PostgresBackend(Batched):
-    def __init__(self, url: str, timeout: float = 3.0) -> None:
+
+def _bounded_connection(psycopg: Any) -> Any:
+    """A psycopg Connection class whose every wait for the server has a deadline
+    (``call_timeout``): psycopg itself waits for as long as the socket stays open."""
+    cls = _bounded.get(id(psycopg))
+    if cls is None:
+        import inspect
+
+        if "timeout" not in inspect.signature(psycopg.Connection.wait).parameters:
+            raise BackendError(
+                f"psycopg {psycopg.__version__} cannot bound its waits for the server: "
+                "pip install 'psycopg[binary]>=3.2'"
+            )
+
+        class BoundedConnection(psycopg.Connection):  # type: ignore[misc]
+            call_timeout: float = 2.0
+
+            def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+                return super().wait(
+                    gen, interval, self.call_timeout if timeout is None else timeout
+                )
+
+        cls = _bounded[id(psycopg)] = BoundedConnection
+    return cls
+
+
+class PostgresBackend:
+    def __init__(self, url: str, timeout: float = 2.0) -> None:
         try:
             import psycopg
         except ImportError as e:
@@ -84,15 +189,19 @@ class PostgresBackend(Batched):
         self._psycopg = psycopg
         self._dsn = url
         self.url = redact(url)
+        self._cls = _bounded_connection(psycopg)
         self.timeout = timeout
         self._conn: Any = None
         self._schema_ready = False
+        self._nonce = uuid.uuid4().hex
 
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
-            self._conn = self._psycopg.connect(
-                self._dsn, autocommit=True, connect_timeout=max(1, int(self.timeout))
+            cls = self._cls
+            self._conn = cls.connect(
+                self._dsn, autocommit=True, connect_timeout=max(1, round(self.timeout))
             )
+            self._conn.call_timeout = self.timeout
             self._conn.execute(f"SET statement_timeout = {int(self.timeout * 1000)}")
         if not self._schema_ready:
             try:
@@ -116,36 +225,88 @@ class PostgresBackend(Batched):
             cur = self._connection().execute(sql, params)
             return list(cur.fetchall()) if cur.description else []
         except BackendError:
+            self._drop()
             raise
         except (self._psycopg.Error, OSError) as e:
             self._drop()
+            if type(e).__name__ in ("_WaitTimeout", "ConnectionTimeout"):
+                raise BackendError(f"{self.url}: {what}: no answer within {self.timeout:g}s") from e
             raise BackendError(f"{self.url}: {what}: {str(e).strip().splitlines()[0]}") from e
 
     def _drop(self) -> None:
         """Forget a broken connection: the next call reconnects."""
         if self._conn is not None:
-            with contextlib.suppress(self._psycopg.Error):
+            with contextlib.suppress(self._psycopg.Error, OSError):
                 self._conn.close()
         self._conn = None
 
     def check(self) -> None:
         self._run("cannot reach PostgreSQL", "SELECT 1", ())
 
+    # ---------------------------------------------------------------- claims
+
     def claim(
         self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
     ) -> ClaimResult:
-        from ..schedule import to_us
+        return self.claim_many([ClaimRequest(job, tick, keep_until)], instance, now)[0].claim
 
-        keep = max(1.0, (keep_until - now).total_seconds())
-        params = {"job": job, "tick": to_us(tick), "instance": instance, "keep": keep}
-        rows = self._run("claim failed", _CLAIM, params)
-        if rows:
-            return ClaimResult(True, instance, int(rows[0][1]))
-        held = self._run("claim lookup failed", _HOLDER, (job, to_us(tick)))
-        if not held:  # removed by retention between the two statements: try once more
-            return self.claim(job, tick, instance, keep_until, now)
-        holder, fence = held[0]
-        return ClaimResult(holder == instance, holder, int(fence))
+    def claim_many(
+        self, requests: Sequence[ClaimRequest], instance: str, now: datetime
+    ) -> list[ClaimOutcome]:
+        """One round trip per BATCH_LIMIT claims (one for every usual batch)."""
+        out: list[ClaimOutcome] = []
+        for start in range(0, len(requests), BATCH_LIMIT):
+            out += self._claim_batch(requests[start : start + BATCH_LIMIT], instance, now)
+        return out
+
+    def _claim_batch(
+        self, requests: Sequence[ClaimRequest], instance: str, now: datetime
+    ) -> list[ClaimOutcome]:
+        # the same token when a claim is repeated, so that a retry gets back its lease
+        tokens = [f"{self._nonce}-{to_us(r.tick)}" for r in requests]
+        params = {
+            "jobs": [r.job for r in requests],
+            "ticks": [to_us(r.tick) for r in requests],
+            "keep": [max(1.0, (r.keep_until - now).total_seconds()) for r in requests],
+            "keep_until": [to_us(r.keep_until) for r in requests],
+            "lease_ttl": [r.lease_ttl for r in requests],
+            "tokens": tokens,
+            "instance": instance,
+            "skew": int(SKEW_LIMIT * 1_000_000),
+        }
+        rows = self._run("claim failed", _CLAIM_MANY, params)
+        by_index = {int(row[0]): row for row in rows}
+        if len(by_index) != len(requests):
+            raise BackendError(f"{self.url}: claim failed: {len(rows)} answers to {len(requests)}")
+        out = []
+        for i, (r, token) in enumerate(zip(requests, tokens, strict=True), start=1):
+            _, status, holder, fence, info, leased, lease_holder = by_index[i]
+            if status == 2:
+                why = refused_too_old(to_us(r.tick), to_us(r.keep_until), int(info), SKEW_LIMIT)
+                out.append(ClaimOutcome(ClaimResult(False, "unknown", None, refused=why)))
+                continue
+            if status == 3:
+                why = refused_behind_mark(to_us(r.tick), int(info), SKEW_LIMIT)
+                out.append(ClaimOutcome(ClaimResult(False, "unknown", None, refused=why)))
+                continue
+            claim = ClaimResult(holder == instance, str(holder), int(fence))
+            if r.lease_ttl is None or not claim.won:
+                out.append(ClaimOutcome(claim))
+            elif leased:
+                out.append(ClaimOutcome(claim, Lease(r.job, instance, token, r.lease_ttl)))
+            else:
+                out.append(ClaimOutcome(claim, None, lease_holder or "unknown"))
+        return out
+
+    def cleanup(self, job: str, now: datetime) -> int:
+        return self.cleanup_many([job], now)
+
+    def cleanup_many(self, jobs: Sequence[str], now: datetime) -> int:
+        if not jobs:
+            return 0
+        return len(self._run("cleanup failed", _CLEANUP_MANY, (list(jobs),)))
+
+    # ---------------------------------------------------------------- run lease
 
     def acquire_lease(self, job: str, instance: str, ttl: float) -> Lease | None:
         token = uuid.uuid4().hex
@@ -163,28 +324,29 @@ class PostgresBackend(Batched):
         return rows[0][0] if rows else None
 
     def renew_lease(self, lease: Lease) -> bool:
+        return self.renew_many([lease])[0]
+
+    def renew_many(self, leases: Sequence[Lease]) -> list[bool]:
+        if not leases:
+            return []
         rows = self._run(
             "lease renewal failed",
-            _RENEW,
-            {"job": lease.job, "token": lease.token, "ttl": lease.ttl},
+            _RENEW_MANY,
+            ([x.job for x in leases], [x.token for x in leases], [x.ttl for x in leases]),
         )
-        return bool(rows)
+        renewed = {(job, token) for job, token in rows}
+        return [(x.job, x.token) in renewed for x in leases]
 
     def release_lease(self, lease: Lease) -> None:
-        self._run(
-            "lease release failed",
-            "DELETE FROM pyjob_leases WHERE job = %s AND token = %s",
-            (lease.job, lease.token),
-        )
+        self.release_many([lease])
 
-    def cleanup(self, job: str, now: datetime) -> int:
-        rows = self._run(
-            "cleanup failed",
-            "DELETE FROM pyjob_claims WHERE job = %s AND keep_until < clock_timestamp() "
-            "RETURNING 1",
-            (job,),
-        )
-        return len(rows)
+    def release_many(self, leases: Sequence[Lease]) -> None:
+        if leases:
+            self._run(
+                "lease release failed",
+                _RELEASE_MANY,
+                ([x.job for x in leases], [x.token for x in leases]),
+            )
 
     def server_time(self) -> tuple[float, float]:
         rows = self._run(

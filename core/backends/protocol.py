@@ -24,6 +24,10 @@ from ..errors import BackendError
 # guarantee that no tick runs twice (DESIGN §5, "Claims hold under skew").
 SKEW_LIMIT = 3600.0
 
+# The most claims a backend sends in one round trip: a larger batch goes in several, so that no
+# single statement or script comes near the client-side bound (5,000 claims take about 0.2 s).
+BATCH_LIMIT = 2000
+
 
 @dataclass(frozen=True)
 class ClaimResult:
@@ -86,7 +90,14 @@ class Backend(Protocol):
         self, requests: Sequence[ClaimRequest], instance: str, now: datetime
     ) -> list[ClaimOutcome]:
         """Claim every request (in one round trip where the backend can); one outcome each, in
-        order. A BackendError fails the whole batch."""
+        order. A BackendError fails the whole batch.
+
+        A tick that the backend cannot be sure has not run comes back refused (``won`` False,
+        ``refused`` says why, naming the clocks and SKEW_LIMIT): one at or before the job's mark
+        (the latest tick claimed, kept forever) whose own claim is gone, or one older than its
+        ``keep_until`` plus SKEW_LIMIT by the backend's clock. Repeating a claim (same instance,
+        same tick, e.g. after a lost reply) is won again with the same fence, and with the run
+        lease it took the first time where the backend can tell (Redis, PostgreSQL)."""
         ...
 
     def acquire_lease(self, job: str, instance: str, ttl: float) -> Lease | None:
@@ -162,6 +173,7 @@ class Batched:
 
 
 __all__ = [
+    "BATCH_LIMIT",
     "SKEW_LIMIT",
     "Backend",
     "BackendError",

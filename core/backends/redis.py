@@ -4,72 +4,146 @@ Keys, per job:
 
     pyjob:<job>:claim:<tick µs>   "<instance> <fence>", set NX with a PX TTL that outlives the tick
     pyjob:<job>:fence             INCR'ed for every claim won
+    pyjob:<job>:mark              the latest tick claimed (µs); never expires
     pyjob:<job>:lease             "<instance> <token>", PX TTL, renewed by compare-and-extend
 
-Claim and fence are one Lua script, so the fence is taken only by the claim that wins and in the
-order claims are won. Expiry is judged by the Redis server's clock alone (PX TTLs are relative),
-never by comparing hosts' wall clocks. The URL's password, TLS (rediss://) and database are
-honoured; messages show the URL without its password.
+A batch of claims (every job due at one instant, each optionally with its run lease) is one Lua
+script, so each fence is taken only by the claim that wins and in the order claims are won, and
+the whole batch is one round trip. Claim keys expire by the Redis server's clock (PX TTLs are
+relative); when that clock jumps and they expire early, the mark still says the tick was claimed:
+a tick at or before the mark whose claim key is gone is refused, never won again. A tick older
+than its claims are kept plus the skew limit, by the server's clock (TIME, read in the script), is
+refused too. The URL's password, TLS (rediss://) and database are honoured; messages show the URL
+without its password.
+
+One backend object is one connection. Every call is bounded on the client side: a server that
+stops answering gives BackendError after ``timeout`` seconds (socket timeout, no retry on a
+timeout); the next call reconnects.
 """
 
 from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from ..errors import BackendError
-from . import redact, safe_name
-from .protocol import Batched, ClaimResult, Lease
+from ..errors import BackendError, InputError
+from .common import redact, refused_behind_mark, refused_too_old, safe_name, to_us
+from .protocol import BATCH_LIMIT, SKEW_LIMIT, ClaimOutcome, ClaimRequest, ClaimResult, Lease
 
-_CLAIM = """
-local held = redis.call('GET', KEYS[1])
-if held then return {0, held} end
-local fence = redis.call('INCR', KEYS[2])
-local value = ARGV[1] .. ' ' .. fence
-redis.call('SET', KEYS[1], value, 'NX', 'PX', ARGV[2])
-return {1, value}
+# KEYS: 4 per request (claim, fence, mark, lease). ARGV: instance, skew limit (µs), then 5 per
+# request (tick µs, claim TTL ms, keep_until µs, lease TTL ms or 0, lease token). Numbers stay
+# exact: µs since 1970 are below 2^53, and ticks are compared as numbers but stored as given.
+_CLAIM_MANY = """
+-- Redis 3.2-4 replicate scripts verbatim unless told otherwise, and refuse writes after TIME
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local instance, skew = ARGV[1], tonumber(ARGV[2])
+-- the run lease: ours already (a repeated claim after a lost reply), or SET NX, or who has it
+local function lease(key, token, ttl, status, value)
+  local mine = instance .. ' ' .. token
+  if redis.call('GET', key) == mine or redis.call('SET', key, mine, 'NX', 'PX', ttl) then
+    return {status, value, 1}
+  end
+  return {status, value, 0, redis.call('GET', key) or 'unknown'}
+end
+local out = {}
+for i = 0, #KEYS / 4 - 1 do
+  local claim, fence_key, mark_key, lease_key = KEYS[4*i+1], KEYS[4*i+2], KEYS[4*i+3], KEYS[4*i+4]
+  local a = 3 + 5 * i
+  local tick, keep_until, lease_ttl = tonumber(ARGV[a]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3])
+  local held = redis.call('GET', claim)
+  local mark = redis.call('GET', mark_key)
+  if held then
+    if lease_ttl > 0 and string.match(held, '^(.*) %d+$') == instance then
+      out[#out+1] = lease(lease_key, ARGV[a+4], lease_ttl, 0, held)
+    else
+      out[#out+1] = {0, held}
+    end
+  elseif now > keep_until + skew then
+    out[#out+1] = {2, now}
+  elseif mark and tonumber(mark) >= tick then
+    out[#out+1] = {3, mark}
+  else
+    local fence = redis.call('INCR', fence_key)
+    local value = instance .. ' ' .. fence
+    redis.call('SET', claim, value, 'PX', ARGV[a+1])
+    redis.call('SET', mark_key, ARGV[a])
+    if lease_ttl > 0 then
+      out[#out+1] = lease(lease_key, ARGV[a+4], lease_ttl, 1, value)
+    else
+      out[#out+1] = {1, value}
+    end
+  end
+end
+return out
 """
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+# SET NX, or: we hold it already (redis-py repeated the call after a lost reply).
+_ACQUIRE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+_RENEW_MANY = """
+local out = {}
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[2*i-1] then
+    out[i] = redis.call('PEXPIRE', KEYS[i], ARGV[2*i])
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+_RELEASE_MANY = """
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i] then redis.call('DEL', KEYS[i]) end
 end
 return 0
 """
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
-class RedisBackend(Batched):
+class RedisBackend:
     def __init__(self, url: str, timeout: float = 2.0) -> None:
         try:
             import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
         except ImportError as e:
             raise BackendError(
                 f"{redact(url)}: the Redis backend needs redis-py: pip install 'pyjob[redis]'"
             ) from e
         self.url = redact(url)
+        self.timeout = timeout
         self._errors = (redis.RedisError, OSError)
         try:
-            self._r: Any = redis.Redis.from_url(
+            # One connection, made on first use; a second caller waits for it (bounded).
+            pool = redis.BlockingConnectionPool.from_url(
                 url,
+                max_connections=1,
+                timeout=timeout,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
-                health_check_interval=30,
+                # A connection found broken is made again once, at once (every call is
+                # idempotent for its caller); a timeout is never retried: that is the bound.
+                retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
                 decode_responses=True,
             )
-        except (ValueError, redis.RedisError) as e:
-            raise BackendError(f"{self.url}: bad Redis URL: {e}") from e
-        self._claim = self._r.register_script(_CLAIM)
-        self._renew = self._r.register_script(_RENEW)
-        self._release = self._r.register_script(_RELEASE)
+            self._r: Any = redis.Redis(connection_pool=pool)
+        except (ValueError, TypeError, redis.RedisError) as e:
+            raise InputError(f"bad Redis URL '{self.url}': {e}") from e
+        self._nonce = uuid.uuid4().hex
+        self._claim = self._r.register_script(_CLAIM_MANY)
+        self._acquire = self._r.register_script(_ACQUIRE)
+        self._renew = self._r.register_script(_RENEW_MANY)
+        self._release = self._r.register_script(_RELEASE_MANY)
 
     def _fail(self, what: str, e: BaseException) -> BackendError:
+        if isinstance(e, TimeoutError) or type(e).__name__ == "TimeoutError":
+            return BackendError(f"{self.url}: {what}: no answer within {self.timeout:g}s")
         return BackendError(f"{self.url}: {what}: {e}")
 
     def check(self) -> None:
@@ -81,27 +155,84 @@ class RedisBackend(Batched):
     def _key(self, job: str, *parts: str) -> str:
         return ":".join(["pyjob", safe_name(job), *parts])
 
+    # ---------------------------------------------------------------- claims
+
     def claim(
         self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
     ) -> ClaimResult:
-        from ..schedule import to_us
+        return self.claim_many([ClaimRequest(job, tick, keep_until)], instance, now)[0].claim
 
-        ttl_ms = max(1000, int((keep_until - now).total_seconds() * 1000))
+    def claim_many(
+        self, requests: Sequence[ClaimRequest], instance: str, now: datetime
+    ) -> list[ClaimOutcome]:
+        """One round trip per BATCH_LIMIT claims (one for every usual batch)."""
+        out: list[ClaimOutcome] = []
+        for start in range(0, len(requests), BATCH_LIMIT):
+            out += self._claim_batch(requests[start : start + BATCH_LIMIT], instance, now)
+        return out
+
+    def _claim_batch(
+        self, requests: Sequence[ClaimRequest], instance: str, now: datetime
+    ) -> list[ClaimOutcome]:
+        keys: list[str] = []
+        args: list[str | int] = [instance, int(SKEW_LIMIT * 1_000_000)]
+        tokens = []
+        for r in requests:
+            keys += [
+                self._key(r.job, "claim", str(to_us(r.tick))),
+                self._key(r.job, "fence"),
+                self._key(r.job, "mark"),
+                self._key(r.job, "lease"),
+            ]
+            ttl_ms = max(1000, int((r.keep_until - now).total_seconds() * 1000))
+            lease_ms = 0 if r.lease_ttl is None else max(1, int(r.lease_ttl * 1000))
+            token = f"{self._nonce}-{to_us(r.tick)}"  # the same when the claim is repeated
+            tokens.append(token)
+            args += [to_us(r.tick), ttl_ms, to_us(r.keep_until), lease_ms, token]
         try:
-            won, value = self._claim(
-                keys=[self._key(job, "claim", str(to_us(tick))), self._key(job, "fence")],
-                args=[instance, ttl_ms],
-            )
+            replies = self._claim(keys=keys, args=args)
         except self._errors as e:
             raise self._fail("claim failed", e) from e
-        holder, _, fence = str(value).rpartition(" ")
-        return ClaimResult(bool(won) or holder == instance, holder, int(fence))
+        try:
+            return [
+                self._outcome(r, reply, instance, token)
+                for r, reply, token in zip(requests, replies, tokens, strict=True)
+            ]
+        except (ValueError, TypeError, IndexError) as e:
+            raise BackendError(f"{self.url}: claim failed: unexpected reply {replies!r}") from e
+
+    def _outcome(
+        self, r: ClaimRequest, reply: list[Any], instance: str, token: str
+    ) -> ClaimOutcome:
+        status = int(reply[0])
+        if status == 2:
+            why = refused_too_old(to_us(r.tick), to_us(r.keep_until), int(reply[1]), SKEW_LIMIT)
+            return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
+        if status == 3:
+            why = refused_behind_mark(to_us(r.tick), int(reply[1]), SKEW_LIMIT)
+            return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
+        holder, _, fence = str(reply[1]).rpartition(" ")
+        claim = ClaimResult(status == 1 or holder == instance, holder, int(fence))
+        if r.lease_ttl is None or not claim.won:
+            return ClaimOutcome(claim)
+        if int(reply[2]) == 1:
+            return ClaimOutcome(claim, Lease(r.job, instance, token, r.lease_ttl))
+        return ClaimOutcome(claim, None, str(reply[3]).rpartition(" ")[0] or "unknown")
+
+    def cleanup(self, job: str, now: datetime) -> int:
+        return 0  # claims carry their own TTL in Redis
+
+    def cleanup_many(self, jobs: Sequence[str], now: datetime) -> int:
+        return 0
+
+    # ---------------------------------------------------------------- run lease
 
     def acquire_lease(self, job: str, instance: str, ttl: float) -> Lease | None:
         token = uuid.uuid4().hex
         try:
-            ok = self._r.set(
-                self._key(job, "lease"), f"{instance} {token}", nx=True, px=max(1, int(ttl * 1000))
+            ok = self._acquire(
+                keys=[self._key(job, "lease")],
+                args=[f"{instance} {token}", max(1, int(ttl * 1000))],
             )
         except self._errors as e:
             raise self._fail("lease failed", e) from e
@@ -115,26 +246,33 @@ class RedisBackend(Batched):
         return None if value is None else str(value).rpartition(" ")[0]
 
     def renew_lease(self, lease: Lease) -> bool:
+        return self.renew_many([lease])[0]
+
+    def renew_many(self, leases: Sequence[Lease]) -> list[bool]:
+        if not leases:
+            return []
+        args: list[str | int] = []
+        for lease in leases:
+            args += [f"{lease.instance} {lease.token}", max(1, int(lease.ttl * 1000))]
         try:
-            return bool(
-                self._renew(
-                    keys=[self._key(lease.job, "lease")],
-                    args=[f"{lease.instance} {lease.token}", max(1, int(lease.ttl * 1000))],
-                )
-            )
+            replies = self._renew(keys=[self._key(x.job, "lease") for x in leases], args=args)
         except self._errors as e:
             raise self._fail("lease renewal failed", e) from e
+        return [bool(x) for x in replies]
 
     def release_lease(self, lease: Lease) -> None:
+        self.release_many([lease])
+
+    def release_many(self, leases: Sequence[Lease]) -> None:
+        if not leases:
+            return
         try:
             self._release(
-                keys=[self._key(lease.job, "lease")], args=[f"{lease.instance} {lease.token}"]
+                keys=[self._key(x.job, "lease") for x in leases],
+                args=[f"{x.instance} {x.token}" for x in leases],
             )
         except self._errors as e:
             raise self._fail("lease release failed", e) from e
-
-    def cleanup(self, job: str, now: datetime) -> int:
-        return 0  # claims carry their own TTL in Redis
 
     def server_time(self) -> tuple[float, float]:
         try:

@@ -1,0 +1,282 @@
+"""Helpers the backends share (file names, URLs, claim files on disk, the file system's clock).
+
+Backends import this module and ``protocol``, never the package ``__init__``, so that
+``core/backends/`` has no import circle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from ..errors import BackendError
+
+
+def probe_mtime(directory: Path) -> tuple[float, float]:
+    """The time a file system stamps on a new file in ``directory``: on NFS the server's clock
+    sets it, locally this host's kernel. Returned as (mtime + half a tick, tick): the stamp comes
+    from the kernel's coarse clock, which lags real time by up to one timer tick."""
+    import time
+
+    probe = directory / f".clock-probe-{uuid.uuid4().hex}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            os.write(fd, b"t")
+        finally:
+            os.close(fd)
+        stamp = os.stat(probe).st_mtime_ns / 1e9
+    except OSError as e:
+        raise BackendError(f"{directory}: clock probe failed: {e.strerror or e}") from e
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    try:
+        tick = time.clock_getres(_CLOCK_REALTIME_COARSE)  # the kernel's timer tick
+    except OSError:
+        tick = 0.01  # not Linux: assume a coarse 100 Hz stamp
+    return stamp + tick / 2, tick
+
+
+_CLOCK_REALTIME_COARSE = 5  # Linux's clockid; Python's time module does not name it
+
+
+def redact(url: str) -> str:
+    """The URL without its password (for messages and logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+        port = parts.port
+    except ValueError:  # not even a URL: hide whatever sits between "user:" and "@"
+        return _USERINFO.sub(r"\1***@", url)
+    del port  # read only to see that the URL parses
+    if password is None:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    netloc = f"{user}:***@{hostport}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+_USERINFO = re.compile(r"(//[^/@:]*:)[^@]*@")
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_name(job: str) -> str:
+    """A file/key-safe form of a job id that stays unique (a hash suffix when it had to change)."""
+    import hashlib
+
+    cleaned = _SAFE.sub("_", job)[:80] or "_"
+    if cleaned == job:
+        return job
+    return f"{cleaned}-{hashlib.sha256(job.encode()).hexdigest()[:8]}"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` by a file holding ``text``: written to a temporary name and renamed, so a
+    reader never sees half of it; the temporary file is removed when the write fails (a full file
+    system must leave nothing behind)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def claim_record(instance: str, fence: int, tick_us: int, keep_us: int, keep_until_us: int) -> str:
+    """A claim file's content. ``keep_us`` is how long the claim is kept, counted from the file's
+    own mtime, which the file system's clock stamps (the NFS server's on a shared mount): clean-up
+    compares it with a fresh stamp of that same clock, never with a host's wall clock."""
+    return json.dumps(
+        {
+            "instance": instance,
+            "fence": fence,
+            "tick_us": tick_us,
+            "keep_us": keep_us,
+            "keep_until_us": keep_until_us,
+        }
+    )
+
+
+def _keep_us(path: Path, record: dict[str, object]) -> int:
+    keep = record.get("keep_us")
+    if isinstance(keep, int):
+        return keep
+    # written before keep_us existed: the claim was made at about its tick
+    return int(str(record["keep_until_us"])) - int(path.stem)
+
+
+def remove_expired_claims(claims: Path, clock_now: float) -> int:
+    """Delete the claim files in ``claims`` kept past their time: a file goes when ``clock_now``
+    (the file system's clock, as stamped on a fresh file) is over its mtime plus its ``keep_us``.
+
+    Shared by the file and nfs backends; unreadable or half-written files are left for later."""
+    removed = 0
+    for path in claims.glob("*.json"):
+        try:
+            st = path.stat()
+            record = json.loads(path.read_text())
+            if (clock_now - st.st_mtime) * 1e6 > _keep_us(path, record):
+                path.unlink()
+                removed += 1
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return removed
+
+
+STRAY_AGE = 600.0  # seconds a temporary file may stand before clean-up takes it for a stray
+
+
+def remove_strays(directory: Path, clock_now: float) -> int:
+    """Delete temporary files (``.<name>.<random>``) left by a process killed between write and
+    rename, older than STRAY_AGE by the file system's clock."""
+    removed = 0
+    for tmp in directory.glob(".*"):
+        try:
+            if clock_now - tmp.lstat().st_mtime > STRAY_AGE:
+                tmp.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+@dataclass
+class Mark:
+    """A job's high-water mark: the last fence handed out and the latest tick claimed. It never
+    expires, so a tick at or before it can never be won again, whatever clean-ups and TTLs did."""
+
+    fence: int = 0
+    tick_us: int | None = None
+
+    def raise_to(self, other: Mark) -> None:
+        self.fence = max(self.fence, other.fence)
+        if other.tick_us is not None:
+            self.tick_us = (
+                other.tick_us if self.tick_us is None else max(self.tick_us, other.tick_us)
+            )
+
+    def text(self) -> str:
+        return json.dumps({"fence": self.fence, "tick_us": self.tick_us}) + "\n"
+
+
+class DamagedMark(ValueError):
+    """The mark file exists but cannot be read: truncated, garbled."""
+
+
+def parse_mark(text: str) -> Mark:
+    """Strict: a truncated or garbled file is an error, never a fence of 0."""
+    try:
+        doc = json.loads(text)
+        fence, tick = doc["fence"], doc["tick_us"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DamagedMark(f"unreadable ({e})") from e
+    if not isinstance(fence, int) or fence < 0 or not (tick is None or isinstance(tick, int)):
+        raise DamagedMark(f"unreadable ({text[:60]!r})")
+    return Mark(fence, tick)
+
+
+def read_mark(job_dir: Path, known: Mark) -> Mark:
+    """The job's mark from ``<job_dir>/mark`` (or the ``fence`` file of older versions), raised to
+    what this process has seen (``known``: a deleted directory must not restart the fences). A
+    damaged file is recovered from the claims on disk; with none left, the claim is refused."""
+    path = job_dir / "mark"
+    mark = Mark()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        legacy = job_dir / "fence"
+        if legacy.exists():
+            raw = legacy.read_text().strip()
+            if not raw.isdigit():
+                raise BackendError(
+                    f"{legacy} is damaged ({raw[:40]!r}): write the last fence handed out "
+                    "(a number) into it"
+                ) from None
+            mark.fence = int(raw)
+    else:
+        try:
+            mark = parse_mark(text)
+        except DamagedMark as e:
+            recovered = _recover_mark(job_dir)
+            if recovered is None and known.fence == 0:
+                raise BackendError(
+                    f"{path} is damaged ({e}) and no claim is left to recover the fence from: "
+                    f'write {{"fence": N, "tick_us": null}} into it, N at least the last fence '
+                    "handed out, so that fences keep growing"
+                ) from e
+            mark = recovered or Mark()
+    mark.raise_to(known)
+    return mark
+
+
+def _recover_mark(job_dir: Path) -> Mark | None:
+    """The mark as the claims on disk tell it: the latest claim has the highest fence."""
+    found: Mark | None = None
+    for path in (job_dir / "claims").glob("*.json"):
+        try:
+            record = json.loads(path.read_text())
+            fence, tick = int(record["fence"]), int(path.stem)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        found = found or Mark()
+        found.raise_to(Mark(fence, tick))
+    return found
+
+
+def iso_us(us: int) -> str:
+    stamp = _EPOCH + timedelta(microseconds=us)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _span(seconds: float) -> str:
+    seconds = abs(seconds)
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
+
+
+def refused_too_old(
+    tick_us: int, keep_until_us: int, backend_now_us: int, skew_limit: float
+) -> str:
+    """Why a tick older than the claims kept, by the backend's clock, is not run."""
+    return (
+        f"tick {iso_us(tick_us)} is older than its claim is kept (until {iso_us(keep_until_us)}) "
+        f"by {_span((backend_now_us - keep_until_us) / 1e6)} by the backend's clock "
+        f"({iso_us(backend_now_us)}), beyond the skew limit of {_span(skew_limit)}: this host's "
+        "clock or the backend's is off by more than that; not run, since no one can tell whether "
+        "it ran"
+    )
+
+
+def refused_behind_mark(tick_us: int, mark_us: int, skew_limit: float) -> str:
+    """Why a tick at or before the job's latest claimed tick, whose own claim is gone, is not
+    run."""
+    return (
+        f"tick {iso_us(tick_us)} is not after {iso_us(mark_us)}, the latest tick claimed for this "
+        "job, and its own claim is no longer kept: a clock (this host's, another instance's or "
+        f"the backend's) is off; not run, so that no tick runs twice (claims hold for clocks off "
+        f"by up to {_span(skew_limit)})"
+    )
+
+
+def to_us(instant: datetime) -> int:
+    """An aware instant as whole microseconds since the Unix epoch (the key of a claimed tick)."""
+    delta = instant - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -1,0 +1,119 @@
+"""Checking a lock URL before anything is opened: a bad one is a usage error (exit 2) that names
+the bad part, never a traceback or a silent default (``redis://host/abc`` is not database 0)."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, urlsplit
+
+from ..errors import InputError
+from .common import redact
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PORT = re.compile(r"[0-9]{1,5}")
+_DB = re.compile(r"[0-9]{1,9}")
+# Query options of a Redis URL that pyjob passes on; the timeouts and retries are its own.
+REDIS_OPTIONS = frozenset(
+    {"db", "client_name", "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
+)
+
+
+def _bad(url: str, message: str, part: str | None = None) -> InputError:
+    shown = redact(url)
+    pos = shown.find(part) if part else -1
+    return InputError(
+        message,
+        source=shown,
+        pos=max(pos, 0),
+        length=len(part) if part and pos >= 0 else len(shown),
+    )
+
+
+def check_control(url: str) -> None:
+    m = _CONTROL.search(url)
+    if m:
+        raise InputError(
+            f"bad lock URL: control character {m.group()!r} at position {m.start()} "
+            "(a lock URL is one line of printable text)",
+            pos=m.start(),
+        )
+
+
+def check_server_url(url: str, scheme: str) -> None:
+    """redis://, rediss://, postgresql:// and postgres:// URLs: host, port, database."""
+    check_control(url)
+    shown = redact(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:
+        netloc = url.split("//", 1)[-1].split("/", 1)[0]
+        raise _bad(
+            url,
+            f"bad host in lock URL '{shown}': {e} (an IPv6 address is written in brackets, "
+            f"like {scheme}://[::1]:PORT/…)",
+            redact(f"{scheme}://{netloc}")[len(scheme) + 3 :] or None,
+        ) from e
+    hostports = parts.netloc.rpartition("@")[2]
+    postgres = scheme.startswith("postgres")
+    for hostport in hostports.split(",") if postgres else [hostports]:
+        if hostport.startswith("["):
+            host, _, rest = hostport[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else None
+            if rest and port is None:
+                raise _bad(url, f"bad host '{hostport}' in lock URL '{shown}'", hostport)
+        else:
+            host, sep, port_text = hostport.rpartition(":")
+            port = port_text if sep else None
+            if not sep:
+                host = hostport
+        if port is not None and not (_PORT.fullmatch(port) and 0 < int(port) < 65536):
+            raise _bad(
+                url, f"bad port '{port}' in lock URL '{shown}' (a number, 1-65535)", f":{port}"
+            )
+        if "[" in host or "]" in host:
+            raise _bad(url, f"bad host '{hostport}' in lock URL '{shown}'", hostport)
+    if postgres:
+        _check_libpq(url, shown)
+    else:
+        _check_redis(url, parts.path, parts.query, shown)
+
+
+def _check_redis(url: str, path: str, query: str, shown: str) -> None:
+    db = path[1:] if path.startswith("/") else path
+    if db and not _DB.fullmatch(db):
+        raise _bad(
+            url,
+            f"bad Redis database '{db}' in lock URL '{shown}' (a number, like redis://HOST:6379/0)",
+            db,
+        )
+    try:
+        options = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError as e:
+        raise _bad(url, f"bad query '{query}' in lock URL '{shown}': {e}", query) from e
+    for name, value in options:
+        if name not in REDIS_OPTIONS:
+            raise _bad(
+                url,
+                f"unknown option '{name}' in lock URL '{shown}' (Redis URLs take "
+                f"{', '.join(sorted(REDIS_OPTIONS))})",
+                name,
+            )
+        if name == "db" and not _DB.fullmatch(value):
+            raise _bad(url, f"bad Redis database '{value}' in lock URL '{shown}' (a number)", value)
+        if name == "db" and db:
+            raise _bad(url, f"lock URL '{shown}' names its database twice (path and ?db=)", name)
+
+
+def _check_libpq(url: str, shown: str) -> None:
+    """PostgreSQL's own parser decides (when psycopg is installed; without it the backend says
+    what to install)."""
+    try:
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return
+    try:
+        conninfo_to_dict(url)
+    except psycopg.Error as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise _bad(url, f"bad PostgreSQL URL '{shown}': {redact(reason)}") from e

@@ -1,0 +1,503 @@
+"""Prometheus metrics of `pyjob run`, built from the scheduler's events (`pip install
+'pyjob[metrics]'`, which brings prometheus-client).
+
+``Metrics`` consumes every event (``on_event``, called on the thread that emitted it, so it only
+updates counters) and holds one registry. ``MetricsServer`` serves it on ``/metrics`` with
+``/healthz`` beside it; ``write_textfile`` writes it for node_exporter's textfile collector;
+``FleetReader`` reads the run records of the backend so that
+``pyjob_last_success_timestamp_seconds`` says when the job last succeeded on any instance.
+
+Run counters, durations and lateness count this instance's runs: each run is run by one instance,
+so ``sum by (job)`` over the instances is the fleet's. Label values are job ids, results and
+fixed reason kinds; never commands, URLs or free text.
+
+Liveness: ``/healthz`` answers 200 while the scheduler loop is seen alive: ``beat()`` is called
+each time the loop goes to wait (``BeatingClock`` wraps the scheduler's clock to do that), and
+the loop waits at least every MAX_SLEEP_SLICE (20 s); 503 after LIVENESS (60 s) without a beat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from .clock import MAX_SLEEP_SLICE, Clock, Waker
+from .events import Event
+from .records import RecordStore
+
+LIVENESS = 3 * MAX_SLEEP_SLICE  # seconds without a beat before /healthz says 503
+TEXTFILE_EVERY = 10.0
+FLEET_EVERY = 15.0
+FLEET_FIRST = 100  # records read per job at the first fleet read (--history-keep's default)
+
+RESULTS = ("success", "failure", "timeout", "stopped", "start-failed")
+# skipped ticks, by kind of reason (a fixed set: the event's reason is free text)
+SKIP_REASONS = ("overlap", "queue-full", "backend-error", "refused", "other")
+DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
+LATENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def result_of(fields: Mapping[str, Any]) -> str:
+    """A run-finished event's result, as the run records name it."""
+    terminated = fields.get("terminated")
+    if terminated == "timeout":
+        return "timeout"
+    if terminated in ("stop", "replace"):
+        return "stopped"
+    if fields.get("error"):
+        return "start-failed"
+    return "success" if fields.get("exit_code") == 0 else "failure"
+
+
+def skip_reason(event: Event) -> str | None:
+    """The reason kind of a tick that was not run, or None when ``event`` is not one."""
+    if event.kind == "skipped":
+        text = str(event.fields.get("reason", ""))
+        if "queued" in text:
+            return "queue-full"
+        return "overlap" if text.startswith("overlap") else "other"
+    if event.kind == "refused":
+        return "refused"
+    if event.kind == "backend-error" and event.tick is not None:
+        return "backend-error" if event.fields.get("action") == "skip" else None
+    return None
+
+
+class Metrics:
+    """The metrics of one `pyjob run` process. ``backends``: job -> the kind of its lock backend
+    (file, nfs, redis, postgresql, none); ``intervals``: job -> the longest gap between its
+    ticks (None when it has fewer than two left)."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        instance: str,
+        version: str,
+        intervals: Mapping[str, float | None],
+        backends: Mapping[str, str],
+    ) -> None:
+        self.clock = clock
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.runs = Counter(
+            "pyjob_runs", "Runs this instance made, by result.", ["job", "result"], registry=r
+        )
+        self.duration = Histogram(
+            "pyjob_run_duration_seconds",
+            "How long the runs took.",
+            ["job"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.lateness = Histogram(
+            "pyjob_lateness_seconds",
+            "How long after its tick each run's command started.",
+            ["job"],
+            buckets=LATENESS_BUCKETS,
+            registry=r,
+        )
+        self.last_run = Gauge(
+            "pyjob_last_run_timestamp_seconds",
+            "When this instance's last run of the job ended, by result (Unix time).",
+            ["job", "result"],
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "pyjob_last_success_timestamp_seconds",
+            "When the job last ended successfully on any instance (from the run records where "
+            "the backend keeps them, else this instance's runs; Unix time).",
+            ["job"],
+            registry=r,
+        )
+        self.running = Gauge(
+            "pyjob_running", "Runs of the job going on in this instance.", ["job"], registry=r
+        )
+        self.missed = Counter(
+            "pyjob_missed_ticks",
+            "Ticks that passed without running (late wake-up, --misfire-grace).",
+            ["job"],
+            registry=r,
+        )
+        self.skipped = Counter(
+            "pyjob_skipped_ticks",
+            "Ticks this instance did not run: overlap (the previous run still going), "
+            "queue-full, backend-error (claim failed, fail closed), refused, other.",
+            ["job", "reason"],
+            registry=r,
+        )
+        self.backend_errors = Counter(
+            "pyjob_backend_errors",
+            "Backend calls that failed or took too long.",
+            ["backend"],
+            registry=r,
+        )
+        self.ping_failures = Counter(
+            "pyjob_ping_failures",
+            "--ping requests that failed after their retries, or were not sent.",
+            ["job"],
+            registry=r,
+        )
+        self.interval = Gauge(
+            "pyjob_schedule_interval_seconds",
+            "The longest gap between the job's next ticks (for staleness alerts).",
+            ["job"],
+            registry=r,
+        )
+        self.info = Gauge(
+            "pyjob_info",
+            "The version and instance of this pyjob.",
+            ["version", "instance"],
+            registry=r,
+        )
+        self.info.labels(version, instance).set(1)
+        self.silence = Gauge(
+            "pyjob_loop_silence_seconds",
+            f"Seconds since the scheduler loop was last seen; /healthz fails over {LIVENESS:g} "
+            "(for the textfile, which has no /healthz).",
+            registry=r,
+        )
+        self.silence.set_function(lambda: round(self.health()[1], 3))
+        self._offset: Gauge | None = None  # registered at the first clock measurement
+        self._lock = threading.Lock()
+        self._success: dict[str, float] = {}
+        self._backends: dict[str, str] = {}
+        self._beat = clock.monotonic()
+        self.set_jobs(intervals, backends)
+
+    # ------------------------------------------------------------------ jobs
+
+    def set_jobs(self, intervals: Mapping[str, float | None], backends: Mapping[str, str]) -> None:
+        """The jobs served (at start, and after a reload): their series start at zero. A job no
+        longer served loses its staleness series (last success, interval), so it stops
+        alerting; its counters stay."""
+        with self._lock:
+            gone = set(self._backends) - set(intervals)
+            self._backends = dict(backends)
+            for job in gone:
+                self._success.pop(job, None)
+                for g in (self.last_success, self.interval):
+                    with contextlib.suppress(KeyError):
+                        g.remove(job)
+        for job, every in intervals.items():
+            for result in RESULTS:
+                self.runs.labels(job, result)
+            for reason in SKIP_REASONS:
+                self.skipped.labels(job, reason)
+            self.duration.labels(job)
+            self.lateness.labels(job)
+            self.running.labels(job)
+            self.missed.labels(job)
+            if every is not None:
+                self.interval.labels(job).set(every)
+        for kind in set(backends.values()):
+            self.backend_errors.labels(kind)
+
+    def _backend(self, job: str) -> str:
+        kind = self._backends.get(job)
+        if kind is not None:
+            return kind
+        kinds = set(self._backends.values())
+        return kinds.pop() if len(kinds) == 1 else "unknown"
+
+    # ------------------------------------------------------------------ events
+
+    def on_event(self, event: Event) -> None:
+        kind, job, f = event.kind, event.job, event.fields
+        if kind == "output":
+            return
+        first = int(f.get("attempt") or 1) == 1
+        if kind == "run-started":
+            self.running.labels(job).inc()
+            if first and event.tick is not None and f.get("lateness") is not None:
+                self.lateness.labels(job).observe(max(0.0, float(f["lateness"])))
+        elif kind == "run-finished" and "retry_in" in f:
+            self.running.labels(job).dec()  # an attempt that is retried: the run goes on
+        elif kind == "run-finished":
+            result = result_of(f)
+            self.running.labels(job).dec()
+            self.runs.labels(job, result).inc()
+            if f.get("duration") is not None:
+                self.duration.labels(job).observe(float(f["duration"]))
+            at = event.at.timestamp()
+            self.last_run.labels(job, result).set(at)
+            if result == "success":
+                self.success(job, at)
+        elif kind == "missed":
+            self.missed.labels(job).inc(int(f.get("count") or 1))
+        elif kind == "backend-error":
+            self.backend_errors.labels(self._backend(job)).inc()
+        elif kind == "ping-failed":
+            self.ping_failures.labels(job).inc()
+        elif kind in ("clock", "clock-warning") and f.get("offset") is not None:
+            self._clock_offset(float(f["offset"]))
+        reason = skip_reason(event)
+        if reason is not None:
+            self.skipped.labels(job, reason).inc()
+
+    def success(self, job: str, at: float) -> None:
+        """``job`` succeeded at ``at`` (Unix time), here or on another instance."""
+        with self._lock:
+            if at <= self._success.get(job, 0.0):
+                return
+            if job not in self._backends and self._backends:
+                return  # no longer served (a reload removed it)
+            self._success[job] = at
+            self.last_success.labels(job).set(at)
+
+    def _clock_offset(self, offset: float) -> None:
+        with self._lock:
+            if self._offset is None:
+                self._offset = Gauge(
+                    "pyjob_clock_offset_seconds",
+                    "The clock's last measured offset from NTP time (NTP's sign: positive when "
+                    "this host is behind).",
+                    registry=self.registry,
+                )
+        self._offset.set(offset)
+
+    # ------------------------------------------------------------------ liveness
+
+    def beat(self) -> None:
+        """The scheduler loop is alive (it went to wait, or says so)."""
+        self._beat = self.clock.monotonic()
+
+    def health(self) -> tuple[bool, float]:
+        """Whether the loop was seen within LIVENESS, and how many seconds ago."""
+        age = self.clock.monotonic() - self._beat
+        return age <= LIVENESS, age
+
+    # ------------------------------------------------------------------ output
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def write_textfile(self, path: str) -> None:
+        """Write the metrics to ``path`` atomically: a temporary file beside it, then rename, so
+        node_exporter never reads half a file (the temporary name does not end in .prom)."""
+        data = self.render()
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+class BeatingClock:
+    """The scheduler's clock, beating ``beat`` each time the loop goes to wait and comes back
+    (the loop is the only caller of ``wait_for``). Everything else is the base clock's."""
+
+    def __init__(self, base: Clock, beat: Callable[[], None]) -> None:
+        self.base = base
+        self._beat = beat
+
+    def now(self) -> datetime:
+        return self.base.now()
+
+    def monotonic(self) -> float:
+        return self.base.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        self.base.sleep(seconds)
+
+    def wait(self, waker: Waker, seconds: float) -> bool:
+        return self.base.wait(waker, seconds)
+
+    def wait_for(self, waker: Waker, seconds: float, fds: Sequence[int]) -> list[int]:
+        self._beat()
+        try:
+            return self.base.wait_for(waker, seconds, fds)
+        finally:
+            self._beat()
+
+
+class MetricsServer:
+    """``/metrics`` (Prometheus text) and ``/healthz`` on HOST:PORT, on threads of their own.
+    Binds at construction (OSError: address in use, not allowed)."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        m = metrics
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._answer(200, m.render(), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    ok, age = m.health()
+                    text = "ok\n" if ok else f"the scheduler loop was last seen {age:.0f}s ago\n"
+                    self._answer(200 if ok else 503, text.encode(), "text/plain; charset=utf-8")
+                elif path == "/":
+                    body = b"pyjob: /metrics (Prometheus), /healthz (liveness)\n"
+                    self._answer(200, body, "text/plain; charset=utf-8")
+                else:
+                    self._answer(404, b"not found: try /metrics or /healthz\n", "text/plain")
+
+            def _answer(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return  # scrapes are not events
+
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        class Server(ThreadingHTTPServer):
+            address_family = family
+            daemon_threads = True
+
+        self.httpd = Server((host, port), Handler)
+        self.port: int = self.httpd.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="pyjob-metrics-http", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self.httpd.shutdown()
+            self._thread.join(5)
+        self.httpd.server_close()
+
+
+class Periodic:
+    """Call ``fn`` every ``every`` seconds on a thread of its own (the first time after
+    ``first``, default one period), and once more at ``stop()`` when ``at_stop``. An exception of
+    ``fn`` is given to ``failed``."""
+
+    def __init__(
+        self,
+        fn: Callable[[], None],
+        every: float,
+        clock: Clock,
+        name: str,
+        failed: Callable[[BaseException], None],
+        at_stop: bool = False,
+        first: float | None = None,
+    ) -> None:
+        self.fn, self.every, self.clock, self.failed = fn, every, clock, failed
+        self.at_stop = at_stop
+        self.first = every if first is None else first
+        self._waker = Waker()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _call(self) -> None:
+        try:
+            self.fn()
+        except Exception as e:
+            self.failed(e)
+
+    def _loop(self) -> None:
+        wait = self.first
+        while not self._stopped:
+            if self.clock.wait(self._waker, wait) or self._stopped:
+                return
+            self._call()
+            wait = self.every
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopped = True
+        self._waker.wake()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._waker.close()
+            if self.at_stop:
+                self._call()
+
+
+class FleetReader:
+    """Reads the run records of the jobs' backends, so ``pyjob_last_success_timestamp_seconds``
+    is the fleet's: every instance reports the same value. One reader, on its own thread (a
+    Periodic), with one store per lock URL, opened on first use (a connection of its own, not
+    the scheduler's). ``jobs``: job -> its lock URL; ``open_store(url)`` gives the store (None:
+    the backend keeps no records) and a function that closes it."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        jobs: Mapping[str, str | None],
+        open_store: Callable[[str | None], tuple[RecordStore | None, Callable[[], None]]],
+    ) -> None:
+        self.metrics = metrics
+        self.open_store = open_store
+        self._jobs = dict(jobs)
+        self._lock = threading.Lock()
+        self._stores: dict[str | None, tuple[RecordStore | None, Callable[[], None]]] = {}
+        self._since: dict[str, int] = {}  # job -> the oldest tick worth reading again
+
+    def update(self, jobs: Mapping[str, str | None]) -> None:
+        with self._lock:
+            self._jobs = dict(jobs)
+
+    def read(self) -> None:
+        """One pass over the jobs; a backend that fails is tried again at the next pass."""
+        with self._lock:
+            jobs = dict(self._jobs)
+        for job, url in jobs.items():
+            store = self._store(url)
+            if store is None:
+                continue
+            since = self._since.get(job)
+            records = store.runs(job, FLEET_FIRST, since_us=since)
+            if not records:
+                continue
+            done = [r for r in records if r.result == "success"]
+            if done:
+                best = max(done, key=lambda r: r.finished_us or r.tick_us)
+                self.metrics.success(job, (best.finished_us or best.tick_us) / 1e6)
+            # Next time, read from the oldest record still running (it may end in success), else
+            # from the newest seen: the rest cannot change.
+            running = [r.tick_us for r in records if r.result == "running"]
+            self._since[job] = min([*running, records[0].tick_us])
+
+    def _store(self, url: str | None) -> RecordStore | None:
+        if url not in self._stores:
+            self._stores[url] = self.open_store(url)
+        return self._stores[url][0]
+
+    def close(self) -> None:
+        for _, close in self._stores.values():
+            with contextlib.suppress(Exception):
+                close()
+        self._stores.clear()
+
+
+__all__ = [
+    "LIVENESS",
+    "RESULTS",
+    "SKIP_REASONS",
+    "BeatingClock",
+    "FleetReader",
+    "Metrics",
+    "MetricsServer",
+    "Periodic",
+    "result_of",
+    "skip_reason",
+]

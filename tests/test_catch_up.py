@@ -1,0 +1,63 @@
+"""--catch-up on every backend: ticks the whole fleet missed run once when instances come back,
+judged by the run records in the backend. The nfs: backend runs on a local directory here."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from .runproc import PyjobRun
+
+pytestmark = [pytest.mark.slow, pytest.mark.long]
+
+RECORD = 'echo "$PYJOB_TICK_UNIX $PYJOB_INSTANCE" >> "$OUT"'
+VARIANTS = {
+    "one": ["--catch-up", "1m"],
+    "none": [],
+    "short": ["--catch-up", "200ms"],
+    "all2": ["--catch-up", "1m", "--catch-up-all", "--catch-up-max", "2"],
+}
+
+
+def _job(url: str, tmp: Path, name: str, extra: list[str], instance: str) -> PyjobRun:
+    args = ["--every", "4s", "--align", "--lock", url, "--name", name, *extra]
+    args += ["--instance-id", instance, "--shell", "--", RECORD]
+    return PyjobRun(args, tmp, f"{name}-{instance}", {"OUT": str(tmp / name)})
+
+
+def test_two_instances_coming_back_catch_up_the_missed_tick_once(
+    fleet_lock_url: str, tmp_path: Path
+) -> None:
+    # Every variant's job runs one tick, then nothing runs it for two ticks.
+    first = [
+        _job(fleet_lock_url, tmp_path, name, ["--max-runs", "1"], "early") for name in VARIANTS
+    ]
+    for r in first:
+        assert r.wait(timeout=30) == 0
+    t0 = {name: int((tmp_path / name).read_text().split()[0]) for name in VARIANTS}
+    start = max(t0.values())
+    time.sleep(max(0.0, start + 8.5 - time.time()))
+    # Instances start 0.5 s after the second missed tick: two together where they race.
+    back = [
+        _job(fleet_lock_url, tmp_path, name, extra, f"back{n}")
+        for name, extra in VARIANTS.items()
+        for n in range(2 if name in ("one", "all2") else 1)
+    ]
+    time.sleep(max(0.0, start + 13.5 - time.time()))
+    for r in back:
+        assert r.stop() == 0
+    ran = {}
+    for name in VARIANTS:
+        rows = [line.split() for line in (tmp_path / name).read_text().splitlines()]
+        ticks = [int(row[0]) - t0[name] for row in rows]
+        assert len(ticks) == len(set(ticks)), (name, ticks)  # nothing ran twice
+        ran[name] = ticks
+    assert ran["one"] == [0, 8, 12]  # the most recent missed tick once, then the grid
+    assert ran["none"] == [0, 12]
+    assert ran["short"] == [0, 12]  # 8 was missed longer ago than the window
+    assert ran["all2"] == [0, 4, 8, 12]  # the two most recent, oldest first
+    caught = [e for r in back for e in r.events("caught-up")]
+    assert sorted(e["job"] for e in caught) == ["all2", "all2", "one"]
+    assert all(e["late"] > 0 and e["window"] == 60 for e in caught)

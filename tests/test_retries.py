@@ -1,0 +1,203 @@
+"""--retries: a failed run runs again as the same run (run id, tick, fence), with backoff, within
+its tick; a stop cancels what waits; and when the instance running the attempts dies, another
+takes over from the next attempt."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from pyjob.core.clock import FakeClock
+
+from .fakes import FakeRunner
+from .runproc import PyjobRun
+from .test_scheduler import QUIET, T0, job, make, seq
+
+
+class CodesRunner(FakeRunner):
+    """Each start exits with the next code of ``codes`` (then 0)."""
+
+    def __init__(self, clock: FakeClock, codes: list[int], duration: float = 1.0) -> None:
+        super().__init__(clock, duration=duration)
+        self.codes = list(codes)
+
+    def start(self, command, env, on_line):  # type: ignore[no-untyped-def]
+        self.code = self.codes.pop(0) if self.codes else 0
+        return super().start(command, env, on_line)
+
+
+def test_fails_twice_then_succeeds_as_one_run_in_three_attempts() -> None:
+    clock = FakeClock(T0)
+    runner = CodesRunner(clock, [1, 3])
+    jobs = [job("every 1m align tz UTC", clock, max_runs=1, retries=2, retry_delay=0.3)]
+    s, events = make(jobs, runner, clock)
+    assert s.run() == 0  # the run succeeded in the end
+    assert [e["PYJOB_ATTEMPT"] for e in runner.started] == ["1", "2", "3"]
+    assert len({e["PYJOB_RUN_ID"] for e in runner.started}) == 1
+    assert len({e["PYJOB_TICK"] for e in runner.started}) == 1
+    assert seq(events, *QUIET) == [
+        ("run-started", "12:01:00"),
+        ("run-finished", "12:01:00"),
+        ("retrying", "12:01:00"),
+        ("run-started", "12:01:00"),
+        ("run-finished", "12:01:00"),
+        ("retrying", "12:01:00"),
+        ("run-started", "12:01:00"),
+        ("run-finished", "12:01:00"),
+    ]
+    retrying = [e for e in events if e.kind == "retrying"]
+    assert [e.fields["delay"] for e in retrying] == [0.3, 0.6]  # doubled (--retry-backoff 2)
+    starts = [e.at for e in events if e.kind == "run-started"]
+    assert (starts[1] - starts[0]).total_seconds() == pytest.approx(1.3)  # 1 s run + 0.3 s
+    assert (starts[2] - starts[1]).total_seconds() == pytest.approx(1.6)
+
+
+def test_the_last_attempt_failing_is_one_failure_and_one_failure_hook() -> None:
+    clock = FakeClock(T0)
+    runner = CodesRunner(clock, [1, 2])
+    jobs = [
+        job(
+            "every 1m align tz UTC",
+            clock,
+            max_runs=1,
+            retries=1,
+            retry_delay=0.3,
+            on_failure="alert",
+        )
+    ]
+    s, _ = make(jobs, runner, clock)
+    assert s.run() == 1
+    hooks = [e for e in runner.started if "PYJOB_HOOK" in e]
+    assert len(hooks) == 1 and hooks[0]["PYJOB_EXIT_CODE"] == "2"
+    assert hooks[0]["PYJOB_ATTEMPT"] == "2"
+
+
+def test_a_retry_due_after_the_following_tick_is_dropped() -> None:
+    clock = FakeClock(T0)
+    runner = CodesRunner(clock, [1, 1])
+    jobs = [job("every 10s align tz UTC", clock, max_runs=2, retries=3, retry_delay=20.0)]
+    s, events = make(jobs, runner, clock)
+    assert s.run() == 1
+    dropped = [e for e in events if e.kind == "retry-dropped"]
+    assert dropped and "following tick" in dropped[0].fields["reason"]
+    assert [e["PYJOB_ATTEMPT"] for e in runner.started] == ["1", "1"]
+
+
+def test_retry_on_limits_the_codes() -> None:
+    clock = FakeClock(T0)
+    runner = CodesRunner(clock, [2])
+    jobs = [
+        job(
+            "every 1m align tz UTC",
+            clock,
+            max_runs=1,
+            retries=2,
+            retry_delay=0.1,
+            retry_on=frozenset({"1", "75"}),
+        )
+    ]
+    s, _ = make(jobs, runner, clock)
+    assert s.run() == 1
+    assert len(runner.started) == 1  # 2 is not retried
+
+
+def test_a_stop_cancels_the_attempts_that_wait() -> None:
+    clock = FakeClock(T0)
+    runner = CodesRunner(clock, [1])
+    jobs = [job("every 1m align tz UTC", clock, retries=2, retry_delay=30.0)]
+    s, events = make(jobs, runner, clock)
+
+    def stop_after_first(n: int) -> None:
+        if n == 1:
+            clock.advance(0)
+
+    runner.on_start = stop_after_first
+    original = s._schedule_retry
+
+    def then_stop(*args, **kw):  # type: ignore[no-untyped-def]
+        original(*args, **kw)
+        s.request_stop()
+
+    s._schedule_retry = then_stop  # type: ignore[method-assign]
+    assert s.run() == 0
+    assert len(runner.started) == 1
+    dropped = [e for e in events if e.kind == "retry-dropped"]
+    assert [e.fields["reason"] for e in dropped] == ["cancelled by the stop"]
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_another_instance_takes_over_the_attempts_of_one_that_was_killed(
+    fleet_lock_url: str, tmp_path: Path
+) -> None:
+    import json
+    import subprocess
+
+    from .conftest import pyjob_exe
+
+    url = fleet_lock_url
+    out = tmp_path / "attempts"
+    cmd = (
+        f'echo "$PYJOB_ATTEMPT $PYJOB_INSTANCE $PYJOB_RUN_ID" >> {out}; '
+        'if [ "$PYJOB_ATTEMPT" = 1 ]; then sleep 60; fi'
+    )
+    args = ["-s", "*/20 * * * * *", "--lock", url, "--name", "flaky", "--retries", "2"]
+    args += ["--retry-delay", "200ms", "--lease-ttl", "1s", "--shell", "--", cmd]
+    runs = {n: PyjobRun(["--instance-id", n, *args], tmp_path, n) for n in ("a", "b")}
+    deadline = time.time() + 30
+    while time.time() < deadline and not (out.exists() and out.read_text().strip()):
+        time.sleep(0.1)
+    first = out.read_text().split()
+    assert first[0] == "1"
+    victim, survivor = first[1], "b" if first[1] == "a" else "a"
+    runs[victim].signal(signal.SIGKILL)  # during attempt 1: the reaper kills the command too
+    runs[victim].wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and len(out.read_text().splitlines()) < 2:
+        time.sleep(0.1)
+    lines = [line.split() for line in out.read_text().splitlines()]
+    assert lines[1][:2] == ["2", survivor] and lines[1][2] == lines[0][2]  # the same run
+    taken = runs[survivor].wait_for("retrying")
+    assert taken[0]["taken_over_from"] == victim and taken[0]["attempt"] == 2
+    time.sleep(0.5)
+    assert runs[survivor].stop() == 0
+    hist = subprocess.run(
+        [*pyjob_exe(), "history", "flaky", "--lock", url, "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    record = json.loads(hist.stdout)["runs"][0]
+    assert record["attempt"] == 2 and record["result"] == "success"
+    assert [(a["attempt"], a["result"]) for a in record["attempts"]] == [(1, "lost")]
+
+
+def test_pings_and_metrics_see_a_retried_run_once_with_its_final_result() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+    from pyjob.core.metrics import Metrics
+    from pyjob.core.pings import PingSender
+
+    clock = FakeClock(T0)
+    runner = CodesRunner(clock, [1, 3])
+    jobs = [job("every 1m align tz UTC", clock, max_runs=1, retries=2, retry_delay=0.3)]
+    s, events = make(jobs, runner, clock)
+    assert s.run() == 0
+    pings = PingSender({"job": "http://127.0.0.1:9/ping"}, clock, lambda *a, **k: None)
+    for e in events:
+        pings.on_event(e)
+    assert [p.what for p in pings._queue] == ["start", "0"]  # one start, the final end
+    metrics = Metrics(clock, "test:1", "0", {"job": 60.0}, {"job": "none"})
+    for e in events:
+        metrics.on_event(e)
+    from prometheus_client import generate_latest
+
+    text = generate_latest(metrics.registry).decode()
+    runs = {
+        s.labels["result"]: s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "pyjob_runs_total" and s.labels.get("job") == "job"
+    }
+    assert runs.get("success") == 1.0 and not runs.get("failure")
