@@ -22,7 +22,7 @@ from pyjob.core.rules import iso
 _LEVEL_STYLE = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red"}
 _INFO_STYLE = {"run-started": "bold", "run-finished": "green", "stopping": "bold"}
 # Field names shortened in text (the JSON keeps the catalogue's); run_id is left out of text
-# (it is the job and the tick, both on the line).
+# (it is the job and the tick, both on the line), and so is a first attempt.
 _TEXT_NAME = {"in_seconds": "in"}
 _TEXT_SKIP = {"run_id"}
 
@@ -96,7 +96,7 @@ def text_line(event: Event, zone: tzinfo | None = None) -> str:
         parts.append(f"{event.fields.get('stream')}: {event.fields.get('line')}")
         return " ".join(parts)
     for name, value in event.fields.items():
-        if name in _TEXT_SKIP:
+        if name in _TEXT_SKIP or (name == "attempt" and value == 1):  # 1: no retries so far
             continue
         shown = text_value(name, value)
         if shown is not None:
