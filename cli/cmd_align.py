@@ -78,18 +78,15 @@ def align_cmd(
         us = to_us(boundary)
         click.echo(str(us // 1_000_000) if us % 1_000_000 == 0 else f"{us / 1e6:.6f}")
     else:
-        from .render import echo_json
+        from .render import echo_json, instant_fields
 
         echo_json(
             {
-                "boundary": iso(boundary, zone),
-                "utc": iso(boundary),
-                "unix": to_us(boundary) / 1e6,
+                **instant_fields(boundary, zone, now),  # the words of next --format json
                 "interval": format_duration(spec.rule.every),  # type: ignore[union-attr]
                 "offset": format_duration(spec.rule.offset),  # type: ignore[union-attr]
                 "grid": "local-midnight" if spec.zone else "unix-epoch",
                 "zone": zone_name,
-                "wait_seconds": max(0.0, (boundary - now).total_seconds()),
             }
         )
     if not wait:

@@ -16,7 +16,7 @@ from .options import (
     schedule_flags_given,
     schedule_options,
 )
-from .render import echo_json, table
+from .render import echo_json, instant_fields, table
 
 if TYPE_CHECKING:
     from pyjob.core.rules import Tick
@@ -31,7 +31,7 @@ def _note(tick: Tick) -> str:
 
 
 @click.command("next", cls=CommandAfterDashes)
-@click.argument("expr", required=False, metavar="[EXPR]", shell_complete=complete_schedule)
+@click.argument("words", nargs=-1, metavar="[EXPR]", shell_complete=complete_schedule)
 @schedule_options
 @job_identity_options
 @click.option(
@@ -61,7 +61,7 @@ def _note(tick: Tick) -> str:
     help="table for people, plain (one ISO 8601 instant per line) or json.",
 )
 def next_cmd(
-    expr: str | None,
+    words: tuple[str, ...],
     count: int,
     from_: str | None,
     name: str | None,
@@ -88,10 +88,11 @@ def next_cmd(
     """
     from pyjob.core.describe import describe
     from pyjob.core.durations import humanize
-    from pyjob.core.rules import iso, to_us
+    from pyjob.core.rules import iso
     from pyjob.core.schedule import Schedule, job_identity
 
     env = get_env()
+    expr = " ".join(words) if words else None  # `pyjob next every 5m` reads as 'every 5m'
     if jobs_file is not None:
         if expr or name or shell or command or schedule_flags_given(kw):
             raise click.UsageError(
@@ -119,10 +120,7 @@ def next_cmd(
                 "from": iso(now),
                 "ticks": [
                     {
-                        "local": iso(t.instant, zone),
-                        "utc": iso(t.instant),
-                        "unix": to_us(t.instant) / 1e6,
-                        "in_seconds": (t.instant - now).total_seconds(),
+                        **instant_fields(t.instant, zone, now),
                         "dst": "gap" if t.moved_from else ("repeated" if t.repeated else None),
                         "moved_from": t.moved_from.isoformat() if t.moved_from else None,
                     }

@@ -12,6 +12,8 @@ import click
 from .env import get_env
 from .monitoring import MonitorOptions, parse_listen
 from .options import (
+    RunCommand,
+    ScheduleBeforeDashes,
     build_spec,
     complete_schedule,
     job_identity_options,
@@ -32,11 +34,27 @@ if TYPE_CHECKING:
     from .env import Env
 
 
+def _zone_of(scheduler: Any, job: str) -> Any:
+    """The zone a job's ticks are written in by the text log: its --tz / CRON_TZ, if any."""
+    from pyjob.core.zones import get_zone
+
+    state = scheduler.jobs.get(job)
+    zone = state.job.schedule.spec.zone if state is not None else None
+    return get_zone(zone) if zone else None
+
+
 def _seconds(us: int | None) -> float | None:
     return None if us is None else us / 1e6
 
 
-@click.command("run", context_settings={"allow_interspersed_args": False})
+@click.command("run", cls=RunCommand, context_settings={"allow_interspersed_args": False})
+@click.argument(
+    "words",
+    nargs=-1,
+    metavar="[SCHEDULE]",
+    cls=ScheduleBeforeDashes,
+    shell_complete=complete_schedule,
+)
 @schedule_options
 @click.option(
     "-s",
@@ -53,6 +71,7 @@ def _seconds(us: int | None) -> float | None:
     "of one command; SIGHUP re-reads it. The run options given here are defaults for its jobs."
 )
 def run_cmd(
+    words: tuple[str, ...],
     command: tuple[str, ...],
     schedule_text: str | None,
     name: str | None,
@@ -62,9 +81,12 @@ def run_cmd(
 ) -> None:
     """Run CMD on a schedule, once per tick across every instance that shares the lock.
 
+    SCHEDULE is the text `next` and `validate` take ('*/5 * * * *', 'every 5m align'); -s EXPR
+    and the schedule options (--every 5m --align) say the same.
+
     Ticks are claimed in the lock backend before they run; an instance that loses the claim logs
     who won and skips. Logs go to stderr; the command's output passes through (or is logged with
-    --log-output). It runs until stopped (SIGTERM/SIGINT: stop scheduling, forward SIGTERM,
+    --log-output). It runs until stopped (SIGTERM/SIGINT/SIGHUP: stop scheduling, forward SIGTERM,
     wait --stop-timeout, exit 0; a second Ctrl-C kills at once, exit 130), or until the schedule
     ends (--once, --stop-at, --max-runs): then exit 0 if every run succeeded, else 1.
 
@@ -75,6 +97,7 @@ def run_cmd(
 
     \b
     Examples:
+      pyjob run "*/5 * * * *" -- ./backup.sh
       pyjob run --every 5m --align -- ./backup.sh
       pyjob run --file crontab --lock redis://redis:6379/0
       pyjob run --cron "0 3 * * *" --tz Europe/Berlin --timeout 1h -- ./nightly.sh
@@ -93,9 +116,13 @@ def run_cmd(
                 param_hint=f"'--{field}'",
             )
     job_values = {k: v for k, v in values.items() if k in _JOB_SETTING_NAMES()}
+    if words:
+        if schedule_text is not None:
+            raise click.UsageError("two schedules: SCHEDULE and -s (give one)")
+        schedule_text = " ".join(words)
     if jobs_file is not None:
         given = schedule_flags_given(kw, also=("at", "align", "offset")) + (
-            ["-s"] if schedule_text else []
+            ["SCHEDULE" if words else "-s"] if schedule_text else []
         )
         for flag, value in (("CMD", command), ("--name", name), ("--shell", shell)):
             if value:
@@ -114,6 +141,8 @@ def run_cmd(
         raise click.UsageError(
             "missing the command: pyjob run SCHEDULE -- CMD [ARGS]... (or --file PATH)"
         )
+    if schedule_text is None and not schedule_flags_given(kw):
+        _command_before_dashes(command)
     from pyjob.core.process import Command
     from pyjob.core.schedule import Schedule, job_identity
     from pyjob.core.scheduler import Job
@@ -129,6 +158,26 @@ def run_cmd(
         env=dict(env.environ),
     )
     raise click.exceptions.Exit(serve([job], env, process))
+
+
+def _command_before_dashes(command: tuple[str, ...]) -> None:
+    """No schedule, and the command starts with one (``pyjob run "0 9 * * *" ./x``): say where
+    it goes."""
+    import shlex
+
+    from pyjob.core.errors import InputError
+    from pyjob.core.grammar import parse
+
+    for n in range(len(command) - 1, 0, -1):  # the longest schedule the words start with
+        text = " ".join(command[:n])
+        try:
+            parse(text)
+        except InputError:
+            continue
+        raise click.UsageError(
+            f"no schedule: the command goes after -- (pyjob run {shlex.quote(text)} -- "
+            f"{shlex.join(command[n:])})"
+        )
 
 
 def _JOB_SETTING_NAMES() -> set[str]:
@@ -191,15 +240,17 @@ def serve(
     from .monitoring import Monitoring
 
     instance = process.instance or f"{socket.gethostname()}:{os.getpid()}"
-    log = EventLog(process.log_format, env.err_is_terminal(), env.color)
-    # --ping and the metrics consume the events beside the log (exit 2 here if misconfigured)
+    log = EventLog(process.log_format, env.err_is_terminal(), env.color, process.log_level)
+    # --ping and the metrics consume the events beside the log (exit 2 here if misconfigured);
+    # they see every event, whatever --log-level keeps in the log
     monitoring = Monitoring(jobs, process.monitor, instance, env.clock, env.environ)
     corrected = OffsetClock(env.clock) if process.clock.mode == "ntp" else None
     clock: Clock = monitoring.loop_clock(corrected or env.clock)
-    runner = RealRunner()
+    runner = RealRunner(prefix=len(jobs) > 1)  # several jobs: whose output is it?
     scheduler = Scheduler(
         clock, runner, monitoring.fan_out(log), instance=instance, env=env.environ
     )
+    log.zone_of = lambda job: _zone_of(scheduler, job)
     who = jobs[0].job_id if len(jobs) == 1 else "*"
     try:
         scheduler.open(jobs)  # BackendError: exit 5
@@ -224,7 +275,9 @@ def serve(
                     action="each run will fail (exit 127/126)",
                 )
             unshared = unshared_warning(job.schedule.spec.rule)
-            if unshared and scheduler.coordinator.backend(job.lock).url != "none":
+            # Only where other instances may share the ticks: a lock given on purpose (the
+            # default file lock of a lone one-liner is not a fleet).
+            if unshared and job.lock is not None and job.lock != "none":
                 scheduler.emit("warning", job.job_id, None, **unshared)
         if watch is not None:
             watch.check_start()  # raises ClockError (exit 3) or ClockOffsetError (exit 4)
@@ -257,6 +310,7 @@ class ProcessOptions:
 
     instance: str | None
     log_format: str
+    log_level: str
     clock: ClockOptions
     monitor: MonitorOptions
 
@@ -268,6 +322,7 @@ class ProcessOptions:
         return cls(
             instance=v["instance-id"],
             log_format=v["log-format"],
+            log_level=v["log-level"],
             clock=ClockOptions(
                 servers=server_list(v["ntp-server"]) or None,
                 max_offset=_seconds(v["max-offset"]),
@@ -329,10 +384,17 @@ def unshared_warning(rule: Any) -> dict[str, str] | None:
     why = rule.unshared_reason
     if why is None:
         return None
+    if getattr(rule, "align", None) is False:
+        action = "add --align (or use cron) when several instances run this job"
+    else:  # a random interval cannot be aligned
+        action = (
+            "use a fixed interval with --align (--every 5m --align), or cron, when several "
+            "instances run this job; or --jitter for a random delay on shared ticks"
+        )
     return {
         "problem": f"'{rule}' {why}: other instances get other ticks and do not coordinate "
         "with this one",
-        "action": "add --align (or use cron) when several instances run this job",
+        "action": action,
     }
 
 
@@ -340,8 +402,9 @@ def install_signals(
     stop: Callable[[bool], None], waker_fd: int, reload: Callable[[], None] | None = None
 ) -> None:
     """SIGTERM/SIGINT call ``stop(force)``: gracefully, and forced at a second SIGINT; SIGHUP
-    calls ``reload`` when given. Handlers only set flags: the wake-up byte is written by the
-    interpreter itself (set_wakeup_fd)."""
+    calls ``reload`` when given, else stops as gracefully as SIGTERM (an ssh session that
+    closes must not kill the command behind its TERM trap). Handlers only set flags: the
+    wake-up byte is written by the interpreter itself (set_wakeup_fd)."""
     interrupts = 0
 
     def on_int(signum: int, frame: object) -> None:
@@ -357,3 +420,5 @@ def install_signals(
     signal.signal(signal.SIGTERM, on_term)
     if reload is not None:
         signal.signal(signal.SIGHUP, lambda signum, frame: reload())
+    else:
+        signal.signal(signal.SIGHUP, on_term)

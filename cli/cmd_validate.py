@@ -129,17 +129,37 @@ def validate_cmd(
                 for w in r["warnings"]:
                     click.echo(f"warning: {label}: {w['message']}", err=True)
             for err in r["errors"]:
-                click.echo(f"Error: {err['message']}", err=True)
+                named = f"'{r['input']}': " if len(results) > 1 else ""  # which one failed
+                click.echo(f"Error: {named}{err['message']}", err=True)
                 if terminal:
                     e = InputError(
                         err["message"], source=err["source"], pos=err["pos"], length=err["length"]
                     )
                     for line in caret_lines(e):
                         click.echo(line, err=True)
+        if any_error and len(exprs) > 1 and fmt == "text":
+            _hint_quoting(exprs, kw)
     if any_error:
         raise click.exceptions.Exit(int(ExitCode.USAGE))
     if strict and any_warning:
         raise click.exceptions.Exit(int(ExitCode.FAILED))
+
+
+def _hint_quoting(exprs: tuple[str, ...], kw: dict[str, Any]) -> None:
+    """`pyjob validate every 5m` checks 'every' and '5m': when the words together are one
+    schedule, say how to check it."""
+    import shlex
+
+    joined = " ".join(exprs)
+    try:
+        build_spec(joined, kw)
+    except (InputError, click.UsageError):
+        return
+    click.echo(
+        f"hint: each EXPR is a schedule of its own; to check {joined!r} as one, quote it: "
+        f"pyjob validate {shlex.quote(joined)}",
+        err=True,
+    )
 
 
 def _validate_file(path: str, strict: bool, fmt: str) -> None:

@@ -1,42 +1,124 @@
-"""Rendering the events of `pyjob run` on stderr: readable lines (rich on a terminal), or JSON."""
+"""Rendering the events of `pyjob run` on stderr: readable lines (rich on a terminal), or JSON.
+
+Both keep only the events at ``--log-level`` and above (each event's level comes from the
+catalogue in pyjob.core.events). JSON carries the exact values; a text line is for people, in
+logfmt: the level, durations as ``2.3ms`` or ``19h48m``, the tick in the job's own zone, nothing
+that is absent (``None``, false, an empty list), values quoted where logfmt needs it.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 import threading
+from collections.abc import Callable
+from datetime import UTC, tzinfo
 from typing import Any
 
-from pyjob.core.events import Event
+from pyjob.core.events import LEVELS, SECONDS, Event
 from pyjob.core.rules import iso
 
-_STYLE = {
-    "run-started": "bold",
-    "run-finished": "green",
-    "lost": "dim",
-    "skipped": "yellow",
-    "missed": "yellow",
-    "timeout": "red",
-    "backend-error": "bold red",
-    "stopping": "bold",
-    "output": "",
-}
+# By level; an info event may have a style of its own.
+_LEVEL_STYLE = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red"}
+_INFO_STYLE = {"run-started": "bold", "run-finished": "green", "stopping": "bold"}
+# Field names shortened in text (the JSON keeps the catalogue's); run_id is left out of text
+# (it is the job and the tick, both on the line), and so is a first attempt.
+_TEXT_NAME = {"in_seconds": "in"}
+_TEXT_SKIP = {"run_id"}
 
 
-def _value(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    if isinstance(v, list | tuple):
-        return ",".join(map(str, v)) or "-"
-    text = str(v)
-    return json.dumps(text) if (" " in text or not text) else text
+def style_of(event: Event) -> str:
+    level = event.level
+    if level == "info":
+        return _INFO_STYLE.get(event.kind, "")
+    return _LEVEL_STYLE[level]
+
+
+def human_seconds(value: float) -> str:
+    """A duration for people, in the units pyjob reads: 284µs, 2.3ms, 1.5s, 4m5s, 19h48m, 2d3h."""
+    sign, v = ("-", -value) if value < 0 else ("", value)
+    if v == 0:
+        return "0s"
+    if v < 0.0009995:  # (rounds to 1000µs and more: written in ms)
+        return f"{sign}{v * 1e6:.0f}µs"
+    if v < 0.9995:
+        return f"{sign}{_g3(v * 1e3)}ms"
+    if v < 60:
+        return f"{sign}{_g3(v)}s"
+    whole = round(v)
+    if whole < 3600:
+        return f"{sign}{_pair(whole // 60, 'm', whole % 60, 's')}"
+    if whole < 86400:
+        return f"{sign}{_pair(whole // 3600, 'h', whole % 3600 // 60, 'm')}"
+    return f"{sign}{_pair(whole // 86400, 'd', whole % 86400 // 3600, 'h')}"
+
+
+def _g3(v: float) -> str:
+    return f"{v:.3g}" if v < 100 else str(round(v))
+
+
+def _pair(a: int, ua: str, b: int, ub: str) -> str:
+    return f"{a}{ua}{b}{ub}" if b else f"{a}{ua}"
+
+
+def logfmt(text: str) -> str:
+    """``text`` as a logfmt value: bare when it can be, else double-quoted with escapes."""
+    if text and text.isprintable() and not any(c in text for c in ' "=\\'):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def text_value(name: str, value: Any) -> str | None:
+    """How a field reads in a text line; None: leave it out."""
+    if value is None or value is False or (isinstance(value, list | tuple) and not value):
+        return None
+    if value is True:
+        return "true"
+    if isinstance(value, int | float) and name in SECONDS:
+        return human_seconds(float(value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        items = [str(v) for v in value]
+        sep = "; " if any(" " in i or "," in i for i in items) else ","
+        return logfmt(sep.join(items))
+    return logfmt(str(value))
+
+
+def text_line(event: Event, zone: tzinfo | None = None) -> str:
+    """The text line of ``event`` (without colour); ``zone``: the job's zone, for the tick."""
+    at = event.at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    parts = [at, f"{event.level:<7}", f"{event.kind:<13}", f"job={logfmt(event.job)}"]
+    if event.tick is not None:
+        parts.append(f"tick={iso(event.tick, None if zone is UTC else zone)}")
+    parts.append(f"instance={logfmt(event.instance)}")
+    if event.kind == "output":
+        parts.append(f"{event.fields.get('stream')}: {event.fields.get('line')}")
+        return " ".join(parts)
+    for name, value in event.fields.items():
+        if name in _TEXT_SKIP or (name == "attempt" and value == 1):  # 1: no retries so far
+            continue
+        shown = text_value(name, value)
+        if shown is not None:
+            parts.append(f"{_TEXT_NAME.get(name, name)}={shown}")
+    return " ".join(parts)
 
 
 class EventLog:
-    """Thread-safe: output readers log from their own threads."""
+    """Thread-safe: output readers log from their own threads. ``zone_of`` gives a job's zone
+    (the tick of a text line is written in it)."""
 
-    def __init__(self, fmt: str, terminal: bool, color: bool) -> None:
+    def __init__(
+        self,
+        fmt: str,
+        terminal: bool,
+        color: bool,
+        level: str = "info",
+        zone_of: Callable[[str], tzinfo | None] | None = None,
+    ) -> None:
         self.fmt = fmt
+        self.min_level = LEVELS.index(level)
+        self.zone_of = zone_of
         self._lock = threading.Lock()
         self._console = None
         if fmt == "text" and terminal:
@@ -45,6 +127,8 @@ class EventLog:
             self._console = Console(stderr=True, no_color=not color, highlight=False)
 
     def __call__(self, event: Event) -> None:
+        if LEVELS.index(event.level) < self.min_level:
+            return
         if self.fmt == "json":
             doc = {
                 "time": iso(event.at),
@@ -60,19 +144,13 @@ class EventLog:
                 sys.stderr.write(line + "\n")
                 sys.stderr.flush()
             return
-        head = f"{iso(event.at)} {event.kind:<13} job={event.job}"
-        if event.tick is not None:
-            head += f" tick={iso(event.tick)}"
-        head += f" instance={event.instance}"
-        if event.kind == "output":
-            text = f"{head} {event.fields.get('stream')}: {event.fields.get('line')}"
-        else:
-            text = head + "".join(f" {k}={_value(v)}" for k, v in event.fields.items())
+        zone = self.zone_of(event.job) if self.zone_of and event.tick is not None else None
+        text = text_line(event, zone)
         with self._lock:
             if self._console is not None:
                 from rich.text import Text
 
-                self._console.print(Text(text, style=_STYLE.get(event.kind, "")), soft_wrap=True)
+                self._console.print(Text(text, style=style_of(event)), soft_wrap=True)
             else:
                 sys.stderr.write(text + "\n")
                 sys.stderr.flush()

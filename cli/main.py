@@ -38,6 +38,25 @@ class PyjobGroup(click.Group):
         assert isinstance(command, click.Command)
         return command
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name in _COMMANDS or name.startswith("-") or ctx.resilient_parsing:
+            return super().resolve_command(ctx, args)
+        import difflib
+
+        close = difflib.get_close_matches(name, list(_COMMANDS), n=2, cutoff=0.6)
+        if close:
+            ctx.fail(f"No such command {name!r}: did you mean {' or '.join(map(repr, close))}?")
+        ctx.fail(f"No such command {name!r} (pyjob --help lists them)")
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args and not ctx.resilient_parsing:  # `pyjob` alone: the help, not an error
+            click.echo(ctx.get_help())
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -68,6 +87,12 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: one `Error:` line for every error (no usage block), the exit
     codes of DESIGN §7."""
+    import os
+
+    if "_PYJOB_COMPLETE" in os.environ:  # a completion request: pyjob's own shell classes
+        from .completion import register
+
+        register()
     try:
         rv = cli.main(args=argv, prog_name="pyjob", standalone_mode=False)
     except click.UsageError as e:

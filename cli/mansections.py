@@ -97,11 +97,15 @@ PAGES: dict[str, dict[str, object]] = {
             "PYJOB_JOB, PYJOB_TICK, PYJOB_TICK_UNIX, PYJOB_RUN_ID, PYJOB_FENCE and PYJOB_INSTANCE. "
             "When pyjob wakes late, only the most recent passed tick runs; older ones are logged "
             "as missed. A clock stepped back never re-runs a handled tick.",
-            "SIGTERM or SIGINT stops scheduling, forwards SIGTERM to running commands, waits "
+            "SIGTERM, SIGINT or (for one command, without --file) SIGHUP stops scheduling, "
+            "forwards SIGTERM to running commands, waits "
             "--stop-timeout, then sends SIGKILL. A second SIGINT kills at once. If pyjob is "
             "killed outright, a small reaper process kills the process groups of its runs.",
             "With --file PATH it runs every job of a crontab (5 or 6 fields, descriptors, "
-            "KEY=VALUE and CRON_TZ= lines; the rest of a line is run by /bin/sh -c) or of a TOML "
+            "KEY=VALUE and CRON_TZ= lines; the rest of a line is run by $SHELL -c, /bin/sh by "
+            "default; MAILTO is accepted but sends no mail; the user field of /etc/crontab and "
+            "/etc/cron.d lines runs the job as that user when pyjob runs as root; a job is named "
+            "after its program) or of a TOML "
             "file (*.toml: [defaults] and [jobs.NAME] tables whose keys are run's long options, "
             "plus command, shell and env) in one process, each job with its own ticks, claims "
             "and overlap state. The process is one scheduler whatever its number of jobs: one "

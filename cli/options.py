@@ -74,6 +74,9 @@ class LockURLType(click.ParamType):
         from click.shell_completion import CompletionItem
         from pyjob.core.backends import COMPLETIONS
 
+        for scheme in ("file:", "nfs:"):
+            if incomplete.startswith(scheme):
+                return complete_directory_url(scheme, incomplete)
         return [
             CompletionItem(u, type="nospace" if u.endswith((":", "/")) else "plain")
             for u in COMPLETIONS
@@ -127,20 +130,54 @@ def jobs_file_option(help_text: str) -> Callable[[F], F]:
 # The job's identity: --name, --shell and -- CMD [ARGS]... (run, next, validate)
 
 _AFTER_DASHES = "pyjob.job-command"
+_DASHES = "pyjob.dashes-given"
 
 
 class CommandAfterDashes(click.Command):
     """A command whose job command is everything after the first ``--``, so that it can follow
     positional arguments of the command's own: ``pyjob next EXPR -- CMD``, ``pyjob validate
-    EXPR... -- CMD``. (``run`` has no positionals but the command and parses it as usual.)"""
+    EXPR... -- CMD``, ``pyjob run SCHEDULE -- CMD``."""
+
+    # run: without ``--``, every positional is the command (``pyjob run --every 5m ./x -v``).
+    only_with_dashes = False
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         tail: tuple[str, ...] = ()
         if "--" in args:
             i = args.index("--")
             args, tail = args[:i], tuple(args[i + 1 :])
+            # The job command is cut off already: options may follow the schedule words
+            # (`pyjob run "0 9 * * *" --tz Europe/Berlin -- ./report`).
+            ctx.allow_interspersed_args = True
+            ctx.meta[_DASHES] = True  # TAB now completes the command (complete_schedule)
+        elif self.only_with_dashes:
+            return super().parse_args(ctx, args)
         ctx.meta[f"{_AFTER_DASHES}.{self.name}"] = tail
         return super().parse_args(ctx, args)
+
+
+class RunCommand(CommandAfterDashes):
+    only_with_dashes = True
+
+
+class ScheduleBeforeDashes(click.Argument):
+    """``pyjob run [SCHEDULE] -- CMD``: the words before ``--`` are the schedule (joined, so
+    that an unquoted ``every 5m`` works). Without ``--`` there is no such argument: every
+    positional is the command, as before."""
+
+    def _key(self, ctx: click.Context) -> str:
+        return f"{_AFTER_DASHES}.{ctx.command.name}"
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
+        if self._key(ctx) in ctx.meta:
+            super().add_to_parser(parser, ctx)
+
+    def consume_value(self, ctx: click.Context, opts: Any) -> tuple[Any, Any]:
+        from click.core import ParameterSource
+
+        if self._key(ctx) not in ctx.meta:
+            return (), ParameterSource.DEFAULT
+        return super().consume_value(ctx, opts)
 
 
 class JobCommandArgument(click.Argument):
@@ -167,7 +204,12 @@ def job_identity_options(f: F) -> F:
     ``job_identity``), shared by run, next and validate so all three see the same job. The
     function receives ``name``, ``shell`` and ``command``."""
     f = click.argument(
-        "command", nargs=-1, required=False, metavar="[-- CMD [ARGS]...]", cls=JobCommandArgument
+        "command",
+        nargs=-1,
+        required=False,
+        metavar="[-- CMD [ARGS]...]",
+        cls=JobCommandArgument,
+        shell_complete=complete_command,
     )(f)
     f = click.option(
         "--shell",
@@ -209,14 +251,69 @@ SCHEDULE_STARTS = (
 
 
 def complete_schedule(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
-    """TAB on a schedule argument offers the schedule kinds (a cron expression is typed as is)."""
+    """TAB on a schedule argument offers the schedule kinds (a cron expression is typed as is).
+    A start of several words stays one argument: bash gets it with its opening quote
+    (``'weekly on ``); zsh and fish escape its spaces themselves."""
+    import os
+
     from click.shell_completion import CompletionItem
 
-    return [
-        CompletionItem(k, type="nospace" if k.endswith((" ", "=")) else "plain")
-        for k in SCHEDULE_STARTS
-        if k.startswith(incomplete)
-    ]
+    if ctx.meta.get(_DASHES):  # Click offers the first argument; after -- it is the command's
+        command = next(p for p in ctx.command.params if p.name == "command")
+        return complete_command(ctx, command, incomplete)
+    quote = "'" if os.environ.get("_PYJOB_COMPLETE", "bash").startswith("bash") else ""
+    out = []
+    for k in SCHEDULE_STARTS:
+        if not k.startswith(incomplete):
+            continue
+        if " " in k:
+            out.append(CompletionItem(quote + k, type="nospace"))
+        else:
+            out.append(CompletionItem(k, type="nospace" if k.endswith("=") else "plain"))
+    return out
+
+
+def complete_command(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """TAB after ``--``: the programs on PATH for the command's first word (or a path, when it
+    has a /), then files for its arguments."""
+    import os
+
+    from click.shell_completion import CompletionItem
+
+    if ctx.params.get(param.name or "") or "/" in incomplete or incomplete.startswith("."):
+        return [CompletionItem(incomplete, type="file")]
+    names: set[str] = set()
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        try:
+            entries = os.listdir(folder or ".")
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.startswith(incomplete) and os.access(os.path.join(folder, entry), os.X_OK):
+                names.add(entry)
+    return [CompletionItem(n) for n in sorted(names)]
+
+
+def complete_directory_url(scheme: str, incomplete: str) -> list[Any]:
+    """``file:/tm`` -> ``file:/tmp/``: the directories under the path typed after ``scheme``."""
+    import os
+
+    from click.shell_completion import CompletionItem
+
+    path = incomplete[len(scheme) :]
+    head, _, tail = path.rpartition("/")
+    folder = (head or "/") if path.startswith("/") else (head or ".")
+    try:
+        entries = sorted(os.listdir(os.path.expanduser(folder)))
+    except OSError:
+        return []
+    out = []
+    for entry in entries:
+        full = os.path.join(os.path.expanduser(folder), entry)
+        if entry.startswith(tail) and os.path.isdir(full) and (tail or not entry.startswith(".")):
+            shown = f"{head}/{entry}/" if head or path.startswith("/") else f"{entry}/"
+            out.append(CompletionItem(f"{scheme}{shown}", type="nospace"))
+    return out
 
 
 DURATION = DurationType()
@@ -372,6 +469,10 @@ def build_spec(
 
     env = get_env()
     parts, tz = schedule_parts(expr, kw)
+    own = parts.prefix_tz or parts.tz
+    if tz and own and tz.strip() != own.strip():
+        said = f"CRON_TZ={own}" if parts.prefix_tz else f"tz {own}"
+        click.echo(f"warning: --tz {tz} overrides {said} of the schedule", err=True)
     now = env.clock.now()
     if from_text is not None:
         zone = get_zone(job_zone_name(tz, parts.tz or parts.prefix_tz, env.environ))

@@ -4,11 +4,29 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime, tzinfo
 from typing import Any
 
 import click
 
 from .env import Env
+
+
+def instant_fields(instant: datetime, zone: tzinfo, now: datetime | None = None) -> dict[str, Any]:
+    """One vocabulary for an instant in every JSON output (next, align): ``local`` (ISO 8601 in
+    the job's zone), ``utc`` (ISO 8601, Z), ``unix`` (seconds; an integer when whole) and, from
+    the reference instant, ``in_seconds``."""
+    from pyjob.core.rules import iso, to_us
+
+    us = to_us(instant)
+    doc: dict[str, Any] = {
+        "local": iso(instant, zone),
+        "utc": iso(instant),
+        "unix": us // 1_000_000 if us % 1_000_000 == 0 else us / 1e6,
+    }
+    if now is not None:
+        doc["in_seconds"] = round((instant - now).total_seconds(), 6)
+    return doc
 
 
 def echo_json(document: Any) -> None:

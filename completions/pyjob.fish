@@ -9,7 +9,7 @@ function _pyjob_completion;
             __fish_complete_directories $metadata[2];
         else if test $metadata[1] = "file";
             __fish_complete_path $metadata[2];
-        else if test $metadata[1] = "plain";
+        else if test $metadata[1] = "plain"; or test $metadata[1] = "nospace";
             echo $metadata[2];
         end;
     end;

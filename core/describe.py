@@ -17,8 +17,11 @@ __all__ = ["Warning_", "describe", "describe_cron", "warnings"]
 def describe(spec: Spec) -> str:
     """The schedule in words: its rule's own description, then its bounds."""
     text = spec.rule.describe()
-    if spec.start_at:
-        text += f", from {iso(spec.start_at)}"
+    counted = ", counted from when pyjob run starts"
+    if spec.start_at and counted in text:  # start-at is then the first tick
+        text = text.replace(counted, f", counted from {iso(spec.start_at)}")
+    elif spec.start_at:
+        text += f", starting {iso(spec.start_at)}"
     if spec.stop_at:
         text += f", until {iso(spec.stop_at)}"
     return text

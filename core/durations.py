@@ -58,8 +58,10 @@ def parse_duration(text: str, *, allow_zero: bool = False) -> int:
     while pos < len(s):
         m = _PART.match(s, pos)
         if m is None:
+            meant = _meant(s)
+            hint = f"did you mean '{meant}'?" if meant else _HINT
             raise DurationError(
-                f"bad duration '{text}' at '{s[pos:]}' ({_HINT})", source=text, pos=pos
+                f"bad duration '{text}' at '{s[pos:]}' ({hint})", source=text, pos=pos
             )
         number, unit = m.group(1), m.group(2)
         unit_ns = 1 if unit == "ns" else _UNITS[unit] * 1000  # type: ignore[operator]
@@ -84,6 +86,44 @@ def parse_duration(text: str, *, allow_zero: bool = False) -> int:
     if total == 0 and not allow_zero:
         raise DurationError(f"zero duration '{text}': must be positive", source=text, pos=0)
     return total
+
+
+# Units people write out, as pyjob writes them (5mins -> 5m, 2 hours -> 2h, 1sec -> 1s).
+_WORDS = {
+    "ms": ("msec", "msecs", "millisecond", "milliseconds"),
+    "s": ("sec", "secs", "second", "seconds"),
+    "m": ("min", "mins", "minute", "minutes"),
+    "h": ("hr", "hrs", "hour", "hours"),
+    "d": ("day", "days"),
+}
+_WORD_UNIT = {w: unit for unit, words in _WORDS.items() for w in words}
+_WORDY = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zµμ]+)", re.IGNORECASE)
+
+
+def suggest_duration(text: str) -> str | None:
+    """``text`` as pyjob writes a duration, when it is one: '5m' -> '5m', '5mins' -> '5m',
+    '2 hours' -> '2h'; None when it is not a duration at all."""
+    try:
+        parse_duration(text)
+        return text.strip()
+    except DurationError:
+        return _meant(text.strip())
+
+
+def _meant(text: str) -> str | None:
+    """The duration a text with units spelt out means ('5mins' -> '5m'), or None."""
+    out, pos = [], 0
+    while pos < len(text):
+        m = _WORDY.match(text, pos)
+        if m is None:
+            return None
+        word = m.group(2).lower()
+        unit = _WORD_UNIT.get(word) or (word if word in _UNITS else None)
+        if unit is None:
+            return None
+        out.append(m.group(1) + unit)
+        pos = m.end()
+    return "".join(out) or None
 
 
 def _too_large(text: str) -> DurationError:

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-LEVELS = ("debug", "info", "warning", "error")
+LEVELS = ("debug", "info", "warning", "error")  # lowest first: --log-level keeps a level and up
+
+# Fields whose numbers are seconds (JSON gives them exact; a text line writes 2.3ms or 19h48m).
+SECONDS = frozenset(
+    {"in_seconds", "lateness", "duration", "stop_timeout", "after", "delay", "offset", "limit"}
+    | {"late", "window", "retry_in"}
+    | {"error"}  # the clock's error bound; a run's `error` is text, and stays text
+)
 
 
 @dataclass(frozen=True)
@@ -197,4 +204,4 @@ def make(
 
 Emit = Callable[[Event], None]
 
-__all__ = ["CATALOGUE", "LEVELS", "Emit", "Event", "Kind", "make"]
+__all__ = ["CATALOGUE", "LEVELS", "SECONDS", "Emit", "Event", "Kind", "make"]

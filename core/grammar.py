@@ -144,8 +144,13 @@ def split(text: str) -> Parts:
         body = tokens[1:body_end]
         if parts.kind == "every":
             if len(body) != 1:
+                from .durations import suggest_duration
+
+                meant = suggest_duration(" ".join(w for w, _ in body)) if body else None
                 raise ScheduleError(
-                    "every takes one duration, like 'every 5m' or 'every 1m..5m'",
+                    f"every takes one duration: did you mean 'every {meant}'?"
+                    if meant
+                    else "every takes one duration, like 'every 5m' or 'every 1m..5m'",
                     source=text,
                     pos=head_pos,
                     length=len(head),

@@ -5,9 +5,13 @@ Two formats, chosen by the file name:
 - a crontab (any name but ``*.toml``): lines of ``SCHEDULE COMMAND``, where SCHEDULE is 5 cron
   fields, 6 with seconds first, or a descriptor (``@hourly``, ``@every 5m``, ...) and COMMAND is the
   rest of the line, run by ``/bin/sh -c`` (``%`` is not special, as in supercronic). ``KEY=VALUE``
-  lines set the environment of the jobs below them; ``CRON_TZ=ZONE`` sets their zone; ``#`` starts
-  a comment line. A line is read as 6 fields when its sixth word is a valid day-of-week field (a
-  command rarely is), else as 5.
+  lines set the environment of the jobs below them; ``CRON_TZ=ZONE`` sets their zone; ``SHELL``
+  is the shell that runs their lines (Vixie cron's habit; ``TZ`` and ``MAILTO`` are only passed to
+  the commands: pyjob sends no mail); ``#`` starts a comment line. A system crontab
+  (``/etc/crontab``, ``/etc/cron.d/*``) has a user field after the schedule; so does a line copied
+  from one (its first word a user and no command): the job runs as that user when pyjob runs as
+  root or as that user, and is an error otherwise. A line is read as 6 fields when its sixth
+  word is a valid day-of-week field (a command rarely is), else as 5.
 - TOML (``*.toml``): a ``[defaults]`` table and one ``[jobs.NAME]`` table per job, whose keys are
   `pyjob run`'s long options without the dashes (``every``, ``align``, ``cron``, ``tz``,
   ``timeout``, ``overlap``, ``lock``, ...), plus ``command = [argv...]`` or ``shell = "line"`` and
@@ -78,6 +82,7 @@ class JobDef:
     command: Command
     env: tuple[tuple[str, str], ...] = ()
     options: tuple[tuple[str, Any], ...] = ()  # RUN_KEYS values, converted (durations in µs)
+    line: str = ""  # a crontab job's command as written (its readable name comes from it)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -156,6 +161,7 @@ def parse_crontab(
     jobs: list[JobDef] = []
     job_env: dict[str, str] = {}
     zone: str | None = None
+    system = _is_system_crontab(path)
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         where = f"{path}:{number}"
@@ -186,17 +192,125 @@ def parse_crontab(
         if not command:
             ctx.problems.append(f"{where}: no command after the schedule '{schedule}'")
             continue
+        user, command = _user_field(ctx, where, command, system)
+        if user is _BAD or not command:
+            if not command:
+                ctx.problems.append(f"{where}: no command after the user field")
+            continue
+        shell = job_env.get("SHELL", "/bin/sh") or "/bin/sh"
         argv = ["--shell", command]
+        if shell != "/bin/sh":  # Vixie cron runs the line with $SHELL
+            argv.append(f"SHELL={shell}")
+        if user is not None:
+            argv.append(f"user={user}")
+        run_env = dict(job_env)
+        if user is not None:  # as cron sets them for the user's jobs
+            import pwd
+
+            entry = pwd.getpwnam(user)
+            run_env.update(HOME=entry.pw_dir, LOGNAME=user, USER=user)
         jobs.append(
             JobDef(
                 name=derive_job_id(spec, argv),
                 where=where,
                 spec=spec,
-                command=Command((command,), shell=True),
-                env=tuple(sorted(job_env.items())),
+                command=_crontab_command(command, shell, user),
+                env=tuple(sorted(run_env.items())),
+                line=command,
             )
         )
-    return _finish(ctx, jobs)
+    return _finish(ctx, _readable_names(jobs))
+
+
+_BAD = "\0bad"  # _user_field: a problem was reported
+
+
+def _is_system_crontab(path: str) -> bool:
+    """/etc/crontab and /etc/cron.d/* have a user field between the schedule and the command."""
+    p = Path(path).absolute()
+    return str(p) == "/etc/crontab" or str(p.parent) == "/etc/cron.d"
+
+
+def _user_field(ctx: _Ctx, where: str, command: str, system: bool) -> tuple[str | None, str]:
+    """(the user a line runs as, or None; its command). A system crontab line always names a
+    user; in any other file a first word that is a user and no command on PATH is read as one
+    too (a line copied from /etc/crontab), rather than run as a command that cannot exist."""
+    import os
+    import pwd
+    import shutil
+
+    first, _, rest = command.partition(" ")
+    rest = rest.strip()
+    try:
+        pwd.getpwnam(first)
+        is_user = True
+    except KeyError:
+        is_user = False
+    if not system and (
+        not is_user or "/" in first or shutil.which(first, path=ctx.env.get("PATH")) is not None
+    ):
+        return None, command
+    if not is_user:
+        ctx.problems.append(
+            f"{where}: '{first}' is not a user: a line of a system crontab ({ctx.path}) is "
+            "SCHEDULE USER COMMAND"
+        )
+        return _BAD, command
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    if first == me:
+        return None, rest
+    if os.geteuid() != 0:
+        ctx.problems.append(
+            f"{where}: the job runs as user '{first}' (the user field of a system crontab), but "
+            f"pyjob runs as '{me}': only root can run a job as another user; drop '{first}' to "
+            f"run it as {me}"
+        )
+        return _BAD, rest
+    return first, rest
+
+
+def _crontab_command(line: str, shell: str, user: str | None) -> Command:
+    """How a crontab line runs: by $SHELL -c (default /bin/sh), as ``user`` when given (pyjob
+    runs as root: runuser switches to the user, as cron does, without asking a password)."""
+    if user is not None:
+        return Command(("runuser", "-u", user, "--", shell, "-c", line))
+    if shell != "/bin/sh":
+        return Command((shell, "-c", line))
+    return Command((line,), shell=True)
+
+
+def _program(command: str) -> str:
+    """A short readable name from a shell line: its program's base name (after any leading
+    ``KEY=value`` assignments), in letters, digits, ``.``, ``_`` and ``-``."""
+    import shlex
+
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = command.split()
+    words = [w for w in words if w] or ["job"]
+    i = 0
+    while i < len(words) - 1 and _ENV_LINE.match(words[i]):
+        i += 1
+    base = words[i].rstrip("/").rsplit("/", 1)[-1]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.")[:40]
+    return slug or "job"
+
+
+def _readable_names(jobs: list[JobDef]) -> list[JobDef]:
+    """Crontab jobs named after their program (``backup.sh``); where two jobs of the file share
+    it, each gets a part of its hash (``backup.sh-5f0df2``), so every name stays unique, and the
+    same on every host that reads the same file."""
+    from dataclasses import replace
+
+    slugs = [_program(j.line or j.command.argv[0]) for j in jobs]
+    count: dict[str, int] = {}
+    for slug in slugs:
+        count[slug] = count.get(slug, 0) + 1
+    return [
+        replace(j, name=slug if count[slug] == 1 else f"{slug}-{j.name.removeprefix('job-')[:6]}")
+        for j, slug in zip(jobs, slugs, strict=True)
+    ]
 
 
 _DOW = re.compile(
@@ -266,7 +380,16 @@ def _check_keys(ctx: _Ctx, where: str, body: dict[str, Any], defaults: bool) -> 
     for key, value in body.items():
         norm = key.replace("_", "-")
         if norm not in allowed:
-            hint = " (a job's own key: put it in [jobs.NAME])" if norm in JOB_KEYS else ""
+            if norm in JOB_KEYS:
+                hint = " (a job's own key: put it in [jobs.NAME])"
+            else:
+                import difflib
+
+                squashed = {k.replace("-", ""): k for k in allowed}
+                close = squashed.get(norm.replace("-", "")) or next(
+                    iter(difflib.get_close_matches(norm, sorted(allowed), n=1, cutoff=0.75)), None
+                )
+                hint = f" (did you mean '{close}'?)" if close else ""
             ctx.problems.append(f"{where}: unknown key '{key}'{hint}")
             ok = False
             continue
@@ -290,6 +413,18 @@ def _check_keys(ctx: _Ctx, where: str, body: dict[str, Any], defaults: bool) -> 
 
 def _type_problem(key: str, value: Any) -> str | None:
     if key == "command":
+        if isinstance(value, str) and value.strip():
+            import json
+            import shlex
+
+            try:
+                argv = ", ".join(json.dumps(w) for w in shlex.split(value))
+            except ValueError:
+                argv = '"./backup.sh", "--fast"'
+            return (
+                f"is a list of arguments, like command = [{argv}]; a string is a shell line: "
+                f"write it as shell = {json.dumps(value)}"
+            )
         if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
             return 'must be a non-empty list of strings, like ["./backup.sh", "--fast"]'
         return None

@@ -184,6 +184,9 @@ def _unpack(data: bytes) -> tuple[int, ...]:
     )
 
 
+REFUSED = "connection refused: nothing listens on its NTP port"
+
+
 def query(server: str, clock: Clock, timeout: float = 1.0) -> Sample:
     """One request to ``server`` (HOST[:PORT]); a validated Sample, or RejectedReply."""
     import ntplib
@@ -205,11 +208,16 @@ def query(server: str, clock: Clock, timeout: float = 1.0) -> Sample:
         request = request[:40] + struct.pack("!Q", tx)
         start = clock.monotonic()
         try:
-            sock.sendto(request, address)
+            # Connected, so that the ICMP port-unreachable of a host with nothing listening is
+            # reported at once (ECONNREFUSED) instead of waited out as "no reply".
+            sock.connect(address)
+            sock.send(request)
             data, source = sock.recvfrom(1024)
             elapsed = clock.monotonic() - start
         except TimeoutError as e:
             raise RejectedReply(f"no reply within {timeout:g}s") from e
+        except ConnectionRefusedError as e:
+            raise RejectedReply(REFUSED) from e
         except OSError as e:
             raise RejectedReply(f"network error: {e.strerror or e}") from e
     # A bad packet is rejected with its reason rather than waited past: the caller's other
@@ -260,7 +268,7 @@ def measure(
             result.samples.append(query(server, clock, wait))
         except RejectedReply as e:
             result.rejected.append(str(e))
-            if str(e).startswith("cannot resolve"):
+            if str(e).startswith("cannot resolve") or str(e) == REFUSED:
                 break  # asking again would not change the answer
     if result.samples:
         result.best = min(result.samples, key=lambda s: s.delay)

@@ -196,8 +196,25 @@ class _Child:
                 self.pidfd = None
 
 
+def _prefixed(label: str) -> Callable[[str, str], None]:
+    """Passes a run's lines through to pyjob's own stdout/stderr, each after ``label | ``."""
+    import sys
+
+    def write(stream: str, line: str) -> None:
+        out = sys.stdout if stream == "stdout" else sys.stderr
+        out.write(f"{label} | {line}\n")
+        out.flush()
+
+    return write
+
+
 class RealRunner:
-    def __init__(self, reaper: bool = True) -> None:
+    """``prefix``: when a run's output passes through (no ``on_line``), write each line after
+    its job's name (``PYJOB_JOB``), as supercronic does, so that the output of several jobs can
+    be told apart; the command's stdout and stderr are then pipes, not the terminal."""
+
+    def __init__(self, reaper: bool = True, prefix: bool = False) -> None:
+        self.prefix = prefix
         self.reaper = Reaper() if reaper else None
         self._children: list[_Child] = []
         self._failed: list[FailedStart] = []
@@ -212,6 +229,8 @@ class RealRunner:
         env: Mapping[str, str],
         on_line: Callable[[str, str], None] | None,
     ) -> Handle:
+        if on_line is None and self.prefix:
+            on_line = _prefixed(env.get("PYJOB_JOB", "job"))
         capture = subprocess.PIPE if on_line else None
         try:
             proc = subprocess.Popen(

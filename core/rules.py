@@ -18,6 +18,7 @@ A ``Spec`` is a rule plus its bounds (start-at, stop-at).
 from __future__ import annotations
 
 import hashlib
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -177,18 +178,86 @@ class CronRule(Rule):
             except DurationError as e:
                 raise e.at(text, text.index(rest.strip()), len(rest.strip())) from None
         if lowered.startswith("@"):
-            word = lowered.split()[0]
-            if word not in DESCRIPTORS or len(stripped.split()) > 1:
+            words = stripped.split()
+            word = words[0].lower()
+            if word == "@reboot":
                 raise ScheduleError(
-                    f"unknown descriptor '{stripped.split()[0]}' (one of "
+                    "@reboot is not a schedule pyjob has: --run-now runs the command once when "
+                    "pyjob starts (start pyjob at boot: a systemd unit, the container's entry "
+                    "point)",
+                    source=text,
+                    pos=text.index(words[0]),
+                    length=len(word),
+                )
+            if word in DESCRIPTORS and len(words) > 1:
+                raise _command_hint(text, words[0], words[1:])
+            if word not in DESCRIPTORS:
+                import difflib
+
+                close = difflib.get_close_matches(word, [*DESCRIPTORS, "@every"], n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                raise ScheduleError(
+                    f"unknown descriptor '{words[0]}' ({hint}one of "
                     + ", ".join(sorted(DESCRIPTORS))
                     + ", @every DURATION)",
                     source=text,
-                    pos=0,
+                    pos=text.index(words[0]),
                     length=len(word),
                 )
             return cls(parse_cron(DESCRIPTORS[word]), zone_name)
-        return cls(parse_cron(text), zone_name)
+        try:
+            return cls(parse_cron(text), zone_name)
+        except ScheduleError as e:
+            raise (_cron_hint(text) or e) from None
+
+
+_NAMES = "SUN|MON|TUE|WED|THU|FRI|SAT|JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC"
+_FIELDISH = re.compile(rf"^([0-9*?,/LWH#()-]|{_NAMES})+$", re.IGNORECASE)
+
+
+def _command_hint(text: str, schedule: str, rest: list[str]) -> ScheduleError:
+    """A crontab line pasted whole: the schedule, then what can only be its command."""
+    command = " ".join(rest)
+    return ScheduleError(
+        f"'{rest[0]}' is not part of the schedule \"{schedule}\": a command goes after -- "
+        f'(pyjob run "{schedule}" -- {command})',
+        source=text,
+        pos=text.index(rest[0], text.index(schedule) + len(schedule)),
+        length=len(rest[0]),
+    )
+
+
+def _cron_hint(text: str) -> ScheduleError | None:
+    """A better message than the cron parser's for the usual mistakes: a duration given alone
+    ('5m': meant 'every 5m') and a crontab line with its command (6 words or more whose first 5
+    are a valid expression; a valid 6-field one with seconds never gets here)."""
+    from .durations import suggest_duration
+
+    words = text.split()
+    if len(words) == 1:
+        meant = suggest_duration(words[0])
+        if meant is not None:
+            return ScheduleError(
+                f"'{words[0]}' is a duration, not a cron expression: did you mean "
+                f'"every {meant}"?',
+                source=text,
+                pos=text.index(words[0]),
+                length=len(words[0]),
+            )
+    for fields in (6, 5):  # the longest valid expression first
+        if len(words) <= fields:
+            continue
+        if _FIELDISH.match(words[fields]):  # one field too many, not a command
+            continue
+        try:
+            parse_cron(" ".join(words[:fields]))
+        except ScheduleError:
+            continue
+        start = end = text.index(words[0])
+        for w in words[:fields]:
+            end = text.index(w, end) + len(w)
+        return _command_hint(text, text[start:end], words[fields:])
+    return None
 
 
 class _CronTicker:
@@ -255,7 +324,7 @@ class EveryRule(Rule):
     def describe(self) -> str:
         text = f"every {format_duration(self.every)}"
         if not self.align:
-            return text + " from the start"
+            return text + ", counted from when pyjob run starts"
         if self.zone:
             text += f" on the local wall clock from midnight ({self.zone})"
         else:
@@ -368,8 +437,8 @@ class RandomEveryRule(Rule):
 
     def describe(self) -> str:
         return (
-            f"after a random {format_duration(self.lo)} to {format_duration(self.hi)} "
-            "after each run"
+            f"at random intervals of {format_duration(self.lo)} to {format_duration(self.hi)}, "
+            "a new one drawn after each tick"
         )
 
     def ticker(self, *, job_id: str, anchor: datetime | None, start_at: datetime | None) -> Ticker:
@@ -563,7 +632,8 @@ class OnceRule(Rule):
         return "once"
 
     def describe(self) -> str:
-        return "once at " + join_words([iso(i) for i in self.instants])
+        at = join_words([iso(i) for i in self.instants])
+        return f"once, at {at}" if len(self.instants) == 1 else f"once each at {at}"
 
     def ticker(self, *, job_id: str, anchor: datetime | None, start_at: datetime | None) -> Ticker:
         return _OnceTicker(self)

@@ -51,6 +51,13 @@ class LogFormat(StrEnum):
     JSON = "json"
 
 
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting. ``kind``: duration (not zero), duration0 (zero allowed), count (an integer of
@@ -284,6 +291,16 @@ SETTINGS: tuple[Setting, ...] = (
         default="text",
         choices=LogFormat,
         scope="process",
+    ),
+    Setting(
+        "log-level",
+        "choice",
+        "Log the events of this level and above (pyjob.core.events gives each event's level): "
+        "debug adds next-tick, claimed and lost; warning keeps only problems.",
+        default="info",
+        choices=LogLevel,
+        scope="process",
+        envvar="PYJOB_LOG_LEVEL",
     ),
     Setting(
         "ntp-server",
@@ -528,6 +545,7 @@ __all__ = [
     "ClockPolicy",
     "JobSettings",
     "LogFormat",
+    "LogLevel",
     "NotifyOn",
     "OnBackendError",
     "Overlap",

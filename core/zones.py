@@ -30,12 +30,38 @@ def get_zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(key)
     except (ZoneInfoNotFoundError, ValueError, IsADirectoryError, OSError):
+        meant = similar_zones(key)
+        hint = (
+            f"did you mean {' or '.join(meant)}?"
+            if meant
+            else "use an IANA name like Europe/Berlin or UTC"
+        )
         raise ZoneError(
-            f"unknown time zone '{name}' (use an IANA name like Europe/Berlin or UTC)",
+            f"unknown time zone '{name}' ({hint})",
             source=name,
             pos=0,
             length=len(name),
         ) from None
+
+
+def similar_zones(name: str, limit: int = 3) -> list[str]:
+    """IANA names the user may have meant: the zones whose city is ``name`` (Berlin ->
+    Europe/Berlin), else the closest spellings (Europe/Berln -> Europe/Berlin)."""
+    import difflib
+
+    names = zone_names()
+    wanted = name.strip().lower().replace(" ", "_")
+    if not wanted:
+        return []
+    exact = [n for n in names if n.lower() == wanted]
+    if exact:  # only the case was wrong
+        return exact[:limit]
+    city = [n for n in names if n.rsplit("/", 1)[-1].lower() == wanted and "/" in n]
+    if city:
+        return sorted(city, key=lambda n: (n.startswith(("Etc/", "posix/", "right/")), n))[:limit]
+    lowered = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(wanted, list(lowered), n=limit, cutoff=0.8)
+    return [lowered[c] for c in close]
 
 
 def zone_names() -> list[str]:

@@ -24,7 +24,14 @@ class PyjobRun:
         self._log = self.log_path.open("w")
         self._out = self.out_path.open("w")
         # No NTP check unless a test asks for one (tests/test_clock.py): offline it only logs.
-        full_env = {**os.environ, "TZ": "UTC", "PYJOB_NO_CLOCK_CHECK": "1", **(env or {})}
+        # Every event, debug ones too (next-tick, claimed, lost): the tests wait for them.
+        full_env = {
+            **os.environ,
+            "TZ": "UTC",
+            "PYJOB_NO_CLOCK_CHECK": "1",
+            "PYJOB_LOG_LEVEL": "debug",
+            **(env or {}),
+        }
         self.proc = subprocess.Popen(
             [*pyjob_exe(), "run", "--log-format", "json", *args],
             stdout=self._out,

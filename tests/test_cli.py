@@ -155,7 +155,7 @@ def test_validate_ok(invoke) -> None:  # type: ignore[no-untyped-def]
     assert result.exit_code == 0
     assert result.output == (
         "ok: CRON_TZ=UTC */5 * * * *\n"
-        "  means: every 5 minutes every day (UTC)\n"
+        "  means: every 5 minutes (UTC)\n"
         "  next:  2026-11-27T22:05:00+00:00\n"
     )
 
@@ -164,7 +164,7 @@ def test_validate_many_one_bad(invoke) -> None:  # type: ignore[no-untyped-def]
     result = invoke(["validate", "0 * * * *", "0 0 * 13 *", "every 5m"])
     assert result.exit_code == 2
     assert result.output.count("ok: ") == 2
-    assert "Error: bad month '13' (1-12)" in result.output
+    assert "Error: '0 0 * 13 *': bad month '13' (1-12)" in result.output  # names the input
 
 
 def test_validate_warnings_and_strict(invoke) -> None:  # type: ignore[no-untyped-def]
@@ -229,14 +229,24 @@ def test_align(invoke, args: list[str], output: str) -> None:  # type: ignore[no
 def test_align_json(invoke) -> None:  # type: ignore[no-untyped-def]
     result = invoke(["align", "7m", "--format", "json"])
     assert json.loads(result.output) == {
-        "boundary": "2026-11-27T22:05:00+00:00",
+        "local": "2026-11-27T22:05:00+00:00",
         "utc": "2026-11-27T22:05:00Z",
-        "unix": 1795817100.0,
+        "unix": 1795817100,
+        "in_seconds": 300.0,
         "interval": "7m",
         "offset": "0s",
         "grid": "unix-epoch",
         "zone": "UTC",
-        "wait_seconds": 300.0,
+    }
+    # the words of next's ticks, for the same instant
+    ticks = json.loads(invoke(["next", "every 7m align", "-n", "1", "--format", "json"]).output)
+    assert ticks["ticks"][0] == {
+        "local": "2026-11-27T22:05:00+00:00",
+        "utc": "2026-11-27T22:05:00Z",
+        "unix": 1795817100,
+        "in_seconds": 300.0,
+        "dst": None,
+        "moved_from": None,
     }
 
 

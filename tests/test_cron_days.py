@@ -60,13 +60,13 @@ def test_fourth_sunday_or_the_26th_in_luxembourg(invoke) -> None:  # type: ignor
 @pytest.mark.parametrize(
     ("expr", "normalized", "means"),
     [
-        ("0 0 1 * MON#1", "0 0 1 * MON#1", "at 00:00 on the 1st or on the 1st Monday"),
-        ("0 0 1 * 5L", "0 0 1 * L5", "at 00:00 on the 1st or on the last Friday"),
+        ("0 0 1 * MON#1", "0 0 1 * MON#1", "at 00:00 on the 1st or on the 1st Monday of the month"),
+        ("0 0 1 * 5L", "0 0 1 * L5", "at 00:00 on the 1st or on the last Friday of the month"),
         ("0 0 15W * FRI", "0 0 15W * FRI", "at 00:00 on the weekday nearest the 15th or on Friday"),
-        ("0 0 LW * *", "0 0 LW * *", "at 00:00 on the last weekday"),
+        ("0 0 LW * *", "0 0 LW * *", "at 00:00 on the last weekday of the month"),
         ("0 0 * * 7/1", "0 0 * * 7/1", "at 00:00 on Sunday"),
         ("0 0 * * 1/2", "0 0 * * 1/2", "at 00:00 on Monday, Wednesday, Friday and Sunday"),
-        ("0 0 ? * MON#1", "0 0 * * MON#1", "at 00:00 on the 1st Monday"),
+        ("0 0 ? * MON#1", "0 0 * * MON#1", "at 00:00 on the 1st Monday of the month"),
     ],
 )
 def test_validate_describes_the_days(invoke, expr: str, normalized: str, means: str) -> None:  # type: ignore[no-untyped-def]

@@ -72,11 +72,20 @@ def test_man_page_lists_every_option_and_renders_clean(name: str) -> None:
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
 
 
+def _bash_words(line: str) -> list[str]:
+    """COMP_WORDS as bash makes them: split at blanks and at ':' (in COMP_WORDBREAKS), a quote
+    still open kept in its word."""
+    words = re.findall(r"'[^']*'?|\"[^\"]*\"?|:|[^\s:'\"]+", line)
+    return words + ([""] if line.endswith(" ") and not re.search(r"'[^']*$", line) else [])
+
+
 def bash_complete(line: str) -> list[str]:
-    words = shlex.split(line) + ([""] if line.endswith(" ") else [])
+    """TAB at the end of ``line`` in bash, through completions/pyjob.bash: the COMPREPLY."""
+    words = _bash_words(line)
     script = (
         f"source {ROOT}/completions/pyjob.bash\n"
         "complete -p pyjob >/dev/null || exit 3\n"
+        f"COMP_LINE={shlex.quote(line)}; COMP_POINT=${{#COMP_LINE}}\n"
         f"COMP_WORDS=({' '.join(shlex.quote(w) for w in words)}); COMP_CWORD={len(words) - 1}\n"
         "_pyjob_completion pyjob 2>/dev/null\n"
         "printf '%s\\n' \"${COMPREPLY[@]}\"\n"
@@ -86,6 +95,28 @@ def bash_complete(line: str) -> list[str]:
     )
     assert proc.returncode == 0, proc.stderr
     return [x for x in proc.stdout.split("\n") if x]
+
+
+def completion_reply(line: str) -> list[str]:
+    """What pyjob answers the bash script (type,value lines), for the items bash then handles
+    itself (type file: its own file-name completion)."""
+    words = _bash_words(line)
+    proc = subprocess.run(
+        pyjob_exe(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={
+            **_env(),
+            "_PYJOB_COMPLETE": "bash_complete",
+            "COMP_WORDS": " ".join(words),
+            "COMP_CWORD": str(len(words) - 1),
+            "COMP_LINE": line,
+            "COMP_POINT": str(len(line)),
+            "COMP_CUR": words[-1],
+        },
+    )
+    return proc.stdout.splitlines()
 
 
 @pytest.mark.parametrize(
@@ -104,12 +135,34 @@ def bash_complete(line: str) -> list[str]:
         ("pyjob next --format ", ["table", "plain", "json"]),
         ("pyjob next --tz Europe/Ber", ["Europe/Berlin"]),
         ("pyjob run --lock ", ["file:", "nfs:", "redis://", "rediss://", "postgresql://", "none"]),
-        ("pyjob next ev", ["every "]),
+        # multi-word schedules come quoted, so they stay one argument
+        ("pyjob next ev", ["'every "]),
+        ("pyjob validate wee", ["'weekly on "]),
+        ("pyjob validate 'wee", ["'weekly on "]),
+        ("pyjob run '@ev", ["'@every "]),
+        ("pyjob validate @da", ["@daily"]),
         ("pyjob align --format ", ["iso", "unix", "json"]),
     ],
 )
 def test_bash_completion(line: str, expected: list[str]) -> None:
     assert bash_complete(line) == expected
+
+
+def test_after_dashes_tab_completes_commands_then_files() -> None:
+    got = bash_complete("pyjob run --every 5m -- pyjo")
+    assert "pyjob" in got and all(g.startswith("pyjo") for g in got)
+    assert bash_complete("pyjob next 'H * * * *' -- pyjo") == got
+    # a path, or an argument of the command: bash's own file-name completion
+    assert completion_reply("pyjob run --every 5m -- ./scr") == ["file,./scr"]
+    assert completion_reply("pyjob run --every 5m -- tar -x") == ["file,-x"]
+
+
+def test_lock_file_completes_directories(tmp_path: Path) -> None:
+    (tmp_path / "locks").mkdir()
+    (tmp_path / "logs.txt").write_text("")
+    # bash breaks the word at ':', and replaces only the part after it
+    assert bash_complete(f"pyjob run --lock file:{tmp_path}/lo") == [f"{tmp_path}/locks/"]
+    assert bash_complete(f"pyjob check-clock --lock nfs:{tmp_path}/") == [f"{tmp_path}/locks/"]
 
 
 def test_zsh_completion_loads() -> None:
@@ -145,6 +198,15 @@ def test_fish_completion_loads_and_completes() -> None:
     assert proc.returncode == 0, proc.stderr
     got = sorted(line.split("\t")[0] for line in proc.stdout.splitlines())
     assert got == ["allow", "queue", "replace", "skip"]  # fish sorts them
+    # a schedule of several words: fish escapes its spaces itself, so no quote is sent
+    proc = subprocess.run(
+        [fish, "--no-config", "-c", f"source {path}; complete -C 'pyjob validate wee'"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=30,
+    )
+    assert proc.stdout.splitlines() == ["weekly on "], proc.stderr
 
 
 _REPORT = (

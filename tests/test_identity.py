@@ -104,7 +104,7 @@ def test_validate_text_names_the_job(invoke) -> None:  # type: ignore[no-untyped
     assert result.exit_code == 0
     assert result.output == (
         "ok: CRON_TZ=UTC H * * * *\n"
-        "  means: at minute a hashed minute every day (UTC)\n"
+        "  means: at a minute hashed from the job id past every hour (UTC)\n"
         "  next:  2026-11-27T22:07:00+00:00\n"
         "  job:   nightly\n"
     )
@@ -121,7 +121,7 @@ def test_next_table_names_the_job(invoke) -> None:  # type: ignore[no-untyped-de
     [
         (["next", "--file", "x.cron", "--", "true"], "--file previews the file's jobs"),
         (["validate", "--file", "x.cron", "--shell"], "--file checks the file's jobs"),
-        (["next", "H * * * *", "./backup.sh"], "unexpected extra argument (./backup.sh)"),
+        (["next", "H * * * *", "./backup.sh"], "a command goes after -- (pyjob run"),
     ],
 )
 def test_identity_usage_errors(args: list[str], message: str) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 import time
@@ -74,10 +76,34 @@ def test_a_sixth_word_that_is_not_a_weekday_starts_the_command() -> None:
     assert str(job.spec) == "CRON_TZ=UTC 0 * * * * MON"
 
 
-def test_crontab_job_id_is_the_one_liners() -> None:
-    (job,) = crontab("*/5 * * * * ./backup.sh --fast\n")
-    spec = parse("*/5 * * * *", env=ENV, now=NOW)
-    assert job.name == derive_job_id(spec, ["--shell", "./backup.sh --fast"])
+def test_crontab_jobs_are_named_after_their_program_with_a_hash_only_where_shared(
+    invoke: Callable[..., Result], tmp_path: Path
+) -> None:
+    path = tmp_path / "crontab"
+    path.write_text(
+        "*/5 * * * * /usr/bin/backup.sh --fast\n"
+        "0 3 * * * ./backup.sh --full\n"
+        "@hourly LC_ALL=C ./rotate-logs --keep 3\n"
+    )
+    fast = derive_job_id(
+        parse("*/5 * * * *", env=ENV, now=NOW), ["--shell", "/usr/bin/backup.sh --fast"]
+    )
+    full = derive_job_id(parse("0 3 * * *", env=ENV, now=NOW), ["--shell", "./backup.sh --full"])
+    result = invoke(["next", "--file", str(path), "-n", "3", "--format", "plain"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        f"2026-11-27T22:05:00+00:00 backup.sh-{fast[4:10]}",
+        f"2026-11-27T22:10:00+00:00 backup.sh-{fast[4:10]}",
+        f"2026-11-27T22:15:00+00:00 backup.sh-{fast[4:10]}",
+    ]
+    result = invoke(["validate", "--file", str(path)])
+    assert [
+        line.split(":")[1].strip() for line in result.stdout.splitlines() if line.startswith("ok")
+    ] == [
+        f"backup.sh-{fast[4:10]}",
+        f"backup.sh-{full[4:10]}",
+        "rotate-logs",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -240,8 +266,7 @@ def test_next_file_merges_jobs_in_time_order(invoke: Callable[..., Result], tmp_
     path.write_text("*/20 * * * * a\n*/30 * * * * b\n")
     result = invoke(["next", "--file", str(path), "-n", "5", "--format", "plain"])
     assert result.exit_code == 0, result.output
-    a = derive_job_id(parse("*/20 * * * *", env=ENV, now=NOW), ["--shell", "a"])
-    b = derive_job_id(parse("*/30 * * * *", env=ENV, now=NOW), ["--shell", "b"])
+    a, b = "a", "b"  # crontab jobs are named after their program
     assert result.stdout.splitlines() == [
         f"2026-11-27T22:20:00+00:00 {a}",
         f"2026-11-27T22:30:00+00:00 {b}",
@@ -500,7 +525,8 @@ def test_crontab_parser_only_raises_jobs_file_errors(text: str) -> None:
     except JobsFileError as e:
         assert e.problems and all(p and "\n" not in p for p in e.problems)
     else:
-        assert jobs and all(j.name.startswith("job-") for j in jobs)
+        assert jobs and all(re.fullmatch(r"[A-Za-z0-9._-]+", j.name) for j in jobs)
+        assert len({j.name for j in jobs}) == len(jobs)
 
 
 @given(
@@ -520,3 +546,96 @@ def test_toml_job_checks_only_raise_jobs_file_errors(body: dict) -> None:  # typ
         parse_toml("\n".join(lines), "jobs.toml", ENV, NOW)
     except JobsFileError as e:
         assert e.problems and all(p and "\n" not in p for p in e.problems)
+
+
+# ------------------------------------------------------------------------------ from elsewhere
+
+
+def test_crontab_shell_runs_the_lines_and_mailto_is_only_environment(tmp_path: Path) -> None:
+    path = tmp_path / "crontab"
+    path.write_text(
+        "SHELL=/bin/bash\nMAILTO=ops@example.com\n"
+        '* * * * * * echo "bash=${BASH_VERSION:+yes} mailto=$MAILTO"\n'
+    )
+    done = subprocess.run(
+        [*pyjob_exe(), "run", "--file", str(path), "--max-runs", "1", "--no-clock-check"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)},
+    )
+    assert (done.returncode, done.stdout) == (0, "bash=yes mailto=ops@example.com\n"), done.stderr
+
+
+def test_validate_shows_the_shell_a_crontab_line_runs_with(
+    invoke: Callable[..., Result], tmp_path: Path
+) -> None:
+    path = tmp_path / "crontab"
+    path.write_text("SHELL=/bin/bash\n0 3 * * * ./nightly --all\n")
+    result = invoke(["validate", "--file", str(path)])
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[0] == (
+        "ok: nightly: CRON_TZ=UTC 0 3 * * * -- /bin/bash -c './nightly --all'"
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running a job as another user needs root")
+def test_a_system_crontab_user_field_runs_the_job_as_that_user(tmp_path: Path) -> None:
+    path = tmp_path / "crontab"  # a line copied from /etc/crontab: 'nobody' is a user, no command
+    path.write_text("* * * * * * nobody id -un\n* * * * * * root id -un\n")
+    shown = subprocess.run(
+        [*pyjob_exe(), "validate", "--file", str(path)], capture_output=True, text=True
+    )
+    lines = shown.stdout.splitlines()
+    assert lines[0].endswith(" -- runuser -u nobody -- /bin/sh -c 'id -un'")
+    assert lines[2].endswith(" -- id -un")  # root, as pyjob runs: as is
+    names = [line.split(": ")[1] for line in (lines[0], lines[2])]
+    done = subprocess.run(
+        [*pyjob_exe(), "run", "--file", str(path), "--max-runs", "1", "--no-clock-check"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == sorted(
+        [f"{names[0]} | nobody", f"{names[1]} | root"]
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may run a job as any user")
+def test_a_user_field_for_another_user_is_an_error_naming_the_line(
+    invoke: Callable[..., Result], tmp_path: Path
+) -> None:
+    path = tmp_path / "crontab"
+    path.write_text("0 3 * * * root id -un\n")
+    result = invoke(["validate", "--file", str(path)])
+    assert result.exit_code == 2
+    import pwd
+
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert result.output == (
+        f"Error: {path}:1: the job runs as user 'root' (the user field of a system crontab), but "
+        f"pyjob runs as '{me}': only root can run a job as another user; drop 'root' to run it "
+        f"as {me}\n"
+    )
+
+
+def test_toml_hints_point_to_shell_and_to_the_key_meant(
+    invoke: Callable[..., Result], tmp_path: Path
+) -> None:
+    path = tmp_path / "jobs.toml"
+    path.write_text(
+        '[jobs.backup]\nevery = "5m"\ncommand = "./backup.sh --fast"\ntime-out = "1m"\n'
+        '[jobs.report]\ncron = "0 9 * * *"\ncomand = ["./report"]\n'
+    )
+    result = invoke(["validate", "--file", str(path)])
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [
+        f"Error: {path}[jobs.backup]: 'command' is a list of arguments, like command = "
+        '["./backup.sh", "--fast"]; a string is a shell line: write it as shell = '
+        '"./backup.sh --fast"',
+        f"Error: {path}[jobs.backup]: unknown key 'time-out' (did you mean 'timeout'?)",
+        f"Error: {path}[jobs.report]: unknown key 'comand' (did you mean 'command'?)",
+        f'Error: {path}[jobs.report]: no command: add command = [...] or shell = "..."',
+    ]
