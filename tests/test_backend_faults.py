@@ -209,7 +209,7 @@ def test_sigterm_is_honoured_during_a_hang(proxied: tuple[FaultProxy, str], tmp_
     run.wait_for("run-finished", timeout=30)
     proxy.hang()  # the server stops answering; the sockets stay open
     errors = run.wait_for("backend-error", timeout=10)  # within the 2 s bound, logged
-    assert errors[0]["action"] in ("skip", "cleanup later") or "backend" in errors[0]["error"]
+    assert errors and all(e["error"] and e["action"] for e in errors)
     start = time.monotonic()
     run.signal(__import__("signal").SIGTERM)
     assert run.wait(timeout=10) == 0

@@ -26,11 +26,29 @@ def test_directory_is_created_private(tmp_path: Path) -> None:
 
 
 def test_directory_that_is_not_private_is_refused(tmp_path: Path) -> None:
-    d = tmp_path / "shared"
+    d = tmp_path / "mine"
     d.mkdir()
-    d.chmod(0o777)
-    with pytest.raises(BackendError, match=r"is not private \(mode 0777\): run chmod 700"):
+    d.chmod(0o750)
+    with pytest.raises(BackendError, match=r"is not private \(mode 0750\): run chmod 700"):
         FileBackend(d).check()
+
+
+@pytest.mark.parametrize("mode", [0o1777, 0o777])
+def test_a_directory_shared_with_others_gets_a_private_subdirectory_not_chmod(
+    tmp_path: Path, mode: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = tmp_path / "tmp"
+    d.mkdir()
+    d.chmod(mode)
+    monkeypatch.setenv("USER", "alice")
+    with pytest.raises(BackendError) as e:
+        FileBackend(d).check()
+    assert str(e.value) == (
+        f"lock directory {d} is shared with other users (mode {mode:04o}): use a private "
+        f"subdirectory, like --lock file:{d}/pyjob-alice (pyjob creates it with mode 0700)"
+    )
+    assert "chmod" not in str(e.value)
+    FileBackend(d / "pyjob-alice").check()  # the advice works
 
 
 def test_directory_that_cannot_be_created(tmp_path: Path) -> None:

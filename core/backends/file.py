@@ -85,8 +85,17 @@ class FileBackend:
                 f"(uid {os.getuid()}): use a directory of your own"
             )
         if st.st_mode & 0o077:
+            mode = stat.S_IMODE(st.st_mode)
+            if mode & (stat.S_ISVTX | stat.S_IWOTH):
+                # /tmp and the like: other users' files live there, so chmod would break them.
+                user = os.environ.get("USER") or str(os.getuid())
+                raise BackendError(
+                    f"lock directory {d} is shared with other users (mode {mode:04o}): use a "
+                    f"private subdirectory, like --lock file:{d / f'pyjob-{user}'} (pyjob "
+                    "creates it with mode 0700)"
+                )
             raise BackendError(
-                f"lock directory {d} is not private (mode {stat.S_IMODE(st.st_mode):04o}): "
+                f"lock directory {d} is not private (mode {mode:04o}): "
                 f"run chmod 700 {d}, or choose another with --lock file:PATH"
             )
         probe = d / f".probe-{uuid.uuid4().hex}"
