@@ -10,6 +10,8 @@ from .env import get_env
 from .options import (
     CommandAfterDashes,
     build_spec,
+    catch_up_option,
+    catch_up_text,
     complete_schedule,
     job_identity_options,
     jobs_file_option,
@@ -48,6 +50,7 @@ def _note(tick: Tick) -> str:
     metavar="DATETIME",
     help="Count from this instant instead of now (ISO 8601; naive means the job's zone).",
 )
+@catch_up_option
 @jobs_file_option(
     "The next ticks of every job of a crontab or TOML jobs file, merged in time order, "
     "each with its job's name."
@@ -67,6 +70,7 @@ def next_cmd(
     name: str | None,
     shell: bool,
     command: tuple[str, ...],
+    catch_up: int | None,
     jobs_file: str | None,
     fmt: str,
     **kw: Any,
@@ -117,6 +121,7 @@ def next_cmd(
                 "job": job,
                 "description": describe(spec),
                 "zone": str(zone),
+                "catch_up": None if catch_up is None else catch_up / 1e6,
                 "from": iso(now),
                 "ticks": [
                     {
@@ -141,6 +146,9 @@ def next_cmd(
             ]
         )
     title = [("Schedule", str(spec)), ("Means", describe(spec))]
+    caught = catch_up_text(catch_up)
+    if caught:
+        title.append(("Catch-up", caught))
     if name or command:
         title.append(("Job", job))
     if not ticks:

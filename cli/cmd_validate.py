@@ -13,6 +13,8 @@ from .exitcodes import ExitCode
 from .options import (
     CommandAfterDashes,
     build_spec,
+    catch_up_option,
+    catch_up_text,
     complete_schedule,
     job_identity_options,
     jobs_file_option,
@@ -32,6 +34,7 @@ from .render import echo_json
     default=False,
     help="Treat warnings (DST, day-of-month OR day-of-week) as failures: exit 1.",
 )
+@catch_up_option
 @jobs_file_option(
     "Check every job of a crontab or TOML jobs file (as run --file reads it); each problem "
     "is reported with file:line or the job's table."
@@ -50,6 +53,7 @@ def validate_cmd(
     shell: bool,
     command: tuple[str, ...],
     strict: bool,
+    catch_up: int | None,
     jobs_file: str | None,
     fmt: str,
     **kw: Any,
@@ -100,6 +104,7 @@ def validate_cmd(
                 job=job,
                 description=describe(spec),
                 zone=str(schedule.zone),
+                catch_up=None if catch_up is None else catch_up / 1e6,
                 next=iso(nxt, schedule.zone),
                 warnings=[
                     {"code": w.code, "message": w.message} for w in warnings(schedule, clock_now)
@@ -124,6 +129,8 @@ def validate_cmd(
                 click.echo(f"ok: {r['normalized']}")
                 click.echo(f"  means: {r['description']}")
                 click.echo(f"  next:  {r['next']}")
+                if catch_up is not None:
+                    click.echo(f"  catch-up: {catch_up_text(catch_up)}")
                 if name or command:
                     click.echo(f"  job:   {r['job']}")
                 for w in r["warnings"]:
@@ -189,6 +196,7 @@ def _validate_file(path: str, strict: bool, fmt: str) -> None:
                 "where": job.where,
                 "schedule": str(job.spec),
                 "command": str(job.command),
+                "catch_up": job.settings.get("catch-up") and job.settings["catch-up"] / 1e6,
                 "next": iso(nxt, schedule.zone) if nxt else None,
                 "warnings": [w.message for w in warnings(schedule, now)],
             }
@@ -199,6 +207,8 @@ def _validate_file(path: str, strict: bool, fmt: str) -> None:
         for d in docs:
             click.echo(f"ok: {d['name']}: {d['schedule']} -- {d['command']}")
             click.echo(f"  next:  {d['next'] or 'none: the schedule has ended'}")
+            if d["catch_up"]:
+                click.echo(f"  catch-up: {catch_up_text(int(d['catch_up'] * 1e6))}")
             for w in d["warnings"]:
                 click.echo(f"warning: {d['where']}: {w}", err=True)
     if strict and any(d["warnings"] for d in docs):

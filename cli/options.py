@@ -543,3 +543,27 @@ def settings_options(f: F) -> F:
             kwargs.pop("metavar")
         f = click.option(f"--{s.name}", s.field, **kwargs)(f)
     return f
+
+
+def catch_up_option(f: F) -> F:
+    """--catch-up WINDOW on next and validate: run's setting, shown with the schedule."""
+    return click.option(
+        "--catch-up",
+        "catch_up",
+        type=DURATION,
+        metavar="DURATION",
+        help="Show the schedule with run's --catch-up: a tick the whole fleet missed within "
+        "this window of now runs once when an instance comes back.",
+    )(f)
+
+
+def catch_up_text(us: int | None) -> str | None:
+    """How next and validate state a --catch-up window (microseconds), or None."""
+    if us is None:
+        return None
+    from pyjob.core.durations import humanize
+
+    return (
+        f"a tick the fleet missed within {humanize(us / 1e6)} of now runs once when an "
+        "instance starts or the backend answers again"
+    )

@@ -10,7 +10,7 @@ import pytest
 
 from .runproc import PyjobRun
 
-pytestmark = [pytest.mark.slow, pytest.mark.long]
+pytestmark = pytest.mark.slow
 
 RECORD = 'echo "$PYJOB_TICK_UNIX $PYJOB_INSTANCE" >> "$OUT"'
 VARIANTS = {
@@ -27,6 +27,7 @@ def _job(url: str, tmp: Path, name: str, extra: list[str], instance: str) -> Pyj
     return PyjobRun(args, tmp, f"{name}-{instance}", {"OUT": str(tmp / name)})
 
 
+@pytest.mark.long
 def test_two_instances_coming_back_catch_up_the_missed_tick_once(
     fleet_lock_url: str, tmp_path: Path
 ) -> None:
@@ -61,3 +62,32 @@ def test_two_instances_coming_back_catch_up_the_missed_tick_once(
     caught = [e for r in back for e in r.events("caught-up")]
     assert sorted(e["job"] for e in caught) == ["all2", "all2", "one"]
     assert all(e["late"] > 0 and e["window"] == 60 for e in caught)
+
+
+@pytest.mark.parametrize("command", ["next", "validate"])
+def test_next_and_validate_state_the_catch_up_window(command: str, tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from .conftest import pyjob_exe
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*pyjob_exe(), *args], capture_output=True, text=True, timeout=30)
+
+    out = run(command, "0 3 * * *", "--tz", "UTC", "--catch-up", "6h")
+    assert out.returncode == 0, out.stderr
+    assert "a tick the fleet missed within 6h of now runs once" in out.stdout
+    doc = json.loads(run(command, "0 3 * * *", "--catch-up", "90m", "--format", "json").stdout)
+    found = doc["catch_up"] if command == "next" else doc["schedules"][0]["catch_up"]
+    assert found == 5400.0
+    plain = run(command, "0 3 * * *")
+    assert "catch-up" not in plain.stdout.lower()
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text('[jobs.nightly]\ncron = "0 3 * * *"\ncatch-up = "6h"\nshell = "true"\n')
+    if command == "validate":
+        checked = run("validate", "--file", str(jobs))
+        assert checked.returncode == 0 and "catch-up: a tick the fleet missed within 6h" in (
+            checked.stdout
+        )
+    bad = run(command, "0 3 * * *", "--catch-up", "soon")
+    assert bad.returncode == 2 and bad.stderr.startswith("Error:")
