@@ -121,7 +121,7 @@ def next_cmd(
                 "job": job,
                 "description": describe(spec),
                 "zone": str(zone),
-                "catch_up": None if catch_up is None else catch_up / 1e6,
+                **({} if catch_up is None else {"catch_up": catch_up / 1e6}),
                 "from": iso(now),
                 "ticks": [
                     {

@@ -104,13 +104,14 @@ def validate_cmd(
                 job=job,
                 description=describe(spec),
                 zone=str(schedule.zone),
-                catch_up=None if catch_up is None else catch_up / 1e6,
                 next=iso(nxt, schedule.zone),
                 warnings=[
                     {"code": w.code, "message": w.message} for w in warnings(schedule, clock_now)
                 ],
                 errors=[],
             )
+            if catch_up is not None:
+                result["catch_up"] = catch_up / 1e6
         except InputError as e:
             result["errors"] = [
                 {"message": e.message, "pos": e.pos, "length": e.length, "source": e.source}
