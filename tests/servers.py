@@ -19,6 +19,7 @@ from localservers import (
     Missing,
     PostgresServer,
     RedisServer,
+    _wait_port,
     free_port,
     free_udp_port,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "ChronyServer",
     "PostgresServer",
     "RedisServer",
+    "_wait_port",
     "faketime_env",
     "free_port",
     "free_udp_port",
