@@ -48,12 +48,53 @@ def proc_stat(pid: int) -> tuple[float, int, int]:
     return cpu, int(values["voluntary_ctxt_switches"]), int(values["VmHWM"].split()[0])
 
 
+def cpu_seconds(pid: int, main_thread: bool = False) -> float:
+    """The CPU time of every live thread of ``pid`` (or of its main thread alone), user + system,
+    in seconds, to the nanosecond: /proc/PID/task/*/schedstat when the kernel keeps it, else
+    utime + stime from /proc/PID/stat (in clock ticks of 10 ms). A process's own time only, never
+    its children's."""
+    total = 0
+    try:
+        tasks = [str(pid)] if main_thread else os.listdir(f"/proc/{pid}/task")
+        for task in tasks:
+            try:
+                total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a thread that just ended
+        if total:
+            return total / 1e9
+    except (FileNotFoundError, ValueError, IndexError):
+        pass
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, v in (line.split(":", 1) for line in lines if ":" in line)}
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@dataclass
+class Goal:
+    """One goal of an issue, as measured: for the summary table at the end."""
+
+    what: str
+    target: str
+    measured: str
+    met: bool
+
+
 @dataclass
 class Table:
     title: str
     headers: list[str]
     rows: list[list[str]] = field(default_factory=list)
     note: str = ""
+    goals: list[Goal] = field(default_factory=list)  # not printed here: see goals_table()
 
     def markdown(self) -> str:
         lines = [f"**{self.title}**", ""]
@@ -63,3 +104,13 @@ class Table:
         if self.note:
             lines += ["", self.note]
         return "\n".join(lines) + "\n"
+
+
+def goals_table(tables: Sequence[Table], title: str) -> Table | None:
+    goals = [g for t in tables for g in t.goals]
+    if not goals:
+        return None
+    t = Table(title, ["goal", "target", "measured", "met"])
+    for g in goals:
+        t.rows.append([g.what, g.target, g.measured, "yes" if g.met else "**no**"])
+    return t

@@ -29,7 +29,7 @@ from pyjob.core.backends import open_backend
 from .common import ROOT, Table, machine, pct, pyjob
 
 sys.path.insert(0, str(ROOT))
-from tests.servers import start_chronyd, start_postgres, start_redis
+from localservers import start_chronyd, start_postgres, start_redis
 
 FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from .common import Table, pct, pyjob, spread
+from .common import Goal, Table, pct, pyjob, spread
 
 DEADLINE = r"""
 import math, subprocess, sys, time
@@ -144,4 +145,15 @@ def table(ticks: int, repeat: int, only: list[str] | None = None) -> Table:
         "Median of the runs, with min-max. `schedule` and the bash loop count from their own "
         "start, so their lateness is their accumulated drift."
     )
+    floor, mine = results.get("deadline loop (floor)"), results.get("pyjob run --every 1s --align")
+    if floor and mine:
+        gap = statistics.median(mine["p99"]) - statistics.median(floor["p99"])
+        t.goals.append(
+            Goal(
+                "one job: firing p99",
+                "within 1 ms of the deadline loop",
+                f"{gap:+.2f} ms",
+                gap <= 1.0,
+            )
+        )
     return t

@@ -73,7 +73,8 @@ def status_table(jobs: int, runs: int, repeat: int) -> Table:
         status, out = _time([pyjob(), "status", "--lock", f"file:{d}", "--format", "json"], repeat)
         assert len(json.loads(out)["jobs"]) == jobs
         hist, out = _time(
-            [pyjob(), "history", f"job{jobs // 2:04d}", "--lock", f"file:{d}", "-n", "100"], repeat
+            [pyjob(), "history", f"job{jobs // 2:04d}", "--lock", f"file:{d}", "-n", "100"],
+            repeat,
         )
         b = statistics.median(base)
         t.rows.append(["pyjob --version (baseline)", spread(base, 3), "1.0"])

@@ -191,13 +191,14 @@ class Monitoring:
 
     def start(self, who: str) -> None:
         """Bind the metrics port (exit 2 when it cannot be), start the workers."""
-        from pyjob.core.metrics import FLEET_EVERY, TEXTFILE_EVERY, MetricsServer, Periodic
-
         self._started = True
         if self.pings is not None:
             self.pings.start()
         if self.metrics is None:
             return
+        # Only now: pyjob.core.metrics needs the optional prometheus-client (pyjob[metrics]).
+        from pyjob.core.metrics import FLEET_EVERY, TEXTFILE_EVERY, MetricsServer, Periodic
+
         listen = None
         if self.options.listen is not None:
             host, port = self.options.listen

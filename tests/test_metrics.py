@@ -271,6 +271,40 @@ def test_a_missing_extra_is_exit_2_with_the_pip_command(
     )
 
 
+def test_run_without_the_metrics_extra_works_when_no_metrics_are_asked_for(
+    tmp_path: Path,
+) -> None:
+    import os
+    import subprocess
+
+    from .conftest import pyjob_exe
+
+    hidden = tmp_path / "site"
+    (hidden / "prometheus_client").mkdir(parents=True)
+    (hidden / "prometheus_client" / "__init__.py").write_text("raise ImportError('not here')\n")
+    env = {**os.environ, "PYTHONPATH": str(hidden), "PYJOB_NO_CLOCK_CHECK": "1"}
+    out = subprocess.run(
+        [
+            *pyjob_exe(),
+            "run",
+            "--every",
+            "200ms",
+            "--max-runs",
+            "1",
+            "--lock",
+            "none",
+            "--",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -1,0 +1,238 @@
+"""Many jobs on one tick: 100 jobs due at the same second, against a loop that spawns them bare.
+
+    python -m benchmarks.tick            # 10 ticks of 100 jobs, 3 runs (about 1.5 minutes)
+    python -m benchmarks.tick --quick    # 3 ticks, 1 run (a smoke test)
+
+`pyjob run --file` holds 100 TOML jobs `every = "1s"`, `align = true`, each running
+`date +%s.%N`, whose output is the command's own start time; the tick is that whole second, so
+lateness = start - tick. The floor, measured in the same run, is a minimal Python loop that sleeps
+to each whole second and spawns the same 100 commands with subprocess.Popen, one after another, as
+pyjob does. pyjob runs with `--lock none` (the scheduler alone), `file:` (the default) and a
+Redis on loopback. pyjob's own CPU per run: its CPU time (every thread, from schedstat; never its
+children's) over the ticks, divided by the runs; and of that, its scheduler (main) thread's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from .common import ROOT, Goal, Table, cpu_seconds, machine, pct, pyjob
+
+sys.path.insert(0, str(ROOT))
+from localservers import start_redis
+
+JOBS = 100
+COMMAND = ["date", "+%s.%N"]
+FLOOR = r"""
+import math, subprocess, sys, time
+n, ticks = int(sys.argv[1]), int(sys.argv[2])
+argv = ["date", "+%s.%N"]
+print("ready", file=sys.stderr, flush=True)
+for _ in range(ticks):
+    time.sleep(math.ceil(time.time() + 1e-4) - time.time())
+    children = [
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, process_group=0) for _ in range(n)
+    ]
+    for c in children:
+        c.wait()
+sys.stdin.read()
+"""
+
+
+def jobs_file(path: Path, n: int) -> Path:
+    lines = [
+        f'[jobs.j{k:03d}]\nevery = "1s"\nalign = true\ncommand = {COMMAND!r}\n' for k in range(n)
+    ]
+    path.write_text("\n".join(lines).replace("'", '"'))
+    return path
+
+
+def _wait_for(log: Path, marker: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if marker in log.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    raise RuntimeError(f"no {marker!r}: {log.read_text(errors='replace')[-2000:]}")
+
+
+def one_run(name: str, lock: str | None, ticks: int, tmp: Path) -> dict[str, float]:
+    """Start ``name`` (pyjob with ``lock``, or the floor), let ``ticks`` whole seconds of 100
+    runs go by, stop it: lateness p50/p99/max in ms, CPU ms per run, runs counted."""
+    out, log = tmp / f"{name}.out", tmp / f"{name}.log"
+    if lock is not None:
+        argv = [
+            pyjob(),
+            "run",
+            "--no-clock-check",
+            "--log-format",
+            "json",
+            "--lock",
+            lock,
+            "--file",
+            str(jobs_file(tmp / "jobs.toml", JOBS)),
+        ]
+        marker = '"event": "jobs"'  # it runs until stopped; the window is cut out below
+    else:
+        argv = [sys.executable, "-c", FLOOR, str(JOBS), str(ticks + 4)]
+        marker = "ready"
+    with out.open("wb") as o, log.open("wb") as e:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=o, stderr=e, env={**os.environ, "TZ": "UTC"}
+        )
+    try:
+        _wait_for(log, marker, proc)
+        # Two whole seconds of warm-up, then the window: from the middle of the second before
+        # its first tick to the middle of the second after its last.
+        first = math.ceil(time.time()) + 2
+        time.sleep(max(0.0, first - 0.5 - time.time()))
+        cpu0, main0 = cpu_seconds(proc.pid), cpu_seconds(proc.pid, main_thread=True)
+        time.sleep(max(0.0, first + ticks - 0.5 - time.time()))
+        cpu = cpu_seconds(proc.pid) - cpu0
+        main = cpu_seconds(proc.pid, main_thread=True) - main0
+    finally:
+        if lock is not None:
+            proc.send_signal(signal.SIGTERM)
+        else:
+            proc.kill()
+        proc.wait(timeout=30)
+    starts = [float(x) for x in out.read_text().split()]
+    window = [s for s in starts if first <= s < first + ticks]
+    per_tick = Counter(math.floor(s) for s in window)
+    late = [(s - math.floor(s)) * 1000 for s in window]
+    if not late:
+        raise RuntimeError(f"{name}: no runs in the window: {log.read_text()[-2000:]}")
+    return {
+        "p50": statistics.median(late),
+        "p99": pct(late, 0.99),
+        "max": max(late),
+        "cpu": cpu * 1000 / len(window),
+        "main": main * 1000 / len(window),
+        "runs": float(len(window)),
+        "short": float(sum(1 for t in range(first, first + ticks) if per_tick[t] != JOBS)),
+    }
+
+
+SPAWNERS = {
+    "floor": "floor: a Python loop, Popen × 100 at each second",
+    "none": f"pyjob run --file ({JOBS} jobs), --lock none",
+    "file": f"pyjob run --file ({JOBS} jobs), file:",
+    "redis": f"pyjob run --file ({JOBS} jobs), redis://",
+}
+
+
+def measure(ticks: int, repeat: int) -> dict[str, dict[str, list[float]]]:
+    out: dict[str, dict[str, list[float]]] = {name: {} for name in SPAWNERS}
+    tmp = Path(tempfile.mkdtemp(prefix="pyjob-bench-tick-"))
+    redis_server = start_redis(tmp)
+    try:
+        for r in range(repeat):  # round-robin: the machine's drift touches all alike
+            for name in out:
+                work = tmp / f"{name}-{r}"
+                work.mkdir()
+                lock = {
+                    "floor": None,
+                    "none": "none",
+                    "file": f"file:{work / 'locks'}",
+                    "redis": f"redis://127.0.0.1:{redis_server.port}/{r + 1}",
+                }[name]
+                for k, v in one_run(name, lock, ticks, work).items():
+                    out[name].setdefault(k, []).append(v)
+    finally:
+        redis_server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _cell(values: list[float], digits: int = 2) -> str:
+    m = statistics.median(values)
+    if len(values) == 1:
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def table(ticks: int, repeat: int) -> Table:
+    res = measure(ticks, repeat)
+    floor_p50 = statistics.median(res["floor"]["p50"])
+    floor_p99 = statistics.median(res["floor"]["p99"])
+    t = Table(
+        f"Many jobs on one tick: {JOBS} jobs due at each of {ticks} whole seconds, "
+        f"{repeat} run(s); lateness of each command's own start, ms",
+        [
+            "spawner",
+            "runs",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "p50 × floor",
+            "p99 × floor",
+            "own CPU ms per run",
+            "of which scheduler thread",
+        ],
+    )
+    for name, s in res.items():
+        t.rows.append(
+            [
+                SPAWNERS[name],
+                _cell(s["runs"], 0),
+                _cell(s["p50"]),
+                _cell(s["p99"]),
+                _cell(s["max"]),
+                f"{statistics.median(s['p50']) / floor_p50:.2f}",
+                f"{statistics.median(s['p99']) / floor_p99:.2f}",
+                _cell(s["cpu"], 3),
+                _cell(s["main"], 3) if name != "floor" else "-",
+            ]
+        )
+    short = sum(sum(res[name]["short"]) for name in SPAWNERS if name != "floor")
+    t.note = (
+        'Median of the runs, with min-max. Jobs are `every = "1s"`, `align = true`, '
+        '`command = ["date", "+%s.%N"]`. Each command\'s lateness includes the spawns before '
+        "it in the same second, so p99 is about the time to start 99 commands. file: is a "
+        "directory in /tmp (here ext4, like the default ~/.local/state/pyjob); on a tmpfs such "
+        "as $XDG_RUNTIME_DIR its claims cost about half as much CPU. "
+        + (f"In {short:.0f} tick(s) pyjob did not start all {JOBS} runs." if short else "")
+    ).strip()
+    for name in ("none", "file", "redis"):
+        backend = {"none": "--lock none", "file": "file:", "redis": "redis://"}[name]
+        ratio = statistics.median(res[name]["p99"]) / floor_p99
+        cpu = statistics.median(res[name]["cpu"])
+        t.goals += [
+            Goal(
+                f"{JOBS} jobs on one tick ({backend}): p99 lateness",
+                "at most 1.2× the floor",
+                f"{ratio:.2f}×",
+                ratio <= 1.2,
+            ),
+            Goal(f"pyjob's own CPU per run ({backend})", "under 1 ms", f"{cpu:.3f} ms", cpu < 1.0),
+        ]
+    return t
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 ticks, 1 run")
+    args = parser.parse_args()
+    print(f"machine: {machine()}\n")
+    t = table(3 if args.quick else 10, 1 if args.quick else 3)
+    print(t.markdown())
+    for g in t.goals:
+        print(f"{'ok ' if g.met else 'MISSED'} {g.what}: {g.measured} (goal: {g.target})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
