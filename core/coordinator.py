@@ -19,10 +19,11 @@ their results are still delivered by ``drain()``, so the order of events does no
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from queue import Empty, SimpleQueue
+from queue import Empty, PriorityQueue, SimpleQueue
 from typing import Any
 
 from .backends import Backend, open_backend
@@ -31,6 +32,8 @@ from .clock import Clock, Waker
 from .errors import BackendError
 from .records import InstanceInfo, JobInfo, RecordStore, RunRecord, records_for
 
+_PRIORITY = {"claim": 0, "renew": 0, "release": 0, "previous": 1, "latest": 1, "orphan": 1}
+LAST = 9  # the stop, after everything queued
 RELEASE_RETRY = 1.0  # seconds between retries of lease releases an outage left behind
 
 # report(job, tick, kind, **fields): an event on behalf of the coordinator.
@@ -51,7 +54,9 @@ class _Link:
 
     url: str
     backend: Backend
-    calls: SimpleQueue[_Call | None] = field(default_factory=SimpleQueue)
+    # (priority, order, call): claims and leases first; what no tick waits for (records,
+    # heartbeats, clean-up) after them, so a batch of record writes never delays a claim.
+    calls: PriorityQueue[tuple[int, int, _Call | None]] = field(default_factory=PriorityQueue)
     thread: threading.Thread | None = None
     unreleased: list[Lease] = field(default_factory=list)  # releases that failed: retried
     busy: bool = False
@@ -81,6 +86,7 @@ class Coordinator:
         self._links: dict[str, _Link] = {}
         self._results: SimpleQueue[tuple[Callable[[Any], None], Any]] = SimpleQueue()
         self._lock = threading.Lock()
+        self._order = itertools.count()
 
     # ---------------------------------------------------------------- set-up
 
@@ -209,7 +215,7 @@ class Coordinator:
         ``wait`` seconds: a hung backend must not hold up the exit."""
         deadline = self.clock.monotonic() + wait
         for link in self._links.values():
-            link.calls.put(None)
+            link.calls.put((LAST, next(self._order), None))
         for link in self._links.values():
             if link.thread is not None:
                 link.thread.join(max(0.0, deadline - self.clock.monotonic()))
@@ -221,7 +227,7 @@ class Coordinator:
     def _submit(self, url: str | None, call: _Call) -> None:
         link = self._links[self.key(url)]
         if self.threaded:
-            link.calls.put(call)
+            link.calls.put((_PRIORITY.get(call.what, 2), next(self._order), call))
         else:
             self._do(link, call)
 
@@ -234,7 +240,7 @@ class Coordinator:
                 try:
                     # While releases are owed, look again every RELEASE_RETRY seconds even when
                     # nothing else is asked: they must go out as soon as the backend answers.
-                    call = link.calls.get(timeout=RELEASE_RETRY if link.unreleased else None)
+                    _, _, call = link.calls.get(timeout=RELEASE_RETRY if link.unreleased else None)
                 except Empty:
                     call = _Call("release", ([],), None)
             if call is None:
@@ -247,21 +253,21 @@ class Coordinator:
             finally:
                 link.busy = False
 
-    @staticmethod
-    def _gather(link: _Link, first: _Call) -> _Call:
+    def _gather(self, link: _Link, first: _Call) -> _Call:
         """The record writes queued behind ``first``, as one call (one round trip)."""
         records = list(first.args[0])
         keep = first.args[1]
         while len(records) < 500:
             try:
-                nxt = link.calls.get_nowait()
+                entry = link.calls.get_nowait()
             except Empty:
                 break
+            nxt = entry[2]
             if nxt is None or nxt.what != "records" or nxt.args[1] != keep:
-                link.carry = nxt
                 if nxt is None:
-                    link.calls.put(None)
-                    link.carry = None
+                    link.calls.put(entry)  # the stop: after this batch
+                else:
+                    link.carry = nxt
                 break
             records += nxt.args[0]
         # A run's "running" record and its result may meet in one batch: the last one wins.

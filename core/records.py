@@ -167,6 +167,7 @@ class DirectoryRecords:
     def __init__(self, directory: Path, url: str) -> None:
         self.directory = Path(directory)
         self.url = url
+        self._written: dict[str, int] = {}  # writes per job since its directory was trimmed
 
     def _fail(self, what: str, e: OSError) -> BackendError:
         return BackendError(f"{self.url}: {what}: {e.strerror or e}")
@@ -185,7 +186,14 @@ class DirectoryRecords:
                 _write(d / f"{r.tick_us}.json", r.to_json())
         except OSError as e:
             raise self._fail("run record not written", e) from e
-        for job in made:  # at most ``keep`` per job, as soon as they are written
+        for r in records:
+            self._written[r.job] = self._written.get(r.job, 0) + 1
+        for job in made:
+            # At most ``keep`` per job: trimmed once every ``keep`` writes (a run writes two),
+            # so a busy job lists its directory rarely, and holds at most twice ``keep``.
+            if self._written.get(job, 0) < keep:
+                continue
+            self._written[job] = 0
             d = self._runs_dir(job)
             for tick in self._ticks(job)[keep:]:
                 with contextlib.suppress(FileNotFoundError):

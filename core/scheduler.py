@@ -57,7 +57,7 @@ class Job:
     schedule: Schedule
     command: Command
     settings: JobSettings = field(default_factory=JobSettings)
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)  # the job's own, on the process's
     fingerprint: Any = None  # equal for two definitions a reload may keep running
 
     @property
@@ -216,11 +216,15 @@ class Scheduler:
             clock, instance, self.waker, self._report, env=env, threaded=threaded, opener=opener
         )
         self.jobs: dict[str, _JobState] = {}
+        # Every job's commands get this environment plus the job's own (Job.env): one copy of
+        # the process environment, not one per job (10,000 jobs held 50 MiB of copies).
+        self._base_env: Mapping[str, str] = dict(env) if env else {}
         self.retiring: list[_JobState] = []
         self._by_handle: dict[int, _Run] = {}
         self._hooks: dict[int, _Hook] = {}
         self._hooks_pending = 0  # --notify-on change: hooks waiting for the previous result
         self._down: set[str] = set()  # lock URLs whose last claim failed (an outage)
+        self._retry_jobs: set[str] = set()  # jobs with --retries: heartbeats look for orphans
         self._wall: list[tuple[int, int, str, _JobState, int, datetime]] = []
         self._mono: list[tuple[float, int, str, Any]] = []
         self._seq = itertools.count()
@@ -282,6 +286,8 @@ class Scheduler:
         self._set_next(state, job.schedule.next_tick(start))
         if job.settings.catch_up:
             self._check_catch_up(state)
+        if job.settings.retries:
+            self._retry_jobs.add(job.job_id)
         if not self._cleanup_scheduled:
             self._cleanup_scheduled = True
             self._push_mono(self.clock.monotonic(), "cleanup", None)
@@ -358,6 +364,7 @@ class Scheduler:
                 self._flush_registrations()
             self.coordinator.drain()
             if self._finished():
+                self._prune_records()
                 failures = sum(j.failures for j in self.jobs.values())
                 if len(self.jobs) > 1:
                     self.emit("exhausted", "*", None, jobs=len(self.jobs))
@@ -365,9 +372,9 @@ class Scheduler:
             ready = self.clock.wait_for(self.waker, self._sleep_for(), self.runner.fds())
 
     def _finished(self) -> bool:
-        live = [j for j in self.jobs.values() if not j.ended]
-        hooks = bool(self._hooks) or self._hooks_pending > 0
-        return bool(self.jobs) and not live and not self.retiring and not hooks
+        if not self.jobs or self.retiring or self._hooks or self._hooks_pending > 0:
+            return False
+        return not any(not j.ended for j in self.jobs.values())  # stops at the first live one
 
     def _sleep_for(self) -> float:
         candidates = [MAX_SLEEP_SLICE]  # wake a few times a minute to notice clock steps
@@ -855,7 +862,7 @@ class Scheduler:
     def _env(
         self, state: _JobState, tick: datetime | None, rid: str, fence: int | None
     ) -> dict[str, str]:
-        env = dict(state.job.env)
+        env = {**self._base_env, **state.job.env}
         instant = tick or self.clock.now()
         env.update(
             PYJOB_JOB=state.id,
@@ -1089,9 +1096,12 @@ class Scheduler:
         """Continue the attempts of a run whose instance went quiet while it had retries left
         (killed during an attempt or while waiting for the next): once its heartbeat is older
         than its leases' TTL, one instance claims the next attempt and runs it."""
-        for state in self.jobs.values():
-            s = state.s
-            if not s.retries or state.adopting or state.busy() or state.ended or state.retiring:
+        for job_id in list(self._retry_jobs):
+            state = self.jobs.get(job_id)
+            if state is None:
+                self._retry_jobs.discard(job_id)
+                continue
+            if state.adopting or state.busy() or state.ended or state.retiring:
                 continue
             if not self.coordinator.has_records(state.job.lock):
                 continue
@@ -1296,6 +1306,19 @@ class Scheduler:
             self.coordinator.register(url or None, infos, self.me)
 
     def _cleanup(self) -> None:
+        self._prune_records()
+        # Claims: only jobs that claimed since their last claims expired have any to remove, so
+        # an idle process with 10,000 jobs sweeps nothing.
+        now_us = to_us(self.clock.now())
+        for url, kept in self._claims_kept.items():
+            if kept:
+                self.coordinator.cleanup(url or None, sorted(kept))
+                for job_id in [j for j, until in kept.items() if until < now_us]:
+                    del kept[job_id]
+
+    def _prune_records(self) -> None:
+        """Bound the records of the jobs written to since the last prune (--history-keep,
+        --history-max-age): every minute, and at the stop."""
         recorded, self._recorded = self._recorded, {}
         now_us = to_us(self.clock.now())
         for url, ids in recorded.items():
@@ -1307,13 +1330,6 @@ class Scheduler:
                     groups.setdefault(key, []).append(job_id)
             for (keep, age), members in groups.items():
                 self.coordinator.prune(url or None, members, keep, now_us - int(age * 1e6))
-        # Claims: only jobs that claimed since their last claims expired have any to remove, so
-        # an idle process with 10,000 jobs sweeps nothing.
-        for url, kept in self._claims_kept.items():
-            if kept:
-                self.coordinator.cleanup(url or None, sorted(kept))
-                for job_id in [j for j, until in kept.items() if until < now_us]:
-                    del kept[job_id]
 
     def _maybe_end(self, state: _JobState) -> None:
         """A job whose schedule is over ends once nothing of it is left."""
@@ -1464,6 +1480,7 @@ class Scheduler:
                 self.waker, max(0.0, min(waits, default=MAX_SLEEP_SLICE)), self.runner.fds()
             )
         self.coordinator.drain()
+        self._prune_records()
         runs = sum(s.runs_started for s in everything)
         failures = sum(s.failures for s in everything)
         self.emit("stopped", who, None, runs=runs, failures=failures)
