@@ -304,13 +304,22 @@ def _readable_names(jobs: list[JobDef]) -> list[JobDef]:
     from dataclasses import replace
 
     slugs = [_program(j.line or j.command.argv[0]) for j in jobs]
-    count: dict[str, int] = {}
-    for slug in slugs:
-        count[slug] = count.get(slug, 0) + 1
-    return [
-        replace(j, name=slug if count[slug] == 1 else f"{slug}-{j.name.removeprefix('job-')[:6]}")
-        for j, slug in zip(jobs, slugs, strict=True)
-    ]
+    groups: dict[str, list[str]] = {}
+    for j, slug in zip(jobs, slugs, strict=True):
+        groups.setdefault(slug, []).append(j.name.removeprefix("job-"))
+    # Six hex digits of the hash where they tell the group's jobs apart, else all twelve: with
+    # thousands of jobs of one program, six collide (a 10,000-line crontab had four pairs).
+    width = {
+        slug: 6 if len({h[:6] for h in hashes}) == len(set(hashes)) else 12
+        for slug, hashes in groups.items()
+    }
+
+    def named(j: JobDef, slug: str) -> str:
+        if len(groups[slug]) == 1:
+            return slug
+        return f"{slug}-{j.name.removeprefix('job-')[: width[slug]]}"
+
+    return [replace(j, name=named(j, slug)) for j, slug in zip(jobs, slugs, strict=True)]
 
 
 _DOW = re.compile(

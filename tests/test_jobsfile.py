@@ -651,3 +651,11 @@ def test_toml_hints_point_to_shell_and_to_the_key_meant(
         f"Error: {path}[jobs.report]: unknown key 'comand' (did you mean 'command'?)",
         f'Error: {path}[jobs.report]: no command: add command = [...] or shell = "..."',
     ]
+
+
+def test_thousands_of_jobs_of_one_program_keep_unique_readable_names() -> None:
+    lines = "\n".join(f"0 0 1 1 * ./task.sh {i}" for i in range(10_000))
+    jobs = parse_crontab(lines + "\n", "crontab", ENV, NOW)
+    names = [j.name for j in jobs]
+    assert len(set(names)) == 10_000
+    assert all(n.startswith("task.sh-") for n in names)
