@@ -181,10 +181,11 @@ class Coordinator:
         self._submit(url, _Call("previous", (job, before_us), done))
         return True
 
-    def latest(self, url: str | None, job: str, done: Callable[[int | None], None]) -> bool:
-        """The tick (µs) of the latest record of ``job`` — the latest tick anyone in the fleet
-        handled — to ``done`` (None when there is none; a BackendError when the backend could not
-        say). False when the backend keeps no records."""
+    def latest(self, url: str | None, job: str, done: Callable[[Any], None]) -> bool:
+        """(the tick (µs) of the latest record of ``job`` — the latest tick anyone in the fleet
+        handled —, the backend's own clock in µs or None) to ``done``; None when there is no
+        record; a BackendError when the backend could not say. False when the backend keeps no
+        records."""
         if self._links[self.key(url)].records is None:
             return False
         self._submit(url, _Call("latest", (job,), done))
@@ -300,7 +301,9 @@ class Coordinator:
             elif call.what == "latest":
                 assert link.records is not None
                 newest = link.records.runs(call.args[0], 1, None)
-                result = newest[0].tick_us if newest else None
+                reading = link.backend.server_time()  # the window is judged by this clock
+                backend_now = None if reading is None else int(reading[0] * 1e6)
+                result = (newest[0].tick_us, backend_now) if newest else None
             elif call.what == "previous":
                 assert link.records is not None
                 job, before = call.args

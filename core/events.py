@@ -81,8 +81,9 @@ _KINDS = (
     Kind(
         "retry-dropped",
         "warning",
-        ("run_id", "attempt", "reason"),
-        "a retry that would start after the following tick is due, or that a stop cancelled",
+        ("run_id", "attempt", "reason", "exit_code", "result"),
+        "a retry that would start after the following tick is due, or that a stop cancelled "
+        "(then with the run's final exit code and result)",
     ),
     Kind("jitter", "debug", ("delay",), "the run waits a random delay first (--jitter)"),
     Kind(

@@ -222,6 +222,8 @@ class Metrics:
                 self.lateness.labels(job).observe(max(0.0, float(f["lateness"])))
         elif kind == "run-finished" and "retry_in" in f:
             self.running.labels(job).dec()  # an attempt that is retried: the run goes on
+        elif kind == "retry-dropped" and "result" in f:
+            self.runs.labels(job, str(f["result"])).inc()  # a stop ended it between attempts
         elif kind == "run-finished":
             result = result_of(f)
             self.running.labels(job).dec()

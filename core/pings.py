@@ -111,6 +111,8 @@ class PingSender:
             what = "start"
         elif event.kind == "run-finished" and "retry_in" not in event.fields:
             what = str(event.fields.get("exit_code"))
+        elif event.kind == "retry-dropped" and "exit_code" in event.fields:
+            what = str(event.fields["exit_code"])  # a stop ended the run between attempts
         else:
             return
         run_id = event.fields.get("run_id")

@@ -123,6 +123,9 @@ class _Retry:
     prior: list[dict[str, Any]]
     record: RunRecord | None
     cancelled: bool = False
+    run: _Run | None = None  # the attempt that failed (hooks on a cancel see its result)
+    code: int = 0
+    duration: float = 0.0
 
 
 @dataclass(eq=False)
@@ -564,7 +567,7 @@ class Scheduler:
         if state.catching_up or state.ended or state.retiring:
             return
 
-        def done(latest: int | BackendError | None) -> None:
+        def done(latest: tuple[int, int | None] | BackendError | None) -> None:
             state.catching_up = False
             if isinstance(latest, BackendError):
                 self.emit(
@@ -576,17 +579,19 @@ class Scheduler:
                 )
                 self._down.add(Coordinator.key(state.job.lock))
             elif latest is not None:  # a fresh job has no proof that anything was missed
-                self._plan_catch_up(state, latest)
+                self._plan_catch_up(state, *latest)
             self._maybe_end(state)
 
         state.catching_up = True
         if not self.coordinator.latest(state.job.lock, state.id, done):
             state.catching_up = False  # no records (--lock none): nothing to judge by
 
-    def _plan_catch_up(self, state: _JobState, latest_us: int) -> None:
+    def _plan_catch_up(self, state: _JobState, latest_us: int, backend_us: int | None) -> None:
         from datetime import UTC
 
         now = self.clock.now()
+        # The window is judged by the backend's clock where it has one (the fleet's time).
+        judged = now if backend_us is None else datetime.fromtimestamp(backend_us / 1e6, UTC)
         schedule = state.job.schedule
         window = state.s.catch_up or 0.0
         first = datetime.fromtimestamp(latest_us / 1e6, UTC)
@@ -598,7 +603,7 @@ class Scheduler:
             t = schedule.next_tick(t)
         if not missed:
             return
-        recent = [t for t in missed if (now - t).total_seconds() <= window]
+        recent = [t for t in missed if (judged - t).total_seconds() <= window]
         run = recent[-state.s.catch_up_max :] if state.s.catch_up_all else recent[-1:]
         chosen = set(run)
         outside = [t for t in missed if t not in chosen and t not in recent]
@@ -1045,7 +1050,8 @@ class Scheduler:
         assert run.tick is not None
         prior = [*run.prior, _attempt_doc(run, code, result, to_us(self.clock.now()))]
         claim = ClaimResult(True, self.instance, run.fence)
-        retry = _Retry(run.tick, claim, run.attempt + 1, prior, run.record)
+        retry = _Retry(run.tick, claim, run.attempt + 1, prior, run.record, run=run, code=code)
+        retry.duration = round(self.clock.monotonic() - run.started_mono, 6)
         state.retries.append(retry)
         self._push_mono(self.clock.monotonic() + delay, "retry", (state, retry))
         self.emit(
@@ -1076,6 +1082,9 @@ class Scheduler:
         recorded as such, and its hooks see it."""
         for retry in state.retries:
             retry.cancelled = True
+            last = retry.prior[-1] if retry.prior else {}
+            result = str(last.get("result", "failure"))
+            # With exit_code and result, this is the run's end for pings and metrics.
             self.emit(
                 "retry-dropped",
                 state.id,
@@ -1083,12 +1092,15 @@ class Scheduler:
                 run_id=run_id(state.id, retry.tick, retry.tick),
                 attempt=retry.attempt,
                 reason="cancelled by the stop",
+                exit_code=retry.code,
+                result=result,
             )
-            last = retry.prior[-1] if retry.prior else {}
             if retry.record is not None:
-                retry.record.result = str(last.get("result", "failure"))
+                retry.record.result = result
                 retry.record.next_attempt_us = None
                 self._record(state, retry.record)
+            if retry.run is not None:
+                self._after_run(retry.run, retry.code, retry.duration)
         state.retries.clear()
         state.attempts.clear()
 

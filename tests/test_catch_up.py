@@ -91,3 +91,29 @@ def test_next_and_validate_state_the_catch_up_window(command: str, tmp_path: Pat
         )
     bad = run(command, "0 3 * * *", "--catch-up", "soon")
     assert bad.returncode == 2 and bad.stderr.startswith("Error:")
+
+
+@pytest.mark.parametrize(("backend_ahead", "runs"), [(None, True), (0.0, True), (7200.0, False)])
+def test_the_window_is_judged_by_the_backends_clock(
+    backend_ahead: float | None, runs: bool
+) -> None:
+    from datetime import timedelta
+
+    from pyjob.core.clock import FakeClock
+
+    from .fakes import FakeRunner
+    from .test_scheduler import T0, job, make
+
+    clock = FakeClock(T0)
+    runner = FakeRunner(clock)
+    s, events = make([job("every 10m align tz UTC", clock, catch_up=3600.0)], runner, clock)
+    state = s.jobs["job"]
+    last_handled = T0 - timedelta(minutes=30)  # 12:00 was missed, 11:40 and 11:50 too
+    backend = None if backend_ahead is None else int((T0.timestamp() + backend_ahead) * 1e6)
+    s._plan_catch_up(state, int(last_handled.timestamp() * 1e6), backend)
+    s.coordinator.drain()
+    caught = [e for e in events if e.kind == "caught-up"]
+    missed = [e for e in events if e.kind == "missed"]
+    assert bool(caught) is runs
+    if not runs:  # 2 h ahead, the backend sees the missed ticks outside the 1 h window
+        assert missed and "before the --catch-up window" in missed[0].fields["reason"]

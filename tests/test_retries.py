@@ -106,7 +106,7 @@ def test_retry_on_limits_the_codes() -> None:
 def test_a_stop_cancels_the_attempts_that_wait() -> None:
     clock = FakeClock(T0)
     runner = CodesRunner(clock, [1])
-    jobs = [job("every 1m align tz UTC", clock, retries=2, retry_delay=30.0)]
+    jobs = [job("every 1m align tz UTC", clock, retries=2, retry_delay=30.0, on_failure="x")]
     s, events = make(jobs, runner, clock)
 
     def stop_after_first(n: int) -> None:
@@ -122,9 +122,16 @@ def test_a_stop_cancels_the_attempts_that_wait() -> None:
 
     s._schedule_retry = then_stop  # type: ignore[method-assign]
     assert s.run() == 0
-    assert len(runner.started) == 1
+    assert [e.get("PYJOB_HOOK") for e in runner.started] == [None, "on-failure"]  # no attempt 2
     dropped = [e for e in events if e.kind == "retry-dropped"]
     assert [e.fields["reason"] for e in dropped] == ["cancelled by the stop"]
+    assert dropped[0].fields["exit_code"] == 1 and dropped[0].fields["result"] == "failure"
+    from pyjob.core.pings import PingSender
+
+    pings = PingSender({"job": "http://127.0.0.1:9/ping"}, clock, lambda *a, **k: None)
+    for e in events:
+        pings.on_event(e)
+    assert [p.what for p in pings._queue] == ["start", "1"]  # the stop ended the run: one end
 
 
 @pytest.mark.slow
