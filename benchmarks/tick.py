@@ -109,7 +109,8 @@ def one_run(name: str, lock: str | None, ticks: int, tmp: Path) -> dict[str, flo
         else:
             proc.kill()
         proc.wait(timeout=30)
-    starts = [float(x) for x in out.read_text().split()]
+    # One start time a line; with several jobs pyjob prefixes each line with the job's name.
+    starts = [float(line.split()[-1]) for line in out.read_text().splitlines() if line.strip()]
     window = [s for s in starts if first <= s < first + ticks]
     per_tick = Counter(math.floor(s) for s in window)
     late = [(s - math.floor(s)) * 1000 for s in window]
