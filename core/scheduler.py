@@ -1182,7 +1182,9 @@ class Scheduler:
                 taken_over_from=record.instance,
             )
             state.attempts[tick] = (attempt, prior)
-            self._start(state, tick, ClaimResult(True, self.instance, got.claim.fence), got.lease)
+            # The same run: its first attempt's fence (the take-over claim only elects the taker).
+            fence = record.fence if record.fence is not None else got.claim.fence
+            self._start(state, tick, ClaimResult(True, self.instance, fence), got.lease)
 
         self.coordinator.claim(state.job.lock, [request], claimed)
 

@@ -147,7 +147,7 @@ def test_another_instance_takes_over_the_attempts_of_one_that_was_killed(
     url = fleet_lock_url
     out = tmp_path / "attempts"
     cmd = (
-        f'echo "$PYJOB_ATTEMPT $PYJOB_INSTANCE $PYJOB_RUN_ID" >> {out}; '
+        f'echo "$PYJOB_ATTEMPT $PYJOB_INSTANCE $PYJOB_RUN_ID $PYJOB_FENCE" >> {out}; '
         'if [ "$PYJOB_ATTEMPT" = 1 ]; then sleep 60; fi'
     )
     args = ["-s", "*/20 * * * * *", "--lock", url, "--name", "flaky", "--retries", "2"]
@@ -166,6 +166,7 @@ def test_another_instance_takes_over_the_attempts_of_one_that_was_killed(
         time.sleep(0.1)
     lines = [line.split() for line in out.read_text().splitlines()]
     assert lines[1][:2] == ["2", survivor] and lines[1][2] == lines[0][2]  # the same run
+    assert lines[1][3:] == lines[0][3:]  # and the same fence (none on some backends)
     taken = runs[survivor].wait_for("retrying")
     assert taken[0]["taken_over_from"] == victim and taken[0]["attempt"] == 2
     time.sleep(0.5)
