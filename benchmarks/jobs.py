@@ -4,13 +4,15 @@
     python -m benchmarks.jobs --quick    # 10 and 1,000 jobs, 3 s idle (a smoke test)
 
 Each file is a crontab of N yearly jobs (`0 0 1 1 * true K`, distinct commands, so distinct jobs)
-run with `--lock file:` and with a Redis on loopback. Per process: threads (/proc/PID/status),
-open descriptors (/proc/PID/fd), connections to the backend (Redis CLIENT LIST, counted by the
-process's own database number; file: has none), resident memory after the idle window and at its
-peak, CPU per minute while idle (every thread's time from /proc/PID/task/*/schedstat over the
-window: a full window is 60 s, so it holds the claim clean-up pyjob runs once a minute), and the
-time from the spawn to the `jobs` event in the JSON log. The baseline, measured in the same run,
-is a Python that imports click and croniter and sleeps: what any Python scheduler costs at least.
+run with `--lock file:` and with a Redis on loopback; the largest Redis file once more with a
+schedule each (`S M H 29 2 *`: jobs on one schedule share its compiled form, these cannot). Per
+process: threads (/proc/PID/status), open descriptors (/proc/PID/fd), connections to the backend
+(Redis CLIENT LIST, counted by the process's own database number; file: has none), resident memory
+after the idle window and at its peak, CPU per minute while idle (every thread's time from
+/proc/PID/task/*/schedstat over the window: a full window is 60 s, so it holds the claim clean-up
+pyjob runs once a minute), and the time from the spawn to the `jobs` event in the JSON log. The
+baseline, measured in the same run, is a Python that imports click and croniter and sleeps: what
+any Python scheduler costs at least.
 """
 
 from __future__ import annotations
@@ -48,9 +50,26 @@ GOALS = {
 BASELINE = "import sys, click, croniter; print('ready', flush=True); sys.stdin.read()"
 
 
-def crontab(path: Path, n: int) -> Path:
-    path.write_text("".join(f"0 0 1 1 * true {k}\n" for k in range(n)))
+def crontab(path: Path, n: int, distinct: bool = False) -> Path:
+    """N yearly jobs on one schedule, or (``distinct``) each on a schedule of its own, a second
+    of Feb 29 (no compiled expression to share; none due but on a leap day)."""
+    if distinct:
+        lines = (f"{k % 60} {k // 60 % 60} {k // 3600} 29 2 * true {k}\n" for k in range(n))
+    else:
+        lines = (f"0 0 1 1 * true {k}\n" for k in range(n))
+    path.write_text("".join(lines))
     return path
+
+
+def _runs(sizes: tuple[int, ...]) -> list[tuple[str, int, bool]]:
+    """(backend, jobs, distinct schedules) of each measured process; the largest Redis size
+    also with distinct schedules."""
+    runs = [(backend, n, False) for backend in ("file", "redis") for n in sizes]
+    return [*runs, ("redis", max(sizes), True)]
+
+
+def _label(backend: str, n: int, distinct: bool) -> str:
+    return f"{backend} {n}" + (" distinct" if distinct else "")
 
 
 @dataclass
@@ -136,30 +155,33 @@ def measure(
                 b"ready",
             )
         )
-        db = 0
-        for backend in ("file", "redis"):
-            for n in sizes:
-                db += 1
-                if backend == "file":
-                    url = f"file:{tmp / f'locks-{n}'}"
-                else:
-                    url = f"redis://127.0.0.1:{redis_server.port}/{db}"
-                argv = [
-                    pyjob(),
-                    "run",
-                    "--no-clock-check",
-                    "--log-format",
-                    "json",
-                    "--file",
-                    str(crontab(tmp / f"crontab-{n}", n)),
-                    "--lock",
-                    url,
-                ]
-                log = tmp / f"{backend}-{n}.log"
-                label = f"{backend} {n}"
-                procs.append(
-                    _spawn(label, argv, log, b'"event": "jobs"', db if backend == "redis" else None)
+        for db, (backend, n, distinct) in enumerate(_runs(sizes), start=1):
+            label = _label(backend, n, distinct)
+            name = label.replace(" ", "-")
+            if backend == "file":
+                url = f"file:{tmp / f'locks-{name}'}"
+            else:
+                url = f"redis://127.0.0.1:{redis_server.port}/{db}"
+            argv = [
+                pyjob(),
+                "run",
+                "--no-clock-check",
+                "--log-format",
+                "json",
+                "--file",
+                str(crontab(tmp / f"crontab-{name}", n, distinct)),
+                "--lock",
+                url,
+            ]
+            procs.append(
+                _spawn(
+                    label,
+                    argv,
+                    tmp / f"{name}.log",
+                    b'"event": "jobs"',
+                    db if backend == "redis" else None,
                 )
+            )
         time.sleep(SETTLE)
         for p in procs:
             p.cpu0 = cpu_seconds(p.proc.pid)
@@ -247,49 +269,49 @@ def table(repeat: int, quick: bool = False) -> Table:
             cell("baseline", "start", 2),
         ]
     )
-    for backend in ("file", "redis"):
-        for n in sizes:
-            label = f"{backend} {n}"
-            t.rows.append(
-                [
-                    f"pyjob run, {backend}:" if backend == "file" else "pyjob run, redis://",
-                    f"{n:,}",
-                    cell(label, "threads", 0),
-                    cell(label, "fds", 0),
-                    cell(label, "connections", 0) if backend == "redis" else "0 (file)",
-                    cell(label, "rss", 1, ratio=True),
-                    cell(label, "peak", 1),
-                    cell(label, "cpu", 1),
-                    cell(label, "start", 2, ratio=True),
-                ]
-            )
-            if n != max(sizes):
+    for backend, n, distinct in _runs(sizes):
+        label = _label(backend, n, distinct)
+        t.rows.append(
+            [
+                (f"pyjob run, {backend}:" if backend == "file" else "pyjob run, redis://")
+                + (", a schedule each" if distinct else ""),
+                f"{n:,}",
+                cell(label, "threads", 0),
+                cell(label, "fds", 0),
+                cell(label, "connections", 0) if backend == "redis" else "0 (file)",
+                cell(label, "rss", 1, ratio=True),
+                cell(label, "peak", 1),
+                cell(label, "cpu", 1),
+                cell(label, "start", 2, ratio=True),
+            ]
+        )
+        if n != max(sizes):
+            continue
+        where = f"{n:,} jobs, {backend}" + (", a schedule each" if distinct else "")
+        measured = {
+            "threads": med(label, "threads"),
+            "descriptors": med(label, "fds"),
+            "connections": med(label, "connections"),
+            "rss": med(label, "rss"),
+            "cpu": med(label, "cpu"),
+            "start": med(label, "start"),
+        }
+        names = {
+            "threads": ("threads", "{:.0f}"),
+            "descriptors": ("open descriptors", "{:.0f}"),
+            "connections": ("backend connections", "{:.0f}"),
+            "rss": ("RSS", "{:.1f} MiB"),
+            "cpu": ("idle CPU", "{:.1f} ms/min"),
+            "start": ("time to start", "{:.2f} s"),
+        }
+        if n < GOAL_N:
+            continue  # the goals are for 10,000 jobs (--quick runs fewer)
+        for key, (target, ok) in GOALS.items():
+            what, fmt = names[key]
+            if key == "connections" and backend == "file":
                 continue
-            where = f"{n:,} jobs, {backend}"
-            measured = {
-                "threads": med(label, "threads"),
-                "descriptors": med(label, "fds"),
-                "connections": med(label, "connections"),
-                "rss": med(label, "rss"),
-                "cpu": med(label, "cpu"),
-                "start": med(label, "start"),
-            }
-            names = {
-                "threads": ("threads", "{:.0f}"),
-                "descriptors": ("open descriptors", "{:.0f}"),
-                "connections": ("backend connections", "{:.0f}"),
-                "rss": ("RSS", "{:.1f} MiB"),
-                "cpu": ("idle CPU", "{:.1f} ms/min"),
-                "start": ("time to start", "{:.2f} s"),
-            }
-            if n < GOAL_N:
-                continue  # the goals are for 10,000 jobs (--quick runs fewer)
-            for key, (target, ok) in GOALS.items():
-                what, fmt = names[key]
-                if key == "connections" and backend == "file":
-                    continue
-                v = measured[key]
-                t.goals.append(Goal(f"{what} ({where})", target, fmt.format(v), ok(v)))
+            v = measured[key]
+            t.goals.append(Goal(f"{what} ({where})", target, fmt.format(v), ok(v)))
     t.note = (
         "Median of the runs, with min-max. Every process waits its idle window beside the others "
         "(started one after another). CPU is every thread's time from schedstat; RSS is "

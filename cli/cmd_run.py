@@ -206,8 +206,10 @@ def jobs_from_file(path: str, env: Env, cli_values: dict[str, Any]) -> list[Job]
 
     now = env.clock.now()
     jobs = []
+    alike: dict[JobSettings, JobSettings] = {}  # most jobs of a file have the same settings
     for d in load(path, env.environ, now):
         settings = JobSettings.from_values(cli_values, d.settings)
+        settings = alike.setdefault(settings, settings)
         jobs.append(
             Job(
                 d.name,

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import bisect
 import calendar
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
 from datetime import MAXYEAR, UTC, date, datetime, time, timedelta, tzinfo
+from typing import Any
 
 from .errors import ScheduleError
 from .zones import next_transition, offset_at, resolve_wall
@@ -192,7 +194,7 @@ def _parse_field(field: Field, text: str, source: str, pos: int) -> str:
     return ",".join(items)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CronExpr:
     """A validated cron expression in normalized text (names upper-case, ``?`` as ``*``)."""
 
@@ -357,7 +359,16 @@ def _last_weekday(year: int, month: int) -> int:
     return last - max(0, weekday - 4)
 
 
-@dataclass(frozen=True)
+ALL_DOW = frozenset(range(7))
+
+
+@functools.lru_cache(maxsize=4096)
+def _shared(values: frozenset[Any]) -> frozenset[Any]:
+    """One instance per distinct set of values: most fields of most expressions are alike."""
+    return values
+
+
+@dataclass(frozen=True, slots=True)
 class DayRule:
     """Which days a cron expression fires on: its day-of-month, month and day-of-week fields as
     values (parsed once; ``matches`` is arithmetic on a date)."""
@@ -404,14 +415,14 @@ class DayRule:
                 assert values is not None, item
                 dow |= values
         return cls(
-            frozenset(months),
-            frozenset(dom),
+            _shared(frozenset(months)),
+            _shared(frozenset(dom)),
             last,
             last_weekday,
-            frozenset(nearest),
-            frozenset(dow),
-            frozenset(nth),
-            frozenset(last_dow),
+            _shared(frozenset(nearest)),
+            _shared(frozenset(dow)),
+            _shared(frozenset(nth)),
+            _shared(frozenset(last_dow)),
             day_or,
         )
 
@@ -452,30 +463,34 @@ HORIZON_YEARS = 50
 class WallClock:
     """The wall-clock times a cron expression matches, for one job (H resolved), as values:
     sorted seconds, minutes and hours, and the day rule. ``next_after`` is the first matching
-    naive time strictly after a naive time, or None within HORIZON_YEARS."""
+    naive time strictly after a naive time, or None within HORIZON_YEARS.
 
-    def __init__(self, expr: CronExpr, job_id: str) -> None:
-        fields = resolve_hash(expr, job_id).split()
-        if not expr.has_seconds:
-            fields.insert(0, "0")
+    Immutable, so ``wall_clock`` shares one per resolved expression: the jobs of a large file
+    that run on the same schedule hold one compiled form, not one each.
+    """
+
+    __slots__ = ("_plain_days", "days", "hours", "minutes", "seconds")
+
+    def __init__(self, fields: tuple[str, ...], day_or: bool) -> None:
+        """``fields``: the six fields (seconds first) with H resolved."""
         second, minute, hour, dom, month, dow = fields
 
-        def values(field: Field, text: str) -> list[int]:
+        def values(field: Field, text: str) -> tuple[int, ...]:
             found = field_values(field, text)
             assert found is not None, text
-            return sorted(found)
+            return tuple(sorted(found))
 
         self.seconds = values(SECOND, second)
         self.minutes = values(MINUTE, minute)
         self.hours = values(HOUR, hour)
-        self.days = DayRule.from_fields(dom, month, dow, expr.day_or)
+        self.days = DayRule.from_fields(dom, month, dow, day_or)
         days = self.days
         plain = not (days.dom_last or days.dom_last_weekday or days.dom_nearest)
         # Only the day of the month decides (day-of-week '*'): skip straight to those days.
-        self._plain_days = (
-            sorted(days.dom)
-            if plain and not days.day_or and days.dow == frozenset(range(7)) and days.dom
-            else []
+        self._plain_days: tuple[int, ...] = (
+            tuple(sorted(days.dom))
+            if plain and not days.day_or and days.dow == ALL_DOW and days.dom
+            else ()
         )
 
     def _first_time(self, h: int, m: int, s: int) -> time | None:
@@ -529,9 +544,23 @@ class WallClock:
         return day + timedelta(days=1)
 
 
+@functools.lru_cache(maxsize=4096)
+def _compiled(fields: tuple[str, ...], day_or: bool) -> WallClock:
+    return WallClock(fields, day_or)
+
+
+def wall_clock(expr: CronExpr, job_id: str) -> WallClock:
+    """The compiled wall-clock matcher of ``expr`` for ``job_id`` (which seeds its H fields),
+    shared by every job whose resolved expression is the same."""
+    fields = resolve_hash(expr, job_id).split()
+    if not expr.has_seconds:
+        fields.insert(0, "0")
+    return _compiled(tuple(fields), expr.day_or)
+
+
 def _check_fires(expr: CronExpr, source: str, base: int, length: int) -> None:
     """An expression that can never fire (``0 0 31 2 *``) is an error now, not a hang later."""
-    if WallClock(expr, "validate").next_after(datetime(2000, 1, 1)) is None:
+    if wall_clock(expr, "validate").next_after(datetime(2000, 1, 1)) is None:
         raise ScheduleError(
             f"'{expr}' can never fire: no date matches its day-of-month, month and "
             "day-of-week fields",
@@ -547,10 +576,12 @@ class CronTicks:
     WallClock finds matching naive wall-clock times; this maps them to instants.
     """
 
+    __slots__ = ("_fixed_offset", "_wall", "expr", "zone")
+
     def __init__(self, expr: CronExpr, zone: tzinfo, job_id: str = "") -> None:
         self.expr = expr
         self.zone = zone
-        self._wall = WallClock(expr, job_id)
+        self._wall = wall_clock(expr, job_id)
         # UTC has one offset forever: its wall clock is elapsed time, no DST mapping needed.
         self._fixed_offset = zone is UTC or str(zone) in _UTC_NAMES
 

@@ -72,7 +72,7 @@ JOB_KEYS = {"command", "shell", "env", "name"}
 _KINDS = ("schedule", "cron", "every", "daily", "weekly", "monthly", "once")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JobDef:
     """One job of a file, validated."""
 

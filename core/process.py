@@ -71,7 +71,7 @@ class Reaper:
             self._proc.wait(timeout=5)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Command:
     argv: tuple[str, ...]
     shell: bool = False

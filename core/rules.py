@@ -58,7 +58,7 @@ def iso(instant: datetime, zone: tzinfo | None = None) -> str:
     return text.replace("+00:00", "Z") if zone is None else text
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tick:
     """One instant a schedule yields, with what DST did to it."""
 
@@ -75,6 +75,8 @@ class Ticker(Protocol):
 
 class Rule(ABC):
     """A kind of schedule. Subclasses are frozen dataclasses registered under their heads."""
+
+    __slots__ = ()
 
     #: The option keys (besides tz and the bounds) each phrase head accepts.
     keys: ClassVar[dict[str, frozenset[str]]] = {}
@@ -139,7 +141,7 @@ def _tick_from_wall(wall: Wall, naive: datetime, zone: tzinfo) -> Tick:
 
 
 @register("cron")
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CronRule(Rule):
     expr: CronExpr
     zone: str
@@ -261,6 +263,8 @@ def _cron_hint(text: str) -> ScheduleError | None:
 
 
 class _CronTicker:
+    __slots__ = ("ticks", "zone")
+
     def __init__(self, rule: CronRule, job_id: str) -> None:
         self.zone = get_zone(rule.zone)
         self.ticks = CronTicks(rule.expr, self.zone, job_id)
@@ -277,7 +281,7 @@ class _CronTicker:
 
 
 @register("every")
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EveryRule(Rule):
     """A fixed duration in elapsed time, from the anchor or on an aligned grid (DESIGN §2)."""
 
@@ -417,7 +421,7 @@ _NAIVE_EPOCH = datetime(1970, 1, 1)
 # every MIN..MAX
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RandomEveryRule(Rule):
     """A random duration in [lo, hi) after each tick (gocron's DurationRandomJob)."""
 
@@ -485,7 +489,7 @@ _CALENDAR_HEADS = {"day": "daily", "week": "weekly", "month": "monthly"}
 
 
 @register("daily", "weekly", "monthly")
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CalendarRule(Rule):
     """daily / weekly / monthly at times of day in a zone."""
 
@@ -618,7 +622,7 @@ class _CalendarTicker:
 
 
 @register("once")
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OnceRule(Rule):
     instants: tuple[datetime, ...]  # UTC, sorted, unique
 
@@ -658,7 +662,7 @@ class _OnceTicker:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Spec:
     """A parsed schedule: a rule plus its bounds. ``str()`` is the normalized form."""
 

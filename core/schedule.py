@@ -76,6 +76,8 @@ class Schedule:
     ``every`` counts from (its ``start-at`` when given: then the first tick is start-at itself).
     """
 
+    __slots__ = ("_ticks", "spec", "zone")
+
     def __init__(self, spec: Spec, *, job_id: str = "", anchor: datetime | None = None) -> None:
         self.spec = spec
         self._ticks: Ticker = spec.rule.ticker(job_id=job_id, anchor=anchor, start_at=spec.start_at)

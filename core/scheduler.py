@@ -49,7 +49,7 @@ HOOK_KILL_AFTER = 5.0  # seconds from a hook's SIGTERM (--hook-timeout) to its S
 POLL = 0.05  # the longest sleep while a child has no pidfd (non-Linux)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Job:
     """A job as the scheduler runs it."""
 
@@ -93,7 +93,7 @@ def keep_until(schedule: Schedule, tick: datetime, following: datetime | None = 
     return following + max(following - tick, timedelta(minutes=10))
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Run:
     job: _JobState
     tick: datetime | None  # None for --run-now
@@ -113,7 +113,7 @@ class _Run:
     prior: list[dict[str, Any]] = field(default_factory=list)  # the earlier attempts
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Retry:
     """The next attempt of a failed run (--retries), waiting for its delay."""
 
@@ -128,7 +128,7 @@ class _Retry:
     duration: float = 0.0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Hook:
     """A hook command running after a run (core/hooks.py)."""
 
@@ -141,14 +141,14 @@ class _Hook:
     timed_out: bool = False
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Deferred:
     tick: datetime
     claim: ClaimResult | None
     lease: Lease | None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _JobState:
     job: Job
     next_tick: datetime | None = None
@@ -317,8 +317,8 @@ class Scheduler:
             return
         assert state.prev is not None
         lead = min(CLAIM_LEAD, (tick - state.prev).total_seconds() / 4)
+        # One entry per job: the claim pushes its tick (a job not due costs one heap entry).
         self._push_wall(tick - timedelta(seconds=max(0.0, lead)), "claim", state, tick)
-        self._push_wall(tick, "tick", state, tick)
         self.emit(
             "next-tick",
             state.id,
@@ -413,6 +413,7 @@ class Scheduler:
             if kind == "claim":
                 if tick not in state.outcomes:
                     claims.setdefault(state.job.lock, []).append((state, tick))
+                self._push_wall(tick, "tick", state, tick)  # popped below when already due
             else:
                 ticks.append((state, tick))
         for url, items in claims.items():

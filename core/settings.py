@@ -484,7 +484,7 @@ def problem(setting: Setting, value: Any) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JobSettings:
     """The job-scope settings of one job, converted (seconds, enums)."""
 

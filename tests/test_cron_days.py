@@ -5,6 +5,7 @@ The fake clock is 2026-11-27 22:00Z; every case gives its own --from."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import pytest
 
@@ -108,3 +109,22 @@ def test_next_local_column_uses_the_job_zone_for_epoch_grids(invoke) -> None:  #
     )
     assert doc["zone"] == "Asia/Kolkata" and doc["schedule"] == "every 5h align"
     assert doc["ticks"][0]["local"] == "2026-11-28T05:30:00+05:30"
+
+
+def test_jobs_on_one_resolved_expression_share_its_compiled_form() -> None:
+    """A file of thousands of jobs on a few schedules holds a few compiled forms (memory), and
+    H still resolves per job: two jobs whose H fields differ never share one."""
+    from pyjob.core.cron import parse_cron, wall_clock
+
+    plain = parse_cron("0 0 1 1 *")
+    assert wall_clock(plain, "job-a") is wall_clock(plain, "job-b")
+    hashed = parse_cron("H H * * *")
+    a, b = wall_clock(hashed, "job-a"), wall_clock(hashed, "job-b")
+    assert (a.minutes, a.hours) != (b.minutes, b.hours)
+    assert wall_clock(hashed, "job-a") is a
+    # and the shared form answers as a fresh one of the resolved expression
+    from pyjob.core.cron import WallClock
+
+    resolved = WallClock(("0", str(a.minutes[0]), str(a.hours[0]), "*", "*", "*"), False)
+    for after in (datetime(2026, 3, 1, 12, 0), datetime(2026, 12, 31, 23, 59, 59)):
+        assert a.next_after(after) == resolved.next_after(after)
