@@ -33,6 +33,7 @@ from .errors import BackendError
 from .records import InstanceInfo, JobInfo, RecordStore, RunRecord, records_for
 
 _PRIORITY = {"claim": 0, "renew": 0, "release": 0, "previous": 1, "latest": 1, "orphan": 1}
+_BACKGROUND = frozenset({"records", "register", "heartbeat", "prune", "cleanup"})
 LAST = 9  # the stop, after everything queued
 RELEASE_RETRY = 1.0  # seconds between retries of lease releases an outage left behind
 
@@ -87,6 +88,7 @@ class Coordinator:
         self._results: SimpleQueue[tuple[Callable[[Any], None], Any]] = SimpleQueue()
         self._lock = threading.Lock()
         self._order = itertools.count()
+        self._held: list[tuple[str | None, _Call]] | None = None  # background calls, see hold()
 
     # ---------------------------------------------------------------- set-up
 
@@ -225,7 +227,23 @@ class Coordinator:
 
     # ---------------------------------------------------------------- the worker
 
+    def hold(self) -> None:
+        """Keep the calls no tick waits for (records, registrations, heartbeats, clean-up)
+        until ``flush``: the scheduler holds them while it spawns, so that the worker does not
+        take the GIL from it between two spawns of one tick. Claims, renewals and releases
+        are never held."""
+        if self._held is None:
+            self._held = []
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        for url, call in held or ():
+            self._submit(url, call)
+
     def _submit(self, url: str | None, call: _Call) -> None:
+        if self._held is not None and call.what in _BACKGROUND:
+            self._held.append((url, call))
+            return
         link = self._links[self.key(url)]
         if self.threaded:
             link.calls.put((_PRIORITY.get(call.what, 2), next(self._order), call))

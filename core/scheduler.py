@@ -26,6 +26,7 @@ import itertools
 import os
 import random
 import signal
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -47,6 +48,7 @@ CLEANUP_EVERY = 60.0
 OVERLAPPING = "overlap: the previous run is still going"
 HOOK_KILL_AFTER = 5.0  # seconds from a hook's SIGTERM (--hook-timeout) to its SIGKILL
 POLL = 0.05  # the longest sleep while a child has no pidfd (non-Linux)
+_STOPPING = -1  # a turn's answer: the stop was asked for
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +172,7 @@ class _JobState:
     retries: list[_Retry] = field(default_factory=list)  # attempts waiting for their delay
     attempts: dict[datetime, tuple[int, list[dict[str, Any]]]] = field(default_factory=dict)
     adopting: bool = False  # a look for another instance's orphaned attempts is under way
+    ahead: tuple[datetime, datetime | None] | None = None  # (tick, its following), at its claim
     retiring: bool = False  # removed or changed by a reload: finishes its run, then goes
     ended: bool = False
 
@@ -242,6 +245,10 @@ class Scheduler:
         self._claims_kept: dict[str, dict[str, int]] = {}
         self._heartbeat_scheduled = False
         self._heartbeat_every = HEARTBEAT_EVERY
+        # The events of one turn of the loop, written at its end: writing a log line (or a
+        # record) between two spawns of one tick would make every later command of it late.
+        self._held: list[events.Event] | None = None
+        self._loop_thread: int | None = None
         import socket
 
         from . import __version__
@@ -251,7 +258,12 @@ class Scheduler:
     # ------------------------------------------------------------------ events
 
     def emit(self, kind: str, job: str, tick: datetime | None, **fields: Any) -> None:
-        self._emit(events.make(kind, job, self.instance, tick, self.clock.now(), **fields))
+        event = events.make(kind, job, self.instance, tick, self.clock.now(), **fields)
+        held = self._held
+        if held is not None and threading.get_ident() == self._loop_thread:
+            held.append(event)  # stamped now, written once the turn's spawns are done
+        else:
+            self._emit(event)
 
     def _report(self, job: str, tick: datetime | None, kind: str, **fields: Any) -> None:
         """Events of the coordinator's worker threads."""
@@ -350,29 +362,49 @@ class Scheduler:
         """Until stopped (0; 130 when forced) or until every job's schedule has ended (0 if every
         run succeeded, else 1). ``reload`` gives the jobs anew on SIGHUP."""
         self._loader = reload
+        self._loop_thread = threading.get_ident()
         ready: list[int] = []
         while True:
-            self.coordinator.drain()
-            self._reap(ready)
-            if self._stop:
+            # A turn's log lines and record writes wait until its spawns are done (the
+            # coordinator's claims, renewals and releases do not wait).
+            self._held = []
+            self.coordinator.hold()
+            try:
+                code = self._turn(ready)
+            finally:
+                held, self._held = self._held, None
+                self.coordinator.flush()
+                for event in held:
+                    self._emit(event)
+            if code == _STOPPING:
                 return self._shutdown()
-            if self._reload:
-                self._reload = False
-                self._do_reload()
-            now = self.clock.now()
-            mono = self.clock.monotonic()
-            self._due_mono(mono)
-            self._due_wall(now)
-            if self._register:
-                self._flush_registrations()
-            self.coordinator.drain()
-            if self._finished():
-                self._prune_records()
-                failures = sum(j.failures for j in self.jobs.values())
-                if len(self.jobs) > 1:
-                    self.emit("exhausted", "*", None, jobs=len(self.jobs))
-                return 0 if failures == 0 else 1
+            if code is not None:
+                return code
             ready = self.clock.wait_for(self.waker, self._sleep_for(), self.runner.fds())
+
+    def _turn(self, ready: Sequence[int]) -> int | None:
+        """One turn of the loop: what is due now. An exit code when the run is over, else None."""
+        self.coordinator.drain()
+        self._reap(ready)
+        if self._stop:
+            return _STOPPING
+        if self._reload:
+            self._reload = False
+            self._do_reload()
+        now = self.clock.now()
+        mono = self.clock.monotonic()
+        self._due_mono(mono)
+        self._due_wall(now)
+        if self._register:
+            self._flush_registrations()
+        self.coordinator.drain()
+        if self._finished():
+            self._prune_records()
+            failures = sum(j.failures for j in self.jobs.values())
+            if len(self.jobs) > 1:
+                self.emit("exhausted", "*", None, jobs=len(self.jobs))
+            return 0 if failures == 0 else 1
+        return None
 
     def _finished(self) -> bool:
         if not self.jobs or self.retiring or self._hooks or self._hooks_pending > 0:
@@ -413,6 +445,8 @@ class Scheduler:
             if kind == "claim":
                 if tick not in state.outcomes:
                     claims.setdefault(state.job.lock, []).append((state, tick))
+                # the following tick, computed now rather than between the spawns of this one
+                state.ahead = (tick, state.job.schedule.next_tick(tick))
                 self._push_wall(tick, "tick", state, tick)  # popped below when already due
             else:
                 ticks.append((state, tick))
@@ -709,7 +743,8 @@ class Scheduler:
         schedule = state.job.schedule
         tick = first
         missed: list[datetime] = []
-        following = schedule.next_tick(tick)
+        ahead, state.ahead = state.ahead, None
+        following = ahead[1] if ahead is not None and ahead[0] == tick else schedule.next_tick(tick)
         while following is not None and following <= now:
             missed.append(tick)
             tick, following = following, schedule.next_tick(following)

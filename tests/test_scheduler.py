@@ -431,3 +431,36 @@ def test_every_event_emitted_anywhere_is_in_the_catalogue() -> None:
         emitted |= set(re.findall(r"""self\.emit\(\s*\n?\s*"([a-z-]+)\"""", text))
     assert emitted, "the scan found no emitters"
     assert emitted <= set(CATALOGUE), emitted - set(CATALOGUE)
+
+
+def test_nothing_is_logged_or_recorded_between_the_spawns_of_one_tick(tmp_path: Path) -> None:
+    """A log line or a record written between two spawns of one tick makes every later command
+    of that tick late: the turn's events and record writes wait until its spawns are done (the
+    events keep the time they were made)."""
+    from pyjob.core.backends.file import FileBackend
+
+    # the file backend judges claims by the host's clock: the fake one starts at real now
+    start = datetime.now(UTC).replace(microsecond=0)
+    clock = FakeClock(start)
+    events: list[Event] = []
+    seen: list[tuple[int, int]] = []  # at each spawn: events logged, records on disk
+
+    def spawned(n: int) -> None:
+        on_disk = len(list((tmp_path / "locks").glob("*/runs/*.json")))
+        seen.append((sum(1 for e in events if e.kind == "run-started"), on_disk))
+
+    runner = FakeRunner(clock, duration=0.5, on_start=spawned)
+    backend = FileBackend(tmp_path / "locks")
+    jobs = [job("every 10s align tz UTC", clock, name=f"j{k}", max_runs=1) for k in range(3)]
+    s = Scheduler(
+        clock, runner, events.append, instance="test:1", threaded=False, opener=lambda u: backend
+    )
+    s.open(jobs)
+    for j in jobs:
+        s.add(j)
+    assert s.run() == 0
+    assert seen == [(0, 0), (0, 0), (0, 0)]
+    started = [e for e in events if e.kind == "run-started"]
+    due = start + timedelta(seconds=10 - start.second % 10)
+    assert len(started) == 3 and all(e.at == due for e in started)
+    assert len(list((tmp_path / "locks").glob("*/runs/*.json"))) == 3
