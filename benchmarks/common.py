@@ -26,6 +26,21 @@ def pyjob() -> str:
     return str(exe) if exe.exists() else (shutil.which("pyjob") or "pyjob")
 
 
+def run_file(lock: str, path: Path) -> list[str]:
+    """`pyjob run --file PATH --lock LOCK`, with JSON events and no clock check at start."""
+    return [
+        pyjob(),
+        "run",
+        "--no-clock-check",
+        "--log-format",
+        "json",
+        "--lock",
+        lock,
+        "--file",
+        str(path),
+    ]
+
+
 def pct(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import ROOT, Goal, Table, cpu_seconds, machine, open_fds, proc_status, pyjob
+from .common import ROOT, Goal, Table, cpu_seconds, machine, open_fds, proc_status, run_file
 
 sys.path.insert(0, str(ROOT))
 from localservers import RedisServer, start_redis
@@ -162,17 +162,7 @@ def measure(
                 url = f"file:{tmp / f'locks-{name}'}"
             else:
                 url = f"redis://127.0.0.1:{redis_server.port}/{db}"
-            argv = [
-                pyjob(),
-                "run",
-                "--no-clock-check",
-                "--log-format",
-                "json",
-                "--file",
-                str(crontab(tmp / f"crontab-{name}", n, distinct)),
-                "--lock",
-                url,
-            ]
+            argv = run_file(url, crontab(tmp / f"crontab-{name}", n, distinct))
             procs.append(
                 _spawn(
                     label,

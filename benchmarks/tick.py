@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .common import ROOT, Goal, Table, cpu_seconds, machine, pct, pyjob
+from .common import ROOT, Goal, Table, cpu_seconds, machine, pct, run_file
 
 sys.path.insert(0, str(ROOT))
 from localservers import start_redis
@@ -74,17 +74,7 @@ def one_run(name: str, lock: str | None, ticks: int, tmp: Path) -> dict[str, flo
     runs go by, stop it: lateness p50/p99/max in ms, CPU ms per run, runs counted."""
     out, log = tmp / f"{name}.out", tmp / f"{name}.log"
     if lock is not None:
-        argv = [
-            pyjob(),
-            "run",
-            "--no-clock-check",
-            "--log-format",
-            "json",
-            "--lock",
-            lock,
-            "--file",
-            str(jobs_file(tmp / "jobs.toml", JOBS)),
-        ]
+        argv = run_file(lock, jobs_file(tmp / "jobs.toml", JOBS))
         marker = '"event": "jobs"'  # it runs until stopped; the window is cut out below
     else:
         argv = [sys.executable, "-c", FLOOR, str(JOBS), str(ticks + 4)]

@@ -80,17 +80,14 @@ class SystemClock:
         return waker.poll(fds, 0.0) or []
 
 
-class OffsetClock:
-    """Another clock corrected by a measured offset: ``now()`` is the base clock's time plus
-    ``offset`` seconds (NTP's sign: positive when the base clock is behind). Monotonic time and
-    sleeping are the base clock's. ``offset`` may be updated from another thread at any time."""
+class WrappedClock:
+    """Another clock, each call passed on to it: the base of clocks that change one thing."""
 
-    def __init__(self, base: Clock, offset: float = 0.0) -> None:
+    def __init__(self, base: Clock) -> None:
         self.base = base
-        self.offset = offset
 
     def now(self) -> datetime:
-        return self.base.now() + timedelta(seconds=self.offset)
+        return self.base.now()
 
     def monotonic(self) -> float:
         return self.base.monotonic()
@@ -103,6 +100,19 @@ class OffsetClock:
 
     def wait_for(self, waker: Waker, seconds: float, fds: Sequence[int]) -> list[int]:
         return self.base.wait_for(waker, seconds, fds)
+
+
+class OffsetClock(WrappedClock):
+    """Another clock corrected by a measured offset: ``now()`` is the base clock's time plus
+    ``offset`` seconds (NTP's sign: positive when the base clock is behind). Monotonic time and
+    sleeping are the base clock's. ``offset`` may be updated from another thread at any time."""
+
+    def __init__(self, base: Clock, offset: float = 0.0) -> None:
+        super().__init__(base)
+        self.offset = offset
+
+    def now(self) -> datetime:
+        return self.base.now() + timedelta(seconds=self.offset)
 
 
 class FakeClock:

@@ -23,14 +23,13 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from .clock import MAX_SLEEP_SLICE, Clock, Waker
+from .clock import MAX_SLEEP_SLICE, Clock, Waker, WrappedClock
 from .events import Event
 from .records import RecordStore
 
@@ -301,25 +300,13 @@ class Metrics:
             raise
 
 
-class BeatingClock:
+class BeatingClock(WrappedClock):
     """The scheduler's clock, beating ``beat`` each time the loop goes to wait and comes back
     (the loop is the only caller of ``wait_for``). Everything else is the base clock's."""
 
     def __init__(self, base: Clock, beat: Callable[[], None]) -> None:
-        self.base = base
+        super().__init__(base)
         self._beat = beat
-
-    def now(self) -> datetime:
-        return self.base.now()
-
-    def monotonic(self) -> float:
-        return self.base.monotonic()
-
-    def sleep(self, seconds: float) -> None:
-        self.base.sleep(seconds)
-
-    def wait(self, waker: Waker, seconds: float) -> bool:
-        return self.base.wait(waker, seconds)
 
     def wait_for(self, waker: Waker, seconds: float, fds: Sequence[int]) -> list[int]:
         self._beat()
