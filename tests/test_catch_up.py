@@ -31,13 +31,16 @@ def _job(url: str, tmp: Path, name: str, extra: list[str], instance: str) -> Pyj
 def test_two_instances_coming_back_catch_up_the_missed_tick_once(
     fleet_lock_url: str, tmp_path: Path
 ) -> None:
-    # Every variant's job runs one tick, then nothing runs it for two ticks.
+    # Every variant's job runs one tick, then nothing runs it for two ticks. They start just
+    # after a 4 s boundary, so that all of them (however slow to start) run the same tick.
+    time.sleep(4 - time.time() % 4 + 0.1)
     first = [
         _job(fleet_lock_url, tmp_path, name, ["--max-runs", "1"], "early") for name in VARIANTS
     ]
     for r in first:
         assert r.wait(timeout=30) == 0
     t0 = {name: int((tmp_path / name).read_text().split()[0]) for name in VARIANTS}
+    assert len(set(t0.values())) == 1, t0  # one first tick: the expectations below are from it
     start = max(t0.values())
     time.sleep(max(0.0, start + 8.5 - time.time()))
     # Instances start 0.5 s after the second missed tick: two together where they race.
