@@ -8,20 +8,31 @@ under full CPU load its first run waited 4-10 ms longer (measured here). stdin i
 
 So that no command outlives a pyjob that is killed outright (SIGKILL, OOM killer), a tiny reaper
 (`/bin/sh`, in a session of its own so that terminal signals pass it by) reads a pipe on which pyjob
-announces each run's process group as it starts and ends. When pyjob dies the pipe reaches EOF and
+announces each run's process group as it starts and ends. The announcements of one turn of the
+scheduler go in one write at its end (``Runner.flush``): a shell woken at every spawn of a 100-job
+tick took CPU from the spawns themselves. When pyjob dies the pipe reaches EOF and
 the reaper SIGKILLs every group still announced — grandchildren included, which PR_SET_PDEATHSIG
-would miss — and exits. Nothing runs in the child between fork and exec, so Python keeps its fast
-vfork path: a preexec_fn (needed for PDEATHSIG) made every spawn about 4 ms slower here.
+would miss — and exits. Nothing runs in the child between fork and exec: a preexec_fn (needed for
+PDEATHSIG) made every spawn about 4 ms slower here.
+
+Runs are started with ``os.posix_spawn`` (glibc's clone-and-exec), not ``subprocess.Popen``: the
+environment is converted in C rather than in a Python loop, and the child closes nothing before
+its exec. Measured here, 100 commands in a row started 10-12 % sooner than with Popen (p99 53 ms
+against 60 ms with no other descriptor open, 49 against 54 ms with 300 open). The child gets only
+descriptors 0-2: every descriptor Python opens is close-on-exec (PEP 446), and the ones pyjob
+inherited are made so when the runner starts (``_no_inherited_fds``). The signals Python ignores
+(SIGPIPE, SIGXFSZ) are set back to their defaults in the child, as Popen's restore_signals does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import IO, Protocol
+from typing import Protocol
 
 REAPER_SCRIPT = r"""
 trap '' INT TERM HUP QUIT
@@ -51,19 +62,26 @@ class Reaper:
         assert self._proc.stdin is not None
         self._pipe = self._proc.stdin.fileno()
         self.pid = self._proc.pid
-
-    def _say(self, line: str) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._pipe, line.encode())  # one short write: atomic on a pipe
+        self._pending: list[str] = []
 
     def add(self, pgid: int) -> None:
-        self._say(f"add {pgid}\n")
+        self._pending.append(f"add {pgid}\n")
 
     def remove(self, pgid: int) -> None:
-        self._say(f"del {pgid}\n")
+        self._pending.append(f"del {pgid}\n")
+
+    def flush(self) -> None:
+        """Send what was announced since the last flush, in order."""
+        if not self._pending:
+            return
+        data, self._pending = "".join(self._pending).encode(), []
+        with contextlib.suppress(OSError):
+            while data:  # pyjob is the only writer; a long batch may take several writes
+                data = data[os.write(self._pipe, data) :]
 
     def close(self) -> None:
         """Normal end: let the reaper go (it kills any group still announced)."""
+        self.flush()
         if self._proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self._proc.stdin.close()
@@ -124,6 +142,10 @@ class Runner(Protocol):
         """The monotonic instant a child is known to end (fakes); None for real children."""
         ...
 
+    def flush(self) -> None:
+        """The end of the scheduler's turn: send what waited for it (the reaper's news)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -141,33 +163,31 @@ class FailedStart:
 
 
 class _Child:
-    """A running command: its process, pidfd, and the output pipes still open."""
+    """A running command: its pid, pidfd, and the output pipes still open."""
 
     def __init__(
-        self, proc: subprocess.Popen[bytes], on_line: Callable[[str, str], None] | None
+        self, pid: int, pipes: Mapping[int, str], on_line: Callable[[str, str], None] | None
     ) -> None:
-        self.proc = proc
-        self.pid: int | None = proc.pid
+        self.pid: int | None = pid
         self.on_line = on_line
         self.code: int | None = None
         self.pidfd: int | None = None
         try:
-            self.pidfd = os.pidfd_open(proc.pid)
+            self.pidfd = os.pidfd_open(pid)
         except (AttributeError, OSError):  # not Linux >= 5.3: polled instead
             self.pidfd = None
-        self.pipes: dict[int, tuple[str, IO[bytes], bytearray]] = {}
-        if on_line is not None:
-            for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
-                assert stream is not None
-                os.set_blocking(stream.fileno(), False)
-                self.pipes[stream.fileno()] = (name, stream, bytearray())
+        self.pipes: dict[int, tuple[str, bytearray]] = {
+            fd: (name, bytearray()) for fd, name in pipes.items()
+        }
 
     def signal_group(self, signum: int) -> None:
+        if self.pid is None:  # pragma: no cover - a started child always has one
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signum)
+            os.killpg(self.pid, signum)
 
     def read(self, fd: int) -> None:
-        name, stream, buf = self.pipes[fd]
+        name, buf = self.pipes[fd]
         assert self.on_line is not None
         try:
             chunk = os.read(fd, 65536)
@@ -185,15 +205,56 @@ class _Child:
         if buf:
             self.on_line(name, bytes(buf).decode(errors="replace"))
         del self.pipes[fd]
-        stream.close()
+        os.close(fd)
 
     def poll_exit(self) -> None:
-        code = self.proc.poll()
-        if code is not None:
-            self.code = 128 - code if code < 0 else code
-            if self.pidfd is not None:
-                os.close(self.pidfd)
-                self.pidfd = None
+        assert self.pid is not None
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:  # pragma: no cover - reaped elsewhere: its code is lost
+            pid, status = self.pid, 255 << 8
+        if pid == 0:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        self.code = 128 - code if code < 0 else code
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+def _no_inherited_fds() -> None:
+    """Make the descriptors this process inherited (above 2) close-on-exec, so that no run
+    inherits them: what Popen's close_fds did at every spawn, done once."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:  # no /proc: the descriptors a parent could have passed, by hand
+        names = [str(fd) for fd in range(3, 256)]
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)
+
+
+# Ignored by Python; a command starts with their defaults, as with Popen(restore_signals=True).
+_DEFAULT_SIGNALS = tuple(getattr(signal, n) for n in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, n))
+
+
+def _executable(prog: str, env: Mapping[str, str]) -> str:
+    """``prog`` as execvp finds it on the run's own PATH (as Popen does): raises
+    FileNotFoundError, or PermissionError when only a non-executable file is found."""
+    if "/" in prog:
+        return prog
+    denied = None
+    for d in (env.get("PATH") or os.defpath).split(os.pathsep):
+        path = os.path.join(d or ".", prog)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+        if denied is None and os.path.isfile(path):
+            denied = path
+    if denied is not None:
+        raise PermissionError(13, "Permission denied", denied)
+    raise FileNotFoundError(2, "No such file or directory", prog)
 
 
 def _prefixed(label: str) -> Callable[[str, str], None]:
@@ -215,6 +276,7 @@ class RealRunner:
 
     def __init__(self, reaper: bool = True, prefix: bool = False) -> None:
         self.prefix = prefix
+        _no_inherited_fds()
         self.reaper = Reaper() if reaper else None
         self._children: list[_Child] = []
         self._failed: list[FailedStart] = []
@@ -222,6 +284,10 @@ class RealRunner:
     def close(self) -> None:
         if self.reaper is not None:
             self.reaper.close()
+
+    def flush(self) -> None:
+        if self.reaper is not None:
+            self.reaper.flush()
 
     def start(
         self,
@@ -231,17 +297,8 @@ class RealRunner:
     ) -> Handle:
         if on_line is None and self.prefix:
             on_line = _prefixed(env.get("PYJOB_JOB", "job"))
-        capture = subprocess.PIPE if on_line else None
         try:
-            proc = subprocess.Popen(
-                command.popen_args(),
-                stdin=subprocess.DEVNULL,
-                stdout=capture,
-                stderr=capture,
-                env=dict(env),
-                process_group=0,  # see the module doc: a group, not a session
-                close_fds=True,
-            )
+            pid, pipes = _spawn(command.popen_args(), env, capture=on_line is not None)
         except FileNotFoundError as e:
             failed = FailedStart(127, f"command not found: {e.filename or command.argv[0]}")
         except PermissionError as e:
@@ -250,8 +307,8 @@ class RealRunner:
             failed = FailedStart(126, f"cannot execute {command.argv[0]}: {e.strerror or e}")
         else:
             if self.reaper is not None:
-                self.reaper.add(proc.pid)  # after the spawn: nothing slow before it
-            child = _Child(proc, on_line)
+                self.reaper.add(pid)  # sent at the end of the turn (flush)
+            child = _Child(pid, pipes, on_line)
             self._children.append(child)
             return child
         self._failed.append(failed)
@@ -286,12 +343,44 @@ class RealRunner:
                 c.poll_exit()
             if c.code is not None and not c.pipes:
                 if self.reaper is not None:
-                    self.reaper.remove(c.proc.pid)
+                    assert c.pid is not None
+                    self.reaper.remove(c.pid)
                 ended.append((c, c.code))
             else:
                 still.append(c)
         self._children = still
         return ended
+
+
+_STDIN = (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)
+
+
+def _spawn(argv: list[str], env: Mapping[str, str], capture: bool) -> tuple[int, dict[int, str]]:
+    """Start ``argv`` in a process group of its own, stdin from /dev/null; with ``capture``, its
+    stdout and stderr are pipes whose read ends (non-blocking) are returned with their names."""
+    path = _executable(argv[0], env)
+    actions: list[tuple[object, ...]] = [_STDIN]
+    pipes: dict[int, str] = {}
+    ends: list[int] = []
+    try:
+        if capture:
+            for target, name in ((1, "stdout"), (2, "stderr")):
+                r, w = os.pipe2(os.O_CLOEXEC)
+                pipes[r] = name
+                ends.append(w)
+                actions.append((os.POSIX_SPAWN_DUP2, w, target))
+        pid = os.posix_spawn(
+            path, argv, env, file_actions=actions, setpgroup=0, setsigdef=_DEFAULT_SIGNALS
+        )
+    except BaseException:
+        for fd in [*pipes, *ends]:
+            os.close(fd)
+        raise
+    for fd in ends:
+        os.close(fd)
+    for fd in pipes:
+        os.set_blocking(fd, False)
+    return pid, pipes
 
 
 def check_command(command: Command, env: Mapping[str, str]) -> str | None:

@@ -373,6 +373,7 @@ class Scheduler:
                 code = self._turn(ready)
             finally:
                 held, self._held = self._held, None
+                self.runner.flush()
                 self.coordinator.flush()
                 for event in held:
                     self._emit(event)

@@ -47,6 +47,7 @@ class FakeRunner:
     children: list[FakeChild] = field(default_factory=list)
     on_start: Callable[[int], None] | None = None
     _live: list[FakeChild] = field(default_factory=list)
+    flushes: int = 0  # turns of the scheduler that ended
 
     def start(
         self,
@@ -77,6 +78,9 @@ class FakeRunner:
         ended = [c for c in self._live if c.ends_at <= now]
         self._live = [c for c in self._live if c.ends_at > now]
         return [(c, c.code) for c in ended]
+
+    def flush(self) -> None:
+        self.flushes += 1
 
     def close(self) -> None:
         return None

@@ -17,7 +17,12 @@ class PyjobRun:
     live: ClassVar[list[PyjobRun]] = []  # every one started; conftest kills what a test leaves
 
     def __init__(
-        self, args: list[str], cwd: Path, name: str = "run", env: dict[str, str] | None = None
+        self,
+        args: list[str],
+        cwd: Path,
+        name: str = "run",
+        env: dict[str, str] | None = None,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         self.log_path = cwd / f"{name}.log"
         self.out_path = cwd / f"{name}.out"
@@ -38,6 +43,7 @@ class PyjobRun:
             stderr=self._log,
             cwd=cwd,
             env=full_env,
+            pass_fds=pass_fds,
         )
         PyjobRun.live.append(self)
 

@@ -326,6 +326,36 @@ def test_not_executable_is_126(tmp_path: Path) -> None:
     assert finished[0]["exit_code"] == 126
 
 
+def test_a_run_gets_only_stdio_and_the_default_signal_dispositions(tmp_path: Path) -> None:
+    """Runs are spawned without closing descriptors in the child: nothing pyjob holds (a lease,
+    output pipes of other runs) or inherited reaches the command, and SIGPIPE, which Python
+    ignores, is back to its default there."""
+    import os
+
+    inherited = os.open(tmp_path / "inherited", os.O_CREAT | os.O_WRONLY)
+    os.set_inheritable(inherited, True)
+    jobs = tmp_path / "jobs.toml"
+    probe = "ls /proc/$$/fd; grep SigIgn /proc/$$/status"  # the shell's: no pipeline of its own
+    jobs.write_text(
+        "".join(
+            f'[jobs.{name}]\nevery = "200ms"\nalign = true\nmax-runs = 2\nshell = "{probe}"\n'
+            for name in ("a", "b")
+        )
+    )
+    run = PyjobRun(
+        ["--lock", f"file:{tmp_path}/l", "--file", str(jobs)], tmp_path, pass_fds=(inherited,)
+    )
+    try:
+        assert run.wait() == 0
+    finally:
+        os.close(inherited)
+    lines = [line.split(" | ", 1)[1] for line in run.out_path.read_text().splitlines()]
+    fds = Counter(line for line in lines if "SigIgn" not in line)
+    ignored = [int(line.split()[-1], 16) for line in lines if "SigIgn" in line]
+    assert fds == {"0": 4, "1": 4, "2": 4}, lines  # 2 jobs x 2 runs
+    assert len(ignored) == 4 and not any(mask & (1 << (signal.SIGPIPE - 1)) for mask in ignored)
+
+
 def test_log_output_captures_lines_with_job_and_tick(tmp_path: Path) -> None:
     run = PyjobRun(
         [
