@@ -168,6 +168,7 @@ class DirectoryRecords:
         self.directory = Path(directory)
         self.url = url
         self._written: dict[str, int] = {}  # writes per job since its directory was trimmed
+        self._made: set[str] = set()  # jobs whose runs directory is known to exist
 
     def _fail(self, what: str, e: OSError) -> BackendError:
         return BackendError(f"{self.url}: {what}: {e.strerror or e}")
@@ -176,19 +177,20 @@ class DirectoryRecords:
         return self.directory / _safe(job) / "runs"
 
     def put_runs(self, records: Sequence[RunRecord], keep: int = 100) -> None:
-        made: set[str] = set()
+        """A tick's first record creates its file in place (readers skip a file they cannot
+        parse, as one being written); the ones after it replace the file whole (renamed)."""
         try:
             for r in records:
-                d = self._runs_dir(r.job)
-                if r.job not in made:
-                    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-                    made.add(r.job)
-                _write(d / f"{r.tick_us}.json", r.to_json())
+                try:
+                    self._put(r)
+                except FileNotFoundError:  # its directory was deleted since it was made
+                    self._made.discard(r.job)
+                    self._put(r)
         except OSError as e:
             raise self._fail("run record not written", e) from e
         for r in records:
             self._written[r.job] = self._written.get(r.job, 0) + 1
-        for job in made:
+        for job in {r.job for r in records}:
             # At most ``keep`` per job: trimmed once every ``keep`` writes (a run writes two),
             # so a busy job lists its directory rarely, and holds at most twice ``keep``.
             if self._written.get(job, 0) < keep:
@@ -198,6 +200,19 @@ class DirectoryRecords:
             for tick in self._ticks(job)[keep:]:
                 with contextlib.suppress(FileNotFoundError):
                     (d / f"{tick}.json").unlink()
+
+    def _put(self, r: RunRecord) -> None:
+        from .backends.common import create_new
+
+        d = self._runs_dir(r.job)
+        if r.job not in self._made:
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._made.add(r.job)
+        path = d / f"{r.tick_us}.json"
+        try:
+            create_new(path, r.to_json())
+        except FileExistsError:
+            _write(path, r.to_json())
 
     def register(self, jobs: Sequence[JobInfo], instance: InstanceInfo) -> None:
         try:

@@ -182,11 +182,15 @@ def test_lease_release_lets_the_next_holder_in(lock_url: str) -> None:
     a, b = _open(lock_url), _open(lock_url)
     lease = a.acquire_lease("job", "a", 5.0)
     assert lease is not None and a.renew_lease(lease)
-    assert b.acquire_lease("job", "b", 5.0) is None
+    assert b.acquire_lease("job", "b", 5.0) is None and b.lease_holder("job") == "a"
     a.release_lease(lease)
     second = b.acquire_lease("job", "b", 5.0)
-    assert second is not None
+    assert second is not None and a.lease_holder("job") == "b"  # the new holder, by name
     b.release_lease(second)
+    assert a.lease_holder("job") is None
+    third = a.acquire_lease("job", "a", 5.0)
+    assert third is not None and b.lease_holder("job") == "a"
+    a.release_lease(third)
 
 
 def test_backend_clock_agrees_with_this_host(lock_url: str) -> None:

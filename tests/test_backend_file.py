@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -95,3 +96,54 @@ def test_job_names_are_made_file_safe(tmp_path: Path) -> None:
     assert backend.claim("../../etc/passwd", T0, "a", KEEP, T0).won
     names = [n for n in os.listdir(tmp_path / "locks") if n != "claims.lock"]
     assert len(names) == 1 and "/" not in names[0] and names[0].startswith(".._.._etc_passwd-")
+
+
+def test_a_claim_left_unwritten_by_a_killed_claimer_refuses_its_tick_then_goes(
+    tmp_path: Path,
+) -> None:
+    """A claim file is created in place: a claimer killed between creating and writing it
+    leaves an empty file. Its tick is refused (never run twice), the other claims of the batch
+    go on, and clean-up removes the file once it is old."""
+    from pyjob.core.backends.protocol import ClaimRequest
+
+    d = tmp_path / "locks"
+    a = FileBackend(d)
+    a.check()
+    assert a.claim("job", T0, "a", KEEP, T0).won
+    tick = T0 + timedelta(seconds=1)
+    (d / "job" / "mark").write_text('{"fence": 2, "tick_us": %d}' % (tick.timestamp() * 1e6))
+    left = d / "job" / "claims" / f"{int(tick.timestamp() * 1e6)}.json"
+    left.write_text("")  # the killed claimer got this far
+    b = FileBackend(d)
+    out = b.claim_many(
+        [ClaimRequest("job", tick, KEEP), ClaimRequest("other", tick, KEEP)], "b", T0
+    )
+    assert not out[0].claim.won and "unreadable" in (out[0].claim.refused or "")
+    assert out[1].claim.won
+    b.cleanup_many(["job"], T0)
+    assert left.exists()  # young: it may still be being written
+    old = left.stat().st_mtime - 3600
+    os.utime(left, (old, old))
+    b.cleanup_many(["job"], T0)
+    assert not left.exists()
+    assert not b.claim("job", tick, "b", KEEP, T0).won  # the mark still refuses it
+    assert b.claim("job", tick + timedelta(seconds=1), "b", KEEP, T0).fence == 3
+
+
+def test_the_mark_is_overwritten_in_place_and_an_older_mark_is_taken_up(tmp_path: Path) -> None:
+    from pyjob.core.backends.file import MARK_SIZE
+
+    d = tmp_path / "locks"
+    d.mkdir(mode=0o700)
+    (d / "job").mkdir()
+    (d / "job" / "mark").write_text('{"fence": 7, "tick_us": 1}\n')  # unpadded: older pyjob
+    backend = FileBackend(d)
+    assert backend.claim("job", T0, "a", KEEP, T0).fence == 8
+    mark = d / "job" / "mark"
+    inode = mark.stat().st_ino
+    assert mark.stat().st_size == MARK_SIZE
+    for i in range(1, 4):
+        assert backend.claim("job", T0 + timedelta(seconds=i), "a", KEEP, T0).fence == 8 + i
+    assert mark.stat().st_ino == inode and mark.stat().st_size == MARK_SIZE  # one pwrite each
+    doc = json.loads(mark.read_text())
+    assert doc == {"fence": 11, "tick_us": int((T0 + timedelta(seconds=3)).timestamp() * 1e6)}
