@@ -13,6 +13,7 @@ failed write is a BackendError for the coordinator, never a delayed or skipped r
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Sequence
@@ -155,6 +156,23 @@ def _write(path: Path, text: str) -> None:
     write_atomic(path, text)
 
 
+def _overwrite(path: Path, data: bytes) -> bool:
+    """Write ``data`` over ``path`` in place, if it fits in the blocks the file already has;
+    False (nothing written) when it does not."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if st.st_blocks * 512 < len(data):
+            return False
+        if os.pwrite(fd, data, 0) != len(data):
+            raise OSError(errno.EIO, "short write", str(path))
+        if st.st_size > len(data):
+            os.ftruncate(fd, len(data))
+        return True
+    finally:
+        os.close(fd)
+
+
 class DirectoryRecords:
     """file: and nfs: keep records beside the claims:
 
@@ -164,9 +182,10 @@ class DirectoryRecords:
     <dir>/.instances/<instance>.json     each instance's heartbeat
     """
 
-    def __init__(self, directory: Path, url: str) -> None:
+    def __init__(self, directory: Path, url: str, local: bool = False) -> None:
         self.directory = Path(directory)
         self.url = url
+        self.local = local  # file: (one host's file system), where records are rewritten in place
         self._written: dict[str, int] = {}  # writes per job since its directory was trimmed
         self._made: set[str] = set()  # jobs whose runs directory is known to exist
 
@@ -177,8 +196,10 @@ class DirectoryRecords:
         return self.directory / _safe(job) / "runs"
 
     def put_runs(self, records: Sequence[RunRecord], keep: int = 100) -> None:
-        """A tick's first record creates its file in place (readers skip a file they cannot
-        parse, as one being written); the ones after it replace the file whole (renamed)."""
+        """A tick's first record creates its file in place; readers skip a file they cannot
+        parse, as one being written. The ones after it replace the file whole (renamed) or, on
+        file:, are written over it in place when they fit in the blocks it already has (so that
+        the write cannot fail for space half-way)."""
         try:
             for r in records:
                 try:
@@ -209,10 +230,12 @@ class DirectoryRecords:
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._made.add(r.job)
         path = d / f"{r.tick_us}.json"
+        text = r.to_json()
         try:
-            create_new(path, r.to_json())
+            create_new(path, text)
         except FileExistsError:
-            _write(path, r.to_json())
+            if not (self.local and _overwrite(path, text.encode())):
+                _write(path, text)
 
     def register(self, jobs: Sequence[JobInfo], instance: InstanceInfo) -> None:
         try:
@@ -608,7 +631,9 @@ def records_for(backend: Any) -> RecordStore | None:
     from .backends.nfs import NfsBackend
 
     if isinstance(backend, FileBackend | NfsBackend):
-        return DirectoryRecords(backend.directory, backend.url)
+        return DirectoryRecords(
+            backend.directory, backend.url, local=isinstance(backend, FileBackend)
+        )
     kind = type(backend).__name__
     if kind == "RedisBackend":
         return RedisRecords(backend._r, backend.url, backend._errors)

@@ -169,3 +169,29 @@ def test_unknown_job_is_exit_1_and_an_unreachable_backend_exit_5(tmp_path: Path)
     assert out.returncode == 5 and out.stderr.count("\n") == 1 and "Error:" in out.stderr
     out = pyjob("history", "--lock", "none")
     assert out.returncode == 5 and "keeps no run records" in out.stderr
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_a_ticks_later_records_are_written_over_its_file_when_they_fit(
+    tmp_path: Path, local: bool
+) -> None:
+    """file: writes a run's final record over its "running" one in place when it fits in the
+    file's blocks (a shorter one is cut to its length), and renames a longer one into place;
+    nfs: always renames."""
+    from pyjob.core.records import DirectoryRecords, RunRecord
+
+    store = DirectoryRecords(tmp_path, "file:x", local=local)
+    running = RunRecord("job", 1_000_000, "rid", "me", "running", output_tail="x" * 300)
+    store.put_runs([running])
+    path = tmp_path / "job" / "runs" / "1000000.json"
+    inode = path.stat().st_ino
+    final = RunRecord("job", 1_000_000, "rid", "me", "ok", exit_code=0, duration=1.5)
+    store.put_runs([final])
+    assert path.read_text() == final.to_json()  # whole, and no tail of the longer one left
+    assert (path.stat().st_ino == inode) is local
+    big = RunRecord("job", 1_000_000, "rid", "me", "failed", output_tail="y" * 9000)
+    store.put_runs([big])
+    assert path.read_text() == big.to_json()
+    if local:
+        assert path.stat().st_ino != inode  # it did not fit: renamed into place
+    assert [r.result for r in store.runs("job", 10)] == ["failed"]
