@@ -157,17 +157,18 @@ def _write(path: Path, text: str) -> None:
 
 
 def _overwrite(path: Path, data: bytes) -> bool:
-    """Write ``data`` over ``path`` in place, if it fits in the blocks the file already has;
-    False (nothing written) when it does not."""
+    """Write ``data`` over ``path`` in place, in one pwrite, if it fits in the blocks the file
+    already has; False (nothing written) when it does not. A shorter record is padded with
+    spaces to the old length (JSON allows them) rather than truncated after the write, so that
+    a process killed at any point leaves a whole record, old or new."""
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
         if st.st_blocks * 512 < len(data):
             return False
+        data = data.ljust(st.st_size, b" ")
         if os.pwrite(fd, data, 0) != len(data):
             raise OSError(errno.EIO, "short write", str(path))
-        if st.st_size > len(data):
-            os.ftruncate(fd, len(data))
         return True
     finally:
         os.close(fd)
@@ -199,7 +200,7 @@ class DirectoryRecords:
         """A tick's first record creates its file in place; readers skip a file they cannot
         parse, as one being written. The ones after it replace the file whole (renamed) or, on
         file:, are written over it in place when they fit in the blocks it already has (so that
-        the write cannot fail for space half-way)."""
+        the write cannot fail for space half-way on ext4, xfs or tmpfs)."""
         try:
             for r in records:
                 try:

@@ -1496,6 +1496,7 @@ class Scheduler:
 
         while busy():
             self._reap(ready)
+            self.runner.flush()  # the reaper hears of hooks started and runs ended meanwhile
             self.coordinator.drain()
             if not busy():
                 break

@@ -111,8 +111,9 @@ def test_a_claim_left_unwritten_by_a_killed_claimer_refuses_its_tick_then_goes(
     a.check()
     assert a.claim("job", T0, "a", KEEP, T0).won
     tick = T0 + timedelta(seconds=1)
-    (d / "job" / "mark").write_text('{"fence": 2, "tick_us": %d}' % (tick.timestamp() * 1e6))
-    left = d / "job" / "claims" / f"{int(tick.timestamp() * 1e6)}.json"
+    tick_us = int(tick.timestamp() * 1e6)
+    (d / "job" / "mark").write_text(f'{{"fence": 2, "tick_us": {tick_us}}}')
+    left = d / "job" / "claims" / f"{tick_us}.json"
     left.write_text("")  # the killed claimer got this far
     b = FileBackend(d)
     out = b.claim_many(
@@ -147,3 +148,21 @@ def test_the_mark_is_overwritten_in_place_and_an_older_mark_is_taken_up(tmp_path
     assert mark.stat().st_ino == inode and mark.stat().st_size == MARK_SIZE  # one pwrite each
     doc = json.loads(mark.read_text())
     assert doc == {"fence": 11, "tick_us": int((T0 + timedelta(seconds=3)).timestamp() * 1e6)}
+
+
+def test_a_batch_that_fails_part_way_keeps_no_lease_it_took(tmp_path: Path) -> None:
+    from pyjob.core.backends.protocol import ClaimRequest
+
+    d = tmp_path / "locks"
+    backend = FileBackend(d)
+    backend.check()
+    assert backend.claim("broken", T0, "a", KEEP, T0).won
+    for claim in (d / "broken" / "claims").iterdir():
+        claim.unlink()
+    (d / "broken" / "mark").write_text('{"fen')  # damaged, and no claim to recover it from
+    tick = T0 + timedelta(seconds=1)
+    batch = [ClaimRequest("first", tick, KEEP, 30.0), ClaimRequest("broken", tick, KEEP, 30.0)]
+    with pytest.raises(BackendError, match="mark is damaged"):
+        backend.claim_many(batch, "a", T0)
+    lease = FileBackend(d).acquire_lease("first", "b", 30.0)  # another instance gets it
+    assert lease is not None

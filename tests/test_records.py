@@ -176,7 +176,7 @@ def test_a_ticks_later_records_are_written_over_its_file_when_they_fit(
     tmp_path: Path, local: bool
 ) -> None:
     """file: writes a run's final record over its "running" one in place when it fits in the
-    file's blocks (a shorter one is cut to its length), and renames a longer one into place;
+    file's blocks (a shorter one padded with spaces), and renames a longer one into place;
     nfs: always renames."""
     from pyjob.core.records import DirectoryRecords, RunRecord
 
@@ -187,7 +187,9 @@ def test_a_ticks_later_records_are_written_over_its_file_when_they_fit(
     inode = path.stat().st_ino
     final = RunRecord("job", 1_000_000, "rid", "me", "ok", exit_code=0, duration=1.5)
     store.put_runs([final])
-    assert path.read_text() == final.to_json()  # whole, and no tail of the longer one left
+    text = path.read_text()  # whole, padded to the longer one's length, nothing of it left
+    assert text.rstrip(" ") == final.to_json() and set(text[len(final.to_json()) :]) <= {" "}
+    assert RunRecord.from_json(text) == final
     assert (path.stat().st_ino == inode) is local
     big = RunRecord("job", 1_000_000, "rid", "me", "failed", output_tail="y" * 9000)
     store.put_runs([big])

@@ -103,14 +103,15 @@ def create_new(path: Path, text: str) -> None:
     data = text.encode()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        if os.write(fd, data) != len(data):
-            raise OSError(errno.ENOSPC, "short write", str(path))
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, "short write", str(path))
+        finally:
+            os.close(fd)  # inside: a close that fails (NFS reports ENOSPC there) fails the write
     except BaseException:
-        os.close(fd)
         with contextlib.suppress(OSError):
             path.unlink()
         raise
-    os.close(fd)
 
 
 def claim_record(instance: str, fence: int, tick_us: int, keep_us: int, keep_until_us: int) -> str:

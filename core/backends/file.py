@@ -19,12 +19,15 @@ holder is gone.
 Every claim is written under the batch lock, so no other claimer reads a file while it is being
 written, and each is written with as few file-system operations as keep it whole (a claim cost
 1.7 ms of CPU here when each of its three files was a temporary file renamed into place):
-- the mark is one fixed-size record overwritten in place by a single pwrite (no new block is
-  needed, so it cannot fail for space; a process dies before or after a write, never inside);
+- the mark is one fixed-size record overwritten in place by a single pwrite (on a file system
+  that overwrites in place, as ext4, xfs and tmpfs do, no new block is needed, so it cannot fail
+  for space; a process dies before or after a write, never inside; a mark damaged anyway is
+  recovered from the claims);
 - the claim file is created in place (O_EXCL). A claimer killed between its creation and its
   write leaves an unreadable claim: the tick is then refused, never run twice, and clean-up
   removes the file later. A write that fails (a full file system) removes the file and puts the
-  mark back, so nothing is left behind and the fence does not move;
+  mark back, so nothing is left behind and the fence does not move (a file that cannot be
+  removed keeps its fence: the mark stays);
 - run.holder is rewritten only when another instance took the lease last.
 There is no fsync: the claims must survive a crashed process, and when the host itself crashes
 every instance on it goes too.
@@ -148,7 +151,16 @@ class FileBackend:
             self._make_directory()
             with FileLock(self.directory / "claims.lock", timeout=self.lock_timeout):
                 clock_us = time.time_ns() // 1000  # this host's clock is the backend's
-                return [self._claim_again(r, instance, now, clock_us) for r in requests]
+                out: list[ClaimOutcome] = []
+                try:
+                    for r in requests:
+                        out.append(self._claim_again(r, instance, now, clock_us))
+                except BaseException:  # the batch fails whole: no lease of it stays taken
+                    for o in out:
+                        if o.lease is not None:
+                            self.release_many([o.lease])
+                    raise
+                return out
         except Timeout as e:
             raise BackendError(
                 f"{self.url}: claim lock not acquired within {self.lock_timeout}s"
@@ -204,8 +216,9 @@ class FileBackend:
         try:
             create_new(claim_path, claim_record(instance, fence, tick_us, keep_us, keep_until_us))
         except OSError:
-            with contextlib.suppress(OSError):
-                _put_mark(job_dir / "mark", mark)  # the fence does not move
+            if not claim_path.exists():  # else its fence is handed out: the mark must keep it
+                with contextlib.suppress(OSError):
+                    _put_mark(job_dir / "mark", mark)  # the fence does not move
             raise
         known.raise_to(new)
         claim = ClaimResult(True, instance, fence)
@@ -274,14 +287,22 @@ class FileBackend:
     def acquire_lease(self, job: str, instance: str, ttl: float) -> Lease | None:
         try:
             self._make_directory()
-            return self._take_lease(self._job_dir(job), job, instance, ttl)
+            try:
+                return self._take_lease(self._job_dir(job), job, instance, ttl)
+            except FileNotFoundError:  # its directory was deleted since it was made
+                self._made.discard(job)
+                return self._take_lease(self._job_dir(job), job, instance, ttl)
         except OSError as e:
             raise BackendError(f"{self.url}: lease failed: {e}") from e
 
     def lease_holder(self, job: str) -> str | None:
         try:
             self._make_directory()
-            return self._holder(self._job_dir(job))
+            try:
+                return self._holder(self._job_dir(job))
+            except FileNotFoundError:
+                self._made.discard(job)
+                return self._holder(self._job_dir(job))
         except OSError as e:
             raise BackendError(f"{self.url}: lease lookup failed: {e}") from e
 
@@ -339,6 +360,10 @@ class _RunLock:
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             os.close(fd)  # closing the only descriptor of the open file drops its flock
+
+    def __del__(self) -> None:  # a lease dropped without release (as filelock's did)
+        with contextlib.suppress(OSError):
+            self.release()
 
 
 MARK_SIZE = 128  # bytes: the mark's JSON padded with spaces, so that every write is the same size
