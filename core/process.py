@@ -397,8 +397,8 @@ def check_command(command: Command, env: Mapping[str, str]) -> str | None:
         if not os.access(prog, os.X_OK) or os.path.isdir(prog):
             return f"not executable: {prog}"
         return None
-    import shutil
-
-    if shutil.which(prog, path=env.get("PATH")) is None:
+    try:
+        _executable(prog, env)  # as the spawn will
+    except OSError:
         return f"command not found: {prog} (not on PATH)"
     return None

@@ -13,7 +13,6 @@ failed write is a BackendError for the coordinator, never a delayed or skipped r
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 from collections.abc import Sequence
@@ -156,24 +155,6 @@ def _write(path: Path, text: str) -> None:
     write_atomic(path, text)
 
 
-def _overwrite(path: Path, data: bytes) -> bool:
-    """Write ``data`` over ``path`` in place, in one pwrite, if it fits in the blocks the file
-    already has; False (nothing written) when it does not. A shorter record is padded with
-    spaces to the old length (JSON allows them) rather than truncated after the write, so that
-    a process killed at any point leaves a whole record, old or new."""
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if st.st_blocks * 512 < len(data):
-            return False
-        data = data.ljust(st.st_size, b" ")
-        if os.pwrite(fd, data, 0) != len(data):
-            raise OSError(errno.EIO, "short write", str(path))
-        return True
-    finally:
-        os.close(fd)
-
-
 class DirectoryRecords:
     """file: and nfs: keep records beside the claims:
 
@@ -224,7 +205,7 @@ class DirectoryRecords:
                     (d / f"{tick}.json").unlink()
 
     def _put(self, r: RunRecord) -> None:
-        from .backends.common import create_new
+        from .backends.common import create_new, overwrite
 
         d = self._runs_dir(r.job)
         if r.job not in self._made:
@@ -235,7 +216,7 @@ class DirectoryRecords:
         try:
             create_new(path, text)
         except FileExistsError:
-            if not (self.local and _overwrite(path, text.encode())):
+            if not (self.local and overwrite(path, text.encode())):
                 _write(path, text)
 
     def register(self, jobs: Sequence[JobInfo], instance: InstanceInfo) -> None:

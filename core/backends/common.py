@@ -114,6 +114,28 @@ def create_new(path: Path, text: str) -> None:
         raise
 
 
+def overwrite(path: Path, data: bytes) -> bool:
+    """Write ``data`` over ``path`` in place, in one pwrite, when it fits in the blocks the file
+    already has (so that, on ext4, xfs or tmpfs, the write cannot fail for space half-way);
+    False, with nothing written, when it does not or the file is gone. A shorter ``data`` is
+    padded with spaces to the old length (JSON allows them) rather than truncated after the
+    write, so that a process killed at any point leaves the old content or the new, whole."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if st.st_blocks * 512 < len(data):
+            return False
+        data = data.ljust(st.st_size, b" ")
+        if os.pwrite(fd, data, 0) != len(data):
+            raise OSError(errno.EIO, "short write", str(path))
+        return True
+    finally:
+        os.close(fd)
+
+
 def claim_record(instance: str, fence: int, tick_us: int, keep_us: int, keep_until_us: int) -> str:
     """A claim file's content. ``keep_us`` is how long the claim is kept, counted from the file's
     own mtime, which the file system's clock stamps (the NFS server's on a shared mount): clean-up

@@ -19,7 +19,7 @@ holder is gone.
 Every claim is written under the batch lock, so no other claimer reads a file while it is being
 written, and each is written with as few file-system operations as keep it whole (a claim cost
 1.7 ms of CPU here when each of its three files was a temporary file renamed into place):
-- the mark is one fixed-size record overwritten in place by a single pwrite (on a file system
+- the mark is one fixed-size record written over the last in place by one pwrite (on a file system
   that overwrites in place, as ext4, xfs and tmpfs do, no new block is needed, so it cannot fail
   for space; a process dies before or after a write, never inside; a mark damaged anyway is
   recovered from the claims);
@@ -41,16 +41,17 @@ growing; a damaged mark is recovered from the claims on disk.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
 import stat
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from filelock import FileLock, Timeout
 
@@ -59,6 +60,7 @@ from .common import (
     Mark,
     claim_record,
     create_new,
+    overwrite,
     probe_mtime,
     read_mark,
     refused_behind_mark,
@@ -70,6 +72,8 @@ from .common import (
 )
 from .common import to_us as _us
 from .protocol import SKEW_LIMIT, ClaimOutcome, ClaimRequest, ClaimResult, Lease
+
+_T = TypeVar("_T")
 
 
 class FileBackend:
@@ -127,8 +131,8 @@ class FileBackend:
             raise BackendError(f"lock directory {d} is not writable: {e.strerror or e}") from e
 
     def _job_dir(self, job: str) -> Path:
-        """The job's directory, made again (0700) if someone deleted it: a call that finds it
-        gone (FileNotFoundError) forgets it, so the next one makes it."""
+        """The job's directory, made again (0700) if someone deleted it: ``_in_job_dir`` forgets
+        a directory found gone, so that this makes it."""
         path = self.directory / safe_name(job)
         if job not in self._made:
             (path / "claims").mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -154,7 +158,10 @@ class FileBackend:
                 out: list[ClaimOutcome] = []
                 try:
                     for r in requests:
-                        out.append(self._claim_again(r, instance, now, clock_us))
+                        one = partial(
+                            self._claim_one, r=r, instance=instance, now=now, clock_us=clock_us
+                        )
+                        out.append(self._in_job_dir(r.job, one))
                 except BaseException:  # the batch fails whole: no lease of it stays taken
                     for o in out:
                         if o.lease is not None:
@@ -170,19 +177,17 @@ class FileBackend:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise BackendError(f"{self.url}: claim failed: {e}") from e
 
-    def _claim_again(
-        self, r: ClaimRequest, instance: str, now: datetime, clock_us: int
-    ) -> ClaimOutcome:
+    def _in_job_dir(self, job: str, work: Callable[[Path], _T]) -> _T:
+        """``work`` on the job's directory; once more if it was deleted since it was made."""
         try:
-            return self._claim_one(r, instance, now, clock_us)
-        except FileNotFoundError:  # its directory was deleted since it was made: once more
-            self._made.discard(r.job)
-            return self._claim_one(r, instance, now, clock_us)
+            return work(self._job_dir(job))
+        except FileNotFoundError:
+            self._made.discard(job)
+            return work(self._job_dir(job))
 
     def _claim_one(
-        self, r: ClaimRequest, instance: str, now: datetime, clock_us: int
+        self, job_dir: Path, r: ClaimRequest, instance: str, now: datetime, clock_us: int
     ) -> ClaimOutcome:
-        job_dir = self._job_dir(r.job)
         tick_us = _us(r.tick)
         claim_path = job_dir / "claims" / f"{tick_us}.json"
         known = self._marks.setdefault(r.job, Mark())
@@ -262,12 +267,14 @@ class FileBackend:
         lock = _RunLock.take(job_dir / "run.lock")
         if lock is None:
             return None
+        holder = job_dir / "run.holder"
         try:
-            holder = job_dir / "run.holder"
-            with contextlib.suppress(OSError):
-                if holder.read_text() == instance:  # read only while the lock is held
-                    return Lease(job, instance, uuid.uuid4().hex, ttl, handle=lock)
-            write_atomic(holder, instance)
+            same = holder.read_text() == instance  # read only while the lock is held
+        except OSError:
+            same = False
+        try:
+            if not same:
+                write_atomic(holder, instance)
         except OSError:
             lock.release()
             raise
@@ -287,22 +294,14 @@ class FileBackend:
     def acquire_lease(self, job: str, instance: str, ttl: float) -> Lease | None:
         try:
             self._make_directory()
-            try:
-                return self._take_lease(self._job_dir(job), job, instance, ttl)
-            except FileNotFoundError:  # its directory was deleted since it was made
-                self._made.discard(job)
-                return self._take_lease(self._job_dir(job), job, instance, ttl)
+            return self._in_job_dir(job, lambda d: self._take_lease(d, job, instance, ttl))
         except OSError as e:
             raise BackendError(f"{self.url}: lease failed: {e}") from e
 
     def lease_holder(self, job: str) -> str | None:
         try:
             self._make_directory()
-            try:
-                return self._holder(self._job_dir(job))
-            except FileNotFoundError:
-                self._made.discard(job)
-                return self._holder(self._job_dir(job))
+            return self._in_job_dir(job, self._holder)
         except OSError as e:
             raise BackendError(f"{self.url}: lease lookup failed: {e}") from e
 
@@ -370,21 +369,9 @@ MARK_SIZE = 128  # bytes: the mark's JSON padded with spaces, so that every writ
 
 
 def _put_mark(path: Path, mark: Mark) -> None:
-    """Write ``mark`` over the last one in place, in one pwrite of MARK_SIZE bytes. A missing
-    file, or one of another size (damaged, or from an older version), is written whole instead,
-    to a temporary name and renamed."""
-    text = mark.text().rstrip("\n")
-    data = text.ljust(MARK_SIZE - 1).encode() + b"\n"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        fd = -1
-    if fd >= 0:
-        try:
-            if os.fstat(fd).st_size == len(data) == MARK_SIZE:
-                if os.pwrite(fd, data, 0) != len(data):
-                    raise OSError(errno.EIO, "short write", str(path))
-                return
-        finally:
-            os.close(fd)
-    write_atomic(path, data.decode())
+    """Write ``mark`` over the last one in place, in one pwrite of (at least) MARK_SIZE bytes.
+    A missing file, or one whose blocks cannot hold it, is written whole instead, to a
+    temporary name and renamed."""
+    data = mark.text().rstrip("\n").ljust(MARK_SIZE - 1).encode() + b"\n"
+    if not overwrite(path, data):
+        write_atomic(path, data.decode())
