@@ -283,14 +283,33 @@ class RealRunner:
         self.reaper = Reaper() if reaper else None
         self._children: list[_Child] = []
         self._failed: list[FailedStart] = []
+        # The PATH search of one turn, by (program, PATH): a tick of many jobs running the same
+        # program searched PATH once per run, which was the costliest step of a spawn after the
+        # spawn itself. Forgotten at the end of every turn (flush), so that a program installed
+        # or removed is found, or not, from the next turn on, as execvp would.
+        self._found: dict[tuple[str, str | None], str | OSError] = {}
 
     def close(self) -> None:
         if self.reaper is not None:
             self.reaper.close()
 
     def flush(self) -> None:
+        self._found.clear()
         if self.reaper is not None:
             self.reaper.flush()
+
+    def _executable(self, prog: str, env: Mapping[str, str]) -> str:
+        key = (prog, env.get("PATH"))
+        found = self._found.get(key)
+        if found is None:
+            try:
+                found = _executable(prog, env)
+            except OSError as e:
+                found = e
+            self._found[key] = found
+        if isinstance(found, OSError):
+            raise found.with_traceback(None)
+        return found
 
     def start(
         self,
@@ -300,8 +319,10 @@ class RealRunner:
     ) -> Handle:
         if on_line is None and self.prefix:
             on_line = _prefixed(env.get("PYJOB_JOB", "job"))
+        argv = command.popen_args()
         try:
-            pid, pipes = _spawn(command.popen_args(), env, capture=on_line is not None)
+            path = self._executable(argv[0], env)
+            pid, pipes = _spawn(path, argv, env, capture=on_line is not None)
         except FileNotFoundError as e:
             failed = FailedStart(127, f"command not found: {e.filename or command.argv[0]}")
         except PermissionError as e:
@@ -358,10 +379,12 @@ class RealRunner:
 _STDIN = (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)
 
 
-def _spawn(argv: list[str], env: Mapping[str, str], capture: bool) -> tuple[int, dict[int, str]]:
-    """Start ``argv`` in a process group of its own, stdin from /dev/null; with ``capture``, its
-    stdout and stderr are pipes whose read ends (non-blocking) are returned with their names."""
-    path = _executable(argv[0], env)
+def _spawn(
+    path: str, argv: list[str], env: Mapping[str, str], capture: bool
+) -> tuple[int, dict[int, str]]:
+    """Start ``argv`` (the program found at ``path``) in a process group of its own, stdin from
+    /dev/null; with ``capture``, its stdout and stderr are pipes whose read ends (non-blocking)
+    are returned with their names."""
     actions: list[tuple[object, ...]] = [_STDIN]
     pipes: dict[int, str] = {}
     ends: list[int] = []
