@@ -173,6 +173,7 @@ class _JobState:
     attempts: dict[datetime, tuple[int, list[dict[str, Any]]]] = field(default_factory=dict)
     adopting: bool = False  # a look for another instance's orphaned attempts is under way
     ahead: tuple[datetime, datetime | None] | None = None  # (tick, its following), at its claim
+    ready: tuple[datetime, str, dict[str, str]] | None = None  # (tick, run id, env), at its claim
     retiring: bool = False  # removed or changed by a reload: finishes its run, then goes
     ended: bool = False
 
@@ -247,7 +248,11 @@ class Scheduler:
         self._heartbeat_every = HEARTBEAT_EVERY
         # The events of one turn of the loop, written at its end: writing a log line (or a
         # record) between two spawns of one tick would make every later command of it late.
-        self._held: list[events.Event] | None = None
+        # In a turn: its events, in order, as (kind, job, tick, at, fields), and its runs whose
+        # bookkeeping waits until the turn's spawns are done (see run()).
+        self._held: list[tuple[str, str, datetime | None, datetime, dict[str, Any]] | None] | None
+        self._held = None
+        self._spawned: list[tuple[_Run, int]] = []
         self._loop_thread: int | None = None
         import socket
 
@@ -258,12 +263,12 @@ class Scheduler:
     # ------------------------------------------------------------------ events
 
     def emit(self, kind: str, job: str, tick: datetime | None, **fields: Any) -> None:
-        event = events.make(kind, job, self.instance, tick, self.clock.now(), **fields)
         held = self._held
         if held is not None and threading.get_ident() == self._loop_thread:
-            held.append(event)  # stamped now, written once the turn's spawns are done
+            # Stamped now; made and written once the turn's spawns are done.
+            held.append((kind, job, tick, self.clock.now(), fields))
         else:
-            self._emit(event)
+            self._emit(events.make(kind, job, self.instance, tick, self.clock.now(), **fields))
 
     def _report(self, job: str, tick: datetime | None, kind: str, **fields: Any) -> None:
         """Events of the coordinator's worker threads."""
@@ -365,18 +370,25 @@ class Scheduler:
         self._loop_thread = threading.get_ident()
         ready: list[int] = []
         while True:
-            # A turn's log lines and record writes wait until its spawns are done (the
-            # coordinator's claims, renewals and releases do not wait).
+            # A turn's log lines, record writes and the bookkeeping of its runs wait until its
+            # spawns are done (the coordinator's claims, renewals and releases do not wait):
+            # between two spawns of a tick of many jobs, each step costs several times what it
+            # costs in a row afterwards, the caches being cold after each spawn.
             self._held = []
             self.coordinator.hold()
             try:
                 code = self._turn(ready)
             finally:
+                spawned, self._spawned = self._spawned, []
+                for run, slot in spawned:
+                    self._started(run, slot)
                 held, self._held = self._held, None
                 self.runner.flush()
                 self.coordinator.flush()
-                for event in held:
-                    self._emit(event)
+                for entry in held:
+                    if entry is not None:
+                        kind, job, tick, at, fields = entry
+                        self._emit(events.make(kind, job, self.instance, tick, at, **fields))
             if code == _STOPPING:
                 return self._shutdown()
             if code is not None:
@@ -446,15 +458,21 @@ class Scheduler:
             if kind == "claim":
                 if tick not in state.outcomes:
                     claims.setdefault(state.job.lock, []).append((state, tick))
-                # the following tick, computed now rather than between the spawns of this one
+                # The following tick, the run id and the environment, made now rather than
+                # between the spawns of this one.
                 state.ahead = (tick, state.job.schedule.next_tick(tick))
+                rid = run_id(state.id, tick, tick)
+                state.ready = (tick, rid, self._env(state, tick, rid, None))
                 self._push_wall(tick, "tick", state, tick)  # popped below when already due
             else:
                 ticks.append((state, tick))
         for url, items in claims.items():
             self._claim(url, items)
+        after: list[tuple[_JobState, datetime | None]] = []
         for state, tick in ticks:
-            self._tick(state, tick, now)
+            self._tick(state, tick, now, after)
+        for state, following in after:  # once every due tick is decided and started
+            self._tick_done(state, following)
 
     def _due_mono(self, mono: float) -> None:
         renew: dict[str | None, list[_Run]] = {}
@@ -708,9 +726,16 @@ class Scheduler:
 
     # ------------------------------------------------------------------ ticks
 
-    def _tick(self, state: _JobState, tick: datetime, now: datetime) -> None:
+    def _tick(
+        self,
+        state: _JobState,
+        tick: datetime,
+        now: datetime,
+        after: list[tuple[_JobState, datetime | None]],
+    ) -> None:
         """``tick`` of ``state`` is due: find the most recent due tick, decide it, and only then
-        schedule the following one (nothing but the decision stands before the spawn)."""
+        schedule the following one, which waits in ``after`` until every tick due now is decided
+        (nothing but the decisions stands before the spawns)."""
         tick, following = self._catch_up(state, tick, now)
         state.prev = tick
         state.gen += 1  # this tick's timers are spent
@@ -728,6 +753,9 @@ class Scheduler:
                 state.waiting.add(tick)  # decided when the claim is back
             else:
                 self._decide_tick(state, tick)
+        after.append((state, following))
+
+    def _tick_done(self, state: _JobState, following: datetime | None) -> None:
         if state.next_tick is not None and state.next_tick == following:
             self._set_next(state, following)
         self._after_tick(state)
@@ -927,10 +955,17 @@ class Scheduler:
         lease: Lease | None,
     ) -> None:
         started = self.clock.now()
-        rid = run_id(state.id, tick, started)
         fence = claim.fence if claim else None
+        ready = state.ready
+        if ready is not None and tick is not None and ready[0] == tick:
+            state.ready = None
+            _, rid, env = ready  # made at its claim
+            if fence is not None:
+                env["PYJOB_FENCE"] = str(fence)
+        else:
+            rid = run_id(state.id, tick, started)
+            env = self._env(state, tick, rid, fence)
         attempt, prior = state.attempts.pop(tick, (1, [])) if tick is not None else (1, [])
-        env = self._env(state, tick, rid, fence)
         env["PYJOB_ATTEMPT"] = str(attempt)
         mono = self.clock.monotonic()
         run = _Run(state, tick, rid, fence, lease, started, mono, env=env, attempt=attempt)
@@ -948,7 +983,20 @@ class Scheduler:
         state.runs.append(run)
         state.runs_started += 1
         self._by_handle[id(handle)] = run
-        if state.s.timeout is not None:
+        held = self._held
+        if held is not None and threading.get_ident() == self._loop_thread:
+            self._spawned.append((run, len(held)))
+            held.append(None)  # the place of its run-started event
+        else:
+            self._started(run, None)
+
+    def _started(self, run: _Run, slot: int | None) -> None:
+        """A run's timers, first record and run-started event (in ``slot`` of the turn's
+        events when given), once the spawns of its turn are done."""
+        state, tick, started, mono = run.job, run.tick, run.started_wall, run.started_mono
+        fence, rid, attempt, prior, lease = run.fence, run.run_id, run.attempt, run.prior, run.lease
+        handle = run.handle
+        if state.s.timeout is not None and run.terminated is None:  # not replaced meanwhile
             self._push_mono(mono + state.s.timeout, "deadline", (run, run.deadline_gen))
         if lease is not None and lease.ttl:
             self._push_mono(mono + lease.ttl / 3, "renew", run)
@@ -966,28 +1014,18 @@ class Scheduler:
             attempts=prior or None,
         )
         self._record(state, run.record)
+        fields: dict[str, Any]
         if isinstance(handle, FailedStart):
-            self.emit(
-                "run-started",
-                state.id,
-                tick,
-                run_id=rid,
-                pid=None,
-                lateness=lateness,
-                attempt=attempt,
-                error=handle.start_error,
-            )
+            fields = {"run_id": rid, "pid": None, "lateness": lateness, "attempt": attempt}
+            fields["error"] = handle.start_error
         else:
-            self.emit(
-                "run-started",
-                state.id,
-                tick,
-                run_id=rid,
-                pid=handle.pid,
-                lateness=lateness,
-                fence=fence,
-                attempt=attempt,
-            )
+            assert handle is not None
+            fields = {"run_id": rid, "pid": handle.pid, "lateness": lateness, "fence": fence}
+            fields["attempt"] = attempt
+        if slot is not None and self._held is not None:
+            self._held[slot] = ("run-started", state.id, tick, started, fields)
+        else:
+            self.emit("run-started", state.id, tick, **fields)
 
     def _reap(self, ready: Sequence[int]) -> None:
         for handle, code in self.runner.service(ready):
