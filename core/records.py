@@ -213,6 +213,9 @@ class DirectoryRecords:
             self._made.add(r.job)
         path = d / f"{r.tick_us}.json"
         text = r.to_json()
+        # A run's final record goes over its first, in place on file:; every other is new.
+        if self.local and r.result != "running" and overwrite(path, text.encode()):
+            return
         try:
             create_new(path, text)
         except FileExistsError:

@@ -63,6 +63,7 @@ from .common import (
     overwrite,
     probe_mtime,
     read_mark,
+    read_small,
     refused_behind_mark,
     refused_too_old,
     remove_expired_claims,
@@ -269,7 +270,7 @@ class FileBackend:
             return None
         holder = job_dir / "run.holder"
         try:
-            same = holder.read_text() == instance  # read only while the lock is held
+            same = read_small(holder) == instance  # read only while the lock is held
         except OSError:
             same = False
         try:
@@ -285,7 +286,7 @@ class FileBackend:
         probe = _RunLock.take(job_dir / "run.lock")
         if probe is None:
             try:
-                return (job_dir / "run.holder").read_text() or "unknown"
+                return read_small(job_dir / "run.holder") or "unknown"
             except OSError:
                 return "unknown"
         probe.release()
