@@ -38,7 +38,7 @@ from .clock import MAX_SLEEP_SLICE, Clock, Waker
 from .coordinator import Coordinator
 from .errors import BackendError
 from .hooks import hook_env, hooks_to_run
-from .process import Command, FailedStart, Handle, Runner
+from .process import Command, FailedStart, Found, Handle, Runner
 from .records import HEARTBEAT_EVERY, OUTPUT_TAIL, InstanceInfo, JobInfo, RunRecord
 from .schedule import Schedule, iso, to_us
 from .settings import JobSettings, OnBackendError, Overlap
@@ -173,7 +173,8 @@ class _JobState:
     attempts: dict[datetime, tuple[int, list[dict[str, Any]]]] = field(default_factory=dict)
     adopting: bool = False  # a look for another instance's orphaned attempts is under way
     ahead: tuple[datetime, datetime | None] | None = None  # (tick, its following), at its claim
-    ready: tuple[datetime, str, dict[str, str]] | None = None  # (tick, run id, env), at its claim
+    # (tick, run id, environment, where its program is), made at its claim
+    ready: tuple[datetime, str, dict[str, str], Found] | None = None
     retiring: bool = False  # removed or changed by a reload: finishes its run, then goes
     ended: bool = False
 
@@ -458,11 +459,13 @@ class Scheduler:
             if kind == "claim":
                 if tick not in state.outcomes:
                     claims.setdefault(state.job.lock, []).append((state, tick))
-                # The following tick, the run id and the environment, made now rather than
-                # between the spawns of this one.
+                # The following tick, the run id, the environment and the program's place on
+                # PATH, made now rather than between the spawns of this one.
                 state.ahead = (tick, state.job.schedule.next_tick(tick))
                 rid = run_id(state.id, tick, tick)
-                state.ready = (tick, rid, self._env(state, tick, rid, None))
+                env = self._env(state, tick, rid, None)
+                found = self.runner.resolve(state.job.command, env)
+                state.ready = (tick, rid, env, found)
                 self._push_wall(tick, "tick", state, tick)  # popped below when already due
             else:
                 ticks.append((state, tick))
@@ -957,9 +960,10 @@ class Scheduler:
         started = self.clock.now()
         fence = claim.fence if claim else None
         ready = state.ready
+        found: Found = None
         if ready is not None and tick is not None and ready[0] == tick:
             state.ready = None
-            _, rid, env = ready  # made at its claim
+            _, rid, env, found = ready  # made at its claim
             if fence is not None:
                 env["PYJOB_FENCE"] = str(fence)
         else:
@@ -978,7 +982,7 @@ class Scheduler:
                 self.emit("output", state.id, tick, stream=stream, line=line, run_id=rid)
                 _keep_tail(run, line)
 
-        handle = self.runner.start(state.job.command, env, on_line)
+        handle = self.runner.start(state.job.command, env, on_line, found)
         run.handle = handle
         state.runs.append(run)
         state.runs_started += 1

@@ -49,11 +49,15 @@ class FakeRunner:
     _live: list[FakeChild] = field(default_factory=list)
     flushes: int = 0  # turns of the scheduler that ended
 
+    def resolve(self, command: Command, env: Mapping[str, str]) -> None:
+        return None  # nothing to look up
+
     def start(
         self,
         command: Command,
         env: Mapping[str, str],
         on_line: Callable[[str, str], None] | None,
+        found: object = None,
     ) -> FakeChild:
         n = len(self.started)
         self.started.append(dict(env))

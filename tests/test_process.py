@@ -63,3 +63,28 @@ def test_path_is_searched_anew_after_each_turn(tmp_path: Path) -> None:
         assert isinstance(gone, FailedStart) and gone.code == 127
     finally:
         runner.close()
+
+
+def test_a_program_resolved_ahead_is_started_from_where_it_was_found(tmp_path: Path) -> None:
+    """The scheduler resolves a tick's program at its claim: the start uses that answer (found
+    or not) instead of searching PATH again."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    _tool(second, "pyjob-test-tool", 3)
+    env = {**os.environ, "PATH": f"{first}:{second}:/usr/bin:/bin"}
+    runner = RealRunner(reaper=False)
+    try:
+        found = runner.resolve(Command(("pyjob-test-tool",)), env)
+        assert found == str(second / "pyjob-test-tool")
+        runner.flush()
+        _tool(first, "pyjob-test-tool", 4)  # installed after the claim, before the tick
+        handle = runner.start(Command(("pyjob-test-tool",)), env, None, found)
+        assert _wait(runner, handle) == 3
+        missing = runner.resolve(Command(("pyjob-missing-tool",)), env)
+        assert isinstance(missing, FileNotFoundError)
+        failed = runner.start(Command(("pyjob-missing-tool",)), env, None, missing)
+        assert isinstance(failed, FailedStart) and failed.code == 127
+        # Without an answer from ahead, the start searches PATH itself.
+        runner.flush()
+        assert _wait(runner, runner.start(Command(("pyjob-test-tool",)), env, None)) == 4
+    finally:
+        runner.close()

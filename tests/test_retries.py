@@ -23,9 +23,9 @@ class CodesRunner(FakeRunner):
         super().__init__(clock, duration=duration)
         self.codes = list(codes)
 
-    def start(self, command, env, on_line):  # type: ignore[no-untyped-def]
+    def start(self, command, env, on_line, found=None):  # type: ignore[no-untyped-def]
         self.code = self.codes.pop(0) if self.codes else 0
-        return super().start(command, env, on_line)
+        return super().start(command, env, on_line, found)
 
 
 def test_fails_twice_then_succeeds_as_one_run_in_three_attempts() -> None:
