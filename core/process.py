@@ -312,7 +312,7 @@ class RealRunner:
         if self.reaper is not None:
             self.reaper.flush()
 
-    def resolve(self, command: Command, env: Mapping[str, str]) -> Found:
+    def resolve(self, command: Command, env: Mapping[str, str]) -> str | OSError:
         prog = command.popen_args()[0]
         key = (prog, env.get("PATH"))
         found = self._found.get(key)
@@ -338,7 +338,6 @@ class RealRunner:
             path = found if found is not None else self.resolve(command, env)
             if isinstance(path, OSError):
                 raise path.with_traceback(None)
-            assert path is not None
             pid, pipes = _spawn(path, argv, env, capture=on_line is not None)
         except FileNotFoundError as e:
             failed = FailedStart(127, f"command not found: {e.filename or command.argv[0]}")

@@ -263,9 +263,14 @@ class Scheduler:
 
     # ------------------------------------------------------------------ events
 
-    def emit(self, kind: str, job: str, tick: datetime | None, **fields: Any) -> None:
+    def _holding(self) -> list[Any] | None:
+        """The turn's held events, when called in a turn of the loop (on its thread)."""
         held = self._held
-        if held is not None and threading.get_ident() == self._loop_thread:
+        return held if held is not None and threading.get_ident() == self._loop_thread else None
+
+    def emit(self, kind: str, job: str, tick: datetime | None, **fields: Any) -> None:
+        held = self._holding()
+        if held is not None:
             # Stamped now; made and written once the turn's spawns are done.
             held.append((kind, job, tick, self.clock.now(), fields))
         else:
@@ -987,8 +992,8 @@ class Scheduler:
         state.runs.append(run)
         state.runs_started += 1
         self._by_handle[id(handle)] = run
-        held = self._held
-        if held is not None and threading.get_ident() == self._loop_thread:
+        held = self._holding()
+        if held is not None:
             self._spawned.append((run, len(held)))
             held.append(None)  # the place of its run-started event
         else:
@@ -1018,14 +1023,12 @@ class Scheduler:
             attempts=prior or None,
         )
         self._record(state, run.record)
-        fields: dict[str, Any]
+        fields: dict[str, Any] = {"run_id": rid, "pid": None, "lateness": lateness}
         if isinstance(handle, FailedStart):
-            fields = {"run_id": rid, "pid": None, "lateness": lateness, "attempt": attempt}
-            fields["error"] = handle.start_error
+            fields.update(attempt=attempt, error=handle.start_error)
         else:
             assert handle is not None
-            fields = {"run_id": rid, "pid": handle.pid, "lateness": lateness, "fence": fence}
-            fields["attempt"] = attempt
+            fields.update(pid=handle.pid, fence=fence, attempt=attempt)
         if slot is not None and self._held is not None:
             self._held[slot] = ("run-started", state.id, tick, started, fields)
         else:
