@@ -996,7 +996,8 @@ class Scheduler:
         if held is not None:
             self._spawned.append((run, len(held)))
             held.append(None)  # the place of its run-started event
-        else:
+        else:  # outside a turn (--run-now at start): nothing batches, the reaper hears now
+            self.runner.flush()
             self._started(run, None)
 
     def _started(self, run: _Run, slot: int | None) -> None:
