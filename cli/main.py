@@ -72,8 +72,27 @@ class PyjobGroup(click.Group):
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "PYJOB"}
 
 
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """pyjob's version and that of the zone database it computes every tick with (DESIGN §3):
+    instances of one fleet agree on ticks only when both are the same."""
+    if not value or ctx.resilient_parsing:
+        return
+    from pyjob.core.zones import tzdata_version
+
+    click.echo(f"pyjob, version {__version__} (tzdata {tzdata_version()})")
+    ctx.exit()
+
+
 @click.group(cls=PyjobGroup, context_settings=CONTEXT_SETTINGS)
-@click.version_option(__version__, "-V", "--version", prog_name="pyjob")
+@click.option(
+    "-V",
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the versions of pyjob and of its zone database (tzdata).",
+)
 def cli() -> None:
     """Run commands on schedules across one or many machines, exactly once per tick.
 
