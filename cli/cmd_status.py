@@ -21,14 +21,21 @@ def status_cmd(lock: str | None, fmt: str) -> None:
 
     Each instance registers its jobs in the backend and refreshes a heartbeat every 10 s; one
     not seen for 35 s has gone quiet, and a run it left `running` shows as `lost`. With the
-    default file: backend this shows this host's jobs.
+    default file: backend this shows this host's jobs. A warning on stderr says when the
+    instances run different tzdata releases, which can compute different ticks.
 
     \b
     Examples:
       pyjob status --lock redis://redis:6379/0
       pyjob status --format json | jq '.jobs[] | select(.last.result != "success")'
     """
-    from pyjob.core.records import FINISHED, effective, is_quiet, run_document
+    from pyjob.core.records import (
+        FINISHED,
+        effective,
+        is_quiet,
+        run_document,
+        zone_database_warning,
+    )
     from pyjob.core.schedule import to_us
     from pyjob.core.zones import get_zone
 
@@ -42,6 +49,9 @@ def status_cmd(lock: str | None, fmt: str) -> None:
         recent = {j.job: store.recent(j.job) for j in jobs}
     finally:
         backend.close()
+    fleet_warning = zone_database_warning(instances, now_us)
+    if fleet_warning:
+        click.echo(f"warning: {fleet_warning}", err=True)
     docs: list[dict[str, Any]] = []
     rows = []
     term = env.out_is_terminal()
@@ -73,6 +83,7 @@ def status_cmd(lock: str | None, fmt: str) -> None:
                         "instance": i.instance,
                         "host": i.host,
                         "seen": _iso(i.seen_us, zone),
+                        "tzdata": i.tzdata or None,
                     }
                     for i in live
                 ],

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import pickle
 import subprocess
+import time
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -159,3 +162,76 @@ def test_a_copied_or_unpickled_zone_is_the_package_zone() -> None:
 def test_system_zone_name_of_a_posix_or_right_path(env: dict[str, str], name: str) -> None:
     assert system_zone_name(env) == name
     assert datetime(2026, 1, 1, tzinfo=UTC).astimezone(get_zone(name)).tzinfo is get_zone(name)
+
+
+# ------------------------------------------------------------------ the fleet's zone databases
+
+
+def _fleet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*pyjob_exe(), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TZ": "UTC", "NO_COLOR": "1"},
+    )
+
+
+def _status_instances(url: str) -> tuple[dict[str, Any], str]:
+    proc = _fleet("status", "--lock", url, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    jobs = {j["job"]: j for j in json.loads(proc.stdout)["jobs"]}
+    found = jobs.get("nightly", {"instances": []})["instances"]
+    return {i["instance"]: i for i in found}, proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fleet_lock_url", ["file", "redis"], indirect=True)
+def test_status_and_check_clock_warn_of_two_zone_databases_in_one_fleet(
+    fleet_lock_url: str, tmp_path: Path
+) -> None:
+    from pyjob.core.backends import open_backend
+    from pyjob.core.records import InstanceInfo, JobInfo, records_for
+
+    from .servers import free_udp_port
+
+    url = fleet_lock_url
+    args = ["-s", "0 3 * * *", "--lock", url, "--name", "nightly", "--instance-id", "new"]
+    run = PyjobRun([*args, "--", "true"], tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while "new" not in (seen := _status_instances(url)[0]):
+            assert time.monotonic() < deadline, "the instance never registered"
+            time.sleep(0.2)
+        assert seen["new"]["tzdata"] == tzdata.IANA_VERSION
+        check = [*("check-clock", "--lock", url, "--server", f"127.0.0.1:{free_udp_port()}")]
+        check += ["--samples", "1", "--timeout", "200ms"]
+        # One release in the fleet and on this host: nothing to say.
+        assert "zone databases" not in _status_instances(url)[1]
+        assert "zone databases" not in _fleet(*check).stderr
+
+        backend = open_backend(url)
+        try:
+            store = records_for(backend)
+            assert store is not None
+            old = InstanceInfo("old", "old-host", 1, "0.1.0", tzdata="2025b")
+            old.seen_us = int(time.time() * 1e6)
+            store.register([JobInfo("nightly", "CRON_TZ=UTC 0 3 * * *", "UTC", "true")], old)
+        finally:
+            backend.close()
+        seen, said = _status_instances(url)
+        assert {n: i["tzdata"] for n, i in seen.items()} == {
+            "new": tzdata.IANA_VERSION,
+            "old": "2025b",
+        }
+        assert said.startswith(
+            "warning: instances of this fleet compute ticks with different zone databases "
+            f"(tzdata 2025b on old; tzdata {tzdata.IANA_VERSION} on new)"
+        ), said
+        said = _fleet(*check).stderr
+        assert (
+            "warning: instances of this fleet compute ticks with different zone databases "
+            f"(tzdata 2025b on old; tzdata {tzdata.IANA_VERSION} on this host, new)"
+        ) in said, said
+    finally:
+        assert run.stop() == 0
