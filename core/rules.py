@@ -17,12 +17,13 @@ A ``Spec`` is a rule plus its bounds (start-at, stop-at).
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from datetime import MAXYEAR, UTC, date, datetime, time, timedelta, tzinfo
 from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
 from .cron import DESCRIPTORS, CronExpr, CronTicks, parse_cron
@@ -568,8 +569,16 @@ def _last(d: int) -> str:
 
 
 def _days_in_month(year: int, month: int) -> int:
-    nxt = date(year + month // 12, month % 12 + 1, 1)
-    return (nxt - date(year, month, 1)).days
+    return calendar.monthrange(year, month)[1]
+
+
+def _month_start(index: int) -> date:
+    """The first day of the month ``index`` months after January 1970; past December 9999 there
+    is none (OverflowError, as date arithmetic raises: ``Schedule`` then ends the schedule)."""
+    year = 1970 + index // 12
+    if year > MAXYEAR:
+        raise OverflowError("no month after December 9999")
+    return date(year, index % 12 + 1, 1)
 
 
 class _CalendarTicker:
@@ -590,8 +599,7 @@ class _CalendarTicker:
             return day if day.weekday() in rule.days else None
         month = (day.year - 1970) * 12 + day.month - 1
         if month % n:
-            target = month + n - month % n
-            return date(1970 + target // 12, target % 12 + 1, 1)
+            return _month_start(month + n - month % n)
         last = _days_in_month(day.year, day.month)
         for d in rule.days:
             if d == day.day or (d < 0 and last + 1 + d == day.day):

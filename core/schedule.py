@@ -95,7 +95,9 @@ class Schedule:
             return None
         try:
             tick = self._ticks.next(after)
-        except OverflowError:  # the next tick would be after year 9999: there is none
+            if tick is not None:  # its wall time is shown too (`next`, PYJOB_TICK)
+                tick.instant.astimezone(self.zone)
+        except OverflowError:  # the next tick, or its wall time, would be after year 9999
             return None
         if tick is None or (stop is not None and tick.instant > stop):
             return None

@@ -231,7 +231,8 @@ def next_transition(
     before = offset_at(after, zone)
     probe = after
     while probe < until:
-        nxt = min(probe + step, until)
+        # (not min(probe + step, until): the sum overflows within a step of 9999-12-31)
+        nxt = until if until - probe <= step else probe + step
         off = offset_at(nxt, zone)
         if off != before:
             at = _first_second_with_offset(probe, nxt, off, zone)
