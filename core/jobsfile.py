@@ -90,7 +90,7 @@ class JobDef:
 
     def fingerprint(self) -> tuple[Any, ...]:
         """Equal for two definitions that would run the same way (a reload keeps such a job)."""
-        return (self.name, str(self.spec), self.command, self.env, self.options)
+        return (self.name, self.spec.identity, self.command, self.env, self.options)
 
 
 @dataclass

@@ -132,6 +132,7 @@ def job_identity(
 
 def derive_job_id(spec: Spec, argv: Sequence[str] = ()) -> str:
     """DESIGN §1: a short stable hash of the normalized schedule (which names the zone whenever the
-    zone moves the ticks) and the command, so one one-liner on many hosts is one job."""
-    payload = "\0".join([str(spec), *argv]).encode()
+    zone moves the ticks) and the command, so one one-liner on many hosts is one job. The
+    schedule's ``identity`` leaves out what depends on when it was parsed (``--start-at now``)."""
+    payload = "\0".join([spec.identity, *argv]).encode()
     return "job-" + hashlib.sha256(payload).hexdigest()[:12]
