@@ -19,14 +19,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import cache
-from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import tzdata
 
 from .errors import ZoneError
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 _ONE_SECOND = timedelta(seconds=1)
 
@@ -45,17 +47,28 @@ class BundledZone(ZoneInfo):
 
 
 @cache
+def _package() -> Traversable:
+    """The package's files: its directory (importlib.resources, which costs pyjob's start-up a
+    few milliseconds of imports, only for an install that is not plain files, like a zip)."""
+    root = Path(tzdata.__file__).parent
+    if (root / "zones").is_file():
+        return root
+    from importlib import resources
+
+    return resources.files("tzdata")
+
+
+@cache
 def _bundled_names() -> frozenset[str]:
     """The keys the package has (its list, so no key can name a directory or leave the package)."""
-    text = resources.files("tzdata").joinpath("zones").read_text(encoding="utf-8")
+    text = _package().joinpath("zones").read_text(encoding="utf-8")
     return frozenset(line.strip() for line in text.splitlines() if line.strip())
 
 
 @cache
 def _load(key: str) -> BundledZone:
     """One object per key and process: datetimes in one zone then share their tzinfo."""
-    path = resources.files("tzdata.zoneinfo").joinpath(*key.split("/"))
-    with path.open("rb") as f:
+    with _package().joinpath("zoneinfo", *key.split("/")).open("rb") as f:
         return BundledZone.from_file(f, key=key)
 
 
