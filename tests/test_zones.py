@@ -9,11 +9,10 @@ tzdata release, so 09:00 there is 16:00Z; the OS directory would make it 00:00Z.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-import pickle
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from importlib import resources
@@ -23,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import tzdata
-from pyjob.core.zones import BundledZone, get_zone, system_zone_name, zone_names
+from pyjob.core.zones import get_zone, system_zone_name, zone_names
 
 from .conftest import pyjob_exe
 from .runproc import PyjobRun
@@ -144,12 +143,26 @@ def test_zone_names_are_the_packages() -> None:
     assert "Europe/Berlin" in names and "localtime" not in names
 
 
-def test_a_copied_or_unpickled_zone_is_the_package_zone() -> None:
-    zone = get_zone("America/Vancouver")
-    assert isinstance(zone, BundledZone) and get_zone(" America/Vancouver ") is zone
-    assert pickle.loads(pickle.dumps(zone)) is zone
-    moment = datetime(2026, 12, 1, 9, tzinfo=zone)
-    assert copy.deepcopy(moment).tzinfo is zone
+def test_a_copied_or_unpickled_zone_is_still_the_package_zone(os_zones: Path) -> None:
+    """``ZoneInfo`` pickles a zone by its key and looks the key up in the OS's files first."""
+    code = (
+        "import copy, pickle, sys\n"
+        "from datetime import datetime\n"
+        "from pyjob.core.zones import get_zone\n"
+        "zone = get_zone('America/Vancouver')\n"
+        "moment = datetime(2026, 7, 1, 9, tzinfo=zone)\n"
+        "for z in (pickle.loads(pickle.dumps(zone)), copy.deepcopy(moment).tzinfo, zone):\n"
+        "    print(z is zone, datetime(2026, 7, 1, 9, tzinfo=z).utcoffset())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONTZPATH": str(os_zones)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["True -1 day, 17:00:00"] * 3
 
 
 @pytest.mark.parametrize(
