@@ -241,20 +241,37 @@ def serve(
 
     from .logs import EventLog
     from .monitoring import Monitoring
+    from .outputs import Outputs
 
     instance = process.instance or f"{socket.gethostname()}:{os.getpid()}"
-    log = EventLog(process.log_format, env.err_is_terminal(), env.color, process.log_level)
+    outputs = Outputs()  # stdout and stderr, which may close under a running schedule
+    log = EventLog(
+        process.log_format, env.err_is_terminal(), env.color, process.log_level, outputs=outputs
+    )
     # --ping and the metrics consume the events beside the log (exit 2 here if misconfigured);
     # they see every event, whatever --log-level keeps in the log
     monitoring = Monitoring(jobs, process.monitor, instance, env.clock, env.environ)
     corrected = OffsetClock(env.clock) if process.clock.mode == "ntp" else None
     clock: Clock = monitoring.loop_clock(corrected or env.clock)
-    runner = RealRunner(prefix=len(jobs) > 1)  # several jobs: whose output is it?
+    # Several jobs: whose output is it? Each line after its job's name.
+    runner = RealRunner(prefix=outputs.write if len(jobs) > 1 else None)
     scheduler = Scheduler(
         clock, runner, monitoring.fan_out(log), instance=instance, env=env.environ
     )
     log.zone_of = lambda job: _zone_of(scheduler, job)
     who = jobs[0].job_id if len(jobs) == 1 else "*"
+
+    def output_lost(stream: str, error: str, gone: bool) -> None:
+        action = (
+            f"its lines are dropped, and commands started from now on have /dev/null as {stream}"
+            if gone
+            else "the lines that cannot be written are dropped"
+        )
+        fields = {"stream": stream, "error": error, "action": f"{action}; the schedule goes on"}
+        monitoring.report("output-closed", who, None, **fields)
+
+    outputs.on_lost = output_lost
+    outputs.watch()
     try:
         scheduler.open(jobs)  # BackendError: exit 5
         monitoring.start(who)  # a port or textfile that cannot be used: exit 2

@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     codes of DESIGN §7."""
     import os
 
+    from .outputs import fill_closed_std_fds
+
+    fill_closed_std_fds()
     if "_PYJOB_COMPLETE" in os.environ:  # a completion request: pyjob's own shell classes
         from .completion import register
 
