@@ -25,7 +25,7 @@ from .options import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from pyjob.core.clock import Clock, OffsetClock
     from pyjob.core.clockcheck import ClockWatch
@@ -236,7 +236,7 @@ def serve(
 
     from pyjob.core.clock import OffsetClock
     from pyjob.core.clockcheck import schedule_interval
-    from pyjob.core.process import RealRunner, check_command
+    from pyjob.core.process import RealRunner
     from pyjob.core.scheduler import Scheduler
 
     from .logs import EventLog
@@ -290,20 +290,8 @@ def serve(
             lambda kind, **fields: scheduler.emit(kind, who, None, **fields),
         )
         for job in jobs:
-            problem = check_command(job.command, env.environ)
-            if problem:
-                scheduler.emit(
-                    "warning",
-                    job.job_id,
-                    None,
-                    problem=problem,
-                    action="each run will fail (exit 127/126)",
-                )
-            unshared = unshared_warning(job.schedule.spec.rule)
-            # Only where other instances may share the ticks: a lock given on purpose (the
-            # default file lock of a lone one-liner is not a fleet).
-            if unshared and job.lock is not None and job.lock != "none":
-                scheduler.emit("warning", job.job_id, None, **unshared)
+            for warning in start_warnings(job, env.environ):
+                scheduler.emit("warning", job.job_id, None, **warning)
         if watch is not None:
             watch.check_start()  # raises ClockError (exit 3) or ClockOffsetError (exit 4)
             watch.start()
@@ -407,6 +395,23 @@ def clock_watch(
         budget=options.budget,
         correct=corrected,
     )
+
+
+def start_warnings(job: Job, environ: Mapping[str, str]) -> list[dict[str, str]]:
+    """The fields of the warnings about ``job`` at start: a command that cannot run, ticks
+    that other instances do not share."""
+    from pyjob.core.process import check_command
+
+    found = []
+    problem = check_command(job.command, environ)
+    if problem:
+        found.append({"problem": problem, "action": "each run will fail (exit 127/126)"})
+    unshared = unshared_warning(job.schedule.spec.rule)
+    # Only where other instances may share the ticks: a lock given on purpose (the default
+    # file lock of a lone one-liner is not a fleet).
+    if unshared and job.lock is not None and job.lock != "none":
+        found.append(unshared)
+    return found
 
 
 def unshared_warning(rule: Any) -> dict[str, str] | None:
