@@ -110,8 +110,8 @@ def text_line(event: Event, zone: tzinfo | None = None) -> str:
 class EventLog:
     """Thread-safe: output readers log from their own threads. ``zone_of`` gives a job's zone
     (the tick of a text line is written in it). Lines go to stderr through ``outputs``, which
-    drops them once stderr is gone; the event that says so (output-closed) then goes to stdout,
-    if that is still open."""
+    drops those it cannot write; the event that says stderr failed (output-closed) goes to
+    stdout, if that is still open."""
 
     def __init__(
         self,
@@ -146,7 +146,7 @@ class EventLog:
         if LEVELS.index(event.level) < self.min_level:
             return
         stream = "stderr"
-        if event.kind == "output-closed" and "stderr" in self.outputs.lost:
+        if event.kind == "output-closed" and event.fields.get("stream") == "stderr":
             stream = "stdout"  # the one place left to say that the log is gone
         if self.fmt == "json":
             doc = {

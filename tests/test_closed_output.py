@@ -170,16 +170,22 @@ def test_a_closed_stdout_is_said_once_on_stderr_and_later_commands_do_not_die_of
     assert events("stopped")
 
 
-def test_stderr_closed_from_the_start_is_said_once_on_stdout(tmp_path: Path) -> None:
-    """`pyjob run … 2>&-`: the schedule runs; stdout gets the one line that says the log is
-    gone, beside the command's own output."""
+@pytest.mark.parametrize(
+    ("redirect", "error"),
+    [("2>&-", "Bad file descriptor"), ("2>/dev/full", "No space left on device")],
+)
+def test_a_stderr_that_cannot_be_written_is_said_once_on_stdout(
+    tmp_path: Path, redirect: str, error: str
+) -> None:
+    """`pyjob run … 2>&-` (closed from the start) or `2>/dev/full` (every write fails): the
+    schedule runs; stdout gets the one line that says so, beside the command's own output."""
     out_path = tmp_path / "out"
     with out_path.open("wb") as out:
         proc = subprocess.Popen(
             [
                 "sh",
                 "-c",
-                'exec "$@" 2>&-',
+                f'exec "$@" {redirect}',
                 "sh",
                 *pyjob_exe(),
                 "run",
@@ -204,7 +210,9 @@ def test_stderr_closed_from_the_start_is_said_once_on_stdout(tmp_path: Path) -> 
         _stop(tmp_path, proc)
     lines = out_path.read_text().splitlines()
     notes = [json.loads(line) for line in lines if line != "out"]
-    assert [(n["event"], n["stream"]) for n in notes] == [("output-closed", "stderr")]
+    assert [(n["event"], n["stream"], n["error"]) for n in notes] == [
+        ("output-closed", "stderr", error)
+    ]
     assert lines.count("out") >= 3
 
 
