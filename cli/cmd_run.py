@@ -320,6 +320,7 @@ def serve(
         scheduler.close()
         runner.close()
         monitoring.stop()  # the last pings, the last textfile
+        outputs.stop_watching()
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,8 @@ class Outputs:
         self.lost: dict[str, str] = {}  # stream -> why
         self._told: set[str] = set()
         self._lock = threading.Lock()
+        self._wake: tuple[int, int] | None = None
+        self._watcher: threading.Thread | None = None
 
     def write(self, stream: str, text: str) -> bool:
         """Write ``text`` to ``stream`` ("stdout" or "stderr") and flush; False: dropped."""
@@ -99,32 +101,43 @@ class Outputs:
             failed = [(name, why, True) for name in self._lose(stream, why)]
         self._tell(failed)
 
-    def watch(self) -> threading.Thread | None:
-        """Start a daemon thread that notices when the reader of a pipe or socket on stdout or
-        stderr leaves; None when neither is one. A terminal is not watched: its hang-up is a
+    def watch(self) -> None:
+        """Notice, on a thread of its own, when the reader of a pipe or socket on stdout or
+        stderr leaves, until ``stop_watching``. A terminal is not watched: its hang-up is a
         SIGHUP, which stops `pyjob run`."""
         fds = [fd for fd in STREAMS.values() if _pipe_or_socket(fd)]
-        if not fds:
-            return None
-        thread = threading.Thread(target=self._watch, args=(fds,), name="pyjob-outputs")
-        thread.daemon = True  # blocked in poll() until a reader leaves: nothing to stop
-        thread.start()
-        return thread
+        if not fds or self._wake is not None:
+            return
+        self._wake = os.pipe2(os.O_CLOEXEC)
+        self._watcher = threading.Thread(
+            target=self._watch, args=(fds, self._wake[0]), name="pyjob-outputs", daemon=True
+        )
+        self._watcher.start()
+
+    def stop_watching(self) -> None:
+        if self._wake is None or self._watcher is None:
+            return
+        os.write(self._wake[1], b"x")
+        self._watcher.join()
+        for fd in self._wake:
+            os.close(fd)
+        self._wake = self._watcher = None
 
     # ------------------------------------------------------------------ helpers
 
-    def _watch(self, fds: list[int]) -> None:
+    def _watch(self, fds: list[int], wake: int) -> None:
         import select
 
         names = {fd: name for name, fd in STREAMS.items()}
         poller = select.poll()
+        poller.register(wake, select.POLLIN)
         for fd in fds:
             poller.register(fd, 0)  # nothing asked for: only POLLERR, POLLHUP, POLLNVAL come
-        left = set(fds)
-        while left:
+        while True:
             for fd, _ in poller.poll():
+                if fd == wake:
+                    return
                 poller.unregister(fd)
-                left.discard(fd)
                 self.lose(names[fd], "the reader went away")
 
     def _lose(self, stream: str, why: str) -> list[str]:
