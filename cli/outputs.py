@@ -89,7 +89,10 @@ class Outputs:
                     failed = [(stream, e.strerror or str(e), False)]
                 else:
                     why = e.strerror or str(e) if isinstance(e, OSError) else "closed"
-                    failed = [(name, why, True) for name in self._lose(stream, why)]
+                    # Only a file object on the descriptor itself (not one put in its place, as
+                    # tests do) has its descriptor pointed elsewhere.
+                    on_fd = f is None or _fileno(f) == STREAMS[stream]
+                    failed = [(name, why, True) for name in self._lose(stream, why, on_fd)]
         self._tell(failed)
         return False
 
@@ -140,9 +143,12 @@ class Outputs:
                 poller.unregister(fd)
                 self.lose(names[fd], "the reader went away")
 
-    def _lose(self, stream: str, why: str) -> list[str]:
+    def _lose(self, stream: str, why: str, on_fd: bool = True) -> list[str]:
         """(Under the lock.) Point the stream's descriptor at /dev/null, and the other one's when
-        it is the same pipe (``2>&1``); the streams lost."""
+        it is the same pipe (``2>&1``); the streams lost. Not ``on_fd``: only mark it lost."""
+        if not on_fd:
+            self.lost[stream] = why
+            return [stream]
         fd = STREAMS[stream]
         lost = [stream]
         for other, other_fd in STREAMS.items():
@@ -164,6 +170,13 @@ class Outputs:
         if self.on_lost is not None:
             for name, why, gone in news:
                 self.on_lost(name, why, gone)
+
+
+def _fileno(f: TextIO) -> int | None:
+    try:
+        return f.fileno()
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is an OSError
+        return None
 
 
 def _pipe_or_socket(fd: int) -> bool:

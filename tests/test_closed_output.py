@@ -253,3 +253,36 @@ def test_a_terminal_that_goes_away_never_stops_the_schedule(tmp_path: Path) -> N
     os.close(controller)
     _keeps_running(tmp_path, proc)
     _stop(tmp_path, proc)
+
+
+class _BrokenPipe:
+    """A stream whose reader is gone."""
+
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_lost_stream_is_told_once_and_not_written_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In-process: the loss is told once, later lines are dropped without trying, and a file
+    object put in the stream's place (not on its descriptor) leaves the descriptor alone."""
+    from pyjob.cli.outputs import Outputs
+
+    broken = _BrokenPipe()
+    monkeypatch.setattr("sys.stderr", broken)
+    told: list[tuple[str, str, bool]] = []
+    outputs = Outputs(lambda *args: told.append(args))
+    before = os.fstat(2)
+    assert [outputs.write("stderr", "a\n"), outputs.write("stderr", "b\n")] == [False, False]
+    assert told == [("stderr", "Broken pipe", True)]
+    assert broken.writes == 1
+    assert outputs.lost == {"stderr": "Broken pipe"}
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
