@@ -9,7 +9,7 @@ import click
 from pyjob.core import __version__
 from pyjob.core.errors import PyjobError
 
-from .errors import CliError
+from .errors import cli_error
 from .exitcodes import ExitCode
 
 # Subcommands are imported only when invoked, so `pyjob --version` and shell completion stay fast.
@@ -63,7 +63,7 @@ class PyjobGroup(click.Group):
         except PyjobError as e:
             from .env import get_env
 
-            raise CliError(e, terminal=get_env().err_is_terminal()) from None
+            raise cli_error(e, terminal=get_env().err_is_terminal()) from None
         except KeyboardInterrupt:
             # Ctrl-C anywhere is 130 (128 + SIGINT), as shells report it; not Click's "Aborted!" 1.
             raise click.exceptions.Exit(int(ExitCode.INTERRUPTED)) from None
@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     codes of DESIGN §7."""
     import os
 
+    from .outputs import fill_closed_std_fds
+
+    fill_closed_std_fds()
     if "_PYJOB_COMPLETE" in os.environ:  # a completion request: pyjob's own shell classes
         from .completion import register
 
