@@ -135,6 +135,14 @@ SETTINGS: tuple[Setting, ...] = (
         False,
     ),
     Setting(
+        "kill-orphans",
+        "flag",
+        "When the command's own process exits, SIGKILL what it left running in its process "
+        "group (`sleep 300 &`, a daemon it started). Off by default: like cron, pyjob leaves "
+        "them running, after the run and after pyjob stops.",
+        False,
+    ),
+    Setting(
         "on-backend-error",
         "choice",
         "While running, a tick whose claim fails: skip it (fail closed) or run it anyway "
@@ -497,6 +505,7 @@ class JobSettings:
     jitter: float | None = None
     max_runs: int | None = None
     log_output: bool = False
+    kill_orphans: bool = False
     on_backend_error: OnBackendError = OnBackendError.SKIP
     retries: int = 0
     retry_delay: float = 10.0
