@@ -143,9 +143,10 @@ class Runner(Protocol):
         found: Found = None,
     ) -> Handle:
         """Start ``command`` (its program where ``found``, else looked up now). With
-        ``on_line``, stdout/stderr lines go to it as (stream, line). A command that cannot be
-        started gives a handle that ends at once with 127 (not found) or 126 (not executable),
-        like a shell, and whose ``start_error`` says why."""
+        ``on_line``, stdout/stderr lines go to it as (stream, line), and pyjob's word on them
+        (lines dropped: BACKLOG_LINES) as ("pyjob", text). A command that cannot be started
+        gives a handle that ends at once with 127 (not found) or 126 (not executable), like a
+        shell, and whose ``start_error`` says why."""
         ...
 
     def fds(self) -> list[int]:
