@@ -97,7 +97,7 @@ _KINDS = (
         "info",
         ("stream", "line", "run_id", "hook"),
         "a line of the command (--log-output), or of a hook (then named); stream is stdout, "
-        "stderr, or pyjob for pyjob's own word on the output (lines dropped or cut)",
+        "stderr, or pyjob for pyjob's own word on the output (lines dropped)",
     ),
     Kind(
         "run-finished",
