@@ -101,7 +101,9 @@ def history_cmd(
                 ago(r.tick_us, now_us),
                 _styled(r.result, RESULT_STYLE.get(r.result), term),
                 "-" if r.exit_code is None else str(r.exit_code),
-                str(r.attempt),  # TOOK and lateness are this attempt's; earlier ones in JSON
+                # TOOK is this attempt's; the earlier ones are in JSON. A tick skipped or
+                # missed made no attempt.
+                "-" if r.result in ("skipped", "missed") else str(r.attempt),
                 "-" if r.duration is None else span(r.duration),
                 r.instance,
                 r.reason or "",

@@ -131,7 +131,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "log-output",
         "flag",
-        "Capture the command's stdout/stderr and log each line with job and tick.",
+        "Capture the command's stdout/stderr and log each line with job and tick. The command "
+        "never waits for the log: a line is cut at 64 KiB, and when 10,000 lines wait to be "
+        "logged the oldest are dropped and counted in one line (stream pyjob).",
         False,
     ),
     Setting(
