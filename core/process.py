@@ -457,10 +457,14 @@ def _executable(prog: str, env: Mapping[str, str]) -> str:
 
 
 def _prefixed(label: str, write: Callable[[str, str], object]) -> Callable[[str, str], None]:
-    """Passes a run's lines through to ``write(stream, text)``, each after ``label | ``."""
+    """Passes a run's lines through to ``write(stream, text)``, each after ``label | ``;
+    pyjob's own word on them (stream "pyjob") goes to stderr, after ``label | pyjob: ``."""
 
     def line(stream: str, text: str) -> None:
-        write(stream, f"{label} | {text}\n")
+        if stream == "pyjob":
+            write("stderr", f"{label} | pyjob: {text}\n")
+        else:
+            write(stream, f"{label} | {text}\n")
 
     return line
 
