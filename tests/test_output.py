@@ -15,7 +15,7 @@ from .runproc import PyjobRun
 
 pytestmark = pytest.mark.slow
 
-LINE_MAX = 64 * 1024  # a longer line is cut (README: Output)
+LINE_MAX = 64 * 1024  # a longer line is cut (README: Running jobs)
 BACKLOG_LINES = 10_000  # lines that wait to be logged, at most
 DROPPED = re.compile(r"^(\d+) lines of output dropped here")
 
@@ -24,7 +24,7 @@ def test_a_chatty_command_is_not_held_back_and_every_line_is_logged_or_counted(
     tmp_path: Path,
 ) -> None:
     """2,000,000 lines: logged one by one, a line took pyjob some 20 µs while the command waited
-    on the full pipe, so the run lasted minutes (past this --timeout). Now the log keeps what it
+    on the full pipe, so the run outlasted this --timeout by far. Now the log keeps what it
     can, says how many lines it dropped and where, and the tail is whole."""
     hook = 'printf %s "$PYJOB_OUTPUT_TAIL" > tail.txt'
     args = ["--every", "1s", "--max-runs", "1", "--log-output", "--timeout", "20s"]
