@@ -10,8 +10,10 @@ call goes through here with one error policy:
   ``claim_many`` round trip, the lease renewals due together one ``renew_many``.
 - A ``BackendError`` never escapes: the caller's callback receives it (the scheduler skips the
   tick, or runs it with ``--on-backend-error run``), or it is reported as a ``backend-error``
-  event. A lease whose release failed is kept and released again before the next call, as soon
-  as the backend answers (so an outage does not leave a lease that blocks the job for its TTL).
+  event (at debug level: the outage is told once, by ``backend-down`` and ``backend-up``, see
+  pyjob.core.outage). A lease whose release failed is kept and released again before the next
+  call, as soon as the backend answers (so an outage does not leave a lease that blocks the job
+  for its TTL).
 
 With ``threaded=False`` (tests with a fake clock) calls run at once on the caller's thread, and
 their results are still delivered by ``drain()``, so the order of events does not depend on it.
@@ -30,6 +32,7 @@ from .backends import Backend, open_backend
 from .backends.protocol import ClaimOutcome, ClaimRequest, Lease
 from .clock import Clock, Waker
 from .errors import BackendError
+from .outage import Outage
 from .records import InstanceInfo, JobInfo, RecordStore, RunRecord, records_for
 
 _PRIORITY = {"claim": 0, "renew": 0, "release": 0, "previous": 1, "latest": 1, "orphan": 1}
@@ -55,6 +58,7 @@ class _Link:
 
     url: str
     backend: Backend
+    outage: Outage  # its down and up edges
     # (priority, order, call): claims and leases first; what no tick waits for (records,
     # heartbeats, clean-up) after them, so a batch of record writes never delays a claim.
     calls: PriorityQueue[tuple[int, int, _Call | None]] = field(default_factory=PriorityQueue)
@@ -109,7 +113,9 @@ class Coordinator:
         except BaseException:
             backend.close()
             raise
-        link = _Link(k, backend, records=records_for(backend))
+        link = _Link(
+            k, backend, Outage(backend.url, self.clock, self.report), records=records_for(backend)
+        )
         self._links[k] = link
         if self.threaded:
             link.thread = threading.Thread(
@@ -294,6 +300,12 @@ class Coordinator:
         return _Call("records", (list(latest.values()), keep), None)
 
     def _do(self, link: _Link, call: _Call) -> None:
+        failures = link.outage.failures
+        self._call(link, call)
+        if link.outage.failures == failures:
+            link.outage.answered()
+
+    def _call(self, link: _Link, call: _Call) -> None:
         if link.unreleased and call.what != "release":
             self._release(link, [])  # first what an outage left behind
         if call.expires is not None and self.clock.monotonic() > call.expires:
@@ -302,6 +314,7 @@ class Coordinator:
                 f"{link.backend.url}: claim not sent: the backend kept it waiting until the "
                 "following tick was due"
             )
+            link.outage.failed(str(late), len(call.args[0]))
             self._deliver(call.done, late)
             return
         try:
@@ -340,12 +353,14 @@ class Coordinator:
                     self.report("*", None, "cleanup", removed=removed)
                 return
         except BackendError as e:
+            link.outage.failed(str(e), len(call.args[0]) if call.what == "claim" else 0)
             if call.done is None:
                 self.report("*", None, "backend-error", error=str(e), action="cleanup later")
                 return
             result = e
         except Exception as e:  # a backend bug must not end the process: it is an error too
             error = BackendError(f"{link.backend.url}: {type(e).__name__}: {e}")
+            link.outage.failed(str(error), len(call.args[0]) if call.what == "claim" else 0)
             if call.done is None:
                 self.report("*", None, "backend-error", error=str(error), action="cleanup later")
                 return
@@ -366,6 +381,7 @@ class Coordinator:
             else:
                 store.prune(*call.args)
         except Exception as e:
+            link.outage.failed(str(e))
             what = {"records": "runs not recorded", "register": "jobs not registered"}
             for job in sorted({r.job for r in call.args[0]}) if call.what == "records" else ["*"]:
                 self.report(
@@ -385,6 +401,7 @@ class Coordinator:
             link.backend.release_many(retry)
         except Exception as e:
             link.unreleased = retry
+            link.outage.failed(str(e))
             if leases:  # reported once per lease, not at every retry
                 for lease in leases:
                     self.report(
@@ -395,6 +412,7 @@ class Coordinator:
                         action="run lease released again once the backend answers",
                     )
             return
+        link.outage.answered()  # before what the answer released
         if len(retry) > len(leases):
             self.report(
                 "*",

@@ -4,12 +4,15 @@
 ``Metrics`` consumes every event (``on_event``, called on the thread that emitted it, so it only
 updates counters) and holds one registry. ``MetricsServer`` serves it on ``/metrics`` with
 ``/healthz`` beside it; ``write_textfile`` writes it for node_exporter's textfile collector;
-``FleetReader`` reads the run records of the backend so that
-``pyjob_last_success_timestamp_seconds`` says when the job last succeeded on any instance.
+``FleetReader`` reads the run records of the backend, at each scrape and before each textfile
+write, so that ``pyjob_last_success_timestamp_seconds`` says when the job last succeeded on any
+instance as of that moment.
 
 Run counters, durations and lateness count this instance's runs: each run is run by one instance,
-so ``sum by (job)`` over the instances is the fleet's. Label values are job ids, results and
-fixed reason kinds; never commands, URLs or free text.
+so ``sum by (job_name)`` over the instances is the fleet's. Label values are job ids, results and
+fixed reason kinds; never commands, URLs or free text. No label is named ``job`` or ``instance``:
+Prometheus sets those on every target (the scrape job and the target's address), and a clashing
+one is either renamed ``exported_job`` or, with ``honor_labels``, replaces the target's own.
 
 Liveness: ``/healthz`` answers 200 while the scheduler loop is seen alive: ``beat()`` is called
 each time the loop goes to wait (``BeatingClock`` wraps the scheduler's clock to do that), and
@@ -35,7 +38,8 @@ from .records import RecordStore
 
 LIVENESS = 3 * MAX_SLEEP_SLICE  # seconds without a beat before /healthz says 503
 TEXTFILE_EVERY = 10.0
-FLEET_EVERY = 15.0
+FLEET_WAIT = 2.0  # seconds a scrape (or a textfile write) waits for the fleet's run records
+FLEET_RETRY = 15.0  # after a fleet read failed, scrapes use the values they have this long
 FLEET_FIRST = 100  # records read per job at the first fleet read (--history-keep's default)
 
 RESULTS = ("success", "failure", "timeout", "stopped", "start-failed")
@@ -89,49 +93,52 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.runs = Counter(
-            "pyjob_runs", "Runs this instance made, by result.", ["job", "result"], registry=r
+            "pyjob_runs", "Runs this instance made, by result.", ["job_name", "result"], registry=r
         )
         self.duration = Histogram(
             "pyjob_run_duration_seconds",
             "How long the runs took.",
-            ["job"],
+            ["job_name"],
             buckets=DURATION_BUCKETS,
             registry=r,
         )
         self.lateness = Histogram(
             "pyjob_lateness_seconds",
             "How long after its tick each run's command started.",
-            ["job"],
+            ["job_name"],
             buckets=LATENESS_BUCKETS,
             registry=r,
         )
         self.last_run = Gauge(
             "pyjob_last_run_timestamp_seconds",
-            "When this instance's last run of the job ended, by result (Unix time).",
-            ["job", "result"],
+            "When this instance's last run of the job ended, by result (Unix time; 0 until then).",
+            ["job_name", "result"],
             registry=r,
         )
         self.last_success = Gauge(
             "pyjob_last_success_timestamp_seconds",
-            "When the job last ended successfully on any instance (from the run records where "
-            "the backend keeps them, else this instance's runs; Unix time).",
-            ["job"],
+            "When the job last ended successfully on any instance, as of this scrape (from the "
+            "run records where the backend keeps them, else this instance's runs; Unix time). "
+            "Until it has, when this instance started serving the job.",
+            ["job_name"],
             registry=r,
         )
         self.running = Gauge(
-            "pyjob_running", "Runs of the job going on in this instance.", ["job"], registry=r
+            "pyjob_running", "Runs of the job going on in this instance.", ["job_name"], registry=r
         )
         self.missed = Counter(
             "pyjob_missed_ticks",
             "Ticks that passed without running (late wake-up, --misfire-grace).",
-            ["job"],
+            ["job_name"],
             registry=r,
         )
         self.skipped = Counter(
             "pyjob_skipped_ticks",
-            "Ticks this instance did not run: overlap (the previous run still going), "
-            "queue-full, backend-error (claim failed, fail closed), refused, other.",
-            ["job", "reason"],
+            "Ticks this instance did not run. overlap (the previous run still going), "
+            "queue-full and other are decided by the instance that won the tick's claim: once "
+            "per tick across the fleet. backend-error (claim failed, fail closed) and refused "
+            "are decided by each instance for itself: every instance counts the tick.",
+            ["job_name", "reason"],
             registry=r,
         )
         self.backend_errors = Counter(
@@ -143,19 +150,19 @@ class Metrics:
         self.ping_failures = Counter(
             "pyjob_ping_failures",
             "--ping requests that failed after their retries, or were not sent.",
-            ["job"],
+            ["job_name"],
             registry=r,
         )
         self.interval = Gauge(
             "pyjob_schedule_interval_seconds",
             "The longest gap between the job's next ticks (for staleness alerts).",
-            ["job"],
+            ["job_name"],
             registry=r,
         )
         self.info = Gauge(
             "pyjob_info",
             "The version and instance of this pyjob.",
-            ["version", "instance"],
+            ["version", "pyjob_instance"],
             registry=r,
         )
         self.info.labels(version, instance).set(1)
@@ -175,9 +182,19 @@ class Metrics:
         )
         for stream in ("stdout", "stderr"):
             self.output_lost.labels(stream).set(0)
+        self.updated = Gauge(
+            "pyjob_metrics_updated_timestamp_seconds",
+            "When these metrics were produced (Unix time): each scrape of /metrics, each write "
+            "of the textfile. A textfile whose value stops advancing is no longer written.",
+            registry=r,
+        )
+        self.updated.set_function(lambda: clock.now().timestamp())
         self._offset: Gauge | None = None  # registered at the first clock measurement
         self._lock = threading.Lock()
         self._success: dict[str, float] = {}
+        # Jobs without a success seen yet: their last-success value is when this instance
+        # started serving them, which any real success replaces, even an older one.
+        self._unproven: set[str] = set()
         self._backends: dict[str, str] = {}
         self._beat = clock.monotonic()
         self.set_jobs(intervals, backends)
@@ -185,26 +202,37 @@ class Metrics:
     # ------------------------------------------------------------------ jobs
 
     def set_jobs(self, intervals: Mapping[str, float | None], backends: Mapping[str, str]) -> None:
-        """The jobs served (at start, and after a reload): their series start at zero. A job no
-        longer served loses its staleness series (last success, interval), so it stops
+        """The jobs served (at start, and after a reload): every series of a job exists from
+        then, at zero, so that ``increase()`` sees its first failure and a job that never
+        succeeds still has a last success to alert on (when it began to be served here). A job
+        no longer served loses its staleness series (last success, interval), so it stops
         alerting; its counters stay."""
+        now = self.clock.now().timestamp()
         with self._lock:
             gone = set(self._backends) - set(intervals)
             self._backends = dict(backends)
             for job in gone:
                 self._success.pop(job, None)
+                self._unproven.discard(job)
                 for g in (self.last_success, self.interval):
                     with contextlib.suppress(KeyError):
                         g.remove(job)
+            for job in intervals:
+                if job not in self._success:
+                    self._success[job] = now
+                    self._unproven.add(job)
+                    self.last_success.labels(job).set(now)
         for job, every in intervals.items():
             for result in RESULTS:
                 self.runs.labels(job, result)
+                self.last_run.labels(job, result)
             for reason in SKIP_REASONS:
                 self.skipped.labels(job, reason)
             self.duration.labels(job)
             self.lateness.labels(job)
             self.running.labels(job)
             self.missed.labels(job)
+            self.ping_failures.labels(job)
             if every is not None:
                 self.interval.labels(job).set(every)
         for kind in set(backends.values()):
@@ -259,10 +287,11 @@ class Metrics:
     def success(self, job: str, at: float) -> None:
         """``job`` succeeded at ``at`` (Unix time), here or on another instance."""
         with self._lock:
-            if at <= self._success.get(job, 0.0):
+            if at <= self._success.get(job, 0.0) and job not in self._unproven:
                 return
             if job not in self._backends and self._backends:
                 return  # no longer served (a reload removed it)
+            self._unproven.discard(job)
             self._success[job] = at
             self.last_success.labels(job).set(at)
 
@@ -329,15 +358,20 @@ class BeatingClock(WrappedClock):
 
 class MetricsServer:
     """``/metrics`` (Prometheus text) and ``/healthz`` on HOST:PORT, on threads of their own.
-    Binds at construction (OSError: address in use, not allowed)."""
+    Binds at construction (OSError: address in use, not allowed). ``before`` is called before
+    each scrape is rendered (the fleet's run records are read then)."""
 
-    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+    def __init__(
+        self, metrics: Metrics, host: str, port: int, before: Callable[[], None] | None = None
+    ) -> None:
         m = metrics
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
+                    if before is not None:
+                        before()
                     self._answer(200, m.render(), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
                     ok, age = m.health()
@@ -434,10 +468,11 @@ class Periodic:
 
 class FleetReader:
     """Reads the run records of the jobs' backends, so ``pyjob_last_success_timestamp_seconds``
-    is the fleet's: every instance reports the same value. One reader, on its own thread (a
-    Periodic), with one store per lock URL, opened on first use (a connection of its own, not
-    the scheduler's). ``jobs``: job -> its lock URL; ``open_store(url)`` gives the store (None:
-    the backend keeps no records) and a function that closes it."""
+    is the fleet's: every instance reports the same value, current when it is scraped or
+    written (``refresh``, on the scraping or writing thread; never the scheduler's). One store
+    per lock URL, opened on first use (a connection of its own, not the scheduler's). ``jobs``:
+    job -> its lock URL; ``open_store(url)`` gives the store (None: the backend keeps no records)
+    and a function that closes it."""
 
     def __init__(
         self,
@@ -451,16 +486,42 @@ class FleetReader:
         self._lock = threading.Lock()
         self._stores: dict[str | None, tuple[RecordStore | None, Callable[[], None]]] = {}
         self._since: dict[str, int] = {}  # job -> the oldest tick worth reading again
+        self._reading = threading.Lock()  # one read at a time (scrapes may come together)
+        self._retry_at = 0.0  # monotonic: after a failed read, the values are kept until then
+        self._cursor = 0  # where the next pass starts (one cut short goes on from there)
+
+    def refresh(self, wait: float = FLEET_WAIT) -> None:
+        """Read the records now, for a scrape or a textfile write, spending at most about
+        ``wait`` seconds (the jobs not reached keep their values, as they do when the backend
+        fails: a scrape must answer, and an outage is told by the scheduler's events)."""
+        clock = self.metrics.clock
+        if clock.monotonic() < self._retry_at:
+            return
+        deadline = clock.monotonic() + wait
+        if not self._reading.acquire(timeout=wait):
+            return
+        try:
+            self.read(deadline)
+        except Exception:
+            self._retry_at = clock.monotonic() + FLEET_RETRY
+        finally:
+            self._reading.release()
 
     def update(self, jobs: Mapping[str, str | None]) -> None:
         with self._lock:
             self._jobs = dict(jobs)
 
-    def read(self) -> None:
-        """One pass over the jobs; a backend that fails is tried again at the next pass."""
+    def read(self, deadline: float | None = None) -> None:
+        """One pass over the jobs, until ``deadline`` (monotonic) if given; a backend that fails
+        raises, and is tried again at the next pass."""
         with self._lock:
-            jobs = dict(self._jobs)
-        for job, url in jobs.items():
+            jobs = list(self._jobs.items())
+        # A pass cut short by its deadline is taken up where it stopped, not from the start.
+        start = self._cursor % len(jobs) if jobs else 0
+        for n, (job, url) in enumerate(jobs[start:] + jobs[:start]):
+            if deadline is not None and self.metrics.clock.monotonic() > deadline:
+                self._cursor = start + n
+                return
             store = self._store(url)
             if store is None:
                 continue

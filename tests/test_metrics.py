@@ -127,7 +127,7 @@ def test_healthz_is_200_while_the_loop_beats_and_503_after_it_stopped() -> None:
         assert get(base + "/healthz") == (200, "ok\n")
         assert get(base + "/nope")[0] == 404
         code, text = get(base + "/metrics")
-        assert code == 200 and value(text, "pyjob_info", version="9.9", instance="me") == 1
+        assert code == 200 and value(text, "pyjob_info", version="9.9", pyjob_instance="me") == 1
     finally:
         server.stop()
 
@@ -136,9 +136,10 @@ def test_counters_start_at_zero_and_count_each_event() -> None:
     clock = FakeClock(NOW)
     m = _metrics(clock)
     text = m.render().decode()
-    assert value(text, "pyjob_runs_total", job="j", result="failure") == 0
-    assert value(text, "pyjob_skipped_ticks_total", job="j", reason="overlap") == 0
-    assert value(text, "pyjob_last_success_timestamp_seconds", job="j") is None  # never yet
+    assert value(text, "pyjob_runs_total", job_name="j", result="failure") == 0
+    assert value(text, "pyjob_skipped_ticks_total", job_name="j", reason="overlap") == 0
+    # never yet: since the job is served
+    assert value(text, "pyjob_last_success_timestamp_seconds", job_name="j") == NOW.timestamp()
     assert "pyjob_clock_offset_seconds" not in types(text)  # not measured: absent, not 0
     for kind, fields in [
         ("run-started", {"run_id": "r", "pid": 1, "lateness": 0.02}),
@@ -150,25 +151,25 @@ def test_counters_start_at_zero_and_count_each_event() -> None:
     ]:
         m.on_event(make(kind, "j", "me", NOW, NOW, **fields))
     text = m.render().decode()
-    assert value(text, "pyjob_runs_total", job="j", result="success") == 1
-    assert value(text, "pyjob_run_duration_seconds_count", job="j") == 1
-    assert value(text, "pyjob_run_duration_seconds_bucket", job="j", le="2.5") == 1
-    assert value(text, "pyjob_lateness_seconds_bucket", job="j", le="0.01") == 0
-    assert value(text, "pyjob_lateness_seconds_bucket", job="j", le="0.025") == 1
-    assert value(text, "pyjob_last_success_timestamp_seconds", job="j") == NOW.timestamp()
-    assert value(text, "pyjob_running", job="j") == 0
-    assert value(text, "pyjob_missed_ticks_total", job="j") == 3
-    assert value(text, "pyjob_skipped_ticks_total", job="j", reason="backend-error") == 1
+    assert value(text, "pyjob_runs_total", job_name="j", result="success") == 1
+    assert value(text, "pyjob_run_duration_seconds_count", job_name="j") == 1
+    assert value(text, "pyjob_run_duration_seconds_bucket", job_name="j", le="2.5") == 1
+    assert value(text, "pyjob_lateness_seconds_bucket", job_name="j", le="0.01") == 0
+    assert value(text, "pyjob_lateness_seconds_bucket", job_name="j", le="0.025") == 1
+    assert value(text, "pyjob_last_success_timestamp_seconds", job_name="j") == NOW.timestamp()
+    assert value(text, "pyjob_running", job_name="j") == 0
+    assert value(text, "pyjob_missed_ticks_total", job_name="j") == 3
+    assert value(text, "pyjob_skipped_ticks_total", job_name="j", reason="backend-error") == 1
     assert value(text, "pyjob_backend_errors_total", backend="redis") == 1
     assert value(text, "pyjob_clock_offset_seconds") == -0.25
-    assert value(text, "pyjob_ping_failures_total", job="j") == 1
-    assert value(text, "pyjob_schedule_interval_seconds", job="j") == 60
+    assert value(text, "pyjob_ping_failures_total", job_name="j") == 1
+    assert value(text, "pyjob_schedule_interval_seconds", job_name="j") == 60
     # a reload without the job: its staleness series go (no alert for a job no longer served)
     m.set_jobs({"k": None}, {"k": "redis"})
     text = m.render().decode()
-    assert value(text, "pyjob_last_success_timestamp_seconds", job="j") is None
-    assert value(text, "pyjob_schedule_interval_seconds", job="j") is None
-    assert value(text, "pyjob_runs_total", job="k", result="success") == 0
+    assert value(text, "pyjob_last_success_timestamp_seconds", job_name="j") is None
+    assert value(text, "pyjob_schedule_interval_seconds", job_name="j") is None
+    assert value(text, "pyjob_runs_total", job_name="k", result="success") == 0
 
 
 def test_the_textfile_is_replaced_whole_never_rewritten_in_place(tmp_path: Path) -> None:
@@ -194,7 +195,7 @@ def test_the_textfile_is_replaced_whole_never_rewritten_in_place(tmp_path: Path)
         while time.monotonic() < deadline:
             text = path.read_text()
             assert text.endswith("\n"), text[-200:]
-            assert value(text, "pyjob_info", version="9.9", instance="me") == 1, text[-200:]
+            assert value(text, "pyjob_info", version="9.9", pyjob_instance="me") == 1, text[-200:]
             reads += 1
     finally:
         stop.set()
@@ -243,14 +244,14 @@ def test_last_success_comes_from_the_fleets_run_records(records_url: str) -> Non
     try:
         reader.read()
         assert m.render().decode().count("pyjob_last_success_timestamp_seconds{") == 1
-        got = value(m.render().decode(), "pyjob_last_success_timestamp_seconds", job="j")
+        got = value(m.render().decode(), "pyjob_last_success_timestamp_seconds", job_name="j")
         assert got == (t0 + 500_000) / 1e6
         # the run still going on host-c ends in success: the next read sees it
         store.put_runs(
             [RunRecord("j", t0 + 120_000_000, "j-2", "host-c", "success", finished_us=t0 + 121e6)]
         )
         reader.read()
-        got = value(m.render().decode(), "pyjob_last_success_timestamp_seconds", job="j")
+        got = value(m.render().decode(), "pyjob_last_success_timestamp_seconds", job_name="j")
         assert got == 121 + t0 / 1e6
     finally:
         reader.close()
@@ -345,35 +346,36 @@ def test_metrics_of_a_real_run_count_the_runs_made(tmp_path: Path) -> None:
     after = len(run.events("run-finished"))
     assert code == 200
     made = sum(
-        value(live, "pyjob_runs_total", job="m", result=r) or 0 for r in ("success", "failure")
+        value(live, "pyjob_runs_total", job_name="m", result=r) or 0 for r in ("success", "failure")
     )
     assert before - 1 <= made <= after
     kinds = types(live)
     assert kinds["pyjob_run_duration_seconds"] == "histogram"
     assert kinds["pyjob_lateness_seconds"] == "histogram"
-    assert value(live, "pyjob_run_duration_seconds_bucket", job="m", le="+Inf") is not None
+    assert value(live, "pyjob_run_duration_seconds_bucket", job_name="m", le="+Inf") is not None
     assert run.stop() == 0
 
     final = prom.read_text()  # written again at exit
     finished = run.events("run-finished")
     ok = [e for e in finished if e["exit_code"] == 0]
-    assert value(final, "pyjob_runs_total", job="m", result="success") == len(ok)
-    assert value(final, "pyjob_runs_total", job="m", result="failure") == len(finished) - len(ok)
-    assert value(final, "pyjob_run_duration_seconds_count", job="m") == len(finished)
+    assert value(final, "pyjob_runs_total", job_name="m", result="success") == len(ok)
+    failed = len(finished) - len(ok)
+    assert value(final, "pyjob_runs_total", job_name="m", result="failure") == failed
+    assert value(final, "pyjob_run_duration_seconds_count", job_name="m") == len(finished)
     starts = run.events("run-started")
-    assert value(final, "pyjob_lateness_seconds_count", job="m") == len(starts)
-    assert value(final, "pyjob_running", job="m") == 0
-    assert value(final, "pyjob_missed_ticks_total", job="m") == 0
+    assert value(final, "pyjob_lateness_seconds_count", job_name="m") == len(starts)
+    assert value(final, "pyjob_running", job_name="m") == 0
+    assert value(final, "pyjob_missed_ticks_total", job_name="m") == 0
     last_ok = datetime.fromisoformat(ok[-1]["time"]).timestamp()
-    got = value(final, "pyjob_last_success_timestamp_seconds", job="m")
+    got = value(final, "pyjob_last_success_timestamp_seconds", job_name="m")
     assert got is not None and abs(got - last_ok) < 0.05
     failed_at = datetime.fromisoformat(
         [e for e in finished if e["exit_code"] != 0][-1]["time"]
     ).timestamp()
-    got = value(final, "pyjob_last_run_timestamp_seconds", job="m", result="failure")
+    got = value(final, "pyjob_last_run_timestamp_seconds", job_name="m", result="failure")
     assert got is not None and abs(got - failed_at) < 0.05
     instance = starts[0]["instance"]
-    assert value(final, "pyjob_info", version="0.1.0", instance=instance) == 1
+    assert value(final, "pyjob_info", version="0.1.0", pyjob_instance=instance) == 1
     assert value(final, "pyjob_backend_errors_total", backend="file") == 0
     assert "pyjob_clock_offset_seconds" not in types(final)  # --no-clock-check
     assert sorted(p.name for p in tmp_path.glob("pyjob.prom*")) == ["pyjob.prom"]
@@ -403,7 +405,7 @@ def test_an_instance_that_ran_nothing_reports_the_fleets_last_success(tmp_path: 
     time.sleep(1)  # its fleet reader reads the records at start, on its own thread
     assert idle.stop() == 0
     assert idle.events("run-started") == []
-    got = value(prom.read_text(), "pyjob_last_success_timestamp_seconds", job="shared")
+    got = value(prom.read_text(), "pyjob_last_success_timestamp_seconds", job_name="shared")
     assert got is not None and abs(got - last) < 0.05, (got, last)
 
 
@@ -457,12 +459,12 @@ def test_three_instances_on_redis_count_each_run_once_and_agree_on_the_last_succ
     assert made >= 4
     texts = {f"i{n}": (tmp_path / f"i{n}.prom").read_text() for n in range(3)}
     for name, text in texts.items():  # this instance's runs
-        assert value(text, "pyjob_runs_total", job="fleetjob", result="success") == len(
+        assert value(text, "pyjob_runs_total", job_name="fleetjob", result="success") == len(
             finished[name]
         )
     last = max(datetime.fromisoformat(e["time"]).timestamp() for v in finished.values() for e in v)
     seen = {
-        name: value(text, "pyjob_last_success_timestamp_seconds", job="fleetjob")
+        name: value(text, "pyjob_last_success_timestamp_seconds", job_name="fleetjob")
         for name, text in texts.items()
     }
     for got in seen.values():  # the fleet's: the same on every instance, ran it or not

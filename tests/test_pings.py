@@ -304,7 +304,7 @@ def test_a_reload_pings_and_counts_the_jobs_it_adds(tmp_path: Path) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     got = {
-        (s.labels.get("job"), s.labels.get("result")): s.value
+        (s.labels.get("job_name"), s.labels.get("result")): s.value
         for f in text_string_to_metric_families(prom.read_text())
         for s in f.samples
         if s.name == "pyjob_runs_total"
