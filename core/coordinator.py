@@ -300,10 +300,9 @@ class Coordinator:
         return _Call("records", (list(latest.values()), keep), None)
 
     def _do(self, link: _Link, call: _Call) -> None:
-        failures = link.outage.failures
+        link.outage.begin()
         self._call(link, call)
-        if link.outage.failures == failures:
-            link.outage.answered()
+        link.outage.end()
 
     def _call(self, link: _Link, call: _Call) -> None:
         if link.unreleased and call.what != "release":
@@ -314,7 +313,7 @@ class Coordinator:
                 f"{link.backend.url}: claim not sent: the backend kept it waiting until the "
                 "following tick was due"
             )
-            link.outage.failed(str(late), len(call.args[0]))
+            link.outage.unsent(len(call.args[0]))
             self._deliver(call.done, late)
             return
         try:

@@ -23,7 +23,7 @@ class Outage:
         self.url = url
         self.clock = clock
         self.report = report
-        self.failures = 0  # every failed call since start (the coordinator compares it)
+        self._clean = False  # between begin() and end(): nothing failed or went unsent
         self._since: float | None = None  # monotonic: the first failure of the outage
         self._calls = 0
         self._ticks = 0
@@ -32,15 +32,34 @@ class Outage:
     def down(self) -> bool:
         return self._since is not None
 
+    def begin(self) -> None:
+        """A call is made (with the releases owed, which go first)."""
+        self._clean = True
+
+    def end(self) -> None:
+        """The call is done: the backend answered, unless something failed or was not sent."""
+        if self._clean:
+            self.answered()
+        self._clean = False
+
     def failed(self, error: str, ticks: int = 0) -> None:
         """A call failed; ``ticks``: the ticks it was to claim (they have no claim now)."""
-        self.failures += 1
+        self._clean = False
         if self._since is None:
             self._since = self.clock.monotonic()
             self._calls = self._ticks = 0
             self.report("*", None, "backend-down", backend=self.url, error=error)
         self._calls += 1
         self._ticks += ticks
+
+    def unsent(self, ticks: int) -> None:
+        """Claims of ``ticks`` were not sent: the backend kept the queue waiting until their
+        following ticks were due. Not a call that failed, so no edge: right after an outage
+        they are the claims queued during it (counted in it, when it has not ended yet); with a
+        backend that answers too slowly, its late answers are ``missed`` events already."""
+        self._clean = False
+        if self._since is not None:
+            self._ticks += ticks
 
     def answered(self) -> None:
         """A call succeeded: the backend answers."""

@@ -172,6 +172,74 @@ def test_counters_start_at_zero_and_count_each_event() -> None:
     assert value(text, "pyjob_runs_total", job_name="k", result="success") == 0
 
 
+def _every_event(m: Metrics) -> None:
+    """One event of each kind that the metrics count."""
+    for kind, fields in [
+        ("run-started", {"run_id": "r", "pid": 1, "lateness": 0.02}),
+        ("run-finished", {"run_id": "r", "exit_code": 0, "duration": 2.0, "lateness": 0.02}),
+        ("missed", {"count": 3, "first": "a", "last": "b", "reason": "late"}),
+        ("backend-error", {"error": "timeout", "action": "skip"}),
+        ("skipped", {"reason": "overlap: the previous run is still going"}),
+        ("clock", {"offset": -0.25}),
+        ("ping-failed", {"run_id": "r", "ping": "start", "error": "timed out"}),
+    ]:
+        m.on_event(make(kind, "j", "me", NOW, NOW, **fields))
+
+
+def test_no_label_is_one_prometheus_sets_on_a_target() -> None:
+    """Prometheus gives every target the labels job and instance: an exposed one of the same
+    name is renamed exported_job, or (honor_labels) replaces the target's own."""
+    m = _metrics(FakeClock(NOW))
+    _every_event(m)
+    labels = {
+        name
+        for family in text_string_to_metric_families(m.render().decode())
+        for sample in family.samples
+        for name in sample.labels
+    }
+    assert {"job_name", "pyjob_instance", "result", "reason", "backend"} <= labels
+    assert labels.isdisjoint({"job", "instance"}), labels
+
+
+def test_every_series_of_a_job_exists_from_start() -> None:
+    clock = FakeClock(NOW)
+    m = _metrics(clock)
+    clock.advance(30)
+    m.set_jobs({"j": 60.0, "k": 10.0}, {"j": "redis", "k": "redis"})  # k: added by a reload
+    text = m.render().decode()
+    for job in ("j", "k"):
+        assert value(text, "pyjob_ping_failures_total", job_name=job) == 0
+        for result in ("success", "failure", "timeout", "stopped", "start-failed"):
+            assert value(text, "pyjob_runs_total", job_name=job, result=result) == 0
+            assert value(text, "pyjob_last_run_timestamp_seconds", job_name=job, result=result) == 0
+        for reason in ("overlap", "queue-full", "backend-error", "refused", "other"):
+            assert value(text, "pyjob_skipped_ticks_total", job_name=job, reason=reason) == 0
+    # No success yet: since when the job is served here, so a job that never succeeds alerts.
+    last = "pyjob_last_success_timestamp_seconds"
+    assert value(text, last, job_name="j") == NOW.timestamp()
+    assert value(text, last, job_name="k") == NOW.timestamp() + 30
+    # A success the fleet's records know replaces it, even an older one; then only newer ones.
+    m.success("j", NOW.timestamp() - 3600)
+    assert value(m.render().decode(), last, job_name="j") == NOW.timestamp() - 3600
+    m.success("j", NOW.timestamp() - 7200)
+    assert value(m.render().decode(), last, job_name="j") == NOW.timestamp() - 3600
+
+
+def test_the_metrics_say_when_they_were_produced(tmp_path: Path) -> None:
+    """A textfile that a dead pyjob left behind keeps its last values, loop silence included:
+    the time it was written is what shows it is stale."""
+    clock = FakeClock(NOW)
+    m = _metrics(clock)
+    path = tmp_path / "pyjob.prom"
+    m.write_textfile(str(path))
+    assert value(path.read_text(), "pyjob_metrics_updated_timestamp_seconds") == NOW.timestamp()
+    clock.advance(10)
+    m.write_textfile(str(path))
+    updated = value(path.read_text(), "pyjob_metrics_updated_timestamp_seconds")
+    assert updated == NOW.timestamp() + 10
+    assert types(m.render().decode())["pyjob_metrics_updated_timestamp_seconds"] == "gauge"
+
+
 def test_the_textfile_is_replaced_whole_never_rewritten_in_place(tmp_path: Path) -> None:
     m = _metrics(FakeClock(NOW))
     path = tmp_path / "pyjob.prom"
@@ -257,6 +325,58 @@ def test_last_success_comes_from_the_fleets_run_records(records_url: str) -> Non
         reader.close()
         backend.close()
     assert len(opened) == 1  # one store per lock URL, kept between reads
+
+
+def test_a_scrape_reads_the_fleets_run_records_at_once(records_url: str) -> None:
+    """Another instance's success shows in the next scrape, not up to 15 s later."""
+    backend = open_backend(records_url, os.environ)
+    store = records_for(backend)
+    assert store is not None
+    t0 = int(NOW.timestamp() * 1e6)
+    m = _metrics(FakeClock(NOW))
+
+    def open_store(url: str | None) -> tuple[Any, Callable[[], None]]:
+        b = open_backend(url, os.environ)
+        return records_for(b), b.close
+
+    reader = FleetReader(m, {"j": records_url}, open_store)
+    server = MetricsServer(m, "127.0.0.1", 0, before=reader.refresh)
+    server.start()
+    scrape = f"http://127.0.0.1:{server.port}/metrics"
+    try:
+        for n in range(1, 4):
+            done = t0 + n * 1_000_000
+            store.put_runs(
+                [RunRecord("j", t0 + n, f"j-{n}", "host-b", "success", finished_us=done)]
+            )
+            got = value(get(scrape)[1], "pyjob_last_success_timestamp_seconds", job_name="j")
+            assert got == done / 1e6, n
+    finally:
+        server.stop()
+        reader.close()
+        backend.close()
+
+
+def test_a_fleet_read_that_fails_leaves_the_scrape_its_values() -> None:
+    class Down:
+        calls = 0
+
+        def runs(self, *args: Any, **kwargs: Any) -> Any:
+            Down.calls += 1
+            from pyjob.core.errors import BackendError
+
+            raise BackendError("redis://x: connection refused")
+
+    clock = FakeClock(NOW)
+    m = _metrics(clock)
+    reader = FleetReader(m, {"j": "redis://x"}, lambda url: (Down(), lambda: None))
+    reader.refresh()  # does not raise
+    reader.refresh()  # nor asks again at once: a scrape must not wait on a backend that is down
+    assert Down.calls == 1
+    clock.advance(60)
+    reader.refresh()
+    assert Down.calls == 2
+    assert value(m.render().decode(), "pyjob_last_success_timestamp_seconds", job_name="j")
 
 
 def test_a_missing_extra_is_exit_2_with_the_pip_command(
