@@ -107,15 +107,11 @@ def test_an_outage_is_logged_once_as_it_starts_and_once_as_it_ends(
     redis_server.proc.send_signal(signal.SIGSTOP)
     time.sleep(6)
     redis_server.proc.send_signal(signal.SIGCONT)
-    back = time.time()
     (up,) = run.wait_for("backend-up", timeout=30)
-    deadline = back + 20
-    while not [e for e in run.events("run-started") if _t(e) > _t(up)]:
-        assert time.time() < deadline, run.log_path.read_text()[-3000:]
-        time.sleep(0.1)
+    time.sleep(2)  # the claims queued in the hang are answered or dropped: no second outage
     assert run.stop() == 0
     (down,) = run.events("backend-down")
-    assert down["level"] == "warning" and down["backend"] == redis_server.url.rsplit("/", 1)[0]
+    assert down["level"] == "warning" and down["backend"] == redis_server.url
     assert "error" in down
     assert run.events("backend-up") == [up]
     assert up["level"] == "info" and _t(down) < _t(up)
