@@ -192,8 +192,6 @@ def test_the_end_of_a_run_whose_output_is_captured_posts_its_tail() -> None:
 
 
 def test_the_output_a_ping_posts_is_the_last_10_kb_in_whole_lines() -> None:
-    from pyjob.core.pings import TAIL_BYTES
-
     rec = Recorder()
     sender = _sender(rec.url("/p"), [])
     sender.start()
@@ -211,6 +209,8 @@ def test_the_output_a_ping_posts_is_the_last_10_kb_in_whole_lines() -> None:
         rec.close()
     posts = [r.body for r in rec.requests if r.method == "POST"]
     assert len(posts) == 2
+    from pyjob.core.pings import TAIL_BYTES
+
     many, long = posts
     assert TAIL_BYTES - 12 < len(many) <= TAIL_BYTES
     assert many.endswith(b"line 19999\n") and many.startswith(b"line ")
@@ -251,8 +251,6 @@ def test_each_run_pings_its_start_then_its_exit_code_with_one_rid(tmp_path: Path
 
 @pytest.mark.slow
 def test_a_real_run_with_log_output_posts_its_output_tail_at_the_end(tmp_path: Path) -> None:
-    from pyjob.core.pings import TAIL_BYTES
-
     rec = Recorder()
     try:
         run = PyjobRun(
@@ -266,6 +264,8 @@ def test_a_real_run_with_log_output_posts_its_output_tail_at_the_end(tmp_path: P
     finally:
         rec.close()
     assert [(r.method, r.path) for r in rec.requests] == [("GET", "/hc/start"), ("POST", "/hc/3")]
+    from pyjob.core.pings import TAIL_BYTES
+
     body = rec.requests[1].body
     assert len(body) <= TAIL_BYTES
     numbers = [int(n) for n in body.decode().splitlines()]
