@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -399,6 +400,13 @@ class MetricsServer:
             address_family = family
             daemon_threads = True
 
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                # A scraper that gave up (its scrape timeout) closed the connection: nothing to
+                # tell, and a traceback on stderr would break the JSON log.
+                if isinstance(sys.exc_info()[1], ConnectionError):
+                    return
+                super().handle_error(request, client_address)
+
         self.httpd = Server((host, port), Handler)
         self.port: int = self.httpd.server_address[1]
         self._thread: threading.Thread | None = None
@@ -469,10 +477,11 @@ class Periodic:
 class FleetReader:
     """Reads the run records of the jobs' backends, so ``pyjob_last_success_timestamp_seconds``
     is the fleet's: every instance reports the same value, current when it is scraped or
-    written (``refresh``, on the scraping or writing thread; never the scheduler's). One store
-    per lock URL, opened on first use (a connection of its own, not the scheduler's). ``jobs``:
-    job -> its lock URL; ``open_store(url)`` gives the store (None: the backend keeps no records)
-    and a function that closes it."""
+    written. ``refresh()`` asks for a read and waits for it a bounded time; the reads run on a
+    thread of their own (never the scheduler's, nor a scrape's, which a hung backend would hold
+    past Prometheus' scrape timeout). One store per lock URL, opened on first use (a connection
+    of its own, not the scheduler's). ``jobs``: job -> its lock URL; ``open_store(url)`` gives
+    the store (None: the backend keeps no records) and a function that closes it."""
 
     def __init__(
         self,
@@ -486,42 +495,76 @@ class FleetReader:
         self._lock = threading.Lock()
         self._stores: dict[str | None, tuple[RecordStore | None, Callable[[], None]]] = {}
         self._since: dict[str, int] = {}  # job -> the oldest tick worth reading again
-        self._reading = threading.Lock()  # one read at a time (scrapes may come together)
         self._retry_at = 0.0  # monotonic: after a failed read, the values are kept until then
-        self._cursor = 0  # where the next pass starts (one cut short goes on from there)
+        # The reader thread: reads are numbered; a refresh waits for one that starts after it.
+        self._state = threading.Lock()
+        self._asked = 0
+        self._started = 0
+        self._waiting: list[tuple[int, Waker]] = []
+        self._waker = Waker()
+        self._thread: threading.Thread | None = None
+        self._closed = False
 
     def refresh(self, wait: float = FLEET_WAIT) -> None:
-        """Read the records now, for a scrape or a textfile write, spending at most about
-        ``wait`` seconds (the jobs not reached keep their values, as they do when the backend
-        fails: a scrape must answer, and an outage is told by the scheduler's events)."""
+        """Read the records now, for a scrape or a textfile write, and wait at most ``wait``
+        seconds for it: a scrape must answer, with the values of the last read if this one is
+        slow or fails (an outage is told by the scheduler's events). After a failed read, the
+        values are kept for FLEET_RETRY seconds without asking again."""
         clock = self.metrics.clock
         if clock.monotonic() < self._retry_at:
             return
-        deadline = clock.monotonic() + wait
-        if not self._reading.acquire(timeout=wait):
-            return
+        done = Waker()
+        with self._state:
+            if self._closed:
+                done.close()
+                return
+            number = self._started + 1
+            self._asked = max(self._asked, number)
+            self._waiting.append((number, done))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._work, name="pyjob-metrics-fleet", daemon=True
+                )
+                self._thread.start()
+        self._waker.wake()
         try:
-            self.read(deadline)
-        except Exception:
-            self._retry_at = clock.monotonic() + FLEET_RETRY
+            clock.wait(done, wait)
         finally:
-            self._reading.release()
+            with self._state:
+                self._waiting.remove((number, done))
+            done.close()
+
+    def _work(self) -> None:
+        clock = self.metrics.clock
+        while True:
+            with self._state:
+                if self._closed:
+                    return
+                number = self._asked if self._asked > self._started else None
+                if number is not None:
+                    self._started = number
+            if number is None:
+                clock.wait(self._waker, 3600.0)
+                continue
+            try:
+                self.read()
+            except Exception:
+                self._retry_at = clock.monotonic() + FLEET_RETRY
+            with self._state:
+                ready = [w for n, w in self._waiting if n <= number]
+            for w in ready:
+                w.wake()
 
     def update(self, jobs: Mapping[str, str | None]) -> None:
         with self._lock:
             self._jobs = dict(jobs)
 
-    def read(self, deadline: float | None = None) -> None:
-        """One pass over the jobs, until ``deadline`` (monotonic) if given; a backend that fails
-        raises, and is tried again at the next pass."""
+    def read(self) -> None:
+        """One pass over the jobs; a backend that fails raises, and is tried again at the next
+        pass."""
         with self._lock:
             jobs = list(self._jobs.items())
-        # A pass cut short by its deadline is taken up where it stopped, not from the start.
-        start = self._cursor % len(jobs) if jobs else 0
-        for n, (job, url) in enumerate(jobs[start:] + jobs[:start]):
-            if deadline is not None and self.metrics.clock.monotonic() > deadline:
-                self._cursor = start + n
-                return
+        for job, url in jobs:
             store = self._store(url)
             if store is None:
                 continue
@@ -543,7 +586,17 @@ class FleetReader:
             self._stores[url] = self.open_store(url)
         return self._stores[url][0]
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the reader thread (a read under way gets ``timeout`` seconds), close the stores."""
+        with self._state:
+            self._closed = True
+            thread = self._thread
+        self._waker.wake()
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                return  # a read hangs in a store: closing it under the read would not help
+        self._waker.close()
         for _, close in self._stores.values():
             with contextlib.suppress(Exception):
                 close()

@@ -20,7 +20,7 @@ import pytest
 from click.testing import Result
 from prometheus_client.parser import text_string_to_metric_families
 from pyjob.core.backends import open_backend
-from pyjob.core.clock import FakeClock, Waker
+from pyjob.core.clock import FakeClock, SystemClock, Waker, WrappedClock
 from pyjob.core.events import make
 from pyjob.core.metrics import (
     LIVENESS,
@@ -327,20 +327,35 @@ def test_last_success_comes_from_the_fleets_run_records(records_url: str) -> Non
     assert len(opened) == 1  # one store per lock URL, kept between reads
 
 
+class Later(WrappedClock):
+    """The system's clock, whose monotonic time a test moves on (waits are real)."""
+
+    def __init__(self) -> None:
+        super().__init__(SystemClock())
+        self.shift = 0.0
+
+    def monotonic(self) -> float:
+        return self.base.monotonic() + self.shift
+
+
+def _system_metrics() -> Metrics:
+    return Metrics(Later(), "me", "9.9", {"j": 60.0}, {"j": "redis"})
+
+
 def test_a_scrape_reads_the_fleets_run_records_at_once(records_url: str) -> None:
     """Another instance's success shows in the next scrape, not up to 15 s later."""
     backend = open_backend(records_url, os.environ)
     store = records_for(backend)
     assert store is not None
     t0 = int(NOW.timestamp() * 1e6)
-    m = _metrics(FakeClock(NOW))
+    m = _system_metrics()
 
     def open_store(url: str | None) -> tuple[Any, Callable[[], None]]:
         b = open_backend(url, os.environ)
         return records_for(b), b.close
 
     reader = FleetReader(m, {"j": records_url}, open_store)
-    server = MetricsServer(m, "127.0.0.1", 0, before=reader.refresh)
+    server = MetricsServer(m, "127.0.0.1", 0, before=lambda: reader.refresh(wait=30))
     server.start()
     scrape = f"http://127.0.0.1:{server.port}/metrics"
     try:
@@ -367,16 +382,47 @@ def test_a_fleet_read_that_fails_leaves_the_scrape_its_values() -> None:
 
             raise BackendError("redis://x: connection refused")
 
-    clock = FakeClock(NOW)
-    m = _metrics(clock)
+    m = _system_metrics()
+    before = value(m.render().decode(), "pyjob_last_success_timestamp_seconds", job_name="j")
     reader = FleetReader(m, {"j": "redis://x"}, lambda url: (Down(), lambda: None))
-    reader.refresh()  # does not raise
-    reader.refresh()  # nor asks again at once: a scrape must not wait on a backend that is down
-    assert Down.calls == 1
-    clock.advance(60)
-    reader.refresh()
-    assert Down.calls == 2
-    assert value(m.render().decode(), "pyjob_last_success_timestamp_seconds", job_name="j")
+    try:
+        reader.refresh(wait=30)  # does not raise
+        assert Down.calls == 1
+        reader.refresh(wait=30)  # nor asks again at once: the backend is down
+        assert Down.calls == 1
+        assert isinstance(m.clock, Later)
+        m.clock.shift = 60
+        reader.refresh(wait=30)
+        assert Down.calls == 2
+        after = value(m.render().decode(), "pyjob_last_success_timestamp_seconds", job_name="j")
+        assert after == before
+    finally:
+        reader.close()
+
+
+def test_a_scrape_waits_a_bounded_time_for_a_backend_that_hangs() -> None:
+    """Prometheus gives up on a scrape after its timeout (1 s for a 1 s interval): a store call
+    that hangs (a backend bounds its calls at about 2 s) must not hold the answer."""
+    release = threading.Event()
+
+    class Hung:
+        def runs(self, *args: Any, **kwargs: Any) -> Any:
+            release.wait(30)
+            return []
+
+    m = _system_metrics()
+    reader = FleetReader(m, {"j": "redis://x"}, lambda url: (Hung(), lambda: None))
+    server = MetricsServer(m, "127.0.0.1", 0, before=lambda: reader.refresh(wait=0.2))
+    server.start()
+    try:
+        t0 = time.monotonic()
+        code, text = get(f"http://127.0.0.1:{server.port}/metrics")
+        assert code == 200 and time.monotonic() - t0 < 10  # 0.2 s, on a busy machine
+        assert value(text, "pyjob_last_success_timestamp_seconds", job_name="j")
+    finally:
+        release.set()
+        server.stop()
+        reader.close()
 
 
 def test_a_missing_extra_is_exit_2_with_the_pip_command(

@@ -6,6 +6,7 @@ collector), and the README's queries and alerts are evaluated through Prometheus
 from __future__ import annotations
 
 import json
+import random
 import re
 import signal
 import subprocess
@@ -22,7 +23,7 @@ import pytest
 
 from .conftest import ROOT
 from .runproc import PyjobRun
-from .servers import _wait_port, free_port, need
+from .servers import RedisServer, _wait_port, free_port, need
 
 pytestmark = [pytest.mark.slow, pytest.mark.long]
 
@@ -256,3 +257,99 @@ def test_the_readmes_scrape_config_queries_and_alerts_work_in_a_real_prometheus(
     finally:
         prometheus.stop()
         run.stop()
+
+
+def test_the_readmes_skipped_tick_queries_count_each_tick_of_a_fleet_once(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Two instances on one Redis: an overlap skip is decided by the tick's claim winner alone,
+    so the README sums it; during an outage every instance skips every tick, so the README takes
+    the minimum over the instances, where a sum would count each tick twice."""
+    import redis
+
+    db = random.randint(1, 15)
+    redis.Redis(port=redis_server.port, db=db).flushdb()
+    url = f"redis://127.0.0.1:{redis_server.port}/{db}"
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text(
+        '[jobs.slow]\nevery = "1s"\nalign = true\nshell = "sleep 1.5"\n\n'
+        '[jobs.quick]\nevery = "1s"\nalign = true\ncommand = ["true"]\n'
+    )
+    ports = [free_port(), free_port()]
+    runs = [
+        PyjobRun(
+            ["--file", str(jobs), "--lock", url, "--metrics-listen", f"127.0.0.1:{port}"],
+            tmp_path,
+            f"i{n}",
+        )
+        for n, port in enumerate(ports)
+    ]
+    for r in runs:
+        r.wait_for("metrics", timeout=30)
+    scrape = readme_block("yaml", "scrape_configs:")
+    targets = ", ".join(f'"127.0.0.1:{p}"' for p in ports)
+    scrape = re.sub(r"targets: \[.*\]", f"targets: [{targets}]", scrape)
+    config = "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n" + scrape
+    prometheus = Prometheus(tmp_path / "prometheus", config, "groups: []\n")
+    try:
+        prometheus.wait_until(
+            lambda: len(prometheus.query('pyjob_info{job="pyjob"}')) == 2, "both targets", 60
+        )
+        for r in runs:
+            r.wait_for("skipped", timeout=30)  # slow's ticks come while its run goes on
+        assert redis_server.proc is not None
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        time.sleep(6)
+        redis_server.proc.send_signal(signal.SIGCONT)
+        for r in runs:
+            r.wait_for("backend-up", timeout=30)
+        time.sleep(3)  # scraped after the outage
+        at = time.time()
+        queries = [
+            line
+            for line in readme_block("promql", "pyjob_info").splitlines()
+            if "pyjob_skipped_ticks_total" in line and not line.startswith("#")
+        ]
+        assert len(queries) == 2, queries
+        readme = {q: prometheus.query(q, at=at) for q in queries}
+        # each instance's own count, over the same window
+        raw = prometheus.query('increase(pyjob_skipped_ticks_total{job="pyjob"}[1h])', at=at)
+    finally:
+        prometheus.stop()
+        for r in runs:
+            r.stop()
+
+    def skipped(r: PyjobRun, kind: str, job: str) -> set[str]:
+        return {
+            e["tick"]
+            for e in r.events(kind)
+            if e["job"] == job and (kind != "backend-error" or e.get("action") == "skip")
+        }
+
+    def counts(job: str, reason: str) -> list[float]:
+        """Each instance's increase, smallest first."""
+        return sorted(
+            float(s["value"][1])
+            for s in raw
+            if s["metric"]["job_name"] == job and s["metric"]["reason"] == reason
+        )
+
+    overlap_q, outage_q = queries
+    # overlap: each tick is skipped by one instance only, the winner of its claim: summed
+    a, b = (skipped(r, "skipped", "slow") for r in runs)
+    assert a and b and not a & b, (a, b)
+    fleet = sum(counts("slow", "overlap"))
+    (got,) = [float(s["value"][1]) for s in readme[overlap_q] if s["metric"]["job_name"] == "slow"]
+    assert fleet >= 1 and got == pytest.approx(fleet), (got, fleet)
+    # backend-error: each tick of the outage is skipped by both: the minimum, not the sum
+    a, b = (skipped(r, "backend-error", "quick") for r in runs)
+    assert len(a & b) >= 2 and len(a & b) >= 0.6 * max(len(a), len(b)), (a, b)
+    low, high = counts("quick", "backend-error")
+    # both counted (nearly) every tick of the outage: a sum would count each one twice
+    assert low >= 2 and high <= 1.5 * low + 2, (low, high)
+    (got,) = [
+        float(s["value"][1])
+        for s in readme[outage_q]
+        if s["metric"]["job_name"] == "quick" and s["metric"]["reason"] == "backend-error"
+    ]
+    assert got == pytest.approx(low), (got, low, high)
