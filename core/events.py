@@ -29,8 +29,10 @@ class Kind:
     level: str
     fields: tuple[str, ...]
     doc: str
-    # A level that depends on the fields (a failed run's run-finished is an error).
+    # A level that depends on the fields (a failed run's run-finished is an error), and when,
+    # in words for the README's table.
     level_of: Callable[[Mapping[str, Any]], str] | None = None
+    level_note: str = ""
 
 
 def _finished_level(fields: Mapping[str, Any]) -> str:
@@ -124,6 +126,7 @@ _KINDS = (
         ),
         "the command ended; an error when it failed",
         _finished_level,
+        "error when it failed",
     ),
     Kind(
         "hook-finished",
@@ -145,6 +148,7 @@ _KINDS = (
         "a backend call failed or took too long, and what pyjob did instead (a warning when "
         "the backend says a run's lease is lost; the outage itself is backend-down)",
         _backend_error_level,
+        "warning when a run's lease is lost",
     ),
     Kind(
         "backend-down",
