@@ -28,7 +28,6 @@ import random
 import signal
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,167 +36,36 @@ from .backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult, Lease
 from .clock import MAX_SLEEP_SLICE, Clock, Waker
 from .coordinator import Coordinator
 from .errors import BackendError
-from .hooks import hook_env, hooks_to_run
-from .process import Command, FailedStart, Found, Handle, Runner
-from .records import HEARTBEAT_EVERY, OUTPUT_TAIL, InstanceInfo, JobInfo, RunRecord
-from .schedule import Schedule, iso, to_us
-from .settings import JobSettings, OnBackendError, Overlap
+from .hooks import hooks_to_run
+from .process import Command, FailedStart, Found, Runner
+from .records import HEARTBEAT_EVERY, InstanceInfo, JobInfo, RunRecord
+from .sched.model import (
+    CLAIM_LEAD,
+    CLEANUP_EVERY,
+    HOOK_KILL_AFTER,
+    OVERLAPPING,
+    POLL,
+    SHARE_TIME,
+    Deferred,
+    Hook,
+    Job,
+    JobPhase,
+    JobState,
+    Retry,
+    Run,
+    attempt_doc,
+    hooks_env,
+    keep_tail,
+    keep_until,
+    overlap_action,
+    result_of,
+    run_id,
+    unix_text,
+)
+from .schedule import iso, to_us
+from .settings import OnBackendError, Overlap
 
-CLAIM_LEAD = 0.5  # claim a tick this long before it (at most a quarter of its interval)
-CLEANUP_EVERY = 60.0
-OVERLAPPING = "overlap: the previous run is still going"
-HOOK_KILL_AFTER = 5.0  # seconds from a hook's SIGTERM (--hook-timeout) to its SIGKILL
-POLL = 0.05  # the longest sleep while a child has no pidfd (non-Linux)
 _STOPPING = -1  # a turn's answer: the stop was asked for
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """A job as the scheduler runs it."""
-
-    job_id: str
-    schedule: Schedule
-    command: Command
-    settings: JobSettings = field(default_factory=JobSettings)
-    env: Mapping[str, str] = field(default_factory=dict)  # the job's own, on the process's
-    fingerprint: Any = None  # equal for two definitions a reload may keep running
-
-    @property
-    def lock(self) -> str | None:
-        return self.settings.lock
-
-
-def run_id(job: str, tick: datetime | None, started: datetime) -> str:
-    """`<job>-<tick>`, the same on every host (like a Kubernetes Job's name)."""
-    instant = tick or started
-    stamp = instant.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
-    if instant.microsecond:
-        stamp += f".{instant.microsecond:06d}"
-    return f"{job}-{stamp}Z" + ("" if tick else "-now")
-
-
-def overlap_action(policy: Overlap, queued: bool) -> str:
-    """What a tick does when a run of its job is still going on this instance: ``skip``,
-    ``queue``, ``skip-queued`` (one is already waiting), ``replace`` or ``start``."""
-    if policy is Overlap.SKIP:
-        return "skip"
-    if policy is Overlap.QUEUE:
-        return "skip-queued" if queued else "queue"
-    if policy is Overlap.REPLACE:
-        return "replace"
-    return "start"
-
-
-def keep_until(schedule: Schedule, tick: datetime, following: datetime | None = None) -> datetime:
-    """How long a claim of ``tick`` must be kept: until well after the following tick, so that
-    an instance whose clock lags cannot run it again."""
-    following = following or schedule.next_tick(tick) or tick
-    return following + max(following - tick, timedelta(minutes=10))
-
-
-@dataclass(eq=False, slots=True)
-class _Run:
-    job: _JobState
-    tick: datetime | None  # None for --run-now
-    run_id: str
-    fence: int | None
-    lease: Lease | None
-    started_wall: datetime
-    started_mono: float
-    handle: Handle | None = None
-    terminated: str | None = None  # "timeout", "replace", "stop"
-    deadline_gen: int = 0  # bumped to cancel the pending timeout/kill timers
-    record: RunRecord | None = None
-    tail: list[str] | None = None  # the last lines of output (--log-output), for the record
-    tail_bytes: int = 0
-    env: Mapping[str, str] = field(default_factory=dict)
-    attempt: int = 1
-    prior: list[dict[str, Any]] = field(default_factory=list)  # the earlier attempts
-
-
-@dataclass(eq=False, slots=True)
-class _Retry:
-    """The next attempt of a failed run (--retries), waiting for its delay."""
-
-    tick: datetime
-    claim: ClaimResult | None
-    attempt: int
-    prior: list[dict[str, Any]]
-    record: RunRecord | None
-    cancelled: bool = False
-    run: _Run | None = None  # the attempt that failed (hooks on a cancel see its result)
-    code: int = 0
-    duration: float = 0.0
-
-
-@dataclass(eq=False, slots=True)
-class _Hook:
-    """A hook command running after a run (core/hooks.py)."""
-
-    job: _JobState
-    name: str
-    run_id: str
-    started_mono: float
-    handle: Handle | None = None
-    gen: int = 0
-    timed_out: bool = False
-
-
-@dataclass(eq=False, slots=True)
-class _Deferred:
-    tick: datetime
-    claim: ClaimResult | None
-    lease: Lease | None
-
-
-@dataclass(eq=False, slots=True)
-class _JobState:
-    job: Job
-    next_tick: datetime | None = None
-    prev: datetime | None = None
-    gen: int = 0  # bumped whenever the pending wall timers of the job are obsolete
-    outcomes: dict[datetime, ClaimOutcome | BackendError | None] = field(default_factory=dict)
-    waiting: set[datetime] = field(default_factory=set)  # ticks due whose claim is not back yet
-    runs: list[_Run] = field(default_factory=list)
-    deferred: list[_Deferred] = field(default_factory=list)
-    queued: tuple[datetime, ClaimResult | None] | None = None
-    replacing: tuple[datetime, ClaimResult | None] | None = None
-    leasing: int = 0  # claims with a lease request under way
-    ticks_run: int = 0  # by this instance or another (for --max-runs)
-    runs_started: int = 0
-    failures: int = 0
-    last_result: str | None = None  # of this instance's last run (--notify-on change fallback)
-    catchup: list[tuple[datetime, ClaimResult]] = field(default_factory=list)  # won, to run
-    catching_up: bool = False  # a --catch-up look-up or claim is under way
-    retries: list[_Retry] = field(default_factory=list)  # attempts waiting for their delay
-    attempts: dict[datetime, tuple[int, list[dict[str, Any]]]] = field(default_factory=dict)
-    adopting: bool = False  # a look for another instance's orphaned attempts is under way
-    ahead: tuple[datetime, datetime | None] | None = None  # (tick, its following), at its claim
-    # (tick, run id, environment, where its program is), made at its claim
-    ready: tuple[datetime, str, dict[str, str], Found] | None = None
-    retiring: bool = False  # removed or changed by a reload: finishes its run, then goes
-    ended: bool = False
-
-    @property
-    def id(self) -> str:
-        return self.job.job_id
-
-    @property
-    def s(self) -> JobSettings:
-        return self.job.settings
-
-    def busy(self) -> bool:
-        return bool(
-            self.runs
-            or self.deferred
-            or self.queued
-            or self.replacing
-            or self.waiting
-            or self.catchup
-            or self.catching_up
-            or self.retries
-            or self.attempts
-        )
 
 
 class Scheduler:
@@ -223,17 +91,17 @@ class Scheduler:
         self.coordinator = coordinator or Coordinator(
             clock, instance, self.waker, self._report, env=env, threaded=threaded, opener=opener
         )
-        self.jobs: dict[str, _JobState] = {}
+        self.jobs: dict[str, JobState] = {}
         # Every job's commands get this environment plus the job's own (Job.env): one copy of
         # the process environment, not one per job (10,000 jobs held 50 MiB of copies).
         self._base_env: Mapping[str, str] = dict(env) if env else {}
-        self.retiring: list[_JobState] = []
-        self._by_handle: dict[int, _Run] = {}
-        self._hooks: dict[int, _Hook] = {}
+        self.retiring: list[JobState] = []
+        self._by_handle: dict[int, Run] = {}
+        self._hooks: dict[int, Hook] = {}
         self._hooks_pending = 0  # --notify-on change: hooks waiting for the previous result
         self._down: set[str] = set()  # lock URLs whose last claim failed (an outage)
         self._retry_jobs: set[str] = set()  # jobs with --retries: heartbeats look for orphans
-        self._wall: list[tuple[int, int, str, _JobState, int, datetime]] = []
+        self._wall: list[tuple[int, int, str, JobState, int, datetime]] = []
         self._mono: list[tuple[float, int, str, Any]] = []
         self._seq = itertools.count()
         self._stop = False
@@ -253,7 +121,7 @@ class Scheduler:
         # bookkeeping waits until the turn's spawns are done (see run()).
         self._held: list[tuple[str, str, datetime | None, datetime, dict[str, Any]] | None] | None
         self._held = None
-        self._spawned: list[tuple[_Run, int]] = []
+        self._spawned: list[tuple[Run, int]] = []
         self._loop_thread: int | None = None
         import socket
 
@@ -295,7 +163,7 @@ class Scheduler:
     def add(self, job: Job, start: datetime | None = None) -> None:
         """Schedule ``job`` (its backend must be open) from ``start`` (default: now)."""
         start = start or self.clock.now()
-        state = _JobState(job)
+        state = JobState(job)
         self.jobs[job.job_id] = state
         self.emit(
             "started",
@@ -333,7 +201,7 @@ class Scheduler:
                 self._heartbeat_scheduled = True
                 self._push_mono(self.clock.monotonic() + every, "heartbeat", every)
 
-    def _set_next(self, state: _JobState, tick: datetime | None) -> None:
+    def _set_next(self, state: JobState, tick: datetime | None) -> None:
         state.gen += 1
         state.next_tick = tick
         if tick is None:
@@ -349,7 +217,7 @@ class Scheduler:
             in_seconds=round((tick - self.clock.now()).total_seconds(), 6),
         )
 
-    def _push_wall(self, at: datetime, kind: str, state: _JobState, tick: datetime) -> None:
+    def _push_wall(self, at: datetime, kind: str, state: JobState, tick: datetime) -> None:
         heapq.heappush(self._wall, (to_us(at), next(self._seq), kind, state, state.gen, tick))
 
     def _push_mono(self, at: float, kind: str, ref: Any) -> None:
@@ -448,14 +316,14 @@ class Scheduler:
             candidates.append(POLL)
         return max(0.0, min(candidates))
 
-    def _stale_wall(self, entry: tuple[int, int, str, _JobState, int, datetime]) -> bool:
+    def _stale_wall(self, entry: tuple[int, int, str, JobState, int, datetime]) -> bool:
         _, _, _, state, gen, _ = entry
-        return gen != state.gen or state.ended or state.retiring
+        return gen != state.gen or state.gone
 
     def _due_wall(self, now: datetime) -> None:
         now_us = to_us(now)
-        claims: dict[str | None, list[tuple[_JobState, datetime]]] = {}
-        ticks: list[tuple[_JobState, datetime]] = []
+        claims: dict[str | None, list[tuple[JobState, datetime]]] = {}
+        ticks: list[tuple[JobState, datetime]] = []
         while self._wall and self._wall[0][0] <= now_us:
             entry = heapq.heappop(self._wall)
             if self._stale_wall(entry):
@@ -476,14 +344,14 @@ class Scheduler:
                 ticks.append((state, tick))
         for url, items in claims.items():
             self._claim(url, items)
-        after: list[tuple[_JobState, datetime | None]] = []
+        after: list[tuple[JobState, datetime | None]] = []
         for state, tick in ticks:
             self._tick(state, tick, now, after)
         for state, following in after:  # once every due tick is decided and started
             self._tick_done(state, following)
 
     def _due_mono(self, mono: float) -> None:
-        renew: dict[str | None, list[_Run]] = {}
+        renew: dict[str | None, list[Run]] = {}
         while self._mono and self._mono[0][0] <= mono:
             _, _, kind, ref = heapq.heappop(self._mono)
             if kind == "deadline":
@@ -531,7 +399,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ claims
 
-    def _claim(self, url: str | None, items: list[tuple[_JobState, datetime]]) -> None:
+    def _claim(self, url: str | None, items: list[tuple[JobState, datetime]]) -> None:
         requests = []
         now = self.clock.now()
         useful = float("inf")  # seconds until the first of the following ticks is due
@@ -567,7 +435,7 @@ class Scheduler:
         self.coordinator.claim(url, requests, done, expires)
 
     def _claimed(
-        self, state: _JobState, tick: datetime, outcome: ClaimOutcome | BackendError
+        self, state: JobState, tick: datetime, outcome: ClaimOutcome | BackendError
     ) -> None:
         """A claim's outcome is back (on this thread)."""
         if tick in state.waiting and (
@@ -590,7 +458,7 @@ class Scheduler:
             self._decide(state, tick, self.clock.now())
 
     def _late_answer(
-        self, state: _JobState, tick: datetime, outcome: ClaimOutcome | BackendError
+        self, state: JobState, tick: datetime, outcome: ClaimOutcome | BackendError
     ) -> None:
         """The answer to a due tick's claim came after the following tick was due: the tick is
         not run (it is no longer the most recent one); say why."""
@@ -624,13 +492,11 @@ class Scheduler:
                 if state.s.catch_up and Coordinator.key(state.job.lock) == key:
                     self._check_catch_up(state)
 
-    def _check_catch_up(self, state: _JobState) -> None:
+    def _check_catch_up(self, state: JobState) -> None:
         """Ask the backend for the latest tick anyone handled, then plan the catch-up."""
-        if state.catching_up or state.ended or state.retiring:
-            return
 
         def done(latest: tuple[int, int | None] | BackendError | None) -> None:
-            state.catching_up = False
+            state.looked_up(JobPhase.CATCHING_UP)
             if isinstance(latest, BackendError):
                 self.emit(
                     "backend-error",
@@ -644,12 +510,12 @@ class Scheduler:
                 self._plan_catch_up(state, *latest)
             self._maybe_end(state)
 
-        state.catching_up = True
+        if not state.look_up(JobPhase.CATCHING_UP):
+            return  # one at a time; none for a job that is going
         if not self.coordinator.latest(state.job.lock, state.id, done):
-            state.catching_up = False  # no records (--lock none): nothing to judge by
+            state.looked_up(JobPhase.CATCHING_UP)  # no records (--lock none): nothing to judge by
 
-    def _plan_catch_up(self, state: _JobState, latest_us: int, backend_us: int | None) -> None:
-        from datetime import UTC
+    def _plan_catch_up(self, state: JobState, latest_us: int, backend_us: int | None) -> None:
 
         now = self.clock.now()
         # The window is judged by the backend's clock where it has one (the fleet's time).
@@ -681,7 +547,7 @@ class Scheduler:
         requests = [ClaimRequest(state.id, t, k, None) for t, k in zip(run, keep, strict=True)]
 
         def claimed(result: list[ClaimOutcome] | BackendError) -> None:
-            state.catching_up = False
+            state.looked_up(JobPhase.CATCHING_UP)
             if isinstance(result, BackendError):
                 self.emit(
                     "backend-error",
@@ -703,12 +569,12 @@ class Scheduler:
                     self.emit("claimed", state.id, tick, fence=c.fence)
             self._next_catch_up(state, len(missed))
 
-        state.catching_up = True
+        state.look_up(JobPhase.CATCHING_UP)
         kept = self._claims_kept.setdefault(Coordinator.key(state.job.lock), {})
         kept[state.id] = max(kept.get(state.id, 0), to_us(max(keep)))
         self.coordinator.claim(state.job.lock, requests, claimed)
 
-    def _next_catch_up(self, state: _JobState, missed: int | None = None) -> None:
+    def _next_catch_up(self, state: JobState, missed: int | None = None) -> None:
         """Start the oldest caught-up tick won, once nothing of the job runs here."""
         if not state.catchup or state.runs or state.deferred or self._stop or state.ended:
             return
@@ -728,7 +594,7 @@ class Scheduler:
         else:
             self._start(state, tick, claim, None)
 
-    def _drop_lease(self, state: _JobState, outcome: ClaimOutcome | BackendError | None) -> None:
+    def _drop_lease(self, state: JobState, outcome: ClaimOutcome | BackendError | None) -> None:
         if isinstance(outcome, ClaimOutcome) and outcome.lease is not None:
             self.coordinator.release(state.job.lock, [outcome.lease])
 
@@ -736,10 +602,10 @@ class Scheduler:
 
     def _tick(
         self,
-        state: _JobState,
+        state: JobState,
         tick: datetime,
         now: datetime,
-        after: list[tuple[_JobState, datetime | None]],
+        after: list[tuple[JobState, datetime | None]],
     ) -> None:
         """``tick`` of ``state`` is due: find the most recent due tick, decide it, and only then
         schedule the following one, which waits in ``after`` until every tick due now is decided
@@ -763,18 +629,18 @@ class Scheduler:
                 self._decide_tick(state, tick)
         after.append((state, following))
 
-    def _tick_done(self, state: _JobState, following: datetime | None) -> None:
+    def _tick_done(self, state: JobState, following: datetime | None) -> None:
         if state.next_tick is not None and state.next_tick == following:
             self._set_next(state, following)
         self._after_tick(state)
 
-    def _after_tick(self, state: _JobState) -> None:
+    def _after_tick(self, state: JobState) -> None:
         if state.s.max_runs is not None and state.ticks_run >= state.s.max_runs:
             self._set_next(state, None)
         self._maybe_end(state)
 
     def _catch_up(
-        self, state: _JobState, first: datetime, now: datetime
+        self, state: JobState, first: datetime, now: datetime
     ) -> tuple[datetime, datetime | None]:
         """The most recent tick that is due; older passed ticks are reported as missed."""
         schedule = state.job.schedule
@@ -793,12 +659,12 @@ class Scheduler:
             self._drop_lease(state, state.outcomes.pop(old))
         return tick, following
 
-    def _decide(self, state: _JobState, tick: datetime, now: datetime) -> None:
+    def _decide(self, state: JobState, tick: datetime, now: datetime) -> None:
         """The claim of a due tick is known: run it, or say why not."""
         self._decide_tick(state, tick)
         self._after_tick(state)
 
-    def _decide_tick(self, state: _JobState, tick: datetime) -> None:
+    def _decide_tick(self, state: JobState, tick: datetime) -> None:
         outcome = state.outcomes.pop(tick, None)
         if state.ended or self._stop:
             self._drop_lease(state, outcome)
@@ -848,7 +714,7 @@ class Scheduler:
         self._jitter_or_start(state, tick, claim, lease)
 
     def _lease_then_start(
-        self, state: _JobState, tick: datetime, claim: ClaimResult | None, jitter: bool = True
+        self, state: JobState, tick: datetime, claim: ClaimResult | None, jitter: bool = True
     ) -> None:
         until = keep_until(state.job.schedule, tick)
         request = ClaimRequest(state.id, tick, until, state.s.lease_ttl)
@@ -878,7 +744,7 @@ class Scheduler:
 
     def _skipped(
         self,
-        state: _JobState,
+        state: JobState,
         tick: datetime,
         reason: str,
         running_on: str | None,
@@ -892,7 +758,7 @@ class Scheduler:
         self.emit("skipped", state.id, tick, **fields)
         self._record_tick(state, tick, "skipped", reason, running_on)
 
-    def _missed(self, state: _JobState, ticks: list[datetime], reason: str) -> None:
+    def _missed(self, state: JobState, ticks: list[datetime], reason: str) -> None:
         self.emit(
             "missed",
             state.id,
@@ -906,18 +772,18 @@ class Scheduler:
             self._record_tick(state, tick, "missed", reason)
 
     def _jitter_or_start(
-        self, state: _JobState, tick: datetime, claim: ClaimResult | None, lease: Lease | None
+        self, state: JobState, tick: datetime, claim: ClaimResult | None, lease: Lease | None
     ) -> None:
         if state.s.jitter:
             delay = self.rng.uniform(0, state.s.jitter)
-            d = _Deferred(tick, claim, lease)
+            d = Deferred(tick, claim, lease)
             state.deferred.append(d)
             self._push_mono(self.clock.monotonic() + delay, "jitter", (state, d))
             self.emit("jitter", state.id, tick, delay=round(delay, 6))
             return
         self._start(state, tick, claim, lease)
 
-    def _overlap(self, state: _JobState, tick: datetime, claim: ClaimResult | None) -> None:
+    def _overlap(self, state: JobState, tick: datetime, claim: ClaimResult | None) -> None:
         """Apply --overlap while a run of the job is going on here."""
         running = [iso(r.tick) if r.tick else "run-now" for r in state.runs]
         action = overlap_action(state.s.overlap, state.queued is not None)
@@ -938,14 +804,14 @@ class Scheduler:
     # ------------------------------------------------------------------ runs
 
     def _env(
-        self, state: _JobState, tick: datetime | None, rid: str, fence: int | None
+        self, state: JobState, tick: datetime | None, rid: str, fence: int | None
     ) -> dict[str, str]:
         env = {**self._base_env, **state.job.env}
         instant = tick or self.clock.now()
         env.update(
             PYJOB_JOB=state.id,
             PYJOB_TICK=iso(instant, state.job.schedule.zone),
-            PYJOB_TICK_UNIX=_unix_text(instant),
+            PYJOB_TICK_UNIX=unix_text(instant),
             PYJOB_RUN_ID=rid,
             PYJOB_INSTANCE=self.instance,
         )
@@ -957,7 +823,7 @@ class Scheduler:
 
     def _start(
         self,
-        state: _JobState,
+        state: JobState,
         tick: datetime | None,
         claim: ClaimResult | None,
         lease: Lease | None,
@@ -977,7 +843,7 @@ class Scheduler:
         attempt, prior = state.attempts.pop(tick, (1, [])) if tick is not None else (1, [])
         env["PYJOB_ATTEMPT"] = str(attempt)
         mono = self.clock.monotonic()
-        run = _Run(state, tick, rid, fence, lease, started, mono, env=env, attempt=attempt)
+        run = Run(state, tick, rid, fence, lease, started, mono, env=env, attempt=attempt)
         run.prior = prior
         on_line = None
         if state.s.log_output:
@@ -985,7 +851,7 @@ class Scheduler:
 
             def on_line(stream: str, line: str) -> None:
                 self.emit("output", state.id, tick, stream=stream, line=line, run_id=rid)
-                _keep_tail(run, line)
+                keep_tail(run, line)
 
         handle = self.runner.start(state.job.command, env, on_line, found)
         run.handle = handle
@@ -1000,7 +866,7 @@ class Scheduler:
             self.runner.flush()
             self._started(run, None)
 
-    def _started(self, run: _Run, slot: int | None) -> None:
+    def _started(self, run: Run, slot: int | None) -> None:
         """A run's timers, first record and run-started event (in ``slot`` of the turn's
         events when given), once the spawns of its turn are done."""
         state, tick, started, mono = run.job, run.tick, run.started_wall, run.started_mono
@@ -1046,12 +912,12 @@ class Scheduler:
                 continue
             self._finish(run, code)
 
-    def _finish(self, run: _Run, code: int) -> None:
+    def _finish(self, run: Run, code: int) -> None:
         state = run.job
         state.runs.remove(run)
         duration = self.clock.monotonic() - run.started_mono
         lateness = (run.started_wall - run.tick).total_seconds() if run.tick else 0.0
-        result = _result(run, code)
+        result = result_of(run, code)
         delay = self._retry_delay(run, result, code)
         if code != 0 and run.terminated != "stop" and delay is None:
             state.failures += 1
@@ -1083,7 +949,7 @@ class Scheduler:
             if delay is not None:
                 r.result = "retrying"
                 r.next_attempt_us = to_us(self.clock.now()) + int(delay * 1e6)
-                r.attempts = [*run.prior, _attempt_doc(run, code, result, r.finished_us)]
+                r.attempts = [*run.prior, attempt_doc(run, code, result, r.finished_us)]
             self._record(state, r)
         if delay is not None:
             self._schedule_retry(run, code, result, delay)
@@ -1102,7 +968,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ retries
 
-    def _retry_delay(self, run: _Run, result: str, code: int) -> float | None:
+    def _retry_delay(self, run: Run, result: str, code: int) -> float | None:
         """The delay before the run's next attempt, or None when it is not retried."""
         s = run.job.s
         if not s.retries or run.attempt > s.retries or run.tick is None:
@@ -1116,7 +982,7 @@ class Scheduler:
         delay = min(s.retry_max_delay, s.retry_delay * s.retry_backoff ** (run.attempt - 1))
         following = run.job.job.schedule.next_tick(run.tick)
         due = self.clock.now() + timedelta(seconds=delay)
-        if following is not None and due >= following and s.overlap not in _SHARE_TIME:
+        if following is not None and due >= following and s.overlap not in SHARE_TIME:
             self.emit(
                 "retry-dropped",
                 run.job.id,
@@ -1128,12 +994,12 @@ class Scheduler:
             return None
         return delay
 
-    def _schedule_retry(self, run: _Run, code: int, result: str, delay: float) -> None:
+    def _schedule_retry(self, run: Run, code: int, result: str, delay: float) -> None:
         state = run.job
         assert run.tick is not None
-        prior = [*run.prior, _attempt_doc(run, code, result, to_us(self.clock.now()))]
+        prior = [*run.prior, attempt_doc(run, code, result, to_us(self.clock.now()))]
         claim = ClaimResult(True, self.instance, run.fence)
-        retry = _Retry(run.tick, claim, run.attempt + 1, prior, run.record, run=run, code=code)
+        retry = Retry(run.tick, claim, run.attempt + 1, prior, run.record, run=run, code=code)
         retry.duration = round(self.clock.monotonic() - run.started_mono, 6)
         state.retries.append(retry)
         self._push_mono(self.clock.monotonic() + delay, "retry", (state, retry))
@@ -1148,11 +1014,11 @@ class Scheduler:
             result=result,
         )
 
-    def _retry_now(self, state: _JobState, retry: _Retry) -> None:
+    def _retry_now(self, state: JobState, retry: Retry) -> None:
         if retry not in state.retries:
             return
         state.retries.remove(retry)
-        if retry.cancelled or self._stop or state.ended or state.retiring:
+        if retry.cancelled or self._stop or state.gone:
             return
         state.attempts[retry.tick] = (retry.attempt, retry.prior)
         if state.s.overlap is Overlap.SKIP and not state.runs:
@@ -1160,7 +1026,7 @@ class Scheduler:
         else:
             self._start(state, retry.tick, retry.claim, None)
 
-    def _cancel_retries(self, state: _JobState) -> None:
+    def _cancel_retries(self, state: JobState) -> None:
         """A stop cancels the attempts still waiting: each run's result is its last attempt's,
         recorded as such, and its hooks see it."""
         for retry in state.retries:
@@ -1196,21 +1062,21 @@ class Scheduler:
             if state is None:
                 self._retry_jobs.discard(job_id)
                 continue
-            if state.adopting or state.busy() or state.ended or state.retiring:
+            if state.phase is not JobPhase.ACTIVE or state.busy():
                 continue
             if not self.coordinator.has_records(state.job.lock):
                 continue
 
-            def found(answer: Any, state: _JobState = state) -> None:
-                state.adopting = False
+            def found(answer: Any, state: JobState = state) -> None:
+                state.looked_up(JobPhase.ADOPTING)
                 if isinstance(answer, BackendError) or answer is None:
                     return
                 self._adopt(state, *answer)
 
-            state.adopting = True
+            state.look_up(JobPhase.ADOPTING)
             self.coordinator.orphan(state.job.lock, state.id, found)
 
-    def _adopt(self, state: _JobState, record: RunRecord, instances: dict[str, Any]) -> None:
+    def _adopt(self, state: JobState, record: RunRecord, instances: dict[str, Any]) -> None:
         from .records import is_quiet
 
         s = state.s
@@ -1222,11 +1088,10 @@ class Scheduler:
             return
         if record.result == "retrying" and (record.next_attempt_us or 0) > now_us:
             return
-        from datetime import UTC
 
         tick = datetime.fromtimestamp(record.tick_us / 1e6, UTC)
         following = state.job.schedule.next_tick(tick)
-        if following is not None and following <= self.clock.now() and s.overlap not in _SHARE_TIME:
+        if following is not None and following <= self.clock.now() and s.overlap not in SHARE_TIME:
             return  # the attempts stay within their tick
         prior = list(record.attempts or [])
         if record.result == "running":  # killed during the attempt: that attempt was lost
@@ -1273,19 +1138,19 @@ class Scheduler:
 
     # ------------------------------------------------------------------ hooks
 
-    def _after_run(self, run: _Run, code: int, duration: float) -> None:
+    def _after_run(self, run: Run, code: int, duration: float) -> None:
         """Fire the run's hooks (core/hooks.py); with --notify-on change, once the job's
         previous result across the fleet is known."""
         state = run.job
         s = state.s
         if not (s.on_failure or s.on_success or s.on_finish):
             return
-        result = _result(run, code)
+        result = result_of(run, code)
         local_previous, state.last_result = state.last_result, result
 
         def fire(previous: str | None) -> None:
             for name, line in hooks_to_run(s, result, previous):
-                self._start_hook(run, name, line, _hooks_env(run, name, result, code, duration))
+                self._start_hook(run, name, line, hooks_env(run, name, result, code, duration))
 
         from .settings import NotifyOn
 
@@ -1305,14 +1170,14 @@ class Scheduler:
             self._hooks_pending -= 1
         fire(local_previous)
 
-    def _start_hook(self, run: _Run, name: str, line: str, env: dict[str, str]) -> None:
-        hook = _Hook(run.job, name, run.run_id, self.clock.monotonic())
+    def _start_hook(self, run: Run, name: str, line: str, env: dict[str, str]) -> None:
+        hook = Hook(run.job, name, run.run_id, self.clock.monotonic())
         handle = self.runner.start(Command((line,), shell=True), env, None)
         hook.handle = handle
         self._hooks[id(handle)] = hook
         self._push_mono(hook.started_mono + run.job.s.hook_timeout, "hook-timeout", (hook, 0))
 
-    def _hook_done(self, hook: _Hook, code: int) -> None:
+    def _hook_done(self, hook: Hook, code: int) -> None:
         duration = round(self.clock.monotonic() - hook.started_mono, 6)
         fields: dict[str, Any] = {"hook": hook.name, "run_id": hook.run_id, "exit_code": code}
         fields["duration"] = duration
@@ -1326,7 +1191,7 @@ class Scheduler:
             fields.setdefault("error", f"exit code {code}")
             self.emit("hook-failed", hook.job.id, None, **fields)
 
-    def _terminate(self, run: _Run, why: str) -> None:
+    def _terminate(self, run: Run, why: str) -> None:
         if run.terminated is not None or run.handle is None:
             return
         run.terminated = why
@@ -1345,7 +1210,7 @@ class Scheduler:
                 action=f"SIGTERM to the process group, SIGKILL in {grace:g}s",
             )
 
-    def _renew(self, url: str | None, runs: list[_Run], mono: float) -> None:
+    def _renew(self, url: str | None, runs: list[Run], mono: float) -> None:
         leases = [r.lease for r in runs if r.lease is not None]
         for r in runs:
             assert r.lease is not None
@@ -1372,13 +1237,13 @@ class Scheduler:
 
         self.coordinator.renew(url, leases, done)
 
-    def _record(self, state: _JobState, record: RunRecord) -> None:
+    def _record(self, state: JobState, record: RunRecord) -> None:
         url = Coordinator.key(state.job.lock)
         self._recorded.setdefault(url, set()).add(state.id)
         self.coordinator.record(state.job.lock, record, state.s.history_keep)
 
     def _record_tick(
-        self, state: _JobState, tick: datetime, result: str, reason: str, held_by: str | None = None
+        self, state: JobState, tick: datetime, result: str, reason: str, held_by: str | None = None
     ) -> None:
         """A tick that did not run here although this instance handled it (skipped, missed)."""
         if self.coordinator.has_records(state.job.lock):
@@ -1428,12 +1293,13 @@ class Scheduler:
             for (keep, age), members in groups.items():
                 self.coordinator.prune(url or None, members, keep, now_us - int(age * 1e6))
 
-    def _maybe_end(self, state: _JobState) -> None:
+    def _maybe_end(self, state: JobState) -> None:
         """A job whose schedule is over ends once nothing of it is left."""
         if state.ended or state.busy() or (state.next_tick is not None and not state.retiring):
             return
-        state.ended = True
-        if state.retiring:
+        retired = state.retiring
+        state.phase = JobPhase.ENDED
+        if retired:
             if state in self.retiring:
                 self.retiring.remove(state)
             return
@@ -1476,9 +1342,9 @@ class Scheduler:
         for job_id in added + changed:
             self.add(new[job_id])
 
-    def _retire(self, state: _JobState) -> None:
+    def _retire(self, state: JobState) -> None:
         """Stop scheduling ``state``; its running commands finish first (a drain)."""
-        state.retiring = True
+        state.phase = JobPhase.RETIRING
         state.gen += 1
         for d in state.deferred:
             if d.lease is not None:
@@ -1501,7 +1367,7 @@ class Scheduler:
         if state.runs:
             self.retiring.append(state)
         else:
-            state.ended = True
+            state.phase = JobPhase.ENDED
             self.emit("stopped", state.id, None, runs=state.runs_started, failures=state.failures)
 
     # ------------------------------------------------------------------ stopping
@@ -1588,50 +1454,6 @@ class Scheduler:
         """Let the last lease releases go out (bounded), and free the wake-up pipe."""
         self.coordinator.close()
         self.waker.close()
-
-
-def _hooks_env(run: _Run, name: str, result: str, code: int, duration: float) -> dict[str, str]:
-    tail = "\n".join(run.tail) if run.tail is not None else None
-    return hook_env(run.env, name, result, code, duration, tail, run.attempt)
-
-
-_SHARE_TIME = (Overlap.ALLOW, Overlap.QUEUE)  # policies under which a retry may overlap a tick
-
-
-def _attempt_doc(run: _Run, code: int, result: str, finished_us: int | None) -> dict[str, Any]:
-    return {
-        "attempt": run.attempt,
-        "instance": run.record.instance if run.record else None,
-        "started_us": to_us(run.started_wall),
-        "finished_us": finished_us,
-        "exit_code": code,
-        "result": result,
-    }
-
-
-def _keep_tail(run: _Run, line: str) -> None:
-    """The last OUTPUT_TAIL bytes of a run's output, in whole lines."""
-    assert run.tail is not None
-    run.tail.append(line)
-    run.tail_bytes += len(line) + 1
-    while run.tail_bytes > OUTPUT_TAIL and len(run.tail) > 1:
-        run.tail_bytes -= len(run.tail.pop(0)) + 1
-
-
-def _result(run: _Run, code: int) -> str:
-    """The result of a run that ended (run records, hooks)."""
-    if run.terminated == "timeout":
-        return "timeout"
-    if run.terminated in ("stop", "replace"):
-        return "stopped"
-    if isinstance(run.handle, FailedStart):
-        return "start-failed"
-    return "success" if code == 0 else "failure"
-
-
-def _unix_text(instant: datetime) -> str:
-    us = to_us(instant)
-    return str(us // 1_000_000) if us % 1_000_000 == 0 else f"{us / 1e6:.6f}"
 
 
 __all__ = ["Job", "Scheduler", "keep_until", "overlap_action", "run_id"]
