@@ -60,15 +60,8 @@ class CatchUp:
         now = sh.clock.now()
         # The window is judged by the backend's clock where it has one (the fleet's time).
         judged = now if backend_us is None else datetime.fromtimestamp(backend_us / 1e6, UTC)
-        schedule = state.job.schedule
         window = state.s.catch_up or 0.0
-        first = datetime.fromtimestamp(latest_us / 1e6, UTC)
-        until = state.next_tick  # from this one on, the ticks are handled as usual
-        missed: list[datetime] = []
-        t = schedule.next_tick(first)
-        while t is not None and t <= now and (until is None or t < until) and len(missed) < 10**5:
-            missed.append(t)
-            t = schedule.next_tick(t)
+        missed = _missed_since(state, datetime.fromtimestamp(latest_us / 1e6, UTC), now)
         if not missed:
             return
         recent = [t for t in missed if (judged - t).total_seconds() <= window]
@@ -134,3 +127,16 @@ class CatchUp:
             sh.claims.lease_then_start(state, tick, claim)
         else:
             sh.executor.start(state, tick, claim, None)
+
+
+def _missed_since(state: JobState, first: datetime, now: datetime) -> list[datetime]:
+    """The ticks after ``first`` that are past, up to the job's next tick (from which on the
+    ticks are handled as usual)."""
+    schedule = state.job.schedule
+    until = state.next_tick
+    missed: list[datetime] = []
+    t = schedule.next_tick(first)
+    while t is not None and t <= now and (until is None or t < until) and len(missed) < 10**5:
+        missed.append(t)
+        t = schedule.next_tick(t)
+    return missed
