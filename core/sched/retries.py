@@ -10,12 +10,15 @@ from typing import Any
 
 from ..backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult
 from ..errors import BackendError
-from ..records import RunRecord, is_quiet
+from ..records import InstanceInfo, RunRecord, is_quiet
 from ..schedule import iso, to_us
 from ..settings import Overlap
 from .model import SHARE_TIME, JobPhase, JobState, Retry, Run, attempt_doc, keep_until, run_id
 from .shared import Shared
 from .timers import RetryDue
+
+# What the coordinator's orphan look-up answers: the job's newest record, and the heartbeats.
+_Orphan = tuple[RunRecord, dict[str, InstanceInfo]]
 
 
 class Retries:
@@ -127,7 +130,7 @@ class Retries:
             if not sh.coordinator.has_records(state.job.lock):
                 continue
 
-            def found(answer: Any, state: JobState = state) -> None:
+            def found(answer: _Orphan | BackendError | None, state: JobState = state) -> None:
                 state.looked_up(JobPhase.ADOPTING)
                 if isinstance(answer, BackendError) or answer is None:
                     return
@@ -136,7 +139,7 @@ class Retries:
             state.look_up(JobPhase.ADOPTING)
             sh.coordinator.orphan(state.job.lock, state.id, found)
 
-    def adopt(self, state: JobState, record: RunRecord, instances: dict[str, Any]) -> None:
+    def adopt(self, state: JobState, record: RunRecord, instances: dict[str, InstanceInfo]) -> None:
         sh = self.sh
         s = state.s
         if record.instance == sh.instance or record.result not in ("running", "retrying"):
