@@ -92,7 +92,13 @@ _KINDS = (
         ("run_id", "pid", "lateness", "fence", "attempt", "error"),
         "the command was started (error: it could not be)",
     ),
-    Kind("output", "info", ("stream", "line", "run_id"), "a line of the command (--log-output)"),
+    Kind(
+        "output",
+        "info",
+        ("stream", "line", "run_id", "hook"),
+        "a line of the command (--log-output), or of a hook (then named); stream is stdout, "
+        "stderr, or pyjob for pyjob's own word on the output (lines dropped)",
+    ),
     Kind(
         "run-finished",
         "info",
@@ -166,6 +172,13 @@ _KINDS = (
         "info",
         ("listen", "textfile"),
         "Prometheus metrics are served (--metrics-listen) or written (--metrics-textfile)",
+    ),
+    Kind(
+        "output-closed",
+        "warning",
+        ("stream", "error", "action"),
+        "pyjob's own stdout or stderr closed (its reader went away) or failed: its lines are "
+        "dropped, the schedule goes on",
     ),
     Kind("stopped", "info", ("runs", "failures"), "the job or the process stopped"),
     Kind("exhausted", "info", ("runs", "failures", "jobs"), "the schedule has no more ticks"),

@@ -37,6 +37,7 @@ from ..coordinator import Coordinator
 from ..process import Runner
 from ..records import InstanceInfo
 from ..schedule import to_us
+from ..zones import tzdata_version
 from .books import Books
 from .catchup import CatchUp
 from .claims import Claims
@@ -70,7 +71,9 @@ class Scheduler:
         self.runner = runner
         self.instance = instance
         self.waker = Waker()
-        self.me = InstanceInfo(instance, socket.gethostname(), os.getpid(), __version__)
+        self.me = InstanceInfo(
+            instance, socket.gethostname(), os.getpid(), __version__, tzdata=tzdata_version()
+        )
         sh = self._sh = Shared(
             clock,
             runner,
