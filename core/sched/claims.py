@@ -14,6 +14,7 @@ from datetime import datetime
 from ..backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult
 from ..coordinator import Coordinator
 from ..errors import BackendError
+from ..events import LEASE_LOST
 from ..schedule import to_us
 from ..settings import Overlap
 from .model import OVERLAPPING, JobState, Run, keep_until
@@ -170,7 +171,7 @@ class Claims:
                         "backend-error",
                         r.job.id,
                         r.tick,
-                        error="run lease lost",
+                        error=LEASE_LOST,
                         action="the run goes on",
                     )
 

@@ -64,7 +64,21 @@ class HookRunner:
     def start(self, run: Run, name: str, line: str, env: dict[str, str]) -> None:
         sh = self.sh
         hook = Hook(run.job, name, run.run_id, sh.clock.monotonic())
-        handle = sh.runner.start(Command((line,), shell=True), env, None)
+        on_line = None
+        if run.job.s.log_output:  # the hook's lines go to the log too, marked as its own
+
+            def on_line(stream: str, text: str) -> None:
+                sh.emit(
+                    "output",
+                    run.job.id,
+                    run.tick,
+                    stream=stream,
+                    line=text,
+                    run_id=run.run_id,
+                    hook=name,
+                )
+
+        handle = sh.runner.start(Command((line,), shell=True), env, on_line)
         hook.handle = handle
         self.hooks[id(handle)] = hook
         sh.mono.push(HookTimeout(hook.started_mono + run.job.s.hook_timeout, hook, 0))
