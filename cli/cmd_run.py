@@ -302,7 +302,11 @@ def serve(
     clock: Clock = monitoring.loop_clock(corrected or env.clock)
     # Several jobs: whose output is it? Each line after its job's name.
     # A hook's output, always: whose answer is it? (`fail | OK` was read as the job's.)
-    runner = RealRunner(prefix=outputs.write if len(jobs) > 1 else None, hooks=outputs.write)
+    runner = RealRunner(
+        prefix=outputs.write if len(jobs) > 1 else None,
+        hooks=outputs.write,
+        child_limits=raise_open_files_limit(),
+    )
     scheduler = Scheduler(
         clock, runner, monitoring.fan_out(log), instance=instance, env=env.environ
     )
@@ -369,6 +373,32 @@ def serve(
         runner.close()
         monitoring.stop()  # the last pings, the last textfile
         outputs.stop_watching()
+
+
+def raise_open_files_limit() -> tuple[int, int] | None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit, as the Go runtime does for supercronic:
+    each running command costs pyjob a descriptor or three (a pidfd, its output pipes), a lease
+    of the file backend one more, and a soft limit of 256 or 1024 failed a tick of 2,000 jobs.
+    Done here, in `run` alone: the limit is the process's, and the core changes nothing of the
+    process it is not asked to (the commands get the old limit back: RealRunner). The limit as
+    it was, when raised; None when it was at the hard limit already or cannot be raised."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:  # Linux refuses more than fs.nr_open
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                target = int(f.read())
+        except (OSError, ValueError):
+            return None
+    if soft != resource.RLIM_INFINITY and soft >= target:
+        return None
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError):
+        return None
+    return soft, hard
 
 
 @dataclass(frozen=True)
