@@ -82,7 +82,9 @@ def run_cmd(
     """Run CMD on a schedule, once per tick across every instance that shares the lock.
 
     SCHEDULE is the text `next` and `validate` take ('*/5 * * * *', 'every 5m align'); -s EXPR
-    and the schedule options (--every 5m --align) say the same.
+    and the schedule options (--every 5m --align) say the same. The command follows the
+    schedule; -- before it is optional, needed only when the schedule is several unquoted words
+    (pyjob run every 5m -- CMD). pyjob's options go before the schedule.
 
     Ticks are claimed in the lock backend before they run; an instance that loses the claim logs
     who won and skips. Logs go to stderr; the command's output passes through (or is logged with
@@ -98,6 +100,7 @@ def run_cmd(
     \b
     Examples:
       pyjob run "*/5 * * * *" -- ./backup.sh
+      pyjob run "*/5 * * * *" ./backup.sh
       pyjob run --every 5m --align -- ./backup.sh
       pyjob run --file crontab --lock redis://redis:6379/0
       pyjob run --cron "0 3 * * *" --tz Europe/Berlin --timeout 1h -- ./nightly.sh

@@ -45,7 +45,7 @@ def pyjob(*args: str) -> subprocess.CompletedProcess[str]:
         # schedule words unquoted (issue 28: a quoted schedule argument takes no --)
         (
             ["run", "0", "9", "*", "*", "*", "/usr/bin/backup.sh"],
-            "Error: the schedule is one argument: quote it (pyjob run \"0 9 * * *\" -- "
+            'Error: the schedule is one argument: quote it (pyjob run "0 9 * * *" -- '
             "/usr/bin/backup.sh)\n",
         ),
         (
