@@ -94,12 +94,13 @@ def test_a_program_resolved_ahead_is_started_from_where_it_was_found(tmp_path: P
 
 
 def _many_jobs(tmp_path: Path, count: int) -> Path:
-    """``count`` jobs on the same aligned second, each a run that lasts, its output captured:
+    """``count`` jobs on the same aligned second, each a run that lasts (3 s: they all overlap
+    however slowly a busy machine spawns them), its output captured:
     some three descriptors each (a pidfd, two pipes) while they run together."""
     path = tmp_path / "jobs.toml"
     path.write_text(
         '[defaults]\nevery = "1s"\nalign = true\nmax-runs = 1\nlog-output = true\n\n'
-        + "".join(f'[jobs.j{i}]\ncommand = ["sleep", "1"]\n\n' for i in range(count))
+        + "".join(f'[jobs.j{i}]\ncommand = ["sleep", "3"]\n\n' for i in range(count))
     )
     return path
 
