@@ -475,6 +475,8 @@ def problem(setting: Setting, value: Any) -> str | None:
         value = str(value)
     if not isinstance(value, str):
         return 'must be a string, like "5m"' if kind.startswith("duration") else "must be a string"
+    if "\0" in value:  # a hook's line or a URL: no exec, no socket takes one
+        return f"has a NUL character (\\0) at position {value.index(chr(0))}"
     if kind == "choice":
         assert setting.choices is not None
         names = [c.value for c in setting.choices]

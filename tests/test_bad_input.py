@@ -53,6 +53,7 @@ _JOB = '[jobs.a]\nevery = "1s"\ncommand = ["true"]\nmax-runs = 1\n'
         ('lock = "ftp://h/"', "'lock' is not a lock URL: unknown lock backend 'ftp:'"),
         ('lock = "postgresql://u@h/db?sslmode=bogus"', "bad sslmode 'bogus'"),
         ('name = "tab\\there"', "'name' must be printable"),
+        ('on-success = "echo \\u0000x"', "'on-success' has a NUL character (\\0) at position 5"),
     ],
 )
 def test_a_toml_job_that_run_would_refuse_validate_refuses_too(
