@@ -183,6 +183,11 @@ def split(text: str) -> Parts:
         end = tokens[body_end - 1][1] + len(tokens[body_end - 1][0])
         parts.value = text[start:end]
     _keyword_clauses(parts, tokens[body_end:], text)
+    # '@every 4s align' is 'every 4s align' (a crontab line cannot take --align)
+    words = (parts.value or "").split()
+    aligned = parts.align or parts.offset is not None
+    if parts.kind == "cron" and aligned and len(words) == 2 and words[0].lower() == "@every":
+        parts.kind, parts.value = "every", words[1]
     return parts
 
 
