@@ -57,14 +57,17 @@ from filelock import FileLock, Timeout
 
 from ..errors import BackendError
 from .common import (
+    DAMAGE,
     Mark,
     claim_record,
     create_new,
+    make_private_dirs,
     overwrite,
     probe_mtime,
     read_mark,
     read_small,
     refused_behind_mark,
+    refused_damaged,
     refused_too_old,
     remove_expired_claims,
     remove_strays,
@@ -88,11 +91,9 @@ class FileBackend:
     # ---------------------------------------------------------------- set-up
 
     def _make_directory(self) -> None:
-        """Create the directory 0700 ourselves before filelock can (it would make it 0755)."""
-        d = self.directory
-        d.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            d.mkdir(mode=0o700)
+        """Create the directory, and the parents it lacks, 0700 ourselves before filelock can
+        (it would make it 0755)."""
+        make_private_dirs(self.directory)
 
     def check(self) -> None:
         d = self.directory
@@ -136,7 +137,7 @@ class FileBackend:
         a directory found gone, so that this makes it."""
         path = self.directory / safe_name(job)
         if job not in self._made:
-            (path / "claims").mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dirs(path / "claims")  # the lock directory too, if it was deleted
             self._made.add(job)
         return path
 
@@ -162,7 +163,10 @@ class FileBackend:
                         one = partial(
                             self._claim_one, r=r, instance=instance, now=now, clock_us=clock_us
                         )
-                        out.append(self._in_job_dir(r.job, one))
+                        try:
+                            out.append(self._in_job_dir(r.job, one))
+                        except DAMAGE as e:  # this job's files, not the batch's
+                            out.append(refused_damaged(r.job, e))
                 except BaseException:  # the batch fails whole: no lease of it stays taken
                     for o in out:
                         if o.lease is not None:
