@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,9 +66,13 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> RunRecord:
+        """ValueError, TypeError or AttributeError when ``text`` is not a record (damaged)."""
         doc = json.loads(text)
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in doc.items() if k in known})
+        record = cls(**{k: v for k, v in doc.items() if k in known})
+        if not (isinstance(record.tick_us, int) and isinstance(record.result, str)):
+            raise ValueError(f"not a run record: {str(text)[:60]!r}")
+        return record
 
 
 @dataclass
@@ -155,6 +159,17 @@ def _write(path: Path, text: str) -> None:
     write_atomic(path, text)
 
 
+def _make_dirs(path: Path) -> bool:
+    from .backends.common import make_private_dirs
+
+    return make_private_dirs(path)
+
+
+# What a damaged record, registration or heartbeat file raises when parsed (garbage, another
+# JSON type, missing fields): readers skip it as they skip one being written.
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError)
+
+
 class DirectoryRecords:
     """file: and nfs: keep records beside the claims:
 
@@ -162,6 +177,11 @@ class DirectoryRecords:
     <dir>/<job>/instances/<instance>     instances serving it (empty files)
     <dir>/<job>/runs/<tick µs>.json      one record per tick
     <dir>/.instances/<instance>.json     each instance's heartbeat
+
+    Every directory is made 0700 with its parents. When someone deletes the directory (or a
+    job's) while instances run, what they registered is written again: at the next heartbeat
+    (which finds ``.instances`` gone) or the job's next record (which finds ``runs`` gone), so
+    that `pyjob status` and `pyjob history` list the jobs again without a restart.
     """
 
     def __init__(self, directory: Path, url: str, local: bool = False) -> None:
@@ -170,6 +190,8 @@ class DirectoryRecords:
         self.local = local  # file: (one host's file system), where records are rewritten in place
         self._written: dict[str, int] = {}  # writes per job since its directory was trimmed
         self._made: set[str] = set()  # jobs whose runs directory is known to exist
+        self._registered: dict[str, JobInfo] = {}  # what this process registered, to redo
+        self._me: InstanceInfo | None = None
 
     def _fail(self, what: str, e: OSError) -> BackendError:
         return BackendError(f"{self.url}: {what}: {e.strerror or e}")
@@ -209,7 +231,8 @@ class DirectoryRecords:
 
         d = self._runs_dir(r.job)
         if r.job not in self._made:
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if _make_dirs(d) and r.job in self._registered:  # deleted since it registered
+                self._register_one(self._registered[r.job])
             self._made.add(r.job)
         path = d / f"{r.tick_us}.json"
         text = r.to_json()
@@ -223,20 +246,29 @@ class DirectoryRecords:
                 _write(path, text)
 
     def register(self, jobs: Sequence[JobInfo], instance: InstanceInfo) -> None:
+        self._me = instance
         try:
             for j in jobs:
-                d = self.directory / _safe(j.job)
-                (d / "instances").mkdir(parents=True, exist_ok=True, mode=0o700)
-                _write(d / "job.json", j.to_json())
-                (d / "instances" / _safe(instance.instance)).touch()
+                self._registered[j.job] = j
+                self._register_one(j)
         except OSError as e:
             raise self._fail("jobs not registered", e) from e
         self.heartbeat(instance)
 
+    def _register_one(self, j: JobInfo) -> None:
+        assert self._me is not None
+        d = self.directory / _safe(j.job)
+        _make_dirs(d / "instances")
+        _write(d / "job.json", j.to_json())
+        (d / "instances" / _safe(self._me.instance)).touch()
+
     def heartbeat(self, instance: InstanceInfo) -> None:
         d = self.directory / ".instances"
         try:
-            d.mkdir(exist_ok=True, mode=0o700)
+            if _make_dirs(d) and self._registered:  # the directory was deleted: register again
+                self._me = instance
+                for j in self._registered.values():
+                    self._register_one(j)
             _write(d / f"{_safe(instance.instance)}.json", instance.to_json())
         except OSError as e:
             raise self._fail("heartbeat not written", e) from e
@@ -251,8 +283,8 @@ class DirectoryRecords:
             try:
                 info = JobInfo.from_json(path.read_text())
                 info.instances = sorted(p.name for p in (path.parent / "instances").iterdir())
-            except (OSError, ValueError, KeyError):
-                continue  # half-written or removed meanwhile
+            except _UNREADABLE:
+                continue  # half-written, damaged, or removed meanwhile
             out.append(info)
         return out
 
@@ -261,7 +293,7 @@ class DirectoryRecords:
         for path in (self.directory / ".instances").glob("*.json"):
             try:
                 info = InstanceInfo.from_json(path.read_text())
-            except (OSError, ValueError, TypeError):
+            except _UNREADABLE:
                 continue
             out[_safe(info.instance)] = info
         return out
@@ -287,7 +319,7 @@ class DirectoryRecords:
                 break
             try:
                 out.append(RunRecord.from_json((d / f"{tick}.json").read_text()))
-            except (OSError, ValueError, TypeError):
+            except _UNREADABLE:
                 continue
             if len(out) >= limit:
                 break
@@ -299,7 +331,7 @@ class DirectoryRecords:
         for tick in self._ticks(job)[:RECENT_MAX]:  # read one by one: usually one is enough
             try:
                 record = RunRecord.from_json((d / f"{tick}.json").read_text())
-            except (OSError, ValueError, TypeError):
+            except _UNREADABLE:
                 continue
             out.append(record)
             if record.result in FINISHED:
@@ -320,7 +352,7 @@ class DirectoryRecords:
                     if stray.stat().st_mtime * 1e6 < oldest_us:
                         stray.unlink()
         for path in (self.directory / ".instances").glob("*.json"):
-            with contextlib.suppress(OSError, ValueError, TypeError):
+            with contextlib.suppress(*_UNREADABLE):
                 if InstanceInfo.from_json(path.read_text()).seen_us < oldest_us:
                     path.unlink()
         return removed
@@ -344,6 +376,16 @@ for i = 1, #ARGV, 4 do
 end
 return 1
 """
+
+
+def _parsed(docs: Iterable[str | bytes | None]) -> list[RunRecord]:
+    """The records of ``docs`` that parse; a damaged one is skipped, as on file:."""
+    out = []
+    for doc in docs:
+        if doc:
+            with contextlib.suppress(*_UNREADABLE):
+                out.append(RunRecord.from_json(doc))
+    return out
 
 
 def _recent(store: RecordStore, job: str) -> list[RunRecord]:
@@ -440,7 +482,7 @@ class RedisRecords:
             low = "-inf" if since_us is None else since_us
             ticks = self._r.zrevrangebyscore(z, "+inf", low, start=0, num=limit)
             docs = self._r.hmget(h, ticks) if ticks else []
-            return [RunRecord.from_json(d) for d in docs if d]
+            return _parsed(docs)
 
         result: list[RunRecord] = self._call("history not read", go)
         return result
@@ -591,7 +633,7 @@ class PostgresRecords:
             "ORDER BY tick_us DESC LIMIT %s",
             (job, -(2**62) if since_us is None else since_us, limit),
         )
-        return [RunRecord.from_json(r[0]) for r in rows]
+        return _parsed(r[0] for r in rows)
 
     def recent(self, job: str) -> list[RunRecord]:
         return _recent(self, job)
@@ -608,6 +650,51 @@ class PostgresRecords:
             (oldest_us,),
         )
         return len(rows)
+
+
+class RetryingReader:
+    """A record store whose reads are each tried once more when they fail: `pyjob status` and
+    `pyjob history` read through it, so that one dropped connection is not an error (exit 5),
+    as it is not for `pyjob run`, whose clients make a broken connection again once. Writes go
+    straight through (the coordinator retries those until they are written)."""
+
+    def __init__(self, store: RecordStore) -> None:
+        self.store = store
+
+    @staticmethod
+    def _twice(read: Callable[[], Any]) -> Any:
+        try:
+            return read()
+        except BackendError:
+            return read()  # a new connection: the backends drop one that failed
+
+    def put_runs(self, records: Sequence[RunRecord], keep: int = 100) -> None:
+        self.store.put_runs(records, keep)
+
+    def register(self, jobs: Sequence[JobInfo], instance: InstanceInfo) -> None:
+        self.store.register(jobs, instance)
+
+    def heartbeat(self, instance: InstanceInfo) -> None:
+        self.store.heartbeat(instance)
+
+    def jobs(self) -> list[JobInfo]:
+        out: list[JobInfo] = self._twice(self.store.jobs)
+        return out
+
+    def instances(self) -> dict[str, InstanceInfo]:
+        out: dict[str, InstanceInfo] = self._twice(self.store.instances)
+        return out
+
+    def runs(self, job: str, limit: int, since_us: int | None = None) -> list[RunRecord]:
+        out: list[RunRecord] = self._twice(lambda: self.store.runs(job, limit, since_us))
+        return out
+
+    def recent(self, job: str) -> list[RunRecord]:
+        out: list[RunRecord] = self._twice(lambda: self.store.recent(job))
+        return out
+
+    def prune(self, jobs: Sequence[str], keep: int, oldest_us: int) -> int:
+        return self.store.prune(jobs, keep, oldest_us)
 
 
 def records_for(backend: Any) -> RecordStore | None:
@@ -635,6 +722,7 @@ __all__ = [
     "InstanceInfo",
     "JobInfo",
     "RecordStore",
+    "RetryingReader",
     "RunRecord",
     "records_for",
 ]
