@@ -1,0 +1,120 @@
+"""Issue 24, item 8: run records under faults, on real Redis and PostgreSQL behind the fault proxy
+(tests/faultproxy.py). A record write that fails is written again until it is written, the
+newest state of a run winning; `pyjob status` and `pyjob history` survive one dropped
+connection wherever it falls."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyjob.core.backends import open_backend
+from pyjob.core.records import InstanceInfo, JobInfo, RecordStore, RunRecord, records_for
+
+from .conftest import pyjob_exe
+from .faultproxy import FaultProxy
+from .runproc import PyjobRun
+from .test_backend_faults import proxied  # noqa: F401  (the fixture)
+
+pytestmark = pytest.mark.slow
+
+
+def _direct(proxy: FaultProxy, url: str) -> RecordStore:
+    """The record store of ``url`` reached straight, not through the proxy."""
+    backend = open_backend(url.replace(f":{proxy.port}/", f":{proxy.target[1]}/"))
+    backend.check()
+    store = records_for(backend)
+    assert store is not None
+    return store
+
+
+def _final(store: RecordStore, job: str, run_ids: set[str]) -> dict[str, str]:
+    """The result recorded for each of ``run_ids``."""
+    return {r.run_id: r.result for r in store.runs(job, 1000) if r.run_id in run_ids}
+
+
+def _wait_final(store: RecordStore, job: str, finished: dict[str, str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        recorded = _final(store, job, set(finished))
+        if recorded == finished or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    assert recorded == finished
+
+
+def _finished(run: PyjobRun) -> dict[str, str]:
+    """run id → result of every run-finished in the log."""
+    return {
+        e["run_id"]: "success" if e["exit_code"] == 0 else "failure"
+        for e in run.events("run-finished")
+    }
+
+
+def test_every_runs_final_record_is_written_through_dropped_connections(
+    proxied: tuple[FaultProxy, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A run ends while every request loses its connection, then requests are dropped at
+    random: every run that finished ends with its final record, none left `running`."""
+    proxy, url = proxied
+    args = ["--every", "2s", "--align", "--lock", url, "--name", "slow", "--", "sleep", "1"]
+    run = PyjobRun(args, tmp_path)
+    run.wait_for("run-finished", timeout=30)
+    started = len(run.events("run-started"))
+    run.wait_for("run-started", count=started + 1, timeout=30)
+    proxy.drop(1.0)  # the run's final record cannot be written now
+    run.wait_for("run-finished", count=started + 1, timeout=30)
+    errors = run.wait_for("backend-error", timeout=30)
+    assert any("not recorded" in e["action"] for e in errors), errors
+    proxy.drop(0.3)
+    time.sleep(6)
+    proxy.forward()
+    store = _direct(proxy, url)
+    _wait_final(store, "slow", _finished(run), timeout=30)
+    assert run.stop() == 0
+    _wait_final(store, "slow", _finished(run), timeout=5)  # the last run's too
+    assert proxy.dropped > 0
+
+
+def _pyjob(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TZ": "UTC", "PYJOB_NO_CLOCK_CHECK": "1"}
+    cmd = [*pyjob_exe(), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+
+
+# redis-py makes a broken connection again once by itself, so only psycopg's readers gave up
+@pytest.mark.parametrize("proxied", ["postgresql"], indirect=True)
+def test_status_and_history_survive_one_dropped_connection_wherever_it_falls(
+    proxied: tuple[FaultProxy, str],  # noqa: F811
+) -> None:
+    proxy, url = proxied
+    store = _direct(proxy, url)
+    store.register([JobInfo("nightly", "@daily", "UTC", "backup")], InstanceInfo("i0", "h", 1, "0"))
+    store.put_runs(
+        [RunRecord("nightly", i * 86_400_000_000, f"r{i}", "i0", "success") for i in (1, 2)]
+    )
+
+    def read(command: str) -> Any:
+        out = _pyjob(command, "--lock", url, "--format", "json")
+        assert out.returncode == 0, (command, out.stderr)
+        doc = json.loads(out.stdout)
+        if command == "status":  # what does not move with the time of day
+            return [(j["job"], j["last"]) for j in doc["jobs"]]
+        return doc
+
+    for command in ("history", "status"):
+        before = proxy.chunks
+        clean = read(command)
+        requests = proxy.chunks - before  # how many requests the command makes
+        assert requests >= 2
+        for n in range(1, requests + 1):
+            dropped = proxy.dropped
+            proxy.drop_at(n)
+            assert read(command) == clean, (command, n)
+            assert proxy.dropped == dropped + 1, (command, n)  # the n-th request was dropped
