@@ -118,3 +118,77 @@ def test_status_and_history_survive_one_dropped_connection_wherever_it_falls(
             proxy.drop_at(n)
             assert read(command) == clean, (command, n)
             assert proxy.dropped == dropped + 1, (command, n)  # the n-th request was dropped
+
+
+# ---------------------------------------------------------------------------- the pending queue
+
+
+class _Coordinated:
+    """A coordinator on a file: directory, unthreaded on a fake clock, whose record writes fail
+    while a file stands where the job's records directory should be."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        from datetime import UTC, datetime
+
+        from pyjob.core.clock import FakeClock, Waker
+        from pyjob.core.coordinator import Coordinator
+
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+        self.clock = FakeClock(datetime(2026, 12, 1, tzinfo=UTC))
+        self.lock = tmp_path / "locks"
+        self.url = f"file:{self.lock}"
+
+        def report(job: str, tick: object, kind: str, **fields: Any) -> None:
+            self.events.append((kind, job, fields))
+
+        self.coordinator = Coordinator(self.clock, "i0", Waker(), report, threaded=False)
+        self.coordinator.open(self.url)
+        (self.lock / "job").mkdir()
+        self.block = self.lock / "job" / "runs"
+        self.block.write_text("a file where the records directory should be")
+
+    def record(self, tick_us: int, result: str) -> None:
+        self.coordinator.record(
+            self.url, RunRecord("job", tick_us, f"r{tick_us}", "i0", result), 100
+        )
+
+    def written(self) -> dict[int, str]:
+        store = records_for(open_backend(self.url))
+        assert store is not None
+        return {r.tick_us: r.result for r in store.runs("job", 100)}
+
+
+def test_failed_record_writes_are_retried_and_the_newest_state_of_a_run_wins(
+    tmp_path: Path,
+) -> None:
+    c = _Coordinated(tmp_path)
+    c.record(1, "running")
+    c.record(1, "success")  # the run ended while its first record was not written yet
+    c.record(2, "running")
+    errors = [e for e in c.events if e[0] == "backend-error"]
+    assert len(errors) == 1 and "not recorded yet" in errors[0][2]["action"]  # said once
+    assert c.coordinator.pending() == 2
+    c.block.unlink()
+    c.clock.advance(60)  # past the backoff: the next call writes what is owed first
+    c.record(2, "failure")
+    assert c.written() == {1: "success", 2: "failure"}
+    assert c.coordinator.pending() == 0
+    assert ("backend-recovered", "*", {"recorded": ["job"]}) in c.events
+
+
+def test_pending_records_are_bounded_and_the_oldest_go_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyjob.core.coordinator as coordinator
+
+    monkeypatch.setattr(coordinator, "PENDING_MAX", 3)
+    c = _Coordinated(tmp_path)
+    for tick in range(1, 6):
+        c.record(tick, "success")
+    assert c.coordinator.pending() == 3
+    c.block.unlink()
+    c.clock.advance(60)
+    c.coordinator.close()  # the stop writes what is pending
+    assert c.written() == {3: "success", 4: "success", 5: "success"}
+    dropped = [e for e in c.events if e[0] == "backend-error" and "dropped" in e[2]["error"]]
+    assert dropped and dropped[0][2]["error"].startswith("2 run records were dropped")
