@@ -15,10 +15,10 @@ call goes through here with one error policy:
 - Run records are written until they are written (DESIGN §5): a write that fails keeps its
   records pending, one per run, where a newer state of the run replaces the older (the final
   record wins over ``running``), and tries them again with backoff (RECORD_RETRY up to
-  RECORD_RETRY_MAX) and before any other call once the time comes. The pending records are
-  bounded (PENDING_MAX, each under 5 KiB: the output tail is 4 KiB at most): past it the oldest
-  is dropped, and said so. A registration that failed is retried with them. ``close`` tries
-  what is pending until its ``wait`` is over.
+  RECORD_RETRY_MAX) once the time comes, when no claim, renewal or release is waiting. The
+  pending records are bounded (PENDING_MAX, each under 5 KiB: the output tail is 4 KiB at most):
+  past it the oldest is dropped, and said so. A registration that failed is retried with them.
+  ``close`` tries what is pending until its ``wait`` is over.
 
 With ``threaded=False`` (tests with a fake clock) calls run at once on the caller's thread, and
 their results are still delivered by ``drain()``, so the order of events does not depend on it.
@@ -84,6 +84,11 @@ class _Link:
     failing: set[str] = field(default_factory=set)  # jobs whose unwritten records were reported
     dropped: int = 0  # records dropped past PENDING_MAX since it was last said
     deadline: float | None = None  # monotonic: the end of ``close``'s wait
+
+
+def _waits_for_none(call: _Call) -> bool:
+    """A call no tick waits for: a background one, or the worker's own look at what it owes."""
+    return call.what in _BACKGROUND or (call.what == "release" and not call.args[0])
 
 
 class Coordinator:
@@ -421,8 +426,8 @@ class Coordinator:
     def _do(self, link: _Link, call: _Call) -> None:
         if link.unreleased and call.what != "release":
             self._release(link, [])  # first what an outage left behind
-        if (link.pending or link.unregistered) and self._owed_due(link):
-            self._write_owed(link)  # then the records it left behind
+        if (link.pending or link.unregistered) and self._owed_due(link) and _waits_for_none(call):
+            self._write_owed(link)  # then the records it left behind, when no tick waits
         if call.expires is not None and self.clock.monotonic() > call.expires:
             assert call.done is not None
             late = BackendError(

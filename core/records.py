@@ -7,7 +7,9 @@ tick) replaces it. Each instance also registers the jobs it serves and refreshes
 reader sees which instances serve a job and which went quiet; a ``running`` record whose instance
 went quiet is ``lost``. Retention is bounded: ``keep`` records per job, none older than
 ``max_age``. Every backend but ``none`` keeps them, through the connection its claims use; a
-failed write is a BackendError for the coordinator, never a delayed or skipped run.
+failed write is a BackendError for the coordinator, which keeps the record and writes it again
+until it is written (DESIGN §5), never a delayed or skipped run. A record or registration that
+does not parse is damage: readers skip it.
 """
 
 from __future__ import annotations

@@ -34,8 +34,9 @@ every instance on it goes too.
 
 The host's clock is this backend's clock. A tick at or before the job's mark whose claim is gone
 is refused (never won twice); so is a tick older than its claims are kept plus the skew limit.
-A deleted directory is made again (0700) and the marks this process has seen keep the fences
-growing; a damaged mark is recovered from the claims on disk.
+A deleted directory is made again (0700, with every parent it lacks) and the marks this process
+has seen keep the fences growing; a damaged mark is recovered from the claims on disk. A file of
+one job that cannot be parsed refuses that job's claim, never the batch (DESIGN §5).
 """
 
 from __future__ import annotations
