@@ -258,6 +258,18 @@ class Coordinator:
                 link.thread.join(max(0.0, deadline - self.clock.monotonic()))
             if link.thread is None or not link.thread.is_alive():
                 link.backend.close()
+            # Said here, not by the worker, which may still be inside a write when the wait ends.
+            # list() of a dict is one step under the GIL, safe while the worker changes it.
+            left = list(link.pending)
+            if left:
+                jobs = sorted({job for job, _ in left})
+                self.report(
+                    "*",
+                    None,
+                    "backend-error",
+                    error=f"{len(left)} run records of {', '.join(jobs)} not written",
+                    action="the stop came before the backend answered",
+                )
 
     # ---------------------------------------------------------------- the worker
 
@@ -413,15 +425,6 @@ class Coordinator:
             if left <= 0:
                 break
             self.clock.sleep(min(left, max(0.0, link.retry_at - self.clock.monotonic())))
-        if link.pending:
-            jobs = sorted({job for job, _ in link.pending})
-            self.report(
-                "*",
-                None,
-                "backend-error",
-                error=f"{len(link.pending)} run records of {', '.join(jobs)} not written",
-                action="the stop came before the backend answered",
-            )
 
     def _do(self, link: _Link, call: _Call) -> None:
         if link.unreleased and call.what != "release":

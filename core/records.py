@@ -194,6 +194,7 @@ class DirectoryRecords:
         self._made: set[str] = set()  # jobs whose runs directory is known to exist
         self._registered: dict[str, JobInfo] = {}  # what this process registered, to redo
         self._me: InstanceInfo | None = None
+        self._beat = False  # a heartbeat was written (so .instances gone means deleted)
 
     def _fail(self, what: str, e: OSError) -> BackendError:
         return BackendError(f"{self.url}: {what}: {e.strerror or e}")
@@ -267,11 +268,12 @@ class DirectoryRecords:
     def heartbeat(self, instance: InstanceInfo) -> None:
         d = self.directory / ".instances"
         try:
-            if _make_dirs(d) and self._registered:  # the directory was deleted: register again
+            if _make_dirs(d) and self._beat and self._registered:  # deleted: register again
                 self._me = instance
                 for j in self._registered.values():
                     self._register_one(j)
             _write(d / f"{_safe(instance.instance)}.json", instance.to_json())
+            self._beat = True
         except OSError as e:
             raise self._fail("heartbeat not written", e) from e
 
