@@ -262,6 +262,7 @@ class DirectoryRecords:
         assert self._me is not None
         d = self.directory / _safe(j.job)
         _make_dirs(d / "instances")
+        _make_dirs(d / "runs")  # so that the job's first record does not take it for a deletion
         _write(d / "job.json", j.to_json())
         (d / "instances" / _safe(self._me.instance)).touch()
 
