@@ -223,3 +223,36 @@ def test_nfs_registrations_come_back_after_the_directory_is_deleted(tmp_path: Pa
     assert jobs.get("sync", {}).get("instances"), jobs
     assert history_runs(url, "sync", "-n", "2")  # exit 0: the job is known again
     assert run.stop() == 0
+
+
+@pytest.mark.slow
+def test_a_restart_on_a_non_utf8_mark_refuses_that_job_and_runs_the_other_of_its_batch(
+    tmp_path: Path,
+) -> None:
+    """Two jobs due at the same instants (one claim batch); one's mark becomes random bytes and
+    its claims are gone, then the instance restarts: that job's ticks are refused saying what to
+    write into the mark, and the other job runs every tick."""
+    lock = tmp_path / "locks"
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text(
+        '[jobs.bad]\nevery = "500ms"\nalign = true\ncommand = ["true"]\n\n'
+        '[jobs.good]\nevery = "500ms"\nalign = true\ncommand = ["true"]\n'
+    )
+    args = ["--file", str(jobs), "--lock", f"file:{lock}"]
+    first = PyjobRun(args, tmp_path, "first")
+    first.wait_for("run-finished", count=4, timeout=30)
+    assert first.stop() == 0
+    for claim in (lock / "bad" / "claims").iterdir():
+        claim.unlink()
+    (lock / "bad" / "mark").write_bytes(GARBAGE)
+    again = PyjobRun(args, tmp_path, "again")
+    refused = again.wait_for("refused", count=2, timeout=30)
+    assert {e["job"] for e in refused} == {"bad"}
+    assert all("mark is damaged" in e["reason"] and "write {" in e["reason"] for e in refused)
+    deadline = time.monotonic() + 30
+    while len([e for e in again.events("run-finished") if e["job"] == "good"]) < 3:
+        assert time.monotonic() < deadline, again.log_path.read_text()[-3000:]
+        time.sleep(0.1)
+    assert again.proc.poll() is None
+    assert again.stop() == 0
+    assert not [e for e in again.events("backend-error") if e["job"] == "good"]
