@@ -362,8 +362,9 @@ class Coordinator:
         return link.retry_at is not None and self.clock.monotonic() >= link.retry_at
 
     def _write_owed(self, link: _Link) -> bool:
-        """Write what is pending, a batch at a time, until it is all written (True) or a write
-        fails (False: tried again after the backoff)."""
+        """Write the registrations owed and the oldest batch of the records pending; False when
+        a write failed (tried again after the backoff). With more pending after the batch, the
+        next is due at once, after whatever claims the queue holds meanwhile."""
         store = link.records
         assert store is not None
         if link.dropped:
@@ -379,22 +380,24 @@ class Coordinator:
             if link.unregistered and link.me is not None:
                 store.register(list(link.unregistered.values()), link.me)
                 link.unregistered.clear()
-            while link.pending:
-                batch = list(itertools.islice(link.pending.items(), RECORD_BATCH))
-                by_keep: dict[int, list[RunRecord]] = {}
-                for _, (record, keep) in batch:
-                    by_keep.setdefault(keep, []).append(record)
-                for keep, records in by_keep.items():
-                    store.put_runs(records, keep)
-                for key, _ in batch:
-                    del link.pending[key]
+            batch = list(itertools.islice(link.pending.items(), RECORD_BATCH))
+            by_keep: dict[int, list[RunRecord]] = {}
+            for _, (record, keep) in batch:
+                by_keep.setdefault(keep, []).append(record)
+            for keep, records in by_keep.items():
+                store.put_runs(records, keep)
+            for key, _ in batch:
+                del link.pending[key]
         except Exception as e:  # a backend bug must not end the process: it is an error too
             link.retry_at = self.clock.monotonic() + link.backoff
             link.backoff = min(link.backoff * 2, RECORD_RETRY_MAX)
             self._report_unwritten(link, e)
             return False
-        link.retry_at = None
         link.backoff = RECORD_RETRY
+        if link.pending:
+            link.retry_at = self.clock.monotonic()
+            return True
+        link.retry_at = None
         if link.failing:
             self.report("*", None, "backend-recovered", recorded=sorted(link.failing))
             link.failing.clear()
@@ -417,14 +420,14 @@ class Coordinator:
         """At close: what is pending, tried again until ``close``'s deadline."""
         if link.records is None:
             return
+        assert link.deadline is not None
         while link.pending or link.unregistered:
-            if self._write_owed(link):
-                return
-            assert link.deadline is not None and link.retry_at is not None
+            written = self._write_owed(link)
             left = link.deadline - self.clock.monotonic()
             if left <= 0:
-                break
-            self.clock.sleep(min(left, max(0.0, link.retry_at - self.clock.monotonic())))
+                return
+            if not written and link.retry_at is not None:
+                self.clock.sleep(min(left, max(0.0, link.retry_at - self.clock.monotonic())))
 
     def _do(self, link: _Link, call: _Call) -> None:
         if link.unreleased and call.what != "release":
