@@ -256,3 +256,28 @@ def test_a_restart_on_a_non_utf8_mark_refuses_that_job_and_runs_the_other_of_its
     assert again.proc.poll() is None
     assert again.stop() == 0
     assert not [e for e in again.events("backend-error") if e["job"] == "good"]
+
+
+def test_a_damaged_registration_is_written_again_within_minutes(tmp_path: Path) -> None:
+    """A registration file damaged (or deleted, on any backend) while the instance runs is
+    written again whole every few minutes, so `status` lists the job again without a restart."""
+    from datetime import UTC, datetime
+
+    from pyjob.core.clock import FakeClock, Waker
+    from pyjob.core.coordinator import Coordinator
+    from pyjob.core.records import InstanceInfo, JobInfo
+
+    lock = tmp_path / "locks"
+    url = f"file:{lock}"
+    clock = FakeClock(datetime(2026, 12, 1, tzinfo=UTC))
+    coordinator = Coordinator(clock, "i0", Waker(), lambda *a, **k: None, threaded=False)
+    coordinator.open(url)
+    me = InstanceInfo("i0", "host", 1, "0")
+    coordinator.register(url, [JobInfo("nightly", "@daily", "UTC", "backup")], me)
+    (lock / "nightly" / "job.json").write_bytes(GARBAGE)
+    assert "nightly" not in status_jobs(url)  # skipped as damaged, not a traceback
+    for _ in range(2):  # 5 minutes on; a heartbeat finds it time, the next call writes it
+        clock.advance(151)
+        coordinator.heartbeat(me)
+    coordinator.heartbeat(me)
+    assert "nightly" in status_jobs(url)
