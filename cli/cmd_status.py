@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .env import get_env
 from .records_view import RESULT_STYLE, ago, format_option, lock_option, open_store, span, styled
 from .render import echo_json, table
+
+if TYPE_CHECKING:
+    from pyjob.core.records import InstanceInfo, RunRecord
 
 
 @click.command("status")
@@ -21,14 +24,15 @@ def status_cmd(lock: str | None, fmt: str) -> None:
 
     Each instance registers its jobs in the backend and refreshes a heartbeat every 10 s; one
     not seen for 35 s has gone quiet, and a run it left `running` shows as `lost`. With the
-    default file: backend this shows this host's jobs.
+    default file: backend this shows this host's jobs. A warning on stderr says when the
+    instances run different tzdata releases, which can compute different ticks.
 
     \b
     Examples:
       pyjob status --lock redis://redis:6379/0
       pyjob status --format json | jq '.jobs[] | select(.last.result != "success")'
     """
-    from pyjob.core.records import FINISHED, effective, is_quiet, run_document
+    from pyjob.core.records import FINISHED, effective, run_document, zone_database_warning
     from pyjob.core.schedule import to_us
     from pyjob.core.zones import get_zone
 
@@ -42,6 +46,9 @@ def status_cmd(lock: str | None, fmt: str) -> None:
         recent = {j.job: store.recent(j.job) for j in jobs}
     finally:
         backend.close()
+    fleet_warning = zone_database_warning(instances, now_us)
+    if fleet_warning:
+        click.echo(f"warning: {fleet_warning}", err=True)
     docs: list[dict[str, Any]] = []
     rows = []
     term = env.out_is_terminal()
@@ -51,13 +58,7 @@ def status_cmd(lock: str | None, fmt: str) -> None:
         last = next((r for r in records if r.result in FINISHED), None)
         running = [r for r in records if r.result == "running"]
         nxt = _next_tick(j.schedule, j.job, now)
-        live = []
-        for name in j.instances:
-            info = instances.get(name) or next(
-                (i for k, i in instances.items() if k.startswith(name)), None
-            )
-            if info is not None and not is_quiet(info, now_us):
-                live.append(info)
+        live = _live(j.instances, instances, now_us)
         docs.append(
             {
                 "job": j.job,
@@ -73,20 +74,12 @@ def status_cmd(lock: str | None, fmt: str) -> None:
                         "instance": i.instance,
                         "host": i.host,
                         "seen": _iso(i.seen_us, zone),
+                        "tzdata": i.tzdata or None,
                     }
                     for i in live
                 ],
             }
         )
-        if last is None:
-            last_text = "never"
-        else:
-            took = "" if last.duration is None else f", {span(last.duration)}"
-            last_text = (
-                f"{ago(last.started_us or last.tick_us, now_us)} "
-                f"{styled(last.result, RESULT_STYLE.get(last.result), term)}{took} "
-                f"on {last.instance}"
-            )
         running_text = (
             ", ".join(f"{r.instance} since {ago(r.started_us, now_us)}" for r in running) or "-"
         )
@@ -94,7 +87,7 @@ def status_cmd(lock: str | None, fmt: str) -> None:
             [
                 j.job,
                 _describe(j.schedule, j.job),
-                last_text,
+                _last_text(last, now_us, term),
                 "-"
                 if nxt is None
                 else f"{nxt.astimezone(zone):%Y-%m-%d %H:%M:%S} ({ago(to_us(nxt), now_us)})",
@@ -109,6 +102,32 @@ def status_cmd(lock: str | None, fmt: str) -> None:
         click.echo("no jobs recorded in this backend yet", err=True)
         return
     table(env, ["JOB", "SCHEDULE", "LAST", "NEXT", "RUNNING", "INSTANCES"], rows)
+
+
+def _live(names: list[str], instances: dict[str, InstanceInfo], now_us: int) -> list[InstanceInfo]:
+    """The instances named (an id, or its prefix) that are not quiet."""
+    from pyjob.core.records import is_quiet
+
+    live = []
+    for name in names:
+        info = instances.get(name) or next(
+            (i for k, i in instances.items() if k.startswith(name)), None
+        )
+        if info is not None and not is_quiet(info, now_us):
+            live.append(info)
+    return live
+
+
+def _last_text(last: RunRecord | None, now_us: int, term: bool) -> str:
+    """The LAST column: when, the result (coloured on a terminal), how long, where."""
+    if last is None:
+        return "never"
+    took = "" if last.duration is None else f", {span(last.duration)}"
+    return (
+        f"{ago(last.started_us or last.tick_us, now_us)} "
+        f"{styled(last.result, RESULT_STYLE.get(last.result), term)}{took} "
+        f"on {last.instance}"
+    )
 
 
 def _iso(us: int, zone: Any) -> str:

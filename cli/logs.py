@@ -9,14 +9,17 @@ that is absent (``None``, false, an empty list), values quoted where logfmt need
 from __future__ import annotations
 
 import json
-import sys
-import threading
 from collections.abc import Callable
 from datetime import UTC, tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyjob.core.events import LEVELS, SECONDS, Event
 from pyjob.core.rules import iso
+
+from .outputs import Outputs
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 # By level; an info event may have a style of its own.
 _LEVEL_STYLE = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red"}
@@ -106,7 +109,9 @@ def text_line(event: Event, zone: tzinfo | None = None) -> str:
 
 class EventLog:
     """Thread-safe: output readers log from their own threads. ``zone_of`` gives a job's zone
-    (the tick of a text line is written in it)."""
+    (the tick of a text line is written in it). Lines go to stderr through ``outputs``, which
+    drops those it cannot write; the event that says stderr failed (output-closed) goes to
+    stdout, if that is still open."""
 
     def __init__(
         self,
@@ -115,20 +120,34 @@ class EventLog:
         color: bool,
         level: str = "info",
         zone_of: Callable[[str], tzinfo | None] | None = None,
+        outputs: Outputs | None = None,
     ) -> None:
         self.fmt = fmt
         self.min_level = LEVELS.index(level)
         self.zone_of = zone_of
-        self._lock = threading.Lock()
-        self._console = None
+        self.outputs = outputs or Outputs()
+        self._console: Console | None = None
         if fmt == "text" and terminal:
+            import io
+
             from rich.console import Console
 
-            self._console = Console(stderr=True, no_color=not color, highlight=False)
+            # Rich renders, outputs writes: rich's own answer to a broken pipe is to exit. Its
+            # colours come from the environment (TERM, COLORTERM), as they would on stderr.
+            self._console = Console(
+                file=io.StringIO(),
+                force_terminal=True,
+                width=Console(stderr=True).width,
+                no_color=not color,
+                highlight=False,
+            )
 
     def __call__(self, event: Event) -> None:
         if LEVELS.index(event.level) < self.min_level:
             return
+        stream = "stderr"
+        if event.kind == "output-closed" and event.fields.get("stream") == "stderr":
+            stream = "stdout"  # the one place left to say that the log is gone
         if self.fmt == "json":
             doc = {
                 "time": iso(event.at),
@@ -139,18 +158,14 @@ class EventLog:
                 "instance": event.instance,
                 **event.fields,
             }
-            line = json.dumps(doc, default=str)
-            with self._lock:
-                sys.stderr.write(line + "\n")
-                sys.stderr.flush()
+            self.outputs.write(stream, json.dumps(doc, default=str) + "\n")
             return
         zone = self.zone_of(event.job) if self.zone_of and event.tick is not None else None
         text = text_line(event, zone)
-        with self._lock:
-            if self._console is not None:
-                from rich.text import Text
+        if self._console is not None and stream == "stderr":
+            from rich.text import Text
 
+            with self._console.capture() as captured:
                 self._console.print(Text(text, style=style_of(event)), soft_wrap=True)
-            else:
-                sys.stderr.write(text + "\n")
-                sys.stderr.flush()
+            text = captured.get().removesuffix("\n")
+        self.outputs.write(stream, text + "\n")

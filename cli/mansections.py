@@ -6,6 +6,15 @@ Each page has DESCRIPTION, EXAMPLES, EXIT STATUS, ENVIRONMENT, FILES and SEE ALS
 
 from __future__ import annotations
 
+from typing import TypedDict
+
+
+class Page(TypedDict):
+    summary: str
+    description: list[str]  # paragraphs
+    examples: list[tuple[str, str]]  # (what it does, the command)
+
+
 EXIT_STATUS = [
     ("0", "success"),
     (
@@ -51,7 +60,7 @@ FILES = [
     ),
 ]
 
-PAGES: dict[str, dict[str, object]] = {
+PAGES: dict[str, Page] = {
     "": {
         "summary": "run commands on schedules, exactly once per tick across machines",
         "description": [

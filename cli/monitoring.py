@@ -245,7 +245,7 @@ class Monitoring:
             )
         for p in self._periodic:
             p.start()
-        self._report("metrics", who, None, listen=listen, textfile=textfile)
+        self.report("metrics", who, None, listen=listen, textfile=textfile)
 
     def stop(self) -> None:
         """After the scheduler ended: send the last pings, write the textfile a last time."""
@@ -260,7 +260,7 @@ class Monitoring:
 
     # ------------------------------------------------------------------ helpers
 
-    def _report(self, kind: str, job: str, tick: Any, **fields: Any) -> None:
+    def report(self, kind: str, job: str, tick: Any, **fields: Any) -> None:
         from pyjob.core import events
 
         event = events.make(kind, job, self.instance, tick, self.clock.now(), **fields)
@@ -288,7 +288,7 @@ class Monitoring:
         from pyjob.core.pings import PingSender
 
         self.pings = PingSender(
-            self._ping_urls(jobs), self.clock, self._report, user_agent=self._user_agent
+            self._ping_urls(jobs), self.clock, self.report, user_agent=self._user_agent
         )
         self._consumers.append(self.pings.on_event)
         if self._started:

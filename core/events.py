@@ -168,6 +168,13 @@ _KINDS = (
         ("listen", "textfile"),
         "Prometheus metrics are served (--metrics-listen) or written (--metrics-textfile)",
     ),
+    Kind(
+        "output-closed",
+        "warning",
+        ("stream", "error", "action"),
+        "pyjob's own stdout or stderr closed (its reader went away) or failed: its lines are "
+        "dropped, the schedule goes on",
+    ),
     Kind("stopped", "info", ("runs", "failures"), "the job or the process stopped"),
     Kind("exhausted", "info", ("runs", "failures", "jobs"), "the schedule has no more ticks"),
 )

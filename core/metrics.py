@@ -166,6 +166,15 @@ class Metrics:
             registry=r,
         )
         self.silence.set_function(lambda: round(self.health()[1], 3))
+        self.output_lost = Gauge(
+            "pyjob_output_lost",
+            "1 once lines for pyjob's own stdout or stderr are dropped: the stream closed (its "
+            "reader went away), or writing to it failed.",
+            ["stream"],
+            registry=r,
+        )
+        for stream in ("stdout", "stderr"):
+            self.output_lost.labels(stream).set(0)
         self._offset: Gauge | None = None  # registered at the first clock measurement
         self._lock = threading.Lock()
         self._success: dict[str, float] = {}
@@ -239,6 +248,8 @@ class Metrics:
             self.backend_errors.labels(self._backend(job)).inc()
         elif kind == "ping-failed":
             self.ping_failures.labels(job).inc()
+        elif kind == "output-closed":
+            self.output_lost.labels(str(f.get("stream"))).set(1)
         elif kind in ("clock", "clock-warning") and f.get("offset") is not None:
             self._clock_offset(float(f["offset"]))
         reason = skip_reason(event)

@@ -272,24 +272,25 @@ def _executable(prog: str, env: Mapping[str, str]) -> str:
     raise FileNotFoundError(2, "No such file or directory", prog)
 
 
-def _prefixed(label: str) -> Callable[[str, str], None]:
-    """Passes a run's lines through to pyjob's own stdout/stderr, each after ``label | ``."""
-    import sys
+def _prefixed(label: str, write: Callable[[str, str], object]) -> Callable[[str, str], None]:
+    """Passes a run's lines through to ``write(stream, text)``, each after ``label | ``."""
 
-    def write(stream: str, line: str) -> None:
-        out = sys.stdout if stream == "stdout" else sys.stderr
-        out.write(f"{label} | {line}\n")
-        out.flush()
+    def line(stream: str, text: str) -> None:
+        write(stream, f"{label} | {text}\n")
 
-    return write
+    return line
 
 
 class RealRunner:
     """``prefix``: when a run's output passes through (no ``on_line``), write each line after
     its job's name (``PYJOB_JOB``), as supercronic does, so that the output of several jobs can
-    be told apart; the command's stdout and stderr are then pipes, not the terminal."""
+    be told apart; the command's stdout and stderr are then pipes, not the terminal. It is
+    called as ``prefix(stream, text)``, stream "stdout" or "stderr", and writes to pyjob's own
+    (the CLI's writer, which survives their closing)."""
 
-    def __init__(self, reaper: bool = True, prefix: bool = False) -> None:
+    def __init__(
+        self, reaper: bool = True, prefix: Callable[[str, str], object] | None = None
+    ) -> None:
         self.prefix = prefix
         _no_inherited_fds()
         self.reaper = Reaper() if reaper else None
@@ -331,8 +332,8 @@ class RealRunner:
         on_line: Callable[[str, str], None] | None,
         found: Found = None,
     ) -> Handle:
-        if on_line is None and self.prefix:
-            on_line = _prefixed(env.get("PYJOB_JOB", "job"))
+        if on_line is None and self.prefix is not None:
+            on_line = _prefixed(env.get("PYJOB_JOB", "job"), self.prefix)
         argv = command.popen_args()
         try:
             path = found if found is not None else self.resolve(command, env)
