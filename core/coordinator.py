@@ -17,8 +17,9 @@ call goes through here with one error policy:
   record wins over ``running``), and tries them again with backoff (RECORD_RETRY up to
   RECORD_RETRY_MAX) once the time comes, when no claim, renewal or release is waiting. The
   pending records are bounded (PENDING_MAX, each under 5 KiB: the output tail is 4 KiB at most):
-  past it the oldest is dropped, and said so. A registration that failed is retried with them.
-  ``close`` tries what is pending until its ``wait`` is over.
+  past it the oldest is dropped, and said so. A registration that failed is retried with them,
+  and every registration is written again every REREGISTER_EVERY seconds (one deleted or damaged
+  comes back without a restart). ``close`` tries what is pending until its ``wait`` is over.
 
 With ``threaded=False`` (tests with a fake clock) calls run at once on the caller's thread, and
 their results are still delivered by ``drain()``, so the order of events does not depend on it.
@@ -45,6 +46,7 @@ LAST = 9  # the stop, after everything queued
 RELEASE_RETRY = 1.0  # seconds between retries of lease releases an outage left behind
 RECORD_RETRY = 0.5  # seconds before a failed record write is tried again, doubled each time
 RECORD_RETRY_MAX = 8.0  # ... up to this
+REREGISTER_EVERY = 300.0  # seconds between registrations written again whole (see _records)
 PENDING_MAX = 10_000  # run records kept for a later write per backend (at most ~50 MB)
 RECORD_BATCH = 500  # records per write
 
@@ -78,6 +80,8 @@ class _Link:
     # touched only by the worker (or, unthreaded, the caller), so no lock.
     pending: dict[tuple[str, int], tuple[RunRecord, int]] = field(default_factory=dict)
     unregistered: dict[str, JobInfo] = field(default_factory=dict)  # registrations to redo
+    registered: dict[str, JobInfo] = field(default_factory=dict)  # every one asked for
+    reregister_at: float = 0.0  # monotonic: when they are all written again
     me: InstanceInfo | None = None
     retry_at: float | None = None  # monotonic: when what is pending is tried again
     backoff: float = RECORD_RETRY
@@ -503,9 +507,20 @@ class Coordinator:
             link.me = call.args[1]
             for j in call.args[0]:
                 link.unregistered[j.job] = j
+                link.registered[j.job] = j
+            link.reregister_at = self.clock.monotonic() + REREGISTER_EVERY
             if link.retry_at is None:
                 self._write_owed(link)
             return
+        if call.what == "heartbeat" and link.registered:
+            # Every few minutes the registrations are written again whole: one that someone
+            # deleted or damaged (a file, a key, a row) comes back without a restart.
+            now = self.clock.monotonic()
+            if now >= link.reregister_at:
+                link.reregister_at = now + REREGISTER_EVERY
+                link.me = call.args[0]
+                link.unregistered.update(link.registered)
+                link.retry_at = now if link.retry_at is None else link.retry_at
         try:
             if call.what == "heartbeat":
                 store.heartbeat(call.args[0])

@@ -278,8 +278,9 @@ def refused_damaged(job: str, error: Exception) -> ClaimOutcome:
     else:
         why = (
             f"a file of job {job} in the lock directory is damaged ({type(error).__name__}: "
-            f"{error}); not run, since no one can tell whether it ran: remove the job's "
-            "directory if no instance runs it, or restore the file"
+            f"{error}); not run, since no one can tell whether it ran: restore the file, or "
+            "remove the job's directory while no instance runs the job (its fences then start "
+            "again at 1)"
         )
     return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
 
