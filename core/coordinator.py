@@ -38,7 +38,14 @@ from .backends import Backend, open_backend
 from .backends.protocol import ClaimOutcome, ClaimRequest, Lease
 from .clock import Clock, Waker
 from .errors import BackendError
-from .records import InstanceInfo, JobInfo, RecordStore, RunRecord, records_for
+from .records import (
+    InstanceInfo,
+    JobInfo,
+    RecordsNotWritten,
+    RecordStore,
+    RunRecord,
+    records_for,
+)
 
 _PRIORITY = {"claim": 0, "renew": 0, "release": 0, "previous": 1, "latest": 1, "orphan": 1}
 _BACKGROUND = frozenset({"records", "register", "heartbeat", "prune", "cleanup"})
@@ -384,14 +391,14 @@ class Coordinator:
             if link.unregistered and link.me is not None:
                 store.register(list(link.unregistered.values()), link.me)
                 link.unregistered.clear()
-            batch = list(itertools.islice(link.pending.items(), RECORD_BATCH))
-            by_keep: dict[int, list[RunRecord]] = {}
-            for _, (record, keep) in batch:
-                by_keep.setdefault(keep, []).append(record)
-            for keep, records in by_keep.items():
-                store.put_runs(records, keep)
-            for key, _ in batch:
-                del link.pending[key]
+            batch = list(itertools.islice(link.pending.values(), RECORD_BATCH))
+            unwritten, failure = self._put_batch(store, batch)
+            for record, _ in batch:
+                key = (record.job, record.tick_us)
+                if key not in unwritten:
+                    del link.pending[key]
+            if failure is not None:
+                raise failure
         except Exception as e:  # a backend bug must not end the process: it is an error too
             link.retry_at = self.clock.monotonic() + link.backoff
             link.backoff = min(link.backoff * 2, RECORD_RETRY_MAX)
@@ -406,6 +413,32 @@ class Coordinator:
             self.report("*", None, "backend-recovered", recorded=sorted(link.failing))
             link.failing.clear()
         return True
+
+    @staticmethod
+    def _put_batch(
+        store: RecordStore, batch: list[tuple[RunRecord, int]]
+    ) -> tuple[set[tuple[str, int]], Exception | None]:
+        """Write ``batch`` ((record, keep) pairs); the (job, tick) of those not written, and the
+        first failure. A store that says which of its records failed (RecordsNotWritten) has
+        written the others; after any other failure the rest of the batch waits too."""
+        by_keep: dict[int, list[RunRecord]] = {}
+        for record, keep in batch:
+            by_keep.setdefault(keep, []).append(record)
+        unwritten: set[tuple[str, int]] = set()
+        failure: Exception | None = None
+        for keep, records in by_keep.items():
+            if failure is None or isinstance(failure, RecordsNotWritten):
+                try:
+                    store.put_runs(records, keep)
+                    continue
+                except RecordsNotWritten as e:
+                    unwritten |= e.unwritten
+                    failure = failure or e
+                    continue
+                except Exception as e:  # a backend bug too: said by the caller
+                    failure = e
+            unwritten |= {(r.job, r.tick_us) for r in records}
+        return unwritten, failure
 
     def _report_unwritten(self, link: _Link, e: Exception) -> None:
         """A backend-error per job whose records wait, once until they are written."""

@@ -116,6 +116,16 @@ class InstanceInfo:
         return cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
 
 
+class RecordsNotWritten(BackendError):
+    """Some records of a batch were written and these (job, tick µs) were not: a store that
+    writes them one by one (file:, nfs:) says which, so that one job's broken directory does not
+    hold back the records of the others."""
+
+    def __init__(self, message: str, unwritten: set[tuple[str, int]]) -> None:
+        super().__init__(message)
+        self.unwritten = unwritten
+
+
 class RecordStore(Protocol):
     def put_runs(self, records: Sequence[RunRecord], keep: int = 100) -> None:
         """Write (replace) each record (a store that trims as it writes keeps ``keep``)."""
@@ -208,17 +218,21 @@ class DirectoryRecords:
         """A tick's first record creates its file in place; readers skip a file they cannot
         parse, as one being written. The ones after it replace the file whole (renamed) or, on
         file:, are written over it in place when they fit in the blocks it already has (so that
-        the write cannot fail for space half-way on ext4, xfs or tmpfs)."""
-        try:
-            for r in records:
+        the write cannot fail for space half-way on ext4, xfs or tmpfs). Each record is written
+        on its own: RecordsNotWritten names those that failed."""
+        unwritten: set[tuple[str, int]] = set()
+        first: OSError | None = None
+        for r in records:
+            try:
                 try:
                     self._put(r)
                 except FileNotFoundError:  # its directory was deleted since it was made
                     self._made.discard(r.job)
                     self._put(r)
-        except OSError as e:
-            raise self._fail("run record not written", e) from e
-        for r in records:
+            except OSError as e:
+                unwritten.add((r.job, r.tick_us))
+                first = first or e
+                continue
             self._written[r.job] = self._written.get(r.job, 0) + 1
         for job in {r.job for r in records}:
             # At most ``keep`` per job: trimmed once every ``keep`` writes (a run writes two),
@@ -230,6 +244,9 @@ class DirectoryRecords:
             for tick in self._ticks(job)[keep:]:
                 with contextlib.suppress(FileNotFoundError):
                     (d / f"{tick}.json").unlink()
+        if first is not None:
+            error = self._fail("run record not written", first)
+            raise RecordsNotWritten(str(error), unwritten) from first
 
     def _put(self, r: RunRecord) -> None:
         from .backends.common import create_new, overwrite
@@ -729,6 +746,7 @@ __all__ = [
     "InstanceInfo",
     "JobInfo",
     "RecordStore",
+    "RecordsNotWritten",
     "RetryingReader",
     "RunRecord",
     "records_for",

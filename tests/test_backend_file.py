@@ -151,18 +151,36 @@ def test_the_mark_is_overwritten_in_place_and_an_older_mark_is_taken_up(tmp_path
 
 
 def test_a_batch_that_fails_part_way_keeps_no_lease_it_took(tmp_path: Path) -> None:
+    import subprocess
+
     from pyjob.core.backends.protocol import ClaimRequest
+
+    from .servers import CI
 
     d = tmp_path / "locks"
     backend = FileBackend(d)
     backend.check()
-    # a file where the job's directory should be: an I/O error (not one job's damaged state,
-    # which only refuses that job) fails the batch
-    (d / "broken").write_text("")
-    tick = T0 + timedelta(seconds=1)
-    batch = [ClaimRequest("first", tick, KEEP, 30.0), ClaimRequest("broken", tick, KEEP, 30.0)]
-    fresh = FileBackend(d)
-    with pytest.raises(BackendError, match="claim failed"):
-        fresh.claim_many(batch, "a", T0)
-    lease = FileBackend(d).acquire_lease("first", "b", 30.0)  # another instance gets it
-    assert lease is not None
+    # A read-only file system under one job's claims: the file system's failure (not one job's
+    # damaged state, which only refuses that job) fails the batch.
+    ro = d / "broken" / "claims"
+    ro.mkdir(parents=True)
+    if os.getuid() != 0:
+        if CI:
+            pytest.fail("this test needs root under CI (mount -t tmpfs)")
+        pytest.skip("mounting a tmpfs needs root")
+    mount = ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)]
+    proc = subprocess.run(mount, capture_output=True, text=True)
+    if proc.returncode != 0:
+        if CI:
+            pytest.fail(f"mount -t tmpfs failed: {proc.stderr}")
+        pytest.skip(f"mount -t tmpfs failed: {proc.stderr.strip()}")
+    try:
+        tick = T0 + timedelta(seconds=1)
+        batch = [ClaimRequest("first", tick, KEEP, 30.0), ClaimRequest("broken", tick, KEEP, 30.0)]
+        fresh = FileBackend(d)
+        with pytest.raises(BackendError, match="claim failed"):
+            fresh.claim_many(batch, "a", T0)
+        lease = FileBackend(d).acquire_lease("first", "b", 30.0)  # another instance gets it
+        assert lease is not None
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)

@@ -221,7 +221,9 @@ def test_nfs_registrations_come_back_after_the_directory_is_deleted(tmp_path: Pa
             break
         time.sleep(0.5)
     assert jobs.get("sync", {}).get("instances"), jobs
-    assert history_runs(url, "sync", "-n", "2")  # exit 0: the job is known again
+    seen = len(run.events("run-finished"))
+    run.wait_for("run-finished", count=seen + 2, timeout=30)
+    assert history_runs(url, "sync", "-n", "2")  # exit 0 (the job is known again), and its runs
     assert run.stop() == 0
 
 

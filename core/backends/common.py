@@ -275,6 +275,13 @@ def refused_damaged(job: str, error: Exception) -> ClaimOutcome:
     saying why, so that one job's damage never fails the claims of the others in its batch."""
     if isinstance(error, DamagedState):
         why = str(error)
+    elif isinstance(error, OSError):
+        why = (
+            f"the files of job {job} in the lock directory cannot be used ({error.strerror}: "
+            f"{error.filename}); not run, since no one can tell whether it ran: give them back "
+            "to this user (directories 0700, files 0600), or remove what stands where a "
+            "directory should be"
+        )
     else:
         why = (
             f"a file of job {job} in the lock directory is damaged ({type(error).__name__}: "
@@ -285,9 +292,19 @@ def refused_damaged(job: str, error: Exception) -> ClaimOutcome:
     return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
 
 
-# What one job's damaged files raise while it is claimed (a parse error of any kind); an OSError
-# is the file system's and fails the batch as a backend error.
+# What one job's damaged files raise while it is claimed (a parse error of any kind).
 DAMAGE = (DamagedState, ValueError, KeyError, TypeError, AttributeError)
+# The OSErrors of one job's own paths (a file where its directory should be, permissions changed
+# on it): that job's state, refused like damage. Any other (a full or read-only file system, an
+# I/O error) is the file system's and fails the batch as a backend error.
+JOB_PATH_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.ELOOP})
+
+
+def is_job_damage(error: BaseException) -> bool:
+    """Whether ``error``, raised while one job of a batch was claimed, is that job's alone."""
+    if isinstance(error, OSError):
+        return error.errno in JOB_PATH_ERRNOS
+    return isinstance(error, DAMAGE)
 
 
 def parse_mark(text: str) -> Mark:

@@ -58,10 +58,10 @@ from filelock import FileLock, Timeout
 
 from ..errors import BackendError
 from .common import (
-    DAMAGE,
     Mark,
     claim_record,
     create_new,
+    is_job_damage,
     make_private_dirs,
     overwrite,
     probe_mtime,
@@ -166,8 +166,10 @@ class FileBackend:
                         )
                         try:
                             out.append(self._in_job_dir(r.job, one))
-                        except DAMAGE as e:  # this job's files, not the batch's
-                            out.append(refused_damaged(r.job, e))
+                        except Exception as e:
+                            if not is_job_damage(e):
+                                raise
+                            out.append(refused_damaged(r.job, e))  # this job's, not the batch's
                 except BaseException:  # the batch fails whole: no lease of it stays taken
                     for o in out:
                         if o.lease is not None:

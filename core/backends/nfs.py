@@ -38,10 +38,10 @@ from pathlib import Path
 from ..clock import Clock, SystemClock
 from ..errors import BackendError
 from .common import (
-    DAMAGE,
     DamagedState,
     Mark,
     claim_record,
+    is_job_damage,
     make_private_dirs,
     probe_mtime,
     read_mark,
@@ -176,14 +176,17 @@ class NfsBackend:
         try:
             known: dict[int, ClaimOutcome] = {}
             for i, r in enumerate(requests):  # the common loser's path needs no lock
-                path = self._job_dir(r.job) / "claims" / f"{_us(r.tick)}.json"
-                if path.exists():
-                    try:
-                        claim = self._read_claim(path, r.job, instance)
-                    except DAMAGE as e:  # this job's files, not the batch's
-                        known[i] = refused_damaged(r.job, e)
+                try:
+                    path = self._job_dir(r.job) / "claims" / f"{_us(r.tick)}.json"
+                    if not path.exists():
                         continue
-                    known[i] = self._with_lease(claim, r, instance)
+                    claim = self._read_claim(path, r.job, instance)
+                except Exception as e:
+                    if not is_job_damage(e):
+                        raise
+                    known[i] = refused_damaged(r.job, e)  # this job's files, not the batch's
+                    continue
+                known[i] = self._with_lease(claim, r, instance)
             if len(known) == len(requests):
                 return [known[i] for i in range(len(requests))]
             lock, server_us = self._lock(instance)
@@ -205,8 +208,10 @@ class NfsBackend:
     ) -> ClaimOutcome:
         try:
             return self._claim_one(r, instance, now, server_us)
-        except DAMAGE as e:  # this job's files, not the batch's
-            return refused_damaged(r.job, e)
+        except Exception as e:
+            if not is_job_damage(e):
+                raise
+            return refused_damaged(r.job, e)  # this job's files, not the batch's
 
     def _claim_one(
         self, r: ClaimRequest, instance: str, now: datetime, server_us: int
