@@ -283,3 +283,39 @@ def test_a_damaged_registration_is_written_again_within_minutes(tmp_path: Path) 
         coordinator.heartbeat(me)
     coordinator.heartbeat(me)
     assert "nightly" in status_jobs(url)
+
+
+def test_a_file_where_one_jobs_directory_should_be_refuses_that_job_only(
+    scheme: str, tmp_path: Path
+) -> None:
+    d = tmp_path / "locks"
+    url = f"{scheme}:{d}"
+    backend = _open(url)
+    (d / "bad").write_text("not a directory")
+    bad, good = backend.claim_many(
+        [ClaimRequest("bad", T0, KEEP), ClaimRequest("good", T0, KEEP)], "a", T0
+    )
+    assert good.claim.won
+    assert not bad.claim.won and bad.claim.refused and "cannot be used" in bad.claim.refused
+    assert str(d / "bad") in bad.claim.refused  # names what stands in the way
+
+
+def test_one_jobs_broken_records_directory_holds_back_no_other_jobs_records(
+    scheme: str, tmp_path: Path
+) -> None:
+    from pyjob.core.errors import BackendError
+    from pyjob.core.records import RecordsNotWritten, RunRecord, records_for
+
+    d = tmp_path / "locks"
+    store = records_for(_open(f"{scheme}:{d}"))
+    assert store is not None
+    (d / "bad").mkdir(mode=0o700)
+    (d / "bad" / "runs").write_text("a file where the records directory should be")
+    batch = [
+        RunRecord("bad", 1, "b1", "i0", "success"),
+        RunRecord("good", 1, "g1", "i0", "success"),
+    ]
+    with pytest.raises(BackendError) as failed:
+        store.put_runs(batch)
+    assert isinstance(failed.value, RecordsNotWritten) and failed.value.unwritten == {("bad", 1)}
+    assert [r.run_id for r in store.runs("good", 10)] == ["g1"]
