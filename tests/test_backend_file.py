@@ -58,7 +58,10 @@ def test_directory_that_cannot_be_created(tmp_path: Path) -> None:
         FileBackend(tmp_path / "file" / "locks").check()
 
 
-def test_storage_failing_mid_run_is_a_backend_error(tmp_path: Path) -> None:
+def test_a_file_where_the_claims_directory_should_be_refuses_the_job(tmp_path: Path) -> None:
+    """One job's storage failing mid-run (every write fails, also for root) is that job's
+    state: its claims are refused saying what stands in the way, never won (a full or read-only
+    file system is a backend error: test_backend_dirs)."""
     backend = FileBackend(tmp_path / "locks")
     backend.check()
     assert backend.claim("job", T0, "a", KEEP, T0).won
@@ -66,9 +69,12 @@ def test_storage_failing_mid_run_is_a_backend_error(tmp_path: Path) -> None:
     for f in claims.iterdir():
         f.unlink()
     claims.rmdir()
-    claims.write_text("")  # the claims directory is gone: every write fails (also for root)
-    with pytest.raises(BackendError, match="claim failed"):
-        backend.claim("job", T0 + timedelta(seconds=1), "a", KEEP, T0)
+    claims.write_text("")
+    r = backend.claim("job", T0 + timedelta(seconds=1), "a", KEEP, T0)
+    assert not r.won and r.refused is not None and "cannot be used" in r.refused
+    claims.unlink()
+    again = backend.claim("job", T0 + timedelta(seconds=2), "a", KEEP, T0)
+    assert again.won and again.fence == 2  # the refused claim handed out no fence
 
 
 def test_default_directory() -> None:
