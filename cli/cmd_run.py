@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -150,11 +150,12 @@ def run_cmd(
 
     spec, now = build_spec(schedule_text, kw)
     job_id = job_identity(spec, command, shell=shell, name=name)
+    settings = JobSettings.from_values(job_values)
     job = Job(
         job_id,
         Schedule(spec, job_id=job_id, anchor=now),
-        Command(tuple(command), shell=shell),
-        JobSettings.from_values(job_values),
+        Command(tuple(command), shell=shell, kill_orphans=settings.kill_orphans),
+        settings,
         env={},  # the process environment is the scheduler's; a job adds only its own
     )
     raise click.exceptions.Exit(serve([job], env, process))
@@ -214,7 +215,8 @@ def jobs_from_file(path: str, env: Env, cli_values: dict[str, Any]) -> list[Job]
             Job(
                 d.name,
                 Schedule(d.spec, job_id=d.name, anchor=now),
-                d.command,
+                # --kill-orphans is how the command is run: the runner sees the command only
+                replace(d.command, kill_orphans=settings.kill_orphans),
                 settings,
                 env=dict(d.env),  # on top of the process environment, at each spawn
                 fingerprint=(d.fingerprint(), settings),
@@ -254,7 +256,8 @@ def serve(
     corrected = OffsetClock(env.clock) if process.clock.mode == "ntp" else None
     clock: Clock = monitoring.loop_clock(corrected or env.clock)
     # Several jobs: whose output is it? Each line after its job's name.
-    runner = RealRunner(prefix=outputs.write if len(jobs) > 1 else None)
+    # A hook's output, always: whose answer is it? (`fail | OK` was read as the job's.)
+    runner = RealRunner(prefix=outputs.write if len(jobs) > 1 else None, hooks=outputs.write)
     scheduler = Scheduler(
         clock, runner, monitoring.fan_out(log), instance=instance, env=env.environ
     )

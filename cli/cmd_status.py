@@ -13,6 +13,10 @@ from .render import echo_json, table
 if TYPE_CHECKING:
     from pyjob.core.records import InstanceInfo, RunRecord
 
+# A job none of whose instances was seen for this long is left out: nobody serves it any more
+# (renamed, moved to another backend, its hosts gone). Its records stay (pyjob history JOB).
+UNSERVED_SHOWN = 24 * 3600.0
+
 
 @click.command("status")
 @lock_option
@@ -23,7 +27,10 @@ def status_cmd(lock: str | None, fmt: str) -> None:
     the instances that serve it.
 
     Each instance registers its jobs in the backend and refreshes a heartbeat every 10 s; one
-    not seen for 35 s has gone quiet, and a run it left `running` shows as `lost`. With the
+    not seen for 35 s has gone quiet, and a run it left `running` shows as `lost`. A job with
+    no live instance shows NEXT as "- no live instance" (next_tick null in JSON): nothing will
+    run its ticks; once none of its instances was seen for 24 h it is no longer listed (its
+    history stays, for `pyjob history JOB`). With the
     default file: backend this shows this host's jobs. A warning on stderr says when the
     instances run different tzdata releases, which can compute different ticks.
 
@@ -52,13 +59,19 @@ def status_cmd(lock: str | None, fmt: str) -> None:
     docs: list[dict[str, Any]] = []
     rows = []
     term = env.out_is_terminal()
+    unserved = 0
     for j in jobs:
         zone = get_zone(j.zone)
         records = [effective(r, instances, now_us) for r in recent[j.job]]
         last = next((r for r in records if r.result in FINISHED), None)
         running = [r for r in records if r.result == "running"]
-        nxt = _next_tick(j.schedule, j.job, now)
+        served = _served(j.instances, instances)
+        seen_us = max((i.seen_us for i in served), default=None)
+        if seen_us is None or now_us - seen_us > UNSERVED_SHOWN * 1e6:
+            unserved += 1
+            continue
         live = _live(j.instances, instances, now_us)
+        nxt = _next_tick(j.schedule, j.job, now) if live else None
         docs.append(
             {
                 "job": j.job,
@@ -68,6 +81,7 @@ def status_cmd(lock: str | None, fmt: str) -> None:
                 "zone": j.zone,
                 "last": run_document(last, zone) if last else None,
                 "next_tick": None if nxt is None else nxt.astimezone(zone).isoformat(),
+                "last_seen": _iso(seen_us, zone),  # the latest heartbeat of its instances
                 "running": [run_document(r, zone) for r in running],
                 "instances": [
                     {
@@ -88,12 +102,16 @@ def status_cmd(lock: str | None, fmt: str) -> None:
                 j.job,
                 _describe(j.schedule, j.job),
                 _last_text(last, now_us, term),
-                "-"
-                if nxt is None
-                else f"{nxt.astimezone(zone):%Y-%m-%d %H:%M:%S} ({ago(to_us(nxt), now_us)})",
+                _next_text(nxt, zone, now_us) if live else _unserved_text(seen_us, now_us),
                 running_text,
                 str(len(live)),
             ]
+        )
+    if unserved:
+        click.echo(
+            f"{unserved} job(s) not listed: none of their instances seen for "
+            f"{UNSERVED_SHOWN / 3600:g}h (pyjob history JOB shows their runs)",
+            err=True,
         )
     if fmt == "json":
         echo_json({"jobs": docs})
@@ -104,18 +122,37 @@ def status_cmd(lock: str | None, fmt: str) -> None:
     table(env, ["JOB", "SCHEDULE", "LAST", "NEXT", "RUNNING", "INSTANCES"], rows)
 
 
-def _live(names: list[str], instances: dict[str, InstanceInfo], now_us: int) -> list[InstanceInfo]:
-    """The instances named (an id, or its prefix) that are not quiet."""
-    from pyjob.core.records import is_quiet
-
-    live = []
+def _served(names: list[str], instances: dict[str, InstanceInfo]) -> list[InstanceInfo]:
+    """The instances named (an id, or its prefix), quiet or not."""
+    served = []
     for name in names:
         info = instances.get(name) or next(
             (i for k, i in instances.items() if k.startswith(name)), None
         )
-        if info is not None and not is_quiet(info, now_us):
-            live.append(info)
-    return live
+        if info is not None:
+            served.append(info)
+    return served
+
+
+def _live(names: list[str], instances: dict[str, InstanceInfo], now_us: int) -> list[InstanceInfo]:
+    """The instances named (an id, or its prefix) that are not quiet."""
+    from pyjob.core.records import is_quiet
+
+    return [i for i in _served(names, instances) if not is_quiet(i, now_us)]
+
+
+def _next_text(nxt: Any, zone: Any, now_us: int) -> str:
+    """The NEXT column of a job some live instance serves."""
+    from pyjob.core.schedule import to_us
+
+    if nxt is None:
+        return "-"
+    return f"{nxt.astimezone(zone):%Y-%m-%d %H:%M:%S} ({ago(to_us(nxt), now_us)})"
+
+
+def _unserved_text(seen_us: int, now_us: int) -> str:
+    """The NEXT column of a job no live instance serves: nothing runs its ticks."""
+    return f"- no live instance (seen {ago(seen_us, now_us)})"
 
 
 def _last_text(last: RunRecord | None, now_us: int, term: bool) -> str:

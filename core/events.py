@@ -92,7 +92,13 @@ _KINDS = (
         ("run_id", "pid", "lateness", "fence", "attempt", "error"),
         "the command was started (error: it could not be)",
     ),
-    Kind("output", "info", ("stream", "line", "run_id"), "a line of the command (--log-output)"),
+    Kind(
+        "output",
+        "info",
+        ("stream", "line", "run_id", "hook"),
+        "a line of the command (--log-output), or of a hook (then named); stream is stdout, "
+        "stderr, or pyjob for pyjob's own word on the output (lines dropped)",
+    ),
     Kind(
         "run-finished",
         "info",
