@@ -187,14 +187,14 @@ def test_damaged_records_and_registrations_are_skipped_by_status_and_history(
     url = f"file:{d}"
     store = records_for(_open(url))
     assert store is not None
-    me = InstanceInfo("i0", "host", 1, "0")
+    me = InstanceInfo("i0", "host", 1, "0", seen_us=int(time.time() * 1e6))  # live
     store.register([JobInfo("ok", "@every 1m", "UTC", "true")], me)
     store.register([JobInfo("broken", "@every 1m", "UTC", "true")], me)
     store.put_runs([RunRecord("ok", 1_000_000, "r1", "i0", "success")])
     store.put_runs([RunRecord("ok", 2_000_000, "r2", "i0", "success")])
     (d / "ok" / "runs" / "2000000.json").write_text("[1, 2]")
     (d / "broken" / "job.json").write_text('"a string"')
-    (d / ".instances" / "i0.json").write_text("[]")
+    (d / ".instances" / "i1.json").write_text("[]")  # another instance's heartbeat
     assert list(status_jobs(url)) == ["ok"]
     assert [r["run_id"] for r in history_runs(url, "ok")] == ["r1"]
 
@@ -274,7 +274,7 @@ def test_a_damaged_registration_is_written_again_within_minutes(tmp_path: Path) 
     clock = FakeClock(datetime(2026, 12, 1, tzinfo=UTC))
     coordinator = Coordinator(clock, "i0", Waker(), lambda *a, **k: None, threaded=False)
     coordinator.open(url)
-    me = InstanceInfo("i0", "host", 1, "0")
+    me = InstanceInfo("i0", "host", 1, "0", seen_us=int(time.time() * 1e6))  # live
     coordinator.register(url, [JobInfo("nightly", "@daily", "UTC", "backup")], me)
     (lock / "nightly" / "job.json").write_bytes(GARBAGE)
     assert "nightly" not in status_jobs(url)  # skipped as damaged, not a traceback

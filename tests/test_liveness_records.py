@@ -97,7 +97,8 @@ def test_status_and_history_survive_one_dropped_connection_wherever_it_falls(
 ) -> None:
     proxy, url = proxied
     store = _direct(proxy, url)
-    store.register([JobInfo("nightly", "@daily", "UTC", "backup")], InstanceInfo("i0", "h", 1, "0"))
+    me = InstanceInfo("i0", "h", 1, "0", seen_us=int(time.time() * 1e6))  # live: status lists it
+    store.register([JobInfo("nightly", "@daily", "UTC", "backup")], me)
     store.put_runs(
         [RunRecord("nightly", i * 86_400_000_000, f"r{i}", "i0", "success") for i in (1, 2)]
     )
@@ -113,6 +114,7 @@ def test_status_and_history_survive_one_dropped_connection_wherever_it_falls(
     for command in ("history", "status"):
         before = proxy.chunks
         clean = read(command)
+        assert clean and "nightly" in json.dumps(clean)
         requests = proxy.chunks - before  # how many requests the command makes
         assert requests >= 2
         for n in range(1, requests + 1):
