@@ -84,7 +84,8 @@ def events_table() -> str:
 
     rows = ["| event | level | fields | meaning |", "| --- | --- | --- | --- |"]
     for kind in CATALOGUE.values():
-        level = kind.level + (" (error when it failed)" if kind.level_of else "")
+        note = kind.level_note or ("error when it failed" if kind.level_of else "")
+        level = kind.level + (f" ({note})" if note else "")
         fields = ", ".join(f"`{f}`" for f in kind.fields) or "-"
         rows.append(f"| `{kind.name}` | {level} | {fields} | {kind.doc} |")
     return "\n".join(rows) + "\n"

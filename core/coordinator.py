@@ -10,8 +10,10 @@ call goes through here with one error policy:
   ``claim_many`` round trip, the lease renewals due together one ``renew_many``.
 - A ``BackendError`` never escapes: the caller's callback receives it (the scheduler skips the
   tick, or runs it with ``--on-backend-error run``), or it is reported as a ``backend-error``
-  event. A lease whose release failed is kept and released again before the next call, as soon
-  as the backend answers (so an outage does not leave a lease that blocks the job for its TTL).
+  event (at debug level: the outage is told once, by ``backend-down`` and ``backend-up``, see
+  pyjob.core.outage). A lease whose release failed is kept and released again before the next
+  call, as soon as the backend answers (so an outage does not leave a lease that blocks the job
+  for its TTL).
 - Run records are written until they are written (DESIGN §5): a write that fails keeps its
   records pending, one per run, where a newer state of the run replaces the older (the final
   record wins over ``running``), and tries them again with backoff (RECORD_RETRY up to
@@ -38,6 +40,7 @@ from .backends import Backend, open_backend
 from .backends.protocol import ClaimOutcome, ClaimRequest, Lease
 from .clock import Clock, Waker
 from .errors import BackendError
+from .outage import Outage
 from .records import (
     InstanceInfo,
     JobInfo,
@@ -75,6 +78,7 @@ class _Link:
 
     url: str
     backend: Backend
+    outage: Outage  # its down and up edges
     # (priority, order, call): claims and leases first; what no tick waits for (records,
     # heartbeats, clean-up) after them, so a batch of record writes never delays a claim.
     calls: PriorityQueue[tuple[int, int, _Call | None]] = field(default_factory=PriorityQueue)
@@ -146,7 +150,9 @@ class Coordinator:
         except BaseException:
             backend.close()
             raise
-        link = _Link(k, backend, records=records_for(backend))
+        link = _Link(
+            k, backend, Outage(backend.url, self.clock, self.report), records=records_for(backend)
+        )
         self._links[k] = link
         if self.threaded:
             link.thread = threading.Thread(
@@ -400,6 +406,8 @@ class Coordinator:
             if failure is not None:
                 raise failure
         except Exception as e:  # a backend bug must not end the process: it is an error too
+            if not isinstance(e, RecordsNotWritten):  # else the backend answered, for the others
+                link.outage.failed(str(e))
             link.retry_at = self.clock.monotonic() + link.backoff
             link.backoff = min(link.backoff * 2, RECORD_RETRY_MAX)
             self._report_unwritten(link, e)
@@ -467,6 +475,11 @@ class Coordinator:
                 self.clock.sleep(min(left, max(0.0, link.retry_at - self.clock.monotonic())))
 
     def _do(self, link: _Link, call: _Call) -> None:
+        link.outage.begin()
+        self._call(link, call)
+        link.outage.end()
+
+    def _call(self, link: _Link, call: _Call) -> None:
         if link.unreleased and call.what != "release":
             self._release(link, [])  # first what an outage left behind
         if (link.pending or link.unregistered) and self._owed_due(link) and _waits_for_none(call):
@@ -477,6 +490,7 @@ class Coordinator:
                 f"{link.backend.url}: claim not sent: the backend kept it waiting until the "
                 "following tick was due"
             )
+            link.outage.unsent(len(call.args[0]))
             self._deliver(call.done, late)
             return
         try:
@@ -515,12 +529,14 @@ class Coordinator:
                     self.report("*", None, "cleanup", removed=removed)
                 return
         except BackendError as e:
+            link.outage.failed(str(e), len(call.args[0]) if call.what == "claim" else 0)
             if call.done is None:
                 self.report("*", None, "backend-error", error=str(e), action="cleanup later")
                 return
             result = e
         except Exception as e:  # a backend bug must not end the process: it is an error too
             error = BackendError(f"{link.backend.url}: {type(e).__name__}: {e}")
+            link.outage.failed(str(error), len(call.args[0]) if call.what == "claim" else 0)
             if call.done is None:
                 self.report("*", None, "backend-error", error=str(error), action="cleanup later")
                 return
@@ -560,6 +576,7 @@ class Coordinator:
             else:
                 store.prune(*call.args)
         except Exception as e:
+            link.outage.failed(str(e))
             self.report(
                 "*", None, "backend-error", error=str(e), action=f"{call.what} later; runs go on"
             )
@@ -573,6 +590,7 @@ class Coordinator:
             link.backend.release_many(retry)
         except Exception as e:
             link.unreleased = retry
+            link.outage.failed(str(e))
             if leases:  # reported once per lease, not at every retry
                 for lease in leases:
                     self.report(
@@ -583,6 +601,7 @@ class Coordinator:
                         action="run lease released again once the backend answers",
                     )
             return
+        link.outage.answered()  # before what the answer released
         if len(retry) > len(leases):
             self.report(
                 "*",
