@@ -34,8 +34,9 @@ every instance on it goes too.
 
 The host's clock is this backend's clock. A tick at or before the job's mark whose claim is gone
 is refused (never won twice); so is a tick older than its claims are kept plus the skew limit.
-A deleted directory is made again (0700) and the marks this process has seen keep the fences
-growing; a damaged mark is recovered from the claims on disk.
+A deleted directory is made again (0700, with every parent it lacks) and the marks this process
+has seen keep the fences growing; a damaged mark is recovered from the claims on disk. A file of
+one job that cannot be parsed refuses that job's claim, never the batch (DESIGN §5).
 """
 
 from __future__ import annotations
@@ -60,11 +61,14 @@ from .common import (
     Mark,
     claim_record,
     create_new,
+    is_job_damage,
+    make_private_dirs,
     overwrite,
     probe_mtime,
     read_mark,
     read_small,
     refused_behind_mark,
+    refused_damaged,
     refused_too_old,
     remove_expired_claims,
     remove_strays,
@@ -88,11 +92,9 @@ class FileBackend:
     # ---------------------------------------------------------------- set-up
 
     def _make_directory(self) -> None:
-        """Create the directory 0700 ourselves before filelock can (it would make it 0755)."""
-        d = self.directory
-        d.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            d.mkdir(mode=0o700)
+        """Create the directory, and the parents it lacks, 0700 ourselves before filelock can
+        (it would make it 0755)."""
+        make_private_dirs(self.directory)
 
     def check(self) -> None:
         d = self.directory
@@ -136,7 +138,7 @@ class FileBackend:
         a directory found gone, so that this makes it."""
         path = self.directory / safe_name(job)
         if job not in self._made:
-            (path / "claims").mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dirs(path / "claims")  # the lock directory too, if it was deleted
             self._made.add(job)
         return path
 
@@ -162,7 +164,12 @@ class FileBackend:
                         one = partial(
                             self._claim_one, r=r, instance=instance, now=now, clock_us=clock_us
                         )
-                        out.append(self._in_job_dir(r.job, one))
+                        try:
+                            out.append(self._in_job_dir(r.job, one))
+                        except Exception as e:
+                            if not is_job_damage(e):
+                                raise
+                            out.append(refused_damaged(r.job, e))  # this job's, not the batch's
                 except BaseException:  # the batch fails whole: no lease of it stays taken
                     for o in out:
                         if o.lease is not None:
