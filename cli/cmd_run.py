@@ -111,13 +111,7 @@ def run_cmd(
     values = {s.name: kw.pop(s.field) for s in SETTINGS}
     env = get_env()
     process = ProcessOptions.from_values(values)
-    for field in ("name", "instance-id"):
-        text = name if field == "name" else values["instance-id"]
-        if text is not None and (not text.strip() or not text.isprintable()):
-            raise click.BadParameter(
-                "must be printable, without newlines or control characters",
-                param_hint=f"'--{field}'",
-            )
+    _check_printable(name, values["instance-id"])
     job_values = {k: v for k, v in values.items() if k in _JOB_SETTING_NAMES()}
     if words:
         if schedule_text is not None:
@@ -127,19 +121,8 @@ def run_cmd(
         given = schedule_flags_given(kw, also=("at", "align", "offset")) + (
             ["SCHEDULE" if words else "-s"] if schedule_text else []
         )
-        for flag, value in (("CMD", command), ("--name", name), ("--shell", shell)):
-            if value:
-                given.append(flag)
-        if given:
-            raise click.UsageError(f"--file takes its jobs from the file: drop {', '.join(given)}")
-        path = jobs_file
-
-        def load() -> list[Job]:
-            return jobs_from_file(path, env, job_values)
-
-        jobs = _load_or_exit(load)
-        code = serve(jobs, env, process, reload=load)
-        raise click.exceptions.Exit(code)
+        given += [f for f, v in (("CMD", command), ("--name", name), ("--shell", shell)) if v]
+        raise click.exceptions.Exit(_run_file(jobs_file, given, env, process, job_values))
     # One rule for where the command starts: after the schedule. The schedule is given by
     # options, or is the first argument (quoted when it has spaces); `--` before the command is
     # optional, and needed only for a schedule of several unquoted words.
@@ -169,13 +152,7 @@ def run_cmd(
             "missing the command: pyjob run SCHEDULE [--] CMD [ARGS]... (or --file PATH)"
         )
     if first and command[0].startswith("-"):
-        from .hints import quoted
-
-        raise click.UsageError(
-            f"'{command[0]}' after the schedule is not a command: the options of pyjob go "
-            "before the schedule, and a command that starts with a dash after -- "
-            f"(pyjob run [OPTIONS] {quoted(schedule_text or '')} -- CMD [ARGS]...)"
-        )
+        _refuse_dashed_command(command[0], schedule_text)
     job_id = job_identity(spec, command, shell=shell, name=name)
     settings = JobSettings.from_values(job_values)
     job = Job(
@@ -186,6 +163,39 @@ def run_cmd(
         env={},  # the process environment is the scheduler's; a job adds only its own
     )
     raise click.exceptions.Exit(serve([job], env, process))
+
+
+def _check_printable(name: str | None, instance_id: str | None) -> None:
+    for field, text in (("name", name), ("instance-id", instance_id)):
+        if text is not None and (not text.strip() or not text.isprintable()):
+            raise click.BadParameter(
+                "must be printable, without newlines or control characters",
+                param_hint=f"'--{field}'",
+            )
+
+
+def _run_file(
+    path: str, given: list[str], env: Env, process: ProcessOptions, job_values: dict[str, Any]
+) -> int:
+    """``run --file``: every job of the file, reloaded on SIGHUP; the exit code."""
+    if given:
+        raise click.UsageError(f"--file takes its jobs from the file: drop {', '.join(given)}")
+
+    def load() -> list[Job]:
+        return jobs_from_file(path, env, job_values)
+
+    jobs = _load_or_exit(load)
+    return serve(jobs, env, process, reload=load)
+
+
+def _refuse_dashed_command(word: str, schedule_text: str | None) -> None:
+    from .hints import quoted
+
+    raise click.UsageError(
+        f"'{word}' after the schedule is not a command: the options of pyjob go "
+        "before the schedule, and a command that starts with a dash after -- "
+        f"(pyjob run [OPTIONS] {quoted(schedule_text or '')} -- CMD [ARGS]...)"
+    )
 
 
 def _schedule_hint(

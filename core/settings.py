@@ -477,6 +477,12 @@ def problem(setting: Setting, value: Any) -> str | None:
         return 'must be a string, like "5m"' if kind.startswith("duration") else "must be a string"
     if "\0" in value:  # a hook's line or a URL: no exec, no socket takes one
         return f"has a NUL character (\\0) at position {value.index(chr(0))}"
+    return _text_problem(setting, value)
+
+
+def _text_problem(setting: Setting, value: str) -> str | None:
+    """``problem`` for a setting given as text."""
+    kind = setting.kind
     if kind == "choice":
         assert setting.choices is not None
         names = [c.value for c in setting.choices]

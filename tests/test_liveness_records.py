@@ -84,6 +84,30 @@ def test_every_runs_final_record_is_written_through_dropped_connections(
     assert proxy.dropped > 0
 
 
+def test_a_stop_waits_for_owed_records_within_its_stop_timeout(
+    proxied: tuple[FaultProxy, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A run's final record that the backend could not take is still written when the backend
+    answers again before the stop timeout ends, not given up a second after the runs end."""
+    proxy, url = proxied
+    args = ["--every", "2s", "--align", "--lock", url, "--name", "owed", "--stop-timeout", "30s"]
+    run = PyjobRun([*args, "--", "sleep", "1"], tmp_path)
+    run.wait_for("run-started", timeout=30)
+    proxy.drop(1.0)  # from now on nothing reaches the backend
+    run.signal(15)  # the run ends by the stop; its record is owed
+    deadline = time.monotonic() + 30
+    while not any("not recorded" in e["action"] for e in run.events("backend-error")):
+        assert time.monotonic() < deadline, run.log_path.read_text()[-3000:]
+        time.sleep(0.1)
+    time.sleep(3)  # longer than the one second a stop used to give the last writes
+    proxy.forward()
+    assert run.wait(timeout=60) == 0
+    store = _direct(proxy, url)
+    results = [r.result for r in store.runs("owed", 100) if r.result != "missed"]
+    assert results and "running" not in results, results
+
+
 def _pyjob(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TZ": "UTC", "PYJOB_NO_CLOCK_CHECK": "1"}
     cmd = [*pyjob_exe(), *args]
