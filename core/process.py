@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import resource
 import signal
@@ -161,7 +162,8 @@ class Runner(Protocol):
         ...
 
     def next_due(self) -> float | None:
-        """The monotonic instant a child is known to end (fakes); None for real children."""
+        """The monotonic instant a child is known to end (fakes, and a start that failed: at
+        once); None when no end is known ahead."""
         ...
 
     def flush(self) -> None:
@@ -617,7 +619,9 @@ class RealRunner:
         return out
 
     def next_due(self) -> float | None:
-        return None
+        # A command that could not start has ended already: the loop hears of it at once, not
+        # at its next wake-up for something else, so its end, hooks and ping come now.
+        return -math.inf if self._failed else None
 
     def polling(self) -> bool:
         """True when some child has no pidfd: the caller must look again soon."""

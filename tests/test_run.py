@@ -536,3 +536,17 @@ def test_claims_directory_broken_mid_run_skips_ticks_without_crashing(tmp_path: 
 
 def test_python_version_is_supported() -> None:
     assert sys.version_info >= (3, 11)
+
+
+def test_a_command_that_cannot_start_ends_at_once_not_at_the_next_wake_up(
+    tmp_path: Path,
+) -> None:
+    """Its end (and with it its hooks and ping) does not wait for the loop's next wake-up for
+    something else: with nothing due for an hour, that would be the 20 s clock-step slice."""
+    from datetime import UTC, datetime, timedelta
+
+    soon = (datetime.now(UTC) + timedelta(seconds=4)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    run = PyjobRun(["--once", soon, "--lock", "none", "--", "nosuchcmd"], tmp_path)
+    finished = run.wait_for("run-finished", timeout=9)  # the next wake-up: 10 s in
+    assert finished[0]["exit_code"] == 127
+    assert run.wait(timeout=30) == 1
