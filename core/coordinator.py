@@ -11,7 +11,8 @@ call goes through here with one error policy:
 - A ``BackendError`` never escapes: the caller's callback receives it (the scheduler skips the
   tick, or runs it with ``--on-backend-error run``), or it is reported as a ``backend-error``
   event. A lease whose release failed is kept and released again before the next call, as soon
-  as the backend answers (so an outage does not leave a lease that blocks the job for its TTL).
+  as the backend answers (so an outage does not leave a lease that blocks the job for its TTL);
+  so is every lease a claim batch may have taken when its answer was lost (``LostAnswer``).
 
 With ``threaded=False`` (tests with a fake clock) calls run at once on the caller's thread, and
 their results are still delivered by ``drain()``, so the order of events does not depend on it.
@@ -27,7 +28,7 @@ from queue import Empty, PriorityQueue, SimpleQueue
 from typing import Any
 
 from .backends import Backend, open_backend
-from .backends.protocol import ClaimOutcome, ClaimRequest, Lease
+from .backends.protocol import ClaimOutcome, ClaimRequest, Lease, LostAnswer
 from .clock import Clock, Waker
 from .errors import BackendError
 from .records import InstanceInfo, JobInfo, RecordStore, RunRecord, records_for
@@ -340,6 +341,10 @@ class Coordinator:
                     self.report("*", None, "cleanup", removed=removed)
                 return
         except BackendError as e:
+            if isinstance(e, LostAnswer):
+                # The batch may have taken run leases all the same: release them (by their
+                # tokens) as soon as the backend answers, so that none blocks the job (DESIGN §8).
+                link.unreleased += e.leases
             if call.done is None:
                 self.report("*", None, "backend-error", error=str(e), action="cleanup later")
                 return

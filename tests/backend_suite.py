@@ -300,7 +300,7 @@ def test_cleanup_many_removes_expired_claims_of_every_job(lock_url: str) -> None
     removed = backend.cleanup_many(["j0", "j1", "j2"], datetime.now(UTC))
     assert removed in (0, 3)  # 0 where the backend expires claims itself (Redis)
     after = backend.claim_many(
-        [ClaimRequest(f"j{i}", T0, KEEP) for i in range(3)], "b", datetime.now(UTC)
+        [ClaimRequest(f"j{i}", T0, soon) for i in range(3)], "b", datetime.now(UTC)
     )
     assert all(not o.claim.won and o.claim.refused for o in after)  # the mark still holds
 
