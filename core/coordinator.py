@@ -28,7 +28,7 @@ from queue import Empty, PriorityQueue, SimpleQueue
 from typing import Any
 
 from .backends import Backend, open_backend
-from .backends.protocol import ClaimOutcome, ClaimRequest, Lease, LostAnswer
+from .backends.protocol import AHEAD_LIMIT, ClaimOutcome, ClaimRequest, Lease, LostAnswer
 from .clock import Clock, Waker
 from .errors import BackendError
 from .records import InstanceInfo, JobInfo, RecordStore, RunRecord, records_for
@@ -37,6 +37,7 @@ _PRIORITY = {"claim": 0, "renew": 0, "release": 0, "previous": 1, "latest": 1, "
 _BACKGROUND = frozenset({"records", "register", "heartbeat", "prune", "cleanup"})
 LAST = 9  # the stop, after everything queued
 RELEASE_RETRY = 1.0  # seconds between retries of lease releases an outage left behind
+BACKEND_CLOCK_EVERY = 10.0  # seconds between readings of the backend's clock for records
 
 # report(job, tick, kind, **fields): an event on behalf of the coordinator.
 Report = Callable[..., None]
@@ -61,6 +62,8 @@ class _Link:
     calls: PriorityQueue[tuple[int, int, _Call | None]] = field(default_factory=PriorityQueue)
     thread: threading.Thread | None = None
     unreleased: list[Lease] = field(default_factory=list)  # releases that failed: retried
+    # (monotonic, the backend's clock in µs or None) at the last reading of that clock
+    clock_read: tuple[float, int | None] | None = None
     busy: bool = False
     records: RecordStore | None = None
     carry: _Call | None = None  # a call taken from the queue while batching records
@@ -363,7 +366,9 @@ class Coordinator:
         assert store is not None
         try:
             if call.what == "records":
-                store.put_runs(call.args[0], call.args[1])
+                records = self._not_invented(link, call.args[0])
+                if records:
+                    store.put_runs(records, call.args[1])
             elif call.what == "register":
                 store.register(call.args[0], call.args[1])
             elif call.what == "heartbeat":
@@ -380,6 +385,35 @@ class Coordinator:
                     error=str(e),
                     action=what.get(call.what, f"{call.what} later") + "; runs go on",
                 )
+
+    def _not_invented(self, link: _Link, records: list[RunRecord]) -> list[RunRecord]:
+        """The records whose tick is not ahead of the backend's clock by more than AHEAD_LIMIT.
+        A tick further ahead is one a wrong clock invented (this host's stepped ahead: the ticks
+        it passed over are logged as missed), and its records would push the fleet's real ones
+        out of the history kept (DESIGN §8); they are not written."""
+        mono = self.clock.monotonic()
+        if link.clock_read is None or mono - link.clock_read[0] > BACKEND_CLOCK_EVERY:
+            reading = link.backend.server_time()
+            mono = self.clock.monotonic()
+            link.clock_read = (mono, None if reading is None else int(reading[0] * 1e6))
+        at, backend_us = link.clock_read
+        if backend_us is None:
+            return records
+        limit = backend_us + int((mono - at + AHEAD_LIMIT) * 1e6)
+        kept = [r for r in records if r.tick_us <= limit]
+        if len(kept) < len(records):
+            ahead = max(r.tick_us for r in records) - (limit - int(AHEAD_LIMIT * 1e6))
+            for job in sorted({r.job for r in records if r.tick_us > limit}):
+                n = sum(1 for r in records if r.job == job and r.tick_us > limit)
+                self.report(
+                    job,
+                    None,
+                    "warning",
+                    problem=f"{n} record(s) of ticks up to {ahead / 1e6:.1f}s ahead of the "
+                    "backend's clock (clock-ahead: this host's clock is ahead of it)",
+                    action="not written, so that the history keeps the fleet's real runs",
+                )
+        return kept
 
     def _release(self, link: _Link, leases: list[Lease]) -> None:
         retry = link.unreleased + leases
