@@ -224,6 +224,44 @@ def test_a_claim_that_reaches_redis_after_its_client_gave_up_takes_nothing(
     assert other.claim("job", tick, "b", _keep(tick), now).won
 
 
+@pytest.mark.parametrize("lock_url", ["postgresql"], indirect=True)
+def test_a_claim_that_reaches_postgresql_after_its_client_gave_up_takes_nothing(
+    lock_url: str,
+) -> None:
+    """The same with PostgreSQL: the server process of the claimer's connection frozen while the
+    claim is sent runs it when it wakes, after its client gave up: it does nothing."""
+    import os
+
+    import psycopg
+    from pyjob.core.backends.postgres import PostgresBackend
+
+    gave_up = PostgresBackend(lock_url, timeout=1.0)
+    gave_up.check()
+    other = _open(lock_url)
+    now, tick = _second()
+    gave_up.claim("warm-up", tick, "warm", _keep(tick), now)  # its last statement: a claim
+    with psycopg.connect(lock_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND query LIKE '%pyjob_claim%' AND pid <> pg_backend_pid()"
+        ).fetchall()
+    assert len(rows) == 1, rows
+    pid = int(rows[0][0])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(BackendError, match="no answer within 1s"):
+            gave_up.claim_many([ClaimRequest("job", tick, _keep(tick), 30.0)], "stalled", now)
+        time.sleep(0.5)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    time.sleep(1.0)  # it reads and runs what it was sent, then finds its client gone
+    assert other.lease_holder("job") is None
+    following = tick + timedelta(seconds=1)
+    won = other.claim_many([ClaimRequest("job", following, _keep(following), 30.0)], "b", now)[0]
+    assert won.claim.won and won.lease is not None, won
+    assert other.claim("job", tick, "b", _keep(tick), now).won
+
+
 def test_a_lease_taken_by_a_claim_whose_answer_was_lost_is_released_once_redis_answers(
     own_redis: RedisServer,
 ) -> None:
