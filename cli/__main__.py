@@ -1,3 +1,3 @@
-from pyjob.cli.main import main
+from .main import main
 
 main()

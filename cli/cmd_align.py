@@ -46,7 +46,7 @@ def align_cmd(
     from pyjob.core.clock import sleep_until
     from pyjob.core.durations import format_duration
     from pyjob.core.grammar import Parts, build
-    from pyjob.core.rules import iso, to_us
+    from pyjob.core.rules import EveryRule, iso, to_us
     from pyjob.core.schedule import Schedule
     from pyjob.core.timeparse import parse_datetime
     from pyjob.core.zones import get_zone, job_zone_name
@@ -69,6 +69,8 @@ def align_cmd(
         )
     except InputError as e:
         raise click.BadParameter(e.message, param_hint="'INTERVAL' or '--offset'") from None
+    rule = spec.rule
+    assert isinstance(rule, EveryRule)  # built from kind="every" above
     boundary = Schedule(spec).next_tick(now)
     assert boundary is not None
     zone = get_zone(zone_name)
@@ -83,8 +85,8 @@ def align_cmd(
         echo_json(
             {
                 **instant_fields(boundary, zone, now),  # the words of next --format json
-                "interval": format_duration(spec.rule.every),  # type: ignore[union-attr]
-                "offset": format_duration(spec.rule.offset),  # type: ignore[union-attr]
+                "interval": format_duration(rule.every),
+                "offset": format_duration(rule.offset),
                 "grid": "local-midnight" if spec.zone else "unix-epoch",
                 "zone": zone_name,
             }

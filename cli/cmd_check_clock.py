@@ -62,7 +62,8 @@ def _s(seconds: float | None, sign: bool = False) -> str:
     metavar="URL",
     envvar="PYJOB_LOCK",
     help="Also measure the lock backend's clock: Redis TIME, PostgreSQL clock_timestamp(), "
-    "or a probe file's mtime for file: and nfs:.",
+    "or a probe file's mtime for file: and nfs:. Warns when the instances registered there "
+    "and this host run different tzdata releases.",
 )
 @click.option(
     "--max-offset",
@@ -190,9 +191,12 @@ def check_clock_cmd(
             samples=samples,
             timeout=timeout / 1e6,
         )
+        fleet_warning = None if backend is None else _zone_database_warning(backend, env)
     finally:
         if backend is not None:
             backend.close()
+    if fleet_warning:
+        click.echo(f"warning: {fleet_warning}", err=True)
     if fmt == "nagios":
         code = _nagios(report, warn / 1e6, crit / 1e6)
     elif fmt == "json":
@@ -202,6 +206,24 @@ def check_clock_cmd(
         _table(report)
         code = _exit_code(report)
     raise click.exceptions.Exit(int(code))
+
+
+def _zone_database_warning(backend: Any, env: Any) -> str | None:
+    """This host and the instances registered in ``backend`` compute ticks with different zone
+    databases (DESIGN §3): a warning, since the clocks may still be fine."""
+    from pyjob.core.errors import BackendError
+    from pyjob.core.records import records_for, zone_database_warning
+    from pyjob.core.rules import to_us
+    from pyjob.core.zones import tzdata_version
+
+    store = records_for(backend)
+    if store is None:
+        return None
+    try:
+        instances = store.instances()
+    except BackendError:  # the clock report stands without the registry
+        return None
+    return zone_database_warning(instances, to_us(env.clock.now()), here=tzdata_version())
 
 
 def _exit_code(report: ClockReport) -> ExitCode:

@@ -53,7 +53,9 @@ def history_cmd(
     Every instance that handles a tick records it in the lock backend: job, tick, run id,
     instance, fence, attempt, start, end, duration, lateness, exit code and result (success,
     failure, timeout, stopped, start-failed, running, lost, skipped, missed), so this answers
-    "did last night's backup run, where, and did it succeed?" from any host.
+    "did last night's backup run, where, and did it succeed?" from any host. A run retried
+    (--retries) is one row: ATTEMPT is its last attempt, whose exit code and duration are
+    shown; --format json lists the earlier attempts under "attempts".
 
     \b
     Examples:
@@ -99,12 +101,15 @@ def history_cmd(
                 ago(r.tick_us, now_us),
                 _styled(r.result, RESULT_STYLE.get(r.result), term),
                 "-" if r.exit_code is None else str(r.exit_code),
+                # TOOK is this attempt's; the earlier ones are in JSON. A tick skipped or
+                # missed made no attempt.
+                "-" if r.result in ("skipped", "missed") else str(r.attempt),
                 "-" if r.duration is None else span(r.duration),
                 r.instance,
                 r.reason or "",
             ]
         )
-    table(env, ["JOB", "TICK", "", "RESULT", "EXIT", "TOOK", "INSTANCE", "REASON"], rows)
+    table(env, ["JOB", "TICK", "", "RESULT", "EXIT", "ATTEMPT", "TOOK", "INSTANCE", "REASON"], rows)
 
 
 def _since(text: str, now: object) -> int:

@@ -153,6 +153,8 @@ def next_cmd(
         title.append(("Job", job))
     if not ticks:
         title.append(("Ticks", "none: the schedule has ended"))
+    elif len(ticks) < count:
+        title.append(("Ticks", f"{len(ticks)}, then the schedule ends"))
     table(env, ["#", "Local", "UTC", "When", "Note"], rows, title)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -25,7 +25,7 @@ from .options import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from pyjob.core.clock import Clock, OffsetClock
     from pyjob.core.clockcheck import ClockWatch
@@ -150,11 +150,12 @@ def run_cmd(
 
     spec, now = build_spec(schedule_text, kw)
     job_id = job_identity(spec, command, shell=shell, name=name)
+    settings = JobSettings.from_values(job_values)
     job = Job(
         job_id,
         Schedule(spec, job_id=job_id, anchor=now),
-        Command(tuple(command), shell=shell),
-        JobSettings.from_values(job_values),
+        Command(tuple(command), shell=shell, kill_orphans=settings.kill_orphans),
+        settings,
         env={},  # the process environment is the scheduler's; a job adds only its own
     )
     raise click.exceptions.Exit(serve([job], env, process))
@@ -214,7 +215,8 @@ def jobs_from_file(path: str, env: Env, cli_values: dict[str, Any]) -> list[Job]
             Job(
                 d.name,
                 Schedule(d.spec, job_id=d.name, anchor=now),
-                d.command,
+                # --kill-orphans is how the command is run: the runner sees the command only
+                replace(d.command, kill_orphans=settings.kill_orphans),
                 settings,
                 env=dict(d.env),  # on top of the process environment, at each spawn
                 fingerprint=(d.fingerprint(), settings),
@@ -236,25 +238,43 @@ def serve(
 
     from pyjob.core.clock import OffsetClock
     from pyjob.core.clockcheck import schedule_interval
-    from pyjob.core.process import RealRunner, check_command
+    from pyjob.core.process import RealRunner
     from pyjob.core.scheduler import Scheduler
 
     from .logs import EventLog
     from .monitoring import Monitoring
+    from .outputs import Outputs
 
     instance = process.instance or f"{socket.gethostname()}:{os.getpid()}"
-    log = EventLog(process.log_format, env.err_is_terminal(), env.color, process.log_level)
+    outputs = Outputs()  # stdout and stderr, which may close under a running schedule
+    log = EventLog(
+        process.log_format, env.err_is_terminal(), env.color, process.log_level, outputs=outputs
+    )
     # --ping and the metrics consume the events beside the log (exit 2 here if misconfigured);
     # they see every event, whatever --log-level keeps in the log
     monitoring = Monitoring(jobs, process.monitor, instance, env.clock, env.environ)
     corrected = OffsetClock(env.clock) if process.clock.mode == "ntp" else None
     clock: Clock = monitoring.loop_clock(corrected or env.clock)
-    runner = RealRunner(prefix=len(jobs) > 1)  # several jobs: whose output is it?
+    # Several jobs: whose output is it? Each line after its job's name.
+    # A hook's output, always: whose answer is it? (`fail | OK` was read as the job's.)
+    runner = RealRunner(prefix=outputs.write if len(jobs) > 1 else None, hooks=outputs.write)
     scheduler = Scheduler(
         clock, runner, monitoring.fan_out(log), instance=instance, env=env.environ
     )
     log.zone_of = lambda job: _zone_of(scheduler, job)
     who = jobs[0].job_id if len(jobs) == 1 else "*"
+
+    def output_lost(stream: str, error: str, gone: bool) -> None:
+        action = (
+            f"its lines are dropped, and commands started from now on have /dev/null as {stream}"
+            if gone
+            else "the lines that cannot be written are dropped"
+        )
+        fields = {"stream": stream, "error": error, "action": f"{action}; the schedule goes on"}
+        monitoring.report("output-closed", who, None, **fields)
+
+    outputs.on_lost = output_lost
+    outputs.watch()
     try:
         scheduler.open(jobs)  # BackendError: exit 5
         monitoring.start(who)  # a port or textfile that cannot be used: exit 2
@@ -273,20 +293,8 @@ def serve(
             lambda kind, **fields: scheduler.emit(kind, who, None, **fields),
         )
         for job in jobs:
-            problem = check_command(job.command, env.environ)
-            if problem:
-                scheduler.emit(
-                    "warning",
-                    job.job_id,
-                    None,
-                    problem=problem,
-                    action="each run will fail (exit 127/126)",
-                )
-            unshared = unshared_warning(job.schedule.spec.rule)
-            # Only where other instances may share the ticks: a lock given on purpose (the
-            # default file lock of a lone one-liner is not a fleet).
-            if unshared and job.lock is not None and job.lock != "none":
-                scheduler.emit("warning", job.job_id, None, **unshared)
+            for warning in start_warnings(job, env.environ):
+                scheduler.emit("warning", job.job_id, None, **warning)
         if watch is not None:
             watch.check_start()  # raises ClockError (exit 3) or ClockOffsetError (exit 4)
             watch.start()
@@ -315,6 +323,7 @@ def serve(
         scheduler.close()
         runner.close()
         monitoring.stop()  # the last pings, the last textfile
+        outputs.stop_watching()
 
 
 @dataclass(frozen=True)
@@ -390,6 +399,23 @@ def clock_watch(
         budget=options.budget,
         correct=corrected,
     )
+
+
+def start_warnings(job: Job, environ: Mapping[str, str]) -> list[dict[str, str]]:
+    """The fields of the warnings about ``job`` at start: a command that cannot run, ticks
+    that other instances do not share."""
+    from pyjob.core.process import check_command
+
+    found = []
+    problem = check_command(job.command, environ)
+    if problem:
+        found.append({"problem": problem, "action": "each run will fail (exit 127/126)"})
+    unshared = unshared_warning(job.schedule.spec.rule)
+    # Only where other instances may share the ticks: a lock given on purpose (the default
+    # file lock of a lone one-liner is not a fleet).
+    if unshared and job.lock is not None and job.lock != "none":
+        found.append(unshared)
+    return found
 
 
 def unshared_warning(rule: Any) -> dict[str, str] | None:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .env import get_env
 from .records_view import RESULT_STYLE, ago, format_option, lock_option, open_store, span, styled
 from .render import echo_json, table
+
+if TYPE_CHECKING:
+    from pyjob.core.records import InstanceInfo, RunRecord
+
+# A job none of whose instances was seen for this long is left out: nobody serves it any more
+# (renamed, moved to another backend, its hosts gone). Its records stay (pyjob history JOB).
+UNSERVED_SHOWN = 24 * 3600.0
 
 
 @click.command("status")
@@ -20,15 +27,19 @@ def status_cmd(lock: str | None, fmt: str) -> None:
     the instances that serve it.
 
     Each instance registers its jobs in the backend and refreshes a heartbeat every 10 s; one
-    not seen for 35 s has gone quiet, and a run it left `running` shows as `lost`. With the
-    default file: backend this shows this host's jobs.
+    not seen for 35 s has gone quiet, and a run it left `running` shows as `lost`. A job with
+    no live instance shows NEXT as "- no live instance" (next_tick null in JSON): nothing will
+    run its ticks; once none of its instances was seen for 24 h it is no longer listed (its
+    history stays, for `pyjob history JOB`). With the
+    default file: backend this shows this host's jobs. A warning on stderr says when the
+    instances run different tzdata releases, which can compute different ticks.
 
     \b
     Examples:
       pyjob status --lock redis://redis:6379/0
       pyjob status --format json | jq '.jobs[] | select(.last.result != "success")'
     """
-    from pyjob.core.records import FINISHED, effective, is_quiet, run_document
+    from pyjob.core.records import FINISHED, effective, run_document, zone_database_warning
     from pyjob.core.schedule import to_us
     from pyjob.core.zones import get_zone
 
@@ -42,22 +53,25 @@ def status_cmd(lock: str | None, fmt: str) -> None:
         recent = {j.job: store.recent(j.job) for j in jobs}
     finally:
         backend.close()
+    fleet_warning = zone_database_warning(instances, now_us)
+    if fleet_warning:
+        click.echo(f"warning: {fleet_warning}", err=True)
     docs: list[dict[str, Any]] = []
     rows = []
     term = env.out_is_terminal()
+    unserved = 0
     for j in jobs:
         zone = get_zone(j.zone)
         records = [effective(r, instances, now_us) for r in recent[j.job]]
         last = next((r for r in records if r.result in FINISHED), None)
         running = [r for r in records if r.result == "running"]
-        nxt = _next_tick(j.schedule, j.job, now)
-        live = []
-        for name in j.instances:
-            info = instances.get(name) or next(
-                (i for k, i in instances.items() if k.startswith(name)), None
-            )
-            if info is not None and not is_quiet(info, now_us):
-                live.append(info)
+        served = _served(j.instances, instances)
+        seen_us = max((i.seen_us for i in served), default=None)
+        if seen_us is None or now_us - seen_us > UNSERVED_SHOWN * 1e6:
+            unserved += 1
+            continue
+        live = _live(j.instances, instances, now_us)
+        nxt = _next_tick(j.schedule, j.job, now) if live else None
         docs.append(
             {
                 "job": j.job,
@@ -67,26 +81,19 @@ def status_cmd(lock: str | None, fmt: str) -> None:
                 "zone": j.zone,
                 "last": run_document(last, zone) if last else None,
                 "next_tick": None if nxt is None else nxt.astimezone(zone).isoformat(),
+                "last_seen": _iso(seen_us, zone),  # the latest heartbeat of its instances
                 "running": [run_document(r, zone) for r in running],
                 "instances": [
                     {
                         "instance": i.instance,
                         "host": i.host,
                         "seen": _iso(i.seen_us, zone),
+                        "tzdata": i.tzdata or None,
                     }
                     for i in live
                 ],
             }
         )
-        if last is None:
-            last_text = "never"
-        else:
-            took = "" if last.duration is None else f", {span(last.duration)}"
-            last_text = (
-                f"{ago(last.started_us or last.tick_us, now_us)} "
-                f"{styled(last.result, RESULT_STYLE.get(last.result), term)}{took} "
-                f"on {last.instance}"
-            )
         running_text = (
             ", ".join(f"{r.instance} since {ago(r.started_us, now_us)}" for r in running) or "-"
         )
@@ -94,13 +101,17 @@ def status_cmd(lock: str | None, fmt: str) -> None:
             [
                 j.job,
                 _describe(j.schedule, j.job),
-                last_text,
-                "-"
-                if nxt is None
-                else f"{nxt.astimezone(zone):%Y-%m-%d %H:%M:%S} ({ago(to_us(nxt), now_us)})",
+                _last_text(last, now_us, term),
+                _next_text(nxt, zone, now_us) if live else _unserved_text(seen_us, now_us),
                 running_text,
                 str(len(live)),
             ]
+        )
+    if unserved:
+        click.echo(
+            f"{unserved} job(s) not listed: none of their instances seen for "
+            f"{UNSERVED_SHOWN / 3600:g}h (pyjob history JOB shows their runs)",
+            err=True,
         )
     if fmt == "json":
         echo_json({"jobs": docs})
@@ -109,6 +120,51 @@ def status_cmd(lock: str | None, fmt: str) -> None:
         click.echo("no jobs recorded in this backend yet", err=True)
         return
     table(env, ["JOB", "SCHEDULE", "LAST", "NEXT", "RUNNING", "INSTANCES"], rows)
+
+
+def _served(names: list[str], instances: dict[str, InstanceInfo]) -> list[InstanceInfo]:
+    """The instances named (an id, or its prefix), quiet or not."""
+    served = []
+    for name in names:
+        info = instances.get(name) or next(
+            (i for k, i in instances.items() if k.startswith(name)), None
+        )
+        if info is not None:
+            served.append(info)
+    return served
+
+
+def _live(names: list[str], instances: dict[str, InstanceInfo], now_us: int) -> list[InstanceInfo]:
+    """The instances named (an id, or its prefix) that are not quiet."""
+    from pyjob.core.records import is_quiet
+
+    return [i for i in _served(names, instances) if not is_quiet(i, now_us)]
+
+
+def _next_text(nxt: Any, zone: Any, now_us: int) -> str:
+    """The NEXT column of a job some live instance serves."""
+    from pyjob.core.schedule import to_us
+
+    if nxt is None:
+        return "-"
+    return f"{nxt.astimezone(zone):%Y-%m-%d %H:%M:%S} ({ago(to_us(nxt), now_us)})"
+
+
+def _unserved_text(seen_us: int, now_us: int) -> str:
+    """The NEXT column of a job no live instance serves: nothing runs its ticks."""
+    return f"- no live instance (seen {ago(seen_us, now_us)})"
+
+
+def _last_text(last: RunRecord | None, now_us: int, term: bool) -> str:
+    """The LAST column: when, the result (coloured on a terminal), how long, where."""
+    if last is None:
+        return "never"
+    took = "" if last.duration is None else f", {span(last.duration)}"
+    return (
+        f"{ago(last.started_us or last.tick_us, now_us)} "
+        f"{styled(last.result, RESULT_STYLE.get(last.result), term)}{took} "
+        f"on {last.instance}"
+    )
 
 
 def _iso(us: int, zone: Any) -> str:

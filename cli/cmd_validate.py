@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import click
 from pyjob.core.errors import InputError
@@ -22,6 +23,9 @@ from .options import (
     schedule_options,
 )
 from .render import echo_json
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 
 @click.command("validate", cls=CommandAfterDashes)
@@ -73,10 +77,6 @@ def validate_cmd(
       pyjob validate "*/5 * * * *" "0 0 31 2 *"
       pyjob validate "H H * * *" -- ./backup.sh
     """
-    from pyjob.core.describe import describe, warnings
-    from pyjob.core.rules import iso
-    from pyjob.core.schedule import Schedule, job_identity
-
     env = get_env()
     clock_now = env.clock.now()
     if jobs_file is not None:
@@ -88,36 +88,8 @@ def validate_cmd(
         _validate_file(jobs_file, strict, fmt)
         return
     inputs: list[str | None] = list(exprs) if exprs else [None]
-    results = []
-    for text in inputs:
-        result: dict[str, Any] = {"input": text, "valid": False}
-        try:
-            spec, now = build_spec(text, kw)
-            job = job_identity(spec, command, shell=shell, name=name)
-            schedule = Schedule(spec, job_id=job, anchor=now)
-            nxt = schedule.next_tick(now)
-            if nxt is None:
-                raise InputError(f"'{spec}' has no tick after {iso(now)}")
-            result.update(
-                valid=True,
-                normalized=str(spec),
-                job=job,
-                description=describe(spec),
-                zone=str(schedule.zone),
-                next=iso(nxt, schedule.zone),
-                warnings=[
-                    {"code": w.code, "message": w.message} for w in warnings(schedule, clock_now)
-                ],
-                errors=[],
-            )
-            if catch_up is not None:
-                result["catch_up"] = catch_up / 1e6
-        except InputError as e:
-            result["errors"] = [
-                {"message": e.message, "pos": e.pos, "length": e.length, "source": e.source}
-            ]
-            result["warnings"] = []
-        results.append(result)
+    job = _JobWords(name, shell, command)
+    results = [_check(text, kw, job, catch_up, clock_now) for text in inputs]
     any_error = any(not r["valid"] for r in results)
     any_warning = any(r["warnings"] for r in results)
     if fmt == "json":
@@ -125,32 +97,92 @@ def validate_cmd(
     else:
         terminal = env.err_is_terminal()
         for r in results:
-            label = r["input"] if r["input"] is not None else "schedule"
-            if r["valid"]:
-                click.echo(f"ok: {r['normalized']}")
-                click.echo(f"  means: {r['description']}")
-                click.echo(f"  next:  {r['next']}")
-                if catch_up is not None:
-                    click.echo(f"  catch-up: {catch_up_text(catch_up)}")
-                if name or command:
-                    click.echo(f"  job:   {r['job']}")
-                for w in r["warnings"]:
-                    click.echo(f"warning: {label}: {w['message']}", err=True)
-            for err in r["errors"]:
-                named = f"'{r['input']}': " if len(results) > 1 else ""  # which one failed
-                click.echo(f"Error: {named}{err['message']}", err=True)
-                if terminal:
-                    e = InputError(
-                        err["message"], source=err["source"], pos=err["pos"], length=err["length"]
-                    )
-                    for line in caret_lines(e):
-                        click.echo(line, err=True)
-        if any_error and len(exprs) > 1 and fmt == "text":
+            _print_result(r, len(results) > 1, job, catch_up, terminal)
+        if any_error and len(exprs) > 1:
             _hint_quoting(exprs, kw)
     if any_error:
         raise click.exceptions.Exit(int(ExitCode.USAGE))
     if strict and any_warning:
         raise click.exceptions.Exit(int(ExitCode.FAILED))
+
+
+@dataclass(frozen=True)
+class _JobWords:
+    """The job the schedules are checked for: its H fields and random intervals depend on it."""
+
+    name: str | None
+    shell: bool
+    command: tuple[str, ...]
+
+
+def _check(
+    text: str | None,
+    kw: dict[str, Any],
+    job: _JobWords,
+    catch_up: int | None,
+    clock_now: datetime,
+) -> dict[str, Any]:
+    """The JSON document of one schedule (``text``, or the schedule options when None)."""
+    from pyjob.core.describe import describe, warnings
+    from pyjob.core.rules import iso
+    from pyjob.core.schedule import Schedule, job_identity
+
+    result: dict[str, Any] = {"input": text, "valid": False}
+    try:
+        spec, now = build_spec(text, kw)
+        job_id = job_identity(spec, job.command, shell=job.shell, name=job.name)
+        schedule = Schedule(spec, job_id=job_id, anchor=now)
+        nxt = schedule.next_tick(now)
+        if nxt is None:
+            raise InputError(f"'{spec}' has no tick after {iso(now)}")
+        result.update(
+            valid=True,
+            normalized=str(spec),
+            job=job_id,
+            description=describe(spec),
+            zone=str(schedule.zone),
+            next=iso(nxt, schedule.zone),
+            warnings=[
+                {"code": w.code, "message": w.message} for w in warnings(schedule, clock_now)
+            ],
+            errors=[],
+        )
+    except InputError as e:
+        result["errors"] = [
+            {"message": e.message, "pos": e.pos, "length": e.length, "source": e.source}
+        ]
+        result["warnings"] = []
+        return result
+    if catch_up is not None:
+        result["catch_up"] = catch_up / 1e6
+    return result
+
+
+def _print_result(
+    r: dict[str, Any], several: bool, job: _JobWords, catch_up: int | None, terminal: bool
+) -> None:
+    """One schedule's result as text: ok and what it means on stdout, problems on stderr (with
+    a caret under the bad part on a terminal)."""
+    if r["valid"]:
+        click.echo(f"ok: {r['normalized']}")
+        click.echo(f"  means: {r['description']}")
+        click.echo(f"  next:  {r['next']}")
+        if catch_up is not None:
+            click.echo(f"  catch-up: {catch_up_text(catch_up)}")
+        if job.name or job.command:
+            click.echo(f"  job:   {r['job']}")
+        label = r["input"] if r["input"] is not None else "schedule"
+        for w in r["warnings"]:
+            click.echo(f"warning: {label}: {w['message']}", err=True)
+    for err in r["errors"]:
+        named = f"'{r['input']}': " if several else ""  # which one failed
+        click.echo(f"Error: {named}{err['message']}", err=True)
+        if terminal:
+            problem = InputError(
+                err["message"], source=err["source"], pos=err["pos"], length=err["length"]
+            )
+            for line in caret_lines(problem):
+                click.echo(line, err=True)
 
 
 def _hint_quoting(exprs: tuple[str, ...], kw: dict[str, Any]) -> None:
@@ -187,7 +219,7 @@ def _validate_file(path: str, strict: bool, fmt: str) -> None:
             for problem in e.problems:
                 click.echo(f"Error: {problem}", err=True)
         raise click.exceptions.Exit(int(ExitCode.USAGE)) from None
-    docs = []
+    docs: list[dict[str, Any]] = []
     for job in jobs:
         schedule = Schedule(job.spec, job_id=job.name, anchor=now)
         nxt = schedule.next_tick(now)

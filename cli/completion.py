@@ -60,7 +60,9 @@ class PyjobBashComplete(BashComplete):
         import os
         import shlex
 
-        from click.parser import split_arg_string
+        # Where Click defines it from 8.2 on, and imports it in 8.1 (click.parser keeps only a
+        # deprecated, untyped alias).
+        from click.shell_completion import split_arg_string
 
         line = os.environ.get("COMP_LINE")
         if line is None:  # an older script: Click's own reading

@@ -84,7 +84,8 @@ def events_table() -> str:
 
     rows = ["| event | level | fields | meaning |", "| --- | --- | --- | --- |"]
     for kind in CATALOGUE.values():
-        level = kind.level + (" (error when it failed)" if kind.level_of else "")
+        note = kind.level_note or ("error when it failed" if kind.level_of else "")
+        level = kind.level + (f" ({note})" if note else "")
         fields = ", ".join(f"`{f}`" for f in kind.fields) or "-"
         rows.append(f"| `{kind.name}` | {level} | {fields} | {kind.doc} |")
     return "\n".join(rows) + "\n"
@@ -178,12 +179,12 @@ def man_page(name: str) -> str:
     lines = [
         f'.TH {title} 1 "" "pyjob {__version__}" "User Commands"',
         ".SH NAME",
-        f"{literal(page_name)} \\- {roff(str(meta['summary']))}",
+        f"{literal(page_name)} \\- {roff(meta['summary'])}",
         ".SH SYNOPSIS",
         *_synopsis(ctx, command, full),
         ".SH DESCRIPTION",
     ]
-    for i, paragraph in enumerate(meta["description"]):  # type: ignore[arg-type]
+    for i, paragraph in enumerate(meta["description"]):
         if i:
             lines.append(".PP")
         lines.append(roff(paragraph))
@@ -194,7 +195,7 @@ def man_page(name: str) -> str:
     lines.append(".SH OPTIONS")
     lines += _option_lines(ctx, command)
     lines.append(".SH EXAMPLES")
-    for what, example in meta["examples"]:  # type: ignore[attr-defined]
+    for what, example in meta["examples"]:
         lines += [".PP", roff(what) + ":", ".PP", ".RS", ".nf", literal(example), ".fi", ".RE"]
     lines.append(".SH EXIT STATUS")
     for code, meaning in EXIT_STATUS:

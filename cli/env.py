@@ -21,12 +21,12 @@ class Env:
     def out_is_terminal(self) -> bool:
         if self.stdout_terminal is not None:
             return self.stdout_terminal
-        return sys.stdout.isatty()
+        return sys.stdout is not None and sys.stdout.isatty()  # None: closed at start
 
     def err_is_terminal(self) -> bool:
         if self.stderr_terminal is not None:
             return self.stderr_terminal
-        return sys.stderr.isatty()
+        return sys.stderr is not None and sys.stderr.isatty()
 
     @property
     def color(self) -> bool:

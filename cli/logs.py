@@ -9,14 +9,17 @@ that is absent (``None``, false, an empty list), values quoted where logfmt need
 from __future__ import annotations
 
 import json
-import sys
-import threading
 from collections.abc import Callable
 from datetime import UTC, tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyjob.core.events import LEVELS, SECONDS, Event
 from pyjob.core.rules import iso
+
+from .outputs import Outputs
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 # By level; an info event may have a style of its own.
 _LEVEL_STYLE = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red"}
@@ -85,16 +88,32 @@ def text_value(name: str, value: Any) -> str | None:
     return logfmt(str(value))
 
 
+def _at(event: Event) -> str:
+    return event.at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _output_head(event: Event, zone: tzinfo | None) -> str:
+    """What an output line says before the line itself: the same for every line of a run."""
+    parts = [f"{event.level:<7}", f"{event.kind:<13}", f"job={logfmt(event.job)}"]
+    if event.tick is not None:
+        parts.append(f"tick={iso(event.tick, None if zone is UTC else zone)}")
+    parts.append(f"instance={logfmt(event.instance)}")
+    hook = event.fields.get("hook")
+    if hook:  # a hook's answer, not the job's (`fail | OK` read as the job's)
+        parts.append(f"hook={logfmt(hook)}")
+    parts.append(f"{event.fields.get('stream')}:")
+    return " ".join(parts)
+
+
 def text_line(event: Event, zone: tzinfo | None = None) -> str:
     """The text line of ``event`` (without colour); ``zone``: the job's zone, for the tick."""
-    at = event.at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    at = _at(event)
+    if event.kind == "output":
+        return f"{at} {_output_head(event, zone)} {event.fields.get('line')}"
     parts = [at, f"{event.level:<7}", f"{event.kind:<13}", f"job={logfmt(event.job)}"]
     if event.tick is not None:
         parts.append(f"tick={iso(event.tick, None if zone is UTC else zone)}")
     parts.append(f"instance={logfmt(event.instance)}")
-    if event.kind == "output":
-        parts.append(f"{event.fields.get('stream')}: {event.fields.get('line')}")
-        return " ".join(parts)
     for name, value in event.fields.items():
         if name in _TEXT_SKIP or (name == "attempt" and value == 1):  # 1: no retries so far
             continue
@@ -106,7 +125,9 @@ def text_line(event: Event, zone: tzinfo | None = None) -> str:
 
 class EventLog:
     """Thread-safe: output readers log from their own threads. ``zone_of`` gives a job's zone
-    (the tick of a text line is written in it)."""
+    (the tick of a text line is written in it). Lines go to stderr through ``outputs``, which
+    drops those it cannot write; the event that says stderr failed (output-closed) goes to
+    stdout, if that is still open."""
 
     def __init__(
         self,
@@ -115,19 +136,63 @@ class EventLog:
         color: bool,
         level: str = "info",
         zone_of: Callable[[str], tzinfo | None] | None = None,
+        outputs: Outputs | None = None,
     ) -> None:
         self.fmt = fmt
         self.min_level = LEVELS.index(level)
         self.zone_of = zone_of
-        self._lock = threading.Lock()
-        self._console = None
+        self.outputs = outputs or Outputs()
+        self._head: tuple[Any, Any] = (None, "")  # the last output line's key and head
+        self._console: Console | None = None
         if fmt == "text" and terminal:
+            import io
+
             from rich.console import Console
 
-            self._console = Console(stderr=True, no_color=not color, highlight=False)
+            # Rich renders, outputs writes: rich's own answer to a broken pipe is to exit. Its
+            # colours come from the environment (TERM, COLORTERM), as they would on stderr.
+            self._console = Console(
+                file=io.StringIO(),
+                force_terminal=True,
+                width=Console(stderr=True).width,
+                no_color=not color,
+                highlight=False,
+            )
+
+    def _output_json(self, event: Event) -> str:
+        """The JSON line of an output event, as json.dumps writes the document, with what
+        every line of a run shares serialised once (see __call__)."""
+        items = list(event.fields.items())
+        at = [k for k, _ in items].index("line")
+        key = ("json", event.job, event.tick, event.instance, *items[:at], *items[at + 1 :])
+        cached = self._head
+        if cached[0] != key:
+            head = {
+                "event": event.kind,
+                "level": event.level,
+                "job": event.job,
+                "tick": iso(event.tick) if event.tick else None,
+                "instance": event.instance,
+                **dict(items[:at]),
+            }
+            tail = json.dumps(dict(items[at + 1 :]), default=str)[1:-1]
+            parts = (json.dumps(head, default=str)[1:-1], f", {tail}" if tail else "")
+            cached = self._head = (key, parts)
+        head_text, tail_text = cached[1]
+        time, line = json.dumps(iso(event.at)), json.dumps(items[at][1], default=str)
+        return f'{{"time": {time}, {head_text}, "line": {line}{tail_text}}}\n'
+
+    def _zone(self, event: Event) -> tzinfo | None:
+        return self.zone_of(event.job) if self.zone_of and event.tick is not None else None
 
     def __call__(self, event: Event) -> None:
         if LEVELS.index(event.level) < self.min_level:
+            return
+        stream = "stderr"
+        if event.kind == "output-closed" and event.fields.get("stream") == "stderr":
+            stream = "stdout"  # the one place left to say that the log is gone
+        if self.fmt == "json" and event.kind == "output" and "line" in event.fields:
+            self.outputs.write(stream, self._output_json(event))
             return
         if self.fmt == "json":
             doc = {
@@ -139,18 +204,23 @@ class EventLog:
                 "instance": event.instance,
                 **event.fields,
             }
-            line = json.dumps(doc, default=str)
-            with self._lock:
-                sys.stderr.write(line + "\n")
-                sys.stderr.flush()
+            self.outputs.write(stream, json.dumps(doc, default=str) + "\n")
             return
-        zone = self.zone_of(event.job) if self.zone_of and event.tick is not None else None
-        text = text_line(event, zone)
-        with self._lock:
-            if self._console is not None:
-                from rich.text import Text
+        if event.kind == "output":
+            # A chatty run's lines share their head: made once per run and stream (the
+            # lines waiting to be logged are logged sooner, and fewer are dropped).
+            f = event.fields
+            key = (event.job, event.tick, event.instance, f.get("stream"), f.get("hook"))
+            cached = self._head  # one tuple, replaced whole: other threads log too
+            if cached[0] != key:
+                cached = self._head = (key, _output_head(event, self._zone(event)))
+            text = f"{_at(event)} {cached[1]} {f.get('line')}"
+        else:
+            text = text_line(event, self._zone(event))
+        if self._console is not None and stream == "stderr":
+            from rich.text import Text
 
+            with self._console.capture() as captured:
                 self._console.print(Text(text, style=style_of(event)), soft_wrap=True)
-            else:
-                sys.stderr.write(text + "\n")
-                sys.stderr.flush()
+            text = captured.get().removesuffix("\n")
+        self.outputs.write(stream, text + "\n")

@@ -9,7 +9,7 @@ import click
 from pyjob.core import __version__
 from pyjob.core.errors import PyjobError
 
-from .errors import CliError
+from .errors import cli_error
 from .exitcodes import ExitCode
 
 # Subcommands are imported only when invoked, so `pyjob --version` and shell completion stay fast.
@@ -63,7 +63,7 @@ class PyjobGroup(click.Group):
         except PyjobError as e:
             from .env import get_env
 
-            raise CliError(e, terminal=get_env().err_is_terminal()) from None
+            raise cli_error(e, terminal=get_env().err_is_terminal()) from None
         except KeyboardInterrupt:
             # Ctrl-C anywhere is 130 (128 + SIGINT), as shells report it; not Click's "Aborted!" 1.
             raise click.exceptions.Exit(int(ExitCode.INTERRUPTED)) from None
@@ -72,8 +72,27 @@ class PyjobGroup(click.Group):
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "PYJOB"}
 
 
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """pyjob's version and that of the zone database it computes every tick with (DESIGN §3):
+    instances of one fleet agree on ticks only when both are the same."""
+    if not value or ctx.resilient_parsing:
+        return
+    from pyjob.core.zones import tzdata_version
+
+    click.echo(f"pyjob, version {__version__} (tzdata {tzdata_version()})")
+    ctx.exit()
+
+
 @click.group(cls=PyjobGroup, context_settings=CONTEXT_SETTINGS)
-@click.version_option(__version__, "-V", "--version", prog_name="pyjob")
+@click.option(
+    "-V",
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the versions of pyjob and of its zone database (tzdata).",
+)
 def cli() -> None:
     """Run commands on schedules across one or many machines, exactly once per tick.
 
@@ -89,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     codes of DESIGN §7."""
     import os
 
+    from .outputs import fill_closed_std_fds
+
+    fill_closed_std_fds()
     if "_PYJOB_COMPLETE" in os.environ:  # a completion request: pyjob's own shell classes
         from .completion import register
 

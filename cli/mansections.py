@@ -6,6 +6,15 @@ Each page has DESCRIPTION, EXAMPLES, EXIT STATUS, ENVIRONMENT, FILES and SEE ALS
 
 from __future__ import annotations
 
+from typing import TypedDict
+
+
+class Page(TypedDict):
+    summary: str
+    description: list[str]  # paragraphs
+    examples: list[tuple[str, str]]  # (what it does, the command)
+
+
 EXIT_STATUS = [
     ("0", "success"),
     (
@@ -51,7 +60,7 @@ FILES = [
     ),
 ]
 
-PAGES: dict[str, dict[str, object]] = {
+PAGES: dict[str, Page] = {
     "": {
         "summary": "run commands on schedules, exactly once per tick across machines",
         "description": [
@@ -123,7 +132,8 @@ PAGES: dict[str, dict[str, object]] = {
             "plus the measured offset, so instances whose clocks disagree still fire together.",
             "--ping URL (PYJOB_PING_URL; ping in a TOML job) speaks the healthchecks.io protocol: "
             "GET URL/start?rid=UUID when a run starts and URL/<exit code>?rid=UUID when it ends "
-            "(URL/0 is a success). UUID is uuid5(NAMESPACE_URL, PYJOB_RUN_ID), the same on every "
+            "(URL/0 is a success; with --log-output a POST whose body is the last 10kB of the "
+            "run's output). UUID is uuid5(NAMESPACE_URL, PYJOB_RUN_ID), the same on every "
             "host, and only the instance that ran the run pings, so a monitor sees one start and "
             "one end per run across the fleet. One background thread sends them with a 3s "
             "timeout and 3 retries; a ping that still fails is a ping-failed event, never a "
@@ -133,15 +143,17 @@ PAGES: dict[str, dict[str, object]] = {
             "least every 20s) and 503 after 60s without it, for a liveness probe. "
             "--metrics-textfile PATH writes the same metrics for node_exporter's textfile "
             "collector, atomically (a temporary file renamed over PATH), at start, every 10s and "
-            "at exit. Metrics: pyjob_runs_total{job,result}, pyjob_run_duration_seconds{job} and "
-            "pyjob_lateness_seconds{job} (histograms), pyjob_last_run_timestamp_seconds{job,"
-            "result}, pyjob_last_success_timestamp_seconds{job} (the fleet's, read from the run "
-            "records at start, every 15s and at exit), pyjob_running{job}, "
-            "pyjob_missed_ticks_total{job}, "
-            "pyjob_skipped_ticks_total{job,reason}, pyjob_backend_errors_total{backend}, "
-            "pyjob_ping_failures_total{job}, pyjob_schedule_interval_seconds{job}, "
-            "pyjob_clock_offset_seconds, pyjob_loop_silence_seconds and "
-            "pyjob_info{version,instance}. Label values are job "
+            "at exit. Metrics: pyjob_runs_total{job_name,result}, "
+            "pyjob_run_duration_seconds{job_name} and pyjob_lateness_seconds{job_name} "
+            "(histograms), pyjob_last_run_timestamp_seconds{job_name,result}, "
+            "pyjob_last_success_timestamp_seconds{job_name} (the fleet's, read from the run "
+            "records at each scrape and textfile write), pyjob_running{job_name}, "
+            "pyjob_missed_ticks_total{job_name}, pyjob_skipped_ticks_total{job_name,reason}, "
+            "pyjob_backend_errors_total{backend}, pyjob_ping_failures_total{job_name}, "
+            "pyjob_schedule_interval_seconds{job_name}, pyjob_clock_offset_seconds, "
+            "pyjob_loop_silence_seconds, pyjob_metrics_updated_timestamp_seconds and "
+            "pyjob_info{version,pyjob_instance}. No label is named job or instance, which "
+            "Prometheus sets on each target. Label values are job "
             "ids and fixed kinds, never commands or URLs. Both need pip install "
             "'pyjob[metrics]' (prometheus-client); without it, or when the port cannot be "
             "bound, run exits 2.",

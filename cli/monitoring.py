@@ -197,13 +197,16 @@ class Monitoring:
         if self.metrics is None:
             return
         # Only now: pyjob.core.metrics needs the optional prometheus-client (pyjob[metrics]).
-        from pyjob.core.metrics import FLEET_EVERY, TEXTFILE_EVERY, MetricsServer, Periodic
+        from pyjob.core.metrics import TEXTFILE_EVERY, MetricsServer, Periodic
 
+        # The fleet's last successes are read when they are shown: at each scrape, before each
+        # textfile write.
+        refresh = self.fleet.refresh if self.fleet is not None else _nothing
         listen = None
         if self.options.listen is not None:
             host, port = self.options.listen
             try:
-                self.server = MetricsServer(self.metrics, host, port)
+                self.server = MetricsServer(self.metrics, host, port, before=refresh)
             except OSError as e:
                 text = f"{host}:{port}"
                 click.echo(f"Error: --metrics-listen {text}: {e.strerror or e}", err=True)
@@ -220,38 +223,31 @@ class Monitoring:
             except OSError as e:
                 click.echo(f"Error: --metrics-textfile {path}: {e.strerror or e}", err=True)
                 raise click.exceptions.Exit(2) from None
+
+            def write() -> None:
+                refresh()
+                metrics.write_textfile(path)
+
             self._periodic.append(
                 Periodic(
-                    lambda: metrics.write_textfile(path),
+                    write,
                     TEXTFILE_EVERY,
                     self.clock,
                     "pyjob-metrics-textfile",
                     lambda e: self._warn("*", f"--metrics-textfile {path}: {e}"),
                     at_stop=True,
-                )
-            )
-        if self.fleet is not None:
-            fleet = self.fleet
-            self._periodic.append(
-                Periodic(
-                    fleet.read,
-                    FLEET_EVERY,
-                    self.clock,
-                    "pyjob-metrics-fleet",
-                    _ignore,
-                    at_stop=True,  # so the last textfile has the fleet's latest
-                    first=0.0,
+                    first=0.0,  # again at once, with the fleet's records read
                 )
             )
         for p in self._periodic:
             p.start()
-        self._report("metrics", who, None, listen=listen, textfile=textfile)
+        self.report("metrics", who, None, listen=listen, textfile=textfile)
 
     def stop(self) -> None:
         """After the scheduler ended: send the last pings, write the textfile a last time."""
         if self.pings is not None:
             self.pings.stop()
-        for p in reversed(self._periodic):  # the last fleet read, then the last textfile
+        for p in self._periodic:  # the last textfile, with the fleet's latest
             p.stop()
         if self.server is not None:
             self.server.stop()
@@ -260,7 +256,7 @@ class Monitoring:
 
     # ------------------------------------------------------------------ helpers
 
-    def _report(self, kind: str, job: str, tick: Any, **fields: Any) -> None:
+    def report(self, kind: str, job: str, tick: Any, **fields: Any) -> None:
         from pyjob.core import events
 
         event = events.make(kind, job, self.instance, tick, self.clock.now(), **fields)
@@ -288,7 +284,7 @@ class Monitoring:
         from pyjob.core.pings import PingSender
 
         self.pings = PingSender(
-            self._ping_urls(jobs), self.clock, self._report, user_agent=self._user_agent
+            self._ping_urls(jobs), self.clock, self.report, user_agent=self._user_agent
         )
         self._consumers.append(self.pings.on_event)
         if self._started:
@@ -306,6 +302,5 @@ class Monitoring:
         return records_for(backend), backend.close
 
 
-def _ignore(e: BaseException) -> None:
-    """A fleet read that failed is tried again at the next period (the scheduler's own
-    backend-error events already say the backend is down)."""
+def _nothing() -> None:
+    """No fleet to read (no metrics, or no records)."""

@@ -19,18 +19,25 @@ if TYPE_CHECKING:
     from pyjob.core.grammar import Parts
     from pyjob.core.rules import Spec
 
+    # Click 8.4 made ParamType generic in the value it converts to; the Clicks before it, which
+    # pyjob also runs with, cannot be subscripted at run time.
+    IntParamType = click.ParamType[int]
+    StrParamType = click.ParamType[str]
+else:
+    IntParamType = StrParamType = click.ParamType
+
 from .env import get_env
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class DurationType(click.ParamType):
+class DurationType(IntParamType):
     name = "duration"
 
     def __init__(self, allow_zero: bool = False) -> None:
         self.allow_zero = allow_zero
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
         try:
@@ -39,10 +46,10 @@ class DurationType(click.ParamType):
             self.fail(e.message, param, ctx)
 
 
-class ZoneType(click.ParamType):
+class ZoneType(StrParamType):
     name = "zone"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         from pyjob.core.zones import get_zone
 
         try:
@@ -60,12 +67,12 @@ class ZoneType(click.ParamType):
         return [CompletionItem(n) for n in zone_names() if n.startswith(incomplete)]
 
 
-class LockURLType(click.ParamType):
+class LockURLType(StrParamType):
     """A lock backend URL; completes the schemes pyjob supports."""
 
     name = "url"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         return str(value)
 
     def shell_complete(
@@ -84,12 +91,12 @@ class LockURLType(click.ParamType):
         ]
 
 
-class HttpURLType(click.ParamType):
+class HttpURLType(StrParamType):
     """An http:// or https:// URL (--ping)."""
 
     name = "url"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         from pyjob.core.pings import url_problem
 
         problem = url_problem(str(value))
@@ -98,12 +105,12 @@ class HttpURLType(click.ParamType):
         return str(value)
 
 
-class NtpServerType(click.ParamType):
+class NtpServerType(StrParamType):
     """HOST, HOST:PORT or [IPv6]:PORT; a comma-separated list is split (PYJOB_NTP_SERVERS)."""
 
     name = "server"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         from pyjob.core.ntp import parse_server
 
         items = [v.strip() for v in str(value).split(",") if v.strip()]
@@ -483,7 +490,7 @@ def build_spec(
     return build(parts, tz=tz, env=env.environ, now=now), now
 
 
-class CheckedText(click.ParamType):
+class CheckedText(StrParamType):
     """Text checked by the core's parser of a setting kind (factor, codes)."""
 
     name = "text"
@@ -491,7 +498,7 @@ class CheckedText(click.ParamType):
     def __init__(self, kind: str) -> None:
         self.kind = kind
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         from pyjob.core.settings import parse_codes, parse_factor
 
         try:

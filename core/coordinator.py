@@ -10,9 +10,11 @@ call goes through here with one error policy:
   ``claim_many`` round trip, the lease renewals due together one ``renew_many``.
 - A ``BackendError`` never escapes: the caller's callback receives it (the scheduler skips the
   tick, or runs it with ``--on-backend-error run``), or it is reported as a ``backend-error``
-  event. A lease whose release failed is kept and released again before the next call, as soon
-  as the backend answers (so an outage does not leave a lease that blocks the job for its TTL);
-  so is every lease a claim batch may have taken when its answer was lost (``LostAnswer``).
+  event (at debug level: the outage is told once, by ``backend-down`` and ``backend-up``, see
+  pyjob.core.outage). A lease whose release failed is kept and released again before the next
+  call, as soon as the backend answers (so an outage does not leave a lease that blocks the job
+  for its TTL); so is every lease a claim batch may have taken when its answer was lost
+  (``LostAnswer``).
 
 With ``threaded=False`` (tests with a fake clock) calls run at once on the caller's thread, and
 their results are still delivered by ``drain()``, so the order of events does not depend on it.
@@ -31,6 +33,7 @@ from .backends import Backend, open_backend
 from .backends.protocol import AHEAD_LIMIT, ClaimOutcome, ClaimRequest, Lease, LostAnswer
 from .clock import Clock, Waker
 from .errors import BackendError
+from .outage import Outage
 from .records import InstanceInfo, JobInfo, RecordStore, RunRecord, records_for
 
 _PRIORITY = {"claim": 0, "renew": 0, "release": 0, "previous": 1, "latest": 1, "orphan": 1}
@@ -57,6 +60,7 @@ class _Link:
 
     url: str
     backend: Backend
+    outage: Outage  # its down and up edges
     # (priority, order, call): claims and leases first; what no tick waits for (records,
     # heartbeats, clean-up) after them, so a batch of record writes never delays a claim.
     calls: PriorityQueue[tuple[int, int, _Call | None]] = field(default_factory=PriorityQueue)
@@ -113,7 +117,9 @@ class Coordinator:
         except BaseException:
             backend.close()
             raise
-        link = _Link(k, backend, records=records_for(backend))
+        link = _Link(
+            k, backend, Outage(backend.url, self.clock, self.report), records=records_for(backend)
+        )
         self._links[k] = link
         if self.threaded:
             link.thread = threading.Thread(
@@ -298,6 +304,11 @@ class Coordinator:
         return _Call("records", (list(latest.values()), keep), None)
 
     def _do(self, link: _Link, call: _Call) -> None:
+        link.outage.begin()
+        self._call(link, call)
+        link.outage.end()
+
+    def _call(self, link: _Link, call: _Call) -> None:
         if link.unreleased and call.what != "release":
             self._release(link, [])  # first what an outage left behind
         if call.expires is not None and self.clock.monotonic() > call.expires:
@@ -306,6 +317,7 @@ class Coordinator:
                 f"{link.backend.url}: claim not sent: the backend kept it waiting until the "
                 "following tick was due"
             )
+            link.outage.unsent(len(call.args[0]))
             self._deliver(call.done, late)
             return
         try:
@@ -348,12 +360,14 @@ class Coordinator:
                 # The batch may have taken run leases all the same: release them (by their
                 # tokens) as soon as the backend answers, so that none blocks the job (DESIGN §8).
                 link.unreleased += e.leases
+            link.outage.failed(str(e), len(call.args[0]) if call.what == "claim" else 0)
             if call.done is None:
                 self.report("*", None, "backend-error", error=str(e), action="cleanup later")
                 return
             result = e
         except Exception as e:  # a backend bug must not end the process: it is an error too
             error = BackendError(f"{link.backend.url}: {type(e).__name__}: {e}")
+            link.outage.failed(str(error), len(call.args[0]) if call.what == "claim" else 0)
             if call.done is None:
                 self.report("*", None, "backend-error", error=str(error), action="cleanup later")
                 return
@@ -376,6 +390,7 @@ class Coordinator:
             else:
                 store.prune(*call.args)
         except Exception as e:
+            link.outage.failed(str(e))
             what = {"records": "runs not recorded", "register": "jobs not registered"}
             for job in sorted({r.job for r in call.args[0]}) if call.what == "records" else ["*"]:
                 self.report(
@@ -424,6 +439,7 @@ class Coordinator:
             link.backend.release_many(retry)
         except Exception as e:
             link.unreleased = retry
+            link.outage.failed(str(e))
             if leases:  # reported once per lease, not at every retry
                 for lease in leases:
                     self.report(
@@ -434,6 +450,7 @@ class Coordinator:
                         action="run lease released again once the backend answers",
                     )
             return
+        link.outage.answered()  # before what the answer released
         if len(retry) > len(leases):
             self.report(
                 "*",

@@ -121,36 +121,53 @@ def _name_or_number(field: Field, token: str, v: int) -> str:
 def _parse_item(field: Field, item: str, source: str, pos: int) -> str:
     """Validate one comma-separated item and return its normalized text."""
     up = item.upper()
-    if field is DOM and _DOM_SPECIAL.match(up):
+    if field is DOM:
         m = _DOM_SPECIAL.match(up)
-        assert m is not None
-        if m.group(1) is not None:
-            day = int(m.group(1))
-            if not 1 <= day <= 31:
-                raise _bad(field, item, "nW needs a day 1-31", source, pos)
-            return f"{day}W"
-        return up
-    if field is DOW and _DOW_SPECIAL.match(up):
+        if m is not None:
+            return _dom_special(field, item, m, source, pos)
+        if "W" in up:
+            raise _bad(
+                field, item, "W takes one day, like 15W or LW, not a range or step", source, pos
+            )
+    if field is DOW:
         m = _DOW_SPECIAL.match(up)
-        assert m is not None
-        if m.group(1) is not None:
-            day = _value(field, m.group(1), source, pos)
-            nth = int(m.group(2))
-            if not 1 <= nth <= 5:
-                raise _bad(field, item, "the n in day#n is 1-5", source, pos)
-            return f"{_name_or_number(field, m.group(1), day)}#{nth}"
-        token, at = (m.group(3), pos + 1) if m.group(3) is not None else (m.group(4), pos)
-        day = _value(field, token, source, at)
-        return f"L{_name_or_number(field, token, day)}"  # one normalized form: L5
-    if field is DOM and "W" in up:
-        raise _bad(field, item, "W takes one day, like 15W or LW, not a range or step", source, pos)
-    if field is DOW and "L" in up:  # no weekday name has an L
-        raise _bad(
-            field, item, "L needs one weekday, like 5L or FRIL: the last Friday", source, pos
-        )
+        if m is not None:
+            return _dow_special(field, item, m, source, pos)
+        if "L" in up:  # no weekday name has an L
+            raise _bad(
+                field, item, "L needs one weekday, like 5L or FRIL: the last Friday", source, pos
+            )
     if item == "?":
         return "*"
-    m = _ITEM.match(up)
+    return _range_item(field, item, source, pos)
+
+
+def _dom_special(field: Field, item: str, m: re.Match[str], source: str, pos: int) -> str:
+    """nW (the weekday nearest day n), L or LW in day-of-month."""
+    if m.group(1) is not None:
+        day = int(m.group(1))
+        if not 1 <= day <= 31:
+            raise _bad(field, item, "nW needs a day 1-31", source, pos)
+        return f"{day}W"
+    return item.upper()
+
+
+def _dow_special(field: Field, item: str, m: re.Match[str], source: str, pos: int) -> str:
+    """day#n (the nth such weekday of the month), or dayL / Lday (the last one), as L5."""
+    if m.group(1) is not None:
+        day = _value(field, m.group(1), source, pos)
+        nth = int(m.group(2))
+        if not 1 <= nth <= 5:
+            raise _bad(field, item, "the n in day#n is 1-5", source, pos)
+        return f"{_name_or_number(field, m.group(1), day)}#{nth}"
+    token, at = (m.group(3), pos + 1) if m.group(3) is not None else (m.group(4), pos)
+    day = _value(field, token, source, at)
+    return f"L{_name_or_number(field, token, day)}"  # one normalized form: L5
+
+
+def _range_item(field: Field, item: str, source: str, pos: int) -> str:
+    """``*``, ``H``, ``H(a-b)``, a value or a range ``a-b``, each with an optional ``/step``."""
+    m = _ITEM.match(item.upper())
     if m is None or not item:
         raise _bad(field, item, f"{field.range_text}, a range a-b, a list, or */n", source, pos)
     step_text = m.group("step")

@@ -18,7 +18,7 @@ LEVELS = ("debug", "info", "warning", "error")  # lowest first: --log-level keep
 # Fields whose numbers are seconds (JSON gives them exact; a text line writes 2.3ms or 19h48m).
 SECONDS = frozenset(
     {"in_seconds", "lateness", "duration", "stop_timeout", "after", "delay", "offset", "limit"}
-    | {"late", "window", "retry_in"}
+    | {"late", "window", "retry_in", "down_for"}
     | {"error"}  # the clock's error bound; a run's `error` is text, and stays text
 )
 
@@ -29,14 +29,26 @@ class Kind:
     level: str
     fields: tuple[str, ...]
     doc: str
-    # A level that depends on the fields (a failed run's run-finished is an error).
+    # A level that depends on the fields (a failed run's run-finished is an error), and when,
+    # in words for the README's table.
     level_of: Callable[[Mapping[str, Any]], str] | None = None
+    level_note: str = ""
 
 
 def _finished_level(fields: Mapping[str, Any]) -> str:
     if fields.get("terminated") == "stop":
         return "info"
     return "info" if fields.get("exit_code") == 0 else "error"
+
+
+LEASE_LOST = "run lease lost"  # a backend-error whose backend answered: not part of an outage
+
+
+def _backend_error_level(fields: Mapping[str, Any]) -> str:
+    # One per failed call (a claim, a record, a release): an outage of 1,000 jobs would be
+    # thousands of lines a second. backend-down and backend-up tell the outage once; a lease
+    # the backend says is lost is news of its own.
+    return "warning" if fields.get("error") == LEASE_LOST else "debug"
 
 
 _KINDS = (
@@ -94,7 +106,13 @@ _KINDS = (
         ("run_id", "pid", "lateness", "fence", "attempt", "error"),
         "the command was started (error: it could not be)",
     ),
-    Kind("output", "info", ("stream", "line", "run_id"), "a line of the command (--log-output)"),
+    Kind(
+        "output",
+        "info",
+        ("stream", "line", "run_id", "hook"),
+        "a line of the command (--log-output), or of a hook (then named); stream is stdout, "
+        "stderr, or pyjob for pyjob's own word on the output (lines dropped)",
+    ),
     Kind(
         "run-finished",
         "info",
@@ -110,6 +128,7 @@ _KINDS = (
         ),
         "the command ended; an error when it failed",
         _finished_level,
+        "error when it failed",
     ),
     Kind(
         "hook-finished",
@@ -126,9 +145,26 @@ _KINDS = (
     Kind("timeout", "error", ("run_id", "after", "action"), "the command ran past --timeout"),
     Kind(
         "backend-error",
-        "warning",
+        "debug",
         ("error", "action"),
-        "a backend call failed or took too long, and what pyjob did instead",
+        "a backend call failed or took too long, and what pyjob did instead (a warning when "
+        "the backend says a run's lease is lost; the outage itself is backend-down)",
+        _backend_error_level,
+        "warning when a run's lease is lost",
+    ),
+    Kind(
+        "backend-down",
+        "warning",
+        ("backend", "error"),
+        "a backend call failed or took too long after the backend had answered: the start of an "
+        "outage (its failed calls are backend-error events, at debug)",
+    ),
+    Kind(
+        "backend-up",
+        "info",
+        ("backend", "failed_calls", "unclaimed_ticks", "down_for"),
+        "the backend answers again after backend-down: how many calls failed, how many ticks "
+        "had no claim (skipped, or run unclaimed with --on-backend-error run), and for how long",
     ),
     Kind(
         "backend-recovered",
@@ -168,6 +204,13 @@ _KINDS = (
         "info",
         ("listen", "textfile"),
         "Prometheus metrics are served (--metrics-listen) or written (--metrics-textfile)",
+    ),
+    Kind(
+        "output-closed",
+        "warning",
+        ("stream", "error", "action"),
+        "pyjob's own stdout or stderr closed (its reader went away) or failed: its lines are "
+        "dropped, the schedule goes on",
     ),
     Kind("stopped", "info", ("runs", "failures"), "the job or the process stopped"),
     Kind("exhausted", "info", ("runs", "failures", "jobs"), "the schedule has no more ticks"),

@@ -22,7 +22,7 @@ from datetime import datetime
 
 from .errors import InputError, ScheduleError
 from .rules import RULES, Spec, iso
-from .timeparse import parse_datetime
+from .timeparse import is_relative, parse_datetime
 from .zones import get_zone, job_zone_name
 
 
@@ -79,7 +79,13 @@ def build(
             source=parts.stop_at,
             pos=0,
         )
-    return Spec(rule, start_at, stop_at)
+    return Spec(
+        rule,
+        start_at,
+        stop_at,
+        start_relative=bool(parts.start_at and is_relative(parts.start_at)),
+        stop_relative=bool(parts.stop_at and is_relative(parts.stop_at)),
+    )
 
 
 def _check_keys(parts: Parts, allowed: frozenset[str]) -> None:

@@ -90,7 +90,7 @@ class JobDef:
 
     def fingerprint(self) -> tuple[Any, ...]:
         """Equal for two definitions that would run the same way (a reload keeps such a job)."""
-        return (self.name, str(self.spec), self.command, self.env, self.options)
+        return (self.name, self.spec.identity, self.command, self.env, self.options)
 
 
 @dataclass
@@ -421,22 +421,9 @@ def _check_keys(ctx: _Ctx, where: str, body: dict[str, Any], defaults: bool) -> 
 
 
 def _type_problem(key: str, value: Any) -> str | None:
+    """What is wrong with the type of ``value`` for ``key`` of a TOML job, or None."""
     if key == "command":
-        if isinstance(value, str) and value.strip():
-            import json
-            import shlex
-
-            try:
-                argv = ", ".join(json.dumps(w) for w in shlex.split(value))
-            except ValueError:
-                argv = '"./backup.sh", "--fast"'
-            return (
-                f"is a list of arguments, like command = [{argv}]; a string is a shell line: "
-                f"write it as shell = {json.dumps(value)}"
-            )
-        if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
-            return 'must be a non-empty list of strings, like ["./backup.sh", "--fast"]'
-        return None
+        return _command_problem(value)
     if key in ("shell", "name"):
         return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
     if key == "env":
@@ -445,7 +432,31 @@ def _type_problem(key: str, value: Any) -> str | None:
         return None
     if key in RUN_KEYS:
         return problem(RUN_KEYS[key], value)
-    kind = SCHEDULE_KEYS.get(key)
+    return _schedule_value_problem(SCHEDULE_KEYS.get(key), value)
+
+
+def _command_problem(value: Any) -> str | None:
+    """``command`` is a list of arguments; a string gets the list it may have meant, and the
+    ``shell`` key that takes a line."""
+    if isinstance(value, str) and value.strip():
+        import json
+        import shlex
+
+        try:
+            argv = ", ".join(json.dumps(w) for w in shlex.split(value))
+        except ValueError:
+            argv = '"./backup.sh", "--fast"'
+        return (
+            f"is a list of arguments, like command = [{argv}]; a string is a shell line: "
+            f"write it as shell = {json.dumps(value)}"
+        )
+    if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+        return 'must be a non-empty list of strings, like ["./backup.sh", "--fast"]'
+    return None
+
+
+def _schedule_value_problem(kind: Any, value: Any) -> str | None:
+    """``value`` against the type of a schedule key (SCHEDULE_KEYS), None for an unknown key."""
     if kind is bool and not isinstance(value, bool):
         return "must be true or false"
     if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

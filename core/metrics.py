@@ -4,12 +4,15 @@
 ``Metrics`` consumes every event (``on_event``, called on the thread that emitted it, so it only
 updates counters) and holds one registry. ``MetricsServer`` serves it on ``/metrics`` with
 ``/healthz`` beside it; ``write_textfile`` writes it for node_exporter's textfile collector;
-``FleetReader`` reads the run records of the backend so that
-``pyjob_last_success_timestamp_seconds`` says when the job last succeeded on any instance.
+``FleetReader`` reads the run records of the backend, at each scrape and before each textfile
+write, so that ``pyjob_last_success_timestamp_seconds`` says when the job last succeeded on any
+instance as of that moment.
 
 Run counters, durations and lateness count this instance's runs: each run is run by one instance,
-so ``sum by (job)`` over the instances is the fleet's. Label values are job ids, results and
-fixed reason kinds; never commands, URLs or free text.
+so ``sum by (job_name)`` over the instances is the fleet's. Label values are job ids, results and
+fixed reason kinds; never commands, URLs or free text. No label is named ``job`` or ``instance``:
+Prometheus sets those on every target (the scrape job and the target's address), and a clashing
+one is either renamed ``exported_job`` or, with ``honor_labels``, replaces the target's own.
 
 Liveness: ``/healthz`` answers 200 while the scheduler loop is seen alive: ``beat()`` is called
 each time the loop goes to wait (``BeatingClock`` wraps the scheduler's clock to do that), and
@@ -21,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,7 +39,8 @@ from .records import RecordStore
 
 LIVENESS = 3 * MAX_SLEEP_SLICE  # seconds without a beat before /healthz says 503
 TEXTFILE_EVERY = 10.0
-FLEET_EVERY = 15.0
+FLEET_WAIT = 2.0  # seconds a scrape (or a textfile write) waits for the fleet's run records
+FLEET_RETRY = 15.0  # after a fleet read failed, scrapes use the values they have this long
 FLEET_FIRST = 100  # records read per job at the first fleet read (--history-keep's default)
 
 RESULTS = ("success", "failure", "timeout", "stopped", "start-failed")
@@ -91,50 +96,53 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.runs = Counter(
-            "pyjob_runs", "Runs this instance made, by result.", ["job", "result"], registry=r
+            "pyjob_runs", "Runs this instance made, by result.", ["job_name", "result"], registry=r
         )
         self.duration = Histogram(
             "pyjob_run_duration_seconds",
             "How long the runs took.",
-            ["job"],
+            ["job_name"],
             buckets=DURATION_BUCKETS,
             registry=r,
         )
         self.lateness = Histogram(
             "pyjob_lateness_seconds",
             "How long after its tick each run's command started.",
-            ["job"],
+            ["job_name"],
             buckets=LATENESS_BUCKETS,
             registry=r,
         )
         self.last_run = Gauge(
             "pyjob_last_run_timestamp_seconds",
-            "When this instance's last run of the job ended, by result (Unix time).",
-            ["job", "result"],
+            "When this instance's last run of the job ended, by result (Unix time; 0 until then).",
+            ["job_name", "result"],
             registry=r,
         )
         self.last_success = Gauge(
             "pyjob_last_success_timestamp_seconds",
-            "When the job last ended successfully on any instance (from the run records where "
-            "the backend keeps them, else this instance's runs; Unix time).",
-            ["job"],
+            "When the job last ended successfully on any instance, as of this scrape (from the "
+            "run records where the backend keeps them, else this instance's runs; Unix time). "
+            "Until it has, when this instance started serving the job.",
+            ["job_name"],
             registry=r,
         )
         self.running = Gauge(
-            "pyjob_running", "Runs of the job going on in this instance.", ["job"], registry=r
+            "pyjob_running", "Runs of the job going on in this instance.", ["job_name"], registry=r
         )
         self.missed = Counter(
             "pyjob_missed_ticks",
             "Ticks that passed without running (late wake-up, --misfire-grace).",
-            ["job"],
+            ["job_name"],
             registry=r,
         )
         self.skipped = Counter(
             "pyjob_skipped_ticks",
-            "Ticks this instance did not run: overlap (the previous run still going), "
-            "queue-full, backend-error (claim failed, fail closed), refused, clock-ahead (this "
-            "host's clock ahead of the backend's), other.",
-            ["job", "reason"],
+            "Ticks this instance did not run. overlap (the previous run still going), "
+            "queue-full and other are decided by the instance that won the tick's claim: once "
+            "per tick across the fleet. backend-error (claim failed, fail closed), refused and "
+            "clock-ahead (this host's clock ahead of the backend's) are decided by each instance "
+            "for itself: every instance counts the tick.",
+            ["job_name", "reason"],
             registry=r,
         )
         self.backend_errors = Counter(
@@ -146,19 +154,19 @@ class Metrics:
         self.ping_failures = Counter(
             "pyjob_ping_failures",
             "--ping requests that failed after their retries, or were not sent.",
-            ["job"],
+            ["job_name"],
             registry=r,
         )
         self.interval = Gauge(
             "pyjob_schedule_interval_seconds",
             "The longest gap between the job's next ticks (for staleness alerts).",
-            ["job"],
+            ["job_name"],
             registry=r,
         )
         self.info = Gauge(
             "pyjob_info",
             "The version and instance of this pyjob.",
-            ["version", "instance"],
+            ["version", "pyjob_instance"],
             registry=r,
         )
         self.info.labels(version, instance).set(1)
@@ -169,9 +177,28 @@ class Metrics:
             registry=r,
         )
         self.silence.set_function(lambda: round(self.health()[1], 3))
+        self.output_lost = Gauge(
+            "pyjob_output_lost",
+            "1 once lines for pyjob's own stdout or stderr are dropped: the stream closed (its "
+            "reader went away), or writing to it failed.",
+            ["stream"],
+            registry=r,
+        )
+        for stream in ("stdout", "stderr"):
+            self.output_lost.labels(stream).set(0)
+        self.updated = Gauge(
+            "pyjob_metrics_updated_timestamp_seconds",
+            "When these metrics were produced (Unix time): each scrape of /metrics, each write "
+            "of the textfile. A textfile whose value stops advancing is no longer written.",
+            registry=r,
+        )
+        self.updated.set_function(lambda: clock.now().timestamp())
         self._offset: Gauge | None = None  # registered at the first clock measurement
         self._lock = threading.Lock()
         self._success: dict[str, float] = {}
+        # Jobs without a success seen yet: their last-success value is when this instance
+        # started serving them, which any real success replaces, even an older one.
+        self._unproven: set[str] = set()
         self._backends: dict[str, str] = {}
         self._beat = clock.monotonic()
         self.set_jobs(intervals, backends)
@@ -179,26 +206,37 @@ class Metrics:
     # ------------------------------------------------------------------ jobs
 
     def set_jobs(self, intervals: Mapping[str, float | None], backends: Mapping[str, str]) -> None:
-        """The jobs served (at start, and after a reload): their series start at zero. A job no
-        longer served loses its staleness series (last success, interval), so it stops
+        """The jobs served (at start, and after a reload): every series of a job exists from
+        then, at zero, so that ``increase()`` sees its first failure and a job that never
+        succeeds still has a last success to alert on (when it began to be served here). A job
+        no longer served loses its staleness series (last success, interval), so it stops
         alerting; its counters stay."""
+        now = self.clock.now().timestamp()
         with self._lock:
             gone = set(self._backends) - set(intervals)
             self._backends = dict(backends)
             for job in gone:
                 self._success.pop(job, None)
+                self._unproven.discard(job)
                 for g in (self.last_success, self.interval):
                     with contextlib.suppress(KeyError):
                         g.remove(job)
+            for job in intervals:
+                if job not in self._success:
+                    self._success[job] = now
+                    self._unproven.add(job)
+                    self.last_success.labels(job).set(now)
         for job, every in intervals.items():
             for result in RESULTS:
                 self.runs.labels(job, result)
+                self.last_run.labels(job, result)
             for reason in SKIP_REASONS:
                 self.skipped.labels(job, reason)
             self.duration.labels(job)
             self.lateness.labels(job)
             self.running.labels(job)
             self.missed.labels(job)
+            self.ping_failures.labels(job)
             if every is not None:
                 self.interval.labels(job).set(every)
         for kind in set(backends.values()):
@@ -242,6 +280,8 @@ class Metrics:
             self.backend_errors.labels(self._backend(job)).inc()
         elif kind == "ping-failed":
             self.ping_failures.labels(job).inc()
+        elif kind == "output-closed":
+            self.output_lost.labels(str(f.get("stream"))).set(1)
         elif kind in ("clock", "clock-warning") and f.get("offset") is not None:
             self._clock_offset(float(f["offset"]))
         reason = skip_reason(event)
@@ -251,10 +291,11 @@ class Metrics:
     def success(self, job: str, at: float) -> None:
         """``job`` succeeded at ``at`` (Unix time), here or on another instance."""
         with self._lock:
-            if at <= self._success.get(job, 0.0):
+            if at <= self._success.get(job, 0.0) and job not in self._unproven:
                 return
             if job not in self._backends and self._backends:
                 return  # no longer served (a reload removed it)
+            self._unproven.discard(job)
             self._success[job] = at
             self.last_success.labels(job).set(at)
 
@@ -321,15 +362,20 @@ class BeatingClock(WrappedClock):
 
 class MetricsServer:
     """``/metrics`` (Prometheus text) and ``/healthz`` on HOST:PORT, on threads of their own.
-    Binds at construction (OSError: address in use, not allowed)."""
+    Binds at construction (OSError: address in use, not allowed). ``before`` is called before
+    each scrape is rendered (the fleet's run records are read then)."""
 
-    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+    def __init__(
+        self, metrics: Metrics, host: str, port: int, before: Callable[[], None] | None = None
+    ) -> None:
         m = metrics
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
+                    if before is not None:
+                        before()
                     self._answer(200, m.render(), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
                     ok, age = m.health()
@@ -356,6 +402,13 @@ class MetricsServer:
         class Server(ThreadingHTTPServer):
             address_family = family
             daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                # A scraper that gave up (its scrape timeout) closed the connection: nothing to
+                # tell, and a traceback on stderr would break the JSON log.
+                if isinstance(sys.exc_info()[1], ConnectionError):
+                    return
+                super().handle_error(request, client_address)
 
         self.httpd = Server((host, port), Handler)
         self.port: int = self.httpd.server_address[1]
@@ -426,10 +479,12 @@ class Periodic:
 
 class FleetReader:
     """Reads the run records of the jobs' backends, so ``pyjob_last_success_timestamp_seconds``
-    is the fleet's: every instance reports the same value. One reader, on its own thread (a
-    Periodic), with one store per lock URL, opened on first use (a connection of its own, not
-    the scheduler's). ``jobs``: job -> its lock URL; ``open_store(url)`` gives the store (None:
-    the backend keeps no records) and a function that closes it."""
+    is the fleet's: every instance reports the same value, current when it is scraped or
+    written. ``refresh()`` asks for a read and waits for it a bounded time; the reads run on a
+    thread of their own (never the scheduler's, nor a scrape's, which a hung backend would hold
+    past Prometheus' scrape timeout). One store per lock URL, opened on first use (a connection
+    of its own, not the scheduler's). ``jobs``: job -> its lock URL; ``open_store(url)`` gives
+    the store (None: the backend keeps no records) and a function that closes it."""
 
     def __init__(
         self,
@@ -443,16 +498,76 @@ class FleetReader:
         self._lock = threading.Lock()
         self._stores: dict[str | None, tuple[RecordStore | None, Callable[[], None]]] = {}
         self._since: dict[str, int] = {}  # job -> the oldest tick worth reading again
+        self._retry_at = 0.0  # monotonic: after a failed read, the values are kept until then
+        # The reader thread: reads are numbered; a refresh waits for one that starts after it.
+        self._state = threading.Lock()
+        self._asked = 0
+        self._started = 0
+        self._waiting: list[tuple[int, Waker]] = []
+        self._waker = Waker()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def refresh(self, wait: float = FLEET_WAIT) -> None:
+        """Read the records now, for a scrape or a textfile write, and wait at most ``wait``
+        seconds for it: a scrape must answer, with the values of the last read if this one is
+        slow or fails (an outage is told by the scheduler's events). After a failed read, the
+        values are kept for FLEET_RETRY seconds without asking again."""
+        clock = self.metrics.clock
+        if clock.monotonic() < self._retry_at:
+            return
+        done = Waker()
+        with self._state:
+            if self._closed:
+                done.close()
+                return
+            number = self._started + 1
+            self._asked = max(self._asked, number)
+            self._waiting.append((number, done))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._work, name="pyjob-metrics-fleet", daemon=True
+                )
+                self._thread.start()
+        self._waker.wake()
+        try:
+            clock.wait(done, wait)
+        finally:
+            with self._state:
+                self._waiting.remove((number, done))
+            done.close()
+
+    def _work(self) -> None:
+        clock = self.metrics.clock
+        while True:
+            with self._state:
+                if self._closed:
+                    return
+                number = self._asked if self._asked > self._started else None
+                if number is not None:
+                    self._started = number
+            if number is None:
+                clock.wait(self._waker, 3600.0)
+                continue
+            try:
+                self.read()
+            except Exception:
+                self._retry_at = clock.monotonic() + FLEET_RETRY
+            with self._state:
+                ready = [w for n, w in self._waiting if n <= number]
+            for w in ready:
+                w.wake()
 
     def update(self, jobs: Mapping[str, str | None]) -> None:
         with self._lock:
             self._jobs = dict(jobs)
 
     def read(self) -> None:
-        """One pass over the jobs; a backend that fails is tried again at the next pass."""
+        """One pass over the jobs; a backend that fails raises, and is tried again at the next
+        pass."""
         with self._lock:
-            jobs = dict(self._jobs)
-        for job, url in jobs.items():
+            jobs = list(self._jobs.items())
+        for job, url in jobs:
             store = self._store(url)
             if store is None:
                 continue
@@ -474,7 +589,17 @@ class FleetReader:
             self._stores[url] = self.open_store(url)
         return self._stores[url][0]
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the reader thread (a read under way gets ``timeout`` seconds), close the stores."""
+        with self._state:
+            self._closed = True
+            thread = self._thread
+        self._waker.wake()
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                return  # a read hangs in a store: closing it under the read would not help
+        self._waker.close()
         for _, close in self._stores.values():
             with contextlib.suppress(Exception):
                 close()

@@ -5,6 +5,9 @@ The protocol is healthchecks.io's, which Cronitor-style and self-hosted monitors
 (``URL/0`` is a success). The rid is ``uuid5(NAMESPACE_URL, run_id)``: the run id is
 ``<job>-<tick>`` on every host, so the monitor pairs a start and its end whichever instance ran
 the run, and only the instance that ran it pings (claims make that one per run across the fleet).
+When the run's output is captured (--log-output), the end is a ``POST`` whose body is the output's
+last lines, at most TAIL_BYTES: healthchecks.io shows a ping's body as the run's log (it keeps the
+first 100 kB of a body; the tail is what says why a run failed).
 
 Pings are sent by one background thread from a bounded queue, each with a short timeout and a few
 retries with backoff, so a slow, hung or absent monitor never delays the scheduler. A ping that
@@ -31,6 +34,7 @@ TIMEOUT = 3.0  # seconds per request
 BACKOFF = (0.5, 1.0, 2.0)  # the waits before each retry: 4 attempts in all
 QUEUE_MAX = 1000  # pings waiting; beyond it new ones are dropped (and that is logged, once)
 DRAIN = 3.0  # at stop, the longest time spent sending what is still queued
+TAIL_BYTES = 10_000  # the most output a final ping carries (healthchecks.io keeps 100 kB)
 
 
 def ping_rid(run_id: str) -> str:
@@ -61,6 +65,7 @@ class _Ping:
     run_id: str
     what: str  # "start" or the exit code
     url: str
+    body: bytes | None = None  # the output's tail, POSTed; None: a GET
 
 
 # report(kind, job, tick, **fields): a ping-failed event, through the scheduler's emit.
@@ -90,6 +95,8 @@ class PingSender:
         self.queue_max = queue_max
         self.user_agent = user_agent
         self._queue: collections.deque[_Ping] = collections.deque()
+        # run id -> the last lines of its output (jobs with a URL, runs not ended yet)
+        self._tails: dict[str, _Tail] = {}
         self._lock = threading.Lock()
         self._waker = Waker()
         self._stopping = False
@@ -107,23 +114,30 @@ class PingSender:
 
     def on_event(self, event: Event) -> None:
         # A run's retries (--retries) are the same run: one start, one end with its final result.
+        end = False
+        if event.kind == "output":
+            self._output(event)
+            return
         if event.kind == "run-started" and int(event.fields.get("attempt") or 1) == 1:
             what = "start"
         elif event.kind == "run-finished" and "retry_in" not in event.fields:
-            what = str(event.fields.get("exit_code"))
+            what, end = str(event.fields.get("exit_code")), True
         elif event.kind == "retry-dropped" and "exit_code" in event.fields:
-            what = str(event.fields["exit_code"])  # a stop ended the run between attempts
+            # a stop ended the run between attempts
+            what, end = str(event.fields["exit_code"]), True
         else:
             return
         run_id = event.fields.get("run_id")
         with self._lock:
+            tail = self._tails.pop(run_id, None) if end and run_id is not None else None
             url = self._urls.get(event.job)
             if url is None or run_id is None:
                 return
+            body = tail.body() if tail is not None else None
             if len(self._queue) >= self.queue_max:
                 dropped, self._dropping = not self._dropping, True
             else:
-                self._queue.append(_Ping(event.job, event.tick, run_id, what, url))
+                self._queue.append(_Ping(event.job, event.tick, run_id, what, url, body))
                 dropped = False
         if dropped:  # once per episode of a full queue, not once per ping
             self._failed(
@@ -132,6 +146,20 @@ class PingSender:
                 f"queue full ({self.queue_max} pings waiting): dropping pings until it drains",
             )
         self._waker.wake()
+
+    def _output(self, event: Event) -> None:
+        """A line of a run's output: kept in the run's tail when its job pings."""
+        run_id = event.fields.get("run_id")
+        line = event.fields.get("line")
+        if run_id is None or line is None:
+            return
+        with self._lock:
+            tail = self._tails.get(run_id)
+            if tail is None:
+                if event.job not in self._urls:
+                    return
+                tail = self._tails[run_id] = _Tail()
+            tail.add(str(line))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="pyjob-ping", daemon=True)
@@ -148,6 +176,7 @@ class PingSender:
         with self._lock:
             left = list(self._queue)
             self._queue.clear()
+            self._tails.clear()
         if left:
             self._failed(left[0], 0, f"not sent: pyjob stopped with {len(left)} pings queued")
         if self._thread is None or not self._thread.is_alive():
@@ -196,7 +225,10 @@ class PingSender:
 
         rid = ping_rid(ping.run_id)
         url = ping_url(ping.url, ping.what, rid)
-        request = urllib.request.Request(url, headers={"User-Agent": self.user_agent})
+        headers = {"User-Agent": self.user_agent}
+        if ping.body is not None:
+            headers["Content-Type"] = "text/plain; charset=utf-8"
+        request = urllib.request.Request(url, data=ping.body, headers=headers)
         error = ""
         attempts = 0
         for wait in (0.0, *self.backoff):
@@ -230,6 +262,30 @@ class PingSender:
                 attempts=attempts,
                 error=error,
             )
+
+
+class _Tail:
+    """The last lines of a run's output, at most TAIL_BYTES once encoded (older lines are
+    dropped whole; a line longer than that alone keeps its end)."""
+
+    def __init__(self) -> None:
+        self.lines: collections.deque[bytes] = collections.deque()
+        self.size = 0
+
+    def add(self, line: str) -> None:
+        data = line.encode("utf-8", "replace")[-TAIL_BYTES:] + b"\n"
+        self.lines.append(data)
+        self.size += len(data)
+        while self.size > TAIL_BYTES and len(self.lines) > 1:
+            self.size -= len(self.lines.popleft())
+
+    def body(self) -> bytes:
+        data = b"".join(self.lines)[-TAIL_BYTES:]
+        # Cut where a character starts, not inside one (a kept end of a long line).
+        start = 0
+        while start < len(data) and start < 4 and (data[start] & 0xC0) == 0x80:
+            start += 1
+        return data[start:]
 
 
 def _reason(e: BaseException) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -98,6 +98,8 @@ class InstanceInfo:
     version: str
     seen_us: int = 0  # the writer's clock at its last heartbeat
     quiet_us: int = int(QUIET_AFTER * 1e6)  # gone quiet when not seen for this long
+    # The zone database its ticks come from (DESIGN §3); "" from a pyjob that did not say.
+    tzdata: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -700,4 +702,31 @@ def run_document(record: RunRecord, zone: Any) -> dict[str, Any]:
     return doc
 
 
-__all__ += ["effective", "is_quiet", "run_document"]
+def zone_database_warning(
+    instances: Mapping[str, InstanceInfo], now_us: int, here: str | None = None
+) -> str | None:
+    """Why the live ``instances`` (and this host, whose tzdata release is ``here``) may compute
+    different ticks, or None: DESIGN §3 holds only when every host runs one tzdata release, and
+    a zone whose rules changed between two releases moves its ticks by up to an hour."""
+    hosts: dict[str, list[str]] = {}
+    for info in instances.values():
+        if not is_quiet(info, now_us):
+            hosts.setdefault(info.tzdata or "unknown", []).append(info.instance)
+    if here is not None:
+        hosts.setdefault(here, []).append("this host")
+    if len(hosts) < 2:
+        return None
+    said = []
+    for release, names in sorted(hosts.items()):
+        names.sort(key=lambda n: (n != "this host", n))
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        said.append(f"tzdata {release} on {', '.join(names[:3])}{more}")
+    return (
+        "instances of this fleet compute ticks with different zone databases ("
+        + "; ".join(said)
+        + "): ticks in a zone whose rules changed between them can run twice, an hour apart; "
+        "install one tzdata release everywhere (pyjob --version shows it)"
+    )
+
+
+__all__ += ["effective", "is_quiet", "run_document", "zone_database_warning"]

@@ -17,12 +17,13 @@ A ``Spec`` is a rule plus its bounds (start-at, stop-at).
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from datetime import MAXYEAR, UTC, date, datetime, time, timedelta, tzinfo
 from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
 from .cron import DESCRIPTORS, CronExpr, CronTicks, parse_cron
@@ -30,7 +31,15 @@ from .cronwords import DAY_NAMES, describe_cron, join_words, ordinal
 from .durations import DAY, format_duration, parse_duration
 from .errors import DurationError, ScheduleError
 from .timeparse import format_time_of_day
-from .values import WEEKDAYS, interval, month_days, once_instants, times_of_day, weekdays
+from .values import (
+    WEEKDAYS,
+    fixed_instants,
+    interval,
+    month_days,
+    once_instants,
+    times_of_day,
+    weekdays,
+)
 from .zones import Wall, get_zone, is_repeated, next_transition, offset_at, resolve_wall
 
 if TYPE_CHECKING:
@@ -101,6 +110,12 @@ class Rule(ABC):
         """Why instances on other hosts compute other ticks for this rule, or None when every
         instance that runs it computes the same ticks whenever it started."""
         return None
+
+    @property
+    def identity(self) -> str:
+        """The rule's part of the job id (DESIGN §1): its normalized form, less anything that
+        depends on when it was parsed, so every instance of one job has the same id."""
+        return str(self)
 
     @abstractmethod
     def describe(self) -> str:
@@ -568,8 +583,16 @@ def _last(d: int) -> str:
 
 
 def _days_in_month(year: int, month: int) -> int:
-    nxt = date(year + month // 12, month % 12 + 1, 1)
-    return (nxt - date(year, month, 1)).days
+    return calendar.monthrange(year, month)[1]
+
+
+def _month_start(index: int) -> date:
+    """The first day of the month ``index`` months after January 1970; past December 9999 there
+    is none (OverflowError, as date arithmetic raises: ``Schedule`` then ends the schedule)."""
+    year = 1970 + index // 12
+    if year > MAXYEAR:
+        raise OverflowError("no month after December 9999")
+    return date(year, index % 12 + 1, 1)
 
 
 class _CalendarTicker:
@@ -590,8 +613,7 @@ class _CalendarTicker:
             return day if day.weekday() in rule.days else None
         month = (day.year - 1970) * 12 + day.month - 1
         if month % n:
-            target = month + n - month % n
-            return date(1970 + target // 12, target % 12 + 1, 1)
+            return _month_start(month + n - month % n)
         last = _days_in_month(day.year, day.month)
         for d in rule.days:
             if d == day.day or (d < 0 and last + 1 + d == day.day):
@@ -624,7 +646,10 @@ class _CalendarTicker:
 @register("once")
 @dataclass(frozen=True, slots=True)
 class OnceRule(Rule):
-    instants: tuple[datetime, ...]  # UTC, sorted, unique
+    instants: tuple[datetime, ...]  # UTC, sorted, unique: the ones not past when parsed
+    # Every instant given, past ones too (but not `now`): an instance started after some of them
+    # passed is still the same job as one started before.
+    given: tuple[datetime, ...] = field(default=(), compare=False)
 
     keys: ClassVar[dict[str, frozenset[str]]] = {"once": frozenset()}
 
@@ -634,6 +659,10 @@ class OnceRule(Rule):
     @property
     def kind(self) -> str:
         return "once"
+
+    @property
+    def identity(self) -> str:
+        return "once at " + ",".join(iso(i) for i in self.given or self.instants)
 
     def describe(self) -> str:
         at = join_words([iso(i) for i in self.instants])
@@ -645,7 +674,9 @@ class OnceRule(Rule):
     @classmethod
     def from_parts(cls, parts: Parts, zone_name: str, now: datetime | None) -> Rule:
         assert parts.value is not None
-        return cls(once_instants(parts.value, get_zone(zone_name), now))
+        zone = get_zone(zone_name)
+        instants = once_instants(parts.value, zone, now)  # first: it reports the bad part
+        return cls(instants, fixed_instants(parts.value, zone, now))
 
 
 class _OnceTicker:
@@ -669,14 +700,26 @@ class Spec:
     rule: Rule
     start_at: datetime | None = None
     stop_at: datetime | None = None
+    # A bound given as `now`: each instance reads it as the moment it starts.
+    start_relative: bool = field(default=False, compare=False)
+    stop_relative: bool = field(default=False, compare=False)
 
     def __str__(self) -> str:
-        text = str(self.rule)
-        if self.start_at is not None:
-            text += f" start-at {iso(self.start_at)}"
-        if self.stop_at is not None:
-            text += f" stop-at {iso(self.stop_at)}"
-        return text
+        return self._text(str(self.rule), True, True)
+
+    @property
+    def identity(self) -> str:
+        """What the job id is a hash of (DESIGN §1): the normalized form less what depends on
+        when the schedule was parsed (a bound given as `now`, `once` times already past), so the
+        instances of one job agree on its id, its H values and its claims whenever they start."""
+        return self._text(self.rule.identity, not self.start_relative, not self.stop_relative)
+
+    def _text(self, rule: str, start: bool, stop: bool) -> str:
+        if start and self.start_at is not None:
+            rule += f" start-at {iso(self.start_at)}"
+        if stop and self.stop_at is not None:
+            rule += f" stop-at {iso(self.stop_at)}"
+        return rule
 
     @property
     def kind(self) -> str:

@@ -95,7 +95,9 @@ class Schedule:
             return None
         try:
             tick = self._ticks.next(after)
-        except OverflowError:  # the next tick would be after year 9999: there is none
+            if tick is not None:  # its wall time is shown too (`next`, PYJOB_TICK)
+                tick.instant.astimezone(self.zone)
+        except OverflowError:  # the next tick, or its wall time, would be after year 9999
             return None
         if tick is None or (stop is not None and tick.instant > stop):
             return None
@@ -130,6 +132,7 @@ def job_identity(
 
 def derive_job_id(spec: Spec, argv: Sequence[str] = ()) -> str:
     """DESIGN §1: a short stable hash of the normalized schedule (which names the zone whenever the
-    zone moves the ticks) and the command, so one one-liner on many hosts is one job."""
-    payload = "\0".join([str(spec), *argv]).encode()
+    zone moves the ticks) and the command, so one one-liner on many hosts is one job. The
+    schedule's ``identity`` leaves out what depends on when it was parsed (``--start-at now``)."""
+    payload = "\0".join([spec.identity, *argv]).encode()
     return "job-" + hashlib.sha256(payload).hexdigest()[:12]

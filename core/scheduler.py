@@ -258,8 +258,11 @@ class Scheduler:
         import socket
 
         from . import __version__
+        from .zones import tzdata_version
 
-        self.me = InstanceInfo(instance, socket.gethostname(), os.getpid(), __version__)
+        self.me = InstanceInfo(
+            instance, socket.gethostname(), os.getpid(), __version__, tzdata=tzdata_version()
+        )
 
     # ------------------------------------------------------------------ events
 

@@ -131,7 +131,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "log-output",
         "flag",
-        "Capture the command's stdout/stderr and log each line with job and tick.",
+        "Capture the command's stdout/stderr and log each line with job and tick. The command "
+        "never waits for the log: a line is cut at 64 KiB, and when 10,000 lines wait to be "
+        "logged the oldest are dropped and counted in one line (stream pyjob).",
+        False,
+    ),
+    Setting(
+        "kill-orphans",
+        "flag",
+        "When the command's own process exits, SIGKILL what it left running in its process "
+        "group (`sleep 300 &`, a daemon it started). Off by default: like cron, pyjob leaves "
+        "them running, after the run and after pyjob stops.",
         False,
     ),
     Setting(
@@ -497,6 +507,7 @@ class JobSettings:
     jitter: float | None = None
     max_runs: int | None = None
     log_output: bool = False
+    kill_orphans: bool = False
     on_backend_error: OnBackendError = OnBackendError.SKIP
     retries: int = 0
     retry_delay: float = 10.0

@@ -30,6 +30,12 @@ def format_time_of_day(t: time) -> str:
     return t.strftime("%H:%M:%S") if t.second else t.strftime("%H:%M")
 
 
+def is_relative(text: str) -> bool:
+    """Whether a date-time ``parse_datetime`` reads names an instant relative to the moment it is
+    read (``now``), which each process that reads it resolves to its own instant."""
+    return text.strip().lower() == "now"
+
+
 def parse_datetime(text: str, zone: tzinfo, now: datetime | None = None) -> datetime:
     """An ISO 8601 date-time (or date, or ``now``) as an aware UTC instant.
 
@@ -38,7 +44,7 @@ def parse_datetime(text: str, zone: tzinfo, now: datetime | None = None) -> date
     s = text.strip()
     if not s.isascii():  # float() and parsers take '٥' and '５' for digits: not here
         s = ""
-    if s.lower() == "now":
+    if is_relative(s):
         if now is None:
             raise TimeParseError("'now' is not allowed here", source=text, pos=0)
         return now.astimezone(UTC)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, time, tzinfo
 
 from .errors import InputError, ScheduleError
-from .timeparse import parse_datetime, parse_time_of_day
+from .timeparse import is_relative, parse_datetime, parse_time_of_day
 
 WEEKDAYS = ["MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"]  # ISO order, date.weekday()
 _WEEKDAY_ALIASES = {
@@ -124,6 +124,15 @@ def interval(text: str | None) -> int:
             length=len(text),
         )
     return int(stripped)
+
+
+def fixed_instants(text: str, zone: tzinfo, now: datetime | None) -> tuple[datetime, ...]:
+    """Every instant of a comma-separated list of date-times that does not depend on when it is
+    read (past ones too, ``now`` left out), sorted and unique: what a job's identity holds."""
+    fixed = {
+        parse_datetime(item, zone, now) for item, _pos in split_list(text) if not is_relative(item)
+    }
+    return tuple(sorted(fixed))
 
 
 def once_instants(text: str, zone: tzinfo, now: datetime | None) -> tuple[datetime, ...]:

@@ -1,5 +1,11 @@
 """Time zones and the rules for wall-clock times that DST skips or repeats.
 
+Every zone comes from the tzdata package pyjob depends on, never from the OS's zone files
+(DESIGN §3): two hosts of one fleet whose OS ships other zone rules would otherwise compute ticks
+an hour apart, and no lock can tell they are the same tick. ``zoneinfo.ZoneInfo(key)`` reads the
+TZPATH directories first, and ``zoneinfo.reset_tzpath`` would change that for the whole program
+pyjob runs in, so zones are loaded here from the package's files, once per process and key.
+
 pyjob follows Debian cron's rule for times of day (DESIGN §3): a wall time inside a spring-forward
 gap happens once, at the first instant after the gap (02:30 -> 03:00); a wall time that occurs
 twice at fall-back happens once, at its first occurrence. Instants are always compared in UTC:
@@ -12,36 +18,83 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+import tzdata
 
 from .errors import ZoneError
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 _ONE_SECOND = timedelta(seconds=1)
 
 
-@lru_cache(maxsize=256)
+def tzdata_version() -> str:
+    """The release of the IANA zone database every zone comes from (``2026f``)."""
+    return str(tzdata.IANA_VERSION)
+
+
+class BundledZone(ZoneInfo):
+    """A zone of the tzdata package. A copy or unpickled one is loaded by ``get_zone`` again:
+    ``ZoneInfo`` itself would look its key up in the OS's zone files first."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (get_zone, (self.key,))
+
+
+@cache
+def _package() -> Traversable:
+    """The package's files: its directory (importlib.resources, which costs pyjob's start-up a
+    few milliseconds of imports, only for an install that is not plain files, like a zip)."""
+    root = Path(tzdata.__file__).parent
+    if (root / "zones").is_file():
+        return root
+    from importlib import resources
+
+    return resources.files("tzdata")
+
+
+@cache
+def _bundled_names() -> frozenset[str]:
+    """The keys the package has (its list, so no key can name a directory or leave the package)."""
+    text = _package().joinpath("zones").read_text(encoding="utf-8")
+    return frozenset(line.strip() for line in text.splitlines() if line.strip())
+
+
+@cache
+def _load(key: str) -> BundledZone:
+    """One object per key and process: datetimes in one zone then share their tzinfo."""
+    with _package().joinpath("zoneinfo", *key.split("/")).open("rb") as f:
+        return BundledZone.from_file(f, key=key)
+
+
 def get_zone(name: str) -> ZoneInfo:
-    """The zone called ``name`` (an IANA name such as Europe/Berlin), or a ZoneError."""
+    """The zone called ``name`` (an IANA name such as Europe/Berlin) as the tzdata package has
+    it, or a ZoneError. Every zone pyjob uses comes from here."""
     key = name.strip()
     if not key:
         raise ZoneError("empty time zone name", source=name, pos=0)
-    try:
-        return ZoneInfo(key)
-    except (ZoneInfoNotFoundError, ValueError, IsADirectoryError, OSError):
-        meant = similar_zones(key)
-        hint = (
-            f"did you mean {' or '.join(meant)}?"
-            if meant
-            else "use an IANA name like Europe/Berlin or UTC"
-        )
-        raise ZoneError(
-            f"unknown time zone '{name}' ({hint})",
-            source=name,
-            pos=0,
-            length=len(name),
-        ) from None
+    if key in _bundled_names():
+        try:
+            return _load(key)
+        except (OSError, ValueError):
+            pass  # a damaged installation: reported as an unknown zone, with the names meant
+    meant = similar_zones(key)
+    hint = (
+        f"did you mean {' or '.join(meant)}?"
+        if meant
+        else "use an IANA name like Europe/Berlin or UTC"
+    )
+    raise ZoneError(
+        f"unknown time zone '{name}' ({hint})",
+        source=name,
+        pos=0,
+        length=len(name),
+    )
 
 
 def similar_zones(name: str, limit: int = 3) -> list[str]:
@@ -65,18 +118,22 @@ def similar_zones(name: str, limit: int = 3) -> list[str]:
 
 
 def zone_names() -> list[str]:
-    return sorted(available_timezones())
+    """Every zone name pyjob knows: the tzdata package's, whatever the OS has."""
+    return sorted(_bundled_names())
 
 
 def system_zone_name(env: Mapping[str, str] | None = None) -> str:
-    """The host's zone as an IANA name: $TZ, /etc/timezone, the /etc/localtime link, else UTC."""
+    """The host's zone as an IANA name: $TZ, /etc/timezone, the /etc/localtime link, else UTC.
+
+    Only the name is taken from the OS; its rules come from the tzdata package (``get_zone``).
+    """
     env = os.environ if env is None else env
     tz = env.get("TZ", "").lstrip(":")
     if tz:
         if tz.startswith("/"):
-            marker = "zoneinfo/"
-            if marker in tz:
-                return tz.split(marker, 1)[1]
+            name = _name_in_zone_path(tz)
+            if name:
+                return name
         else:
             return tz
     etc_timezone = Path("/etc/timezone")
@@ -87,12 +144,26 @@ def system_zone_name(env: Mapping[str, str] | None = None) -> str:
     except OSError:
         pass
     try:
-        target = os.readlink("/etc/localtime")
-        if "zoneinfo/" in target:
-            return target.split("zoneinfo/", 1)[1]
+        name = _name_in_zone_path(os.readlink("/etc/localtime"))
+        if name:
+            return name
     except OSError:
         pass
     return "UTC"
+
+
+def _name_in_zone_path(path: str) -> str | None:
+    """The zone name of a path into an OS zone directory (/usr/share/zoneinfo/Europe/Berlin).
+    The posix/ and right/ trees hold the same civil rules (right/ counts leap seconds, which
+    pyjob's POSIX time does not), so their names are the plain ones."""
+    marker = "zoneinfo/"
+    if marker not in path:
+        return None
+    name = path.split(marker, 1)[1]
+    for tree in ("posix/", "right/"):
+        if name.startswith(tree):
+            name = name[len(tree) :]
+    return name or None
 
 
 def job_zone_name(
@@ -174,7 +245,8 @@ def next_transition(
     before = offset_at(after, zone)
     probe = after
     while probe < until:
-        nxt = min(probe + step, until)
+        # (not min(probe + step, until): the sum overflows within a step of 9999-12-31)
+        nxt = until if until - probe <= step else probe + step
         off = offset_at(nxt, zone)
         if off != before:
             at = _first_second_with_offset(probe, nxt, off, zone)

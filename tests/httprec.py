@@ -1,5 +1,5 @@
-"""A real HTTP server on loopback that records the requests it gets (the --ping tests), and can
-hang instead of answering."""
+"""A real HTTP server on loopback that records the requests it gets (the --ping tests: GETs, and
+POSTs with their bodies), and can hang instead of answering."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ class Request:
     path: str
     query: dict[str, list[str]]
     at: float  # time.time() when it arrived
+    method: str = "GET"
+    body: bytes = b""
+    content_type: str | None = None
 
     @property
     def rid(self) -> str | None:
@@ -35,7 +38,18 @@ class Recorder:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 parts = urlsplit(self.path)
-                rec.requests.append(Request(parts.path, parse_qs(parts.query), time.time()))
+                length = int(self.headers.get("Content-Length") or 0)
+                data = self.rfile.read(length) if length else b""
+                rec.requests.append(
+                    Request(
+                        parts.path,
+                        parse_qs(parts.query),
+                        time.time(),
+                        self.command,
+                        data,
+                        self.headers.get("Content-Type"),
+                    )
+                )
                 if rec.hang:
                     rec._release.wait(60)
                     return
@@ -44,6 +58,8 @@ class Recorder:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            do_POST = do_GET
 
             def log_message(self, format: str, *args: object) -> None:
                 return

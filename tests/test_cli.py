@@ -292,7 +292,7 @@ def test_python_dash_m_works() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "pyjob.cli", "--version"], capture_output=True, text=True
     )
-    assert proc.returncode == 0 and proc.stdout.strip() == "pyjob, version 0.1.0"
+    assert proc.returncode == 0 and proc.stdout.startswith("pyjob, version 0.1.0 (tzdata ")
 
 
 def test_nothing_named_bare_core_or_cli_is_importable() -> None:

@@ -19,7 +19,13 @@ def test_readme_has_exactly_two_setup_commands() -> None:
 def test_ci_runs_the_readme_test_command_and_linters() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "<!-- test-command -->" in ci and 'eval "$test_command"' in ci
-    for tool in ("ruff check .", "ruff format --check .", "mypy core", "docgen --check"):
+    for tool in (
+        "ruff check .",
+        "ruff format --check .",
+        "mypy core cli",
+        "radon cc",
+        "docgen --check",
+    ):
         assert tool in ci
 
 

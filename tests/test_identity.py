@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +129,63 @@ def test_identity_usage_errors(args: list[str], message: str) -> None:
     proc = pyjob(*args)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert proc.stderr.count("Error:") == 1
+
+
+# ------------------------------------------------ what the id is made of (issue 27 item 3)
+# A schedule read relative to the moment it is read (--start-at now, `once` times that have
+# passed) must not move the job id: instances started at different moments are one job.
+
+
+def test_start_at_now_does_not_change_the_job(invoke) -> None:  # type: ignore[no-untyped-def]
+    def preview(*args: str) -> dict[str, Any]:
+        result = invoke(["next", "H * * * *", *args, "-n", "1", "--format", "json", "--", "true"])
+        assert result.exit_code == 0, result.output
+        doc: dict[str, Any] = json.loads(result.output)
+        return doc
+
+    plain = preview("--from", "2026-12-01T00:00Z")
+    for moment in ("2026-12-01T00:00Z", "2026-12-01T07:13:05.123456Z", "2027-03-01T12:00Z"):
+        got = preview("--start-at", "now", "--from", moment)
+        assert got["job"] == plain["job"], moment
+        assert got["ticks"][0]["utc"][14:] == plain["ticks"][0]["utc"][14:]  # the same H minute
+        assert got["schedule"].endswith(f" start-at {got['from']}")  # still bounded by it
+    # An absolute start-at is part of the job: it is the same on every host.
+    fixed = preview("--start-at", "2026-12-01T00:00Z", "--from", "2026-12-01T00:00Z")
+    assert fixed["job"] != plain["job"]
+
+
+def test_once_times_already_past_do_not_change_the_job() -> None:
+    text = "once at 2026-12-24T18:00Z,2026-12-31T18:00Z"
+    before = parse(text, env={}, now=datetime(2026, 12, 1, tzinfo=UTC))
+    after = parse(text, env={}, now=datetime(2026, 12, 25, tzinfo=UTC))
+    assert str(after) == "once at 2026-12-31T18:00:00Z"  # what is left to run
+    assert derive_job_id(before, ["true"]) == derive_job_id(after, ["true"])
+    other = parse("once at 2026-12-31T18:00Z", env={}, now=datetime(2026, 12, 1, tzinfo=UTC))
+    assert derive_job_id(other, ["true"]) != derive_job_id(before, ["true"])
+
+
+def test_a_jobs_file_reload_keeps_a_job_that_starts_now(tmp_path: Path) -> None:
+    from pyjob.core.jobsfile import load
+
+    path = tmp_path / "jobs.toml"
+    path.write_text('[jobs.report]\nschedule = "every 1h"\nstart-at = "now"\ncommand = ["true"]\n')
+    first = load(path, {}, datetime(2026, 12, 1, tzinfo=UTC))[0]
+    second = load(path, {}, datetime(2026, 12, 1, 0, 5, tzinfo=UTC))[0]
+    assert first.fingerprint() == second.fingerprint()
+
+
+@pytest.mark.slow
+def test_instances_started_now_at_different_moments_are_one_job(tmp_path: Path) -> None:
+    args = ["-s", "H * * * *", "--start-at", "now", "--lock", "none", "--", "true"]
+    runs = [PyjobRun(args, tmp_path, name=f"i{n}") for n in range(2)]
+    try:
+        fired = [run.wait_for("next-tick")[0] for run in runs]
+        started = [run.wait_for("started")[0] for run in runs]
+    finally:
+        for run in runs:
+            run.stop()
+    assert started[0]["schedule"] != started[1]["schedule"]  # each read `now` as its own start
+    assert fired[0]["job"] == fired[1]["job"]
+    assert fired[0]["tick"][14:] == fired[1]["tick"][14:]  # the same H minute
+    preview = next_json("H * * * *", "--start-at", "now", "-n", "1", "--", "true")
+    assert preview["job"] == fired[0]["job"]

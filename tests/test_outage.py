@@ -88,3 +88,36 @@ def test_a_lease_left_by_a_hung_redis_is_released_when_it_answers(
     time.sleep(6)
     redis_server.proc.send_signal(signal.SIGCONT)
     _assert_recovers(run, time.time())
+
+
+def test_an_outage_is_logged_once_as_it_starts_and_once_as_it_ends(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Not one line per failed claim (8 jobs logged 35-39 lines in a 20 s outage): backend-down,
+    then backend-up with what the outage cost; each failed call only at debug level."""
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text("".join(f'[jobs.j{n}]\nevery = "1s"\ncommand = ["true"]\n' for n in range(4)))
+    run = PyjobRun(
+        ["--file", str(jobs), "--lock", redis_server.url],
+        tmp_path,
+        env={"PYJOB_LOG_LEVEL": "info"},  # what an operator sees
+    )
+    run.wait_for("run-finished", count=4, timeout=30)
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    time.sleep(6)
+    redis_server.proc.send_signal(signal.SIGCONT)
+    (up,) = run.wait_for("backend-up", timeout=30)
+    time.sleep(2)  # the claims queued in the hang are answered or dropped: no second outage
+    assert run.stop() == 0
+    (down,) = run.events("backend-down")
+    assert down["level"] == "warning" and down["backend"] == redis_server.url
+    assert "error" in down
+    assert run.events("backend-up") == [up]
+    assert up["level"] == "info" and _t(down) < _t(up)
+    # 4 jobs a second for several seconds: many calls failed and many ticks went unclaimed
+    assert up["failed_calls"] >= 2 and up["unclaimed_ticks"] >= 4, up
+    assert 2 < up["down_for"] < 20, up
+    assert run.events("backend-error") == []  # each failed call is at debug level
+    backend = [e for e in run.events() if e["event"].startswith("backend")]
+    assert backend == [down, up], backend

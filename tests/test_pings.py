@@ -159,6 +159,67 @@ def test_jobs_without_a_ping_url_are_not_pinged_and_a_reload_adds_them() -> None
     assert [r.path for r in rec.requests] == ["/other/start", "/other/0", "/other/0"]
 
 
+def _output(job: str, run_id: str, *lines: str) -> list[Any]:
+    now = datetime.now(UTC)
+    return [
+        make("output", job, "me", now, now, stream="stdout", line=line, run_id=run_id)
+        for line in lines
+    ]
+
+
+def test_the_end_of_a_run_whose_output_is_captured_posts_its_tail() -> None:
+    rec = Recorder()
+    reports: list[dict[str, Any]] = []
+    sender = _sender(rec.url("/p"), reports)
+    sender.start()
+    try:
+        start, end = _events("j", "j-1", 1)
+        for e in [start, *_output("j", "j-1", "copying", "disk full: é"), end]:
+            sender.on_event(e)
+        for e in _events("j", "j-2", 0):  # printed nothing: a GET, as without --log-output
+            sender.on_event(e)
+        sender.stop()
+    finally:
+        rec.close()
+    got = [(r.method, r.path, r.body, r.content_type) for r in rec.requests]
+    assert got == [
+        ("GET", "/p/start", b"", None),
+        ("POST", "/p/1", "copying\ndisk full: é\n".encode(), "text/plain; charset=utf-8"),
+        ("GET", "/p/start", b"", None),
+        ("GET", "/p/0", b"", None),
+    ]
+    assert reports == []
+
+
+def test_the_output_a_ping_posts_is_the_last_10_kb_in_whole_lines() -> None:
+    rec = Recorder()
+    sender = _sender(rec.url("/p"), [])
+    sender.start()
+    try:
+        lines = [f"line {n:05d}" for n in range(20_000)]  # 220 kB
+        start, end = _events("j", "j-1", 0)
+        for e in [start, *_output("j", "j-1", *lines), end]:
+            sender.on_event(e)
+        # one line longer than the bound alone, of 2-byte characters: its end, cut between two
+        start, end = _events("j", "j-2", 0)
+        for e in [start, *_output("j", "j-2", "x" + "é" * 30_000), end]:
+            sender.on_event(e)
+        sender.stop()
+    finally:
+        rec.close()
+    posts = [r.body for r in rec.requests if r.method == "POST"]
+    assert len(posts) == 2
+    from pyjob.core.pings import TAIL_BYTES
+
+    many, long = posts
+    assert TAIL_BYTES - 12 < len(many) <= TAIL_BYTES
+    assert many.endswith(b"line 19999\n") and many.startswith(b"line ")
+    kept = many.decode().splitlines()
+    assert kept == lines[-len(kept) :]  # whole lines, the last ones, in order
+    assert TAIL_BYTES - 2 <= len(long) <= TAIL_BYTES
+    assert long.decode() == "é" * ((len(long) - 1) // 2) + "\n"
+
+
 # ------------------------------------------------------------------------------ real runs
 
 
@@ -186,6 +247,29 @@ def test_each_run_pings_its_start_then_its_exit_code_with_one_rid(tmp_path: Path
     assert {e["exit_code"] for e in finished} == {0, 1}
     assert all(r.query["create"] == ["1"] for r in rec.requests)
     assert run.events("ping-failed") == []
+
+
+@pytest.mark.slow
+def test_a_real_run_with_log_output_posts_its_output_tail_at_the_end(tmp_path: Path) -> None:
+    rec = Recorder()
+    try:
+        run = PyjobRun(
+            [
+                *("--every", "1s", "--max-runs", "1", "--lock", "none", "--name", "out"),
+                *("--log-output", "--ping", rec.url("/hc"), "--shell", "--", "seq 1 5000; exit 3"),
+            ],
+            tmp_path,
+        )
+        assert run.wait() == 1  # its one run failed
+    finally:
+        rec.close()
+    assert [(r.method, r.path) for r in rec.requests] == [("GET", "/hc/start"), ("POST", "/hc/3")]
+    from pyjob.core.pings import TAIL_BYTES
+
+    body = rec.requests[1].body
+    assert len(body) <= TAIL_BYTES
+    numbers = [int(n) for n in body.decode().splitlines()]
+    assert numbers == list(range(numbers[0], 5001)) and numbers[0] > 1, numbers[:3]
 
 
 @pytest.mark.slow
@@ -304,7 +388,7 @@ def test_a_reload_pings_and_counts_the_jobs_it_adds(tmp_path: Path) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     got = {
-        (s.labels.get("job"), s.labels.get("result")): s.value
+        (s.labels.get("job_name"), s.labels.get("result")): s.value
         for f in text_string_to_metric_families(prom.read_text())
         for s in f.samples
         if s.name == "pyjob_runs_total"

@@ -197,3 +197,50 @@ def test_a_ticks_later_records_are_written_over_its_file_when_they_fit(
     if local:
         assert path.stat().st_ino != inode  # it did not fit: renamed into place
     assert [r.result for r in store.runs("job", 10)] == ["failed"]
+
+
+def test_status_says_when_no_instance_serves_a_job_and_forgets_it_after_a_day(
+    fleet_lock_url: str,
+) -> None:
+    """A job whose instances all went quiet is not "NEXT ... (in 1s)": nothing will run it. One
+    whose instances were last seen over 24 h ago is not listed (its history stays)."""
+    from pyjob.core.backends import open_backend
+    from pyjob.core.records import InstanceInfo, JobInfo, RunRecord, records_for
+
+    backend = open_backend(fleet_lock_url)
+    backend.check()
+    store = records_for(backend)
+    assert store is not None
+    now_us = int(time.time() * 1e6)
+    for name, seen_ago in (("served", 0.0), ("quiet", 120.0), ("gone", 25 * 3600.0)):
+        job = JobInfo(name, "every 1s align tz UTC", "UTC", "true")
+        instance = InstanceInfo(f"{name}-host", "h", 1, "0", seen_us=now_us - int(seen_ago * 1e6))
+        store.register([job], instance)
+    store.put_runs([RunRecord("gone", now_us - 90_000_000_000, "old", "gone-host", "success")])
+    backend.close()
+    jobs = status(fleet_lock_url)
+    assert sorted(jobs) == ["quiet", "served"]
+    assert jobs["served"]["next_tick"] is not None and len(jobs["served"]["instances"]) == 1
+    assert jobs["quiet"]["next_tick"] is None and jobs["quiet"]["instances"] == []
+    assert jobs["quiet"]["last_seen"] is not None
+    table = pyjob("status", "--lock", fleet_lock_url)
+    assert table.returncode == 0
+    row = next(line for line in table.stdout.splitlines() if line.startswith("quiet"))
+    assert "- no live instance (seen 2m ago)" in row
+    assert "gone" not in table.stdout
+    assert "1 job(s) not listed: none of their instances seen for 24h" in table.stderr
+    assert [r["run_id"] for r in history(fleet_lock_url, "gone")] == ["old"]
+
+
+def test_history_shows_the_attempt_of_a_retried_run(tmp_path: Path) -> None:
+    """A run that succeeded at its second attempt: TOOK is that attempt's, and says so."""
+    url = f"file:{tmp_path / 'locks'}"
+    args = ["--every", "1s", "--max-runs", "1", "--retries", "2", "--retry-delay", "100ms"]
+    args += ["--lock", url, "--name", "second", "--shell", "--", '[ "$PYJOB_ATTEMPT" = 2 ]']
+    assert PyjobRun(args, tmp_path).wait(timeout=30) == 0
+    [run] = history(url, "second")
+    assert run["attempt"] == 2 and run["result"] == "success"
+    assert [a["exit_code"] for a in run["attempts"]] == [1]
+    table = pyjob("history", "--lock", url).stdout.splitlines()
+    assert table[0].split()[3:6] == ["EXIT", "ATTEMPT", "TOOK"]
+    assert table[1].split()[5:8] == ["success", "0", "2"]  # (after a date, a time, "1s ago")

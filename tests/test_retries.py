@@ -206,6 +206,6 @@ def test_pings_and_metrics_see_a_retried_run_once_with_its_final_result() -> Non
         s.labels["result"]: s.value
         for fam in text_string_to_metric_families(text)
         for s in fam.samples
-        if s.name == "pyjob_runs_total" and s.labels.get("job") == "job"
+        if s.name == "pyjob_runs_total" and s.labels.get("job_name") == "job"
     }
     assert runs.get("success") == 1.0 and not runs.get("failure")

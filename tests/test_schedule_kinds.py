@@ -238,6 +238,50 @@ def test_calendar(text: str, start: str, expected: list[str]) -> None:
     assert run(text, start, len(expected)) == expected
 
 
+# The calendar ends on 9999-12-31 (Python's last date): every kind yields its ticks up to there,
+# in the job's zone as in UTC, and then ends (issue 27 item 2), never an error. America/Los_Angeles
+# is -08:00, so its last day is cut at 16:00 local, where UTC ends; Pacific/Kiritimati is +14:00,
+# so its last day ends at 9999-12-31T10:00Z. (A sweep of every kind in nine zones found these.)
+@pytest.mark.parametrize(
+    ("text", "start", "expected"),
+    [
+        ("monthly on 15 at 00:00 tz UTC", "9999-12-01T00:00+00:00", ["9999-12-15T00:00:00+00:00"]),
+        (
+            "monthly on -1 at 23:59 tz UTC",
+            "9999-11-15T00:00+00:00",
+            ["9999-11-30T23:59:00+00:00", "9999-12-31T23:59:00+00:00"],
+        ),
+        (
+            "monthly on 31 at 00:00 interval 5 tz UTC",
+            "9999-06-01T00:00+00:00",
+            ["9999-08-31T00:00:00+00:00"],
+        ),
+        (
+            "every 1h align tz America/Los_Angeles",
+            "9999-12-31T20:00+00:00",
+            ["9999-12-31T13:00:00-08:00", "9999-12-31T14:00:00-08:00", "9999-12-31T15:00:00-08:00"],
+        ),
+        (  # an epoch grid shown in a zone where its later ticks are already in year 10000
+            "every 7h align tz Pacific/Kiritimati",
+            "9999-12-30T12:00+00:00",
+            ["9999-12-31T04:00:00+14:00", "9999-12-31T11:00:00+14:00", "9999-12-31T18:00:00+14:00"],
+        ),
+    ],
+)
+def test_every_kind_ends_with_the_calendar(text: str, start: str, expected: list[str]) -> None:
+    assert run(text, start, 100) == expected
+
+
+def test_next_shows_the_last_tick_of_the_calendar_then_the_end(invoke) -> None:  # type: ignore[no-untyped-def]
+    result = invoke(["next", "monthly on 15 at 00:00", "--from", "9999-12-01"])
+    assert result.exit_code == 0, result.output
+    assert "Ticks:     1, then the schedule ends" in result.output
+    assert "Wed 9999-12-15 00:00:00 UTC  9999-12-15T00:00:00Z" in result.output
+    args = ["every 7h align", "--tz", "Pacific/Kiritimati", "--from", "9999-12-31T00:00Z"]
+    plain = invoke(["next", *args, "-n", "9", "--format", "plain"])
+    assert plain.exit_code == 0 and plain.output.splitlines()[-1] == "9999-12-31T18:00:00+14:00"
+
+
 def test_once_drops_past_times_and_ends() -> None:
     text = "once at 2025-06-01T00:00Z,2026-03-01T09:00,2026-02-01T09:00 tz Europe/Berlin"
     assert run(text, "2026-01-01T00:00+00:00", 5) == [

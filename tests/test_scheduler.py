@@ -164,7 +164,10 @@ def test_backend_error_skips_the_tick_and_goes_on() -> None:
     assert "2026-06-01T12:00:20+00:00" not in ticks_run(runner)
     assert len(runner.started) == 3  # the loop went on: 12:00:10, :30, :40
     errors = [e for e in events if e.kind == "backend-error"]
-    assert [(e.fields["action"], e.level) for e in errors] == [("skip", "warning")]
+    assert [(e.fields["action"], e.level) for e in errors] == [("skip", "debug")]
+    # the outage is told at warning level once as it starts, and once as it ends
+    edges = [(e.kind, e.level) for e in events if e.kind in ("backend-down", "backend-up")]
+    assert edges == [("backend-down", "warning"), ("backend-up", "info")]
 
 
 def test_backend_error_fail_open_runs_the_tick() -> None:
@@ -387,7 +390,9 @@ def test_a_lease_whose_release_failed_is_released_once_the_backend_answers() -> 
     assert seq(events, *QUIET) == [
         ("run-started", "12:00:10"),
         ("run-finished", "12:00:10"),
+        ("backend-down", "-"),
         ("backend-error", "-"),
+        ("backend-up", "-"),
         ("backend-recovered", "-"),  # retried at the next call, before the next claim
         ("run-started", "12:00:20"),  # so the lease left by the outage blocked no tick
         ("run-finished", "12:00:20"),
