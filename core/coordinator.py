@@ -66,6 +66,9 @@ class _Link:
     calls: PriorityQueue[tuple[int, int, _Call | None]] = field(default_factory=PriorityQueue)
     thread: threading.Thread | None = None
     unreleased: list[Lease] = field(default_factory=list)  # releases that failed: retried
+    # leases a claim batch may have taken when its answer was lost (LostAnswer): released like
+    # the failed releases, but not announced (none may have been taken)
+    maybe: list[Lease] = field(default_factory=list)
     # (monotonic, the backend's clock in µs or None) at the last reading of that clock
     clock_read: tuple[float, int | None] | None = None
     busy: bool = False
@@ -269,7 +272,9 @@ class Coordinator:
                 try:
                     # While releases are owed, look again every RELEASE_RETRY seconds even when
                     # nothing else is asked: they must go out as soon as the backend answers.
-                    _, _, call = link.calls.get(timeout=RELEASE_RETRY if link.unreleased else None)
+                    _, _, call = link.calls.get(
+                        timeout=RELEASE_RETRY if link.unreleased or link.maybe else None
+                    )
                 except Empty:
                     call = _Call("release", ([],), None)
             if call is None:
@@ -309,7 +314,7 @@ class Coordinator:
         link.outage.end()
 
     def _call(self, link: _Link, call: _Call) -> None:
-        if link.unreleased and call.what != "release":
+        if (link.unreleased or link.maybe) and call.what != "release":
             self._release(link, [])  # first what an outage left behind
         if call.expires is not None and self.clock.monotonic() > call.expires:
             assert call.done is not None
@@ -359,7 +364,7 @@ class Coordinator:
             if isinstance(e, LostAnswer):
                 # The batch may have taken run leases all the same: release them (by their
                 # tokens) as soon as the backend answers, so that none blocks the job (DESIGN §8).
-                link.unreleased += e.leases
+                link.maybe += e.leases
             link.outage.failed(str(e), len(call.args[0]) if call.what == "claim" else 0)
             if call.done is None:
                 self.report("*", None, "backend-error", error=str(e), action="cleanup later")
@@ -432,13 +437,13 @@ class Coordinator:
 
     def _release(self, link: _Link, leases: list[Lease]) -> None:
         retry = link.unreleased + leases
-        link.unreleased = []
-        if not retry:
+        maybe, link.unreleased, link.maybe = link.maybe, [], []
+        if not retry and not maybe:
             return
         try:
-            link.backend.release_many(retry)
+            link.backend.release_many(retry + maybe)
         except Exception as e:
-            link.unreleased = retry
+            link.unreleased, link.maybe = retry, maybe
             link.outage.failed(str(e))
             if leases:  # reported once per lease, not at every retry
                 for lease in leases:

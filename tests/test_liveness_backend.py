@@ -338,7 +338,15 @@ def test_after_redis_is_frozen_longer_than_the_client_timeout_the_next_ticks_run
     after = [t for t in ticks if back + 2.0 <= t <= back + 7.0]
     skipped = [e for r in runs for e in r.events("skipped")]
     assert len(after) >= 3, (back, sorted(ticks), skipped)
-    assert not [e for e in skipped if "overlap" in str(e.get("reason"))], skipped
+    # A run that ended in the stall may hold its lease until its owner's release, made again
+    # within a second of Redis answering; no lease blocks a tick after that.
+    blocked = [
+        e
+        for e in skipped
+        if "overlap" in str(e.get("reason"))
+        and datetime.fromisoformat(str(e["tick"])).timestamp() >= back + 2.0
+    ]
+    assert not blocked, blocked
 
 
 # ------------------------------------------------------------ item 6: a step of the backend clock
