@@ -88,6 +88,15 @@ def test_a_hooks_output_is_marked_as_the_hooks(tmp_path: Path) -> None:
     assert one.out_path.read_text().splitlines() == ["job says", "solo[on-failure] | OK"]
 
 
+def test_with_log_output_a_hooks_lines_are_output_events_that_name_it(tmp_path: Path) -> None:
+    args = ["--every", "1s", "--max-runs", "1", "--name", "solo", "--log-output"]
+    args += ["--on-failure", "echo OK", "--shell", "--", "echo job says; exit 1"]
+    run = PyjobRun(args, tmp_path)
+    assert run.wait(timeout=30) == 1
+    lines = {(e["line"], e.get("hook")) for e in run.events("output")}
+    assert lines == {("job says", None), ("OK", "on-failure")}
+
+
 def _alive(pid: int) -> bool:
     """Running (a zombie nobody reaped yet is not)."""
     try:

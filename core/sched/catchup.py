@@ -1,0 +1,142 @@
+"""--catch-up: after a start or an outage, the ticks the whole fleet missed within the window
+are claimed and run here, oldest first (the most recent one, or up to --catch-up-max of them).
+
+Outages are tracked per lock URL: when claims succeed again after failing, the jobs of that URL
+look for what was missed meanwhile.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from ..backends.protocol import ClaimOutcome, ClaimRequest
+from ..coordinator import Coordinator
+from ..errors import BackendError
+from ..settings import Overlap
+from .model import JobPhase, JobState, keep_until
+from .shared import Shared
+
+_AGAIN = "catch-up when the backend answers again"
+
+
+class CatchUp:
+    def __init__(self, sh: Shared) -> None:
+        self.sh = sh
+        self.down: set[str] = set()  # lock URLs whose last claim failed (an outage)
+
+    def backend_state(self, url: str | None, failed: bool) -> None:
+        """A claim on ``url`` failed or succeeded: the end of an outage starts a look-up."""
+        key = Coordinator.key(url)
+        if failed:
+            self.down.add(key)
+        elif key in self.down:
+            self.down.discard(key)
+            for state in list(self.sh.jobs.values()):
+                if state.s.catch_up and Coordinator.key(state.job.lock) == key:
+                    self.check(state)
+
+    def check(self, state: JobState) -> None:
+        """Ask the backend for the latest tick anyone handled, then plan the catch-up."""
+        sh = self.sh
+
+        def done(latest: tuple[int, int | None] | BackendError | None) -> None:
+            state.looked_up(JobPhase.CATCHING_UP)
+            if isinstance(latest, BackendError):
+                sh.emit("backend-error", state.id, None, error=str(latest), action=_AGAIN)
+                self.down.add(Coordinator.key(state.job.lock))
+            elif latest is not None:  # a fresh job has no proof that anything was missed
+                self.plan(state, *latest)
+            sh.lifecycle.maybe_end(state)
+
+        if not state.look_up(JobPhase.CATCHING_UP):
+            return  # one at a time; none for a job that is going
+        if not sh.coordinator.latest(state.job.lock, state.id, done):
+            state.looked_up(JobPhase.CATCHING_UP)  # no records (--lock none): nothing to judge by
+
+    def plan(self, state: JobState, latest_us: int, backend_us: int | None) -> None:
+        """The ticks after ``latest_us`` (the latest anyone handled) that are past: report the
+        ones outside the window or over the limit, claim the others."""
+        sh = self.sh
+        now = sh.clock.now()
+        # The window is judged by the backend's clock where it has one (the fleet's time).
+        judged = now if backend_us is None else datetime.fromtimestamp(backend_us / 1e6, UTC)
+        window = state.s.catch_up or 0.0
+        missed = _missed_since(state, datetime.fromtimestamp(latest_us / 1e6, UTC), now)
+        if not missed:
+            return
+        recent = [t for t in missed if (judged - t).total_seconds() <= window]
+        run = recent[-state.s.catch_up_max :] if state.s.catch_up_all else recent[-1:]
+        chosen = set(run)
+        outside = [t for t in missed if t not in chosen and t not in recent]
+        passed_over = [t for t in recent if t not in chosen]
+        if outside:
+            sh.ticking.missed(
+                state, outside, "missed by the whole fleet, before the --catch-up window"
+            )
+        if passed_over:
+            why = "--catch-up-max" if state.s.catch_up_all else "only the most recent"
+            sh.ticking.missed(
+                state, passed_over, f"missed by the whole fleet; --catch-up runs {why}"
+            )
+        if run:
+            self._claim(state, run, len(missed))
+
+    def _claim(self, state: JobState, run: list[datetime], missed: int) -> None:
+        sh = self.sh
+        keep = [keep_until(state.job.schedule, t) for t in run]
+        requests = [ClaimRequest(state.id, t, k, None) for t, k in zip(run, keep, strict=True)]
+
+        def claimed(result: list[ClaimOutcome] | BackendError) -> None:
+            state.looked_up(JobPhase.CATCHING_UP)
+            if isinstance(result, BackendError):
+                sh.emit("backend-error", state.id, run[-1], error=str(result), action=_AGAIN)
+                self.down.add(Coordinator.key(state.job.lock))
+                return
+            for tick, outcome in zip(run, result, strict=True):
+                c = outcome.claim
+                if c.refused:
+                    sh.emit("refused", state.id, tick, reason=c.refused)
+                elif not c.won:
+                    sh.emit("lost", state.id, tick, holder=c.holder, fence=c.fence)
+                else:
+                    state.catchup.append((tick, c))
+                    sh.emit("claimed", state.id, tick, fence=c.fence)
+            self.next(state, missed)
+
+        state.look_up(JobPhase.CATCHING_UP)
+        sh.claims.keep(state.job.lock, state.id, max(keep))
+        sh.coordinator.claim(state.job.lock, requests, claimed)
+
+    def next(self, state: JobState, missed: int | None = None) -> None:
+        """Start the oldest caught-up tick won, once nothing of the job runs here."""
+        sh = self.sh
+        if not state.catchup or state.runs or state.deferred or sh.stop or state.ended:
+            return
+        tick, claim = state.catchup.pop(0)
+        state.ticks_run += 1
+        late = (sh.clock.now() - tick).total_seconds()
+        sh.emit(
+            "caught-up",
+            state.id,
+            tick,
+            late=round(late, 6),
+            missed=missed if missed is not None else len(state.catchup) + 1,
+            window=state.s.catch_up,
+        )
+        if state.s.overlap is Overlap.SKIP:
+            sh.claims.lease_then_start(state, tick, claim)
+        else:
+            sh.executor.start(state, tick, claim, None)
+
+
+def _missed_since(state: JobState, first: datetime, now: datetime) -> list[datetime]:
+    """The ticks after ``first`` that are past, up to the job's next tick (from which on the
+    ticks are handled as usual)."""
+    schedule = state.job.schedule
+    until = state.next_tick
+    missed: list[datetime] = []
+    t = schedule.next_tick(first)
+    while t is not None and t <= now and (until is None or t < until) and len(missed) < 10**5:
+        missed.append(t)
+        t = schedule.next_tick(t)
+    return missed

@@ -1,0 +1,205 @@
+"""--retries: the next attempt of a failed run after its delay (with backoff, never past the
+following tick unless the overlap policy shares time), the attempts a stop cancels, and the
+take-over of the attempts of an instance that went quiet.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ..backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult
+from ..errors import BackendError
+from ..records import InstanceInfo, RunRecord, is_quiet
+from ..schedule import iso, to_us
+from ..settings import Overlap
+from .model import SHARE_TIME, JobPhase, JobState, Retry, Run, attempt_doc, keep_until, run_id
+from .shared import Shared
+from .timers import RetryDue
+
+# What the coordinator's orphan look-up answers: the job's newest record, and the heartbeats.
+_Orphan = tuple[RunRecord, dict[str, InstanceInfo]]
+
+
+class Retries:
+    def __init__(self, sh: Shared) -> None:
+        self.sh = sh
+        self.jobs: set[str] = set()  # jobs with --retries: heartbeats look for orphans
+
+    def delay(self, run: Run, result: str, code: int) -> float | None:
+        """The delay before the run's next attempt, or None when it is not retried."""
+        sh = self.sh
+        s = run.job.s
+        if not s.retries or run.attempt > s.retries or run.tick is None:
+            return None
+        if result not in ("failure", "timeout") or sh.stop or run.job.retiring:
+            return None
+        if s.retry_on is not None:
+            key = "timeout" if result == "timeout" else str(code)
+            if key not in s.retry_on:
+                return None
+        delay = min(s.retry_max_delay, s.retry_delay * s.retry_backoff ** (run.attempt - 1))
+        following = run.job.job.schedule.next_tick(run.tick)
+        due = sh.clock.now() + timedelta(seconds=delay)
+        if following is not None and due >= following and s.overlap not in SHARE_TIME:
+            sh.emit(
+                "retry-dropped",
+                run.job.id,
+                run.tick,
+                run_id=run.run_id,
+                attempt=run.attempt + 1,
+                reason=f"it would start after the following tick ({iso(following)}) is due",
+            )
+            return None
+        return delay
+
+    def schedule(self, run: Run, code: int, result: str, delay: float) -> None:
+        sh = self.sh
+        state = run.job
+        assert run.tick is not None
+        prior = [*run.prior, attempt_doc(run, code, result, to_us(sh.clock.now()))]
+        claim = ClaimResult(True, sh.instance, run.fence)
+        retry = Retry(run.tick, claim, run.attempt + 1, prior, run.record, run=run, code=code)
+        retry.duration = round(sh.clock.monotonic() - run.started_mono, 6)
+        state.retries.append(retry)
+        sh.mono.push(RetryDue(sh.clock.monotonic() + delay, state, retry))
+        sh.emit(
+            "retrying",
+            state.id,
+            run.tick,
+            run_id=run.run_id,
+            attempt=run.attempt + 1,
+            delay=round(delay, 6),
+            exit_code=code,
+            result=result,
+        )
+
+    def retry_now(self, state: JobState, retry: Retry) -> None:
+        sh = self.sh
+        if retry not in state.retries:
+            return
+        state.retries.remove(retry)
+        if retry.cancelled or sh.stop or state.gone:
+            return
+        state.attempts[retry.tick] = (retry.attempt, retry.prior)
+        if state.s.overlap is Overlap.SKIP and not state.runs:
+            sh.claims.lease_then_start(state, retry.tick, retry.claim, jitter=False)
+        else:
+            sh.executor.start(state, retry.tick, retry.claim, None)
+
+    def cancel(self, state: JobState) -> None:
+        """A stop cancels the attempts still waiting: each run's result is its last attempt's,
+        recorded as such, and its hooks see it."""
+        sh = self.sh
+        for retry in state.retries:
+            retry.cancelled = True
+            last = retry.prior[-1] if retry.prior else {}
+            result = str(last.get("result", "failure"))
+            # With exit_code and result, this is the run's end for pings and metrics.
+            sh.emit(
+                "retry-dropped",
+                state.id,
+                retry.tick,
+                run_id=run_id(state.id, retry.tick, retry.tick),
+                attempt=retry.attempt,
+                reason="cancelled by the stop",
+                exit_code=retry.code,
+                result=result,
+            )
+            if retry.record is not None:
+                retry.record.result = result
+                retry.record.next_attempt_us = None
+                sh.books.record(state, retry.record)
+            if retry.run is not None:
+                sh.hookrun.after_run(retry.run, retry.code, retry.duration)
+        state.retries.clear()
+        state.attempts.clear()
+
+    def adopt_orphans(self) -> None:
+        """Continue the attempts of a run whose instance went quiet while it had retries left
+        (killed during an attempt or while waiting for the next): once its heartbeat is older
+        than its leases' TTL, one instance claims the next attempt and runs it."""
+        sh = self.sh
+        for job_id in list(self.jobs):
+            state = sh.jobs.get(job_id)
+            if state is None:
+                self.jobs.discard(job_id)
+                continue
+            if state.phase is not JobPhase.ACTIVE or state.busy():
+                continue
+            if not sh.coordinator.has_records(state.job.lock):
+                continue
+
+            def found(answer: _Orphan | BackendError | None, state: JobState = state) -> None:
+                state.looked_up(JobPhase.ADOPTING)
+                if isinstance(answer, BackendError) or answer is None:
+                    return
+                self.adopt(state, *answer)
+
+            state.look_up(JobPhase.ADOPTING)
+            sh.coordinator.orphan(state.job.lock, state.id, found)
+
+    def adopt(self, state: JobState, record: RunRecord, instances: dict[str, InstanceInfo]) -> None:
+        sh = self.sh
+        s = state.s
+        if record.instance == sh.instance or record.result not in ("running", "retrying"):
+            return
+        info = instances.get(record.instance)
+        now_us = to_us(sh.clock.now())
+        if not is_quiet(info, now_us) or record.attempt > s.retries:
+            return
+        if record.result == "retrying" and (record.next_attempt_us or 0) > now_us:
+            return
+        tick = datetime.fromtimestamp(record.tick_us / 1e6, UTC)
+        following = state.job.schedule.next_tick(tick)
+        if following is not None and following <= sh.clock.now() and s.overlap not in SHARE_TIME:
+            return  # the attempts stay within their tick
+        prior = list(record.attempts or [])
+        if record.result == "running":  # killed during the attempt: that attempt was lost
+            prior.append(
+                {
+                    "attempt": record.attempt,
+                    "instance": record.instance,
+                    "started_us": record.started_us,
+                    "result": "lost",
+                }
+            )
+        self._take_over(state, record, tick, prior)
+
+    def _take_over(
+        self, state: JobState, record: RunRecord, tick: datetime, prior: list[dict[str, Any]]
+    ) -> None:
+        """One instance takes the attempt over: a claim of its own, just after the tick, with
+        the run lease (the dead holder's expires by its TTL; until then this waits for the next
+        look). Claiming it again is idempotent for the instance that won it."""
+        sh = self.sh
+        s = state.s
+        attempt = record.attempt + 1
+        key = tick + timedelta(microseconds=attempt)
+        ttl = s.lease_ttl if s.overlap is Overlap.SKIP else None
+        request = ClaimRequest(state.id, key, keep_until(state.job.schedule, tick), ttl)
+
+        def claimed(result: list[ClaimOutcome] | BackendError) -> None:
+            if isinstance(result, BackendError) or not result[0].claim.won:
+                return
+            got = result[0]
+            if state.busy() or sh.stop or state.ended or (ttl is not None and got.lease is None):
+                sh.claims.drop_lease(state, got)
+                return
+            sh.emit(
+                "retrying",
+                state.id,
+                tick,
+                run_id=record.run_id,
+                attempt=attempt,
+                delay=0.0,
+                exit_code=record.exit_code,
+                result="lost" if record.result == "running" else prior[-1].get("result", "failure"),
+                taken_over_from=record.instance,
+            )
+            state.attempts[tick] = (attempt, prior)
+            # The same run: its first attempt's fence (the take-over claim only elects the taker).
+            fence = record.fence if record.fence is not None else got.claim.fence
+            sh.executor.start(state, tick, ClaimResult(True, sh.instance, fence), got.lease)
+
+        sh.coordinator.claim(state.job.lock, [request], claimed)
