@@ -9,7 +9,7 @@ import click
 
 from .env import get_env
 from .exitcodes import ExitCode
-from .options import DURATION, LOCK_URL, NTP_SERVER, server_list
+from .options import DURATION, LOCK_URL, NTP_SERVER, AsciiIntRange, server_list
 
 if TYPE_CHECKING:
     from pyjob.core.clockcheck import ClockReport
@@ -103,7 +103,7 @@ def _s(seconds: float | None, sign: bool = False) -> str:
 )
 @click.option(
     "--samples",
-    type=click.IntRange(1, 32),
+    type=AsciiIntRange(1, 32),
     default=4,
     show_default=True,
     metavar="N",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .env import get_env
+from .options import AsciiIntRange
 from .records_view import RESULT_STYLE, ago, format_option, local, lock_option, open_store, span
 from .records_view import styled as _styled
 from .render import echo_json, table
@@ -28,7 +29,7 @@ RESULTS_SHOWN = (
 @click.option(
     "-n",
     "--count",
-    type=click.IntRange(1, 100_000),
+    type=AsciiIntRange(1, 100_000),
     default=20,
     show_default=True,
     help="How many runs to show.",

@@ -8,6 +8,7 @@ import click
 
 from .env import get_env
 from .options import (
+    AsciiIntRange,
     CommandAfterDashes,
     build_spec,
     catch_up_option,
@@ -39,7 +40,7 @@ def _note(tick: Tick) -> str:
 @click.option(
     "-n",
     "--count",
-    type=click.IntRange(1, 100_000),
+    type=AsciiIntRange(1, 100_000),
     default=5,
     show_default=True,
     help="How many ticks to show.",

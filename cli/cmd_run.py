@@ -82,7 +82,9 @@ def run_cmd(
     """Run CMD on a schedule, once per tick across every instance that shares the lock.
 
     SCHEDULE is the text `next` and `validate` take ('*/5 * * * *', 'every 5m align'); -s EXPR
-    and the schedule options (--every 5m --align) say the same.
+    and the schedule options (--every 5m --align) say the same. The command follows the
+    schedule; -- before it is optional, needed only when the schedule is several unquoted words
+    (pyjob run every 5m -- CMD). pyjob's options go before the schedule.
 
     Ticks are claimed in the lock backend before they run; an instance that loses the claim logs
     who won and skips. Logs go to stderr; the command's output passes through (or is logged with
@@ -98,6 +100,7 @@ def run_cmd(
     \b
     Examples:
       pyjob run "*/5 * * * *" -- ./backup.sh
+      pyjob run "*/5 * * * *" ./backup.sh
       pyjob run --every 5m --align -- ./backup.sh
       pyjob run --file crontab --lock redis://redis:6379/0
       pyjob run --cron "0 3 * * *" --tz Europe/Berlin --timeout 1h -- ./nightly.sh
@@ -108,13 +111,7 @@ def run_cmd(
     values = {s.name: kw.pop(s.field) for s in SETTINGS}
     env = get_env()
     process = ProcessOptions.from_values(values)
-    for field in ("name", "instance-id"):
-        text = name if field == "name" else values["instance-id"]
-        if text is not None and (not text.strip() or not text.isprintable()):
-            raise click.BadParameter(
-                "must be printable, without newlines or control characters",
-                param_hint=f"'--{field}'",
-            )
+    _check_printable(name, values["instance-id"])
     job_values = {k: v for k, v in values.items() if k in _JOB_SETTING_NAMES()}
     if words:
         if schedule_text is not None:
@@ -124,31 +121,38 @@ def run_cmd(
         given = schedule_flags_given(kw, also=("at", "align", "offset")) + (
             ["SCHEDULE" if words else "-s"] if schedule_text else []
         )
-        for flag, value in (("CMD", command), ("--name", name), ("--shell", shell)):
-            if value:
-                given.append(flag)
-        if given:
-            raise click.UsageError(f"--file takes its jobs from the file: drop {', '.join(given)}")
-        path = jobs_file
-
-        def load() -> list[Job]:
-            return jobs_from_file(path, env, job_values)
-
-        jobs = _load_or_exit(load)
-        code = serve(jobs, env, process, reload=load)
-        raise click.exceptions.Exit(code)
-    if not command:
+        given += [f for f, v in (("CMD", command), ("--name", name), ("--shell", shell)) if v]
+        raise click.exceptions.Exit(_run_file(jobs_file, given, env, process, job_values))
+    # One rule for where the command starts: after the schedule. The schedule is given by
+    # options, or is the first argument (quoted when it has spaces); `--` before the command is
+    # optional, and needed only for a schedule of several unquoted words.
+    typed = words or command  # the words as the shell passed them, for the hints
+    first = not words and schedule_text is None and not schedule_flags_given(kw) and command
+    if first:
+        schedule_text, command = command[0], command[1:]
+    if not command and schedule_text is None and not schedule_flags_given(kw):
         raise click.UsageError(
-            "missing the command: pyjob run SCHEDULE -- CMD [ARGS]... (or --file PATH)"
+            "missing the command: pyjob run SCHEDULE [--] CMD [ARGS]... (or --file PATH)"
         )
-    if schedule_text is None and not schedule_flags_given(kw):
-        _command_before_dashes(command)
+    from pyjob.core.errors import InputError
     from pyjob.core.process import Command
     from pyjob.core.schedule import Schedule, job_identity
     from pyjob.core.scheduler import Job
     from pyjob.core.settings import JobSettings
 
-    spec, now = build_spec(schedule_text, kw)
+    try:
+        spec, now = build_spec(schedule_text, kw)
+    except (InputError, click.UsageError) as e:
+        hint = _schedule_hint(typed, command if words else (), bool(words), bool(first), e)
+        if hint is not None:
+            raise click.UsageError(hint) from None
+        raise
+    if not command:
+        raise click.UsageError(
+            "missing the command: pyjob run SCHEDULE [--] CMD [ARGS]... (or --file PATH)"
+        )
+    if first and command[0].startswith("-"):
+        _refuse_dashed_command(command[0], schedule_text)
     job_id = job_identity(spec, command, shell=shell, name=name)
     settings = JobSettings.from_values(job_values)
     job = Job(
@@ -161,24 +165,78 @@ def run_cmd(
     raise click.exceptions.Exit(serve([job], env, process))
 
 
-def _command_before_dashes(command: tuple[str, ...]) -> None:
-    """No schedule, and the command starts with one (``pyjob run "0 9 * * *" ./x``): say where
-    it goes."""
-    import shlex
+def _check_printable(name: str | None, instance_id: str | None) -> None:
+    for field, text in (("name", name), ("instance-id", instance_id)):
+        if text is not None and (not text.strip() or not text.isprintable()):
+            raise click.BadParameter(
+                "must be printable, without newlines or control characters",
+                param_hint=f"'--{field}'",
+            )
 
-    from pyjob.core.errors import InputError
-    from pyjob.core.grammar import parse
 
-    for n in range(len(command) - 1, 0, -1):  # the longest schedule the words start with
-        text = " ".join(command[:n])
-        try:
-            parse(text)
-        except InputError:
-            continue
-        raise click.UsageError(
-            f"no schedule: the command goes after -- (pyjob run {shlex.quote(text)} -- "
-            f"{shlex.join(command[n:])})"
+def _run_file(
+    path: str, given: list[str], env: Env, process: ProcessOptions, job_values: dict[str, Any]
+) -> int:
+    """``run --file``: every job of the file, reloaded on SIGHUP; the exit code."""
+    if given:
+        raise click.UsageError(f"--file takes its jobs from the file: drop {', '.join(given)}")
+
+    def load() -> list[Job]:
+        return jobs_from_file(path, env, job_values)
+
+    jobs = _load_or_exit(load)
+    return serve(jobs, env, process, reload=load)
+
+
+def _refuse_dashed_command(word: str, schedule_text: str | None) -> None:
+    from .hints import quoted
+
+    raise click.UsageError(
+        f"'{word}' after the schedule is not a command: the options of pyjob go "
+        "before the schedule, and a command that starts with a dash after -- "
+        f"(pyjob run [OPTIONS] {quoted(schedule_text or '')} -- CMD [ARGS]...)"
+    )
+
+
+def _schedule_hint(
+    typed: tuple[str, ...],
+    after: tuple[str, ...],
+    before_dashes: bool,
+    first: bool,
+    error: Exception,
+) -> str | None:
+    """A better error than the parser's for a schedule mangled on the way: expanded by the
+    shell (an unquoted ``*/5 * * * *`` in a directory with files), or given as several words
+    without ``--`` (``pyjob run 0 9 '*' '*' '*' ./x``). None: the parser's error says it."""
+    from . import hints
+
+    if not (before_dashes or first):
+        return None
+    found = hints.glob_hint([*typed, *after] if after else typed, "pyjob run")
+    if found is None and first:
+        found = hints.unquoted_hint(typed, "pyjob run")
+    if found is None and first and isinstance(error, click.UsageError):
+        return None
+    if found is None and first and not _looks_like_schedule(typed[0]):
+        return (
+            f"no schedule: '{typed[0]}' is not one; give the schedule first, quoted "
+            '(pyjob run "*/5 * * * *" ./backup.sh), or as an option: --cron, --every, --daily, '
+            "--weekly, --monthly, --once, -s"
         )
+    return found
+
+
+def _looks_like_schedule(word: str) -> bool:
+    """A word the parser's own message is about: several words, a descriptor, a cron field or
+    a duration ('5m': meant 'every 5m'); a program name is not."""
+    from pyjob.core.durations import suggest_duration
+
+    return (
+        any(c.isspace() for c in word)
+        or word.startswith("@")
+        or not word.strip("0123456789*/,-?LWH#")
+        or suggest_duration(word) is not None
+    )
 
 
 def _JOB_SETTING_NAMES() -> set[str]:
@@ -257,7 +315,11 @@ def serve(
     clock: Clock = monitoring.loop_clock(corrected or env.clock)
     # Several jobs: whose output is it? Each line after its job's name.
     # A hook's output, always: whose answer is it? (`fail | OK` was read as the job's.)
-    runner = RealRunner(prefix=outputs.write if len(jobs) > 1 else None, hooks=outputs.write)
+    runner = RealRunner(
+        prefix=outputs.write if len(jobs) > 1 else None,
+        hooks=outputs.write,
+        child_limits=raise_open_files_limit(),
+    )
     scheduler = Scheduler(
         clock, runner, monitoring.fan_out(log), instance=instance, env=env.environ
     )
@@ -293,7 +355,7 @@ def serve(
             lambda kind, **fields: scheduler.emit(kind, who, None, **fields),
         )
         for job in jobs:
-            for warning in start_warnings(job, env.environ):
+            for warning in start_warnings(job, env.environ, in_file=reload is not None):
                 scheduler.emit("warning", job.job_id, None, **warning)
         if watch is not None:
             watch.check_start()  # raises ClockError (exit 3) or ClockOffsetError (exit 4)
@@ -324,6 +386,32 @@ def serve(
         runner.close()
         monitoring.stop()  # the last pings, the last textfile
         outputs.stop_watching()
+
+
+def raise_open_files_limit() -> tuple[int, int] | None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit, as the Go runtime does for supercronic:
+    each running command costs pyjob a descriptor or three (a pidfd, its output pipes), a lease
+    of the file backend one more, and a soft limit of 256 or 1024 failed a tick of 2,000 jobs.
+    Done here, in `run` alone: the limit is the process's, and the core changes nothing of the
+    process it is not asked to (the commands get the old limit back: RealRunner). The limit as
+    it was, when raised; None when it was at the hard limit already or cannot be raised."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:  # Linux refuses more than fs.nr_open
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                target = int(f.read())
+        except (OSError, ValueError):
+            return None
+    if soft != resource.RLIM_INFINITY and soft >= target:
+        return None
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError):
+        return None
+    return soft, hard
 
 
 @dataclass(frozen=True)
@@ -401,16 +489,19 @@ def clock_watch(
     )
 
 
-def start_warnings(job: Job, environ: Mapping[str, str]) -> list[dict[str, str]]:
+def start_warnings(
+    job: Job, environ: Mapping[str, str], in_file: bool = False
+) -> list[dict[str, str]]:
     """The fields of the warnings about ``job`` at start: a command that cannot run, ticks
-    that other instances do not share."""
+    that other instances do not share. ``in_file``: the job is a line or table of a jobs
+    file, where options are not what fixes it."""
     from pyjob.core.process import check_command
 
     found = []
     problem = check_command(job.command, environ)
     if problem:
         found.append({"problem": problem, "action": "each run will fail (exit 127/126)"})
-    unshared = unshared_warning(job.schedule.spec.rule)
+    unshared = unshared_warning(job.schedule.spec.rule, in_file)
     # Only where other instances may share the ticks: a lock given on purpose (the default
     # file lock of a lone one-liner is not a fleet).
     if unshared and job.lock is not None and job.lock != "none":
@@ -418,12 +509,18 @@ def start_warnings(job: Job, environ: Mapping[str, str]) -> list[dict[str, str]]
     return found
 
 
-def unshared_warning(rule: Any) -> dict[str, str] | None:
+def unshared_warning(rule: Any, in_file: bool = False) -> dict[str, str] | None:
     """The fields of the warning for a schedule whose ticks differ between instances."""
     why = rule.unshared_reason
     if why is None:
         return None
-    if getattr(rule, "align", None) is False:
+    if getattr(rule, "align", None) is False and in_file:
+        interval = str(rule).removeprefix("every ")
+        action = (
+            f"write 'align' after the interval (@every {interval} align in a crontab, "
+            "align = true in a TOML job), or use cron, when several instances run this job"
+        )
+    elif getattr(rule, "align", None) is False:
         action = "add --align (or use cron) when several instances run this job"
     else:  # a random interval cannot be aligned
         action = (

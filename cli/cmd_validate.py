@@ -187,9 +187,16 @@ def _print_result(
 
 def _hint_quoting(exprs: tuple[str, ...], kw: dict[str, Any]) -> None:
     """`pyjob validate every 5m` checks 'every' and '5m': when the words together are one
-    schedule, say how to check it."""
+    schedule, say how to check it; when the shell expanded an unquoted ``*`` into file names,
+    say so."""
     import shlex
 
+    from .hints import glob_hint
+
+    globbed = glob_hint(exprs, "pyjob validate", dashes=False)
+    if globbed is not None:
+        click.echo(f"hint: {globbed}", err=True)
+        return
     joined = " ".join(exprs)
     try:
         build_spec(joined, kw)

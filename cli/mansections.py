@@ -16,7 +16,7 @@ class Page(TypedDict):
 
 
 EXIT_STATUS = [
-    ("0", "success"),
+    ("0", "success; run stopped gracefully (SIGTERM, SIGHUP, one Ctrl-C)"),
     (
         "1",
         "something failed: a run failed (when run ends by itself), validate --strict found "

@@ -6,6 +6,7 @@ calls the same core parser the schedule text goes through, so errors read the sa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -73,6 +74,12 @@ class LockURLType(StrParamType):
     name = "url"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from pyjob.core.backends.urls import check_lock_url
+
+        try:
+            check_lock_url(str(value))  # as a jobs file's lock key is checked
+        except InputError as e:
+            self.fail(e.message, param, ctx)
         return str(value)
 
     def shell_complete(
@@ -101,7 +108,7 @@ class HttpURLType(StrParamType):
 
         problem = url_problem(str(value))
         if problem:
-            self.fail(f"'{value}' {problem}", param, ctx)
+            self.fail(f"'{_shown(str(value))}' {problem}", param, ctx)
         return str(value)
 
 
@@ -120,6 +127,22 @@ class NtpServerType(StrParamType):
             except InputError as e:
                 self.fail(e.message, param, ctx)
         return ",".join(items)
+
+
+def _shown(text: str, limit: int = 120) -> str:
+    """``text`` for a one-line message: escaped, and cut when long."""
+    text = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text)} characters)"
+
+
+class AsciiIntRange(click.IntRange):
+    """An integer written in ASCII digits: Python's int() also reads '٣' (Arabic-Indic three)
+    and '1_000', which no one means on a command line."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
+            self.fail(f"{_shown(value)!r} is not a whole number in digits 0-9", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def jobs_file_option(help_text: str) -> Callable[[F], F]:
@@ -515,9 +538,9 @@ def _setting_type(setting: Any) -> Any:
     if kind == "duration0":
         return DURATION_OR_ZERO
     if kind == "count":
-        return click.IntRange(1, 10**6)
+        return AsciiIntRange(1, 10**6)
     if kind == "count0":
-        return click.IntRange(0, 10**6)
+        return AsciiIntRange(0, 10**6)
     if kind in ("factor", "codes"):
         return CheckedText(kind)
     if kind == "choice":

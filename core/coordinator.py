@@ -15,6 +15,15 @@ call goes through here with one error policy:
   call, as soon as the backend answers (so an outage does not leave a lease that blocks the job
   for its TTL); so is every lease a claim batch may have taken when its answer was lost
   (``LostAnswer``).
+- Run records are written until they are written (DESIGN §5): a write that fails keeps its
+  records pending, one per run, where a newer state of the run replaces the older (the final
+  record wins over ``running``), and tries them again with backoff (RECORD_RETRY up to
+  RECORD_RETRY_MAX) once the time comes, when no claim, renewal or release is waiting. The
+  pending records are bounded (PENDING_MAX, each under 5 KiB: the output tail is 4 KiB at most):
+  past it the oldest is dropped, and said so. A registration that failed is retried with them,
+  and every registration is written again every REREGISTER_EVERY seconds (one deleted or damaged
+  comes back without a restart). ``close`` tries what is pending until its ``wait`` is over.
+  No record of a tick more than AHEAD_LIMIT ahead of the backend's clock is written (DESIGN §8).
 
 With ``threaded=False`` (tests with a fake clock) calls run at once on the caller's thread, and
 their results are still delivered by ``drain()``, so the order of events does not depend on it.
@@ -34,13 +43,25 @@ from .backends.protocol import AHEAD_LIMIT, ClaimOutcome, ClaimRequest, Lease, L
 from .clock import Clock, Waker
 from .errors import BackendError
 from .outage import Outage
-from .records import InstanceInfo, JobInfo, RecordStore, RunRecord, records_for
+from .records import (
+    InstanceInfo,
+    JobInfo,
+    RecordsNotWritten,
+    RecordStore,
+    RunRecord,
+    records_for,
+)
 
 _PRIORITY = {"claim": 0, "renew": 0, "release": 0, "previous": 1, "latest": 1, "orphan": 1}
 _BACKGROUND = frozenset({"records", "register", "heartbeat", "prune", "cleanup"})
 LAST = 9  # the stop, after everything queued
 RELEASE_RETRY = 1.0  # seconds between retries of lease releases an outage left behind
 BACKEND_CLOCK_EVERY = 10.0  # seconds between readings of the backend's clock for records
+RECORD_RETRY = 0.5  # seconds before a failed record write is tried again, doubled each time
+RECORD_RETRY_MAX = 8.0  # ... up to this
+REREGISTER_EVERY = 300.0  # seconds between registrations written again whole (see _records)
+PENDING_MAX = 10_000  # run records kept for a later write per backend (at most ~50 MB)
+RECORD_BATCH = 500  # records per write
 
 # report(job, tick, kind, **fields): an event on behalf of the coordinator.
 Report = Callable[..., None]
@@ -74,6 +95,23 @@ class _Link:
     busy: bool = False
     records: RecordStore | None = None
     carry: _Call | None = None  # a call taken from the queue while batching records
+    # Record writes not yet written, oldest first, one per run ((job, tick µs) → (record, keep)):
+    # touched only by the worker (or, unthreaded, the caller), so no lock.
+    pending: dict[tuple[str, int], tuple[RunRecord, int]] = field(default_factory=dict)
+    unregistered: dict[str, JobInfo] = field(default_factory=dict)  # registrations to redo
+    registered: dict[str, JobInfo] = field(default_factory=dict)  # every one asked for
+    reregister_at: float = 0.0  # monotonic: when they are all written again
+    me: InstanceInfo | None = None
+    retry_at: float | None = None  # monotonic: when what is pending is tried again
+    backoff: float = RECORD_RETRY
+    failing: set[str] = field(default_factory=set)  # jobs whose unwritten records were reported
+    dropped: int = 0  # records dropped past PENDING_MAX since it was last said
+    deadline: float | None = None  # monotonic: the end of ``close``'s wait
+
+
+def _waits_for_none(call: _Call) -> bool:
+    """A call no tick waits for: a background one, or the worker's own look at what it owes."""
+    return call.what in _BACKGROUND or (call.what == "release" and not call.args[0])
 
 
 class Coordinator:
@@ -226,17 +264,37 @@ class Coordinator:
         """Nothing queued or under way (for a stop that waits for the last releases)."""
         return all(link.calls.empty() and not link.busy for link in self._links.values())
 
+    def pending(self) -> int:
+        """Run records not written yet (a backend that failed them), across backends."""
+        return sum(len(link.pending) for link in self._links.values())
+
     def close(self, wait: float = 1.0) -> None:
-        """Stop the workers, letting queued calls (the last lease releases) finish for at most
-        ``wait`` seconds: a hung backend must not hold up the exit."""
+        """Stop the workers, letting queued calls (the last lease releases and record writes,
+        the records a failure left pending tried again) finish for at most ``wait`` seconds: a
+        hung backend must not hold up the exit."""
         deadline = self.clock.monotonic() + wait
         for link in self._links.values():
+            link.deadline = deadline
+            if not self.threaded:
+                self._last_writes(link)
             link.calls.put((LAST, next(self._order), None))
         for link in self._links.values():
             if link.thread is not None:
                 link.thread.join(max(0.0, deadline - self.clock.monotonic()))
             if link.thread is None or not link.thread.is_alive():
                 link.backend.close()
+            # Said here, not by the worker, which may still be inside a write when the wait ends.
+            # list() of a dict is one step under the GIL, safe while the worker changes it.
+            left = list(link.pending)
+            if left:
+                jobs = sorted({job for job, _ in left})
+                self.report(
+                    "*",
+                    None,
+                    "backend-error",
+                    error=f"{len(left)} run records of {', '.join(jobs)} not written",
+                    action="the stop came before the backend answered",
+                )
 
     # ---------------------------------------------------------------- the worker
 
@@ -270,14 +328,13 @@ class Coordinator:
                 link.carry = None
             else:
                 try:
-                    # While releases are owed, look again every RELEASE_RETRY seconds even when
+                    # While releases or records are owed, look again when they are due even when
                     # nothing else is asked: they must go out as soon as the backend answers.
-                    _, _, call = link.calls.get(
-                        timeout=RELEASE_RETRY if link.unreleased or link.maybe else None
-                    )
+                    _, _, call = link.calls.get(timeout=self._owed_in(link))
                 except Empty:
                     call = _Call("release", ([],), None)
             if call is None:
+                self._last_writes(link)
                 return
             if call.what == "records":
                 call = self._gather(link, call)
@@ -304,9 +361,129 @@ class Coordinator:
                     link.carry = nxt
                 break
             records += nxt.args[0]
-        # A run's "running" record and its result may meet in one batch: the last one wins.
-        latest = {(r.job, r.tick_us): r for r in records}
-        return _Call("records", (list(latest.values()), keep), None)
+        return _Call("records", (records, keep), None)
+
+    # ---------------------------------------------------------------- records owed
+
+    def _owed_in(self, link: _Link) -> float | None:
+        """Seconds until the worker must look again for what it owes (None: nothing owed)."""
+        waits = [RELEASE_RETRY] if link.unreleased or link.maybe else []
+        if link.retry_at is not None:
+            waits.append(max(0.0, link.retry_at - self.clock.monotonic()))
+        return min(waits, default=None)
+
+    def _add_pending(self, link: _Link, records: Sequence[RunRecord], keep: int) -> None:
+        """Queue ``records`` for writing: a newer state of a run replaces the one pending (and
+        goes to the end, written after what was pending before it)."""
+        for r in records:
+            key = (r.job, r.tick_us)
+            link.pending.pop(key, None)
+            link.pending[key] = (r, keep)
+        while len(link.pending) > PENDING_MAX:
+            del link.pending[next(iter(link.pending))]
+            link.dropped += 1
+
+    def _owed_due(self, link: _Link) -> bool:
+        return link.retry_at is not None and self.clock.monotonic() >= link.retry_at
+
+    def _write_owed(self, link: _Link) -> bool:
+        """Write the registrations owed and the oldest batch of the records pending; False when
+        a write failed (tried again after the backoff). With more pending after the batch, the
+        next is due at once, after whatever claims the queue holds meanwhile."""
+        store = link.records
+        assert store is not None
+        if link.dropped:
+            self.report(
+                "*",
+                None,
+                "backend-error",
+                error=f"{link.dropped} run records were dropped: over {PENDING_MAX} were waiting",
+                action="the newest are kept and written once the backend answers; runs go on",
+            )
+            link.dropped = 0
+        try:
+            if link.unregistered and link.me is not None:
+                store.register(list(link.unregistered.values()), link.me)
+                link.unregistered.clear()
+            batch = list(itertools.islice(link.pending.values(), RECORD_BATCH))
+            for record in self._invented(link, [r for r, _ in batch]):
+                del link.pending[(record.job, record.tick_us)]
+            batch = [(r, k) for r, k in batch if (r.job, r.tick_us) in link.pending]
+            unwritten, failure = self._put_batch(store, batch)
+            for record, _ in batch:
+                key = (record.job, record.tick_us)
+                if key not in unwritten:
+                    del link.pending[key]
+            if failure is not None:
+                raise failure
+        except Exception as e:  # a backend bug must not end the process: it is an error too
+            if not isinstance(e, RecordsNotWritten):  # else the backend answered, for the others
+                link.outage.failed(str(e))
+            link.retry_at = self.clock.monotonic() + link.backoff
+            link.backoff = min(link.backoff * 2, RECORD_RETRY_MAX)
+            self._report_unwritten(link, e)
+            return False
+        link.backoff = RECORD_RETRY
+        if link.pending:
+            link.retry_at = self.clock.monotonic()
+            return True
+        link.retry_at = None
+        if link.failing:
+            self.report("*", None, "backend-recovered", recorded=sorted(link.failing))
+            link.failing.clear()
+        return True
+
+    @staticmethod
+    def _put_batch(
+        store: RecordStore, batch: list[tuple[RunRecord, int]]
+    ) -> tuple[set[tuple[str, int]], Exception | None]:
+        """Write ``batch`` ((record, keep) pairs); the (job, tick) of those not written, and the
+        first failure. A store that says which of its records failed (RecordsNotWritten) has
+        written the others; after any other failure the rest of the batch waits too."""
+        by_keep: dict[int, list[RunRecord]] = {}
+        for record, keep in batch:
+            by_keep.setdefault(keep, []).append(record)
+        unwritten: set[tuple[str, int]] = set()
+        failure: Exception | None = None
+        for keep, records in by_keep.items():
+            if failure is None or isinstance(failure, RecordsNotWritten):
+                try:
+                    store.put_runs(records, keep)
+                    continue
+                except RecordsNotWritten as e:
+                    unwritten |= e.unwritten
+                    failure = failure or e
+                    continue
+                except Exception as e:  # a backend bug too: said by the caller
+                    failure = e
+            unwritten |= {(r.job, r.tick_us) for r in records}
+        return unwritten, failure
+
+    def _report_unwritten(self, link: _Link, e: Exception) -> None:
+        """A backend-error per job whose records wait, once until they are written."""
+        jobs = {job for job, _ in link.pending} | set(link.unregistered)
+        for job in sorted(jobs - link.failing):
+            self.report(
+                job,
+                None,
+                "backend-error",
+                error=str(e),
+                action="runs not recorded yet: written once the backend answers; runs go on",
+            )
+        link.failing |= jobs
+
+    def _last_writes(self, link: _Link) -> None:
+        """At close: what is pending, tried again until ``close``'s deadline."""
+        if link.records is None:
+            return
+        assert link.deadline is not None
+        while link.pending or link.unregistered:
+            written = self._write_owed(link)
+            left = link.deadline - self.clock.monotonic()
+            if left <= 0:
+                return
+            if not written and link.retry_at is not None:
+                self.clock.sleep(min(left, max(0.0, link.retry_at - self.clock.monotonic())))
 
     def _do(self, link: _Link, call: _Call) -> None:
         link.outage.begin()
@@ -316,6 +493,8 @@ class Coordinator:
     def _call(self, link: _Link, call: _Call) -> None:
         if (link.unreleased or link.maybe) and call.what != "release":
             self._release(link, [])  # first what an outage left behind
+        if (link.pending or link.unregistered) and self._owed_due(link) and _waits_for_none(call):
+            self._write_owed(link)  # then the records it left behind, when no tick waits
         if call.expires is not None and self.clock.monotonic() > call.expires:
             assert call.done is not None
             late = BackendError(
@@ -383,34 +562,45 @@ class Coordinator:
     def _records(self, link: _Link, call: _Call) -> None:
         store = link.records
         assert store is not None
+        if call.what == "records":
+            self._add_pending(link, call.args[0], call.args[1])
+            if link.retry_at is None:  # else they wait for the retry (the backend is failing)
+                self._write_owed(link)
+            return
+        if call.what == "register":
+            link.me = call.args[1]
+            for j in call.args[0]:
+                link.unregistered[j.job] = j
+                link.registered[j.job] = j
+            link.reregister_at = self.clock.monotonic() + REREGISTER_EVERY
+            if link.retry_at is None:
+                self._write_owed(link)
+            return
+        if call.what == "heartbeat" and link.registered:
+            # Every few minutes the registrations are written again whole: one that someone
+            # deleted or damaged (a file, a key, a row) comes back without a restart.
+            now = self.clock.monotonic()
+            if now >= link.reregister_at:
+                link.reregister_at = now + REREGISTER_EVERY
+                link.me = call.args[0]
+                link.unregistered.update(link.registered)
+                link.retry_at = now if link.retry_at is None else link.retry_at
         try:
-            if call.what == "records":
-                records = self._not_invented(link, call.args[0])
-                if records:
-                    store.put_runs(records, call.args[1])
-            elif call.what == "register":
-                store.register(call.args[0], call.args[1])
-            elif call.what == "heartbeat":
+            if call.what == "heartbeat":
                 store.heartbeat(call.args[0])
             else:
                 store.prune(*call.args)
         except Exception as e:
             link.outage.failed(str(e))
-            what = {"records": "runs not recorded", "register": "jobs not registered"}
-            for job in sorted({r.job for r in call.args[0]}) if call.what == "records" else ["*"]:
-                self.report(
-                    job,
-                    None,
-                    "backend-error",
-                    error=str(e),
-                    action=what.get(call.what, f"{call.what} later") + "; runs go on",
-                )
+            self.report(
+                "*", None, "backend-error", error=str(e), action=f"{call.what} later; runs go on"
+            )
 
-    def _not_invented(self, link: _Link, records: list[RunRecord]) -> list[RunRecord]:
-        """The records whose tick is not ahead of the backend's clock by more than AHEAD_LIMIT.
-        A tick further ahead is one a wrong clock invented (this host's stepped ahead: the ticks
-        it passed over are logged as missed), and its records would push the fleet's real ones
-        out of the history kept (DESIGN §8); they are not written."""
+    def _invented(self, link: _Link, records: list[RunRecord]) -> list[RunRecord]:
+        """The records whose tick is more than AHEAD_LIMIT ahead of the backend's clock: ticks a
+        wrong clock invented (this host's stepped ahead: the ticks it passed over are logged as
+        missed), whose records would push the fleet's real ones out of the history kept (DESIGN
+        §8). They are not written; one warning per job says so."""
         mono = self.clock.monotonic()
         if link.clock_read is None or mono - link.clock_read[0] > BACKEND_CLOCK_EVERY:
             reading = link.backend.server_time()
@@ -418,22 +608,20 @@ class Coordinator:
             link.clock_read = (mono, None if reading is None else int(reading[0] * 1e6))
         at, backend_us = link.clock_read
         if backend_us is None:
-            return records
-        limit = backend_us + int((mono - at + AHEAD_LIMIT) * 1e6)
-        kept = [r for r in records if r.tick_us <= limit]
-        if len(kept) < len(records):
-            ahead = max(r.tick_us for r in records) - (limit - int(AHEAD_LIMIT * 1e6))
-            for job in sorted({r.job for r in records if r.tick_us > limit}):
-                n = sum(1 for r in records if r.job == job and r.tick_us > limit)
-                self.report(
-                    job,
-                    None,
-                    "warning",
-                    problem=f"{n} record(s) of ticks up to {ahead / 1e6:.1f}s ahead of the "
-                    "backend's clock (clock-ahead: this host's clock is ahead of it)",
-                    action="not written, so that the history keeps the fleet's real runs",
-                )
-        return kept
+            return []
+        now_us = backend_us + int((mono - at) * 1e6)
+        invented = [r for r in records if r.tick_us > now_us + AHEAD_LIMIT * 1e6]
+        for job in sorted({r.job for r in invented}):
+            mine = [r.tick_us for r in invented if r.job == job]
+            self.report(
+                job,
+                None,
+                "warning",
+                problem=f"{len(mine)} record(s) of ticks up to {(max(mine) - now_us) / 1e6:.1f}s "
+                "ahead of the backend's clock (clock-ahead: this host's clock is ahead of it)",
+                action="not written, so that the history keeps the fleet's real runs",
+            )
+        return invented
 
     def _release(self, link: _Link, leases: list[Lease]) -> None:
         retry = link.unreleased + leases

@@ -169,8 +169,9 @@ _KINDS = (
     Kind(
         "backend-recovered",
         "info",
-        ("released",),
-        "the backend answers again; leases left behind by the outage were released",
+        ("released", "recorded"),
+        "the backend answers again; leases left behind by the outage were released (released), "
+        "run records it held back were written (recorded: their jobs)",
     ),
     Kind("cleanup", "debug", ("removed",), "old claims were removed"),
     Kind(

@@ -147,43 +147,54 @@ def split(text: str) -> Parts:
             break
     if is_phrase:
         parts.kind = head.lower()
-        body = tokens[1:body_end]
-        if parts.kind == "every":
-            if len(body) != 1:
-                from .durations import suggest_duration
-
-                meant = suggest_duration(" ".join(w for w, _ in body)) if body else None
-                raise ScheduleError(
-                    f"every takes one duration: did you mean 'every {meant}'?"
-                    if meant
-                    else "every takes one duration, like 'every 5m' or 'every 1m..5m'",
-                    source=text,
-                    pos=head_pos,
-                    length=len(head),
-                )
-            parts.value = body[0][0]
-        elif parts.kind in ("weekly", "monthly"):
-            if len(body) > 1:
-                raise ScheduleError(
-                    f"unexpected '{body[1][0]}'",
-                    source=text,
-                    pos=body[1][1],
-                    length=len(body[1][0]),
-                )
-            parts.value = body[0][0] if body else None
-        elif parts.kind == "once":
-            parts.value = ",".join(w for w, _ in body) if body else None
-        elif body:
-            raise ScheduleError(
-                f"unexpected '{body[0][0]}'", source=text, pos=body[0][1], length=len(body[0][0])
-            )
+        _phrase_body(parts, head, head_pos, tokens[1:body_end], text)
     else:
         parts.kind = "cron"
         start = tokens[0][1]
         end = tokens[body_end - 1][1] + len(tokens[body_end - 1][0])
         parts.value = text[start:end]
     _keyword_clauses(parts, tokens[body_end:], text)
+    # '@every 4s align' is 'every 4s align' (a crontab line cannot take --align)
+    words = (parts.value or "").split()
+    aligned = parts.align or parts.offset is not None
+    if parts.kind == "cron" and aligned and len(words) == 2 and words[0].lower() == "@every":
+        parts.kind, parts.value = "every", words[1]
     return parts
+
+
+def _phrase_body(
+    parts: Parts, head: str, head_pos: int, body: list[tuple[str, int]], text: str
+) -> None:
+    """The words between a phrase's head (every, daily, …) and its keyword clauses."""
+    if parts.kind == "every":
+        if len(body) != 1:
+            from .durations import suggest_duration
+
+            meant = suggest_duration(" ".join(w for w, _ in body)) if body else None
+            raise ScheduleError(
+                f"every takes one duration: did you mean 'every {meant}'?"
+                if meant
+                else "every takes one duration, like 'every 5m' or 'every 1m..5m'",
+                source=text,
+                pos=head_pos,
+                length=len(head),
+            )
+        parts.value = body[0][0]
+    elif parts.kind in ("weekly", "monthly"):
+        if len(body) > 1:
+            raise ScheduleError(
+                f"unexpected '{body[1][0]}'",
+                source=text,
+                pos=body[1][1],
+                length=len(body[1][0]),
+            )
+        parts.value = body[0][0] if body else None
+    elif parts.kind == "once":
+        parts.value = ",".join(w for w, _ in body) if body else None
+    elif body:
+        raise ScheduleError(
+            f"unexpected '{body[0][0]}'", source=text, pos=body[0][1], length=len(body[0][0])
+        )
 
 
 def _keyword_clauses(parts: Parts, tokens: list[tuple[str, int]], text: str) -> None:

@@ -178,7 +178,14 @@ def parse_crontab(
                 ):
                     zone = None  # reported once; the jobs below are checked in the default zone
             else:
+                bad = _nul_problem(value)
+                if bad:
+                    ctx.problems.append(f"{where}: the value of {key} {bad}")
+                    continue
                 job_env[key] = value
+            continue
+        if "\0" in line:
+            ctx.problems.append(f"{where}: the line {_nul_problem(line)}")
             continue
         schedule, command = _split_line(line)
         try:
@@ -279,15 +286,21 @@ def _crontab_command(line: str, shell: str, user: str | None) -> Command:
     return Command((line,), shell=True)
 
 
+_HEAD = 4096  # the characters of a crontab line in which its program's name is looked for
+
+
 def _program(command: str) -> str:
     """A short readable name from a shell line: its program's base name (after any leading
     ``KEY=value`` assignments), in letters, digits, ``.``, ``_`` and ``-``."""
     import shlex
 
+    # The program is among the first words: only they are split, as shlex takes time quadratic
+    # in the length of a word (a 1 MB line took 25 s to validate).
+    head = command[:_HEAD]
     try:
-        words = shlex.split(command)
+        words = shlex.split(head)
     except ValueError:
-        words = command.split()
+        words = head.split()
     words = [w for w in words if w] or ["job"]
     i = 0
     while i < len(words) - 1 and _ENV_LINE.match(words[i]):
@@ -328,11 +341,20 @@ _DOW = re.compile(
 )
 
 
+# The words that may follow '@every DURATION' in a crontab line, with the number of values each
+# takes: they belong to the schedule, as in 'every 4s align' (a command named 'align' would
+# otherwise run, unaligned).
+_EVERY_WORDS = {"align": 0, "offset": 1}
+
+
 def _split_line(line: str) -> tuple[str, str]:
     """(schedule text, command) of a crontab job line."""
     words = line.split()
     if words[0].startswith("@"):
         count = 2 if words[0].lower() == "@every" else 1
+        if count == 2:  # '@every 4s align offset 1s CMD': the phrase's words, not the command
+            while count < len(words) and words[count].lower() in _EVERY_WORDS:
+                count += 1 + _EVERY_WORDS[words[count].lower()]
     elif len(words) >= 7 and _DOW.match(words[5]):
         count = 6
     else:
@@ -425,10 +447,18 @@ def _type_problem(key: str, value: Any) -> str | None:
     if key == "command":
         return _command_problem(value)
     if key in ("shell", "name"):
-        return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
+        if not (isinstance(value, str) and value.strip()):
+            return "must be a non-empty string"
+        if key == "name" and not value.isprintable():
+            return "must be printable, without newlines or control characters"
+        return _nul_problem(value)
     if key == "env":
         if not (isinstance(value, dict) and all(isinstance(v, str) for v in value.values())):
             return 'must be a table of strings, like { KEY = "value" }'
+        for name, text in value.items():
+            bad = env_problem(name, text)
+            if bad:
+                return bad
         return None
     if key in RUN_KEYS:
         return problem(RUN_KEYS[key], value)
@@ -443,6 +473,8 @@ def _command_problem(value: Any) -> str | None:
         import shlex
 
         try:
+            if len(value) > _HEAD:  # shlex is quadratic; a hint this long helps no one
+                raise ValueError(value)
             argv = ", ".join(json.dumps(w) for w in shlex.split(value))
         except ValueError:
             argv = '"./backup.sh", "--fast"'
@@ -452,7 +484,31 @@ def _command_problem(value: Any) -> str | None:
         )
     if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
         return 'must be a non-empty list of strings, like ["./backup.sh", "--fast"]'
+    if not value[0]:
+        return "starts with an empty program name"
+    return next(filter(None, map(_nul_problem, value)), None)
+
+
+def _nul_problem(text: str) -> str | None:
+    """An argument or environment value cannot hold a NUL: the kernel takes them as C strings,
+    and the spawn of every run would fail."""
+    if "\0" in text:
+        where = text.index("\0")
+        return f"has a NUL character (\\0) at position {where}, which no command can take"
     return None
+
+
+def env_problem(name: str, value: str) -> str | None:
+    """Why ``name=value`` cannot be in a command's environment, or None."""
+    shown = name if name.isprintable() else name.encode("unicode_escape").decode("ascii")
+    if not name:
+        return "has an empty variable name"
+    if "=" in name:
+        return f"has a variable name with '=' in it ('{shown}'): a name ends at its first '='"
+    if "\0" in name:
+        return f"has a NUL character in the variable name '{shown}'"
+    bad = _nul_problem(value)
+    return f"value of {shown} {bad}" if bad else None
 
 
 def _schedule_value_problem(kind: Any, value: Any) -> str | None:

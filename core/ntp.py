@@ -71,7 +71,14 @@ def parse_server(text: str) -> tuple[str, int]:
     s = text.strip()
     host, port = s, NTP_PORT
     if s.startswith("["):
-        host, _, rest = s[1:].partition("]")
+        host, bracket, rest = s[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise InputError(
+                f"bad NTP server '{_shown(text)}' (an IPv6 address is written [ADDRESS] or "
+                "[ADDRESS]:PORT)",
+                source=text,
+                pos=0,
+            )
         if rest.startswith(":"):
             port = _port(rest[1:], text)
     elif s.count(":") == 1:
@@ -79,6 +86,11 @@ def parse_server(text: str) -> tuple[str, int]:
         port = _port(p, text)
     if not host or not host.isprintable() or any(c.isspace() for c in host):
         raise InputError(f"bad NTP server '{_shown(text)}' (HOST or HOST:PORT)", source=text, pos=0)
+    from .hosts import host_problem
+
+    problem = host_problem(host)
+    if problem:
+        raise InputError(f"bad NTP server '{_shown(text)[:120]}': {problem}", source=text, pos=0)
     return host, port
 
 

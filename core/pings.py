@@ -43,11 +43,23 @@ def ping_rid(run_id: str) -> str:
 
 
 def url_problem(url: str) -> str | None:
-    """Why ``url`` cannot be a --ping URL, or None."""
-    parts = urllib.parse.urlsplit(url)
+    """Why ``url`` cannot be a --ping URL, or None: the CLI option and a jobs file's ``ping``
+    key ask this one function, so `validate` refuses what `run` would."""
+    from .hosts import host_problem
+
+    if not url.isprintable() or any(c.isspace() for c in url):
+        return "is not a URL: it has a space or a control character"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as e:  # an unclosed [IPv6 literal, a port that is not one
+        return f"is not a URL: {e}"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "is not an http:// or https:// URL"
-    return None
+    if port == 0:
+        return "is not a URL: port 0"
+    problem = host_problem(parts.hostname)
+    return f"has a bad host: {problem}" if problem else None
 
 
 def ping_url(base: str, what: str, rid: str) -> str:

@@ -30,7 +30,9 @@ Popen's restore_signals does.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import resource
 import signal
 import subprocess
 from collections import deque
@@ -170,16 +172,40 @@ class Runner(Protocol):
 
 
 class FailedStart:
-    """A command that could not be started: it "exits" at once with a shell's code."""
+    """A command that could not be started: it "exits" at once with a shell's code (127 not
+    found, 126 not executable), or with OWN_SHORTAGE_CODE when pyjob itself ran short of
+    descriptors or memory (``own``): the command was never tried, and is not to blame."""
 
     pid: int | None = None
 
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, code: int, reason: str, own: bool = False) -> None:
         self.code = code
         self.start_error = reason
+        self.own = own
 
     def signal_group(self, signum: int) -> None:
         return None
+
+
+# The errors of a spawn (or of the pipes made for it) that are pyjob's own shortage, not the
+# command's fault: out of descriptors (the process's or the system's), of memory, of processes.
+# Such a run fails on its own, with 125 (what env, timeout and nice exit with when they fail
+# themselves, 126 and 127 being the command's), and "pyjob: ..." as its error; other runs of the
+# same tick start or fail each on their own.
+_OWN_SHORTAGE = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN}
+OWN_SHORTAGE_CODE = 125
+
+
+def _shortage(e: OSError) -> str:
+    name = errno.errorcode.get(e.errno or 0, "")
+    what = {
+        errno.EMFILE: "too many open files",
+        errno.ENFILE: "too many open files in the system",
+        errno.ENOMEM: "out of memory",
+        errno.EAGAIN: "too many processes",
+    }.get(e.errno or 0, e.strerror or str(e))
+    hint = " (raise ulimit -n / LimitNOFILE=)" if e.errno in (errno.EMFILE, errno.ENFILE) else ""
+    return f"pyjob: {what} ({name}) when starting the command, which was not run{hint}"
 
 
 # Captured output (--log-output, and the prefixed output of several jobs or of a hook) goes
@@ -490,8 +516,13 @@ class RealRunner:
         reaper: bool = True,
         prefix: Callable[[str, str], object] | None = None,
         hooks: Callable[[str, str], object] | None = None,
+        child_limits: tuple[int, int] | None = None,
     ) -> None:
         self.prefix = prefix
+        # The RLIMIT_NOFILE (soft, hard) each command gets, when pyjob raised its own: given back
+        # with prlimit(2) as soon as the spawn returns (posix_spawn cannot set it before the
+        # exec), so that a command sees the limit it would have had without pyjob.
+        self.child_limits = child_limits
         self.hooks = hooks or prefix
         _no_inherited_fds()
         # Readable for as long as it is open: among fds() while some output waits to be handed
@@ -555,8 +586,16 @@ class RealRunner:
         except PermissionError as e:
             failed = FailedStart(126, f"permission denied: {e.filename or command.argv[0]}")
         except OSError as e:
-            failed = FailedStart(126, f"cannot execute {command.argv[0]}: {e.strerror or e}")
+            if e.errno in _OWN_SHORTAGE:
+                failed = FailedStart(OWN_SHORTAGE_CODE, _shortage(e), own=True)
+            else:
+                failed = FailedStart(126, f"cannot execute {command.argv[0]}: {e.strerror or e}")
+        except ValueError as e:  # a NUL in an argument or the environment: the exec cannot be
+            failed = FailedStart(126, f"cannot execute {command.argv[0]}: {e}")
         else:
+            if self.child_limits is not None:
+                with contextlib.suppress(OSError):  # ended already: nothing to give back
+                    resource.prlimit(pid, resource.RLIMIT_NOFILE, self.child_limits)
             if self.reaper is not None:
                 self.reaper.add(pid)  # sent at the end of the turn (flush)
             child = _Child(pid, pipes, on_line, command.kill_orphans)

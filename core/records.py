@@ -7,7 +7,9 @@ tick) replaces it. Each instance also registers the jobs it serves and refreshes
 reader sees which instances serve a job and which went quiet; a ``running`` record whose instance
 went quiet is ``lost``. Retention is bounded: ``keep`` records per job, none older than
 ``max_age``. Every backend but ``none`` keeps them, through the connection its claims use; a
-failed write is a BackendError for the coordinator, never a delayed or skipped run.
+failed write is a BackendError for the coordinator, which keeps the record and writes it again
+until it is written (DESIGN §5), never a delayed or skipped run. A record or registration that
+does not parse is damage: readers skip it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,9 +68,13 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> RunRecord:
+        """ValueError, TypeError or AttributeError when ``text`` is not a record (damaged)."""
         doc = json.loads(text)
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in doc.items() if k in known})
+        record = cls(**{k: v for k, v in doc.items() if k in known})
+        if not (isinstance(record.tick_us, int) and isinstance(record.result, str)):
+            raise ValueError(f"not a run record: {str(text)[:60]!r}")
+        return record
 
 
 @dataclass
@@ -108,6 +114,16 @@ class InstanceInfo:
     def from_json(cls, text: str | bytes) -> InstanceInfo:
         doc = json.loads(text)
         return cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
+
+
+class RecordsNotWritten(BackendError):
+    """Some records of a batch were written and these (job, tick µs) were not: a store that
+    writes them one by one (file:, nfs:) says which, so that one job's broken directory does not
+    hold back the records of the others."""
+
+    def __init__(self, message: str, unwritten: set[tuple[str, int]]) -> None:
+        super().__init__(message)
+        self.unwritten = unwritten
 
 
 class RecordStore(Protocol):
@@ -157,6 +173,17 @@ def _write(path: Path, text: str) -> None:
     write_atomic(path, text)
 
 
+def _make_dirs(path: Path) -> bool:
+    from .backends.common import make_private_dirs
+
+    return make_private_dirs(path)
+
+
+# What a damaged record, registration or heartbeat file raises when parsed (garbage, another
+# JSON type, missing fields): readers skip it as they skip one being written.
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError)
+
+
 class DirectoryRecords:
     """file: and nfs: keep records beside the claims:
 
@@ -164,6 +191,11 @@ class DirectoryRecords:
     <dir>/<job>/instances/<instance>     instances serving it (empty files)
     <dir>/<job>/runs/<tick µs>.json      one record per tick
     <dir>/.instances/<instance>.json     each instance's heartbeat
+
+    Every directory is made 0700 with its parents. When someone deletes the directory (or a
+    job's) while instances run, what they registered is written again: at the next heartbeat
+    (which finds ``.instances`` gone) or the job's next record (which finds ``runs`` gone), so
+    that `pyjob status` and `pyjob history` list the jobs again without a restart.
     """
 
     def __init__(self, directory: Path, url: str, local: bool = False) -> None:
@@ -172,6 +204,9 @@ class DirectoryRecords:
         self.local = local  # file: (one host's file system), where records are rewritten in place
         self._written: dict[str, int] = {}  # writes per job since its directory was trimmed
         self._made: set[str] = set()  # jobs whose runs directory is known to exist
+        self._registered: dict[str, JobInfo] = {}  # what this process registered, to redo
+        self._me: InstanceInfo | None = None
+        self._beat = False  # a heartbeat was written (so .instances gone means deleted)
 
     def _fail(self, what: str, e: OSError) -> BackendError:
         return BackendError(f"{self.url}: {what}: {e.strerror or e}")
@@ -183,17 +218,21 @@ class DirectoryRecords:
         """A tick's first record creates its file in place; readers skip a file they cannot
         parse, as one being written. The ones after it replace the file whole (renamed) or, on
         file:, are written over it in place when they fit in the blocks it already has (so that
-        the write cannot fail for space half-way on ext4, xfs or tmpfs)."""
-        try:
-            for r in records:
+        the write cannot fail for space half-way on ext4, xfs or tmpfs). Each record is written
+        on its own: RecordsNotWritten names those that failed."""
+        unwritten: set[tuple[str, int]] = set()
+        first: OSError | None = None
+        for r in records:
+            try:
                 try:
                     self._put(r)
                 except FileNotFoundError:  # its directory was deleted since it was made
                     self._made.discard(r.job)
                     self._put(r)
-        except OSError as e:
-            raise self._fail("run record not written", e) from e
-        for r in records:
+            except OSError as e:
+                unwritten.add((r.job, r.tick_us))
+                first = first or e
+                continue
             self._written[r.job] = self._written.get(r.job, 0) + 1
         for job in {r.job for r in records}:
             # At most ``keep`` per job: trimmed once every ``keep`` writes (a run writes two),
@@ -205,13 +244,17 @@ class DirectoryRecords:
             for tick in self._ticks(job)[keep:]:
                 with contextlib.suppress(FileNotFoundError):
                     (d / f"{tick}.json").unlink()
+        if first is not None:
+            error = self._fail("run record not written", first)
+            raise RecordsNotWritten(str(error), unwritten) from first
 
     def _put(self, r: RunRecord) -> None:
         from .backends.common import create_new, overwrite
 
         d = self._runs_dir(r.job)
         if r.job not in self._made:
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if _make_dirs(d) and r.job in self._registered:  # deleted since it registered
+                self._register_one(self._registered[r.job])
             self._made.add(r.job)
         path = d / f"{r.tick_us}.json"
         text = r.to_json()
@@ -225,21 +268,32 @@ class DirectoryRecords:
                 _write(path, text)
 
     def register(self, jobs: Sequence[JobInfo], instance: InstanceInfo) -> None:
+        self._me = instance
         try:
             for j in jobs:
-                d = self.directory / _safe(j.job)
-                (d / "instances").mkdir(parents=True, exist_ok=True, mode=0o700)
-                _write(d / "job.json", j.to_json())
-                (d / "instances" / _safe(instance.instance)).touch()
+                self._registered[j.job] = j
+                self._register_one(j)
         except OSError as e:
             raise self._fail("jobs not registered", e) from e
         self.heartbeat(instance)
 
+    def _register_one(self, j: JobInfo) -> None:
+        assert self._me is not None
+        d = self.directory / _safe(j.job)
+        _make_dirs(d / "instances")
+        _make_dirs(d / "runs")  # so that the job's first record does not take it for a deletion
+        _write(d / "job.json", j.to_json())
+        (d / "instances" / _safe(self._me.instance)).touch()
+
     def heartbeat(self, instance: InstanceInfo) -> None:
         d = self.directory / ".instances"
         try:
-            d.mkdir(exist_ok=True, mode=0o700)
+            if _make_dirs(d) and self._beat and self._registered:  # deleted: register again
+                self._me = instance
+                for j in self._registered.values():
+                    self._register_one(j)
             _write(d / f"{_safe(instance.instance)}.json", instance.to_json())
+            self._beat = True
         except OSError as e:
             raise self._fail("heartbeat not written", e) from e
 
@@ -253,8 +307,8 @@ class DirectoryRecords:
             try:
                 info = JobInfo.from_json(path.read_text())
                 info.instances = sorted(p.name for p in (path.parent / "instances").iterdir())
-            except (OSError, ValueError, KeyError):
-                continue  # half-written or removed meanwhile
+            except _UNREADABLE:
+                continue  # half-written, damaged, or removed meanwhile
             out.append(info)
         return out
 
@@ -263,7 +317,7 @@ class DirectoryRecords:
         for path in (self.directory / ".instances").glob("*.json"):
             try:
                 info = InstanceInfo.from_json(path.read_text())
-            except (OSError, ValueError, TypeError):
+            except _UNREADABLE:
                 continue
             out[_safe(info.instance)] = info
         return out
@@ -289,7 +343,7 @@ class DirectoryRecords:
                 break
             try:
                 out.append(RunRecord.from_json((d / f"{tick}.json").read_text()))
-            except (OSError, ValueError, TypeError):
+            except _UNREADABLE:
                 continue
             if len(out) >= limit:
                 break
@@ -301,7 +355,7 @@ class DirectoryRecords:
         for tick in self._ticks(job)[:RECENT_MAX]:  # read one by one: usually one is enough
             try:
                 record = RunRecord.from_json((d / f"{tick}.json").read_text())
-            except (OSError, ValueError, TypeError):
+            except _UNREADABLE:
                 continue
             out.append(record)
             if record.result in FINISHED:
@@ -322,7 +376,7 @@ class DirectoryRecords:
                     if stray.stat().st_mtime * 1e6 < oldest_us:
                         stray.unlink()
         for path in (self.directory / ".instances").glob("*.json"):
-            with contextlib.suppress(OSError, ValueError, TypeError):
+            with contextlib.suppress(*_UNREADABLE):
                 if InstanceInfo.from_json(path.read_text()).seen_us < oldest_us:
                     path.unlink()
         return removed
@@ -346,6 +400,16 @@ for i = 1, #ARGV, 4 do
 end
 return 1
 """
+
+
+def _parsed(docs: Iterable[str | bytes | None]) -> list[RunRecord]:
+    """The records of ``docs`` that parse; a damaged one is skipped, as on file:."""
+    out = []
+    for doc in docs:
+        if doc:
+            with contextlib.suppress(*_UNREADABLE):
+                out.append(RunRecord.from_json(doc))
+    return out
 
 
 def _recent(store: RecordStore, job: str) -> list[RunRecord]:
@@ -442,7 +506,7 @@ class RedisRecords:
             low = "-inf" if since_us is None else since_us
             ticks = self._r.zrevrangebyscore(z, "+inf", low, start=0, num=limit)
             docs = self._r.hmget(h, ticks) if ticks else []
-            return [RunRecord.from_json(d) for d in docs if d]
+            return _parsed(docs)
 
         result: list[RunRecord] = self._call("history not read", go)
         return result
@@ -593,7 +657,7 @@ class PostgresRecords:
             "ORDER BY tick_us DESC LIMIT %s",
             (job, -(2**62) if since_us is None else since_us, limit),
         )
-        return [RunRecord.from_json(r[0]) for r in rows]
+        return _parsed(r[0] for r in rows)
 
     def recent(self, job: str) -> list[RunRecord]:
         return _recent(self, job)
@@ -610,6 +674,51 @@ class PostgresRecords:
             (oldest_us,),
         )
         return len(rows)
+
+
+class RetryingReader:
+    """A record store whose reads are each tried once more when they fail: `pyjob status` and
+    `pyjob history` read through it, so that one dropped connection is not an error (exit 5),
+    as it is not for `pyjob run`, whose clients make a broken connection again once. Writes go
+    straight through (the coordinator retries those until they are written)."""
+
+    def __init__(self, store: RecordStore) -> None:
+        self.store = store
+
+    @staticmethod
+    def _twice(read: Callable[[], Any]) -> Any:
+        try:
+            return read()
+        except BackendError:
+            return read()  # a new connection: the backends drop one that failed
+
+    def put_runs(self, records: Sequence[RunRecord], keep: int = 100) -> None:
+        self.store.put_runs(records, keep)
+
+    def register(self, jobs: Sequence[JobInfo], instance: InstanceInfo) -> None:
+        self.store.register(jobs, instance)
+
+    def heartbeat(self, instance: InstanceInfo) -> None:
+        self.store.heartbeat(instance)
+
+    def jobs(self) -> list[JobInfo]:
+        out: list[JobInfo] = self._twice(self.store.jobs)
+        return out
+
+    def instances(self) -> dict[str, InstanceInfo]:
+        out: dict[str, InstanceInfo] = self._twice(self.store.instances)
+        return out
+
+    def runs(self, job: str, limit: int, since_us: int | None = None) -> list[RunRecord]:
+        out: list[RunRecord] = self._twice(lambda: self.store.runs(job, limit, since_us))
+        return out
+
+    def recent(self, job: str) -> list[RunRecord]:
+        out: list[RunRecord] = self._twice(lambda: self.store.recent(job))
+        return out
+
+    def prune(self, jobs: Sequence[str], keep: int, oldest_us: int) -> int:
+        return self.store.prune(jobs, keep, oldest_us)
 
 
 def records_for(backend: Any) -> RecordStore | None:
@@ -637,6 +746,8 @@ __all__ = [
     "InstanceInfo",
     "JobInfo",
     "RecordStore",
+    "RecordsNotWritten",
+    "RetryingReader",
     "RunRecord",
     "records_for",
 ]

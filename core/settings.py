@@ -460,7 +460,9 @@ def parse_codes(text: str) -> frozenset[str]:
 
 
 def problem(setting: Setting, value: Any) -> str | None:
-    """Why ``value`` (from a TOML file) is not a valid value of ``setting``, or None."""
+    """Why ``value`` (from a TOML file) is not a valid value of ``setting``, or None. The
+    command line's option types ask the same checks (cli/options.py), so `validate --file`
+    refuses whatever `run` would."""
     kind = setting.kind
     if kind == "flag":
         return None if isinstance(value, bool) else "must be true or false"
@@ -473,6 +475,14 @@ def problem(setting: Setting, value: Any) -> str | None:
         value = str(value)
     if not isinstance(value, str):
         return 'must be a string, like "5m"' if kind.startswith("duration") else "must be a string"
+    if "\0" in value:  # a hook's line or a URL: no exec, no socket takes one
+        return f"has a NUL character (\\0) at position {value.index(chr(0))}"
+    return _text_problem(setting, value)
+
+
+def _text_problem(setting: Setting, value: str) -> str | None:
+    """``problem`` for a setting given as text."""
+    kind = setting.kind
     if kind == "choice":
         assert setting.choices is not None
         names = [c.value for c in setting.choices]
@@ -491,6 +501,13 @@ def problem(setting: Setting, value: Any) -> str | None:
         from .pings import url_problem
 
         return url_problem(value)
+    if kind == "lock":
+        from .backends.urls import check_lock_url
+
+        try:
+            check_lock_url(value)
+        except InputError as e:
+            return f"is not a lock URL: {e.message}"
     return None
 
 

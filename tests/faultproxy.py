@@ -7,6 +7,8 @@ It forwards byte for byte between its clients and one target, and on command it:
 - ``drop(rate)``: closes a connection, both sides, at a random chunk of client data (a request)
   with probability ``rate``, so a request may or may not have reached the server;
 - ``cut()``: closes every current connection at once;
+- ``drop_at(n)``: closes the connection that carries the n-th chunk of client data from now
+  (one fault, exactly where a test wants it; ``chunks`` counts the chunks forwarded);
 - ``forward()``: back to normal.
 
 One thread serves every connection through a selector. Chunks are forwarded as they arrive; on
@@ -40,7 +42,9 @@ class FaultProxy:
         self._drop_rate = 0.0
         self._cut = False
         self._stop = False
-        self.dropped = 0  # connections closed by drop()
+        self.dropped = 0  # connections closed by drop() and drop_at()
+        self.chunks = 0  # chunks of client data forwarded
+        self._drop_at: int | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._thread = threading.Thread(target=self._serve, name="faultproxy", daemon=True)
 
@@ -63,6 +67,10 @@ class FaultProxy:
     def drop(self, rate: float) -> None:
         with self._lock:
             self._hang, self._drop_rate = False, rate
+
+    def drop_at(self, n: int) -> None:
+        with self._lock:
+            self._drop_at = n
 
     def cut(self) -> None:
         with self._lock:
@@ -136,12 +144,20 @@ class FaultProxy:
                     continue
                 with self._lock:
                     hang, rate = self._hang, self._drop_rate
+                    nth = False
+                    if self._drop_at is not None and s in self._client and not hang:
+                        self._drop_at -= 1
+                        nth = self._drop_at <= 0
+                        if nth:
+                            self._drop_at = None
                 if hang:
                     continue  # swallowed: the socket stays open, nothing comes back
-                if rate and s in self._client and self._rng.random() < rate:
+                if nth or (rate and s in self._client and self._rng.random() < rate):
                     self.dropped += 1
                     self._close(s)
                     continue
+                if s in self._client:
+                    self.chunks += 1
                 try:
                     self._peer[s].sendall(data)
                 except OSError:

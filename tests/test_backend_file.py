@@ -59,7 +59,10 @@ def test_directory_that_cannot_be_created(tmp_path: Path) -> None:
         FileBackend(tmp_path / "file" / "locks").check()
 
 
-def test_storage_failing_mid_run_is_a_backend_error(tmp_path: Path) -> None:
+def test_a_file_where_the_claims_directory_should_be_refuses_the_job(tmp_path: Path) -> None:
+    """One job's storage failing mid-run (every write fails, also for root) is that job's
+    state: its claims are refused saying what stands in the way, never won (a full or read-only
+    file system is a backend error: test_backend_dirs)."""
     backend = FileBackend(tmp_path / "locks")
     backend.check()
     assert backend.claim("job", T0, "a", KEEP, T0).won
@@ -67,9 +70,12 @@ def test_storage_failing_mid_run_is_a_backend_error(tmp_path: Path) -> None:
     for f in claims.iterdir():
         f.unlink()
     claims.rmdir()
-    claims.write_text("")  # the claims directory is gone: every write fails (also for root)
-    with pytest.raises(BackendError, match="claim failed"):
-        backend.claim("job", T0 + timedelta(seconds=1), "a", KEEP, T0)
+    claims.write_text("")
+    r = backend.claim("job", T0 + timedelta(seconds=1), "a", KEEP, T0)
+    assert not r.won and r.refused is not None and "cannot be used" in r.refused
+    claims.unlink()
+    again = backend.claim("job", T0 + timedelta(seconds=2), "a", KEEP, T0)
+    assert again.won and again.fence == 2  # the refused claim handed out no fence
 
 
 def test_default_directory() -> None:
@@ -154,19 +160,36 @@ def test_the_mark_is_overwritten_in_place_and_an_older_mark_is_taken_up(tmp_path
 
 
 def test_a_batch_that_fails_part_way_keeps_no_lease_it_took(tmp_path: Path) -> None:
+    import subprocess
+
     from pyjob.core.backends.protocol import ClaimRequest
+
+    from .servers import CI
 
     d = tmp_path / "locks"
     backend = FileBackend(d)
     backend.check()
-    assert backend.claim("broken", T0, "a", KEEP, T0).won
-    for claim in (d / "broken" / "claims").iterdir():
-        claim.unlink()
-    (d / "broken" / "mark").write_text('{"fen')  # damaged, and no claim to recover it from
-    tick = T0 + timedelta(seconds=1)
-    batch = [ClaimRequest("first", tick, KEEP, 30.0), ClaimRequest("broken", tick, KEEP, 30.0)]
-    fresh = FileBackend(d)  # a restarted instance: no mark in memory to carry on from
-    with pytest.raises(BackendError, match="mark is damaged"):
-        fresh.claim_many(batch, "a", T0)
-    lease = FileBackend(d).acquire_lease("first", "b", 30.0)  # another instance gets it
-    assert lease is not None
+    # A read-only file system under one job's claims: the file system's failure (not one job's
+    # damaged state, which only refuses that job) fails the batch.
+    ro = d / "broken" / "claims"
+    ro.mkdir(parents=True)
+    if os.getuid() != 0:
+        if CI:
+            pytest.fail("this test needs root under CI (mount -t tmpfs)")
+        pytest.skip("mounting a tmpfs needs root")
+    mount = ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)]
+    proc = subprocess.run(mount, capture_output=True, text=True)
+    if proc.returncode != 0:
+        if CI:
+            pytest.fail(f"mount -t tmpfs failed: {proc.stderr}")
+        pytest.skip(f"mount -t tmpfs failed: {proc.stderr.strip()}")
+    try:
+        tick = T0 + timedelta(seconds=1)
+        batch = [ClaimRequest("first", tick, KEEP, 30.0), ClaimRequest("broken", tick, KEEP, 30.0)]
+        fresh = FileBackend(d)
+        with pytest.raises(BackendError, match="claim failed"):
+            fresh.claim_many(batch, "a", T0)
+        lease = FileBackend(d).acquire_lease("first", "b", 30.0)  # another instance gets it
+        assert lease is not None
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)

@@ -406,3 +406,108 @@ def test_schedules_end_at_year_9999_instead_of_crashing() -> None:
         sched = Schedule(parse(text, env=ENV, now=NOW), anchor=NOW)
         ticks = list(sched.ticks(NOW, 100_000))
         assert ticks and ticks[-1].instant.year >= 9900, text
+
+
+# Issue 28, item 13: a jobs file's values and env keys, through validate and run alike.
+
+
+def _toml_string(text: str) -> str:
+    """``text`` as a TOML basic string: every character outside printable ASCII escaped."""
+    out = []
+    for c in text:
+        if c in '"\\' or not (" " <= c <= "~"):
+            out.append(f"\\U{ord(c):08X}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+_env_text = st.text(
+    st.one_of(st.sampled_from(["=", "\x00", "A", "_", " ", "\n", "é", "$"]), st.characters()),
+    max_size=6,
+)
+_toml_key = st.sampled_from(
+    ["env", "ping", "lock", "name", "command", "shell", "timeout", "tz", "max-runs", "every"]
+)
+_toml_value = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "http://[::1",
+            "http://[::1]:9/x",
+            "https://h:99999/",
+            "redis://h:0/0",
+            "redis://[::1/0",
+            "redis://" + "a" * 300 + "/0",
+            "postgresql://u@h/db?sslmode=nope",
+            "file:",
+            "nfs:",
+            "none",
+            "1s",
+            "٣",
+            "x\x00y",
+            "",
+        ]
+    ),
+)
+
+
+def _jobs_file(key: str, value: str, env: dict[str, str]) -> str:
+    lines = ["[jobs.j]", 'every = "1s"', "max-runs = 1"]
+    if key == "command":
+        lines.append(f"command = [{_toml_string(value)}]")
+    elif key == "shell":
+        lines.append(f"shell = {_toml_string(value)}")
+    else:
+        lines.append('command = ["true"]')
+        if key != "env":
+            lines.append(f"{key} = {_toml_string(value)}")
+    if key == "every":
+        lines.remove('every = "1s"')
+    entries = ", ".join(f"{_toml_string(k)} = {_toml_string(v)}" for k, v in env.items())
+    lines.append(f"env = {{ {entries} }}")
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_toml_key, _toml_value, st.dictionaries(_env_text, _env_text, max_size=2))
+def test_validate_file_of_any_toml_value_is_exit_0_or_2(
+    tmp_path_factory: pytest.TempPathFactory, key: str, value: str, env: dict[str, str]
+) -> None:
+    path = tmp_path_factory.mktemp("toml") / "jobs.toml"
+    path.write_text(_jobs_file(key, value, env))
+    result = CliRunner().invoke(
+        cli,
+        ["validate", "--file", str(path)],
+        obj=Env(clock=FakeClock(NOW), environ=dict(ENV)),
+        catch_exceptions=True,
+    )
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    assert result.exit_code in (0, 2), result.output
+    if result.exit_code == 2:
+        assert all(line.startswith("Error: ") for line in result.stderr.splitlines())
+
+
+@pytest.mark.slow
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_toml_key, _toml_value, st.dictionaries(_env_text, _env_text, max_size=2))
+def test_run_file_refuses_exactly_what_validate_file_refuses(
+    tmp_path_factory: pytest.TempPathFactory, key: str, value: str, env: dict[str, str]
+) -> None:
+    """Through the real CLI: validate's verdict is run's (0: the job ran its one run and pyjob
+    ended; 2: the same Error: lines), never a traceback at the first tick."""
+    if key in ("command", "shell", "timeout", "every", "tz") and value not in ("1s", "none"):
+        key = "env"  # a command of arbitrary text would run: keep to the values run checks
+    path = tmp_path_factory.mktemp("toml") / "jobs.toml"
+    path.write_text(_jobs_file(key, value, env))
+    checked = _pyjob("validate", "--file", str(path))
+    ran = _pyjob("run", "--file", str(path), "--lock", "none")
+    assert "Traceback" not in checked.stderr + ran.stderr, ran.stderr[-2000:]
+    assert checked.returncode in (0, 2)
+    if checked.returncode == 2:
+        assert (ran.returncode, ran.stderr) == (2, checked.stderr)
+    else:
+        assert ran.returncode in (0, 1), ran.stderr[-2000:]  # 1: the one run failed
+        assert '"run-finished"' in ran.stderr or "run-finished" in ran.stderr

@@ -523,8 +523,9 @@ def test_claims_directory_broken_mid_run_skips_ticks_without_crashing(tmp_path: 
     run.wait_for("run-finished", 2)
     claims = tmp_path / "l" / "j" / "claims"
     subprocess.run(["rm", "-rf", str(claims)], check=True)
-    claims.write_text("")  # every claim now fails, as on a full or read-only disk
-    run.wait_for("backend-error", 2)
+    claims.write_text("")  # the job's storage is broken: its claims are refused (DESIGN §5)
+    refused = run.wait_for("refused", 2)
+    assert all("cannot be used" in e["reason"] for e in refused)
     claims.unlink()
     claims.mkdir()
     before = len(run.events("run-finished"))

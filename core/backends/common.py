@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ..errors import BackendError
+from .protocol import ClaimOutcome, ClaimResult
 
 
 def probe_mtime(directory: Path) -> tuple[float, float]:
@@ -81,10 +82,34 @@ def safe_name(job: str) -> str:
     return f"{cleaned}-{hashlib.sha256(job.encode()).hexdigest()[:8]}"
 
 
+def make_private_dirs(path: Path) -> bool:
+    """Make ``path`` and every missing parent, each mode 0700 (``Path.mkdir(parents=True,
+    mode=...)`` gives the mode to the last one only, and the umask's to the others: a lock
+    directory deleted and made again came back 0755, which the next start refuses). One mkdir
+    when the directory exists; True when anything was made (it had been deleted)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return False
+    except FileNotFoundError:
+        if path.parent == path:
+            raise
+        make_private_dirs(path.parent)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:  # another process made it meanwhile
+            return True
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)  # mkdir's mode passes through the umask
+    return True
+
+
 def read_small(path: Path) -> str:
     """A small file's text (UTF-8), in open, read and close: ``Path.read_text`` also asks
     whether the file is a terminal, seeks twice and stats twice, which for the few bytes of a
-    mark or a lease holder read at every claim cost more than the read."""
+    mark or a lease holder read at every claim cost more than the read. Bytes that are not
+    UTF-8 read as U+FFFD: a damaged file is damage for its parser to name, never a
+    UnicodeDecodeError that fails a whole batch."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         parts = []
@@ -96,7 +121,7 @@ def read_small(path: Path) -> str:
                 break
     finally:
         os.close(fd)
-    return b"".join(parts).decode()
+    return b"".join(parts).decode(errors="replace")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -247,6 +272,48 @@ class DamagedMark(ValueError):
     """The mark file exists but cannot be read: truncated, garbled."""
 
 
+class DamagedState(BackendError):
+    """One job's state on disk is damaged beyond what pyjob can rebuild by itself; the message
+    says what to do. That job's claims are refused with it; the other jobs of the batch go on."""
+
+
+def refused_damaged(job: str, error: Exception) -> ClaimOutcome:
+    """The outcome for a job whose files could not be read (DESIGN §5, damaged files): refused,
+    saying why, so that one job's damage never fails the claims of the others in its batch."""
+    if isinstance(error, DamagedState):
+        why = str(error)
+    elif isinstance(error, OSError):
+        why = (
+            f"the files of job {job} in the lock directory cannot be used ({error.strerror}: "
+            f"{error.filename}); not run, since no one can tell whether it ran: give them back "
+            "to this user (directories 0700, files 0600), or remove what stands where a "
+            "directory should be"
+        )
+    else:
+        why = (
+            f"a file of job {job} in the lock directory is damaged ({type(error).__name__}: "
+            f"{error}); not run, since no one can tell whether it ran: restore the file, or "
+            "remove the job's directory while no instance runs the job (its fences then start "
+            "again at 1)"
+        )
+    return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
+
+
+# What one job's damaged files raise while it is claimed (a parse error of any kind).
+DAMAGE = (DamagedState, ValueError, KeyError, TypeError, AttributeError)
+# The OSErrors of one job's own paths (a file where its directory should be, permissions changed
+# on it): that job's state, refused like damage. Any other (a full or read-only file system, an
+# I/O error) is the file system's and fails the batch as a backend error.
+JOB_PATH_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.ELOOP})
+
+
+def is_job_damage(error: BaseException) -> bool:
+    """Whether ``error``, raised while one job of a batch was claimed, is that job's alone."""
+    if isinstance(error, OSError):
+        return error.errno in JOB_PATH_ERRNOS
+    return isinstance(error, DAMAGE)
+
+
 def parse_mark(text: str) -> Mark:
     """Strict: a truncated or garbled file is an error, never a fence of 0."""
     try:
@@ -271,9 +338,9 @@ def read_mark(job_dir: Path, known: Mark) -> Mark:
     except FileNotFoundError:
         legacy = job_dir / "fence"
         if legacy.exists():
-            raw = legacy.read_text().strip()
-            if not raw.isdigit():
-                raise BackendError(
+            raw = read_small(legacy).strip()
+            if not (raw.isascii() and raw.isdigit()):
+                raise DamagedState(
                     f"{legacy} is damaged ({raw[:40]!r}): write the last fence handed out "
                     "(a number) into it"
                 ) from None
@@ -284,7 +351,7 @@ def read_mark(job_dir: Path, known: Mark) -> Mark:
         except DamagedMark as e:
             recovered = _recover_mark(job_dir)
             if recovered is None and known.fence == 0:
-                raise BackendError(
+                raise DamagedState(
                     f"{path} is damaged ({e}) and no claim is left to recover the fence from: "
                     f'write {{"fence": N, "tick_us": null}} into it, N at least the last fence '
                     "handed out, so that fences keep growing"

@@ -36,9 +36,10 @@ The host's clock is this backend's clock, and it judges every time (DESIGN §8):
 AHEAD_LIMIT ahead of it is refused ("clock-ahead"), a tick older than its claims are kept plus the
 skew limit is refused, and a tick at or before the job's mark with no claim is refused once its
 claim would be gone anyway (claims are kept until keep_until by that clock), or when the claims
-of its time may have been lost (the mark's since_us). A deleted directory is made again (0700)
-and the marks this process has seen keep the fences growing; a damaged mark is recovered from the
-claims on disk.
+of its time may have been lost (the mark's since_us). A deleted directory is made again (0700,
+with every parent it lacks) and the marks this process has seen keep the fences growing; a
+damaged mark is recovered from the claims on disk. A file of one job that cannot be parsed
+refuses that job's claim, never the batch (DESIGN §5).
 """
 
 from __future__ import annotations
@@ -63,10 +64,13 @@ from .common import (
     claim_record,
     claim_verdict,
     create_new,
+    is_job_damage,
+    make_private_dirs,
     overwrite,
     probe_mtime,
     read_mark,
     read_small,
+    refused_damaged,
     remove_expired_claims,
     remove_strays,
     safe_name,
@@ -89,11 +93,9 @@ class FileBackend:
     # ---------------------------------------------------------------- set-up
 
     def _make_directory(self) -> None:
-        """Create the directory 0700 ourselves before filelock can (it would make it 0755)."""
-        d = self.directory
-        d.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            d.mkdir(mode=0o700)
+        """Create the directory, and the parents it lacks, 0700 ourselves before filelock can
+        (it would make it 0755)."""
+        make_private_dirs(self.directory)
 
     def check(self) -> None:
         d = self.directory
@@ -137,7 +139,7 @@ class FileBackend:
         a directory found gone, so that this makes it."""
         path = self.directory / safe_name(job)
         if job not in self._made:
-            (path / "claims").mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dirs(path / "claims")  # the lock directory too, if it was deleted
             self._made.add(job)
         return path
 
@@ -167,7 +169,12 @@ class FileBackend:
                         one = partial(
                             self._claim_one, r=r, instance=instance, now=now, clock_us=clock_us
                         )
-                        out.append(self._in_job_dir(r.job, one))
+                        try:
+                            out.append(self._in_job_dir(r.job, one))
+                        except Exception as e:
+                            if not is_job_damage(e):
+                                raise
+                            out.append(refused_damaged(r.job, e))  # this job's, not the batch's
                 except BaseException:  # the batch fails whole: no lease of it stays taken
                     for o in out:
                         if o.lease is not None:

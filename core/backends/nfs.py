@@ -40,11 +40,16 @@ from pathlib import Path
 from ..clock import Clock, SystemClock
 from ..errors import BackendError
 from .common import (
+    DamagedState,
     Mark,
     claim_record,
     claim_verdict,
+    is_job_damage,
+    make_private_dirs,
     probe_mtime,
     read_mark,
+    read_small,
+    refused_damaged,
     remove_expired_claims,
     remove_strays,
     safe_name,
@@ -102,7 +107,7 @@ class NfsBackend:
     def check(self) -> None:
         d = self.directory
         try:
-            d.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(d)
             probe = d / f".probe-{uuid.uuid4().hex}"
             if not link_create(probe, "probe"):
                 raise OSError(errno.EEXIST, "probe file exists")
@@ -111,9 +116,10 @@ class NfsBackend:
             raise BackendError(f"{self.url}: shared directory not usable: {e.strerror or e}") from e
 
     def _job_dir(self, job: str) -> Path:
-        """The job's directory, made again if someone deleted it."""
+        """The job's directory, made again (0700, with the parents it lacks) if someone deleted
+        it."""
         path = self.directory / safe_name(job)
-        (path / "claims").mkdir(parents=True, exist_ok=True)
+        make_private_dirs(path / "claims")
         return path
 
     # ---------------------------------------------------------------- staleness
@@ -145,7 +151,7 @@ class NfsBackend:
     def _lock(self, instance: str, timeout: float = 10.0) -> tuple[Path, int]:
         """Take the directory's claim mutex; returns it and the server's clock (µs) as stamped on
         it."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.directory)
         lock = self.directory / "claims.lock"
         deadline = self._mono() + timeout
         while True:
@@ -171,16 +177,23 @@ class NfsBackend:
         try:
             known: dict[int, ClaimOutcome] = {}
             for i, r in enumerate(requests):  # the common loser's path needs no lock
-                path = self._job_dir(r.job) / "claims" / f"{_us(r.tick)}.json"
-                if path.exists():
+                try:
+                    path = self._job_dir(r.job) / "claims" / f"{_us(r.tick)}.json"
+                    if not path.exists():
+                        continue
                     claim = self._read_claim(path, r.job, instance)
-                    known[i] = self._with_lease(claim, r, instance)
+                except Exception as e:
+                    if not is_job_damage(e):
+                        raise
+                    known[i] = refused_damaged(r.job, e)  # this job's files, not the batch's
+                    continue
+                known[i] = self._with_lease(claim, r, instance)
             if len(known) == len(requests):
                 return [known[i] for i in range(len(requests))]
             lock, server_us = self._lock(instance)
             try:
                 return [
-                    known.get(i) or self._claim_one(r, instance, now, server_us)
+                    known.get(i) or self._claim_isolated(r, instance, now, server_us)
                     for i, r in enumerate(requests)
                 ]
             finally:
@@ -190,6 +203,16 @@ class NfsBackend:
             raise
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise BackendError(f"{self.url}: claim failed: {e}") from e
+
+    def _claim_isolated(
+        self, r: ClaimRequest, instance: str, now: datetime, server_us: int
+    ) -> ClaimOutcome:
+        try:
+            return self._claim_one(r, instance, now, server_us)
+        except Exception as e:
+            if not is_job_damage(e):
+                raise
+            return refused_damaged(r.job, e)  # this job's files, not the batch's
 
     def _claim_one(
         self, r: ClaimRequest, instance: str, now: datetime, server_us: int
@@ -230,8 +253,14 @@ class NfsBackend:
         return ClaimOutcome(claim, lease, other)
 
     def _read_claim(self, path: Path, job: str, instance: str) -> ClaimResult:
-        record = json.loads(path.read_text())
-        holder, fence = str(record["instance"]), int(record["fence"])
+        try:
+            record = json.loads(read_small(path))
+            holder, fence = str(record["instance"]), int(record["fence"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise DamagedState(
+                f"its claim file {path.name} is unreadable ({e}; a claimer died while writing "
+                "it), so no one runs that tick; clean-up removes the file"
+            ) from e
         self._marks.setdefault(job, Mark()).raise_to(Mark(fence, int(path.stem)))
         return ClaimResult(holder == instance, holder, fence)
 
@@ -281,7 +310,7 @@ class NfsBackend:
 
     def lease_holder(self, job: str) -> str | None:
         try:
-            return self._lease_path(job).read_text().split("\n", 1)[0]
+            return read_small(self._lease_path(job)).split("\n", 1)[0]
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -296,7 +325,7 @@ class NfsBackend:
         try:
             with open(path, "r+b") as f:
                 head = f.read().split(b"\n")
-                if len(head) < 2 or head[1].decode() != lease.token:
+                if len(head) < 2 or head[1].decode(errors="replace") != lease.token:
                     return False
                 f.seek(len(head[0]) + len(head[1]) + 2)
                 f.write(f"{count:0{_WIDTH}d}".encode())
@@ -325,7 +354,7 @@ class NfsBackend:
     def release_lease(self, lease: Lease) -> None:
         path = self._lease_path(lease.job)
         try:
-            if path.read_text().split("\n")[1] == lease.token:
+            if read_small(path).split("\n")[1] == lease.token:
                 path.unlink()
         except (FileNotFoundError, IndexError):
             return

@@ -4,9 +4,10 @@ the bad part, never a traceback or a silent default (``redis://host/abc`` is not
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import InputError
+from ..hosts import host_problem
 from .common import redact
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -16,6 +17,45 @@ _DB = re.compile(r"[0-9]{1,9}")
 REDIS_OPTIONS = frozenset(
     {"db", "client_name", "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
 )
+
+
+def _short(text: str, limit: int = 120) -> str:
+    """``text`` for a one-line message: a 70,000-character host is not echoed whole."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text)} characters)"
+
+
+def check_lock_url(url: str) -> None:
+    """Raise InputError for a lock URL that `run` would refuse before connecting: the one check
+    that `--lock`, a jobs file's ``lock`` key and `validate --file` share, and that
+    open_backend makes again before it opens anything."""
+    if url in ("", "none"):
+        return
+    check_control(url)
+    scheme, sep, rest = url.partition(":")
+    if not sep:
+        raise InputError(
+            f"bad lock URL '{_short(redact(url))}' (file:PATH, nfs:PATH, redis://HOST, "
+            "postgresql://HOST/DB or none)",
+            source=url,
+            pos=0,
+            length=len(url),
+        )
+    if scheme in ("file", "nfs"):
+        if not (rest[2:] if rest.startswith("//") else rest):
+            raise InputError(
+                f"{scheme}: needs a directory, like {scheme}:/var/lib/pyjob", source=url, pos=0
+            )
+        return
+    if scheme in ("redis", "rediss", "postgresql", "postgres"):
+        check_server_url(url, scheme)
+        return
+    raise InputError(
+        f"unknown lock backend '{_short(scheme)}:' (supported: file:PATH, nfs:PATH, redis://, "
+        "rediss://, postgresql://, none)",
+        source=url,
+        pos=0,
+        length=len(scheme) + 1,
+    )
 
 
 def _bad(url: str, message: str, part: str | None = None) -> InputError:
@@ -72,6 +112,9 @@ def check_server_url(url: str, scheme: str) -> None:
             )
         if "[" in host or "]" in host:
             raise _bad(url, f"bad host '{hostport}' in lock URL '{shown}'", hostport)
+        problem = host_problem(unquote(host)) if host and not host.startswith("%2F") else None
+        if problem:
+            raise _bad(url, f"bad host in lock URL '{_short(shown)}': {problem}", host)
     if postgres:
         _check_libpq(url, shown)
     else:
@@ -113,7 +156,34 @@ def _check_libpq(url: str, shown: str) -> None:
     except ImportError:
         return
     try:
-        conninfo_to_dict(url)
+        params = conninfo_to_dict(url)
     except psycopg.Error as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise _bad(url, f"bad PostgreSQL URL '{shown}': {redact(reason)}") from e
+    # libpq checks these only when it connects, and its refusal then is a "backend
+    # unreachable" (exit 5) for what is a typo in the URL (exit 2).
+    for name, allowed in _LIBPQ_CHOICES.items():
+        value = params.get(name)
+        if value is not None and str(value) not in allowed:
+            raise _bad(
+                url,
+                f"bad {name} '{value}' in lock URL '{shown}' (one of {', '.join(allowed)})",
+                f"{name}={value}",
+            )
+
+
+_LIBPQ_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "target_session_attrs": (
+        "any",
+        "read-write",
+        "read-only",
+        "primary",
+        "standby",
+        "prefer-standby",
+    ),
+    "load_balance_hosts": ("disable", "random"),
+    "sslnegotiation": ("postgres", "direct"),
+}

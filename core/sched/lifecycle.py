@@ -145,6 +145,7 @@ class Lifecycle:
         running = sum(len(s.runs) for s in everything)
         longest = max((s.s.stop_timeout for s in everything), default=10.0)
         who = sh.process_job
+        stop_deadline = sh.clock.monotonic() + longest
         sh.emit("stopping", who, None, running=running, forced=sh.force, stop_timeout=longest)
         for state in everything:
             self.drop_pending(state, stopping=True)
@@ -155,6 +156,7 @@ class Lifecycle:
                 for run in state.runs:
                     sh.executor.terminate(run, "stop")
         self._wait_for_children(everything, longest, forced_sent=sh.force)
+        sh.close_wait = 1.0 if sh.force else max(1.0, stop_deadline - sh.clock.monotonic())
         sh.coordinator.drain()
         sh.books.prune_records()
         runs = sum(s.runs_started for s in everything)

@@ -130,8 +130,9 @@ class Scheduler:
         self.waker.wake()
 
     def close(self) -> None:
-        """Let the last lease releases go out (bounded), and free the wake-up pipe."""
-        self.coordinator.close()
+        """Let the last lease releases and record writes go out (within what is left of the
+        stop timeout), and free the wake-up pipe."""
+        self.coordinator.close(wait=self._sh.close_wait)
         self.waker.close()
 
     # ------------------------------------------------------------------ the loop

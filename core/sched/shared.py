@@ -78,6 +78,9 @@ class Shared:
         self.stop = False
         self.force = False
         self.reload = False
+        # What is left of the stop timeout once the runs ended: the last record writes and
+        # lease releases may take that long at the exit (at least a second).
+        self.close_wait = 1.0
         self.wall = WallTimers()
         self.mono = MonoTimers()
         # The events of one turn of the loop, written at its end: writing a log line (or a
