@@ -13,7 +13,8 @@ call goes through here with one error policy:
   event (at debug level: the outage is told once, by ``backend-down`` and ``backend-up``, see
   pyjob.core.outage). A lease whose release failed is kept and released again before the next
   call, as soon as the backend answers (so an outage does not leave a lease that blocks the job
-  for its TTL).
+  for its TTL); so is every lease a claim batch may have taken when its answer was lost
+  (``LostAnswer``).
 - Run records are written until they are written (DESIGN §5): a write that fails keeps its
   records pending, one per run, where a newer state of the run replaces the older (the final
   record wins over ``running``), and tries them again with backoff (RECORD_RETRY up to
@@ -22,6 +23,7 @@ call goes through here with one error policy:
   past it the oldest is dropped, and said so. A registration that failed is retried with them,
   and every registration is written again every REREGISTER_EVERY seconds (one deleted or damaged
   comes back without a restart). ``close`` tries what is pending until its ``wait`` is over.
+  No record of a tick more than AHEAD_LIMIT ahead of the backend's clock is written (DESIGN §8).
 
 With ``threaded=False`` (tests with a fake clock) calls run at once on the caller's thread, and
 their results are still delivered by ``drain()``, so the order of events does not depend on it.
@@ -37,7 +39,7 @@ from queue import Empty, PriorityQueue, SimpleQueue
 from typing import Any
 
 from .backends import Backend, open_backend
-from .backends.protocol import ClaimOutcome, ClaimRequest, Lease
+from .backends.protocol import AHEAD_LIMIT, ClaimOutcome, ClaimRequest, Lease, LostAnswer
 from .clock import Clock, Waker
 from .errors import BackendError
 from .outage import Outage
@@ -54,6 +56,7 @@ _PRIORITY = {"claim": 0, "renew": 0, "release": 0, "previous": 1, "latest": 1, "
 _BACKGROUND = frozenset({"records", "register", "heartbeat", "prune", "cleanup"})
 LAST = 9  # the stop, after everything queued
 RELEASE_RETRY = 1.0  # seconds between retries of lease releases an outage left behind
+BACKEND_CLOCK_EVERY = 10.0  # seconds between readings of the backend's clock for records
 RECORD_RETRY = 0.5  # seconds before a failed record write is tried again, doubled each time
 RECORD_RETRY_MAX = 8.0  # ... up to this
 REREGISTER_EVERY = 300.0  # seconds between registrations written again whole (see _records)
@@ -84,6 +87,11 @@ class _Link:
     calls: PriorityQueue[tuple[int, int, _Call | None]] = field(default_factory=PriorityQueue)
     thread: threading.Thread | None = None
     unreleased: list[Lease] = field(default_factory=list)  # releases that failed: retried
+    # leases a claim batch may have taken when its answer was lost (LostAnswer): released like
+    # the failed releases, but not announced (none may have been taken)
+    maybe: list[Lease] = field(default_factory=list)
+    # (monotonic, the backend's clock in µs or None) at the last reading of that clock
+    clock_read: tuple[float, int | None] | None = None
     busy: bool = False
     records: RecordStore | None = None
     carry: _Call | None = None  # a call taken from the queue while batching records
@@ -359,7 +367,7 @@ class Coordinator:
 
     def _owed_in(self, link: _Link) -> float | None:
         """Seconds until the worker must look again for what it owes (None: nothing owed)."""
-        waits = [RELEASE_RETRY] if link.unreleased else []
+        waits = [RELEASE_RETRY] if link.unreleased or link.maybe else []
         if link.retry_at is not None:
             waits.append(max(0.0, link.retry_at - self.clock.monotonic()))
         return min(waits, default=None)
@@ -398,6 +406,9 @@ class Coordinator:
                 store.register(list(link.unregistered.values()), link.me)
                 link.unregistered.clear()
             batch = list(itertools.islice(link.pending.values(), RECORD_BATCH))
+            for record in self._invented(link, [r for r, _ in batch]):
+                del link.pending[(record.job, record.tick_us)]
+            batch = [(r, k) for r, k in batch if (r.job, r.tick_us) in link.pending]
             unwritten, failure = self._put_batch(store, batch)
             for record, _ in batch:
                 key = (record.job, record.tick_us)
@@ -480,7 +491,7 @@ class Coordinator:
         link.outage.end()
 
     def _call(self, link: _Link, call: _Call) -> None:
-        if link.unreleased and call.what != "release":
+        if (link.unreleased or link.maybe) and call.what != "release":
             self._release(link, [])  # first what an outage left behind
         if (link.pending or link.unregistered) and self._owed_due(link) and _waits_for_none(call):
             self._write_owed(link)  # then the records it left behind, when no tick waits
@@ -529,6 +540,10 @@ class Coordinator:
                     self.report("*", None, "cleanup", removed=removed)
                 return
         except BackendError as e:
+            if isinstance(e, LostAnswer):
+                # The batch may have taken run leases all the same: release them (by their
+                # tokens) as soon as the backend answers, so that none blocks the job (DESIGN §8).
+                link.maybe += e.leases
             link.outage.failed(str(e), len(call.args[0]) if call.what == "claim" else 0)
             if call.done is None:
                 self.report("*", None, "backend-error", error=str(e), action="cleanup later")
@@ -581,15 +596,42 @@ class Coordinator:
                 "*", None, "backend-error", error=str(e), action=f"{call.what} later; runs go on"
             )
 
+    def _invented(self, link: _Link, records: list[RunRecord]) -> list[RunRecord]:
+        """The records whose tick is more than AHEAD_LIMIT ahead of the backend's clock: ticks a
+        wrong clock invented (this host's stepped ahead: the ticks it passed over are logged as
+        missed), whose records would push the fleet's real ones out of the history kept (DESIGN
+        §8). They are not written; one warning per job says so."""
+        mono = self.clock.monotonic()
+        if link.clock_read is None or mono - link.clock_read[0] > BACKEND_CLOCK_EVERY:
+            reading = link.backend.server_time()
+            mono = self.clock.monotonic()
+            link.clock_read = (mono, None if reading is None else int(reading[0] * 1e6))
+        at, backend_us = link.clock_read
+        if backend_us is None:
+            return []
+        now_us = backend_us + int((mono - at) * 1e6)
+        invented = [r for r in records if r.tick_us > now_us + AHEAD_LIMIT * 1e6]
+        for job in sorted({r.job for r in invented}):
+            mine = [r.tick_us for r in invented if r.job == job]
+            self.report(
+                job,
+                None,
+                "warning",
+                problem=f"{len(mine)} record(s) of ticks up to {(max(mine) - now_us) / 1e6:.1f}s "
+                "ahead of the backend's clock (clock-ahead: this host's clock is ahead of it)",
+                action="not written, so that the history keeps the fleet's real runs",
+            )
+        return invented
+
     def _release(self, link: _Link, leases: list[Lease]) -> None:
         retry = link.unreleased + leases
-        link.unreleased = []
-        if not retry:
+        maybe, link.unreleased, link.maybe = link.maybe, [], []
+        if not retry and not maybe:
             return
         try:
-            link.backend.release_many(retry)
+            link.backend.release_many(retry + maybe)
         except Exception as e:
-            link.unreleased = retry
+            link.unreleased, link.maybe = retry, maybe
             link.outage.failed(str(e))
             if leases:  # reported once per lease, not at every retry
                 for lease in leases:

@@ -61,8 +61,10 @@ _KINDS = (
     Kind(
         "refused",
         "warning",
-        ("reason",),
-        "the backend would not vouch that the tick was not run already (clocks too far apart)",
+        ("reason", "offset"),
+        "the backend would not vouch that the tick was not run already (clocks too far apart), "
+        "or this host's clock is ahead of the backend's (reason `clock-ahead: …`; `offset`: by "
+        "how much)",
     ),
     Kind(
         "skipped",

@@ -45,7 +45,7 @@ FLEET_FIRST = 100  # records read per job at the first fleet read (--history-kee
 
 RESULTS = ("success", "failure", "timeout", "stopped", "start-failed")
 # skipped ticks, by kind of reason (a fixed set: the event's reason is free text)
-SKIP_REASONS = ("overlap", "queue-full", "backend-error", "refused", "other")
+SKIP_REASONS = ("overlap", "queue-full", "backend-error", "refused", "clock-ahead", "other")
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 LATENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -70,7 +70,9 @@ def skip_reason(event: Event) -> str | None:
             return "queue-full"
         return "overlap" if text.startswith("overlap") else "other"
     if event.kind == "refused":
-        return "refused"
+        # a claim refused because this host's clock is ahead of the backend's (DESIGN §8)
+        clock_ahead = str(event.fields.get("reason", "")).startswith("clock-ahead")
+        return "clock-ahead" if clock_ahead else "refused"
     if event.kind == "backend-error" and event.tick is not None:
         return "backend-error" if event.fields.get("action") == "skip" else None
     return None
@@ -137,8 +139,9 @@ class Metrics:
             "pyjob_skipped_ticks",
             "Ticks this instance did not run. overlap (the previous run still going), "
             "queue-full and other are decided by the instance that won the tick's claim: once "
-            "per tick across the fleet. backend-error (claim failed, fail closed) and refused "
-            "are decided by each instance for itself: every instance counts the tick.",
+            "per tick across the fleet. backend-error (claim failed, fail closed), refused and "
+            "clock-ahead (this host's clock ahead of the backend's) are decided by each instance "
+            "for itself: every instance counts the tick.",
             ["job_name", "reason"],
             registry=r,
         )

@@ -15,9 +15,10 @@ from datetime import UTC, datetime, timedelta
 
 from pyjob.core.backends import Backend, open_backend
 
-# Ticks near the real time: backends refuse a tick older than its claims are kept by their own
-# clock (plus the skew limit), so the suite's ticks must be recent for real servers.
-T0 = datetime.now(UTC).replace(second=0, microsecond=0)
+# Ticks of the last hour: backends refuse a tick older than its claims are kept by their own clock
+# (plus the skew limit), and one more than AHEAD_LIMIT ahead of that clock (clock-ahead), so the
+# suite's ticks are recent and in the past (T0 + 59 min at most) for real servers.
+T0 = (datetime.now(UTC) - timedelta(hours=1)).replace(second=0, microsecond=0)
 KEEP = T0 + timedelta(days=1)
 
 
@@ -111,15 +112,16 @@ def test_claims_are_kept_until_keep_until_then_removed_and_never_won_again(
     # Real time: Redis and PostgreSQL judge retention by their own clocks, not by ``now``.
     backend = _open(lock_url)
     now = datetime.now(UTC)
-    backend.claim("job", T0, "a", now + timedelta(seconds=1.2), now)
+    until = now + timedelta(seconds=1.2)  # every claimer of a tick computes the same
+    backend.claim("job", T0, "a", until, now)
     backend.claim("job", T0 + timedelta(minutes=1), "a", now + timedelta(hours=5), now)
     backend.cleanup("job", datetime.now(UTC))
-    kept = backend.claim("job", T0, "b", KEEP, now)
+    kept = backend.claim("job", T0, "b", until, now)
     assert not kept.won and kept.holder == "a" and kept.refused is None  # still kept
     time.sleep(1.6)
     backend.cleanup("job", datetime.now(UTC))
-    # removed, but the job's mark (the latest tick claimed) still says it was claimed
-    gone = backend.claim("job", T0, "b", KEEP, datetime.now(UTC))
+    # removed, but the job's mark (the latest tick claimed) still says it may have been claimed
+    gone = backend.claim("job", T0, "b", until, datetime.now(UTC))
     assert not gone.won and gone.refused is not None and "no longer kept" in gone.refused
     assert not backend.claim("job", T0 + timedelta(minutes=1), "b", KEEP, now).won
 
@@ -298,7 +300,7 @@ def test_cleanup_many_removes_expired_claims_of_every_job(lock_url: str) -> None
     removed = backend.cleanup_many(["j0", "j1", "j2"], datetime.now(UTC))
     assert removed in (0, 3)  # 0 where the backend expires claims itself (Redis)
     after = backend.claim_many(
-        [ClaimRequest(f"j{i}", T0, KEEP) for i in range(3)], "b", datetime.now(UTC)
+        [ClaimRequest(f"j{i}", T0, soon) for i in range(3)], "b", datetime.now(UTC)
     )
     assert all(not o.claim.won and o.claim.refused for o in after)  # the mark still holds
 
@@ -306,12 +308,14 @@ def test_cleanup_many_removes_expired_claims_of_every_job(lock_url: str) -> None
 # --------------------------------------------------------------------------- marks and refusals
 
 
-def test_a_tick_at_or_before_the_mark_whose_claim_is_gone_is_refused(lock_url: str) -> None:
+def test_a_tick_at_or_before_the_mark_whose_claim_would_be_gone_is_refused(lock_url: str) -> None:
     backend = _open(lock_url)
     assert backend.claim("job", T0 + timedelta(minutes=5), "a", KEEP, T0).won
-    # T0 was never claimed, but a later tick was: nobody can tell whether T0 ran
-    r = backend.claim("job", T0, "b", KEEP, T0)
-    assert not r.won and r.refused is not None
+    # T0 has no claim, and by the backend's clock a claim of it would be gone by now (kept
+    # until now): nobody can tell whether T0 ran
+    now = datetime.now(UTC)
+    r = backend.claim("job", T0, "b", now, now)
+    assert not r.won and r.refused is not None and r.ahead is None
     assert "not after" in r.refused and "latest tick claimed" in r.refused and "1h" in r.refused
     assert backend.claim("job", T0 + timedelta(minutes=6), "b", KEEP, T0).won  # later ones run
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -153,7 +154,9 @@ def test_the_mark_is_overwritten_in_place_and_an_older_mark_is_taken_up(tmp_path
         assert backend.claim("job", T0 + timedelta(seconds=i), "a", KEEP, T0).fence == 8 + i
     assert mark.stat().st_ino == inode and mark.stat().st_size == MARK_SIZE  # one pwrite each
     doc = json.loads(mark.read_text())
+    since = doc.pop("since_us")  # from the first claim of this pyjob on, claims are all here
     assert doc == {"fence": 11, "tick_us": int((T0 + timedelta(seconds=3)).timestamp() * 1e6)}
+    assert abs(since / 1e6 - time.time()) < 60
 
 
 def test_a_batch_that_fails_part_way_keeps_no_lease_it_took(tmp_path: Path) -> None:

@@ -90,6 +90,12 @@ def test_a_run_result_is_named_as_in_the_run_records(fields: dict[str, Any], res
         ("skipped", True, {"reason": "overlap: one run is already queued"}, "queue-full"),
         ("skipped", True, {"reason": "something new"}, "other"),
         ("refused", True, {"reason": "clocks 2h apart"}, "refused"),
+        (
+            "refused",
+            True,
+            {"reason": "clock-ahead: tick … 11m ahead", "offset": 660},
+            "clock-ahead",
+        ),
         ("backend-error", True, {"error": "down", "action": "skip"}, "backend-error"),
         ("backend-error", True, {"error": "down", "action": "run"}, None),
         ("backend-error", False, {"error": "down", "action": "cleanup later"}, None),

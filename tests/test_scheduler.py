@@ -444,8 +444,10 @@ def test_nothing_is_logged_or_recorded_between_the_spawns_of_one_tick(tmp_path: 
     events keep the time they were made)."""
     from pyjob.core.backends.file import FileBackend
 
-    # the file backend judges claims by the host's clock: the fake one starts at real now
-    start = datetime.now(UTC).replace(microsecond=0)
+    # the file backend judges claims by the host's clock, and refuses a tick more than a few
+    # seconds ahead of it: the fake clock starts a second before the last 10 s boundary passed
+    now = datetime.now(UTC).replace(microsecond=0)
+    start = now - timedelta(seconds=now.second % 10 + 1)
     clock = FakeClock(start)
     events: list[Event] = []
     seen: list[tuple[int, int]] = []  # at each spawn: events logged, records on disk

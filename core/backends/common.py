@@ -245,10 +245,14 @@ def remove_strays(directory: Path, clock_now: float) -> int:
 @dataclass
 class Mark:
     """A job's high-water mark: the last fence handed out and the latest tick claimed. It never
-    expires, so a tick at or before it can never be won again, whatever clean-ups and TTLs did."""
+    expires, so a tick at or before it whose claim would be gone by now is never won again,
+    whatever clean-ups and TTLs did. ``since_us``: from when on (by the file system's clock) every
+    claim made is in this directory; None when that is not known (written by an older pyjob, or
+    the directory was deleted and made again), and then no tick at or before the mark is won."""
 
     fence: int = 0
     tick_us: int | None = None
+    since_us: int | None = None
 
     def raise_to(self, other: Mark) -> None:
         self.fence = max(self.fence, other.fence)
@@ -258,7 +262,10 @@ class Mark:
             )
 
     def text(self) -> str:
-        return json.dumps({"fence": self.fence, "tick_us": self.tick_us}) + "\n"
+        doc: dict[str, int | None] = {"fence": self.fence, "tick_us": self.tick_us}
+        if self.since_us is not None:
+            doc["since_us"] = self.since_us
+        return json.dumps(doc) + "\n"
 
 
 class DamagedMark(ValueError):
@@ -316,7 +323,8 @@ def parse_mark(text: str) -> Mark:
         raise DamagedMark(f"unreadable ({e})") from e
     if not isinstance(fence, int) or fence < 0 or not (tick is None or isinstance(tick, int)):
         raise DamagedMark(f"unreadable ({text[:60]!r})")
-    return Mark(fence, tick)
+    since = doc.get("since_us")
+    return Mark(fence, tick, since if isinstance(since, int) else None)
 
 
 def read_mark(job_dir: Path, known: Mark) -> Mark:
@@ -393,15 +401,89 @@ def refused_too_old(
     )
 
 
-def refused_behind_mark(tick_us: int, mark_us: int, skew_limit: float) -> str:
-    """Why a tick at or before the job's latest claimed tick, whose own claim is gone, is not
-    run."""
+def refused_behind_mark(
+    tick_us: int, mark_us: int, keep_until_us: int, backend_now_us: int, skew_limit: float
+) -> str:
+    """Why a tick at or before the job's latest claimed tick, with no claim kept, is not run:
+    by the backend's clock its claim would be gone by now had it been made, so no one can tell
+    whether it ran."""
     return (
         f"tick {iso_us(tick_us)} is not after {iso_us(mark_us)}, the latest tick claimed for this "
-        "job, and its own claim is no longer kept: a clock (this host's, another instance's or "
-        f"the backend's) is off; not run, so that no tick runs twice (claims hold for clocks off "
-        f"by up to {_span(skew_limit)})"
+        "job, and its claim, if it was ever made, is no longer kept (claims of it are kept until "
+        f"{iso_us(keep_until_us)}; the backend's clock says {iso_us(backend_now_us)}): it may have "
+        "run; not run, so that no tick runs twice (if that is wrong, a clock is off, this host's "
+        f"or the backend's: claims hold for clocks off by up to {_span(skew_limit)})"
     )
+
+
+def refused_clock_ahead(tick_us: int, backend_now_us: int, ahead: float, limit: float) -> str:
+    """Why a tick too far ahead of the backend's clock is not claimed (nothing was written)."""
+    return (
+        f"clock-ahead: tick {iso_us(tick_us)} is {_span((tick_us - backend_now_us) / 1e6)} ahead "
+        f"of the backend's clock ({iso_us(backend_now_us)}); this host's clock is "
+        f"{_span(ahead)} ahead of the backend's, more than the {_span(limit)} allowed: not "
+        "claimed, and nothing the other instances rely on was changed; fix this host's clock "
+        "(pyjob check-clock --lock URL measures both)"
+    )
+
+
+def claim_verdict(
+    tick_us: int,
+    keep_until_us: int,
+    mark_us: int | None,
+    backend_now_us: int,
+    claimer_now_us: int,
+    since_us: int | None,
+) -> tuple[str, float | None] | None:
+    """The protocol's refusals of a tick that has no claim (DESIGN §8), by the backend's clock:
+    None when it may be won, else (why, how far the claimer's clock is ahead or None). The
+    backends that decide in a script or a SQL function (Redis, PostgreSQL) apply the same rules
+    there. ``since_us``: from when on every claim made is kept where it is looked for (the
+    mark's since_us); a claim of a tick at or before the mark could only be missing for want of
+    that evidence unless it was made after then (no claim is made more than AHEAD_LIMIT before
+    its tick)."""
+    from .protocol import AHEAD_LIMIT, KEPT_MARGIN, SKEW_LIMIT
+
+    if tick_us > backend_now_us + AHEAD_LIMIT * 1e6:
+        ahead = max(0.0, (claimer_now_us - backend_now_us) / 1e6)
+        return refused_clock_ahead(tick_us, backend_now_us, ahead, AHEAD_LIMIT), ahead
+    if backend_now_us > keep_until_us + SKEW_LIMIT * 1e6:
+        return refused_too_old(tick_us, keep_until_us, backend_now_us, SKEW_LIMIT), None
+    if mark_us is not None and tick_us <= mark_us:
+        if backend_now_us >= keep_until_us - KEPT_MARGIN * 1e6:
+            why = refused_behind_mark(tick_us, mark_us, keep_until_us, backend_now_us, SKEW_LIMIT)
+            return why, None
+        if since_us is None or tick_us <= since_us + AHEAD_LIMIT * 1e6:
+            why = (
+                f"tick {iso_us(tick_us)} is not after {iso_us(mark_us)}, the latest tick claimed "
+                "for this job, and the claims made before the lock directory was made again (or "
+                "by an older pyjob) are not kept there: no one can tell whether it ran; not run, "
+                "so that no tick runs twice"
+            )
+            return why, None
+    return None
+
+
+class BackendClock:
+    """The backend's clock as this process last read it, carried forward on the monotonic clock:
+    it gives each request a deadline by the backend's own clock, past which the backend does
+    nothing with it. A request the client gave up on (a stall, a partition) and that reaches the
+    backend later therefore takes no claim and no lease that nobody waits for (DESIGN §8)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._offset_us: int | None = None
+
+    def learn(self, backend_us: int, sent: float, received: float) -> None:
+        """A reading ``backend_us`` answered a request sent at monotonic ``sent``."""
+        self._offset_us = backend_us - int((sent + received) / 2 * 1e6)
+
+    def deadline_us(self, sent: float) -> int:
+        """The backend time after which a request sent at monotonic ``sent`` is of no use: 0
+        (none) until the backend's clock was read once."""
+        if self._offset_us is None:
+            return 0
+        return int(sent * 1e6) + self._offset_us + int(self.timeout * 1e6)
 
 
 def to_us(instant: datetime) -> int:

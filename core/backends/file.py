@@ -32,11 +32,14 @@ written, and each is written with as few file-system operations as keep it whole
 There is no fsync: the claims must survive a crashed process, and when the host itself crashes
 every instance on it goes too.
 
-The host's clock is this backend's clock. A tick at or before the job's mark whose claim is gone
-is refused (never won twice); so is a tick older than its claims are kept plus the skew limit.
-A deleted directory is made again (0700, with every parent it lacks) and the marks this process
-has seen keep the fences growing; a damaged mark is recovered from the claims on disk. A file of
-one job that cannot be parsed refuses that job's claim, never the batch (DESIGN §5).
+The host's clock is this backend's clock, and it judges every time (DESIGN §8): a tick more than
+AHEAD_LIMIT ahead of it is refused ("clock-ahead"), a tick older than its claims are kept plus the
+skew limit is refused, and a tick at or before the job's mark with no claim is refused once its
+claim would be gone anyway (claims are kept until keep_until by that clock), or when the claims
+of its time may have been lost (the mark's since_us). A deleted directory is made again (0700,
+with every parent it lacks) and the marks this process has seen keep the fences growing; a
+damaged mark is recovered from the claims on disk. A file of one job that cannot be parsed
+refuses that job's claim, never the batch (DESIGN §5).
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ import fcntl
 import json
 import os
 import stat
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -60,6 +62,7 @@ from ..errors import BackendError
 from .common import (
     Mark,
     claim_record,
+    claim_verdict,
     create_new,
     is_job_damage,
     make_private_dirs,
@@ -67,16 +70,14 @@ from .common import (
     probe_mtime,
     read_mark,
     read_small,
-    refused_behind_mark,
     refused_damaged,
-    refused_too_old,
     remove_expired_claims,
     remove_strays,
     safe_name,
     write_atomic,
 )
 from .common import to_us as _us
-from .protocol import SKEW_LIMIT, ClaimOutcome, ClaimRequest, ClaimResult, Lease
+from .protocol import ClaimOutcome, ClaimRequest, ClaimResult, Lease
 
 _T = TypeVar("_T")
 
@@ -156,8 +157,12 @@ class FileBackend:
             return []
         try:
             self._make_directory()
-            with FileLock(self.directory / "claims.lock", timeout=self.lock_timeout):
-                clock_us = time.time_ns() // 1000  # this host's clock is the backend's
+            lock_path = self.directory / "claims.lock"
+            with FileLock(lock_path, timeout=self.lock_timeout):
+                # The kernel's clock, as it stamps files (claim files' ages are judged by it),
+                # not this process's reading of the wall clock: one process's clock may be off.
+                os.utime(lock_path)
+                clock_us = os.stat(lock_path).st_mtime_ns // 1000
                 out: list[ClaimOutcome] = []
                 try:
                     for r in requests:
@@ -215,17 +220,20 @@ class FileBackend:
                 return self._with_lease(claim, job_dir, r.job, instance, r.lease_ttl)
             return ClaimOutcome(claim)
         keep_until_us = _us(r.keep_until)
-        if clock_us > keep_until_us + SKEW_LIMIT * 1e6:
-            why = refused_too_old(tick_us, keep_until_us, clock_us, SKEW_LIMIT)
-            return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
         mark = read_mark(job_dir, known)
-        if mark.tick_us is not None and tick_us <= mark.tick_us:
-            why = refused_behind_mark(tick_us, mark.tick_us, SKEW_LIMIT)
-            return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
+        verdict = claim_verdict(
+            tick_us, keep_until_us, mark.tick_us, clock_us, _us(now), mark.since_us
+        )
+        if verdict is not None:
+            why, ahead = verdict
+            return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why, ahead=ahead))
         fence = mark.fence + 1
-        new = Mark(fence, tick_us)
+        latest = tick_us if mark.tick_us is None else max(mark.tick_us, tick_us)
+        # since: every claim from now on is kept here (now, when the mark did not say so yet)
+        new = Mark(fence, latest, clock_us if mark.since_us is None else mark.since_us)
         _put_mark(job_dir / "mark", new)  # first: a crash here only leaves a gap
-        keep_us = max(0, keep_until_us - _us(now))
+        # kept until keep_until by this backend's clock (the file's own stamp counts from now)
+        keep_us = max(0, keep_until_us - clock_us)
         try:
             create_new(claim_path, claim_record(instance, fence, tick_us, keep_us, keep_until_us))
         except OSError:

@@ -10,11 +10,13 @@ waiter's own monotonic clock:
   (the classic NFS-safe technique). Inside it, per job: read the job's mark (last fence, latest
   tick claimed; never removed), write the next one, create the claim (again by link). The mutex is
   held for milliseconds.
-- The server's clock, never a host's, judges time on the shared directory: the mtime the server
-  stamps on the new mutex file is the "now" for refusing a tick older than its claims are kept
-  (plus the skew limit), and clean-up removes a claim when a fresh probe file's mtime is past the
-  claim file's own mtime plus its retention. A host whose clock is far off therefore removes
-  nothing that others still need; a tick at or before the mark whose claim is gone is refused.
+- The server's clock, never a host's, judges time on the shared directory (DESIGN §8): the mtime
+  the server stamps on the new mutex file is the "now" for refusing a tick more than AHEAD_LIMIT
+  ahead of it ("clock-ahead": nothing is written) or older than its claims are kept (plus the
+  skew limit), and clean-up removes a claim when a fresh probe file's mtime is past the claim
+  file's own mtime plus its retention (until keep_until by that clock). A host whose clock is far
+  off therefore removes nothing that others still need and moves no mark; a tick at or before the
+  mark with no claim is refused once its claim would be gone anyway.
 - A lock or lease file whose content has not changed for longer than its TTL, as timed by the
   *waiter's* monotonic clock, is stale: the waiter renames it aside (only one rename wins) and
   takes its place. Holders of run leases heartbeat by rewriting a counter in place, so a live
@@ -41,21 +43,20 @@ from .common import (
     DamagedState,
     Mark,
     claim_record,
+    claim_verdict,
     is_job_damage,
     make_private_dirs,
     probe_mtime,
     read_mark,
     read_small,
-    refused_behind_mark,
     refused_damaged,
-    refused_too_old,
     remove_expired_claims,
     remove_strays,
     safe_name,
     write_atomic,
 )
 from .common import to_us as _us
-from .protocol import SKEW_LIMIT, ClaimOutcome, ClaimRequest, ClaimResult, Lease
+from .protocol import ClaimOutcome, ClaimRequest, ClaimResult, Lease
 
 MUTEX_STALE = 10.0  # seconds a claim mutex may stand unchanged before it is broken
 _WIDTH = 20  # the heartbeat counter is written at a fixed width, in place
@@ -222,19 +223,22 @@ class NfsBackend:
         if claim_path.exists():
             return self._with_lease(self._read_claim(claim_path, r.job, instance), r, instance)
         keep_until_us = _us(r.keep_until)
-        if server_us > keep_until_us + SKEW_LIMIT * 1e6:
-            why = refused_too_old(tick_us, keep_until_us, server_us, SKEW_LIMIT)
-            return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
         known = self._marks.setdefault(r.job, Mark())
         mark = read_mark(job_dir, known)
-        if mark.tick_us is not None and tick_us <= mark.tick_us:
-            why = refused_behind_mark(tick_us, mark.tick_us, SKEW_LIMIT)
-            return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
+        verdict = claim_verdict(
+            tick_us, keep_until_us, mark.tick_us, server_us, _us(now), mark.since_us
+        )
+        if verdict is not None:
+            why, ahead = verdict
+            return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why, ahead=ahead))
         fence = mark.fence + 1
-        new = Mark(fence, tick_us)
+        latest = tick_us if mark.tick_us is None else max(mark.tick_us, tick_us)
+        # since: every claim from now on is kept here (now, when the mark did not say so yet)
+        new = Mark(fence, latest, server_us if mark.since_us is None else mark.since_us)
         write_atomic(job_dir / "mark", new.text())  # first: a crash here only leaves a gap
         known.raise_to(new)
-        keep_us = max(0, keep_until_us - _us(now))
+        # kept until keep_until by the server's clock (the file's own stamp counts from now)
+        keep_us = max(0, keep_until_us - server_us)
         record = claim_record(instance, fence, tick_us, keep_us, keep_until_us)
         if not link_create(claim_path, record):
             return ClaimOutcome(self._read_claim(claim_path, r.job, instance))  # pragma: no cover

@@ -1,22 +1,28 @@
 """`postgresql://` — coordination through PostgreSQL (psycopg 3, `pyjob[postgres]`).
 
-Tables and a function, created on first use:
+Tables and functions, created on first use:
 
     pyjob_claims (job, tick_us) primary key, instance, fence, keep_until
     pyjob_fences (job) primary key, fence, tick_us  -- per job: the last fence handed out and the
                                                     -- latest tick claimed (the mark; never removed)
-    pyjob_leases (job) primary key, instance, token, expires
-    pyjob_claim_many(...)                           -- a batch of claims, one statement
+    pyjob_leases (job) primary key, instance, token, expires, client_until
+    pyjob_claim_batch(...)                          -- a batch of claims, one statement
+    pyjob_renew_leases(...)                         -- a batch of renewals, one statement
 
 A batch of claims (every job due at one instant, each optionally with its run lease) is one call
-of ``pyjob_claim_many``, so one round trip. For each job, in job order (so that two batches never
-deadlock), it locks the job's ``pyjob_fences`` row, then: an existing claim answers who holds the
-tick; a tick older than its claims are kept plus the skew limit (by the database's clock,
-clock_timestamp()) is refused; a tick at or before the mark, whose claim retention already
-removed, is refused (never won twice, whatever the database's clock did); otherwise the fence and
-the mark advance, the claim is inserted, and the run lease is taken when asked for. Fences have no
-gaps. Lease expiry and claim retention are judged by the database's clock, never by comparing
-hosts' wall clocks.
+of ``pyjob_claim_batch``, so one round trip. For each job, in job order (so that two batches never
+deadlock), it locks the job's ``pyjob_fences`` row, then applies the claim protocol (DESIGN §8),
+every time judged by the database's clock (clock_timestamp()): an existing claim answers who
+holds the tick; a tick more than AHEAD_LIMIT ahead of that clock is refused to its claimer
+("clock-ahead") and changes nothing; a tick older than its keep_until plus the skew limit is
+refused; a tick at or before the mark with no claim is refused once that clock says its claim
+would be gone anyway (claims are kept until keep_until by it); otherwise the fence grows, the mark
+rises to the tick, the claim is inserted, and the run lease is taken when asked for. Fences have no
+gaps. A batch that reaches the database after its client gave up on it (past its deadline by the
+database's clock, see BackendClock) does nothing. A run lease expires by the database's clock and,
+so that a step of that clock alone takes no lease from a holder that renews it, by the holder's
+and the taker's clocks too (up to the skew limit); a renewal re-asserts the lease while it still
+bears the holder's token.
 
 One backend object is one connection. Every call is bounded on the client side: psycopg waits
 for the server with a deadline (``timeout`` seconds), so a connection whose server stopped
@@ -32,9 +38,28 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from ..clock import SystemClock
 from ..errors import BackendError
-from .common import redact, refused_behind_mark, refused_too_old, to_us
-from .protocol import BATCH_LIMIT, SKEW_LIMIT, ClaimOutcome, ClaimRequest, ClaimResult, Lease
+from .common import (
+    BackendClock,
+    redact,
+    refused_behind_mark,
+    refused_clock_ahead,
+    refused_too_old,
+    to_us,
+)
+from .protocol import (
+    AHEAD_LIMIT,
+    BATCH_LIMIT,
+    KEPT_MARGIN,
+    SKEW_LIMIT,
+    ClaimOutcome,
+    ClaimRequest,
+    ClaimResult,
+    Lease,
+    LostAnswer,
+    lease_token,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pyjob_claims (
@@ -54,28 +79,55 @@ CREATE TABLE IF NOT EXISTS pyjob_leases (
     token text NOT NULL,
     expires timestamptz NOT NULL
 );
-CREATE OR REPLACE FUNCTION pyjob_take_lease(
-    p_job text, p_instance text, p_token text, p_ttl float8) RETURNS boolean
+ALTER TABLE pyjob_leases ADD COLUMN IF NOT EXISTS client_until bigint;
+-- A lease has expired when the database's clock is past ``expires`` and, so that a step of that
+-- clock alone expires no lease whose holder still renews it, the taker's clock (p_now, µs) is
+-- past the holder's clock at its last renewal plus the TTL (``client_until``); past ``expires``
+-- plus the skew limit, the database's clock alone decides (a holder whose clock was far ahead
+-- blocks no longer than that).
+CREATE OR REPLACE FUNCTION pyjob_lease_expired(
+    p_expires timestamptz, p_client_until bigint, p_now bigint, p_skew_us bigint)
+RETURNS boolean LANGUAGE sql AS $$
+    SELECT p_expires < clock_timestamp() AND (
+        p_client_until IS NULL OR p_now > p_client_until
+        OR clock_timestamp() > p_expires + make_interval(secs => p_skew_us / 1e6))
+$$;
+CREATE OR REPLACE FUNCTION pyjob_take_lease2(
+    p_job text, p_instance text, p_token text, p_ttl float8, p_now bigint, p_skew_us bigint)
+RETURNS boolean
 LANGUAGE sql AS $$
-    INSERT INTO pyjob_leases AS l (job, instance, token, expires)
-    VALUES (p_job, p_instance, p_token, clock_timestamp() + make_interval(secs => p_ttl))
+    INSERT INTO pyjob_leases AS l (job, instance, token, expires, client_until)
+    VALUES (p_job, p_instance, p_token, clock_timestamp() + make_interval(secs => p_ttl),
+            p_now + (p_ttl * 1000000)::bigint)
     ON CONFLICT (job) DO UPDATE
-        SET instance = EXCLUDED.instance, token = EXCLUDED.token, expires = EXCLUDED.expires
-        WHERE l.expires < clock_timestamp() OR l.token = EXCLUDED.token
+        SET instance = EXCLUDED.instance, token = EXCLUDED.token, expires = EXCLUDED.expires,
+            client_until = EXCLUDED.client_until
+        WHERE l.token = EXCLUDED.token
+           OR pyjob_lease_expired(l.expires, l.client_until, p_now, p_skew_us)
     RETURNING true
 $$;
-CREATE OR REPLACE FUNCTION pyjob_claim_many(
-    p_jobs text[], p_ticks bigint[], p_keep float8[], p_keep_until bigint[],
-    p_lease_ttl float8[], p_tokens text[], p_instance text, p_skew_us bigint)
+-- The claim protocol (DESIGN §8), every time judged by clock_timestamp(). A batch that arrives
+-- after p_deadline (µs by this clock; 0: none) does nothing: its client gave up on it. Status: 0
+-- held, 1 won, 2 too old, 3 behind the mark, 4 clock-ahead, 5 (one row, r_i 0) past its
+-- deadline. Every row carries the database's clock (r_now, µs).
+CREATE OR REPLACE FUNCTION pyjob_claim_batch(
+    p_jobs text[], p_ticks bigint[], p_keep_until bigint[], p_lease_ttl float8[],
+    p_tokens text[], p_instance text, p_now bigint, p_deadline bigint, p_skew_us bigint,
+    p_ahead_us bigint, p_margin_us bigint)
 RETURNS TABLE (r_i int, r_status int, r_holder text, r_fence bigint, r_info bigint,
-               r_lease boolean, r_lease_holder text)
+               r_lease boolean, r_lease_holder text, r_now bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     k int;
     v_mark bigint;
     v_fence bigint;
-    v_now bigint;
 BEGIN
+    r_now := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+    IF p_deadline > 0 AND r_now > p_deadline THEN
+        r_i := 0; r_status := 5;
+        RETURN NEXT;
+        RETURN;
+    END IF;
     FOR k IN SELECT u.o FROM unnest(p_jobs) WITH ORDINALITY AS u(j, o) ORDER BY u.j, u.o LOOP
         r_i := k; r_holder := NULL; r_fence := NULL; r_info := NULL;
         r_lease := NULL; r_lease_holder := NULL;
@@ -85,30 +137,37 @@ BEGIN
             FROM pyjob_fences AS f WHERE f.job = p_jobs[k] FOR UPDATE;
         SELECT c.instance, c.fence INTO r_holder, r_fence
             FROM pyjob_claims AS c WHERE c.job = p_jobs[k] AND c.tick_us = p_ticks[k];
-        v_now := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+        r_now := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
         IF FOUND THEN
             r_status := 0;
             IF r_holder = p_instance AND p_lease_ttl[k] IS NOT NULL THEN
                 -- our own repeated claim (a retry after a lost reply): the lease it took
                 -- already, or one free now
-                PERFORM pyjob_take_lease(p_jobs[k], p_instance, p_tokens[k], p_lease_ttl[k]);
+                PERFORM pyjob_take_lease2(
+                    p_jobs[k], p_instance, p_tokens[k], p_lease_ttl[k], p_now, p_skew_us);
                 SELECT l.token = p_tokens[k], l.instance INTO r_lease, r_lease_holder
                     FROM pyjob_leases AS l WHERE l.job = p_jobs[k];
             END IF;
-        ELSIF v_now > p_keep_until[k] + p_skew_us THEN
-            r_status := 2; r_info := v_now;
-        ELSIF v_mark IS NOT NULL AND v_mark >= p_ticks[k] THEN
+        ELSIF p_ticks[k] > r_now + p_ahead_us THEN
+            r_status := 4; r_info := r_now;
+        ELSIF r_now > p_keep_until[k] + p_skew_us THEN
+            r_status := 2; r_info := r_now;
+        ELSIF v_mark IS NOT NULL AND v_mark >= p_ticks[k]
+              AND r_now >= p_keep_until[k] - p_margin_us THEN
             r_status := 3; r_info := v_mark;
         ELSE
             r_status := 1; r_holder := p_instance; r_fence := v_fence + 1;
-            UPDATE pyjob_fences AS f SET fence = r_fence, tick_us = p_ticks[k]
+            UPDATE pyjob_fences AS f
+                SET fence = r_fence, tick_us = greatest(f.tick_us, p_ticks[k])
                 WHERE f.job = p_jobs[k];
+            -- kept until keep_until by this clock: a claim gone before then was never made
             INSERT INTO pyjob_claims (job, tick_us, instance, fence, keep_until)
                 VALUES (p_jobs[k], p_ticks[k], p_instance, r_fence,
-                        clock_timestamp() + make_interval(secs => p_keep[k]));
+                        greatest(to_timestamp(p_keep_until[k] / 1e6),
+                                 clock_timestamp() + interval '1 second'));
             IF p_lease_ttl[k] IS NOT NULL THEN
-                r_lease := coalesce(
-                    pyjob_take_lease(p_jobs[k], p_instance, p_tokens[k], p_lease_ttl[k]), false);
+                r_lease := coalesce(pyjob_take_lease2(
+                    p_jobs[k], p_instance, p_tokens[k], p_lease_ttl[k], p_now, p_skew_us), false);
                 IF NOT r_lease THEN
                     SELECT l.instance INTO r_lease_holder
                         FROM pyjob_leases AS l WHERE l.job = p_jobs[k];
@@ -119,26 +178,42 @@ BEGIN
     END LOOP;
 END
 $$;
+-- Renewal re-asserts: a lease still under the holder's token is extended whatever the clocks
+-- did meanwhile (only a taker replaces the token, and only once the lease expired by every
+-- clock). The first row carries the database's clock (µs); nothing is renewed past p_deadline.
+CREATE OR REPLACE FUNCTION pyjob_renew_leases(
+    p_jobs text[], p_tokens text[], p_ttl float8[], p_now bigint, p_deadline bigint)
+RETURNS TABLE (r_job text, r_token text, r_now bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+    r_now := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+    r_job := NULL; r_token := NULL;
+    RETURN NEXT;
+    IF p_deadline > 0 AND r_now > p_deadline THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+        UPDATE pyjob_leases AS l
+            SET expires = clock_timestamp() + make_interval(secs => u.ttl),
+                client_until = p_now + (u.ttl * 1000000)::bigint
+            FROM unnest(p_jobs, p_tokens, p_ttl) AS u(job, token, ttl)
+            WHERE l.job = u.job AND l.token = u.token
+            RETURNING l.job, l.token, r_now;
+END
+$$;
 """
 
 _CLAIM_MANY = """
-SELECT * FROM pyjob_claim_many(
-    %(jobs)s::text[], %(ticks)s::bigint[], %(keep)s::float8[], %(keep_until)s::bigint[],
-    %(lease_ttl)s::float8[], %(tokens)s::text[], %(instance)s, %(skew)s)
+SELECT * FROM pyjob_claim_batch(
+    %(jobs)s::text[], %(ticks)s::bigint[], %(keep_until)s::bigint[], %(lease_ttl)s::float8[],
+    %(tokens)s::text[], %(instance)s, %(now)s, %(deadline)s, %(skew)s, %(ahead)s, %(margin)s)
 """
 _ACQUIRE = """
-INSERT INTO pyjob_leases AS l (job, instance, token, expires)
-VALUES (%(job)s, %(instance)s, %(token)s, clock_timestamp() + make_interval(secs => %(ttl)s))
-ON CONFLICT (job) DO UPDATE
-    SET instance = EXCLUDED.instance, token = EXCLUDED.token, expires = EXCLUDED.expires
-    WHERE l.expires < clock_timestamp()
-RETURNING token
+SELECT pyjob_take_lease2(%(job)s, %(instance)s, %(token)s, %(ttl)s, %(now)s, %(skew)s)
 """
 _RENEW_MANY = """
-UPDATE pyjob_leases AS l SET expires = clock_timestamp() + make_interval(secs => u.ttl)
-FROM unnest(%s::text[], %s::text[], %s::float8[]) AS u(job, token, ttl)
-WHERE l.job = u.job AND l.token = u.token AND l.expires >= clock_timestamp()
-RETURNING l.job, l.token
+SELECT * FROM pyjob_renew_leases(
+    %s::text[], %s::text[], %s::float8[], %s::bigint, %s::bigint)
 """
 _RELEASE_MANY = """
 DELETE FROM pyjob_leases AS l USING unnest(%s::text[], %s::text[]) AS u(job, token)
@@ -194,6 +269,10 @@ class PostgresBackend:
         self._conn: Any = None
         self._schema_ready = False
         self._nonce = uuid.uuid4().hex
+        # Real time, whatever clock the scheduler is given: deadlines are about the network, and
+        # a lease's second clock is this host's.
+        self._clock = SystemClock()
+        self._server = BackendClock(timeout)
 
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
@@ -242,6 +321,8 @@ class PostgresBackend:
 
     def check(self) -> None:
         self._run("cannot reach PostgreSQL", "SELECT 1", ())
+        with contextlib.suppress(BackendError):
+            self.server_time()  # the first reading of its clock: requests get deadlines
 
     # ---------------------------------------------------------------- claims
 
@@ -263,31 +344,59 @@ class PostgresBackend:
         self, requests: Sequence[ClaimRequest], instance: str, now: datetime
     ) -> list[ClaimOutcome]:
         # the same token when a claim is repeated, so that a retry gets back its lease
-        tokens = [f"{self._nonce}-{to_us(r.tick)}" for r in requests]
+        tokens = [lease_token(self._nonce, to_us(r.tick)) for r in requests]
         params = {
             "jobs": [r.job for r in requests],
             "ticks": [to_us(r.tick) for r in requests],
-            "keep": [max(1.0, (r.keep_until - now).total_seconds()) for r in requests],
             "keep_until": [to_us(r.keep_until) for r in requests],
             "lease_ttl": [r.lease_ttl for r in requests],
             "tokens": tokens,
             "instance": instance,
-            "skew": int(SKEW_LIMIT * 1_000_000),
+            "now": to_us(now),
+            "skew": int(SKEW_LIMIT * 1e6),
+            "ahead": int(AHEAD_LIMIT * 1e6),
+            "margin": int(KEPT_MARGIN * 1e6),
         }
-        rows = self._run("claim failed", _CLAIM_MANY, params)
+        for _ in (1, 2):
+            sent = self._clock.monotonic()
+            params["deadline"] = self._server.deadline_us(sent)
+            try:
+                rows = self._run("claim failed", _CLAIM_MANY, params)
+            except BackendError as e:
+                # It may have been done all the same (a timeout, a dropped connection): the
+                # leases it may have taken are named, so that the caller can release them.
+                maybe = [
+                    Lease(r.job, instance, token, r.lease_ttl)
+                    for r, token in zip(requests, tokens, strict=True)
+                    if r.lease_ttl is not None
+                ]
+                raise LostAnswer(str(e), maybe) from e
+            if rows:
+                self._server.learn(int(rows[0][7]), sent, self._clock.monotonic())
+            if len(rows) != 1 or rows[0][1] != 5:
+                break  # else: past its deadline by a clock that stepped: again, on time
+        else:
+            raise BackendError(f"{self.url}: claim failed: the database's clock jumps")
         by_index = {int(row[0]): row for row in rows}
         if len(by_index) != len(requests):
             raise BackendError(f"{self.url}: claim failed: {len(rows)} answers to {len(requests)}")
         out = []
         for i, (r, token) in enumerate(zip(requests, tokens, strict=True), start=1):
-            _, status, holder, fence, info, leased, lease_holder = by_index[i]
+            _, status, holder, fence, info, leased, lease_holder, db_now = by_index[i]
+            tick_us, keep_us = to_us(r.tick), to_us(r.keep_until)
             if status == 2:
-                why = refused_too_old(to_us(r.tick), to_us(r.keep_until), int(info), SKEW_LIMIT)
+                why = refused_too_old(tick_us, keep_us, int(info), SKEW_LIMIT)
                 out.append(ClaimOutcome(ClaimResult(False, "unknown", None, refused=why)))
                 continue
             if status == 3:
-                why = refused_behind_mark(to_us(r.tick), int(info), SKEW_LIMIT)
+                why = refused_behind_mark(tick_us, int(info), keep_us, int(db_now), SKEW_LIMIT)
                 out.append(ClaimOutcome(ClaimResult(False, "unknown", None, refused=why)))
+                continue
+            if status == 4:
+                ahead = max(0.0, (to_us(now) - int(db_now)) / 1e6)
+                why = refused_clock_ahead(tick_us, int(db_now), ahead, AHEAD_LIMIT)
+                refused = ClaimResult(False, "unknown", None, refused=why, ahead=ahead)
+                out.append(ClaimOutcome(refused))
                 continue
             claim = ClaimResult(holder == instance, str(holder), int(fence))
             if r.lease_ttl is None or not claim.won:
@@ -310,16 +419,26 @@ class PostgresBackend:
 
     def acquire_lease(self, job: str, instance: str, ttl: float) -> Lease | None:
         token = uuid.uuid4().hex
-        rows = self._run(
-            "lease failed", _ACQUIRE, {"job": job, "instance": instance, "token": token, "ttl": ttl}
-        )
-        return Lease(job, instance, token, ttl) if rows else None
+        params = {
+            "job": job,
+            "instance": instance,
+            "token": token,
+            "ttl": ttl,
+            "now": self._now_us(),
+            "skew": int(SKEW_LIMIT * 1e6),
+        }
+        rows = self._run("lease failed", _ACQUIRE, params)
+        return Lease(job, instance, token, ttl) if rows and rows[0][0] else None
+
+    def _now_us(self) -> int:
+        return to_us(self._clock.now())
 
     def lease_holder(self, job: str) -> str | None:
         rows = self._run(
             "lease lookup failed",
-            "SELECT instance FROM pyjob_leases WHERE job = %s AND expires >= clock_timestamp()",
-            (job,),
+            "SELECT instance FROM pyjob_leases "
+            "WHERE job = %s AND NOT pyjob_lease_expired(expires, client_until, %s, %s)",
+            (job, self._now_us(), int(SKEW_LIMIT * 1e6)),
         )
         return rows[0][0] if rows else None
 
@@ -329,12 +448,23 @@ class PostgresBackend:
     def renew_many(self, leases: Sequence[Lease]) -> list[bool]:
         if not leases:
             return []
-        rows = self._run(
-            "lease renewal failed",
-            _RENEW_MANY,
-            ([x.job for x in leases], [x.token for x in leases], [x.ttl for x in leases]),
+        jobs, tokens, ttls = (
+            [x.job for x in leases],
+            [x.token for x in leases],
+            [x.ttl for x in leases],
         )
-        renewed = {(job, token) for job, token in rows}
+        for _ in (1, 2):
+            sent = self._clock.monotonic()
+            deadline = self._server.deadline_us(sent)
+            params = (jobs, tokens, ttls, self._now_us(), deadline)
+            rows = self._run("lease renewal failed", _RENEW_MANY, params)
+            db_now = int(rows[0][2])
+            self._server.learn(db_now, sent, self._clock.monotonic())
+            if not deadline or db_now <= deadline:
+                break  # else: past its deadline by a clock that stepped: again, on time
+        else:
+            raise BackendError(f"{self.url}: lease renewal failed: the database's clock jumps")
+        renewed = {(job, token) for job, token, _ in rows[1:]}
         return [(x.job, x.token) in renewed for x in leases]
 
     def release_lease(self, lease: Lease) -> None:
@@ -349,9 +479,11 @@ class PostgresBackend:
             )
 
     def server_time(self) -> tuple[float, float]:
+        sent = self._clock.monotonic()
         rows = self._run(
             "clock_timestamp() failed", "SELECT extract(epoch FROM clock_timestamp())::float8", ()
         )
+        self._server.learn(int(float(rows[0][0]) * 1e6), sent, self._clock.monotonic())
         return float(rows[0][0]), 1e-6
 
     def close(self) -> None:

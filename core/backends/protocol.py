@@ -24,6 +24,18 @@ from ..errors import BackendError
 # guarantee that no tick runs twice (DESIGN §5, "Claims hold under skew").
 SKEW_LIMIT = 3600.0
 
+# How far ahead of the backend's clock a tick may be when it is claimed (DESIGN §8): claims are
+# made at most CLAIM_LEAD (0.5 s) before their tick, so only a claimer whose clock is ahead of the
+# backend's by more than about this is refused ("clock-ahead"). Such a claim changes nothing in
+# the backend: the wrong clock costs its own host its ticks, never another host's.
+AHEAD_LIMIT = 5.0
+
+# A tick at or before the job's mark whose claim is not kept is won only while the backend's clock
+# is this far before the tick's keep_until: claims are kept until keep_until by the backend's
+# clock, so then the claim would still be there had anyone made it (the margin covers the coarse
+# file-system stamps that file: and nfs: keep time with).
+KEPT_MARGIN = 1.0
+
 # The most claims a backend sends in one round trip: a larger batch goes in several, so that no
 # single statement or script comes near the client-side bound (5,000 claims take about 0.2 s).
 BATCH_LIMIT = 2000
@@ -37,6 +49,13 @@ class ClaimResult:
     holder: str  # the instance that holds the claim (this one when won)
     fence: int | None  # grows with every claim of a job; None where the backend has none
     refused: str | None = None  # set when the tick must not run at all: why (won is False)
+    # With refused: how far (seconds) the claimer's clock was ahead of the backend's when the
+    # claim was refused as too early ("clock-ahead"); None for every other refusal.
+    ahead: float | None = None
+
+    @property
+    def clock_ahead(self) -> bool:
+        return self.ahead is not None
 
 
 @dataclass
@@ -71,6 +90,24 @@ class ClaimOutcome:
     lease_holder: str | None = None
 
 
+class LostAnswer(BackendError):
+    """A claim batch failed after it may have reached the backend (a timeout, a dropped
+    connection): ``leases`` are the run leases it may have taken all the same. Their tokens are
+    derived from (instance, job, tick), so the caller releases them (compare-and-delete by token,
+    harmless when they were never taken) without the answer that was lost."""
+
+    def __init__(self, message: str, leases: Sequence[Lease]) -> None:
+        super().__init__(message)
+        self.leases = list(leases)
+
+
+def lease_token(nonce: str, tick_us: int) -> str:
+    """The token of the run lease a claim of ``tick_us`` takes (``nonce``: one per backend
+    object, so per process): the same when the claim is repeated (a retry after a lost reply
+    gets its lease back) and known without the reply."""
+    return f"{nonce}-{tick_us}"
+
+
 class Backend(Protocol):
     url: str  # for messages; never contains a password
 
@@ -92,12 +129,17 @@ class Backend(Protocol):
         """Claim every request (in one round trip where the backend can); one outcome each, in
         order. A BackendError fails the whole batch.
 
-        A tick that the backend cannot be sure has not run comes back refused (``won`` False,
-        ``refused`` says why, naming the clocks and SKEW_LIMIT): one at or before the job's mark
-        (the latest tick claimed, kept forever) whose own claim is gone, or one older than its
-        ``keep_until`` plus SKEW_LIMIT by the backend's clock. Repeating a claim (same instance,
-        same tick, e.g. after a lost reply) is won again with the same fence, and with the run
-        lease it took the first time where the backend can tell (Redis, PostgreSQL)."""
+        Every judgement of time is made by the backend's clock (DESIGN §8). A tick with no claim
+        comes back refused (``won`` False, ``refused`` says why) when it is more than
+        AHEAD_LIMIT ahead of the backend's clock (``ahead`` set: the claimer's clock is ahead;
+        nothing is written), when it is older than its ``keep_until`` plus SKEW_LIMIT, or when
+        it is at or before the job's mark (the latest tick claimed, kept forever) and its claim,
+        had it been made, would no longer be kept (the backend's clock is within KEPT_MARGIN of
+        ``keep_until`` or past it). Claims are kept until ``keep_until`` by the backend's clock.
+        Repeating a claim (same instance, same tick, e.g. after a lost reply) is won again with
+        the same fence, and with the run lease it took the first time where the backend can
+        tell (Redis, PostgreSQL). A batch that fails after it may have reached the backend
+        raises LostAnswer, naming the leases it may have taken."""
         ...
 
     def acquire_lease(self, job: str, instance: str, ttl: float) -> Lease | None:
@@ -109,7 +151,9 @@ class Backend(Protocol):
         ...
 
     def renew_lease(self, lease: Lease) -> bool:
-        """Extend the lease by its TTL; False if it was lost."""
+        """Extend the lease by its TTL; False if it was lost. A renewal re-asserts the lease: one
+        that expired without anyone taking it meanwhile (a step of the backend's clock) is the
+        holder's again."""
         ...
 
     def renew_many(self, leases: Sequence[Lease]) -> list[bool]:
@@ -173,7 +217,9 @@ class Batched:
 
 
 __all__ = [
+    "AHEAD_LIMIT",
     "BATCH_LIMIT",
+    "KEPT_MARGIN",
     "SKEW_LIMIT",
     "Backend",
     "BackendError",
@@ -182,4 +228,6 @@ __all__ = [
     "ClaimRequest",
     "ClaimResult",
     "Lease",
+    "LostAnswer",
+    "lease_token",
 ]

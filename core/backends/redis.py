@@ -9,12 +9,16 @@ Keys, per job:
 
 A batch of claims (every job due at one instant, each optionally with its run lease) is one Lua
 script, so each fence is taken only by the claim that wins and in the order claims are won, and
-the whole batch is one round trip. Claim keys expire by the Redis server's clock (PX TTLs are
-relative); when that clock jumps and they expire early, the mark still says the tick was claimed:
-a tick at or before the mark whose claim key is gone is refused, never won again. A tick older
-than its claims are kept plus the skew limit, by the server's clock (TIME, read in the script), is
-refused too. The URL's password, TLS (rediss://) and database are honoured; messages show the URL
-without its password.
+the whole batch is one round trip. The script judges time by the server's clock (TIME) alone
+(DESIGN §8): a tick more than AHEAD_LIMIT ahead of it is refused to its claimer ("clock-ahead")
+and changes nothing; a claim key lives until the tick's keep_until by that clock; a tick at or
+before the mark whose claim key is gone is refused only once that clock says its claim would be
+gone anyway (it may have been claimed: never won twice), or when it is older than keep_until plus
+the skew limit. Each request carries a deadline by the server's clock (BackendClock): a script
+that reaches the server after its client gave up (a stall, a partition) does nothing, so it takes
+no run lease that nobody holds; a claim whose answer is lost names the leases it may have taken
+(their tokens come from the tick), for the caller to release. The URL's password, TLS (rediss://)
+and database are honoured; messages show the URL without its password.
 
 One backend object is one connection. Every call is bounded on the client side: a server that
 stops answering gives BackendError after ``timeout`` seconds (socket timeout, no retry on a
@@ -29,19 +33,44 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from ..clock import SystemClock
 from ..errors import BackendError, InputError
-from .common import redact, refused_behind_mark, refused_too_old, safe_name, to_us
-from .protocol import BATCH_LIMIT, SKEW_LIMIT, ClaimOutcome, ClaimRequest, ClaimResult, Lease
+from .common import (
+    BackendClock,
+    redact,
+    refused_behind_mark,
+    refused_clock_ahead,
+    refused_too_old,
+    safe_name,
+    to_us,
+)
+from .protocol import (
+    AHEAD_LIMIT,
+    BATCH_LIMIT,
+    KEPT_MARGIN,
+    SKEW_LIMIT,
+    ClaimOutcome,
+    ClaimRequest,
+    ClaimResult,
+    Lease,
+    LostAnswer,
+    lease_token,
+)
 
-# KEYS: 4 per request (claim, fence, mark, lease). ARGV: instance, skew limit (µs), then 5 per
-# request (tick µs, claim TTL ms, keep_until µs, lease TTL ms or 0, lease token). Numbers stay
-# exact: µs since 1970 are below 2^53, and ticks are compared as numbers but stored as given.
+# KEYS: 4 per request (claim, fence, mark, lease). ARGV: instance, skew limit, ahead limit, kept
+# margin, the claimer's clock, the request's deadline by the server's clock (0: none; all µs), then
+# 4 per request (tick µs, keep_until µs, lease TTL ms or 0, lease token). Numbers stay exact: µs
+# since 1970 are below 2^53; ticks are compared as numbers but stored as given. The answer is
+# {server clock µs, outcomes}, or {server clock µs, 0} when the deadline had passed: then nothing
+# was done (the client gave up on this request; see BackendClock).
 _CLAIM_MANY = """
 -- Redis 3.2-4 replicate scripts verbatim unless told otherwise, and refuse writes after TIME
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local instance, skew = ARGV[1], tonumber(ARGV[2])
+local ahead, margin, deadline = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[6])
+if deadline > 0 and now > deadline then return {now, 0} end
 -- the run lease: ours already (a repeated claim after a lost reply), or SET NX, or who has it
 local function lease(key, token, ttl, status, value)
   local mine = instance .. ' ' .. token
@@ -53,33 +82,37 @@ end
 local out = {}
 for i = 0, #KEYS / 4 - 1 do
   local claim, fence_key, mark_key, lease_key = KEYS[4*i+1], KEYS[4*i+2], KEYS[4*i+3], KEYS[4*i+4]
-  local a = 3 + 5 * i
-  local tick, keep_until, lease_ttl = tonumber(ARGV[a]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3])
+  local a = 7 + 4 * i
+  local tick, keep_until, lease_ttl = tonumber(ARGV[a]), tonumber(ARGV[a+1]), tonumber(ARGV[a+2])
   local held = redis.call('GET', claim)
   local mark = redis.call('GET', mark_key)
   if held then
     if lease_ttl > 0 and string.match(held, '^(.*) %d+$') == instance then
-      out[#out+1] = lease(lease_key, ARGV[a+4], lease_ttl, 0, held)
+      out[#out+1] = lease(lease_key, ARGV[a+3], lease_ttl, 0, held)
     else
       out[#out+1] = {0, held}
     end
+  elseif tick > now + ahead then
+    out[#out+1] = {4, now}
   elseif now > keep_until + skew then
     out[#out+1] = {2, now}
-  elseif mark and tonumber(mark) >= tick then
-    out[#out+1] = {3, mark}
+  elseif mark and tonumber(mark) >= tick and now >= keep_until - margin then
+    out[#out+1] = {3, mark, now}
   else
     local fence = redis.call('INCR', fence_key)
     local value = instance .. ' ' .. fence
-    redis.call('SET', claim, value, 'PX', ARGV[a+1])
-    redis.call('SET', mark_key, ARGV[a])
+    -- kept until keep_until by this server's clock: a claim gone before then was never made
+    local ttl = math.max(1000, math.ceil((keep_until - now) / 1000))
+    redis.call('SET', claim, value, 'PX', string.format('%d', ttl))
+    if not mark or tonumber(mark) < tick then redis.call('SET', mark_key, ARGV[a]) end
     if lease_ttl > 0 then
-      out[#out+1] = lease(lease_key, ARGV[a+4], lease_ttl, 1, value)
+      out[#out+1] = lease(lease_key, ARGV[a+3], lease_ttl, 1, value)
     else
       out[#out+1] = {1, value}
     end
   end
 end
-return out
+return {now, out}
 """
 # SET NX, or: we hold it already (redis-py repeated the call after a lost reply).
 _ACQUIRE = """
@@ -87,16 +120,27 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 """
+# ARGV: the deadline by the server's clock (µs, 0: none), then 2 per lease (value, TTL ms). A
+# lease that expired with no one taking it meanwhile (the server's clock stepped) is the holder's
+# again: renewal re-asserts it. A renewal that comes after its deadline does nothing.
 _RENEW_MANY = """
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local deadline = tonumber(ARGV[1])
+if deadline > 0 and now > deadline then return {now, 0} end
 local out = {}
 for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[2*i-1] then
-    out[i] = redis.call('PEXPIRE', KEYS[i], ARGV[2*i])
+  local value, ttl = ARGV[2*i], ARGV[2*i+1]
+  if redis.call('GET', KEYS[i]) == value then
+    out[i] = redis.call('PEXPIRE', KEYS[i], ttl)
+  elseif redis.call('SET', KEYS[i], value, 'NX', 'PX', ttl) then
+    out[i] = 1
   else
     out[i] = 0
   end
 end
-return out
+return {now, out}
 """
 _RELEASE_MANY = """
 for i = 1, #KEYS do
@@ -136,6 +180,9 @@ class RedisBackend:
         except (ValueError, TypeError, redis.RedisError) as e:
             raise InputError(f"bad Redis URL '{self.url}': {e}") from e
         self._nonce = uuid.uuid4().hex
+        # Real elapsed time, whatever clock the scheduler is given: deadlines are about the network
+        self._mono = SystemClock().monotonic
+        self._server = BackendClock(timeout)
         self._claim = self._r.register_script(_CLAIM_MANY)
         self._acquire = self._r.register_script(_ACQUIRE)
         self._renew = self._r.register_script(_RENEW_MANY)
@@ -151,6 +198,8 @@ class RedisBackend:
             self._r.ping()
         except self._errors as e:
             raise self._fail("cannot reach Redis", e) from e
+        with contextlib.suppress(BackendError):
+            self.server_time()  # the first reading of its clock: requests get deadlines
 
     def _key(self, job: str, *parts: str) -> str:
         return ":".join(["pyjob", safe_name(job), *parts])
@@ -175,7 +224,7 @@ class RedisBackend:
         self, requests: Sequence[ClaimRequest], instance: str, now: datetime
     ) -> list[ClaimOutcome]:
         keys: list[str] = []
-        args: list[str | int] = [instance, int(SKEW_LIMIT * 1_000_000)]
+        args: list[str | int] = []
         tokens = []
         for r in requests:
             keys += [
@@ -184,33 +233,63 @@ class RedisBackend:
                 self._key(r.job, "mark"),
                 self._key(r.job, "lease"),
             ]
-            ttl_ms = max(1000, int((r.keep_until - now).total_seconds() * 1000))
             lease_ms = 0 if r.lease_ttl is None else max(1, int(r.lease_ttl * 1000))
-            token = f"{self._nonce}-{to_us(r.tick)}"  # the same when the claim is repeated
+            token = lease_token(self._nonce, to_us(r.tick))
             tokens.append(token)
-            args += [to_us(r.tick), ttl_ms, to_us(r.keep_until), lease_ms, token]
-        try:
-            replies = self._claim(keys=keys, args=args)
-        except self._errors as e:
-            raise self._fail("claim failed", e) from e
-        try:
-            return [
-                self._outcome(r, reply, instance, token)
-                for r, reply, token in zip(requests, replies, tokens, strict=True)
-            ]
-        except (ValueError, TypeError, IndexError) as e:
-            raise BackendError(f"{self.url}: claim failed: unexpected reply {replies!r}") from e
+            args += [to_us(r.tick), to_us(r.keep_until), lease_ms, token]
+        head: list[str | int] = [
+            instance,
+            int(SKEW_LIMIT * 1e6),
+            int(AHEAD_LIMIT * 1e6),
+            int(KEPT_MARGIN * 1e6),
+            to_us(now),
+        ]
+        for attempt in (1, 2):
+            sent = self._mono()
+            try:
+                reply = self._claim(keys=keys, args=[*head, self._server.deadline_us(sent), *args])
+            except self._errors as e:
+                # It may have been done all the same (a timeout, a dropped connection): the
+                # leases it may have taken are named, so that the caller can release them.
+                maybe = [
+                    Lease(r.job, instance, token, r.lease_ttl)
+                    for r, token in zip(requests, tokens, strict=True)
+                    if r.lease_ttl is not None
+                ]
+                failed = self._fail("claim failed", e)
+                raise LostAnswer(str(failed), maybe) from e
+            try:
+                self._server.learn(int(reply[0]), sent, self._mono())
+                replies = reply[1]
+                if replies == 0:
+                    if attempt == 1:
+                        continue  # past its deadline by a clock that stepped: again, on time
+                    raise BackendError(f"{self.url}: claim failed: the server's clock jumps")
+                return [
+                    self._outcome(r, reply, instance, token, to_us(now))
+                    for r, reply, token in zip(requests, replies, tokens, strict=True)
+                ]
+            except (ValueError, TypeError, IndexError) as e:
+                raise BackendError(f"{self.url}: claim failed: unexpected reply {reply!r}") from e
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _outcome(
-        self, r: ClaimRequest, reply: list[Any], instance: str, token: str
+        self, r: ClaimRequest, reply: list[Any], instance: str, token: str, now_us: int
     ) -> ClaimOutcome:
         status = int(reply[0])
-        if status == 2:
-            why = refused_too_old(to_us(r.tick), to_us(r.keep_until), int(reply[1]), SKEW_LIMIT)
-            return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
-        if status == 3:
-            why = refused_behind_mark(to_us(r.tick), int(reply[1]), SKEW_LIMIT)
-            return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
+        if status in (2, 3, 4):
+            tick_us, keep_us = to_us(r.tick), to_us(r.keep_until)
+            if status == 2:
+                why = refused_too_old(tick_us, keep_us, int(reply[1]), SKEW_LIMIT)
+                return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
+            if status == 3:
+                mark_us, server_us = int(reply[1]), int(reply[2])
+                why = refused_behind_mark(tick_us, mark_us, keep_us, server_us, SKEW_LIMIT)
+                return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
+            server_us = int(reply[1])
+            ahead = max(0.0, (now_us - server_us) / 1e6)
+            why = refused_clock_ahead(tick_us, server_us, ahead, AHEAD_LIMIT)
+            return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why, ahead=ahead))
         holder, _, fence = str(reply[1]).rpartition(" ")
         claim = ClaimResult(status == 1 or holder == instance, holder, int(fence))
         if r.lease_ttl is None or not claim.won:
@@ -254,11 +333,19 @@ class RedisBackend:
         args: list[str | int] = []
         for lease in leases:
             args += [f"{lease.instance} {lease.token}", max(1, int(lease.ttl * 1000))]
-        try:
-            replies = self._renew(keys=[self._key(x.job, "lease") for x in leases], args=args)
-        except self._errors as e:
-            raise self._fail("lease renewal failed", e) from e
-        return [bool(x) for x in replies]
+        keys = [self._key(x.job, "lease") for x in leases]
+        for attempt in (1, 2):
+            sent = self._mono()
+            try:
+                reply = self._renew(keys=keys, args=[self._server.deadline_us(sent), *args])
+            except self._errors as e:
+                raise self._fail("lease renewal failed", e) from e
+            self._server.learn(int(reply[0]), sent, self._mono())
+            if reply[1] != 0 or attempt == 2:
+                break  # else: past its deadline by a clock that stepped: again, on time
+        if not isinstance(reply[1], list):
+            raise BackendError(f"{self.url}: lease renewal failed: the server's clock jumps")
+        return [bool(x) for x in reply[1]]
 
     def release_lease(self, lease: Lease) -> None:
         self.release_many([lease])
@@ -275,10 +362,12 @@ class RedisBackend:
             raise self._fail("lease release failed", e) from e
 
     def server_time(self) -> tuple[float, float]:
+        sent = self._mono()
         try:
             seconds, micros = self._r.time()
         except self._errors as e:
             raise self._fail("TIME failed", e) from e
+        self._server.learn(int(seconds) * 1_000_000 + int(micros), sent, self._mono())
         return int(seconds) + int(micros) / 1e6, 1e-6
 
     def close(self) -> None:
