@@ -282,12 +282,13 @@ class Fleet:
                 with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
 
+    READ = ("-n", "100000", "--format", "json")
+
     def history(self) -> list[dict[str, object]]:
         env = {**os.environ, "TZ": "UTC"}
         for _ in range(3):  # the backend may still be settling after its last fault
             done = subprocess.run(
-                [*pyjob_exe(), "history", "--lock", self.server.url, "-n", "100000"]
-                + ["--format", "json", "soak"],
+                [*pyjob_exe(), "history", "soak", "--lock", self.server.url, *self.READ],
                 capture_output=True,
                 text=True,
                 env=env,
