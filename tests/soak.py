@@ -208,6 +208,7 @@ class Fleet:
         self.instances: list[PyjobRun | None] = [None, None, None]
         self.generation = [0, 0, 0]
         self.killed: set[str] = set()  # process names SIGKILLed
+        self.restarts = 0  # instances started again after exit 5 at start
         self.all_runs: list[PyjobRun] = []
 
     def argv(self, n: int) -> list[str]:
@@ -238,6 +239,19 @@ class Fleet:
         )
         self.instances[n] = run
         self.all_runs.append(run)
+
+    def supervise(self) -> None:
+        """Start again an instance that found the backend unreachable at its start (exit 5, as
+        documented), as systemd's Restart=on-failure or a container's restart policy would."""
+        for n, run in enumerate(self.instances):
+            if (
+                run is not None
+                and run.proc.poll() == 5
+                and "started" not in run.log_path.read_text()
+            ):
+                run.wait()
+                self.restarts += 1
+                self.start(n)
 
     def kill(self, n: int) -> None:
         run = self.instances[n]
@@ -314,15 +328,24 @@ def _drive(fleet: Fleet, faults: list[Fault], seconds: float) -> float:
     """Run the plan; the monotonic instant the fleet started."""
     for n in range(3):
         fleet.start(n)
+    for run in fleet.instances:  # faults start once the fleet is up, however slow the machine
+        assert run is not None
+        run.wait_for("started", timeout=120)
     start = time.monotonic()
     pending = sorted(
         [(f.at, 0, i, f) for i, f in enumerate(faults)]
         + [(f.at + f.length, 1, i, f) for i, f in enumerate(faults)]
     )
+
+    def until(at: float) -> None:
+        while (left := start + at - time.monotonic()) > 0:
+            time.sleep(min(left, 0.2))
+            fleet.supervise()
+
     for at, heal, _, fault in pending:
-        time.sleep(max(0.0, start + at - time.monotonic()))
+        until(at)
         (fleet.heal if heal else fleet.apply)(fault)
-    time.sleep(max(0.0, start + seconds - time.monotonic()))
+    until(seconds)
     return start
 
 
@@ -397,6 +420,7 @@ def check(
             bad.append(f"L3 {run.log_path.name} printed a traceback: {text[-1500:]}")
     counted = {
         "ticks_run": len(ran),
+        "restarts": fleet.restarts,
         "attempts": len(starts),
         "quiet_ticks_checked": len(due),
         "hooks": sum(hooks.values()),
