@@ -32,9 +32,10 @@ their results are still delivered by ``drain()``, so the order of events does no
 from __future__ import annotations
 
 import itertools
+import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from queue import Empty, PriorityQueue, SimpleQueue
 from typing import Any
 
@@ -109,6 +110,24 @@ class _Link:
     deadline: float | None = None  # monotonic: the end of ``close``'s wait
 
 
+INCARNATION = "~"  # between an instance's name and its process's token, in claims and leases
+
+
+def holder_name(holder: str) -> str:
+    """The instance name of a claim's or a lease's holder (without its process's token)."""
+    name, sep, token = holder.rpartition(INCARNATION)
+    return (
+        name if sep and len(token) == 8 and all(c in "0123456789abcdef" for c in token) else holder
+    )
+
+
+def _shown(outcome: ClaimOutcome) -> ClaimOutcome:
+    """``outcome`` with its holders named as instances, as logs and records show them."""
+    claim = replace(outcome.claim, holder=holder_name(outcome.claim.holder))
+    other = outcome.lease_holder
+    return replace(outcome, claim=claim, lease_holder=None if other is None else holder_name(other))
+
+
 def _waits_for_none(call: _Call) -> bool:
     """A call no tick waits for: a background one, or the worker's own look at what it owes."""
     return call.what in _BACKGROUND or (call.what == "release" and not call.args[0])
@@ -128,6 +147,10 @@ class Coordinator:
     ) -> None:
         self.clock = clock
         self.instance = instance
+        # Claims and leases are held by this process, not by its name: a restarted instance
+        # with the same --instance-id must not take its predecessor's claims for its own and
+        # run their ticks again (a claim's holder is shown without the suffix).
+        self.claimer = f"{instance}{INCARNATION}{secrets.token_hex(4)}"
         self.waker = waker  # the scheduler's: woken when a result is ready
         self.report = report
         self.env = env
@@ -506,7 +529,8 @@ class Coordinator:
             return
         try:
             if call.what == "claim":
-                result: Any = link.backend.claim_many(call.args[0], self.instance, self.clock.now())
+                got = link.backend.claim_many(call.args[0], self.claimer, self.clock.now())
+                result: Any = [_shown(outcome) for outcome in got]
             elif call.what == "renew":
                 result = link.backend.renew_many(call.args[0])
             elif call.what == "release":
