@@ -514,6 +514,30 @@ class Coordinator:
         link.outage.end()
 
     def _call(self, link: _Link, call: _Call) -> None:
+        if not self._ready(link, call):
+            return
+        try:
+            if call.what == "claim":
+                got = link.backend.claim_many(call.args[0], self.claimer, self.clock.now())
+                result: Any = [_shown(outcome) for outcome in got]
+            elif call.what == "renew":
+                result = link.backend.renew_many(call.args[0])
+            elif call.what in ("orphan", "latest", "previous"):
+                result = self._read(link, call)
+            else:
+                self._write(link, call)
+                return
+        except Exception as e:  # a backend bug must not end the process: it is an error too
+            failure = self._failed(link, call, e)
+            if failure is None:
+                return
+            result = failure
+        assert call.done is not None
+        self._deliver(call.done, result)
+
+    def _ready(self, link: _Link, call: _Call) -> bool:
+        """What an outage left behind goes first; False when ``call`` was answered already (a
+        claim still queued when the following tick was due)."""
         if (link.unreleased or link.maybe) and call.what != "release":
             self._release(link, [])  # first what an outage left behind
         if (link.pending or link.unregistered) and self._owed_due(link) and _waits_for_none(call):
@@ -526,62 +550,52 @@ class Coordinator:
             )
             link.outage.unsent(len(call.args[0]))
             self._deliver(call.done, late)
-            return
-        try:
-            if call.what == "claim":
-                got = link.backend.claim_many(call.args[0], self.claimer, self.clock.now())
-                result: Any = [_shown(outcome) for outcome in got]
-            elif call.what == "renew":
-                result = link.backend.renew_many(call.args[0])
-            elif call.what == "release":
-                self._release(link, call.args[0])
-                return
-            elif call.what == "orphan":
-                assert link.records is not None
-                newest = link.records.runs(call.args[0], 1, None)
-                result = (newest[0], link.records.instances()) if newest else None
-            elif call.what == "latest":
-                assert link.records is not None
-                newest = link.records.runs(call.args[0], 1, None)
-                reading = link.backend.server_time()  # the window is judged by this clock
-                backend_now = None if reading is None else int(reading[0] * 1e6)
-                result = (newest[0].tick_us, backend_now) if newest else None
-            elif call.what == "previous":
-                assert link.records is not None
-                job, before = call.args
-                finished = [
-                    r.result
-                    for r in link.records.runs(job, 20, None)
-                    if r.tick_us < before and r.result not in ("running", "skipped", "missed")
-                ]
-                result = finished[0] if finished else None
-            elif call.what in ("records", "register", "heartbeat", "prune"):
-                self._records(link, call)
-                return
-            else:
-                removed = link.backend.cleanup_many(call.args[0], self.clock.now())
-                if removed:
-                    self.report("*", None, "cleanup", removed=removed)
-                return
-        except BackendError as e:
-            if isinstance(e, LostAnswer):
-                # The batch may have taken run leases all the same: release them (by their
-                # tokens) as soon as the backend answers, so that none blocks the job (DESIGN §8).
-                link.maybe += e.leases
-            link.outage.failed(str(e), len(call.args[0]) if call.what == "claim" else 0)
-            if call.done is None:
-                self.report("*", None, "backend-error", error=str(e), action="cleanup later")
-                return
-            result = e
-        except Exception as e:  # a backend bug must not end the process: it is an error too
-            error = BackendError(f"{link.backend.url}: {type(e).__name__}: {e}")
-            link.outage.failed(str(error), len(call.args[0]) if call.what == "claim" else 0)
-            if call.done is None:
-                self.report("*", None, "backend-error", error=str(error), action="cleanup later")
-                return
-            result = error
-        assert call.done is not None
-        self._deliver(call.done, result)
+            return False
+        return True
+
+    def _read(self, link: _Link, call: _Call) -> Any:
+        """The fleet's records a take-over, a catch-up or --notify-on change asks for."""
+        assert link.records is not None
+        if call.what == "orphan":
+            newest = link.records.runs(call.args[0], 1, None)
+            return (newest[0], link.records.instances()) if newest else None
+        if call.what == "latest":
+            newest = link.records.runs(call.args[0], 1, None)
+            reading = link.backend.server_time()  # the window is judged by this clock
+            backend_now = None if reading is None else int(reading[0] * 1e6)
+            return (newest[0].tick_us, backend_now) if newest else None
+        job, before = call.args
+        finished = [
+            r.result
+            for r in link.records.runs(job, 20, None)
+            if r.tick_us < before and r.result not in ("running", "skipped", "missed")
+        ]
+        return finished[0] if finished else None
+
+    def _write(self, link: _Link, call: _Call) -> None:
+        """The calls nobody waits for an answer to: releases, records, clean-up."""
+        if call.what == "release":
+            self._release(link, call.args[0])
+        elif call.what in ("records", "register", "heartbeat", "prune"):
+            self._records(link, call)
+        else:
+            removed = link.backend.cleanup_many(call.args[0], self.clock.now())
+            if removed:
+                self.report("*", None, "cleanup", removed=removed)
+
+    def _failed(self, link: _Link, call: _Call, e: Exception) -> BackendError | None:
+        """The one error policy: the error for ``call``'s answer, or None when nobody waits."""
+        if not isinstance(e, BackendError):  # a backend bug is an error of the backend too
+            e = BackendError(f"{link.backend.url}: {type(e).__name__}: {e}")
+        elif isinstance(e, LostAnswer):
+            # The batch may have taken run leases all the same: release them (by their
+            # tokens) as soon as the backend answers, so that none blocks the job (DESIGN §8).
+            link.maybe += e.leases
+        link.outage.failed(str(e), len(call.args[0]) if call.what == "claim" else 0)
+        if call.done is None:
+            self.report("*", None, "backend-error", error=str(e), action="cleanup later")
+            return None
+        return e
 
     def _records(self, link: _Link, call: _Call) -> None:
         store = link.records
