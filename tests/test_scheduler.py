@@ -14,7 +14,7 @@ from pyjob.core.backends.null import NullBackend
 from pyjob.core.clock import FakeClock
 from pyjob.core.events import CATALOGUE, Event
 from pyjob.core.process import Command
-from pyjob.core.schedule import Schedule, parse
+from pyjob.core.schedule import Schedule, parse, to_us
 from pyjob.core.scheduler import Job, Scheduler, overlap_action
 from pyjob.core.settings import JobSettings, Overlap
 
@@ -469,3 +469,38 @@ def test_nothing_is_logged_or_recorded_between_the_spawns_of_one_tick(tmp_path: 
     due = start + timedelta(seconds=10 - start.second % 10)
     assert len(started) == 3 and all(e.at == due for e in started)
     assert len(list((tmp_path / "locks").glob("*/runs/*.json"))) == 3
+
+
+def test_a_late_catch_up_answer_never_claims_a_tick_this_instance_already_ran() -> None:
+    """--catch-up asks the backend for the latest tick anyone handled; the answer may come back
+    after this instance claimed and ran the next tick, and still say the tick before. Claiming
+    one's own claim again is won: a catch-up that read the job's next tick only when the answer
+    came would claim that tick again and run it twice."""
+    clock = FakeClock(T0)
+    asked: list[Any] = []
+    events: list[Event] = []
+    ran: list[str] = []
+
+    def answer_late(n: int) -> None:
+        # 12:00:10 runs here: only now does the answer come, read before that claim.
+        if n == 1:
+            s.coordinator._deliver(asked.pop(), (to_us(T0), None))
+
+    runner = FakeRunner(clock, on_start=answer_late)
+    spec = job("every 10s align tz UTC", clock, catch_up=0.5, max_runs=3)
+    s = Scheduler(
+        clock,
+        runner,
+        events.append,
+        instance="test:1",
+        threaded=False,
+        opener=lambda u: NullBackend(),
+    )
+    s.coordinator.latest = lambda url, job, done: asked.append(done) or True  # type: ignore
+    s.open([spec])
+    s.add(spec)
+    assert len(asked) == 1
+    assert s.run() == 0
+    ran = ticks_run(runner)
+    assert ran == [f"2026-06-01T12:00:{x}+00:00" for x in ("10", "20", "30")], ran
+    assert not [e for e in events if e.kind == "caught-up"]

@@ -38,6 +38,9 @@ class CatchUp:
     def check(self, state: JobState) -> None:
         """Ask the backend for the latest tick anyone handled, then plan the catch-up."""
         sh = self.sh
+        # The ticks from the job's next one on are this process's own, whatever happens while
+        # the answer is on its way: the bound is taken now, when the backend is asked.
+        until = state.next_tick
 
         def done(latest: tuple[int, int | None] | BackendError | None) -> None:
             state.looked_up(JobPhase.CATCHING_UP)
@@ -45,7 +48,7 @@ class CatchUp:
                 sh.emit("backend-error", state.id, None, error=str(latest), action=_AGAIN)
                 self.down.add(Coordinator.key(state.job.lock))
             elif latest is not None:  # a fresh job has no proof that anything was missed
-                self.plan(state, *latest)
+                self.plan(state, *latest, until=until)
             sh.lifecycle.maybe_end(state)
 
         if not state.look_up(JobPhase.CATCHING_UP):
@@ -53,15 +56,23 @@ class CatchUp:
         if not sh.coordinator.latest(state.job.lock, state.id, done):
             state.looked_up(JobPhase.CATCHING_UP)  # no records (--lock none): nothing to judge by
 
-    def plan(self, state: JobState, latest_us: int, backend_us: int | None) -> None:
-        """The ticks after ``latest_us`` (the latest anyone handled) that are past: report the
-        ones outside the window or over the limit, claim the others."""
+    def plan(
+        self,
+        state: JobState,
+        latest_us: int,
+        backend_us: int | None,
+        until: datetime | None = None,
+    ) -> None:
+        """The ticks after ``latest_us`` (the latest anyone handled) that are past and before
+        ``until`` (the job's next tick when the backend was asked): report the ones outside
+        the window or over the limit, claim the others."""
         sh = self.sh
         now = sh.clock.now()
         # The window is judged by the backend's clock where it has one (the fleet's time).
         judged = now if backend_us is None else datetime.fromtimestamp(backend_us / 1e6, UTC)
         window = state.s.catch_up or 0.0
-        missed = _missed_since(state, datetime.fromtimestamp(latest_us / 1e6, UTC), now)
+        first = datetime.fromtimestamp(latest_us / 1e6, UTC)
+        missed = _missed_since(state, first, now, until, state.claimed_to)
         if not missed:
             return
         recent = [t for t in missed if (judged - t).total_seconds() <= window]
@@ -104,6 +115,7 @@ class CatchUp:
             self.next(state, missed)
 
         state.look_up(JobPhase.CATCHING_UP)
+        state.claimed_to = max(run[-1], state.claimed_to or run[-1])
         sh.claims.keep(state.job.lock, state.id, max(keep))
         sh.coordinator.claim(state.job.lock, requests, claimed)
 
@@ -129,11 +141,23 @@ class CatchUp:
             sh.executor.start(state, tick, claim, None)
 
 
-def _missed_since(state: JobState, first: datetime, now: datetime) -> list[datetime]:
-    """The ticks after ``first`` that are past, up to the job's next tick (from which on the
-    ticks are handled as usual)."""
+def _missed_since(
+    state: JobState,
+    first: datetime,
+    now: datetime,
+    asked: datetime | None,
+    handled: datetime | None,
+) -> list[datetime]:
+    """The ticks after ``first`` that are past, before the job's next tick (from which on the
+    ticks are handled as usual) as it was when the backend was asked (``asked``) and as it is
+    now, and after ``handled``, the latest tick this process claimed for the job: an answer read
+    before this process's own claim of a tick must not make it claim that tick again (claiming
+    one's own claim again is won, and would run it twice)."""
     schedule = state.job.schedule
-    until = state.next_tick
+    bounds = [t for t in (asked, state.next_tick) if t is not None]
+    until = min(bounds) if bounds else None
+    if handled is not None and handled > first:
+        first = handled
     missed: list[datetime] = []
     t = schedule.next_tick(first)
     while t is not None and t <= now and (until is None or t < until) and len(missed) < 10**5:

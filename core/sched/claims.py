@@ -41,6 +41,8 @@ class Claims:
         useful = float("inf")  # seconds until the first of the following ticks is due
         for state, tick in items:
             state.outcomes[tick] = None  # under way
+            if state.claimed_to is None or tick > state.claimed_to:
+                state.claimed_to = tick  # --catch-up never claims it again
             # No lease while an earlier request for one is under way: its answer may hold the
             # lease (a tick that went by meanwhile), and is released only when it is back.
             lease = (

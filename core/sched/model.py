@@ -163,6 +163,7 @@ class JobState:
     retries: list[Retry] = field(default_factory=list)  # attempts waiting for their delay
     attempts: dict[datetime, tuple[int, list[dict[str, Any]]]] = field(default_factory=dict)
     ahead: tuple[datetime, datetime | None] | None = None  # (tick, its following), at its claim
+    claimed_to: datetime | None = None  # the latest tick this process asked to claim
     # (tick, run id, environment, where its program is), made at its claim
     ready: tuple[datetime, str, dict[str, str], Found] | None = None
 
