@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import signal
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from pyjob.core.backends.null import NullBackend
 from pyjob.core.clock import FakeClock
+from pyjob.core.errors import BackendError
 from pyjob.core.events import CATALOGUE, Event
 from pyjob.core.process import Command
 from pyjob.core.schedule import Schedule, parse, to_us
@@ -504,3 +506,125 @@ def test_a_late_catch_up_answer_never_claims_a_tick_this_instance_already_ran() 
     ran = ticks_run(runner)
     assert ran == [f"2026-06-01T12:00:{x}+00:00" for x in ("10", "20", "30")], ran
     assert not [e for e in events if e.kind == "caught-up"]
+
+
+class LeaseFails(NullBackend):
+    """The n-th claims that take a run lease (counted from 1, in ``fail``) fail as a dropped
+    connection does."""
+
+    def __init__(self, fail: set[int]) -> None:
+        super().__init__()
+        self.fail = fail
+        self.leasing = 0
+
+    def claim_many(self, requests, instance, now):  # type: ignore[no-untyped-def]
+        for r in requests:
+            if r.lease_ttl is not None:
+                self.leasing += 1
+                if self.leasing in self.fail:
+                    raise BackendError("connection dropped (test)")
+        return super().claim_many(requests, instance, now)
+
+
+def stop_at(s: Scheduler, clock: FakeClock, limit: datetime) -> None:
+    """Ask the scheduler to stop once the fake clock passes ``limit`` (a run that never ends
+    must fail the test, not hang it)."""
+    wait = clock.wait_for
+
+    def bounded(*args: Any) -> list[int]:
+        ready = wait(*args)
+        if clock.now() > limit:
+            s.request_stop()
+        return ready
+
+    clock.wait_for = bounded  # type: ignore[method-assign]
+
+
+def test_a_backend_error_at_a_retrys_lease_delays_the_attempt_it_does_not_drop_it() -> None:
+    clock = FakeClock(T0)
+    runner = FakeRunner(clock, code=3, duration=1.0)
+    backend = LeaseFails({2})  # the lease of the second attempt: the connection drops once
+    spec = job("every 1m align tz UTC", clock, max_runs=1, retries=1, retry_delay=2.0)
+    spec = Job(spec.job_id, spec.schedule, spec.command, replace(spec.settings, on_failure="x"))
+    s, events = make([spec], runner, clock, backend)
+    stop_at(s, clock, T0 + timedelta(minutes=5))
+    assert s.run() == 1  # ended by itself (its run failed), not by the stop
+    attempts = [env.get("PYJOB_ATTEMPT") for env in runner.started if "PYJOB_HOOK" not in env]
+    assert attempts == ["1", "2"]
+    hooks = [env for env in runner.started if "PYJOB_HOOK" in env]
+    assert len(hooks) == 1 and hooks[0]["PYJOB_ATTEMPT"] == "2"
+    ends = [e for e in events if e.kind == "run-finished" and "retry_in" not in e.fields]
+    assert len(ends) == 1 and ends[0].fields["attempt"] == 2
+    error = next(e for e in events if e.kind == "backend-error")
+    assert "tried again" in error.fields["action"]
+
+
+def test_a_retry_whose_lease_never_comes_ends_the_run_once_with_its_hook() -> None:
+    clock = FakeClock(T0)
+    runner = FakeRunner(clock, code=3, duration=1.0)
+    backend = LeaseFails(set(range(2, 1000)))  # the backend drops every later lease claim
+    spec = job("every 1m align tz UTC", clock, max_runs=1, retries=2, retry_delay=5.0)
+    spec = Job(spec.job_id, spec.schedule, spec.command, replace(spec.settings, on_failure="x"))
+    s, events = make([spec], runner, clock, backend)
+    stop_at(s, clock, T0 + timedelta(minutes=5))
+    assert s.run() == 1
+    assert [env for env in runner.started if "PYJOB_HOOK" not in env] == runner.started[:1]
+    assert len([env for env in runner.started if "PYJOB_HOOK" in env]) == 1
+    dropped = [e for e in events if e.kind == "retry-dropped"]
+    assert len(dropped) == 1 and dropped[0].fields["result"] == "failure"
+    assert dropped[0].fields["exit_code"] == 3
+    # Tried while the tick's window was open (the following tick at 12:02), not past it.
+    assert dropped[0].at < T0 + timedelta(minutes=2)
+
+
+def with_records(s: Scheduler, records: dict[tuple[str, int], Any]) -> None:
+    """Run records kept in ``records`` (by job and tick), as a backend that keeps them would:
+    the orphan look-up answers the job's newest one, and no heartbeat of any other instance."""
+    co = s.coordinator
+    co.has_records = lambda url: True  # type: ignore[method-assign]
+    co.register = lambda *a: None  # type: ignore[method-assign]
+    co.heartbeat = lambda me: None  # type: ignore[method-assign]
+    co.prune = lambda *a: None  # type: ignore[method-assign]
+
+    def record(url: Any, r: Any, keep: int) -> None:
+        records[(r.job, r.tick_us)] = replace(r)
+
+    def orphan(url: Any, job: str, done: Any) -> None:
+        mine = [r for (j, _), r in records.items() if j == job]
+        newest = max(mine, key=lambda r: r.tick_us) if mine else None
+        co._deliver(done, None if newest is None else (replace(newest), {}))
+
+    co.record = record  # type: ignore[method-assign]
+    co.orphan = orphan  # type: ignore[method-assign]
+
+
+def test_the_instance_that_took_over_a_dead_ones_attempts_runs_its_later_attempts() -> None:
+    """The taker holds the run by its take-over claim (the dead instance won the tick's claim):
+    its next attempt claims that again, and is not mistaken for a run of somebody else's."""
+    from pyjob.core.records import RunRecord
+
+    clock = FakeClock(T0 + timedelta(seconds=5))
+    runner = FakeRunner(clock, code=3, duration=1.0)
+    backend = RecordingBackend(lose={T0})  # the dead instance won 12:00:00
+    spec = job("every 1m align tz UTC", clock, max_runs=1, retries=2, retry_delay=1.0)
+    spec = Job(spec.job_id, spec.schedule, spec.command, replace(spec.settings, on_failure="x"))
+    events: list[Event] = []
+    s = Scheduler(
+        clock, runner, events.append, instance="test:1", threaded=False, opener=lambda u: backend
+    )
+    records: dict[tuple[str, int], Any] = {}
+    dead = RunRecord("job", to_us(T0), "job-20260601T120000Z", "dead:1", "running", fence=7)
+    records[("job", to_us(T0))] = dead
+    with_records(s, records)
+    s.open([spec])
+    s.add(spec)
+    stop_at(s, clock, T0 + timedelta(minutes=5))
+    assert s.run() == 1
+    first = [env for env in runner.started if env.get("PYJOB_TICK", "").endswith("12:00:00+00:00")]
+    attempts = [env["PYJOB_ATTEMPT"] for env in first if "PYJOB_HOOK" not in env]
+    assert attempts == ["2", "3"]  # 1 was lost with its instance; 2 and 3 ran here
+    assert len([env for env in first if "PYJOB_HOOK" in env]) == 1
+    assert not [e for e in events if e.kind == "skipped"]
+    final = records[("job", to_us(T0))]
+    assert final.result == "failure" and final.attempt == 3 and final.instance == "test:1"
+    assert [a["result"] for a in final.attempts] == ["lost", "failure"]

@@ -17,7 +17,7 @@ from ..errors import BackendError
 from ..events import LEASE_LOST
 from ..schedule import to_us
 from ..settings import Overlap
-from .model import OVERLAPPING, JobState, Run, keep_until
+from .model import OVERLAPPING, JobState, Retry, Run, keep_until
 from .shared import Shared
 from .timers import Renew
 
@@ -144,6 +144,38 @@ class Claims:
                 sh.executor.start(state, tick, claim, got.lease)
 
         # Claiming a tick this instance already holds is idempotent: it only takes the lease.
+        sh.coordinator.claim(state.job.lock, [request], done)
+
+    def lease_then_retry(self, state: JobState, retry: Retry) -> None:
+        """Take the run lease for a retry's attempt (--overlap skip), then start it. The claim
+        is the one this instance holds for the run (its tick, or the claim by which it took
+        the attempts over), so claiming it again is won. An attempt that cannot have the lease
+        now (a backend error, the lease held, a run of the job going on here) is not dropped:
+        it waits and tries again (Retries.later)."""
+        sh = self.sh
+        key = retry.key or retry.tick
+        until = keep_until(state.job.schedule, retry.tick)
+        request = ClaimRequest(state.id, key, until, state.s.lease_ttl)
+        state.leasing += 1
+
+        def done(result: list[ClaimOutcome] | BackendError) -> None:
+            state.leasing -= 1
+            if isinstance(result, BackendError):
+                sh.retries.later(state, retry, str(result))
+                return
+            got = result[0]
+            if retry.cancelled or retry not in state.retries or sh.stop or state.gone:
+                self.drop_lease(state, got)  # the stop or the reload ended the run
+                sh.retries.later(state, retry, "the job was stopped")
+            elif got.lease is None or state.runs or state.deferred:
+                self.drop_lease(state, got)
+                holder = got.lease_holder or "this instance"
+                sh.retries.later(state, retry, f"the run lease is held by {holder}")
+            else:
+                state.retries.remove(retry)
+                state.attempts[retry.tick] = (retry.attempt, retry.prior, key)
+                sh.executor.start(state, retry.tick, retry.claim, got.lease)
+
         sh.coordinator.claim(state.job.lock, [request], done)
 
     def drop_lease(self, state: JobState, outcome: ClaimOutcome | BackendError | None) -> None:

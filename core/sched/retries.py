@@ -17,6 +17,10 @@ from .model import SHARE_TIME, JobPhase, JobState, Retry, Run, attempt_doc, keep
 from .shared import Shared
 from .timers import RetryDue
 
+# How long an attempt that could not start (a backend error, the run lease held) waits before
+# it tries again: its --retry-delay, within these bounds.
+MIN_WAIT = 0.5
+MAX_WAIT = 5.0
 # What the coordinator's orphan look-up answers: the job's newest record, and the heartbeats.
 _Orphan = tuple[RunRecord, dict[str, InstanceInfo]]
 
@@ -60,6 +64,7 @@ class Retries:
         prior = [*run.prior, attempt_doc(run, code, result, to_us(sh.clock.now()))]
         claim = ClaimResult(True, sh.instance, run.fence)
         retry = Retry(run.tick, claim, run.attempt + 1, prior, run.record, run=run, code=code)
+        retry.key = run.key
         retry.duration = round(sh.clock.monotonic() - run.started_mono, 6)
         state.retries.append(retry)
         sh.mono.push(RetryDue(sh.clock.monotonic() + delay, state, retry))
@@ -75,43 +80,90 @@ class Retries:
         )
 
     def retry_now(self, state: JobState, retry: Retry) -> None:
+        """A retry's delay is over: its attempt starts (after the run lease, --overlap skip).
+        The retry stays in ``state.retries`` until it starts or the run ends, so that a stop
+        meanwhile ends the run (``cancel``)."""
         sh = self.sh
-        if retry not in state.retries:
+        if retry not in state.retries or retry.cancelled or sh.stop:
+            return
+        if state.gone:
+            self.drop(state, retry, "the job was removed or changed by a reload")
+            return
+        if state.s.overlap is Overlap.SKIP and not state.runs:
+            sh.claims.lease_then_retry(state, retry)
             return
         state.retries.remove(retry)
-        if retry.cancelled or sh.stop or state.gone:
+        state.attempts[retry.tick] = (retry.attempt, retry.prior, retry.key or retry.tick)
+        sh.executor.start(state, retry.tick, retry.claim, None)
+
+    def later(self, state: JobState, retry: Retry, why: str) -> None:
+        """A retry's attempt could not start now (``why``: a backend error, the run lease held
+        elsewhere): it tries again a little later, while its tick's window is open; after it
+        the run ends with its last attempt's result. An attempt is never just dropped."""
+        sh = self.sh
+        if retry not in state.retries or retry.cancelled or sh.stop:
+            return  # a stop ends the run (cancel)
+        if state.gone:
+            self.drop(state, retry, "the job was removed or changed by a reload")
             return
-        state.attempts[retry.tick] = (retry.attempt, retry.prior)
-        if state.s.overlap is Overlap.SKIP and not state.runs:
-            sh.claims.lease_then_start(state, retry.tick, retry.claim, jitter=False)
-        else:
-            sh.executor.start(state, retry.tick, retry.claim, None)
+        s = state.s
+        wait = min(max(s.retry_delay, MIN_WAIT), MAX_WAIT)
+        following = state.job.schedule.next_tick(retry.tick)
+        due = sh.clock.now() + timedelta(seconds=wait)
+        if following is not None and due >= following and s.overlap not in SHARE_TIME:
+            reason = f"{why}; the following tick ({iso(following)}) is due before another try"
+            self.drop(state, retry, reason)
+            return
+        sh.emit(
+            "backend-error",
+            state.id,
+            retry.tick,
+            error=why,
+            action=f"attempt {retry.attempt} tried again in {wait:g}s",
+        )
+        sh.mono.push(RetryDue(sh.clock.monotonic() + wait, state, retry))
+
+    def drop(self, state: JobState, retry: Retry, reason: str) -> None:
+        """End a run between its attempts: its result is its last attempt's, recorded as such,
+        counted, and its hooks and final ping (the retry-dropped event with its exit code and
+        result) see it. Once per run: the retry leaves ``state.retries``."""
+        sh = self.sh
+        if retry in state.retries:
+            state.retries.remove(retry)
+        self._end(state, retry, reason)
+        if retry.prior and not sh.stop:
+            state.failures += 1
+        state.attempts.pop(retry.tick, None)
+        sh.lifecycle.maybe_end(state)
+
+    def _end(self, state: JobState, retry: Retry, reason: str) -> None:
+        sh = self.sh
+        retry.cancelled = True
+        last = retry.prior[-1] if retry.prior else {}
+        result = str(last.get("result", "failure"))
+        # With exit_code and result, this is the run's end for pings and metrics.
+        sh.emit(
+            "retry-dropped",
+            state.id,
+            retry.tick,
+            run_id=run_id(state.id, retry.tick, retry.tick),
+            attempt=retry.attempt,
+            reason=reason,
+            exit_code=retry.code,
+            result=result,
+        )
+        if retry.record is not None:
+            retry.record.result = result
+            retry.record.next_attempt_us = None
+            sh.books.record(state, retry.record)
+        if retry.run is not None:
+            sh.hookrun.after_run(retry.run, retry.code, retry.duration)
 
     def cancel(self, state: JobState) -> None:
         """A stop cancels the attempts still waiting: each run's result is its last attempt's,
         recorded as such, and its hooks see it."""
-        sh = self.sh
         for retry in state.retries:
-            retry.cancelled = True
-            last = retry.prior[-1] if retry.prior else {}
-            result = str(last.get("result", "failure"))
-            # With exit_code and result, this is the run's end for pings and metrics.
-            sh.emit(
-                "retry-dropped",
-                state.id,
-                retry.tick,
-                run_id=run_id(state.id, retry.tick, retry.tick),
-                attempt=retry.attempt,
-                reason="cancelled by the stop",
-                exit_code=retry.code,
-                result=result,
-            )
-            if retry.record is not None:
-                retry.record.result = result
-                retry.record.next_attempt_us = None
-                sh.books.record(state, retry.record)
-            if retry.run is not None:
-                sh.hookrun.after_run(retry.run, retry.code, retry.duration)
+            self._end(state, retry, "cancelled by the stop")
         state.retries.clear()
         state.attempts.clear()
 
@@ -197,7 +249,7 @@ class Retries:
                 result="lost" if record.result == "running" else prior[-1].get("result", "failure"),
                 taken_over_from=record.instance,
             )
-            state.attempts[tick] = (attempt, prior)
+            state.attempts[tick] = (attempt, prior, key)
             # The same run: its first attempt's fence (the take-over claim only elects the taker).
             fence = record.fence if record.fence is not None else got.claim.fence
             sh.executor.start(state, tick, ClaimResult(True, sh.instance, fence), got.lease)
