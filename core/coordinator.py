@@ -199,10 +199,13 @@ class Coordinator:
         self._submit(url, _Call("latest", (job,), done))
         return True
 
-    def orphan(self, url: str | None, job: str, done: Callable[[Any], None]) -> None:
-        """The newest record of ``job`` and the instances' heartbeats, to ``done`` (None when the
-        job has no records): what an instance needs to take over another's attempts."""
-        self._submit(url, _Call("orphan", (job,), done))
+    def orphan(
+        self, url: str | None, job: str, done: Callable[[Any], None], newest: int = 1
+    ) -> None:
+        """The ``newest`` records of ``job`` (newest first) and the instances' heartbeats, to
+        ``done`` (None when the job has no records): what an instance needs to take over
+        another's attempts, or to end a run lost with its host."""
+        self._submit(url, _Call("orphan", (job, newest), done))
 
     def drain(self) -> int:
         """Deliver the results that are ready (on the caller's thread); how many."""
@@ -326,8 +329,8 @@ class Coordinator:
                 return
             elif call.what == "orphan":
                 assert link.records is not None
-                newest = link.records.runs(call.args[0], 1, None)
-                result = (newest[0], link.records.instances()) if newest else None
+                newest = link.records.runs(call.args[0], call.args[1], None)
+                result = (newest, link.records.instances()) if newest else None
             elif call.what == "latest":
                 assert link.records is not None
                 newest = link.records.runs(call.args[0], 1, None)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pyjob.core.backends import ClaimResult
 from pyjob.core.backends.null import NullBackend
 from pyjob.core.clock import FakeClock
 from pyjob.core.errors import BackendError
@@ -337,7 +338,7 @@ def test_the_run_lease_is_taken_with_the_claim_renewed_and_released() -> None:
     s, _ = make([job("every 10m align tz UTC", clock, max_runs=1)], runner, clock, backend)
     s.run()
     assert backend.batches == [1]  # claim and lease: one round trip
-    assert backend.renewals == [1] * 6  # every ttl/3 = 10 s for 65 s
+    assert backend.renewals == [1] * 12  # every ttl/3 = 5 s (the default 15 s TTL) for 65 s
     assert released == ["job"]
 
 
@@ -533,7 +534,7 @@ def stop_at(s: Scheduler, clock: FakeClock, limit: datetime) -> None:
 
     def bounded(*args: Any) -> list[int]:
         ready = wait(*args)
-        if clock.now() > limit:
+        if clock.now() > limit and not s._sh.stop:
             s.request_stop()
         return ready
 
@@ -589,10 +590,9 @@ def with_records(s: Scheduler, records: dict[tuple[str, int], Any]) -> None:
     def record(url: Any, r: Any, keep: int) -> None:
         records[(r.job, r.tick_us)] = replace(r)
 
-    def orphan(url: Any, job: str, done: Any) -> None:
-        mine = [r for (j, _), r in records.items() if j == job]
-        newest = max(mine, key=lambda r: r.tick_us) if mine else None
-        co._deliver(done, None if newest is None else (replace(newest), {}))
+    def orphan(url: Any, job: str, done: Any, n: int = 1) -> None:
+        mine = sorted((r for (j, _), r in records.items() if j == job), key=lambda r: -r.tick_us)
+        co._deliver(done, ([replace(r) for r in mine[:n]], {}) if mine else None)
 
     co.record = record  # type: ignore[method-assign]
     co.orphan = orphan  # type: ignore[method-assign]
@@ -628,3 +628,118 @@ def test_the_instance_that_took_over_a_dead_ones_attempts_runs_its_later_attempt
     final = records[("job", to_us(T0))]
     assert final.result == "failure" and final.attempt == 3 and final.instance == "test:1"
     assert [a["result"] for a in final.attempts] == ["lost", "failure"]
+
+
+def lost_run_fleet(
+    start: datetime,
+    retries: int,
+    backend: Any = None,
+    instance: str = "test:1",
+    records: dict[tuple[str, int], Any] | None = None,
+) -> tuple[Scheduler, list[Event], FakeRunner, dict[tuple[str, int], Any]]:
+    """This instance (``instance``) starts at ``start`` and serves a job whose run of 12:00:00 was
+    left `running` by dead:1, an instance that is gone (no heartbeat)."""
+    from pyjob.core.records import RunRecord
+
+    clock = FakeClock(start)
+    runner = FakeRunner(clock, code=3, duration=1.0)
+    spec = job("every 1m align tz UTC", clock, retries=retries, retry_delay=1.0)
+    spec = Job(spec.job_id, spec.schedule, spec.command, replace(spec.settings, on_failure="x"))
+    events: list[Event] = []
+    backend = backend or RecordingBackend(lose={T0})  # dead:1 won 12:00:00
+    s = Scheduler(
+        clock, runner, events.append, instance=instance, threaded=False, opener=lambda u: backend
+    )
+    records = {} if records is None else records
+    dead = RunRecord(
+        "job", to_us(T0), "job-20260601T120000Z", "dead:1", "running", fence=7, started_us=to_us(T0)
+    )
+    records[("job", to_us(T0))] = dead
+    with_records(s, records)
+    s.open([spec])
+    s.add(spec)
+    stop_at(s, clock, T0 + timedelta(minutes=3))  # it runs until stopped
+    return s, events, runner, records
+
+
+@pytest.mark.parametrize(
+    "start, retries",
+    [(T0 + timedelta(seconds=5), 0), (T0 + timedelta(seconds=58), 2)],
+    ids=["no-retries", "no-time-left-for-an-attempt"],
+)
+def test_a_run_lost_with_its_host_is_recorded_lost_counted_and_notified_once(
+    start: datetime, retries: int
+) -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+    from pyjob.core.metrics import Metrics
+    from pyjob.core.pings import PingSender
+
+    s, events, runner, records = lost_run_fleet(start, retries)
+    s.run()
+    final = records[("job", to_us(T0))]
+    assert final.result == "lost" and final.instance == "dead:1" and final.finished_us
+    hooks = [
+        env for env in runner.started if "PYJOB_HOOK" in env and "12:00:00" in env["PYJOB_TICK"]
+    ]
+    assert len(hooks) == 1
+    assert hooks[0]["PYJOB_RESULT"] == "lost" and hooks[0]["PYJOB_RUN_ID"] == final.run_id
+    assert not [
+        env for env in runner.started if "PYJOB_HOOK" not in env and "12:00:00" in env["PYJOB_TICK"]
+    ]
+    ends = [e for e in events if e.kind == "retry-dropped"]
+    assert len(ends) == 1 and ends[0].fields["result"] == "lost"
+    # Found within the dead instance's quiet time (3.5 beats) plus a beat of this one.
+    assert ends[0].at <= start + timedelta(seconds=4.5 * s._sh.books.heartbeat_every + 1)
+    pings = PingSender({"job": "http://127.0.0.1:9/ping"}, s.clock, lambda *a, **k: None)
+    metrics = Metrics(s.clock, "test:1", "0", {"job": 60.0}, {"job": "none"})
+    for e in events:
+        pings.on_event(e)
+        metrics.on_event(e)
+    assert [p.what for p in pings._queue if p.tick == T0] == ["1"]  # the final ping, a failure
+    text = generate_latest(metrics.registry).decode()
+    lost = [
+        sample.value
+        for fam in text_string_to_metric_families(text)
+        for sample in fam.samples
+        if sample.name == "pyjob_runs_total" and sample.labels.get("result") == "lost"
+    ]
+    assert lost == [1.0]
+
+
+class SharedClaims(NullBackend):
+    """Claims shared by the instances of a test: a tick is won by its first claimer (and again
+    by it); 12:00:00 was won by dead:1."""
+
+    def __init__(self, claims: dict[tuple[str, datetime], str]) -> None:
+        super().__init__()
+        self.claims = claims
+
+    def claim(
+        self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
+    ) -> ClaimResult:
+        holder = self.claims.setdefault((job, tick), instance)
+        return ClaimResult(holder == instance, holder, 7)
+
+
+def test_a_lost_run_is_ended_by_one_instance_of_the_fleet() -> None:
+    """Two instances find the run lost, each before it sees the other's record of it: the one
+    that wins the take-over claim ends it, the other leaves it."""
+    claims = {("job", T0): "dead:1"}
+    fleet, views = [], []
+    for n in (1, 2):
+        start = T0 + timedelta(seconds=5)
+        s, events, runner, view = lost_run_fleet(start, 0, SharedClaims(claims), f"test:{n}")
+        fleet.append((s, events, runner))
+        views.append(view)
+    for s, _, _ in fleet:
+        s.run()
+    ends = [e for _, events, _ in fleet for e in events if e.kind == "retry-dropped"]
+    hooks = [
+        env
+        for _, _, runner in fleet
+        for env in runner.started
+        if "PYJOB_HOOK" in env and "12:00:00" in env["PYJOB_TICK"]
+    ]
+    assert len(ends) == 1 and len(hooks) == 1
+    assert sorted(v[("job", to_us(T0))].result for v in views) == ["lost", "running"]

@@ -163,6 +163,7 @@ class Ticking:
         elif not outcome.claim.won:
             state.ticks_run += 1
             sh.emit("lost", state.id, tick, holder=outcome.claim.holder, fence=outcome.claim.fence)
+            sh.retries.watch(state)  # its run is another instance's: heard of if it is lost
             return
         else:
             claim, lease = outcome.claim, outcome.lease
@@ -208,6 +209,8 @@ class Ticking:
             fields["running"] = running
         if running_on is not None:
             fields["running_on"] = running_on
+            if running_on != self.sh.instance:
+                self.sh.retries.watch(state)  # a run of another instance holds the lease
         self.sh.emit("skipped", state.id, tick, **fields)
         self.sh.books.record_tick(state, tick, "skipped", reason, running_on)
 
