@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from ..backends.protocol import ClaimOutcome, ClaimRequest
+from ..backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult
 from ..coordinator import Coordinator
 from ..errors import BackendError
 from ..settings import Overlap
@@ -34,6 +34,42 @@ class CatchUp:
             for state in list(self.sh.jobs.values()):
                 if state.s.catch_up and Coordinator.key(state.job.lock) == key:
                     self.check(state)
+
+    def failed(self, state: JobState, tick: datetime) -> None:
+        """The claim of ``tick`` failed (the backend is down) and it did not run: with
+        --catch-up it is claimed again once the backend answers (the most recent one, or up
+        to --catch-up-max of them with --catch-up-all)."""
+        if not state.s.catch_up:
+            return
+        state.failed.append(tick)
+        del state.failed[: -(state.s.catch_up_max if state.s.catch_up_all else 1)]
+
+    def recovered(self, claimed: list[tuple[tuple[JobState, datetime], ClaimOutcome]]) -> None:
+        """The backend answered a batch that claimed again the ticks an outage kept from being
+        claimed: the ones won within the --catch-up window run here, oldest first; the others
+        were run elsewhere, refused, or are reported as missed."""
+        sh = self.sh
+        now = sh.clock.now()
+        won: dict[int, tuple[JobState, list[tuple[datetime, ClaimResult]]]] = {}
+        for (state, tick), outcome in claimed:
+            if tick not in state.failed:
+                continue  # taken by an earlier batch that claimed it too
+            state.failed.remove(tick)
+            state.claimed_to = max(tick, state.claimed_to or tick)
+            c = outcome.claim
+            if c.refused:
+                sh.emit("refused", state.id, tick, reason=c.refused)
+            elif not c.won:
+                sh.emit("lost", state.id, tick, holder=c.holder, fence=c.fence)
+            elif (now - tick).total_seconds() > (state.s.catch_up or 0.0):
+                sh.ticking.missed(state, [tick], "missed in a backend outage, before the window")
+            else:
+                sh.emit("claimed", state.id, tick, fence=c.fence)
+                won.setdefault(id(state), (state, []))[1].append((tick, c))
+        for state, ticks in won.values():
+            state.catchup.extend(ticks)
+            state.catchup.sort(key=lambda entry: entry[0])
+            self.next(state, len(ticks))
 
     def check(self, state: JobState) -> None:
         """Ask the backend for the latest tick anyone handled, then plan the catch-up."""
@@ -161,6 +197,7 @@ def _missed_since(
     missed: list[datetime] = []
     t = schedule.next_tick(first)
     while t is not None and t <= now and (until is None or t < until) and len(missed) < 10**5:
-        missed.append(t)
+        if t not in state.outcomes and t not in state.failed:  # not claimed elsewhere here
+            missed.append(t)
         t = schedule.next_tick(t)
     return missed

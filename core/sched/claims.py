@@ -36,13 +36,17 @@ class Claims:
     def claim(self, url: str | None, items: list[tuple[JobState, datetime]]) -> None:
         """Claim each (job, tick) of one lock URL, in one batch."""
         sh = self.sh
-        requests = []
+        # The ticks a backend outage kept from being claimed (--catch-up) go first in the
+        # batch: the first batch the backend answers claims them before the tick due now.
+        missed = [(state, t) for state, _ in items for t in state.failed]
+        requests = [
+            ClaimRequest(state.id, t, keep_until(state.job.schedule, t), None)
+            for state, t in missed
+        ]
         now = sh.clock.now()
         useful = float("inf")  # seconds until the first of the following ticks is due
         for state, tick in items:
             state.outcomes[tick] = None  # under way
-            if state.claimed_to is None or tick > state.claimed_to:
-                state.claimed_to = tick  # --catch-up never claims it again
             # No lease while an earlier request for one is under way: its answer may hold the
             # lease (a tick that went by meanwhile), and is released only when it is back.
             lease = (
@@ -62,9 +66,12 @@ class Claims:
 
         def done(result: list[ClaimOutcome] | BackendError) -> None:
             sh.catchup.backend_state(url, isinstance(result, BackendError))
+            skip = len(missed)
+            if not isinstance(result, BackendError) and missed:
+                sh.catchup.recovered(list(zip(missed, result[:skip], strict=True)))
             for i, (state, tick) in enumerate(items):
-                outcome = result if isinstance(result, BackendError) else result[i]
-                if requests[i].lease_ttl is not None:
+                outcome = result if isinstance(result, BackendError) else result[skip + i]
+                if requests[skip + i].lease_ttl is not None:
                     state.leasing -= 1
                 self.claimed(state, tick, outcome)
 
@@ -76,6 +83,10 @@ class Claims:
     ) -> None:
         """A claim's outcome is back (on this thread)."""
         sh = self.sh
+        if isinstance(outcome, ClaimOutcome) and (
+            state.claimed_to is None or tick > state.claimed_to
+        ):
+            state.claimed_to = tick  # answered: --catch-up never claims it again
         if tick in state.waiting and (
             state.ended or (state.prev is not None and tick < state.prev)
         ):
@@ -104,6 +115,7 @@ class Claims:
         self.drop_lease(state, outcome)
         if isinstance(outcome, BackendError):
             sh.emit("backend-error", state.id, tick, error=str(outcome), action="skip")
+            sh.catchup.failed(state, tick)
         elif outcome.claim.refused:
             sh.emit("refused", state.id, tick, reason=outcome.claim.refused)
         elif not outcome.claim.won:

@@ -170,7 +170,12 @@ class JobState:
         default_factory=dict
     )
     ahead: tuple[datetime, datetime | None] | None = None  # (tick, its following), at its claim
-    claimed_to: datetime | None = None  # the latest tick this process asked to claim
+    # The latest tick whose claim this process had answered (won, lost or refused), or ran on
+    # a backend error: --catch-up never claims it again.
+    claimed_to: datetime | None = None
+    # --catch-up: the most recent ticks whose claim failed (backend down) and that did not run;
+    # claimed again, before the tick then due, in the first batch the backend answers.
+    failed: list[datetime] = field(default_factory=list)
     # (tick, run id, environment, where its program is), made at its claim
     ready: tuple[datetime, str, dict[str, str], Found] | None = None
 

@@ -156,7 +156,9 @@ class Ticking:
                 action="run" if fail_open else "skip",
             )
             if not fail_open:
+                sh.catchup.failed(state, tick)
                 return
+            state.claimed_to = max(tick, state.claimed_to or tick)  # it runs: never again
         elif outcome.claim.refused:
             sh.emit("refused", state.id, tick, reason=outcome.claim.refused)
             return
