@@ -743,3 +743,31 @@ def test_a_lost_run_is_ended_by_one_instance_of_the_fleet() -> None:
     ]
     assert len(ends) == 1 and len(hooks) == 1
     assert sorted(v[("job", to_us(T0))].result for v in views) == ["lost", "running"]
+
+
+class DownBetween(NullBackend):
+    """Every claim fails while the fake clock is within [``start``, ``end``): an outage."""
+
+    def __init__(self, clock: FakeClock, start: datetime, end: datetime) -> None:
+        super().__init__()
+        self.clock, self.start, self.end = clock, start, end
+
+    def claim_many(self, requests, instance, now):  # type: ignore[no-untyped-def]
+        if self.start <= self.clock.now() < self.end:
+            raise BackendError("backend unreachable (test)")
+        return super().claim_many(requests, instance, now)
+
+
+def test_after_an_outage_the_latest_tick_it_kept_from_being_claimed_runs_once() -> None:
+    clock = FakeClock(T0)
+    backend = DownBetween(clock, T0 + timedelta(seconds=15), T0 + timedelta(seconds=45))
+    runner = FakeRunner(clock, duration=0.2)
+    spec = job("every 10s align tz UTC", clock, catch_up=60.0, max_runs=4)
+    s, events = make([spec], runner, clock, backend)
+    assert s.run() == 0
+    ran = [t[14:19] for t in ticks_run(runner)]
+    # 12:00:20, :30 and :40 could not be claimed; :40, the latest, runs when the backend is back.
+    assert ran == ["00:10", "00:40", "00:50", "01:00"], ran
+    assert [(e.kind, e.tick.strftime("%M:%S")) for e in events if e.kind == "caught-up"] == [
+        ("caught-up", "00:40")
+    ]

@@ -7,9 +7,10 @@ look for what was missed meanwhile.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
-from ..backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult
+from ..backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult, Lease
 from ..coordinator import Coordinator
 from ..errors import BackendError
 from ..settings import Overlap
@@ -171,10 +172,25 @@ class CatchUp:
             missed=missed if missed is not None else len(state.catchup) + 1,
             window=state.s.catch_up,
         )
-        if state.s.overlap is Overlap.SKIP:
-            sh.claims.lease_then_start(state, tick, claim)
-        else:
+        if state.s.overlap is not Overlap.SKIP:
             sh.executor.start(state, tick, claim, None)
+            return
+        lease = _borrow_lease(state)
+        if lease is not None:
+            sh.executor.start(state, tick, claim, lease)
+        else:
+            sh.claims.lease_then_start(state, tick, claim)
+
+
+def _borrow_lease(state: JobState) -> Lease | None:
+    """The job's run lease, when the claim of a tick not yet due took it (the batch after an
+    outage claims the caught-up ticks with the tick due next): the caught-up tick runs with it,
+    and that tick takes it again when it is due (or is skipped while this run goes on)."""
+    for tick, outcome in state.outcomes.items():
+        if isinstance(outcome, ClaimOutcome) and outcome.lease is not None:
+            state.outcomes[tick] = dataclasses.replace(outcome, lease=None, lease_holder=None)
+            return outcome.lease
+    return None
 
 
 def _missed_since(

@@ -67,13 +67,14 @@ class Claims:
         def done(result: list[ClaimOutcome] | BackendError) -> None:
             sh.catchup.backend_state(url, isinstance(result, BackendError))
             skip = len(missed)
-            if not isinstance(result, BackendError) and missed:
-                sh.catchup.recovered(list(zip(missed, result[:skip], strict=True)))
             for i, (state, tick) in enumerate(items):
                 outcome = result if isinstance(result, BackendError) else result[skip + i]
                 if requests[skip + i].lease_ttl is not None:
                     state.leasing -= 1
                 self.claimed(state, tick, outcome)
+            # After the ticks due now are known: a caught-up tick may use their run lease.
+            if not isinstance(result, BackendError) and missed:
+                sh.catchup.recovered(list(zip(missed, result[:skip], strict=True)))
 
         expires = None if useful == float("inf") else sh.clock.monotonic() + useful
         sh.coordinator.claim(url, requests, done, expires)
