@@ -273,3 +273,58 @@ def test_the_instance_that_took_over_runs_the_attempts_after_the_one_it_took(
         (1, "lost"),
         (2, "failure"),
     ]
+
+
+def test_a_run_killed_with_its_host_is_recorded_lost_and_notified_once_by_the_fleet(
+    redis_server: object, tmp_path: Path
+) -> None:
+    """Two instances on Redis, no --retries; the one running the tick is SIGKILLed. The survivor
+    finds the run's instance quiet, records the run lost and fires its on-failure hook, once."""
+    import json
+    import subprocess
+
+    import redis
+
+    from .conftest import pyjob_exe
+
+    port = redis_server.port  # type: ignore[attr-defined]
+    db = 8
+    redis.Redis(port=port, db=db).flushdb()
+    url = f"redis://127.0.0.1:{port}/{db}"
+    out, hooks = tmp_path / "runs", tmp_path / "hooks"
+    cmd = f'echo "$PYJOB_INSTANCE" >> {out}; sleep 60'
+    hook = f'echo "$PYJOB_RESULT $PYJOB_INSTANCE $PYJOB_RUN_ID" >> {hooks}'
+    args = ["-s", "0 * * * * *", "--lock", url, "--name", "doomed", "--lease-ttl", "1s"]
+    args += ["--on-failure", hook, "--shell", "--", cmd]
+    runs = {n: PyjobRun(["--instance-id", n, *args], tmp_path, n) for n in ("a", "b")}
+
+    def lines(path: Path, n: int, timeout: float) -> list[list[str]]:
+        deadline = time.time() + timeout
+        while time.time() < deadline and not (
+            path.exists() and len(path.read_text().splitlines()) >= n
+        ):
+            time.sleep(0.1)
+        return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+    first = lines(out, 1, 90)
+    assert first, "no run started"
+    victim, survivor = first[0][0], "b" if first[0][0] == "a" else "a"
+    runs[victim].signal(signal.SIGKILL)
+    runs[victim].wait()
+    # Quiet after 3.5 beats of a third of the 1 s TTL, found at the survivor's next beat.
+    notified = lines(hooks, 1, 30)
+    assert [row[:2] for row in notified] == [["lost", survivor]], notified
+    ended = runs[survivor].wait_for("retry-dropped")
+    assert ended[0]["result"] == "lost" and ended[0]["run_id"] == notified[0][2]
+    time.sleep(2.0)  # later beats must not end it again
+    assert runs[survivor].stop() == 0
+    assert len(lines(hooks, 1, 0)) == 1
+    hist = subprocess.run(
+        [*pyjob_exe(), "history", "doomed", "--lock", url, "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    record = json.loads(hist.stdout)["runs"][0]
+    assert record["result"] == "lost" and record["run_id"] == notified[0][2]
+    assert record["finished"]  # written so (a reader alone would show it lost, unfinished)
