@@ -26,8 +26,9 @@ def status_cmd(lock: str | None, fmt: str) -> None:
     schedule, last run (when, where, result, duration), next tick, what runs now and where, and
     the instances that serve it.
 
-    Each instance registers its jobs in the backend and refreshes a heartbeat every 10 s; one
-    not seen for 35 s has gone quiet, and a run it left `running` shows as `lost`. A job with
+    Each instance registers its jobs in the backend and refreshes a heartbeat every third of its
+    --lease-ttl (5 s by default, at most 10 s); one not seen for 3.5 beats (17.5 s) has gone
+    quiet, and a run it left `running` shows as `lost`. A job with
     no live instance shows NEXT as "- no live instance" (next_tick null in JSON): nothing will
     run its ticks; once none of its instances was seen for 24 h it is no longer listed (its
     history stays, for `pyjob history JOB`). With the

@@ -192,9 +192,9 @@ PAGES: dict[str, Page] = {
             "backend but none keeps them) and prints one row per job: its schedule in words, its "
             "last run (when, result, duration, instance), its next tick, what runs now and "
             "where, and how many live instances serve it. Times are in the job's zone and "
-            "relative. An instance that has not refreshed its heartbeat for 3.5 beats (10 s "
-            "each, or a third of --lease-ttl) has gone quiet, and a run it left running shows as "
-            "lost.",
+            "relative. An instance that has not refreshed its heartbeat for 3.5 beats (a third "
+            "of --lease-ttl each, 5 s by default, at most 10 s) has gone quiet, and a run it "
+            "left running shows as lost.",
             '--format json prints {"jobs": [{"job", "schedule", "command", "zone", '
             '"last", "next_tick", "running", "instances"}]}. An unreachable backend '
             "exits 5.",

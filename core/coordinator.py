@@ -267,10 +267,13 @@ class Coordinator:
         self._submit(url, _Call("latest", (job,), done))
         return True
 
-    def orphan(self, url: str | None, job: str, done: Callable[[Any], None]) -> None:
-        """The newest record of ``job`` and the instances' heartbeats, to ``done`` (None when the
-        job has no records): what an instance needs to take over another's attempts."""
-        self._submit(url, _Call("orphan", (job,), done))
+    def orphan(
+        self, url: str | None, job: str, done: Callable[[Any], None], newest: int = 1
+    ) -> None:
+        """The ``newest`` records of ``job`` (newest first) and the instances' heartbeats, to
+        ``done`` (None when the job has no records): what an instance needs to take over
+        another's attempts, or to end a run lost with its host."""
+        self._submit(url, _Call("orphan", (job, newest), done))
 
     def drain(self) -> int:
         """Deliver the results that are ready (on the caller's thread); how many."""
@@ -557,8 +560,8 @@ class Coordinator:
         """The fleet's records a take-over, a catch-up or --notify-on change asks for."""
         assert link.records is not None
         if call.what == "orphan":
-            newest = link.records.runs(call.args[0], 1, None)
-            return (newest[0], link.records.instances()) if newest else None
+            newest = link.records.runs(call.args[0], call.args[1], None)
+            return (newest, link.records.instances()) if newest else None
         if call.what == "latest":
             newest = link.records.runs(call.args[0], 1, None)
             reading = link.backend.server_time()  # the window is judged by this clock

@@ -43,7 +43,7 @@ FLEET_WAIT = 2.0  # seconds a scrape (or a textfile write) waits for the fleet's
 FLEET_RETRY = 15.0  # after a fleet read failed, scrapes use the values they have this long
 FLEET_FIRST = 100  # records read per job at the first fleet read (--history-keep's default)
 
-RESULTS = ("success", "failure", "timeout", "stopped", "start-failed")
+RESULTS = ("success", "failure", "timeout", "stopped", "start-failed", "lost")
 # skipped ticks, by kind of reason (a fixed set: the event's reason is free text)
 SKIP_REASONS = ("overlap", "queue-full", "backend-error", "refused", "clock-ahead", "other")
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)

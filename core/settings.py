@@ -251,8 +251,9 @@ SETTINGS: tuple[Setting, ...] = (
         "lease-ttl",
         "duration",
         "How long a run lease (--overlap skip) outlives an instance that stopped renewing it "
-        "(killed, host lost); also how soon its running record shows as lost.",
-        default="30s",
+        "(killed, host lost); also how soon its running record shows as lost and the fleet "
+        "retries it or records it lost (within about 1.5 times this).",
+        default="15s",
         metavar=_DURATION,
     ),
     Setting(
@@ -539,7 +540,7 @@ class JobSettings:
     on_finish: str | None = None
     hook_timeout: float = 30.0
     notify_on: NotifyOn = NotifyOn.ALWAYS
-    lease_ttl: float = 30.0
+    lease_ttl: float = 15.0
     history_keep: int = 100
     history_max_age: float = 30 * 86400.0
     ping: str | None = None

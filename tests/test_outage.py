@@ -121,3 +121,55 @@ def test_an_outage_is_logged_once_as_it_starts_and_once_as_it_ends(
     assert run.events("backend-error") == []  # each failed call is at debug level
     backend = [e for e in run.events() if e["event"].startswith("backend")]
     assert backend == [down, up], backend
+
+
+def test_catch_up_runs_the_latest_tick_missed_in_an_outage_once_when_the_backend_is_back(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Two instances with --catch-up 1m; the backend hangs (a partition: nothing answers) for
+    about four ticks. When it answers again, the latest tick the outage kept from being claimed
+    runs once in the fleet, then the grid goes on; no tick runs twice."""
+    from .faultproxy import FaultProxy
+
+    proxy = FaultProxy(redis_server.port).start()
+    url = f"redis://127.0.0.1:{proxy.port}/0"
+    out = tmp_path / "runs"
+    cmd = 'echo "$PYJOB_TICK_UNIX $PYJOB_INSTANCE" >> "$OUT"'
+    args = ["--every", "3s", "--align", "--lock", url, "--catch-up", "1m"]
+    runs = [
+        PyjobRun(
+            [*args, "--instance-id", name, "--shell", "--", cmd],
+            tmp_path,
+            name,
+            {"OUT": str(out)},
+        )
+        for name in ("a", "b")
+    ]
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not all(
+            r.events("claimed") + r.events("lost") for r in runs
+        ):
+            time.sleep(0.2)
+        assert all(r.events("claimed") + r.events("lost") for r in runs)
+        hung = time.time()
+        proxy.hang()
+        time.sleep(12)
+        back = time.time()
+        proxy.forward()
+        deadline = back + 60
+        while time.time() < deadline and not any(r.events("caught-up") for r in runs):
+            time.sleep(0.2)
+        time.sleep(4)
+        for r in runs:
+            assert r.stop() == 0
+    finally:
+        proxy.stop()
+    rows = [line.split() for line in out.read_text().splitlines()]
+    ticks = [float(row[0]) for row in rows]
+    assert len(ticks) == len(set(ticks)), rows  # nothing ran twice
+    caught = [e for r in runs for e in r.events("caught-up")]
+    assert len(caught) == 1, caught  # once in the fleet
+    inside = [t for t in ticks if hung + 3 < t < back]
+    assert inside, (hung, back, rows)  # the latest missed tick ran once it was back
+    assert max(inside) > back - 3 - 0.5, (hung, back, rows)  # the latest one, not an earlier

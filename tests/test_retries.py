@@ -209,3 +209,122 @@ def test_pings_and_metrics_see_a_retried_run_once_with_its_final_result() -> Non
         if s.name == "pyjob_runs_total" and s.labels.get("job_name") == "job"
     }
     assert runs.get("success") == 1.0 and not runs.get("failure")
+
+
+def test_the_instance_that_took_over_runs_the_attempts_after_the_one_it_took(
+    redis_server: object, tmp_path: Path
+) -> None:
+    """Two instances on Redis; the one running attempt 1 is killed. The survivor takes over
+    attempt 2 (which fails) and runs attempt 3 too: its own take-over claim is not mistaken for
+    somebody else's run. The run ends once: one record (failure, three attempts), one hook."""
+    import json
+    import subprocess
+
+    import redis
+
+    from .conftest import pyjob_exe
+
+    port = redis_server.port  # type: ignore[attr-defined]
+    db = 7
+    redis.Redis(port=port, db=db).flushdb()
+    url = f"redis://127.0.0.1:{port}/{db}"
+    out, hooks = tmp_path / "attempts", tmp_path / "hooks"
+    cmd = (
+        f'echo "$PYJOB_ATTEMPT $PYJOB_INSTANCE $PYJOB_RUN_ID" >> {out}; '
+        'if [ "$PYJOB_ATTEMPT" = 1 ]; then sleep 60; fi; exit 3'
+    )
+    hook = f'echo "$PYJOB_RESULT $PYJOB_ATTEMPT $PYJOB_INSTANCE" >> {hooks}'
+    # A tick a minute: the three attempts have all the time they need within it.
+    args = ["-s", "0 * * * * *", "--lock", url, "--name", "flaky", "--retries", "2"]
+    args += ["--retry-delay", "200ms", "--lease-ttl", "1s", "--on-failure", hook]
+    args += ["--shell", "--", cmd]
+    runs = {n: PyjobRun(["--instance-id", n, *args], tmp_path, n) for n in ("a", "b")}
+
+    def lines(path: Path, n: int, timeout: float) -> list[list[str]]:
+        deadline = time.time() + timeout
+        while time.time() < deadline and not (
+            path.exists() and len(path.read_text().splitlines()) >= n
+        ):
+            time.sleep(0.1)
+        return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+    first = lines(out, 1, 90)
+    assert first and first[0][0] == "1", first
+    victim, survivor = first[0][1], "b" if first[0][1] == "a" else "a"
+    runs[victim].signal(signal.SIGKILL)
+    runs[victim].wait()
+    attempts = lines(out, 3, 40)
+    assert [row[:2] for row in attempts] == [["1", victim], ["2", survivor], ["3", survivor]]
+    assert len({row[2] for row in attempts}) == 1  # one run
+    assert lines(hooks, 1, 20) == [["failure", "3", survivor]]
+    time.sleep(1.0)
+    assert runs[survivor].stop() == 0
+    assert lines(hooks, 1, 0) == [["failure", "3", survivor]]  # once
+    assert not runs[survivor].events("skipped")
+    hist = subprocess.run(
+        [*pyjob_exe(), "history", "flaky", "--lock", url, "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    record = json.loads(hist.stdout)["runs"][0]
+    assert record["attempt"] == 3 and record["result"] == "failure"
+    assert [(a["attempt"], a["result"]) for a in record["attempts"]] == [
+        (1, "lost"),
+        (2, "failure"),
+    ]
+
+
+def test_a_run_killed_with_its_host_is_recorded_lost_and_notified_once_by_the_fleet(
+    redis_server: object, tmp_path: Path
+) -> None:
+    """Two instances on Redis, no --retries; the one running the tick is SIGKILLed. The survivor
+    finds the run's instance quiet, records the run lost and fires its on-failure hook, once."""
+    import json
+    import subprocess
+
+    import redis
+
+    from .conftest import pyjob_exe
+
+    port = redis_server.port  # type: ignore[attr-defined]
+    db = 8
+    redis.Redis(port=port, db=db).flushdb()
+    url = f"redis://127.0.0.1:{port}/{db}"
+    out, hooks = tmp_path / "runs", tmp_path / "hooks"
+    cmd = f'echo "$PYJOB_INSTANCE" >> {out}; sleep 60'
+    hook = f'echo "$PYJOB_RESULT $PYJOB_INSTANCE $PYJOB_RUN_ID" >> {hooks}'
+    args = ["-s", "0 * * * * *", "--lock", url, "--name", "doomed", "--lease-ttl", "1s"]
+    args += ["--on-failure", hook, "--shell", "--", cmd]
+    runs = {n: PyjobRun(["--instance-id", n, *args], tmp_path, n) for n in ("a", "b")}
+
+    def lines(path: Path, n: int, timeout: float) -> list[list[str]]:
+        deadline = time.time() + timeout
+        while time.time() < deadline and not (
+            path.exists() and len(path.read_text().splitlines()) >= n
+        ):
+            time.sleep(0.1)
+        return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+    first = lines(out, 1, 90)
+    assert first, "no run started"
+    victim, survivor = first[0][0], "b" if first[0][0] == "a" else "a"
+    runs[victim].signal(signal.SIGKILL)
+    runs[victim].wait()
+    # Quiet after 3.5 beats of a third of the 1 s TTL, found at the survivor's next beat.
+    notified = lines(hooks, 1, 30)
+    assert [row[:2] for row in notified] == [["lost", survivor]], notified
+    ended = runs[survivor].wait_for("retry-dropped")
+    assert ended[0]["result"] == "lost" and ended[0]["run_id"] == notified[0][2]
+    time.sleep(2.0)  # later beats must not end it again
+    assert runs[survivor].stop() == 0
+    assert len(lines(hooks, 1, 0)) == 1
+    hist = subprocess.run(
+        [*pyjob_exe(), "history", "doomed", "--lock", url, "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    record = json.loads(hist.stdout)["runs"][0]
+    assert record["result"] == "lost" and record["run_id"] == notified[0][2]
+    assert record["finished"]  # written so (a reader alone would show it lost, unfinished)

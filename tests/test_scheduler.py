@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import re
 import signal
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pyjob.core.backends import ClaimResult
 from pyjob.core.backends.null import NullBackend
 from pyjob.core.clock import FakeClock
+from pyjob.core.errors import BackendError
 from pyjob.core.events import CATALOGUE, Event
 from pyjob.core.process import Command
-from pyjob.core.schedule import Schedule, parse
+from pyjob.core.schedule import Schedule, parse, to_us
 from pyjob.core.scheduler import Job, Scheduler, overlap_action
 from pyjob.core.settings import JobSettings, Overlap
 
@@ -335,7 +338,7 @@ def test_the_run_lease_is_taken_with_the_claim_renewed_and_released() -> None:
     s, _ = make([job("every 10m align tz UTC", clock, max_runs=1)], runner, clock, backend)
     s.run()
     assert backend.batches == [1]  # claim and lease: one round trip
-    assert backend.renewals == [1] * 6  # every ttl/3 = 10 s for 65 s
+    assert backend.renewals == [1] * 12  # every ttl/3 = 5 s (the default 15 s TTL) for 65 s
     assert released == ["job"]
 
 
@@ -471,3 +474,302 @@ def test_nothing_is_logged_or_recorded_between_the_spawns_of_one_tick(tmp_path: 
     due = start + timedelta(seconds=10 - start.second % 10)
     assert len(started) == 3 and all(e.at == due for e in started)
     assert len(list((tmp_path / "locks").glob("*/runs/*.json"))) == 3
+
+
+def test_a_late_catch_up_answer_never_claims_a_tick_this_instance_already_ran() -> None:
+    """--catch-up asks the backend for the latest tick anyone handled; the answer may come back
+    after this instance claimed and ran the next tick, and still say the tick before. Claiming
+    one's own claim again is won: a catch-up that read the job's next tick only when the answer
+    came would claim that tick again and run it twice."""
+    clock = FakeClock(T0)
+    asked: list[Any] = []
+    events: list[Event] = []
+    ran: list[str] = []
+
+    def answer_late(n: int) -> None:
+        # 12:00:10 runs here: only now does the answer come, read before that claim.
+        if n == 1:
+            s.coordinator._deliver(asked.pop(), (to_us(T0), None))
+
+    runner = FakeRunner(clock, on_start=answer_late)
+    spec = job("every 10s align tz UTC", clock, catch_up=0.5, max_runs=3)
+    s = Scheduler(
+        clock,
+        runner,
+        events.append,
+        instance="test:1",
+        threaded=False,
+        opener=lambda u: NullBackend(),
+    )
+    s.coordinator.latest = lambda url, job, done: asked.append(done) or True  # type: ignore
+    s.open([spec])
+    s.add(spec)
+    assert len(asked) == 1
+    assert s.run() == 0
+    ran = ticks_run(runner)
+    assert ran == [f"2026-06-01T12:00:{x}+00:00" for x in ("10", "20", "30")], ran
+    assert not [e for e in events if e.kind == "caught-up"]
+
+
+class LeaseFails(NullBackend):
+    """The n-th claims that take a run lease (counted from 1, in ``fail``) fail as a dropped
+    connection does."""
+
+    def __init__(self, fail: set[int]) -> None:
+        super().__init__()
+        self.fail = fail
+        self.leasing = 0
+
+    def claim_many(self, requests, instance, now):  # type: ignore[no-untyped-def]
+        for r in requests:
+            if r.lease_ttl is not None:
+                self.leasing += 1
+                if self.leasing in self.fail:
+                    raise BackendError("connection dropped (test)")
+        return super().claim_many(requests, instance, now)
+
+
+def stop_at(s: Scheduler, clock: FakeClock, limit: datetime) -> None:
+    """Ask the scheduler to stop once the fake clock passes ``limit`` (a run that never ends
+    must fail the test, not hang it)."""
+    wait = clock.wait_for
+
+    def bounded(*args: Any) -> list[int]:
+        ready = wait(*args)
+        if clock.now() > limit and not s._sh.stop:
+            s.request_stop()
+        return ready
+
+    clock.wait_for = bounded  # type: ignore[method-assign]
+
+
+def test_a_backend_error_at_a_retrys_lease_delays_the_attempt_it_does_not_drop_it() -> None:
+    clock = FakeClock(T0)
+    runner = FakeRunner(clock, code=3, duration=1.0)
+    backend = LeaseFails({2})  # the lease of the second attempt: the connection drops once
+    spec = job("every 1m align tz UTC", clock, max_runs=1, retries=1, retry_delay=2.0)
+    spec = Job(spec.job_id, spec.schedule, spec.command, replace(spec.settings, on_failure="x"))
+    s, events = make([spec], runner, clock, backend)
+    stop_at(s, clock, T0 + timedelta(minutes=5))
+    assert s.run() == 1  # ended by itself (its run failed), not by the stop
+    attempts = [env.get("PYJOB_ATTEMPT") for env in runner.started if "PYJOB_HOOK" not in env]
+    assert attempts == ["1", "2"]
+    hooks = [env for env in runner.started if "PYJOB_HOOK" in env]
+    assert len(hooks) == 1 and hooks[0]["PYJOB_ATTEMPT"] == "2"
+    ends = [e for e in events if e.kind == "run-finished" and "retry_in" not in e.fields]
+    assert len(ends) == 1 and ends[0].fields["attempt"] == 2
+    error = next(e for e in events if e.kind == "backend-error")
+    assert "tried again" in error.fields["action"]
+
+
+def test_a_retry_whose_lease_never_comes_ends_the_run_once_with_its_hook() -> None:
+    clock = FakeClock(T0)
+    runner = FakeRunner(clock, code=3, duration=1.0)
+    backend = LeaseFails(set(range(2, 1000)))  # the backend drops every later lease claim
+    spec = job("every 1m align tz UTC", clock, max_runs=1, retries=2, retry_delay=5.0)
+    spec = Job(spec.job_id, spec.schedule, spec.command, replace(spec.settings, on_failure="x"))
+    s, events = make([spec], runner, clock, backend)
+    stop_at(s, clock, T0 + timedelta(minutes=5))
+    assert s.run() == 1
+    assert [env for env in runner.started if "PYJOB_HOOK" not in env] == runner.started[:1]
+    assert len([env for env in runner.started if "PYJOB_HOOK" in env]) == 1
+    dropped = [e for e in events if e.kind == "retry-dropped"]
+    assert len(dropped) == 1 and dropped[0].fields["result"] == "failure"
+    assert dropped[0].fields["exit_code"] == 3
+    # Tried while the tick's window was open (the following tick at 12:02), not past it.
+    assert dropped[0].at < T0 + timedelta(minutes=2)
+
+
+def with_records(s: Scheduler, records: dict[tuple[str, int], Any]) -> None:
+    """Run records kept in ``records`` (by job and tick), as a backend that keeps them would:
+    the orphan look-up answers the job's newest one, and no heartbeat of any other instance."""
+    co = s.coordinator
+    co.has_records = lambda url: True  # type: ignore[method-assign]
+    co.register = lambda *a: None  # type: ignore[method-assign]
+    co.heartbeat = lambda me: None  # type: ignore[method-assign]
+    co.prune = lambda *a: None  # type: ignore[method-assign]
+
+    def record(url: Any, r: Any, keep: int) -> None:
+        records[(r.job, r.tick_us)] = replace(r)
+
+    def orphan(url: Any, job: str, done: Any, n: int = 1) -> None:
+        mine = sorted((r for (j, _), r in records.items() if j == job), key=lambda r: -r.tick_us)
+        co._deliver(done, ([replace(r) for r in mine[:n]], {}) if mine else None)
+
+    co.record = record  # type: ignore[method-assign]
+    co.orphan = orphan  # type: ignore[method-assign]
+
+
+def test_the_instance_that_took_over_a_dead_ones_attempts_runs_its_later_attempts() -> None:
+    """The taker holds the run by its take-over claim (the dead instance won the tick's claim):
+    its next attempt claims that again, and is not mistaken for a run of somebody else's."""
+    from pyjob.core.records import RunRecord
+
+    clock = FakeClock(T0 + timedelta(seconds=5))
+    runner = FakeRunner(clock, code=3, duration=1.0)
+    backend = RecordingBackend(lose={T0})  # the dead instance won 12:00:00
+    spec = job("every 1m align tz UTC", clock, max_runs=1, retries=2, retry_delay=1.0)
+    spec = Job(spec.job_id, spec.schedule, spec.command, replace(spec.settings, on_failure="x"))
+    events: list[Event] = []
+    s = Scheduler(
+        clock, runner, events.append, instance="test:1", threaded=False, opener=lambda u: backend
+    )
+    records: dict[tuple[str, int], Any] = {}
+    dead = RunRecord("job", to_us(T0), "job-20260601T120000Z", "dead:1", "running", fence=7)
+    records[("job", to_us(T0))] = dead
+    with_records(s, records)
+    s.open([spec])
+    s.add(spec)
+    stop_at(s, clock, T0 + timedelta(minutes=5))
+    assert s.run() == 1
+    first = [env for env in runner.started if env.get("PYJOB_TICK", "").endswith("12:00:00+00:00")]
+    attempts = [env["PYJOB_ATTEMPT"] for env in first if "PYJOB_HOOK" not in env]
+    assert attempts == ["2", "3"]  # 1 was lost with its instance; 2 and 3 ran here
+    assert len([env for env in first if "PYJOB_HOOK" in env]) == 1
+    assert not [e for e in events if e.kind == "skipped"]
+    final = records[("job", to_us(T0))]
+    assert final.result == "failure" and final.attempt == 3 and final.instance == "test:1"
+    assert [a["result"] for a in final.attempts] == ["lost", "failure"]
+
+
+def lost_run_fleet(
+    start: datetime,
+    retries: int,
+    backend: Any = None,
+    instance: str = "test:1",
+    records: dict[tuple[str, int], Any] | None = None,
+) -> tuple[Scheduler, list[Event], FakeRunner, dict[tuple[str, int], Any]]:
+    """This instance (``instance``) starts at ``start`` and serves a job whose run of 12:00:00 was
+    left `running` by dead:1, an instance that is gone (no heartbeat)."""
+    from pyjob.core.records import RunRecord
+
+    clock = FakeClock(start)
+    runner = FakeRunner(clock, code=3, duration=1.0)
+    spec = job("every 1m align tz UTC", clock, retries=retries, retry_delay=1.0)
+    spec = Job(spec.job_id, spec.schedule, spec.command, replace(spec.settings, on_failure="x"))
+    events: list[Event] = []
+    backend = backend or RecordingBackend(lose={T0})  # dead:1 won 12:00:00
+    s = Scheduler(
+        clock, runner, events.append, instance=instance, threaded=False, opener=lambda u: backend
+    )
+    records = {} if records is None else records
+    dead = RunRecord(
+        "job", to_us(T0), "job-20260601T120000Z", "dead:1", "running", fence=7, started_us=to_us(T0)
+    )
+    records[("job", to_us(T0))] = dead
+    with_records(s, records)
+    s.open([spec])
+    s.add(spec)
+    stop_at(s, clock, T0 + timedelta(minutes=3))  # it runs until stopped
+    return s, events, runner, records
+
+
+@pytest.mark.parametrize(
+    "start, retries",
+    [(T0 + timedelta(seconds=5), 0), (T0 + timedelta(seconds=58), 2)],
+    ids=["no-retries", "no-time-left-for-an-attempt"],
+)
+def test_a_run_lost_with_its_host_is_recorded_lost_counted_and_notified_once(
+    start: datetime, retries: int
+) -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+    from pyjob.core.metrics import Metrics
+    from pyjob.core.pings import PingSender
+
+    s, events, runner, records = lost_run_fleet(start, retries)
+    s.run()
+    final = records[("job", to_us(T0))]
+    assert final.result == "lost" and final.instance == "dead:1" and final.finished_us
+    hooks = [
+        env for env in runner.started if "PYJOB_HOOK" in env and "12:00:00" in env["PYJOB_TICK"]
+    ]
+    assert len(hooks) == 1
+    assert hooks[0]["PYJOB_RESULT"] == "lost" and hooks[0]["PYJOB_RUN_ID"] == final.run_id
+    assert not [
+        env for env in runner.started if "PYJOB_HOOK" not in env and "12:00:00" in env["PYJOB_TICK"]
+    ]
+    ends = [e for e in events if e.kind == "retry-dropped"]
+    assert len(ends) == 1 and ends[0].fields["result"] == "lost"
+    # Found within the dead instance's quiet time (3.5 beats) plus a beat of this one.
+    assert ends[0].at <= start + timedelta(seconds=4.5 * s._sh.books.heartbeat_every + 1)
+    pings = PingSender({"job": "http://127.0.0.1:9/ping"}, s.clock, lambda *a, **k: None)
+    metrics = Metrics(s.clock, "test:1", "0", {"job": 60.0}, {"job": "none"})
+    for e in events:
+        pings.on_event(e)
+        metrics.on_event(e)
+    assert [p.what for p in pings._queue if p.tick == T0] == ["1"]  # the final ping, a failure
+    text = generate_latest(metrics.registry).decode()
+    lost = [
+        sample.value
+        for fam in text_string_to_metric_families(text)
+        for sample in fam.samples
+        if sample.name == "pyjob_runs_total" and sample.labels.get("result") == "lost"
+    ]
+    assert lost == [1.0]
+
+
+class SharedClaims(NullBackend):
+    """Claims shared by the instances of a test: a tick is won by its first claimer (and again
+    by it); 12:00:00 was won by dead:1."""
+
+    def __init__(self, claims: dict[tuple[str, datetime], str]) -> None:
+        super().__init__()
+        self.claims = claims
+
+    def claim(
+        self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
+    ) -> ClaimResult:
+        holder = self.claims.setdefault((job, tick), instance)
+        return ClaimResult(holder == instance, holder, 7)
+
+
+def test_a_lost_run_is_ended_by_one_instance_of_the_fleet() -> None:
+    """Two instances find the run lost, each before it sees the other's record of it: the one
+    that wins the take-over claim ends it, the other leaves it."""
+    claims = {("job", T0): "dead:1"}
+    fleet, views = [], []
+    for n in (1, 2):
+        start = T0 + timedelta(seconds=5)
+        s, events, runner, view = lost_run_fleet(start, 0, SharedClaims(claims), f"test:{n}")
+        fleet.append((s, events, runner))
+        views.append(view)
+    for s, _, _ in fleet:
+        s.run()
+    ends = [e for _, events, _ in fleet for e in events if e.kind == "retry-dropped"]
+    hooks = [
+        env
+        for _, _, runner in fleet
+        for env in runner.started
+        if "PYJOB_HOOK" in env and "12:00:00" in env["PYJOB_TICK"]
+    ]
+    assert len(ends) == 1 and len(hooks) == 1
+    assert sorted(v[("job", to_us(T0))].result for v in views) == ["lost", "running"]
+
+
+class DownBetween(NullBackend):
+    """Every claim fails while the fake clock is within [``start``, ``end``): an outage."""
+
+    def __init__(self, clock: FakeClock, start: datetime, end: datetime) -> None:
+        super().__init__()
+        self.clock, self.start, self.end = clock, start, end
+
+    def claim_many(self, requests, instance, now):  # type: ignore[no-untyped-def]
+        if self.start <= self.clock.now() < self.end:
+            raise BackendError("backend unreachable (test)")
+        return super().claim_many(requests, instance, now)
+
+
+def test_after_an_outage_the_latest_tick_it_kept_from_being_claimed_runs_once() -> None:
+    clock = FakeClock(T0)
+    backend = DownBetween(clock, T0 + timedelta(seconds=15), T0 + timedelta(seconds=45))
+    runner = FakeRunner(clock, duration=0.2)
+    spec = job("every 10s align tz UTC", clock, catch_up=60.0, max_runs=4)
+    s, events = make([spec], runner, clock, backend)
+    assert s.run() == 0
+    ran = [t[14:19] for t in ticks_run(runner)]
+    # 12:00:20, :30 and :40 could not be claimed; :40, the latest, runs when the backend is back.
+    assert ran == ["00:10", "00:40", "00:50", "01:00"], ran
+    assert [(e.kind, e.tick.strftime("%M:%S")) for e in events if e.kind == "caught-up"] == [
+        ("caught-up", "00:40")
+    ]

@@ -7,9 +7,10 @@ look for what was missed meanwhile.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
-from ..backends.protocol import ClaimOutcome, ClaimRequest
+from ..backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult, Lease
 from ..coordinator import Coordinator
 from ..errors import BackendError
 from ..settings import Overlap
@@ -35,9 +36,48 @@ class CatchUp:
                 if state.s.catch_up and Coordinator.key(state.job.lock) == key:
                     self.check(state)
 
+    def failed(self, state: JobState, tick: datetime) -> None:
+        """The claim of ``tick`` failed (the backend is down) and it did not run: with
+        --catch-up it is claimed again once the backend answers (the most recent one, or up
+        to --catch-up-max of them with --catch-up-all)."""
+        if not state.s.catch_up:
+            return
+        state.failed.append(tick)
+        del state.failed[: -(state.s.catch_up_max if state.s.catch_up_all else 1)]
+
+    def recovered(self, claimed: list[tuple[tuple[JobState, datetime], ClaimOutcome]]) -> None:
+        """The backend answered a batch that claimed again the ticks an outage kept from being
+        claimed: the ones won within the --catch-up window run here, oldest first; the others
+        were run elsewhere, refused, or are reported as missed."""
+        sh = self.sh
+        now = sh.clock.now()
+        won: dict[int, tuple[JobState, list[tuple[datetime, ClaimResult]]]] = {}
+        for (state, tick), outcome in claimed:
+            if tick not in state.failed:
+                continue  # taken by an earlier batch that claimed it too
+            state.failed.remove(tick)
+            state.claimed_to = max(tick, state.claimed_to or tick)
+            c = outcome.claim
+            if c.refused:
+                sh.emit("refused", state.id, tick, reason=c.refused)
+            elif not c.won:
+                sh.emit("lost", state.id, tick, holder=c.holder, fence=c.fence)
+            elif (now - tick).total_seconds() > (state.s.catch_up or 0.0):
+                sh.ticking.missed(state, [tick], "missed in a backend outage, before the window")
+            else:
+                sh.emit("claimed", state.id, tick, fence=c.fence)
+                won.setdefault(id(state), (state, []))[1].append((tick, c))
+        for state, ticks in won.values():
+            state.catchup.extend(ticks)
+            state.catchup.sort(key=lambda entry: entry[0])
+            self.next(state, len(ticks))
+
     def check(self, state: JobState) -> None:
         """Ask the backend for the latest tick anyone handled, then plan the catch-up."""
         sh = self.sh
+        # The ticks from the job's next one on are this process's own, whatever happens while
+        # the answer is on its way: the bound is taken now, when the backend is asked.
+        until = state.next_tick
 
         def done(latest: tuple[int, int | None] | BackendError | None) -> None:
             state.looked_up(JobPhase.CATCHING_UP)
@@ -45,7 +85,7 @@ class CatchUp:
                 sh.emit("backend-error", state.id, None, error=str(latest), action=_AGAIN)
                 self.down.add(Coordinator.key(state.job.lock))
             elif latest is not None:  # a fresh job has no proof that anything was missed
-                self.plan(state, *latest)
+                self.plan(state, *latest, until=until)
             sh.lifecycle.maybe_end(state)
 
         if not state.look_up(JobPhase.CATCHING_UP):
@@ -53,15 +93,23 @@ class CatchUp:
         if not sh.coordinator.latest(state.job.lock, state.id, done):
             state.looked_up(JobPhase.CATCHING_UP)  # no records (--lock none): nothing to judge by
 
-    def plan(self, state: JobState, latest_us: int, backend_us: int | None) -> None:
-        """The ticks after ``latest_us`` (the latest anyone handled) that are past: report the
-        ones outside the window or over the limit, claim the others."""
+    def plan(
+        self,
+        state: JobState,
+        latest_us: int,
+        backend_us: int | None,
+        until: datetime | None = None,
+    ) -> None:
+        """The ticks after ``latest_us`` (the latest anyone handled) that are past and before
+        ``until`` (the job's next tick when the backend was asked): report the ones outside
+        the window or over the limit, claim the others."""
         sh = self.sh
         now = sh.clock.now()
         # The window is judged by the backend's clock where it has one (the fleet's time).
         judged = now if backend_us is None else datetime.fromtimestamp(backend_us / 1e6, UTC)
         window = state.s.catch_up or 0.0
-        missed = _missed_since(state, datetime.fromtimestamp(latest_us / 1e6, UTC), now)
+        first = datetime.fromtimestamp(latest_us / 1e6, UTC)
+        missed = _missed_since(state, first, now, until, state.claimed_to)
         if not missed:
             return
         recent = [t for t in missed if (judged - t).total_seconds() <= window]
@@ -104,6 +152,7 @@ class CatchUp:
             self.next(state, missed)
 
         state.look_up(JobPhase.CATCHING_UP)
+        state.claimed_to = max(run[-1], state.claimed_to or run[-1])
         sh.claims.keep(state.job.lock, state.id, max(keep))
         sh.coordinator.claim(state.job.lock, requests, claimed)
 
@@ -123,20 +172,48 @@ class CatchUp:
             missed=missed if missed is not None else len(state.catchup) + 1,
             window=state.s.catch_up,
         )
-        if state.s.overlap is Overlap.SKIP:
-            sh.claims.lease_then_start(state, tick, claim)
-        else:
+        if state.s.overlap is not Overlap.SKIP:
             sh.executor.start(state, tick, claim, None)
+            return
+        lease = _borrow_lease(state)
+        if lease is not None:
+            sh.executor.start(state, tick, claim, lease)
+        else:
+            sh.claims.lease_then_start(state, tick, claim)
 
 
-def _missed_since(state: JobState, first: datetime, now: datetime) -> list[datetime]:
-    """The ticks after ``first`` that are past, up to the job's next tick (from which on the
-    ticks are handled as usual)."""
+def _borrow_lease(state: JobState) -> Lease | None:
+    """The job's run lease, when the claim of a tick not yet due took it (the batch after an
+    outage claims the caught-up ticks with the tick due next): the caught-up tick runs with it,
+    and that tick takes it again when it is due (or is skipped while this run goes on)."""
+    for tick, outcome in state.outcomes.items():
+        if isinstance(outcome, ClaimOutcome) and outcome.lease is not None:
+            state.outcomes[tick] = dataclasses.replace(outcome, lease=None, lease_holder=None)
+            return outcome.lease
+    return None
+
+
+def _missed_since(
+    state: JobState,
+    first: datetime,
+    now: datetime,
+    asked: datetime | None,
+    handled: datetime | None,
+) -> list[datetime]:
+    """The ticks after ``first`` that are past, before the job's next tick (from which on the
+    ticks are handled as usual) as it was when the backend was asked (``asked``) and as it is
+    now, and after ``handled``, the latest tick this process claimed for the job: an answer read
+    before this process's own claim of a tick must not make it claim that tick again (claiming
+    one's own claim again is won, and would run it twice)."""
     schedule = state.job.schedule
-    until = state.next_tick
+    bounds = [t for t in (asked, state.next_tick) if t is not None]
+    until = min(bounds) if bounds else None
+    if handled is not None and handled > first:
+        first = handled
     missed: list[datetime] = []
     t = schedule.next_tick(first)
     while t is not None and t <= now and (until is None or t < until) and len(missed) < 10**5:
-        missed.append(t)
+        if t not in state.outcomes and t not in state.failed:  # not claimed elsewhere here
+            missed.append(t)
         t = schedule.next_tick(t)
     return missed

@@ -17,7 +17,7 @@ from ..errors import BackendError
 from ..events import LEASE_LOST
 from ..schedule import to_us
 from ..settings import Overlap
-from .model import OVERLAPPING, JobState, Run, keep_until
+from .model import OVERLAPPING, JobState, Retry, Run, keep_until
 from .shared import Shared
 from .timers import Renew
 
@@ -36,7 +36,13 @@ class Claims:
     def claim(self, url: str | None, items: list[tuple[JobState, datetime]]) -> None:
         """Claim each (job, tick) of one lock URL, in one batch."""
         sh = self.sh
-        requests = []
+        # The ticks a backend outage kept from being claimed (--catch-up) go first in the
+        # batch: the first batch the backend answers claims them before the tick due now.
+        missed = [(state, t) for state, _ in items for t in state.failed]
+        requests = [
+            ClaimRequest(state.id, t, keep_until(state.job.schedule, t), None)
+            for state, t in missed
+        ]
         now = sh.clock.now()
         useful = float("inf")  # seconds until the first of the following ticks is due
         for state, tick in items:
@@ -60,11 +66,15 @@ class Claims:
 
         def done(result: list[ClaimOutcome] | BackendError) -> None:
             sh.catchup.backend_state(url, isinstance(result, BackendError))
+            skip = len(missed)
             for i, (state, tick) in enumerate(items):
-                outcome = result if isinstance(result, BackendError) else result[i]
-                if requests[i].lease_ttl is not None:
+                outcome = result if isinstance(result, BackendError) else result[skip + i]
+                if requests[skip + i].lease_ttl is not None:
                     state.leasing -= 1
                 self.claimed(state, tick, outcome)
+            # After the ticks due now are known: a caught-up tick may use their run lease.
+            if not isinstance(result, BackendError) and missed:
+                sh.catchup.recovered(list(zip(missed, result[:skip], strict=True)))
 
         expires = None if useful == float("inf") else sh.clock.monotonic() + useful
         sh.coordinator.claim(url, requests, done, expires)
@@ -74,6 +84,10 @@ class Claims:
     ) -> None:
         """A claim's outcome is back (on this thread)."""
         sh = self.sh
+        if isinstance(outcome, ClaimOutcome) and (
+            state.claimed_to is None or tick > state.claimed_to
+        ):
+            state.claimed_to = tick  # answered: --catch-up never claims it again
         if tick in state.waiting and (
             state.ended or (state.prev is not None and tick < state.prev)
         ):
@@ -102,11 +116,13 @@ class Claims:
         self.drop_lease(state, outcome)
         if isinstance(outcome, BackendError):
             sh.emit("backend-error", state.id, tick, error=str(outcome), action="skip")
+            sh.catchup.failed(state, tick)
         elif outcome.claim.refused:
             sh.emit("refused", state.id, tick, reason=outcome.claim.refused)
         elif not outcome.claim.won:
             state.ticks_run += 1
             sh.emit("lost", state.id, tick, holder=outcome.claim.holder, fence=outcome.claim.fence)
+            sh.retries.watch(state)
         else:
             state.ticks_run += 1
             sh.ticking.missed(
@@ -142,6 +158,38 @@ class Claims:
                 sh.executor.start(state, tick, claim, got.lease)
 
         # Claiming a tick this instance already holds is idempotent: it only takes the lease.
+        sh.coordinator.claim(state.job.lock, [request], done)
+
+    def lease_then_retry(self, state: JobState, retry: Retry) -> None:
+        """Take the run lease for a retry's attempt (--overlap skip), then start it. The claim
+        is the one this instance holds for the run (its tick, or the claim by which it took
+        the attempts over), so claiming it again is won. An attempt that cannot have the lease
+        now (a backend error, the lease held, a run of the job going on here) is not dropped:
+        it waits and tries again (Retries.later)."""
+        sh = self.sh
+        key = retry.key or retry.tick
+        until = keep_until(state.job.schedule, retry.tick)
+        request = ClaimRequest(state.id, key, until, state.s.lease_ttl)
+        state.leasing += 1
+
+        def done(result: list[ClaimOutcome] | BackendError) -> None:
+            state.leasing -= 1
+            if isinstance(result, BackendError):
+                sh.retries.later(state, retry, str(result))
+                return
+            got = result[0]
+            if retry.cancelled or retry not in state.retries or sh.stop or state.gone:
+                self.drop_lease(state, got)  # the stop or the reload ended the run
+                sh.retries.later(state, retry, "the job was stopped")
+            elif got.lease is None or state.runs or state.deferred:
+                self.drop_lease(state, got)
+                holder = got.lease_holder or "this instance"
+                sh.retries.later(state, retry, f"the run lease is held by {holder}")
+            else:
+                state.retries.remove(retry)
+                state.attempts[retry.tick] = (retry.attempt, retry.prior, key)
+                sh.executor.start(state, retry.tick, retry.claim, got.lease)
+
         sh.coordinator.claim(state.job.lock, [request], done)
 
     def drop_lease(self, state: JobState, outcome: ClaimOutcome | BackendError | None) -> None:

@@ -111,11 +111,12 @@ class Executor:
         else:
             rid = run_id(state.id, tick, started)
             env = self.env(state, tick, rid, fence)
-        attempt, prior = state.attempts.pop(tick, (1, [])) if tick is not None else (1, [])
+        first: tuple[int, list[dict[str, Any]], datetime | None] = (1, [], tick)
+        attempt, prior, key = state.attempts.pop(tick, first) if tick is not None else first
         env["PYJOB_ATTEMPT"] = str(attempt)
         mono = sh.clock.monotonic()
         run = Run(state, tick, rid, fence, lease, started, mono, env=env, attempt=attempt)
-        run.prior = prior
+        run.prior, run.key = prior, key
         on_line = None
         if state.s.log_output:
             run.tail = []

@@ -30,15 +30,15 @@ class HookRunner:
     def busy(self) -> bool:
         return bool(self.hooks) or self.pending > 0
 
-    def after_run(self, run: Run, code: int, duration: float) -> None:
-        """Fire the run's hooks; with --notify-on change, once the job's previous result across
-        the fleet is known."""
+    def after_run(self, run: Run, code: int, duration: float, result: str | None = None) -> None:
+        """Fire the run's hooks (``result``: the run's, when not its last attempt's: ``lost``);
+        with --notify-on change, once the job's previous result across the fleet is known."""
         sh = self.sh
         state = run.job
         s = state.s
         if not (s.on_failure or s.on_success or s.on_finish):
             return
-        result = result_of(run, code)
+        result = result or result_of(run, code)
         local_previous, state.last_result = state.last_result, result
 
         def fire(previous: str | None) -> None:

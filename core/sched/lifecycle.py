@@ -45,6 +45,7 @@ class Lifecycle:
             sh.catchup.check(state)
         if job.settings.retries:
             sh.retries.jobs.add(job.job_id)
+        sh.retries.watch(state)  # once at its start: a run of it lost before this instance came
         sh.books.added(job)
 
     def maybe_end(self, state: JobState) -> None:

@@ -102,6 +102,7 @@ class Run:
     env: Mapping[str, str] = field(default_factory=dict)
     attempt: int = 1
     prior: list[dict[str, Any]] = field(default_factory=list)  # the earlier attempts
+    key: datetime | None = None  # the claim this instance holds for the run (None: its tick)
 
 
 @dataclass(eq=False, slots=True)
@@ -117,6 +118,9 @@ class Retry:
     run: Run | None = None  # the attempt that failed (hooks on a cancel see its result)
     code: int = 0
     duration: float = 0.0
+    # The claim this instance holds for the run: its tick, or the take-over claim of an attempt
+    # taken over from another instance (claiming it again is won, and takes the run lease).
+    key: datetime | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -161,8 +165,17 @@ class JobState:
     last_result: str | None = None  # of this instance's last run (--notify-on change fallback)
     catchup: list[tuple[datetime, ClaimResult]] = field(default_factory=list)  # won, to run
     retries: list[Retry] = field(default_factory=list)  # attempts waiting for their delay
-    attempts: dict[datetime, tuple[int, list[dict[str, Any]]]] = field(default_factory=dict)
+    # by tick: (the attempt about to start, the earlier ones, the claim this instance holds)
+    attempts: dict[datetime, tuple[int, list[dict[str, Any]], datetime]] = field(
+        default_factory=dict
+    )
     ahead: tuple[datetime, datetime | None] | None = None  # (tick, its following), at its claim
+    # The latest tick whose claim this process had answered (won, lost or refused), or ran on
+    # a backend error: --catch-up never claims it again.
+    claimed_to: datetime | None = None
+    # --catch-up: the most recent ticks whose claim failed (backend down) and that did not run;
+    # claimed again, before the tick then due, in the first batch the backend answers.
+    failed: list[datetime] = field(default_factory=list)
     # (tick, run id, environment, where its program is), made at its claim
     ready: tuple[datetime, str, dict[str, str], Found] | None = None
 

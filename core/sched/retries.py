@@ -5,6 +5,7 @@ take-over of the attempts of an instance that went quiet.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,14 +18,25 @@ from .model import SHARE_TIME, JobPhase, JobState, Retry, Run, attempt_doc, keep
 from .shared import Shared
 from .timers import RetryDue
 
+# How long an attempt that could not start (a backend error, the run lease held) waits before
+# it tries again: its --retry-delay, within these bounds.
+LOST_EXIT = 1  # the exit code a lost run's hooks and final ping see (the real one is unknown)
+MIN_WAIT = 0.5
+MAX_WAIT = 5.0
 # What the coordinator's orphan look-up answers: the job's newest record, and the heartbeats.
-_Orphan = tuple[RunRecord, dict[str, InstanceInfo]]
+_Orphan = tuple[list[RunRecord], dict[str, InstanceInfo]]
+# How many of a job's newest records are looked at for runs lost with their instance: a run
+# lost among more newer records (a job far more frequent than its --lease-ttl) is only shown
+# as lost to readers (status, history), not ended here.
+ORPHAN_SCAN = 32
 
 
 class Retries:
     def __init__(self, sh: Shared) -> None:
         self.sh = sh
         self.jobs: set[str] = set()  # jobs with --retries: heartbeats look for orphans
+        self.watched: set[str] = set()  # jobs another instance holds a run of (watch)
+        self.ended: dict[str, None] = {}  # run ids of lost runs ended here (oldest first)
 
     def delay(self, run: Run, result: str, code: int) -> float | None:
         """The delay before the run's next attempt, or None when it is not retried."""
@@ -60,6 +72,7 @@ class Retries:
         prior = [*run.prior, attempt_doc(run, code, result, to_us(sh.clock.now()))]
         claim = ClaimResult(True, sh.instance, run.fence)
         retry = Retry(run.tick, claim, run.attempt + 1, prior, run.record, run=run, code=code)
+        retry.key = run.key
         retry.duration = round(sh.clock.monotonic() - run.started_mono, 6)
         state.retries.append(retry)
         sh.mono.push(RetryDue(sh.clock.monotonic() + delay, state, retry))
@@ -75,85 +88,150 @@ class Retries:
         )
 
     def retry_now(self, state: JobState, retry: Retry) -> None:
+        """A retry's delay is over: its attempt starts (after the run lease, --overlap skip).
+        The retry stays in ``state.retries`` until it starts or the run ends, so that a stop
+        meanwhile ends the run (``cancel``)."""
         sh = self.sh
-        if retry not in state.retries:
+        if retry not in state.retries or retry.cancelled or sh.stop:
+            return
+        if state.gone:
+            self.drop(state, retry, "the job was removed or changed by a reload")
+            return
+        if state.s.overlap is Overlap.SKIP and not state.runs:
+            sh.claims.lease_then_retry(state, retry)
             return
         state.retries.remove(retry)
-        if retry.cancelled or sh.stop or state.gone:
+        state.attempts[retry.tick] = (retry.attempt, retry.prior, retry.key or retry.tick)
+        sh.executor.start(state, retry.tick, retry.claim, None)
+
+    def later(self, state: JobState, retry: Retry, why: str) -> None:
+        """A retry's attempt could not start now (``why``: a backend error, the run lease held
+        elsewhere): it tries again a little later, while its tick's window is open; after it
+        the run ends with its last attempt's result. An attempt is never just dropped."""
+        sh = self.sh
+        if retry not in state.retries or retry.cancelled or sh.stop:
+            return  # a stop ends the run (cancel)
+        if state.gone:
+            self.drop(state, retry, "the job was removed or changed by a reload")
             return
-        state.attempts[retry.tick] = (retry.attempt, retry.prior)
-        if state.s.overlap is Overlap.SKIP and not state.runs:
-            sh.claims.lease_then_start(state, retry.tick, retry.claim, jitter=False)
-        else:
-            sh.executor.start(state, retry.tick, retry.claim, None)
+        s = state.s
+        wait = min(max(s.retry_delay, MIN_WAIT), MAX_WAIT)
+        following = state.job.schedule.next_tick(retry.tick)
+        due = sh.clock.now() + timedelta(seconds=wait)
+        if following is not None and due >= following and s.overlap not in SHARE_TIME:
+            reason = f"{why}; the following tick ({iso(following)}) is due before another try"
+            self.drop(state, retry, reason)
+            return
+        sh.emit(
+            "backend-error",
+            state.id,
+            retry.tick,
+            error=why,
+            action=f"attempt {retry.attempt} tried again in {wait:g}s",
+        )
+        sh.mono.push(RetryDue(sh.clock.monotonic() + wait, state, retry))
+
+    def drop(self, state: JobState, retry: Retry, reason: str) -> None:
+        """End a run between its attempts: its result is its last attempt's, recorded as such,
+        counted, and its hooks and final ping (the retry-dropped event with its exit code and
+        result) see it. Once per run: the retry leaves ``state.retries``."""
+        sh = self.sh
+        if retry in state.retries:
+            state.retries.remove(retry)
+        self._end(state, retry, reason)
+        if retry.prior and not sh.stop:
+            state.failures += 1
+        state.attempts.pop(retry.tick, None)
+        sh.lifecycle.maybe_end(state)
+
+    def _end(self, state: JobState, retry: Retry, reason: str) -> None:
+        sh = self.sh
+        retry.cancelled = True
+        last = retry.prior[-1] if retry.prior else {}
+        result = str(last.get("result", "failure"))
+        # With exit_code and result, this is the run's end for pings and metrics.
+        sh.emit(
+            "retry-dropped",
+            state.id,
+            retry.tick,
+            run_id=run_id(state.id, retry.tick, retry.tick),
+            attempt=retry.attempt,
+            reason=reason,
+            exit_code=retry.code,
+            result=result,
+        )
+        if retry.record is not None:
+            retry.record.result = result
+            retry.record.next_attempt_us = None
+            sh.books.record(state, retry.record)
+        if retry.run is not None:
+            sh.hookrun.after_run(retry.run, retry.code, retry.duration)
 
     def cancel(self, state: JobState) -> None:
         """A stop cancels the attempts still waiting: each run's result is its last attempt's,
         recorded as such, and its hooks see it."""
-        sh = self.sh
         for retry in state.retries:
-            retry.cancelled = True
-            last = retry.prior[-1] if retry.prior else {}
-            result = str(last.get("result", "failure"))
-            # With exit_code and result, this is the run's end for pings and metrics.
-            sh.emit(
-                "retry-dropped",
-                state.id,
-                retry.tick,
-                run_id=run_id(state.id, retry.tick, retry.tick),
-                attempt=retry.attempt,
-                reason="cancelled by the stop",
-                exit_code=retry.code,
-                result=result,
-            )
-            if retry.record is not None:
-                retry.record.result = result
-                retry.record.next_attempt_us = None
-                sh.books.record(state, retry.record)
-            if retry.run is not None:
-                sh.hookrun.after_run(retry.run, retry.code, retry.duration)
+            self._end(state, retry, "cancelled by the stop")
         state.retries.clear()
         state.attempts.clear()
 
+    def watch(self, state: JobState) -> None:
+        """Another instance holds a run of ``state`` (it won a tick's claim, or holds the run
+        lease): look at the job's newest record at the next heartbeats until that run ended,
+        so that a run lost with its host is heard of (``adopt``)."""
+        self.watched.add(state.id)
+
     def adopt_orphans(self) -> None:
-        """Continue the attempts of a run whose instance went quiet while it had retries left
-        (killed during an attempt or while waiting for the next): once its heartbeat is older
-        than its leases' TTL, one instance claims the next attempt and runs it."""
+        """Find the runs whose instance went quiet (killed, host lost) while they ran or waited
+        for their next attempt: once its heartbeat is older than its leases' TTL, one instance
+        continues the attempts if any are left within the tick, or else records the run as
+        lost and fires its hooks and final ping. Jobs with --retries are looked at every beat,
+        other jobs while another instance holds a run of theirs."""
         sh = self.sh
-        for job_id in list(self.jobs):
+        for job_id in sorted(self.jobs | self.watched):
             state = sh.jobs.get(job_id)
             if state is None:
                 self.jobs.discard(job_id)
+                self.watched.discard(job_id)
                 continue
             if state.phase is not JobPhase.ACTIVE or state.busy():
                 continue
             if not sh.coordinator.has_records(state.job.lock):
+                self.watched.discard(job_id)
                 continue
 
             def found(answer: _Orphan | BackendError | None, state: JobState = state) -> None:
                 state.looked_up(JobPhase.ADOPTING)
-                if isinstance(answer, BackendError) or answer is None:
-                    return
-                self.adopt(state, *answer)
+                if isinstance(answer, BackendError):
+                    return  # looked at again at the next beat
+                records, instances = answer or ([], {})
+                # Oldest first: a lost run's attempts (within its tick) before the newer ticks.
+                again = [self.adopt(state, r, instances) for r in reversed(records)]
+                if not any(again):
+                    self.watched.discard(state.id)
 
             state.look_up(JobPhase.ADOPTING)
-            sh.coordinator.orphan(state.job.lock, state.id, found)
+            sh.coordinator.orphan(state.job.lock, state.id, found, ORPHAN_SCAN)
 
-    def adopt(self, state: JobState, record: RunRecord, instances: dict[str, InstanceInfo]) -> None:
+    def adopt(self, state: JobState, record: RunRecord, instances: dict[str, InstanceInfo]) -> bool:
+        """Act on the job's newest record; True while it is worth looking at again (a run going
+        on elsewhere, or one this instance could not take yet)."""
         sh = self.sh
         s = state.s
         if record.instance == sh.instance or record.result not in ("running", "retrying"):
-            return
+            return False
+        if record.run_id in self.ended:
+            return False  # this instance ended it; its record is on its way
         info = instances.get(record.instance)
         now_us = to_us(sh.clock.now())
-        if not is_quiet(info, now_us) or record.attempt > s.retries:
-            return
+        if not is_quiet(info, now_us):
+            return True
         if record.result == "retrying" and (record.next_attempt_us or 0) > now_us:
-            return
+            return True
         tick = datetime.fromtimestamp(record.tick_us / 1e6, UTC)
+        if keep_until(state.job.schedule, tick) <= sh.clock.now():
+            return False  # too old to be claimed: readers show it as lost
         following = state.job.schedule.next_tick(tick)
-        if following is not None and following <= sh.clock.now() and s.overlap not in SHARE_TIME:
-            return  # the attempts stay within their tick
         prior = list(record.attempts or [])
         if record.result == "running":  # killed during the attempt: that attempt was lost
             prior.append(
@@ -164,7 +242,78 @@ class Retries:
                     "result": "lost",
                 }
             )
-        self._take_over(state, record, tick, prior)
+        open_ = following is None or following > sh.clock.now() or s.overlap in SHARE_TIME
+        if record.attempt <= s.retries and open_:
+            self._take_over(state, record, tick, prior)
+        else:  # no attempt left, or not within the tick (the attempts stay within their tick)
+            self._end_lost(state, record, tick, prior)
+        return True
+
+    def _end_lost(
+        self, state: JobState, record: RunRecord, tick: datetime, prior: list[dict[str, Any]]
+    ) -> None:
+        """A run whose instance went quiet and that gets no more attempts ends here, once
+        fleet-wide: the instance that wins the take-over claim of its next attempt (the same
+        claim a take-over would take, so only one of them happens) records it (``lost`` if it
+        died running, else its last attempt's result), counts it and fires its hooks and final
+        ping. Under --overlap skip it needs the run lease too, so a holder that is only cut off
+        from the backend (its lease lapsed, it still runs) is not declared lost while its lease
+        is live."""
+        sh = self.sh
+        key = tick + timedelta(microseconds=record.attempt + 1)
+        ttl = state.s.lease_ttl if state.s.overlap is Overlap.SKIP else None
+        request = ClaimRequest(state.id, key, keep_until(state.job.schedule, tick), ttl)
+
+        def claimed(result: list[ClaimOutcome] | BackendError) -> None:
+            if isinstance(result, BackendError) or not result[0].claim.won:
+                if not isinstance(result, BackendError) and result[0].claim.refused:
+                    self.ended[record.run_id] = None  # too old to be claimed: left to readers
+                return  # looked at again at the next beat; another instance may have it
+            got = result[0]
+            sh.claims.drop_lease(state, got)
+            if record.run_id in self.ended or sh.stop:
+                return
+            if ttl is not None and got.lease is None:
+                return  # the holder's lease is live: looked at again at the next beat
+            self.ended[record.run_id] = None
+            if len(self.ended) > 10_000:
+                del self.ended[next(iter(self.ended))]
+            self._lost(state, record, tick, prior)
+
+        sh.coordinator.claim(state.job.lock, [request], claimed)
+
+    def _lost(
+        self, state: JobState, record: RunRecord, tick: datetime, prior: list[dict[str, Any]]
+    ) -> None:
+        sh = self.sh
+        died_running = record.result == "running"
+        result = "lost" if died_running else str(prior[-1].get("result", "failure"))
+        # A lost run's exit code is not known: its hooks and ping see 1 (a failure).
+        code = LOST_EXIT if died_running or record.exit_code is None else record.exit_code
+        now = sh.clock.now()
+        final = replace(record, result=result, finished_us=to_us(now), next_attempt_us=None)
+        earlier = prior[:-1] if died_running else prior
+        final.attempts = earlier or None
+        sh.books.record(state, final)
+        state.failures += 1
+        sh.emit(
+            "retry-dropped",
+            state.id,
+            tick,
+            run_id=record.run_id,
+            attempt=record.attempt,
+            reason=f"its instance {record.instance} went quiet and no attempt is left",
+            exit_code=code,
+            result=result,
+        )
+        started = datetime.fromtimestamp((record.started_us or record.tick_us) / 1e6, UTC)
+        env = sh.executor.env(state, tick, record.run_id, record.fence)
+        env["PYJOB_ATTEMPT"] = str(record.attempt)
+        run = Run(state, tick, record.run_id, record.fence, None, started, sh.clock.monotonic())
+        run.env, run.attempt = env, record.attempt
+        duration = max(0.0, (now - started).total_seconds())
+        sh.hookrun.after_run(run, code, duration, result)
+        self.watched.discard(state.id)
 
     def _take_over(
         self, state: JobState, record: RunRecord, tick: datetime, prior: list[dict[str, Any]]
@@ -197,7 +346,7 @@ class Retries:
                 result="lost" if record.result == "running" else prior[-1].get("result", "failure"),
                 taken_over_from=record.instance,
             )
-            state.attempts[tick] = (attempt, prior)
+            state.attempts[tick] = (attempt, prior, key)
             # The same run: its first attempt's fence (the take-over claim only elects the taker).
             fence = record.fence if record.fence is not None else got.claim.fence
             sh.executor.start(state, tick, ClaimResult(True, sh.instance, fence), got.lease)

@@ -156,13 +156,16 @@ class Ticking:
                 action="run" if fail_open else "skip",
             )
             if not fail_open:
+                sh.catchup.failed(state, tick)
                 return
+            state.claimed_to = max(tick, state.claimed_to or tick)  # it runs: never again
         elif outcome.claim.refused:
             sh.emit("refused", state.id, tick, reason=outcome.claim.refused)
             return
         elif not outcome.claim.won:
             state.ticks_run += 1
             sh.emit("lost", state.id, tick, holder=outcome.claim.holder, fence=outcome.claim.fence)
+            sh.retries.watch(state)  # its run is another instance's: heard of if it is lost
             return
         else:
             claim, lease = outcome.claim, outcome.lease
@@ -208,6 +211,8 @@ class Ticking:
             fields["running"] = running
         if running_on is not None:
             fields["running_on"] = running_on
+            if running_on != self.sh.instance:
+                self.sh.retries.watch(state)  # a run of another instance holds the lease
         self.sh.emit("skipped", state.id, tick, **fields)
         self.sh.books.record_tick(state, tick, "skipped", reason, running_on)
 
