@@ -773,3 +773,17 @@ def test_after_an_outage_the_latest_tick_it_kept_from_being_claimed_runs_once() 
     assert [(e.kind, e.tick.strftime("%M:%S")) for e in events if e.kind == "caught-up"] == [
         ("caught-up", "00:40")
     ]
+
+
+def test_a_run_left_by_a_predecessor_under_the_same_name_is_found_lost() -> None:
+    """An instance started again under the same --instance-id (a restarted pod, a systemd
+    restart) finds the run its predecessor left `running`: the name's heartbeat is alive again,
+    but the run started before this process did, so it died with the predecessor."""
+    s, _, runner, records = lost_run_fleet(T0 + timedelta(seconds=5), 0, instance="dead:1")
+    s.run()
+    final = records[("job", to_us(T0))]
+    assert final.result == "lost" and final.finished_us
+    hooks = [
+        env for env in runner.started if "PYJOB_HOOK" in env and "12:00:00" in env["PYJOB_TICK"]
+    ]
+    assert len(hooks) == 1 and hooks[0]["PYJOB_RESULT"] == "lost"

@@ -218,13 +218,17 @@ class Retries:
         on elsewhere, or one this instance could not take yet)."""
         sh = self.sh
         s = state.s
-        if record.instance == sh.instance or record.result not in ("running", "retrying"):
+        if record.result not in ("running", "retrying"):
             return False
+        # A run of this name from before this process started is a predecessor's, gone with it.
+        predecessor = record.instance == sh.instance
+        if predecessor and (record.started_us or 0) >= sh.started_us:
+            return False  # this process's own run
         if record.run_id in self.ended:
             return False  # this instance ended it; its record is on its way
         info = instances.get(record.instance)
         now_us = to_us(sh.clock.now())
-        if not is_quiet(info, now_us):
+        if not predecessor and not is_quiet(info, now_us):
             return True
         if record.result == "retrying" and (record.next_attempt_us or 0) > now_us:
             return True

@@ -18,6 +18,7 @@ from .. import events
 from ..clock import Clock, Waker
 from ..process import Runner
 from ..records import InstanceInfo
+from ..schedule import to_us
 from .model import JobState, Run
 from .timers import MonoTimers, WallTimers
 
@@ -73,6 +74,9 @@ class Shared:
         # the process environment, not one per job (10,000 jobs held 50 MiB of copies).
         self.base_env = env
         self.me = me
+        # Runs recorded under this instance's name that started before this process did are a
+        # predecessor's (an instance started again under the same --instance-id): dead with it.
+        self.started_us = to_us(clock.now())
         self.jobs: dict[str, JobState] = {}
         self.retiring: list[JobState] = []  # retired by a reload, their runs still going
         self.stop = False
