@@ -57,8 +57,8 @@ def _assert_recovers(run: PyjobRun, back: float) -> None:
         if [e for e in run.events("run-started") if _t(e) > back]:
             break
         time.sleep(0.1)
-    errors = run.events("backend-error")
-    assert any("released again" in e["action"] for e in errors), errors
+    # Which call meets the hang first (the release, a record write, a heartbeat) depends on the
+    # moment; what must hold is that no lease is left to block the tick after it.
     assert run.events("backend-recovered"), run.log_path.read_text()[-2000:]
     started = [e for e in run.events("run-started") if _t(e) > back]
     assert started, run.log_path.read_text()[-3000:]
