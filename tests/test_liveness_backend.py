@@ -6,7 +6,6 @@ frozen with SIGSTOP, the fault proxy swallows a reply."""
 
 from __future__ import annotations
 
-import itertools
 import re
 import shutil
 import signal
@@ -25,29 +24,10 @@ from .clockshim import ClockShim
 from .faultproxy import FaultProxy
 from .runproc import PyjobRun
 from .servers import PostgresServer, RedisServer, start_redis
-from .test_backend_skew import _shifted_postgres
-
-_n = itertools.count()
-
-
-@pytest.fixture(params=["file", "nfs", "redis", "postgresql"])
-def lock_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param in ("file", "nfs"):
-        return f"{request.param}:{tmp_path / 'locks'}"
-    if request.param == "redis":
-        import redis
-
-        server: RedisServer = request.getfixturevalue("redis_server")
-        db = next(_n) % 15 + 1
-        redis.Redis(port=server.port, db=db).flushdb()
-        return f"redis://127.0.0.1:{server.port}/{db}"
-    import psycopg
-
-    pg: PostgresServer = request.getfixturevalue("pg_server")
-    name = f"l{next(_n)}"
-    with psycopg.connect(pg.url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return pg.url.rsplit("/", 1)[0] + f"/{name}"
+from .test_backend_skew import (
+    _shifted_postgres,
+    lock_url,  # noqa: F401  (the fixture: a URL per backend)
+)
 
 
 def _open(url: str) -> Backend:
@@ -71,7 +51,8 @@ def _keep(tick: datetime) -> datetime:
 
 @pytest.mark.parametrize("offset", [60.0, 660.0], ids=["60s", "11min"])
 def test_a_claimer_whose_clock_is_ahead_is_refused_and_the_others_keep_their_ticks(
-    lock_url: str, offset: float
+    lock_url: str,  # noqa: F811
+    offset: float,
 ) -> None:
     ahead, healthy = _open(lock_url), _open(lock_url)
     now, tick = _second(offset)
@@ -98,7 +79,7 @@ def test_a_claimer_whose_clock_is_ahead_is_refused_and_the_others_keep_their_tic
 
 @pytest.mark.parametrize("lock_url", ["redis", "postgresql"], indirect=True)
 def test_a_tick_below_the_mark_nobody_claimed_is_won_while_its_claim_would_be_kept(
-    lock_url: str,
+    lock_url: str,  # noqa: F811
 ) -> None:
     """The mark refuses only a tick whose claim would be gone by now: an earlier tick that nobody
     claimed (a catch-up, a take-over, a host that stepped ahead within the limit) is won. (On
@@ -226,7 +207,7 @@ def test_a_claim_that_reaches_redis_after_its_client_gave_up_takes_nothing(
 
 @pytest.mark.parametrize("lock_url", ["postgresql"], indirect=True)
 def test_a_claim_that_reaches_postgresql_after_its_client_gave_up_takes_nothing(
-    lock_url: str,
+    lock_url: str,  # noqa: F811
 ) -> None:
     """The same with PostgreSQL: the server process of the claimer's connection frozen while the
     claim is sent runs it when it wakes, after its client gave up: it does nothing."""
