@@ -53,7 +53,15 @@ from .records import (
     records_for,
 )
 
-_PRIORITY = {"claim": 0, "renew": 0, "release": 0, "previous": 1, "latest": 1, "orphan": 1}
+_PRIORITY = {
+    "claim": 0,
+    "renew": 0,
+    "release": 0,
+    "previous": 1,
+    "latest": 1,
+    "orphan": 1,
+    "fleet": 1,
+}
 _BACKGROUND = frozenset({"records", "register", "heartbeat", "prune", "cleanup"})
 LAST = 9  # the stop, after everything queued
 RELEASE_RETRY = 1.0  # seconds between retries of lease releases an outage left behind
@@ -274,6 +282,13 @@ class Coordinator:
         ``done`` (None when the job has no records): what an instance needs to take over
         another's attempts, or to end a run lost with its host."""
         self._submit(url, _Call("orphan", (job, newest), done))
+
+    def fleet(self, url: str | None, done: Callable[[Any], None]) -> None:
+        """(the jobs registered with their instances, the heartbeats, the backend's clock minus
+        this host's in seconds or None) to ``done``: what --spread ranks the instances by.
+        Nothing when the backend keeps no records."""
+        if self._links[self.key(url)].records is not None:
+            self._submit(url, _Call("fleet", (), done))
 
     def drain(self) -> int:
         """Deliver the results that are ready (on the caller's thread); how many."""
@@ -525,7 +540,7 @@ class Coordinator:
                 result: Any = [_shown(outcome) for outcome in got]
             elif call.what == "renew":
                 result = link.backend.renew_many(call.args[0])
-            elif call.what in ("orphan", "latest", "previous"):
+            elif call.what in ("orphan", "latest", "previous", "fleet"):
                 result = self._read(link, call)
             else:
                 self._write(link, call)
@@ -562,6 +577,8 @@ class Coordinator:
         if call.what == "orphan":
             newest = link.records.runs(call.args[0], call.args[1], None)
             return (newest, link.records.instances()) if newest else None
+        if call.what == "fleet":
+            return link.records.jobs(), link.records.instances(), self._offset(link)
         if call.what == "latest":
             newest = link.records.runs(call.args[0], 1, None)
             reading = link.backend.server_time()  # the window is judged by this clock
@@ -574,6 +591,21 @@ class Coordinator:
             if r.tick_us < before and r.result not in ("running", "skipped", "missed")
         ]
         return finished[0] if finished else None
+
+    def _offset(self, link: _Link) -> float | None:
+        """The backend's clock minus this host's (seconds): of three readings, the one with the
+        shortest round trip (the least doubt about when the backend read its clock)."""
+        best: tuple[float, float] | None = None
+        for _ in range(3):
+            before = self.clock.now().timestamp()
+            reading = link.backend.server_time()
+            after = self.clock.now().timestamp()
+            if reading is None:
+                return None
+            if best is None or after - before < best[0]:
+                best = (after - before, reading[0] - (before + after) / 2)
+        assert best is not None
+        return best[1]
 
     def _write(self, link: _Link, call: _Call) -> None:
         """The calls nobody waits for an answer to: releases, records, clean-up."""

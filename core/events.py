@@ -59,6 +59,13 @@ _KINDS = (
     Kind("claimed", "debug", ("fence",), "this instance won the claim of a tick"),
     Kind("lost", "debug", ("holder", "fence"), "another instance won the claim of a tick"),
     Kind(
+        "fleet",
+        "debug",
+        ("instances", "offset"),
+        "the live instances serving the job changed, as --spread ranks them (`offset`: this "
+        "host's clock to the backend's, seconds, positive when behind it)",
+    ),
+    Kind(
         "refused",
         "warning",
         ("reason", "offset"),

@@ -106,6 +106,9 @@ class InstanceInfo:
     quiet_us: int = int(QUIET_AFTER * 1e6)  # gone quiet when not seen for this long
     # The zone database its ticks come from (DESIGN §3); "" from a pyjob that did not say.
     tzdata: str = ""
+    # Its clock's offset to the backend's (the backend's minus its own, seconds), as it last
+    # measured it (--spread); None when it did not.
+    offset: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -30,6 +30,12 @@ class OnBackendError(StrEnum):
     RUN = "run"
 
 
+class Spread(StrEnum):
+    EVEN = "even"
+    STICKY = "sticky"
+    OFF = "off"
+
+
 class ClockPolicy(StrEnum):
     REFUSE = "refuse"
     WARN = "warn"
@@ -151,6 +157,16 @@ SETTINGS: tuple[Setting, ...] = (
         "(fail open).",
         default="skip",
         choices=OnBackendError,
+    ),
+    Setting(
+        "spread",
+        "choice",
+        "How the instances sharing a lock share the job's ticks: even (each tick goes to one "
+        "live instance by a hash of the job and tick, whatever the hosts' clocks), sticky (the "
+        "job stays on one live instance, by a hash of the job, and moves when it leaves), or "
+        "off (the first claim wins).",
+        default="even",
+        choices=Spread,
     ),
     Setting(
         "retries",
@@ -527,6 +543,7 @@ class JobSettings:
     log_output: bool = False
     kill_orphans: bool = False
     on_backend_error: OnBackendError = OnBackendError.SKIP
+    spread: Spread = Spread.EVEN
     retries: int = 0
     retry_delay: float = 10.0
     retry_backoff: float = 2.0
@@ -550,6 +567,7 @@ class JobSettings:
         object.__setattr__(self, "overlap", Overlap(self.overlap))
         object.__setattr__(self, "on_backend_error", OnBackendError(self.on_backend_error))
         object.__setattr__(self, "notify_on", NotifyOn(self.notify_on))
+        object.__setattr__(self, "spread", Spread(self.spread))
 
     @classmethod
     def from_values(cls, *layers: Mapping[str, Any]) -> JobSettings:
@@ -579,6 +597,7 @@ __all__ = [
     "OnBackendError",
     "Overlap",
     "Setting",
+    "Spread",
     "convert",
     "problem",
 ]

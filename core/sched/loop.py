@@ -47,6 +47,7 @@ from .lifecycle import Lifecycle
 from .model import POLL, Job, JobState, Run
 from .retries import Retries
 from .shared import Shared
+from .spread import Spreading
 from .ticking import Ticking
 from .timers import MonoTurn
 
@@ -96,6 +97,7 @@ class Scheduler:
         sh.retries = Retries(sh)
         sh.books = Books(sh)
         sh.lifecycle = Lifecycle(sh)
+        sh.spread = Spreading(sh)
         # Through the method, looked up at each call: tests wrap it to act at that moment.
         sh.schedule_retry = lambda *args: self._schedule_retry(*args)
         self.jobs: dict[str, JobState] = sh.jobs

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .hookrun import HookRunner
     from .lifecycle import Lifecycle
     from .retries import Retries
+    from .spread import Spreading
     from .ticking import Ticking
 
 # An event of a turn, held until the turn's spawns are done: (kind, job, tick, at, fields).
@@ -48,6 +49,7 @@ class Shared:
     retries: Retries
     books: Books
     lifecycle: Lifecycle
+    spread: Spreading
     # How a failed run's retry is scheduled: Retries.schedule, through the Scheduler (a seam the
     # tests use to act between a failure and its retry).
     schedule_retry: Callable[[Run, int, str, float], None]

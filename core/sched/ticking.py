@@ -7,7 +7,7 @@ handled again, whatever the wall clock does.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from ..backends.protocol import ClaimOutcome, ClaimResult, Lease
@@ -31,9 +31,11 @@ class Ticking:
         if tick is None:
             return
         assert state.prev is not None
-        lead = min(CLAIM_LEAD, (tick - state.prev).total_seconds() / 4)
+        interval = (tick - state.prev).total_seconds()
+        lead = max(0.0, min(CLAIM_LEAD, interval / 4))
         # One timer per job: the claim sets its tick's (a job not due costs one heap entry).
-        sh.wall.push(ClaimAhead(tick - timedelta(seconds=max(0.0, lead)), state, state.gen, tick))
+        at = sh.spread.claim_at(state, tick, lead, interval)
+        sh.wall.push(ClaimAhead(at, state, state.gen, tick))
         sh.emit(
             "next-tick",
             state.id,

@@ -194,6 +194,20 @@ class Heartbeat(MonoTimer):
 
 
 @dataclass(slots=True)
+class FleetRead(MonoTimer):
+    """A read of the registry and the backend's clock (--spread): soon after the start, then
+    at doubling intervals up to the heartbeat's."""
+
+    due: float
+    every: float
+
+    def fire(self, sh: Shared, turn: MonoTurn) -> None:
+        every = min(self.every * 2, sh.books.heartbeat_every)
+        sh.mono.push(FleetRead(turn.mono + every, every))
+        sh.spread.read()
+
+
+@dataclass(slots=True)
 class Cleanup(MonoTimer):
     """Every minute: prune records, remove expired claims."""
 

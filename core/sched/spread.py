@@ -1,0 +1,137 @@
+"""Fair share (--spread): which live instance claims a tick first, and when the others claim.
+
+Every instance serving a job ranks the live instances that serve it by rendezvous hashing
+(highest random weight) of (job, tick) — of the job alone with ``--spread sticky`` — and claims
+the tick ``rank × step`` after the top-ranked one would. The top-ranked instance claims first and
+wins; the others' claims come after it and lose. The claim still decides who runs (never twice);
+the ranking only decides who asks first, so a dead or slow top-ranked host costs its tick
+``step`` per rank ahead of the first live one, never the tick.
+
+The turn is kept by the backend's clock, not the host's: each instance reads the backend's clock
+(Redis ``TIME``, PostgreSQL ``clock_timestamp()``, a file's stamp) with the registry at every
+refresh and schedules its claims by its measured offset to it, so a host whose clock is ahead
+does not claim first. An offset beyond what the claim protocol tolerates (SPREAD_OFFSET_MAX) is
+not corrected: that host's claims are refused or late as the protocol says (DESIGN §8).
+
+The registry is the one `pyjob status` reads: the instances registered for a job whose heartbeat
+still changes, judged by this process's monotonic clock (Retries.quiet). An instance that has not
+read the registry yet, or a job no other instance serves, claims first-come as with --spread off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+
+from ..backends.protocol import AHEAD_LIMIT
+from ..coordinator import Coordinator
+from ..errors import BackendError
+from ..records import InstanceInfo, JobInfo
+from ..schedule import to_us
+from ..settings import Spread
+from .model import CLAIM_LEAD, JobState
+from .shared import Shared
+from .timers import FleetRead
+
+# Seconds between the claims of two consecutive ranks (at most an eighth of the job's interval):
+# long enough for the claim of the rank ahead to be answered on a busy host.
+SPREAD_STEP = 0.15
+# A measured offset to the backend's clock larger than this is not corrected: a claim made on the
+# backend's time by a host that far off would run its tick late (or early) by as much.
+SPREAD_OFFSET_MAX = AHEAD_LIMIT - CLAIM_LEAD
+# The registry is read 1 s after the start, then at doubling intervals up to the heartbeat's.
+FIRST_READ = 1.0
+
+# What the coordinator's fleet read answers: the jobs registered (with their instances), the
+# heartbeats, and this host's offset to the backend's clock (seconds; None: it has none).
+FleetAnswer = tuple[list[JobInfo], dict[str, InstanceInfo], float | None]
+
+
+def weight(key: str, instance: str) -> int:
+    """The rendezvous weight of ``instance`` for ``key``: the same on every host."""
+    digest = hashlib.blake2b(f"{key}\0{instance}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def rank(key: str, me: str, members: tuple[str, ...]) -> int:
+    """How many of ``members`` outrank ``me`` for ``key`` (0: ``me`` claims first)."""
+    mine = weight(key, me)
+    return sum(1 for m in members if m != me and (weight(key, m), m) > (mine, me))
+
+
+def step(interval: float) -> float:
+    return min(SPREAD_STEP, interval / 8)
+
+
+class Spreading:
+    def __init__(self, sh: Shared) -> None:
+        self.sh = sh
+        self.members: dict[str, tuple[str, ...]] = {}  # job -> live instances serving it
+        self.offsets: dict[str, float] = {}  # lock URL key -> backend's clock − this host's
+        self._set = False
+
+    def added(self, state: JobState) -> None:
+        """A job was added: read the registry soon when its backend keeps one."""
+        sh = self.sh
+        if self._set or state.s.spread is Spread.OFF:
+            return
+        if not sh.coordinator.has_records(state.job.lock):
+            return
+        self._set = True
+        sh.mono.push(FleetRead(sh.clock.monotonic() + FIRST_READ, FIRST_READ))
+
+    def read(self) -> None:
+        """Read the registry and the backend's clock of every lock URL a spread job uses."""
+        sh = self.sh
+        urls = {
+            Coordinator.key(s.job.lock): s.job.lock
+            for s in sh.jobs.values()
+            if s.s.spread is not Spread.OFF and sh.coordinator.has_records(s.job.lock)
+        }
+        for key, url in sorted(urls.items()):
+
+            def done(answer: FleetAnswer | BackendError, key: str = key) -> None:
+                self.heard(key, answer)
+
+            sh.coordinator.fleet(url, done)
+
+    def heard(self, key: str, answer: FleetAnswer | BackendError) -> None:
+        if isinstance(answer, BackendError):
+            return  # read again at the next turn; the last membership stands meanwhile
+        sh = self.sh
+        jobs, instances, offset = answer
+        if offset is not None:
+            self.offsets[key] = offset
+            sh.me.offset = round(offset, 6)
+        me = sh.instance
+        for info in jobs:
+            if info.job not in sh.jobs:
+                continue
+            live = {me}
+            live.update(n for n in info.instances if not sh.retries.quiet(n, instances.get(n)))
+            members = tuple(sorted(live))
+            if members != self.members.get(info.job):
+                extra = {} if sh.me.offset is None else {"offset": sh.me.offset}
+                sh.emit("fleet", info.job, None, instances=list(members), **extra)
+            self.members[info.job] = members
+
+    def shift(self, state: JobState) -> float:
+        """Seconds to add to a backend instant to make it this host's: minus the offset."""
+        offset = self.offsets.get(Coordinator.key(state.job.lock))
+        if offset is None or abs(offset) > SPREAD_OFFSET_MAX:
+            return 0.0
+        return -offset
+
+    def claim_at(self, state: JobState, tick: datetime, lead: float, interval: float) -> datetime:
+        """When this instance claims ``tick`` (by its own clock)."""
+        at = tick - timedelta(seconds=lead)
+        mode = state.s.spread
+        members = self.members.get(state.id)
+        if mode is Spread.OFF or members is None or len(members) < 2:
+            return at
+        key = state.id if mode is Spread.STICKY else f"{state.id}\0{to_us(tick)}"
+        delay = min(rank(key, self.sh.instance, members) * step(interval), interval / 2)
+        return at + timedelta(seconds=delay + self.shift(state))
+
+
+__all__ = ["FleetAnswer", "Spreading", "rank", "weight"]
