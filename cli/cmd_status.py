@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .env import get_env
+from .fleetview import echo_instances, instance_documents, shares
 from .records_view import RESULT_STYLE, ago, format_option, lock_option, open_store, span, styled
 from .render import echo_json, table
 
@@ -35,6 +36,12 @@ def status_cmd(lock: str | None, fmt: str) -> None:
     default file: backend this shows this host's jobs. A warning on stderr says when the
     instances run different tzdata releases, which can compute different ticks.
 
+    A second table shows each live instance's SHARE of the runs among the newest 50 records of
+    each job (--spread shares them evenly) and the OFFSET of its clock to the backend's as it
+    last measured it (positive: behind the backend), judged as in `pyjob check-clock`:
+    negligible under 100 ms, minor under 1 s, noticeable under 5 s, else severe (JSON:
+    "instances", each with share, runs, offset in seconds and clock).
+
     \b
     Examples:
       pyjob status --lock redis://redis:6379/0
@@ -52,6 +59,7 @@ def status_cmd(lock: str | None, fmt: str) -> None:
         jobs = store.jobs()
         instances = store.instances()
         recent = {j.job: store.recent(j.job) for j in jobs}
+        counts = shares(store, [j.job for j in jobs])
     finally:
         backend.close()
     fleet_warning = zone_database_warning(instances, now_us)
@@ -114,13 +122,15 @@ def status_cmd(lock: str | None, fmt: str) -> None:
             f"{UNSERVED_SHOWN / 3600:g}h (pyjob history JOB shows their runs)",
             err=True,
         )
+    fleet = instance_documents(instances, counts, now_us)
     if fmt == "json":
-        echo_json({"jobs": docs})
+        echo_json({"jobs": docs, "instances": fleet})
         return
     if not rows:
         click.echo("no jobs recorded in this backend yet", err=True)
         return
     table(env, ["JOB", "SCHEDULE", "LAST", "NEXT", "RUNNING", "INSTANCES"], rows)
+    echo_instances(env, fleet)
 
 
 def _served(names: list[str], instances: dict[str, InstanceInfo]) -> list[InstanceInfo]:

@@ -61,9 +61,15 @@ _KINDS = (
     Kind(
         "fleet",
         "debug",
-        ("instances", "offset"),
-        "the live instances serving the job changed, as --spread ranks them (`offset`: this "
-        "host's clock to the backend's, seconds, positive when behind it)",
+        ("instances",),
+        "the live instances serving the job changed, as --spread ranks them",
+    ),
+    Kind(
+        "backend-clock",
+        "debug",
+        ("backend", "offset"),
+        "this host's clock's offset to the backend's changed (seconds, positive when behind it; "
+        "--spread claims by the backend's clock)",
     ),
     Kind(
         "refused",

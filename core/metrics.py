@@ -145,6 +145,19 @@ class Metrics:
             ["job_name", "reason"],
             registry=r,
         )
+        self.claims_won = Counter(
+            "pyjob_claims_won",
+            "Ticks whose claim this instance won (--spread shares them across the fleet).",
+            ["job_name"],
+            registry=r,
+        )
+        self.backend_offset = Gauge(
+            "pyjob_backend_clock_offset_seconds",
+            "This host's clock's last measured offset to the lock backend's clock (positive when "
+            "this host is behind); --spread claims by the backend's clock.",
+            ["backend"],
+            registry=r,
+        )
         self.backend_errors = Counter(
             "pyjob_backend_errors",
             "Backend calls that failed or took too long.",
@@ -274,6 +287,8 @@ class Metrics:
             self.last_run.labels(job, result).set(at)
             if result == "success":
                 self.success(job, at)
+        elif kind in ("claimed", "backend-clock"):
+            self._spread(kind, job, f)
         elif kind == "missed":
             self.missed.labels(job).inc(int(f.get("count") or 1))
         elif kind == "backend-error":
@@ -298,6 +313,13 @@ class Metrics:
             self._unproven.discard(job)
             self._success[job] = at
             self.last_success.labels(job).set(at)
+
+    def _spread(self, kind: str, job: str, f: Mapping[str, Any]) -> None:
+        """What --spread is seen by: claims won, and the offset to the backend's clock."""
+        if kind == "claimed":
+            self.claims_won.labels(job).inc()
+        elif f.get("offset") is not None:
+            self.backend_offset.labels(str(f.get("backend"))).set(float(f["offset"]))
 
     def _clock_offset(self, offset: float) -> None:
         with self._lock:

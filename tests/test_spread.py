@@ -5,6 +5,8 @@ pure and tested first."""
 
 from __future__ import annotations
 
+import json
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,6 +16,7 @@ from pyjob.core.sched.spread import rank, weight
 
 from .clockshim import ClockShim
 from .runproc import PyjobRun
+from .test_records import pyjob
 
 RECORD = 'echo "$PYJOB_TICK_UNIX $PYJOB_INSTANCE" >> "$OUT"'
 BACKENDS = ["file", "redis", "postgresql"]
@@ -109,6 +112,8 @@ def test_three_instances_share_the_ticks_evenly_with_one_clock_300ms_ahead(
     runs = _fleet(fleet_lock_url, tmp_path, [], skewed=0.3)
     first = int(time.time()) + 2
     time.sleep(first + TICKS - time.time() + 0.8)
+    shown = pyjob("status", "--lock", fleet_lock_url, "--format", "json")
+    table = pyjob("status", "--lock", fleet_lock_url)
     for r in runs:
         assert r.stop() == 0
     window = _window(tmp_path, first, TICKS)
@@ -116,3 +121,85 @@ def test_three_instances_share_the_ticks_evenly_with_one_clock_300ms_ahead(
     assert max(Counter(t for t, _ in _runs(tmp_path)).values()) == 1  # never twice
     shares = Counter(i for _, i in window)
     assert all(LOW <= shares[f"i{n}"] <= HIGH for n in range(3)), shares
+    # `pyjob status` shows the shares and each instance's offset to the backend's clock.
+    assert shown.returncode == 0, shown.stderr
+    fleet = {d["instance"]: d for d in json.loads(shown.stdout)["instances"]}
+    assert sorted(fleet) == ["i0", "i1", "i2"] and all(d["live"] for d in fleet.values())
+    assert abs(sum(d["share"] for d in fleet.values()) - 1) < 0.01
+    assert all(d["share"] > 0 and d["runs"] > 0 for d in fleet.values())
+    assert -0.4 < fleet["i0"]["offset"] < -0.2 and fleet["i0"]["clock"] == "minor"
+    assert all(abs(fleet[i]["offset"]) < 0.1 for i in ("i1", "i2"))
+    assert table.returncode == 0 and "SHARE" in table.stdout and "OFFSET" in table.stdout
+
+
+def _kill_between_ticks(run: PyjobRun) -> None:
+    """SIGKILL ``run`` 0.4 s past a tick: after that tick's run, before the next one's claim."""
+    time.sleep((0.4 - time.time()) % 1.0)
+    run.proc.send_signal(signal.SIGKILL)
+    run.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fleet_lock_url", BACKENDS, indirect=True)
+def test_sticky_keeps_a_job_on_one_instance_and_its_killed_owner_loses_no_tick(
+    fleet_lock_url: str, tmp_path: Path
+) -> None:
+    # A 3 s lease TTL: heartbeats every second, so the dead owner leaves the ranking in ~4 s.
+    runs = _fleet(fleet_lock_url, tmp_path, ["--spread", "sticky", "--lease-ttl", "3s"], 0.3)
+    first = int(time.time()) + 2
+    time.sleep(first + 10 - time.time() + 0.5)
+    owners = {i for _, i in _window(tmp_path, first, 10)}
+    assert len(owners) == 1, _window(tmp_path, first, 10)
+    owner = next(r for r in runs if r.log_path.stem in owners)
+    _kill_between_ticks(owner)
+    rest = [r for r in runs if r is not owner]
+    for r in rest:
+        _wait_members(r, 2)
+    known = int(time.time()) + 1  # every survivor ranks without the dead owner from here
+    end = int(time.time()) + 6
+    time.sleep(end - time.time() + 0.8)
+    for r in rest:
+        assert r.stop() == 0
+    _each_once(_window(tmp_path, first, end - first), first, end - first)
+    assert max(Counter(t for t, _ in _runs(tmp_path)).values()) == 1  # never twice
+    after = {i for _, i in _window(tmp_path, known, end - known)}
+    assert len(after) == 1 and after != owners, _window(tmp_path, known, end - known)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fleet_lock_url", ["redis"], indirect=True)
+def test_even_a_killed_instance_loses_no_tick_and_the_others_share_its_ticks(
+    fleet_lock_url: str, tmp_path: Path
+) -> None:
+    runs = _fleet(fleet_lock_url, tmp_path, ["--lease-ttl", "3s"], None)
+    first = int(time.time()) + 2
+    time.sleep(first + 3 - time.time() + 0.5)
+    _kill_between_ticks(runs[0])
+    end = int(time.time()) + 12
+    time.sleep(end - time.time() + 0.8)
+    for r in runs[1:]:
+        assert r.stop() == 0
+    window = _window(tmp_path, first, end - first)
+    _each_once(window, first, end - first)
+    assert max(Counter(t for t, _ in _runs(tmp_path)).values()) == 1
+    late = Counter(i for t, i in window if t >= end - 6)  # once it is known dead
+    assert set(late) == {"i1", "i2"}, window
+
+
+def test_metrics_count_claims_won_and_export_the_offset_to_the_backend_clock() -> None:
+    from pyjob.core.clock import FakeClock
+    from pyjob.core.events import make
+
+    from .test_metrics import NOW, _metrics, value
+
+    m = _metrics(FakeClock(NOW))
+    for kind, fields in [
+        ("claimed", {"fence": 1}),
+        ("claimed", {"fence": 2}),
+        ("lost", {"holder": "other", "fence": 3}),
+        ("backend-clock", {"backend": "redis://h:6379/0", "offset": -0.3}),
+    ]:
+        m.on_event(make(kind, "j", "me", NOW, NOW, **fields))
+    text = m.render().decode()
+    assert value(text, "pyjob_claims_won_total", job_name="j") == 2
+    assert value(text, "pyjob_backend_clock_offset_seconds", backend="redis://h:6379/0") == -0.3

@@ -33,12 +33,16 @@ from .model import CLAIM_LEAD, JobState
 from .shared import Shared
 from .timers import FleetRead
 
-# Seconds between the claims of two consecutive ranks (at most an eighth of the job's interval):
-# long enough for the claim of the rank ahead to be answered on a busy host.
-SPREAD_STEP = 0.15
+# Seconds between the claims of two consecutive ranks (at most a quarter of the job's interval):
+# long enough for the claim of the rank ahead to be answered on a busy host. With the claim lead
+# (CLAIM_LEAD, at most a quarter of the interval too) the second-ranked instance claims at the
+# tick at the latest, so a dead top-ranked host makes no tick late.
+SPREAD_STEP = 0.25
 # A measured offset to the backend's clock larger than this is not corrected: a claim made on the
 # backend's time by a host that far off would run its tick late (or early) by as much.
 SPREAD_OFFSET_MAX = AHEAD_LIMIT - CLAIM_LEAD
+# A change of the measured offset this large (seconds) is logged (backend-clock) and exported.
+OFFSET_NEWS = 0.002
 # The registry is read 1 s after the start, then at doubling intervals up to the heartbeat's.
 FIRST_READ = 1.0
 
@@ -60,7 +64,7 @@ def rank(key: str, me: str, members: tuple[str, ...]) -> int:
 
 
 def step(interval: float) -> float:
-    return min(SPREAD_STEP, interval / 8)
+    return min(SPREAD_STEP, interval / 4)
 
 
 class Spreading:
@@ -101,8 +105,12 @@ class Spreading:
         sh = self.sh
         jobs, instances, offset = answer
         if offset is not None:
+            before = self.offsets.get(key)
             self.offsets[key] = offset
             sh.me.offset = round(offset, 6)
+            if before is None or abs(offset - before) >= OFFSET_NEWS:
+                url = sh.coordinator.backend(key or None).url
+                sh.emit("backend-clock", "*", None, backend=url, offset=round(offset, 6))
         me = sh.instance
         for info in jobs:
             if info.job not in sh.jobs:
@@ -111,8 +119,7 @@ class Spreading:
             live.update(n for n in info.instances if not sh.retries.quiet(n, instances.get(n)))
             members = tuple(sorted(live))
             if members != self.members.get(info.job):
-                extra = {} if sh.me.offset is None else {"offset": sh.me.offset}
-                sh.emit("fleet", info.job, None, instances=list(members), **extra)
+                sh.emit("fleet", info.job, None, instances=list(members))
             self.members[info.job] = members
 
     def shift(self, state: JobState) -> float:
