@@ -176,9 +176,10 @@ def tables(n: int, ticks: int) -> list[Table]:
         "Servers on loopback; nfs: on a local directory (NFS cannot be mounted on these machines)."
     )
     fleet_t.note = (
-        "A tick ran when its command wrote a line. By their own clocks the instance 300 ms "
-        "ahead (libfaketime) wins every claim: correct, not fair. With --clock ntp (a chronyd "
-        "on loopback) all four fire by NTP time and share the ticks."
+        "A tick ran when its command wrote a line, with the default --spread even: the "
+        "instances take turns by the backend's clock, so the one 300 ms ahead (libfaketime) "
+        "does not win every claim (with --spread off it does: see Fair share). With --clock ntp "
+        "(a chronyd on loopback) all four also fire by NTP time."
     )
     return [latency, fleet_t]
 

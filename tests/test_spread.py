@@ -10,6 +10,7 @@ import signal
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyjob.core.sched.spread import rank, weight
@@ -203,3 +204,57 @@ def test_metrics_count_claims_won_and_export_the_offset_to_the_backend_clock() -
     text = m.render().decode()
     assert value(text, "pyjob_claims_won_total", job_name="j") == 2
     assert value(text, "pyjob_backend_clock_offset_seconds", backend="redis://h:6379/0") == -0.3
+
+
+def _spreading(instance: str, members: tuple[str, ...], offset: float | None, mode: str) -> Any:
+    from types import SimpleNamespace
+
+    from pyjob.core.coordinator import Coordinator
+    from pyjob.core.sched.spread import Spreading
+    from pyjob.core.settings import JobSettings
+
+    sp = Spreading(SimpleNamespace(instance=instance))  # type: ignore[arg-type]
+    state = SimpleNamespace(
+        id="job",
+        job=SimpleNamespace(lock=None),
+        s=JobSettings(spread=mode),  # type: ignore[arg-type]
+    )
+    sp.members["job"] = members
+    if offset is not None:
+        sp.offsets[Coordinator.key(None)] = offset
+    return sp, state
+
+
+@pytest.mark.parametrize("mode", ["even", "sticky"])
+def test_each_rank_claims_one_step_later_by_the_backend_clock(mode: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    tick = datetime(2030, 1, 1, 12, 0, 5, tzinfo=UTC)
+    members = ("a", "b", "c")
+    # Host a's clock is 300 ms ahead of the backend's (offset -0.3): it claims 0.3 s later by it.
+    ats = {}
+    for me, offset in (("a", -0.3), ("b", 0.0), ("c", 0.0)):
+        sp, state = _spreading(me, members, offset, mode)
+        ats[me] = sp.claim_at(state, tick, 0.5, 60.0) - timedelta(seconds=-offset)
+    by_backend = sorted((at - tick).total_seconds() for at in ats.values())
+    assert by_backend == pytest.approx([-0.5, -0.25, 0.0])
+
+
+def test_a_lone_instance_an_unknown_fleet_and_spread_off_claim_at_the_lead() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    tick = datetime(2030, 1, 1, 12, 0, 5, tzinfo=UTC)
+    lead = tick - timedelta(seconds=0.5)
+    for members, mode in ((("b",), "even"), (("a", "b", "c"), "off")):
+        sp, state = _spreading("b", members, -0.3, mode)
+        assert sp.claim_at(state, tick, 0.5, 60.0) == lead
+    sp, state = _spreading("b", ("a", "b"), None, "even")
+    del sp.members["job"]  # the registry not read yet
+    assert sp.claim_at(state, tick, 0.5, 60.0) == lead
+
+
+def test_an_offset_beyond_what_the_claims_tolerate_is_not_corrected() -> None:
+    sp, state = _spreading("a", ("a", "b"), -60.0, "even")
+    assert sp.shift(state) == 0.0
+    sp, state = _spreading("a", ("a", "b"), -4.0, "even")
+    assert sp.shift(state) == 4.0

@@ -116,7 +116,12 @@ class Spreading:
             if info.job not in sh.jobs:
                 continue
             live = {me}
-            live.update(n for n in info.instances if not sh.retries.quiet(n, instances.get(n)))
+            for n in info.instances:
+                beat = instances.get(n)
+                # A store that names files after instances lists a file-safe form of the name.
+                name = n if beat is None else beat.instance
+                if not sh.retries.quiet(name, beat):
+                    live.add(name)
             members = tuple(sorted(live))
             if members != self.members.get(info.job):
                 sh.emit("fleet", info.job, None, instances=list(members))
