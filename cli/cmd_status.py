@@ -122,7 +122,7 @@ def status_cmd(lock: str | None, fmt: str) -> None:
             f"{UNSERVED_SHOWN / 3600:g}h (pyjob history JOB shows their runs)",
             err=True,
         )
-    fleet = instance_documents(instances, counts, now_us)
+    fleet = instance_documents(instances, counts, docs, now_us)
     if fmt == "json":
         echo_json({"jobs": docs, "instances": fleet})
         return

@@ -20,25 +20,33 @@ SHARE_RUNS = 50
 NOT_RUN = ("skipped", "missed")  # records of ticks an instance handled but did not run
 
 
-def shares(store: RecordStore, jobs: list[str]) -> Counter[str]:
-    """Runs per instance among the newest SHARE_RUNS records of each job."""
+def shares(store: RecordStore, jobs: list[str]) -> dict[str, Counter[str]]:
+    """By job: runs per instance among its newest SHARE_RUNS records."""
     from pyjob.core.coordinator import holder_name
 
-    counts: Counter[str] = Counter()
+    out: dict[str, Counter[str]] = {}
     for job in jobs:
+        counts = out[job] = Counter()
         for r in store.runs(job, SHARE_RUNS):
             if r.result not in NOT_RUN:
                 counts[holder_name(r.instance)] += 1
-    return counts
+    return out
 
 
 def instance_documents(
-    instances: dict[str, InstanceInfo], counts: Counter[str], now_us: int
+    instances: dict[str, InstanceInfo],
+    by_job: dict[str, Counter[str]],
+    listed: list[dict[str, Any]],
+    now_us: int,
 ) -> list[dict[str, Any]]:
-    """The live instances, and any other that ran some of the recent runs, by name."""
+    """The live instances, and any other that ran some of the recent runs of the jobs listed,
+    by name."""
     from pyjob.core.clockcheck import impact
     from pyjob.core.records import is_quiet
 
+    counts: Counter[str] = Counter()
+    for doc in listed:
+        counts.update(by_job.get(doc["job"], {}))
     total = sum(counts.values())
     byname = {i.instance: i for i in instances.values()}
     names = {n for n, i in byname.items() if not is_quiet(i, now_us)} | set(counts)

@@ -149,9 +149,12 @@ def test_sticky_keeps_a_job_on_one_instance_and_its_killed_owner_loses_no_tick(
     runs = _fleet(fleet_lock_url, tmp_path, ["--spread", "sticky", "--lease-ttl", "3s"], 0.3)
     first = int(time.time()) + 2
     time.sleep(first + 10 - time.time() + 0.5)
-    owners = {i for _, i in _window(tmp_path, first, 10)}
-    assert len(owners) == 1, _window(tmp_path, first, 10)
-    owner = next(r for r in runs if r.log_path.stem in owners)
+    # The owner runs them all; at 1 s the next rank claims 125 ms after it, so on a busy machine
+    # one owner's claim may come late and lose a tick (the claim decides; it is not run twice).
+    # Round robin (--spread even) would give the owner about a third.
+    owner_name, held = Counter(i for _, i in _window(tmp_path, first, 10)).most_common(1)[0]
+    assert held >= 9, _window(tmp_path, first, 10)
+    owner = next(r for r in runs if r.log_path.stem == owner_name)
     _kill_between_ticks(owner)
     rest = [r for r in runs if r is not owner]
     for r in rest:
@@ -163,8 +166,8 @@ def test_sticky_keeps_a_job_on_one_instance_and_its_killed_owner_loses_no_tick(
         assert r.stop() == 0
     _each_once(_window(tmp_path, first, end - first), first, end - first)
     assert max(Counter(t for t, _ in _runs(tmp_path)).values()) == 1  # never twice
-    after = {i for _, i in _window(tmp_path, known, end - known)}
-    assert len(after) == 1 and after != owners, _window(tmp_path, known, end - known)
+    heir, kept = Counter(i for _, i in _window(tmp_path, known, end - known)).most_common(1)[0]
+    assert heir != owner_name and kept >= end - known - 1, _window(tmp_path, known, end - known)
 
 
 @pytest.mark.slow
@@ -235,9 +238,12 @@ def test_each_rank_claims_one_step_later_by_the_backend_clock(mode: str) -> None
     ats = {}
     for me, offset in (("a", -0.3), ("b", 0.0), ("c", 0.0)):
         sp, state = _spreading(me, members, offset, mode)
-        ats[me] = sp.claim_at(state, tick, 0.5, 60.0) - timedelta(seconds=-offset)
+        ats[me] = sp.claim_at(state, tick, 0.5) - timedelta(seconds=-offset)
     by_backend = sorted((at - tick).total_seconds() for at in ats.values())
     assert by_backend == pytest.approx([-0.5, -0.25, 0.0])
+    # A fourth instance claims at the tick too: no claim is made after it.
+    sp, state = _spreading("d", ("a", "b", "c", "d"), 0.0, mode)
+    assert -0.5 <= (sp.claim_at(state, tick, 0.5) - tick).total_seconds() <= 0.0
 
 
 def test_a_lone_instance_an_unknown_fleet_and_spread_off_claim_at_the_lead() -> None:
@@ -247,10 +253,10 @@ def test_a_lone_instance_an_unknown_fleet_and_spread_off_claim_at_the_lead() -> 
     lead = tick - timedelta(seconds=0.5)
     for members, mode in ((("b",), "even"), (("a", "b", "c"), "off")):
         sp, state = _spreading("b", members, -0.3, mode)
-        assert sp.claim_at(state, tick, 0.5, 60.0) == lead
+        assert sp.claim_at(state, tick, 0.5) == lead
     sp, state = _spreading("b", ("a", "b"), None, "even")
     del sp.members["job"]  # the registry not read yet
-    assert sp.claim_at(state, tick, 0.5, 60.0) == lead
+    assert sp.claim_at(state, tick, 0.5) == lead
 
 
 def test_an_offset_beyond_what_the_claims_tolerate_is_not_corrected() -> None:

@@ -2,10 +2,11 @@
 
 Every instance serving a job ranks the live instances that serve it by rendezvous hashing
 (highest random weight) of (job, tick) — of the job alone with ``--spread sticky`` — and claims
-the tick ``rank × step`` after the top-ranked one would. The top-ranked instance claims first and
-wins; the others' claims come after it and lose. The claim still decides who runs (never twice);
-the ranking only decides who asks first, so a dead or slow top-ranked host costs its tick
-``step`` per rank ahead of the first live one, never the tick.
+the tick half the claim lead per rank after the top-ranked one would (the top one at the lead
+before the tick, the second halfway, every other one at the tick). The top-ranked instance claims
+first and wins; the others' claims come after it and lose. The claim still decides who runs
+(never twice); the ranking only decides who asks first, so a dead or slow top-ranked host costs
+its tick nothing: the next claim is still made by the tick.
 
 The turn is kept by the backend's clock, not the host's: each instance reads the backend's clock
 (Redis ``TIME``, PostgreSQL ``clock_timestamp()``, a file's stamp) with the registry at every
@@ -33,11 +34,6 @@ from .model import CLAIM_LEAD, JobState
 from .shared import Shared
 from .timers import FleetRead
 
-# Seconds between the claims of two consecutive ranks (at most a quarter of the job's interval):
-# long enough for the claim of the rank ahead to be answered on a busy host. With the claim lead
-# (CLAIM_LEAD, at most a quarter of the interval too) the second-ranked instance claims at the
-# tick at the latest, so a dead top-ranked host makes no tick late.
-SPREAD_STEP = 0.25
 # A measured offset to the backend's clock larger than this is not corrected: a claim made on the
 # backend's time by a host that far off would run its tick late (or early) by as much.
 SPREAD_OFFSET_MAX = AHEAD_LIMIT - CLAIM_LEAD
@@ -63,8 +59,12 @@ def rank(key: str, me: str, members: tuple[str, ...]) -> int:
     return sum(1 for m in members if m != me and (weight(key, m), m) > (mine, me))
 
 
-def step(interval: float) -> float:
-    return min(SPREAD_STEP, interval / 4)
+def delay(rank: int, lead: float) -> float:
+    """How long after the top-ranked instance the instance of ``rank`` claims: half the claim
+    lead per rank (long enough for the claim ahead to be answered on a busy host), and never
+    after the tick itself, so that no rank's claim makes a tick late or leaves its answer less
+    time than first-come claiming would."""
+    return min(rank * lead / 2, lead)
 
 
 class Spreading:
@@ -134,7 +134,7 @@ class Spreading:
             return 0.0
         return -offset
 
-    def claim_at(self, state: JobState, tick: datetime, lead: float, interval: float) -> datetime:
+    def claim_at(self, state: JobState, tick: datetime, lead: float) -> datetime:
         """When this instance claims ``tick`` (by its own clock)."""
         at = tick - timedelta(seconds=lead)
         mode = state.s.spread
@@ -142,8 +142,8 @@ class Spreading:
         if mode is Spread.OFF or members is None or len(members) < 2:
             return at
         key = state.id if mode is Spread.STICKY else f"{state.id}\0{to_us(tick)}"
-        delay = min(rank(key, self.sh.instance, members) * step(interval), interval / 2)
-        return at + timedelta(seconds=delay + self.shift(state))
+        wait = delay(rank(key, self.sh.instance, members), lead)
+        return at + timedelta(seconds=wait + self.shift(state))
 
 
 __all__ = ["FleetAnswer", "Spreading", "rank", "weight"]

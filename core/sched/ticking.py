@@ -31,10 +31,9 @@ class Ticking:
         if tick is None:
             return
         assert state.prev is not None
-        interval = (tick - state.prev).total_seconds()
-        lead = max(0.0, min(CLAIM_LEAD, interval / 4))
+        lead = max(0.0, min(CLAIM_LEAD, (tick - state.prev).total_seconds() / 4))
         # One timer per job: the claim sets its tick's (a job not due costs one heap entry).
-        at = sh.spread.claim_at(state, tick, lead, interval)
+        at = sh.spread.claim_at(state, tick, lead)  # --spread: this instance's turn
         sh.wall.push(ClaimAhead(at, state, state.gen, tick))
         sh.emit(
             "next-tick",
