@@ -264,3 +264,20 @@ def test_an_offset_beyond_what_the_claims_tolerate_is_not_corrected() -> None:
     assert sp.shift(state) == 0.0
     sp, state = _spreading("a", ("a", "b"), -4.0, "even")
     assert sp.shift(state) == 4.0
+
+
+def test_a_jobs_file_sets_spread_per_job_and_in_defaults_and_refuses_a_bad_mode() -> None:
+    from pyjob.core.jobsfile import JobsFileError, parse_toml
+    from pyjob.core.settings import JobSettings, Spread
+
+    text = (
+        '[defaults]\nspread = "sticky"\n'
+        '[jobs.a]\nevery = "1m"\nshell = "true"\n'
+        '[jobs.b]\nevery = "1m"\nshell = "true"\nspread = "off"\n'
+    )
+    a, b = parse_toml(text, "jobs.toml", {})
+    assert JobSettings.from_values(a.settings).spread is Spread.STICKY
+    assert JobSettings.from_values(b.settings).spread is Spread.OFF
+    assert JobSettings.from_values({}).spread is Spread.EVEN
+    with pytest.raises(JobsFileError, match="'spread' must be one of even, sticky, off"):
+        parse_toml('[jobs.a]\nevery = "1m"\nshell = "true"\nspread = "fair"\n', "jobs.toml", {})
