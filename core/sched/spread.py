@@ -102,30 +102,38 @@ class Spreading:
     def heard(self, key: str, answer: FleetAnswer | BackendError) -> None:
         if isinstance(answer, BackendError):
             return  # read again at the next turn; the last membership stands meanwhile
-        sh = self.sh
         jobs, instances, offset = answer
         if offset is not None:
-            before = self.offsets.get(key)
-            self.offsets[key] = offset
-            sh.me.offset = round(offset, 6)
-            if before is None or abs(offset - before) >= OFFSET_NEWS:
-                url = sh.coordinator.backend(key or None).url
-                sh.emit("backend-clock", "*", None, backend=url, offset=round(offset, 6))
-        me = sh.instance
+            self.measured(key, offset)
+        live = self.live(instances, {n for info in jobs for n in info.instances})
         for info in jobs:
-            if info.job not in sh.jobs:
+            if info.job not in self.sh.jobs:
                 continue
-            live = {me}
-            for n in info.instances:
-                beat = instances.get(n)
-                # A store that names files after instances lists a file-safe form of the name.
-                name = n if beat is None else beat.instance
-                if not sh.retries.quiet(name, beat):
-                    live.add(name)
-            members = tuple(sorted(live))
+            members = tuple(sorted({self.sh.instance} | {live[n] for n in info.instances} - {""}))
             if members != self.members.get(info.job):
-                sh.emit("fleet", info.job, None, instances=list(members))
+                self.sh.emit("fleet", info.job, None, instances=list(members))
             self.members[info.job] = members
+
+    def measured(self, key: str, offset: float) -> None:
+        """This host's clock's offset to the backend's of ``key``: kept, published, told."""
+        sh = self.sh
+        before = self.offsets.get(key)
+        self.offsets[key] = offset
+        sh.me.offset = round(offset, 6)
+        if before is None or abs(offset - before) >= OFFSET_NEWS:
+            url = sh.coordinator.backend(key or None).url
+            sh.emit("backend-clock", "*", None, backend=url, offset=round(offset, 6))
+
+    def live(self, instances: dict[str, InstanceInfo], names: set[str]) -> dict[str, str]:
+        """Each name a job lists -> the live instance it names, or "" when it went quiet (each
+        judged once per reading)."""
+        out = {}
+        for n in names:
+            beat = instances.get(n)
+            # A store that names files after instances lists a file-safe form of the name.
+            name = n if beat is None else beat.instance
+            out[n] = "" if self.sh.retries.quiet(name, beat) else name
+        return out
 
     def shift(self, state: JobState) -> float:
         """Seconds to add to a backend instant to make it this host's: minus the offset."""
