@@ -319,7 +319,10 @@ class Metrics:
         if kind == "claimed":
             self.claims_won.labels(job).inc()
         elif f.get("offset") is not None:
-            self.backend_offset.labels(str(f.get("backend"))).set(float(f["offset"]))
+            # Labelled by the backend's kind, never its URL (it may hold a password).
+            scheme = str(f.get("backend") or "file").partition(":")[0]
+            kind = {"rediss": "redis", "postgres": "postgresql"}.get(scheme, scheme)
+            self.backend_offset.labels(kind).set(float(f["offset"]))
 
     def _clock_offset(self, offset: float) -> None:
         with self._lock:
