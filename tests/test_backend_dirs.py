@@ -165,3 +165,82 @@ def test_cleanup_removes_stray_temporary_files(scheme: str, tmp_path: Path) -> N
     fresh.write_text("")
     backend.cleanup_many(["job"], T0)
     assert not any(p.exists() for p in strays) and fresh.exists()
+
+
+# A child that claims a batch of jobs with a low soft RLIMIT_NOFILE. "leases": every job asks
+# for its run lease, which on file: holds the lock file open, so descriptors run out part-way
+# through the batch. "hoard": every descriptor is taken first, so not one claim can open a file.
+# Then the descriptors and the leases are given back, the limit raised again, and the batch
+# claimed again. It prints each claim's (won, refused, lease taken), per round.
+_SHORT_OF_DESCRIPTORS = """
+import json, os, resource, sys
+from datetime import datetime
+from pyjob.core.backends import ClaimRequest, open_backend
+url, mode, t0, keep = sys.argv[1], sys.argv[2], *map(datetime.fromisoformat, sys.argv[3:5])
+b = open_backend(url); b.check()
+ttl = 30.0 if mode == "leases" else None
+batch = [ClaimRequest(f"job{i}", t0, keep, lease_ttl=ttl) for i in range(80)]
+limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (48, limits[1]))
+hoard = []
+if mode == "hoard":
+    try:
+        while True:
+            hoard.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+rounds = [b.claim_many(batch, "a", t0)]
+for fd in hoard:
+    os.close(fd)
+resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+b.release_many([o.lease for o in rounds[0] if o.lease is not None])
+rounds.append(b.claim_many(batch, "a", t0))
+print(json.dumps([[[o.claim.won, o.claim.refused, o.lease is not None] for o in r]
+                  for r in rounds]))
+"""
+
+
+def _claim_short_of_descriptors(url: str, mode: str) -> list[list[list[object]]]:
+    import json
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _SHORT_OF_DESCRIPTORS, url, mode, T0.isoformat(), KEEP.isoformat()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rounds: list[list[list[object]]] = json.loads(done.stdout)
+    return rounds
+
+
+SHORTAGE = "pyjob: too many open files (EMFILE) when claiming the tick, which was not run"
+
+
+def test_out_of_descriptors_part_way_refuses_the_claims_left_not_the_batch(
+    tmp_path: Path,
+) -> None:
+    """Each run lease of file: holds a descriptor: under a limit of 48, the first jobs of a batch
+    of 80 get their claims and leases, and each of the others is refused as pyjob's own
+    shortage, instead of the whole batch failing. Nothing is lost: with the leases given back
+    and the limit raised, the same batch is won whole."""
+    first, again = _claim_short_of_descriptors(f"file:{tmp_path / 'locks'}", "leases")
+    won = [o for o in first if o[0]]
+    refused = [o for o in first if not o[0]]
+    assert 10 < len(won) < 48 and len(refused) == 80 - len(won), first
+    assert first[: len(won)] == [[True, None, True]] * len(won)  # the first ones, whole
+    assert all(str(o[1]).startswith(SHORTAGE) and not o[2] for o in refused), refused[0]
+    assert again == [[True, None, True]] * 80
+
+
+def test_no_descriptor_left_refuses_every_claim_of_the_batch_not_the_backend(
+    scheme: str, tmp_path: Path
+) -> None:
+    """With every descriptor taken, not even the batch's lock can be made: each claim is refused
+    as pyjob's shortage (never a backend error, which the scheduler would take for an outage
+    and which --on-backend-error run would run without a claim), and nothing is written: once
+    descriptors are free again, the batch is won."""
+    first, again = _claim_short_of_descriptors(f"{scheme}:{tmp_path / 'locks'}", "hoard")
+    assert len(first) == 80 and all(not o[0] and str(o[1]).startswith(SHORTAGE) for o in first)
+    assert again == [[True, None, False]] * 80

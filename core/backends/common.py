@@ -314,6 +314,39 @@ def is_job_damage(error: BaseException) -> bool:
     return isinstance(error, DAMAGE)
 
 
+# Out of descriptors (the process's or the system's) while a claim opens its files: pyjob's own
+# shortage, neither the lock directory's nor the command's. The claims that cannot open what they
+# need are refused, each saying so, and the others of the batch go on (a lease holds its lock file
+# open, so a large batch of leases is where the descriptors run out).
+SHORTAGE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+def refused_shortage(error: OSError) -> ClaimOutcome:
+    """The outcome of a claim that failed for want of descriptors: refused, as pyjob's
+    shortage."""
+    name = errno.errorcode.get(error.errno or 0, "")
+    what = (
+        "too many open files"
+        if error.errno == errno.EMFILE
+        else "too many open files in the system"
+    )
+    why = (
+        f"pyjob: {what} ({name}) when claiming the tick, which was not run "
+        "(raise ulimit -n / LimitNOFILE=)"
+    )
+    return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
+
+
+def refused_for(job: str, error: BaseException) -> ClaimOutcome | None:
+    """The refusal of one job's claim that ``error`` calls for (its files are damaged, or pyjob
+    is out of descriptors); None when ``error`` is the whole batch's."""
+    if isinstance(error, OSError) and error.errno in SHORTAGE_ERRNOS:
+        return refused_shortage(error)
+    if isinstance(error, Exception) and is_job_damage(error):
+        return refused_damaged(job, error)
+    return None
+
+
 def parse_mark(text: str) -> Mark:
     """Strict: a truncated or garbled file is an error, never a fence of 0."""
     try:

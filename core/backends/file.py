@@ -50,7 +50,7 @@ import json
 import os
 import stat
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -60,17 +60,18 @@ from filelock import FileLock, Timeout
 
 from ..errors import BackendError
 from .common import (
+    SHORTAGE_ERRNOS,
     Mark,
     claim_record,
     claim_verdict,
     create_new,
-    is_job_damage,
     make_private_dirs,
     overwrite,
     probe_mtime,
     read_mark,
     read_small,
-    refused_damaged,
+    refused_for,
+    refused_shortage,
     remove_expired_claims,
     remove_strays,
     safe_name,
@@ -158,7 +159,7 @@ class FileBackend:
         try:
             self._make_directory()
             lock_path = self.directory / "claims.lock"
-            with FileLock(lock_path, timeout=self.lock_timeout):
+            with self._claims_lock(lock_path):
                 # The kernel's clock, as it stamps files (claim files' ages are judged by it),
                 # not this process's reading of the wall clock: one process's clock may be off.
                 os.utime(lock_path)
@@ -172,9 +173,10 @@ class FileBackend:
                         try:
                             out.append(self._in_job_dir(r.job, one))
                         except Exception as e:
-                            if not is_job_damage(e):
+                            refused = refused_for(r.job, e)  # this job's, not the batch's
+                            if refused is None:
                                 raise
-                            out.append(refused_damaged(r.job, e))  # this job's, not the batch's
+                            out.append(refused)
                 except BaseException:  # the batch fails whole: no lease of it stays taken
                     for o in out:
                         if o.lease is not None:
@@ -187,8 +189,26 @@ class FileBackend:
             ) from e
         except BackendError:
             raise
+        except _NoDescriptor as e:  # not even the batch's lock: every claim of it, each
+            return [refused_shortage(e.error) for _ in requests]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise BackendError(f"{self.url}: claim failed: {e}") from e
+
+    @contextlib.contextmanager
+    def _claims_lock(self, path: Path) -> Iterator[None]:
+        """The batch's OS lock on ``path``; _NoDescriptor when it cannot be opened for want of
+        descriptors (pyjob's shortage, not the directory's)."""
+        lock = FileLock(path, timeout=self.lock_timeout)
+        try:
+            lock.acquire()
+        except OSError as e:
+            if e.errno in SHORTAGE_ERRNOS:
+                raise _NoDescriptor(e) from e
+            raise
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _in_job_dir(self, job: str, work: Callable[[Path], _T]) -> _T:
         """``work`` on the job's directory; once more if it was deleted since it was made."""
@@ -342,6 +362,12 @@ class FileBackend:
 
     def close(self) -> None:
         return None
+
+
+class _NoDescriptor(Exception):
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class _RunLock:
