@@ -93,7 +93,6 @@ class _Link:
     maybe: list[Lease] = field(default_factory=list)
     # (monotonic, the backend's clock in µs or None) at the last reading of that clock
     clock_read: tuple[float, int | None] | None = None
-    busy: bool = False
     records: RecordStore | None = None
     carry: _Call | None = None  # a call taken from the queue while batching records
     # Record writes not yet written, oldest first, one per run ((job, tick µs) → (record, keep)):
@@ -198,9 +197,6 @@ class Coordinator:
     def backend(self, url: str | None) -> Backend:
         return self._links[self.key(url)].backend
 
-    def urls(self) -> list[str]:
-        return list(self._links)
-
     # ---------------------------------------------------------------- calls
 
     def claim(
@@ -286,10 +282,6 @@ class Coordinator:
             done(result)
             n += 1
 
-    def idle(self) -> bool:
-        """Nothing queued or under way (for a stop that waits for the last releases)."""
-        return all(link.calls.empty() and not link.busy for link in self._links.values())
-
     def pending(self) -> int:
         """Run records not written yet (a backend that failed them), across backends."""
         return sum(len(link.pending) for link in self._links.values())
@@ -364,11 +356,7 @@ class Coordinator:
                 return
             if call.what == "records":
                 call = self._gather(link, call)
-            link.busy = True
-            try:
-                self._do(link, call)
-            finally:
-                link.busy = False
+            self._do(link, call)
 
     def _gather(self, link: _Link, first: _Call) -> _Call:
         """The record writes queued behind ``first``, as one call (one round trip)."""
@@ -697,9 +685,6 @@ class Coordinator:
         self._results.put((done, result))
         if self.threaded:
             self.waker.wake()
-
-    def unreleased(self) -> int:
-        return sum(len(link.unreleased) for link in self._links.values())
 
 
 __all__ = ["Coordinator"]
