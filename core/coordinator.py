@@ -50,7 +50,6 @@ from .records import (
     RecordsNotWritten,
     RecordStore,
     RunRecord,
-    records_for,
 )
 
 _PRIORITY = {"claim": 0, "renew": 0, "release": 0, "previous": 1, "latest": 1, "orphan": 1}
@@ -181,7 +180,7 @@ class Coordinator:
             backend.close()
             raise
         link = _Link(
-            k, backend, Outage(backend.url, self.clock, self.report), records=records_for(backend)
+            k, backend, Outage(backend.url, self.clock, self.report), records=backend.records()
         )
         self._links[k] = link
         if self.threaded:

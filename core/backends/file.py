@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from filelock import FileLock, Timeout
 
@@ -79,6 +79,9 @@ from .common import (
 )
 from .common import to_us as _us
 from .protocol import ClaimOutcome, ClaimRequest, ClaimResult, Lease
+
+if TYPE_CHECKING:
+    from ..records import DirectoryRecords
 
 _T = TypeVar("_T")
 
@@ -145,11 +148,6 @@ class FileBackend:
         return path
 
     # ---------------------------------------------------------------- claims
-
-    def claim(
-        self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
-    ) -> ClaimResult:
-        return self.claim_many([ClaimRequest(job, tick, keep_until)], instance, now)[0].claim
 
     def claim_many(
         self, requests: Sequence[ClaimRequest], instance: str, now: datetime
@@ -274,9 +272,6 @@ class FileBackend:
         other = None if lease is not None else self._holder(job_dir) or "unknown"
         return ClaimOutcome(claim, lease, other)
 
-    def cleanup(self, job: str, now: datetime) -> int:
-        return self.cleanup_many([job], now)
-
     def cleanup_many(self, jobs: Sequence[str], now: datetime) -> int:
         if not jobs:
             return 0
@@ -341,15 +336,9 @@ class FileBackend:
         except OSError as e:
             raise BackendError(f"{self.url}: lease lookup failed: {e}") from e
 
-    def renew_lease(self, lease: Lease) -> bool:
-        lock = lease.handle
-        return isinstance(lock, _RunLock) and lock.is_locked
-
     def renew_many(self, leases: Sequence[Lease]) -> list[bool]:
-        return [self.renew_lease(lease) for lease in leases]  # no I/O: the kernel holds them
-
-    def release_lease(self, lease: Lease) -> None:
-        self.release_many([lease])
+        # no I/O: the kernel holds them
+        return [isinstance(x.handle, _RunLock) and x.handle.is_locked for x in leases]
 
     def release_many(self, leases: Sequence[Lease]) -> None:
         for lease in leases:
@@ -359,6 +348,11 @@ class FileBackend:
 
     def server_time(self) -> tuple[float, float]:
         return probe_mtime(self.directory)
+
+    def records(self) -> DirectoryRecords:
+        from ..records import DirectoryRecords
+
+        return DirectoryRecords(self.directory, self.url, local=True)
 
     def close(self) -> None:
         return None

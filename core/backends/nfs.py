@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..clock import Clock, SystemClock
 from ..errors import BackendError
@@ -58,6 +59,9 @@ from .common import (
 )
 from .common import to_us as _us
 from .protocol import ClaimOutcome, ClaimRequest, ClaimResult, Lease
+
+if TYPE_CHECKING:
+    from ..records import DirectoryRecords
 
 MUTEX_STALE = 10.0  # seconds a claim mutex may stand unchanged before it is broken
 _WIDTH = 20  # the heartbeat counter is written at a fixed width, in place
@@ -165,11 +169,6 @@ class NfsBackend:
                 raise BackendError(f"{self.url}: claim lock {lock} held for over {timeout}s")
             self.clock.sleep(0.002)
 
-    def claim(
-        self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
-    ) -> ClaimResult:
-        return self.claim_many([ClaimRequest(job, tick, keep_until)], instance, now)[0].claim
-
     def claim_many(
         self, requests: Sequence[ClaimRequest], instance: str, now: datetime
     ) -> list[ClaimOutcome]:
@@ -273,9 +272,6 @@ class NfsBackend:
         self._marks.setdefault(job, Mark()).raise_to(Mark(fence, int(path.stem)))
         return ClaimResult(holder == instance, holder, fence)
 
-    def cleanup(self, job: str, now: datetime) -> int:
-        return self.cleanup_many([job], now)
-
     def cleanup_many(self, jobs: Sequence[str], now: datetime) -> int:
         """Judged by the server's clock (a probe file's mtime), never by this host's: a host
         whose clock runs ahead must not remove claims the others still rely on."""
@@ -332,7 +328,7 @@ class NfsBackend:
         except OSError as e:
             raise BackendError(f"{self.url}: lease lookup failed: {e}") from e
 
-    def renew_lease(self, lease: Lease) -> bool:
+    def _renew(self, lease: Lease) -> bool:
         """Heartbeat: rewrite the counter in place. If a waiter broke our lease, the path now
         holds someone else's token (or nothing) and we report the lease lost; a write that races
         with the break lands in the renamed-aside file, which no one reads."""
@@ -355,19 +351,19 @@ class NfsBackend:
         return True
 
     def renew_many(self, leases: Sequence[Lease]) -> list[bool]:
-        return [self.renew_lease(lease) for lease in leases]  # one small write each, no lock
+        return [self._renew(lease) for lease in leases]  # one small write each, no lock
 
     def release_many(self, leases: Sequence[Lease]) -> None:
         first: BackendError | None = None
         for lease in leases:
             try:
-                self.release_lease(lease)
+                self._release(lease)
             except BackendError as e:
                 first = first or e
         if first is not None:
             raise first
 
-    def release_lease(self, lease: Lease) -> None:
+    def _release(self, lease: Lease) -> None:
         path = self._lease_path(lease.job)
         try:
             if read_small(path).split("\n")[1] == lease.token:
@@ -379,6 +375,11 @@ class NfsBackend:
 
     def server_time(self) -> tuple[float, float]:
         return probe_mtime(self.directory)
+
+    def records(self) -> DirectoryRecords:
+        from ..records import DirectoryRecords
+
+        return DirectoryRecords(self.directory, self.url)
 
     def close(self) -> None:
         return None
