@@ -193,3 +193,29 @@ def test_a_batch_that_fails_part_way_keeps_no_lease_it_took(tmp_path: Path) -> N
         assert lease is not None
     finally:
         subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_the_wait_for_the_claims_lock_is_timed_by_the_clock_the_backend_is_given(
+    tmp_path: Path,
+) -> None:
+    """Another process holds the claims lock: the batch waits for it on the backend's Clock (a
+    fake one here, which moves only as the backend sleeps), gives up after lock_timeout by that
+    clock with a backend error, and claims once the lock is free."""
+    import fcntl
+
+    from pyjob.core.backends import ClaimRequest
+    from pyjob.core.clock import FakeClock
+
+    clock = FakeClock(T0)
+    d = tmp_path / "locks"
+    backend = FileBackend(d, clock, lock_timeout=5.0)
+    backend.check()
+    fd = os.open(d / "claims.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(BackendError, match=r"claim lock not acquired within 5\.0s"):
+            backend.claim_many([ClaimRequest("job", T0, KEEP)], "a", T0)
+        assert 5.0 < clock.monotonic() - 1000.0 < 5.1 and clock.sleeps
+    finally:
+        os.close(fd)  # the other process lets go
+    assert claim_one(backend, "job", T0, "a", KEEP, T0).won

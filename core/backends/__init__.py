@@ -46,7 +46,7 @@ def open_backend(
     if url is None or url == "":
         from .file import FileBackend
 
-        return FileBackend(default_lock_dir(env))
+        return FileBackend(default_lock_dir(env), clock)
     if url == "none":
         from .null import NullBackend
 
@@ -70,7 +70,7 @@ def open_backend(
         if scheme == "file":
             from .file import FileBackend
 
-            return FileBackend(Path(path).expanduser())
+            return FileBackend(Path(path).expanduser(), clock)
         from .nfs import NfsBackend
 
         return NfsBackend(Path(path).expanduser(), clock)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from ..clock import coarse_tick
 from ..errors import BackendError
 from .protocol import ClaimOutcome, ClaimResult
 
@@ -24,8 +25,6 @@ def probe_mtime(directory: Path) -> tuple[float, float]:
     """The time a file system stamps on a new file in ``directory``: on NFS the server's clock
     sets it, locally this host's kernel. Returned as (mtime + half a tick, tick): the stamp comes
     from the kernel's coarse clock, which lags real time by up to one timer tick."""
-    import time
-
     probe = directory / f".clock-probe-{uuid.uuid4().hex}"
     try:
         fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
@@ -39,14 +38,8 @@ def probe_mtime(directory: Path) -> tuple[float, float]:
     finally:
         with contextlib.suppress(OSError):
             probe.unlink()
-    try:
-        tick = time.clock_getres(_CLOCK_REALTIME_COARSE)  # the kernel's timer tick
-    except OSError:
-        tick = 0.01  # not Linux: assume a coarse 100 Hz stamp
+    tick = coarse_tick()
     return stamp + tick / 2, tick
-
-
-_CLOCK_REALTIME_COARSE = 5  # Linux's clockid; Python's time module does not name it
 
 
 def redact(url: str) -> str:

@@ -9,12 +9,12 @@ Layout of the private directory (mode 0700):
     <dir>/<job>/run.lock, run.holder                the run lease of --overlap skip, and the
                                                     instance that took it last
 
-Claims are decided under an OS lock (flock, through filelock), which the kernel releases when its
-holder dies, so a crashed process never wedges a job; one acquisition serves a whole batch (the
-claims of every job due at one instant). The run lease is that same kind of lock (flock on
-run.lock, taken directly: filelock's bookkeeping cost more than the lock), held for as long as the
-run goes on: no TTL or heartbeat is needed on one host, because the kernel knows at once when the
-holder is gone.
+Claims are decided under an OS lock (flock on claims.lock, the lock filelock takes, so that
+versions of pyjob that used it agree with this one), which the kernel releases when its holder
+dies, so a crashed process never wedges a job; one acquisition serves a whole batch (the claims of
+every job due at one instant), waited for by the Clock the backend is given. The run lease is that
+same kind of lock (flock on run.lock), held for as long as the run goes on: no TTL or heartbeat is
+needed on one host, because the kernel knows at once when the holder is gone.
 
 Every claim is written under the batch lock, so no other claimer reads a file while it is being
 written, and each is written with as few file-system operations as keep it whole (a claim cost
@@ -56,8 +56,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from filelock import FileLock, Timeout
-
+from ..clock import Clock, SystemClock
 from ..errors import BackendError
 from .common import (
     SHORTAGE_ERRNOS,
@@ -84,21 +83,24 @@ if TYPE_CHECKING:
     from ..records import DirectoryRecords
 
 _T = TypeVar("_T")
+LOCK_POLL = 0.002  # seconds between tries of a claims lock another process holds
 
 
 class FileBackend:
-    def __init__(self, directory: Path, lock_timeout: float = 10.0) -> None:
+    def __init__(
+        self, directory: Path, clock: Clock | None = None, lock_timeout: float = 10.0
+    ) -> None:
         self.directory = Path(directory)
         self.url = f"file:{self.directory}"
-        self.lock_timeout = lock_timeout
+        self.clock = clock or SystemClock()
+        self.lock_timeout = lock_timeout  # seconds a batch waits for the claims lock
         self._marks: dict[str, Mark] = {}  # the highest mark seen per job
         self._made: set[str] = set()  # job directories known to exist
 
     # ---------------------------------------------------------------- set-up
 
     def _make_directory(self) -> None:
-        """Create the directory, and the parents it lacks, 0700 ourselves before filelock can
-        (it would make it 0755)."""
+        """Create the directory, and the parents it lacks, each 0700."""
         make_private_dirs(self.directory)
 
     def check(self) -> None:
@@ -181,10 +183,6 @@ class FileBackend:
                             self.release_many([o.lease])
                     raise
                 return out
-        except Timeout as e:
-            raise BackendError(
-                f"{self.url}: claim lock not acquired within {self.lock_timeout}s"
-            ) from e
         except BackendError:
             raise
         except _NoDescriptor as e:  # not even the batch's lock: every claim of it, each
@@ -194,15 +192,24 @@ class FileBackend:
 
     @contextlib.contextmanager
     def _claims_lock(self, path: Path) -> Iterator[None]:
-        """The batch's OS lock on ``path``; _NoDescriptor when it cannot be opened for want of
-        descriptors (pyjob's shortage, not the directory's)."""
-        lock = FileLock(path, timeout=self.lock_timeout)
-        try:
-            lock.acquire()
-        except OSError as e:
-            if e.errno in SHORTAGE_ERRNOS:
-                raise _NoDescriptor(e) from e
-            raise
+        """The batch's OS lock on ``path``, waited for at most ``lock_timeout``; _NoDescriptor
+        when it cannot be opened for want of descriptors (pyjob's shortage, not the
+        directory's)."""
+        deadline = self.clock.monotonic() + self.lock_timeout
+        while True:
+            try:
+                lock = _OsLock.take(path)
+            except OSError as e:
+                if e.errno in SHORTAGE_ERRNOS:
+                    raise _NoDescriptor(e) from e
+                raise
+            if lock is not None:
+                break
+            if self.clock.monotonic() > deadline:
+                raise BackendError(
+                    f"{self.url}: claim lock not acquired within {self.lock_timeout}s"
+                )
+            self.clock.sleep(LOCK_POLL)
         try:
             yield
         finally:
@@ -295,7 +302,7 @@ class FileBackend:
     # ---------------------------------------------------------------- run lease
 
     def _take_lease(self, job_dir: Path, job: str, instance: str, ttl: float) -> Lease | None:
-        lock = _RunLock.take(job_dir / "run.lock")
+        lock = _OsLock.take(job_dir / "run.lock")
         if lock is None:
             return None
         holder = job_dir / "run.holder"
@@ -313,7 +320,7 @@ class FileBackend:
 
     @staticmethod
     def _holder(job_dir: Path) -> str | None:
-        probe = _RunLock.take(job_dir / "run.lock")
+        probe = _OsLock.take(job_dir / "run.lock")
         if probe is None:
             try:
                 return read_small(job_dir / "run.holder") or "unknown"
@@ -338,12 +345,12 @@ class FileBackend:
 
     def renew_many(self, leases: Sequence[Lease]) -> list[bool]:
         # no I/O: the kernel holds them
-        return [isinstance(x.handle, _RunLock) and x.handle.is_locked for x in leases]
+        return [isinstance(x.handle, _OsLock) and x.handle.is_locked for x in leases]
 
     def release_many(self, leases: Sequence[Lease]) -> None:
         for lease in leases:
             lock = lease.handle
-            if isinstance(lock, _RunLock) and lock.is_locked:
+            if isinstance(lock, _OsLock) and lock.is_locked:
                 lock.release()  # run.holder stays: it is read only while someone holds the lock
 
     def server_time(self) -> tuple[float, float]:
@@ -364,9 +371,9 @@ class _NoDescriptor(Exception):
         self.error = error
 
 
-class _RunLock:
-    """A run lease's OS lock: flock on ``run.lock``, held until released or this process ends
-    (the same lock filelock takes, so versions of pyjob that use it agree with this one)."""
+class _OsLock:
+    """An OS lock: flock on a file (claims.lock, a job's run.lock), held until released or this
+    process ends."""
 
     __slots__ = ("fd",)
 
@@ -374,7 +381,7 @@ class _RunLock:
         self.fd = fd
 
     @classmethod
-    def take(cls, path: Path) -> _RunLock | None:
+    def take(cls, path: Path) -> _OsLock | None:
         """The lock when free, else None: never waits."""
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -396,7 +403,7 @@ class _RunLock:
             fd, self.fd = self.fd, -1
             os.close(fd)  # closing the only descriptor of the open file drops its flock
 
-    def __del__(self) -> None:  # a lease dropped without release (as filelock's did)
+    def __del__(self) -> None:  # a lease dropped without release
         with contextlib.suppress(OSError):
             self.release()
 
