@@ -24,10 +24,11 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timedelta
 
+from ..backendcalls import Fleet
 from ..backends.protocol import AHEAD_LIMIT
 from ..coordinator import Coordinator
 from ..errors import BackendError
-from ..records import InstanceInfo, JobInfo
+from ..records import InstanceInfo
 from ..schedule import to_us
 from ..settings import Spread
 from .model import CLAIM_LEAD, JobState
@@ -41,10 +42,6 @@ SPREAD_OFFSET_MAX = AHEAD_LIMIT - CLAIM_LEAD
 OFFSET_NEWS = 0.002
 # The registry is read 1 s after the start, then at doubling intervals up to the heartbeat's.
 FIRST_READ = 1.0
-
-# What the coordinator's fleet read answers: the jobs registered (with their instances), the
-# heartbeats, and this host's offset to the backend's clock (seconds; None: it has none).
-FleetAnswer = tuple[list[JobInfo], dict[str, InstanceInfo], float | None]
 
 
 def weight(key: str, instance: str) -> int:
@@ -94,12 +91,12 @@ class Spreading:
         }
         for key, url in sorted(urls.items()):
 
-            def done(answer: FleetAnswer | BackendError, key: str = key) -> None:
+            def done(answer: Fleet | BackendError, key: str = key) -> None:
                 self.heard(key, answer)
 
             sh.coordinator.fleet(url, done)
 
-    def heard(self, key: str, answer: FleetAnswer | BackendError) -> None:
+    def heard(self, key: str, answer: Fleet | BackendError) -> None:
         if isinstance(answer, BackendError):
             return  # read again at the next turn; the last membership stands meanwhile
         jobs, instances, offset = answer
@@ -154,4 +151,4 @@ class Spreading:
         return at + timedelta(seconds=wait + self.shift(state))
 
 
-__all__ = ["FleetAnswer", "Spreading", "rank", "weight"]
+__all__ = ["Spreading", "rank", "weight"]
