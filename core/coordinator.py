@@ -559,9 +559,7 @@ class Coordinator:
         elif isinstance(call, PreviousCall):
             self._deliver(call.done, self._previous(link, call))
         elif isinstance(call, FleetCall):
-            assert link.records is not None
-            fleet = (link.records.jobs(), link.records.instances(), self._offset(link))
-            self._deliver(call.done, fleet)
+            self._deliver(call.done, self._fleet(link))
         elif isinstance(call, ReleaseCall):
             self._release(link, call.leases)
         elif isinstance(call, CleanupCall):
@@ -608,6 +606,14 @@ class Coordinator:
         backend_now = None if reading is None else int(reading[0] * 1e6)
         return (newest[0].tick_us, backend_now) if newest else None
 
+    def _fleet(self, link: _Link) -> Fleet:
+        from .clockcheck import backend_clock
+
+        assert link.records is not None
+        clock = backend_clock(link.backend, self.clock, samples=3)
+        offset = None if clock is None else clock.offset
+        return link.records.jobs(), link.records.instances(), offset
+
     @staticmethod
     def _previous(link: _Link, call: PreviousCall) -> str | None:
         assert link.records is not None
@@ -617,21 +623,6 @@ class Coordinator:
             if r.tick_us < call.before_us and r.result not in ("running", "skipped", "missed")
         ]
         return finished[0] if finished else None
-
-    def _offset(self, link: _Link) -> float | None:
-        """The backend's clock minus this host's (seconds): of three readings, the one with the
-        shortest round trip (the least doubt about when the backend read its clock)."""
-        best: tuple[float, float] | None = None
-        for _ in range(3):
-            before = self.clock.now().timestamp()
-            reading = link.backend.server_time()
-            after = self.clock.now().timestamp()
-            if reading is None:
-                return None
-            if best is None or after - before < best[0]:
-                best = (after - before, reading[0] - (before + after) / 2)
-        assert best is not None
-        return best[1]
 
     def _failed(self, link: _Link, call: Call, e: Exception) -> None:
         """The one error policy: the error to ``call``'s ``done``, or reported when nobody
