@@ -53,7 +53,15 @@ from .records import (
     records_for,
 )
 
-_PRIORITY = {"claim": 0, "renew": 0, "release": 0, "previous": 1, "latest": 1, "orphan": 1}
+_PRIORITY = {
+    "claim": 0,
+    "renew": 0,
+    "release": 0,
+    "previous": 1,
+    "latest": 1,
+    "orphan": 1,
+    "call": 1,
+}
 _BACKGROUND = frozenset({"records", "register", "heartbeat", "prune", "cleanup"})
 LAST = 9  # the stop, after everything queued
 RELEASE_RETRY = 1.0  # seconds between retries of lease releases an outage left behind
@@ -274,6 +282,13 @@ class Coordinator:
         ``done`` (None when the job has no records): what an instance needs to take over
         another's attempts, or to end a run lost with its host."""
         self._submit(url, _Call("orphan", (job, newest), done))
+
+    def call(self, url: str | None, fn: Callable[[], Any], done: Callable[[Any], None]) -> None:
+        """``fn()`` on the backend's worker, under the one error policy: its result, or the
+        BackendError it raised, to ``done``. For the reads and writes of state that lives in the
+        backend beside the records (the fleet's pauses and triggers, core/control.py); ``fn``
+        must itself be bounded, as every backend call is."""
+        self._submit(url, _Call("call", (fn,), done))
 
     def drain(self) -> int:
         """Deliver the results that are ready (on the caller's thread); how many."""
@@ -525,6 +540,8 @@ class Coordinator:
                 result: Any = [_shown(outcome) for outcome in got]
             elif call.what == "renew":
                 result = link.backend.renew_many(call.args[0])
+            elif call.what == "call":
+                result = call.args[0]()
             elif call.what in ("orphan", "latest", "previous"):
                 result = self._read(link, call)
             else:

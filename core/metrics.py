@@ -45,7 +45,15 @@ FLEET_FIRST = 100  # records read per job at the first fleet read (--history-kee
 
 RESULTS = ("success", "failure", "timeout", "stopped", "start-failed", "lost")
 # skipped ticks, by kind of reason (a fixed set: the event's reason is free text)
-SKIP_REASONS = ("overlap", "queue-full", "backend-error", "refused", "clock-ahead", "other")
+SKIP_REASONS = (
+    "overlap",
+    "queue-full",
+    "paused",
+    "backend-error",
+    "refused",
+    "clock-ahead",
+    "other",
+)
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 LATENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -68,6 +76,8 @@ def skip_reason(event: Event) -> str | None:
         text = str(event.fields.get("reason", ""))
         if "queued" in text:
             return "queue-full"
+        if text.startswith("paused"):
+            return "paused"
         return "overlap" if text.startswith("overlap") else "other"
     if event.kind == "refused":
         # a claim refused because this host's clock is ahead of the backend's (DESIGN §8)
@@ -139,10 +149,22 @@ class Metrics:
             "pyjob_skipped_ticks",
             "Ticks this instance did not run. overlap (the previous run still going), "
             "queue-full and other are decided by the instance that won the tick's claim: once "
-            "per tick across the fleet. backend-error (claim failed, fail closed), refused and "
-            "clock-ahead (this host's clock ahead of the backend's) are decided by each instance "
-            "for itself: every instance counts the tick.",
+            "per tick across the fleet. backend-error (claim failed, fail closed), refused, "
+            "clock-ahead (this host's clock ahead of the backend's) and paused (`pyjob pause`) "
+            "are decided by each instance for itself: every instance counts the tick.",
             ["job_name", "reason"],
+            registry=r,
+        )
+        self.paused = Gauge(
+            "pyjob_paused",
+            "1 while the job is paused (`pyjob pause`) as this instance last read it, else 0.",
+            ["job_name"],
+            registry=r,
+        )
+        self.triggered = Counter(
+            "pyjob_triggered_runs",
+            "`pyjob trigger` runs this instance won (once per trigger across the fleet).",
+            ["job_name"],
             registry=r,
         )
         self.backend_errors = Counter(
@@ -237,6 +259,8 @@ class Metrics:
             self.running.labels(job)
             self.missed.labels(job)
             self.ping_failures.labels(job)
+            self.paused.labels(job)
+            self.triggered.labels(job)
             if every is not None:
                 self.interval.labels(job).set(every)
         for kind in set(backends.values()):
@@ -278,6 +302,10 @@ class Metrics:
             self.missed.labels(job).inc(int(f.get("count") or 1))
         elif kind == "backend-error":
             self.backend_errors.labels(self._backend(job)).inc()
+        elif kind in ("paused", "resumed"):
+            self.paused.labels(job).set(1 if kind == "paused" else 0)
+        elif kind == "triggered":
+            self.triggered.labels(job).inc()
         elif kind == "ping-failed":
             self.ping_failures.labels(job).inc()
         elif kind == "output-closed":

@@ -57,6 +57,7 @@ class Executor:
             env["PYJOB_FENCE"] = str(fence)
         else:
             env.pop("PYJOB_FENCE", None)
+        env.pop("PYJOB_TRIGGERED", None)  # only a triggered run has it (not from the parent)
         return env
 
     def jitter_or_start(
@@ -109,8 +110,11 @@ class Executor:
             if fence is not None:
                 env["PYJOB_FENCE"] = str(fence)
         else:
-            rid = run_id(state.id, tick, started)
+            triggered = sh.fleet.run_id(state, tick)
+            rid = triggered or run_id(state.id, tick, started)
             env = self.env(state, tick, rid, fence)
+            if triggered:
+                env["PYJOB_TRIGGERED"] = "1"  # `pyjob trigger`, not a tick
         first: tuple[int, list[dict[str, Any]], datetime | None] = (1, [], tick)
         attempt, prior, key = state.attempts.pop(tick, first) if tick is not None else first
         env["PYJOB_ATTEMPT"] = str(attempt)

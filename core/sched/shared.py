@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .catchup import CatchUp
     from .claims import Claims
     from .executor import Executor
+    from .fleet import Fleet
     from .hookrun import HookRunner
     from .lifecycle import Lifecycle
     from .retries import Retries
@@ -44,6 +45,7 @@ class Shared:
     catchup: CatchUp
     claims: Claims
     executor: Executor
+    fleet: Fleet
     hookrun: HookRunner
     retries: Retries
     books: Books

@@ -194,6 +194,19 @@ class Heartbeat(MonoTimer):
 
 
 @dataclass(slots=True)
+class ControlPoll(MonoTimer):
+    """The read of the fleet's control (pauses, triggers), every CONTROL_EVERY seconds."""
+
+    due: float
+
+    def fire(self, sh: Shared, turn: MonoTurn) -> None:
+        from ..control import CONTROL_EVERY
+
+        sh.mono.push(ControlPoll(turn.mono + CONTROL_EVERY))
+        sh.fleet.read()
+
+
+@dataclass(slots=True)
 class Cleanup(MonoTimer):
     """Every minute: prune records, remove expired claims."""
 

@@ -1,0 +1,163 @@
+"""`pyjob pause`, `pyjob resume` and `pyjob trigger` with several real `pyjob run` processes
+sharing each backend (file:, nfs:, Redis, PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from .conftest import pyjob_exe
+from .runproc import PyjobRun
+
+pytestmark = pytest.mark.slow
+
+RECORD = 'echo "$PYJOB_RUN_ID ${PYJOB_TRIGGERED:-0} $PYJOB_INSTANCE" >> "$OUT"'
+
+
+def _pyjob(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    import os
+
+    env = {**os.environ, "TZ": "UTC"}
+    env.pop("PYJOB_LOCK", None)
+    return subprocess.run(
+        [*pyjob_exe(), *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def _start(url: str, tmp: Path, name: str, every: str = "1s") -> PyjobRun:
+    run = PyjobRun(
+        ["--every", every, "--align", "--name", "job", "--lock", url, "--shell", "--", RECORD],
+        tmp,
+        name,
+        {"OUT": str(tmp / "runs")},
+    )
+    run.wait_for("next-tick", timeout=30)
+    return run
+
+
+def _at(event: dict[str, object]) -> datetime:
+    return datetime.fromisoformat(str(event["time"]).replace("Z", "+00:00"))
+
+
+def _tick(event: dict[str, object]) -> datetime:
+    return datetime.fromisoformat(str(event["tick"]).replace("Z", "+00:00"))
+
+
+def _started_between(run: PyjobRun, after: datetime, before: datetime | None) -> list[str]:
+    return [
+        str(e["run_id"])
+        for e in run.events("run-started")
+        if _tick(e) > after and (before is None or _tick(e) < before)
+    ]
+
+
+def test_pause_is_seen_by_three_instances_and_survives_a_restart(
+    fleet_lock_url: str, tmp_path: Path
+) -> None:
+    runs = [_start(fleet_lock_url, tmp_path, f"i{n}") for n in range(3)]
+    runs[0].wait_for("run-finished", timeout=30)
+    paused = _pyjob("pause", "job", "--lock", fleet_lock_url)
+    assert paused.returncode == 0, paused.stderr
+    seen = [r.wait_for("paused", timeout=30)[0] for r in runs]
+    assert {e["by"] for e in seen} == {seen[0]["by"]} and "@" in str(seen[0]["by"])
+    for r in runs:
+        r.wait_for("skipped", 2, timeout=30)  # two ticks at least went by paused on each
+    # An instance started while the job is paused knows it before its first tick.
+    late = _start(fleet_lock_url, tmp_path, "late")
+    late.wait_for("paused", timeout=30)
+    late.wait_for("skipped", timeout=30)
+    runs.append(late)
+    status = _pyjob("status", "--lock", fleet_lock_url, "--format", "json")
+    assert status.returncode == 0, status.stderr
+    (job,) = json.loads(status.stdout)["jobs"]
+    assert job["paused"]["by"] == seen[0]["by"]
+    table = _pyjob("status", "--lock", fleet_lock_url)
+    assert "paused" in table.stdout, table.stdout
+    resumed = _pyjob("resume", "job", "--lock", fleet_lock_url)
+    assert resumed.returncode == 0 and resumed.stdout.startswith("resumed job"), resumed.stderr
+    back = [r.wait_for("resumed", timeout=30)[0] for r in runs]
+    finished = sum(len(r.events("run-finished")) for r in runs)
+    deadline = time.monotonic() + 30
+    while sum(len(r.events("run-finished")) for r in runs) < finished + 2:
+        assert time.monotonic() < deadline, "no runs after resume"
+        time.sleep(0.1)
+    for r in runs:
+        assert r.stop() == 0
+    # No instance started a tick due after it logged the pause and before it logged the resume.
+    for r, p, b in zip(runs, [*seen, late.events("paused")[0]], back, strict=True):
+        assert _started_between(r, _at(p), _at(b)) == [], r.log_path.read_text()[-2000:]
+        reasons = {e["reason"] for e in r.events("skipped")}
+        assert reasons == {"paused"}
+    history = _pyjob("history", "job", "--lock", fleet_lock_url, "--format", "json", "-n", "200")
+    records = json.loads(history.stdout)["runs"]
+    assert any(r["result"] == "skipped" and r.get("reason") == "paused" for r in records)
+    counts = Counter(line.split()[0] for line in (tmp_path / "runs").read_text().splitlines())
+    assert max(counts.values()) == 1
+
+
+def test_trigger_runs_once_with_three_instances_racing(
+    fleet_lock_url: str, tmp_path: Path
+) -> None:
+    runs = [_start(fleet_lock_url, tmp_path, f"i{n}", every="1h") for n in range(3)]
+    said = []
+    for _ in range(3):
+        done = _pyjob("trigger", "job", "--lock", fleet_lock_url)
+        assert done.returncode == 0, done.stderr
+        said.append(done.stdout)
+    assert all(" started on " in s for s in said), said
+    deadline = time.monotonic() + 30
+    while sum(len(r.events("run-finished")) for r in runs) < 3:
+        assert time.monotonic() < deadline, "the triggered runs did not all finish"
+        time.sleep(0.1)
+    for r in runs:
+        assert r.stop() == 0
+    lines = [line.split() for line in (tmp_path / "runs").read_text().splitlines()]
+    ids = Counter(line[0] for line in lines)
+    assert len(ids) == 3 and set(ids.values()) == {1}, lines
+    assert all(rid.startswith("job-trigger-") and flag == "1" for rid, flag, _ in lines)
+    for s in said:
+        assert s.split()[1] in ids
+    won = [e for r in runs for e in r.events("triggered")]
+    assert sorted(str(e["run_id"]) for e in won) == sorted(ids)
+    history = _pyjob("history", "job", "--lock", fleet_lock_url, "--format", "json")
+    recorded = {r["run_id"]: r for r in json.loads(history.stdout)["runs"]}
+    assert all(recorded[rid]["result"] == "success" for rid in ids)
+
+
+def test_trigger_and_pause_need_a_known_job_a_live_instance_and_a_shared_backend(
+    tmp_path: Path,
+) -> None:
+    url = f"file:{tmp_path / 'locks'}"
+    run = PyjobRun(
+        ["--every", "1h", "--name", "job", "--lock", url, "--lease-ttl", "3s", "--", "true"],
+        tmp_path,
+    )
+    run.wait_for("next-tick", timeout=30)
+    for command in (["pause", "nosuch"], ["resume", "nosuch"], ["trigger", "nosuch"]):
+        done = _pyjob(*command, "--lock", url)
+        assert done.returncode == 1 and done.stderr == (
+            "Error: no such job: nosuch (pyjob status lists the jobs)\n"
+        ), done.stderr
+    for command in (["pause", "job"], ["trigger", "job"]):
+        done = _pyjob(*command, "--lock", "none")
+        assert done.returncode == 2, done.stderr
+        assert "needs a shared lock backend" in done.stderr and done.stderr.count("\n") == 1
+    assert _pyjob("pause", "--all", "--lock", url).stdout.startswith("paused job")
+    paused = _pyjob("trigger", "job", "--lock", url)
+    assert paused.returncode == 1 and "is paused" in paused.stderr
+    assert _pyjob("resume", "--all", "--lock", url).returncode == 0
+    assert run.stop() == 0
+    deadline = time.monotonic() + 30
+    while True:  # its heartbeats stop: quiet after 3.5 beats of a second
+        done = _pyjob("trigger", "job", "--lock", url)
+        if done.returncode == 1:
+            break
+        assert time.monotonic() < deadline, done.stdout
+        time.sleep(1)
+    assert done.stderr.startswith("Error: no live instance serves job")
