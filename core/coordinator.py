@@ -53,15 +53,9 @@ from .records import (
     records_for,
 )
 
-_PRIORITY = {
-    "claim": 0,
-    "renew": 0,
-    "release": 0,
-    "previous": 1,
-    "latest": 1,
-    "orphan": 1,
-    "call": 1,
-}
+_PRIORITY = dict.fromkeys(("claim", "renew", "release"), 0) | dict.fromkeys(
+    ("previous", "latest", "orphan", "call"), 1
+)
 _BACKGROUND = frozenset({"records", "register", "heartbeat", "prune", "cleanup"})
 LAST = 9  # the stop, after everything queued
 RELEASE_RETRY = 1.0  # seconds between retries of lease releases an outage left behind

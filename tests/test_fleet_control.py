@@ -101,9 +101,7 @@ def test_pause_is_seen_by_three_instances_and_survives_a_restart(
     assert max(counts.values()) == 1
 
 
-def test_trigger_runs_once_with_three_instances_racing(
-    fleet_lock_url: str, tmp_path: Path
-) -> None:
+def test_trigger_runs_once_with_three_instances_racing(fleet_lock_url: str, tmp_path: Path) -> None:
     runs = [_start(fleet_lock_url, tmp_path, f"i{n}", every="1h") for n in range(3)]
     said = []
     for _ in range(3):
