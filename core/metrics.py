@@ -49,6 +49,7 @@ SKIP_REASONS = (
     "overlap",
     "queue-full",
     "paused",
+    "pool-full",
     "backend-error",
     "refused",
     "clock-ahead",
@@ -78,6 +79,8 @@ def skip_reason(event: Event) -> str | None:
             return "queue-full"
         if text.startswith("paused"):
             return "paused"
+        if text.startswith("pool full"):
+            return "pool-full"
         return "overlap" if text.startswith("overlap") else "other"
     if event.kind == "refused":
         # a claim refused because this host's clock is ahead of the backend's (DESIGN §8)
@@ -149,7 +152,8 @@ class Metrics:
             "pyjob_skipped_ticks",
             "Ticks this instance did not run. overlap (the previous run still going), "
             "queue-full and other are decided by the instance that won the tick's claim: once "
-            "per tick across the fleet. backend-error (claim failed, fail closed), refused, "
+            "per tick across the fleet, and so is pool-full (the pool had no slot until "
+            "--misfire-grace). backend-error (claim failed, fail closed), refused, "
             "clock-ahead (this host's clock ahead of the backend's) and paused (`pyjob pause`) "
             "are decided by each instance for itself: every instance counts the tick.",
             ["job_name", "reason"],
@@ -165,6 +169,13 @@ class Metrics:
             "pyjob_triggered_runs",
             "`pyjob trigger` runs this instance won (once per trigger across the fleet).",
             ["job_name"],
+            registry=r,
+        )
+        self.pool_waits = Histogram(
+            "pyjob_pool_wait_seconds",
+            "How long runs that found their --pool full waited for a slot (those that got one).",
+            ["pool"],
+            buckets=LATENESS_BUCKETS,
             registry=r,
         )
         self.backend_errors = Counter(
@@ -302,10 +313,8 @@ class Metrics:
             self.missed.labels(job).inc(int(f.get("count") or 1))
         elif kind == "backend-error":
             self.backend_errors.labels(self._backend(job)).inc()
-        elif kind in ("paused", "resumed"):
-            self.paused.labels(job).set(1 if kind == "paused" else 0)
-        elif kind == "triggered":
-            self.triggered.labels(job).inc()
+        elif kind in ("paused", "resumed", "triggered", "pool-waited"):
+            self._control(kind, job, f)
         elif kind == "ping-failed":
             self.ping_failures.labels(job).inc()
         elif kind == "output-closed":
@@ -315,6 +324,15 @@ class Metrics:
         reason = skip_reason(event)
         if reason is not None:
             self.skipped.labels(job, reason).inc()
+
+    def _control(self, kind: str, job: str, f: Mapping[str, Any]) -> None:
+        """Pauses, triggers and pool waits."""
+        if kind in ("paused", "resumed"):
+            self.paused.labels(job).set(1 if kind == "paused" else 0)
+        elif kind == "triggered":
+            self.triggered.labels(job).inc()
+        else:
+            self.pool_waits.labels(str(f.get("pool"))).observe(float(f.get("waited") or 0))
 
     def success(self, job: str, at: float) -> None:
         """``job`` succeeded at ``at`` (Unix time), here or on another instance."""

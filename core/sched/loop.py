@@ -46,6 +46,7 @@ from .fleet import Fleet
 from .hookrun import HookRunner
 from .lifecycle import Lifecycle
 from .model import POLL, Job, JobState, Run
+from .pools import Pools
 from .retries import Retries
 from .shared import Shared
 from .ticking import Ticking
@@ -94,6 +95,7 @@ class Scheduler:
         sh.claims = Claims(sh)
         sh.executor = Executor(sh)
         sh.fleet = Fleet(sh)
+        sh.pools = Pools(sh)
         sh.hookrun = HookRunner(sh)
         sh.retries = Retries(sh)
         sh.books = Books(sh)

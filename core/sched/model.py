@@ -104,6 +104,7 @@ class Run:
     attempt: int = 1
     prior: list[dict[str, Any]] = field(default_factory=list)  # the earlier attempts
     key: datetime | None = None  # the claim this instance holds for the run (None: its tick)
+    slot: Lease | None = None  # its slot of the job's --pool
 
 
 @dataclass(eq=False, slots=True)
@@ -139,9 +140,10 @@ class Hook:
 
 @dataclass(eq=False, slots=True)
 class Deferred:
-    """A tick waiting for the end of its --jitter delay."""
+    """A tick waiting for the end of its --jitter delay (or for a slot of its pool: None is
+    --run-now's)."""
 
-    tick: datetime
+    tick: datetime | None
     claim: ClaimResult | None
     lease: Lease | None
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .fleet import Fleet
     from .hookrun import HookRunner
     from .lifecycle import Lifecycle
+    from .pools import Pools
     from .retries import Retries
     from .ticking import Ticking
 
@@ -46,6 +47,7 @@ class Shared:
     claims: Claims
     executor: Executor
     fleet: Fleet
+    pools: Pools
     hookrun: HookRunner
     retries: Retries
     books: Books
