@@ -159,3 +159,111 @@ def test_trigger_and_pause_need_a_known_job_a_live_instance_and_a_shared_backend
         assert time.monotonic() < deadline, done.stdout
         time.sleep(1)
     assert done.stderr.startswith("Error: no live instance serves job")
+
+
+POOLED = (
+    'echo "start $(date +%s.%N) $PYJOB_JOB $PYJOB_INSTANCE" >> "$OUT"; sleep 2; '
+    'echo "end $(date +%s.%N) $PYJOB_JOB $PYJOB_INSTANCE" >> "$OUT"'
+)
+
+
+def _pool_file(tmp: Path) -> Path:
+    """Six 2-second jobs due every second, in one pool of 2."""
+    lines = ['[defaults]\nevery = "1s"\nalign = true\npool = "p"\npool-size = 2\n']
+    for n in range(6):
+        lines.append(f"[jobs.j{n}]\nshell = {json.dumps(POOLED)}\n")
+    path = tmp / "jobs.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _spans(out: Path, killed_at: float = 0.0) -> list[tuple[float, float, str]]:
+    """(start, end, instance) of each run; one killed with its instance ended then (the reaper
+    of a SIGKILLed pyjob kills its runs' process groups)."""
+    starts: dict[tuple[str, str], float] = {}
+    spans = []
+    for line in out.read_text().splitlines():
+        what, at, job, instance = line.split()
+        if what == "start":
+            starts[(job, instance)] = float(at)
+        else:
+            spans.append((starts.pop((job, instance)), float(at), instance))
+    spans += [(at, max(at, killed_at), instance) for (_, instance), at in starts.items()]
+    return spans
+
+
+def _most_at_once(spans: list[tuple[float, float, str]]) -> int:
+    edges = sorted([(s, 1) for s, _, _ in spans] + [(e, -1) for _, e, _ in spans])
+    most = n = 0
+    for _, step in edges:  # an end sorts before a start at the same instant
+        n += step
+        most = max(most, n)
+    return most
+
+
+def test_a_pool_of_two_never_runs_more_than_two_and_a_killed_holders_slot_returns(
+    fleet_lock_url: str, tmp_path: Path
+) -> None:
+    jobs = _pool_file(tmp_path)
+    out = tmp_path / "runs"
+    args = ["--file", str(jobs), "--lock", fleet_lock_url, "--lease-ttl", "3s"]
+    a = PyjobRun(args, tmp_path, "a", {"OUT": str(out)})
+    b = PyjobRun(args, tmp_path, "b", {"OUT": str(out)})
+    a.wait_for("run-finished", 2, timeout=60)
+    b.wait_for("run-finished", 2, timeout=60)
+    assert a.events("pool-full") or b.events("pool-full")
+    # Kill a holder while its run goes on: its slot comes back after its lease's TTL.
+    started = len(a.events("run-started"))
+    a.wait_for("run-started", started + 1, timeout=60)
+    a.proc.kill()
+    a.wait()
+    killed_at = time.time()
+    # Then b alone holds both slots at once (two runs going on together), the killed one's too.
+    deadline = time.monotonic() + 60
+    while True:
+        after = [s for s in _spans(out, killed_at) if s[2] == b.events("started")[0]["instance"]]
+        if _most_at_once([s for s in after if s[0] > killed_at]) >= 2:
+            break
+        assert time.monotonic() < deadline, "the killed holder's slot never came back"
+        time.sleep(0.5)
+    assert b.stop() == 0
+    spans = _spans(out, killed_at)
+    assert len(spans) >= 6
+    assert _most_at_once(spans) <= 2, sorted(spans)
+    # The records say the same: no more than two runs of the pool at once, fleet-wide.
+    recorded = []
+    for n in range(6):
+        done = _pyjob("history", f"j{n}", "--lock", fleet_lock_url, "--format", "json", "-n", "500")
+        for r in json.loads(done.stdout)["runs"]:
+            # A lost run's end is when the fleet noticed its instance was gone, not its end.
+            if r["started"] and r["finished"] and r["result"] != "lost":
+                span = (_at({"time": r["started"]}), _at({"time": r["finished"]}))
+                recorded.append((span[0].timestamp(), span[1].timestamp(), r["instance"]))
+    assert len(recorded) >= 4 and _most_at_once(recorded) <= 2, sorted(recorded)
+
+
+def test_a_tick_that_finds_its_pool_full_waits_its_misfire_grace_then_is_skipped(
+    tmp_path: Path,
+) -> None:
+    url = f"file:{tmp_path / 'locks'}"
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text(
+        '[defaults]\nevery = "1s"\nalign = true\npool = "p"\npool-size = 1\n\n'
+        '[jobs.long]\nshell = "sleep 30"\n\n'
+        '[jobs.short]\nshell = "true"\nmisfire-grace = "300ms"\n'
+    )
+    run = PyjobRun(["--file", str(jobs), "--lock", url], tmp_path)
+    run.wait_for("run-started", timeout=30)
+    full = [e for e in run.wait_for("skipped", 3, timeout=30) if e["reason"].startswith("pool")]
+    deadline = time.monotonic() + 30
+    while len(full) < 2:
+        assert time.monotonic() < deadline, run.log_path.read_text()[-2000:]
+        time.sleep(0.2)
+        full = [e for e in run.events("skipped") if e["reason"].startswith("pool")]
+    assert run.stop() == 0
+    assert {e["job"] for e in run.events("run-started")} == {"long"}
+    assert full[0]["reason"] == "pool full: p (1 running)"
+    assert any(e["job"] == "short" for e in run.events("pool-full"))
+    history = _pyjob("history", "short", "--lock", url, "--format", "json")
+    reasons = {r.get("reason") for r in json.loads(history.stdout)["runs"]}
+    assert "pool full: p (1 running)" in reasons
