@@ -267,3 +267,15 @@ def test_a_tick_that_finds_its_pool_full_waits_its_misfire_grace_then_is_skipped
     history = _pyjob("history", "short", "--lock", url, "--format", "json")
     reasons = {r.get("reason") for r in json.loads(history.stdout)["runs"]}
     assert "pool full: p (1 running)" in reasons
+
+
+def test_a_trigger_never_shares_its_tick_with_one_of_the_schedule() -> None:
+    from pyjob.core.control import Trigger, trigger_tick
+    from pyjob.core.schedule import Schedule, parse, to_us
+
+    schedule = Schedule(parse("every 1s align", env={}))
+    on_a_tick = Trigger("t1", "job", "me@host", 1_796_200_000_000_000)
+    between = Trigger("t2", "job", "me@host", 1_796_200_000_250_000)
+    assert to_us(trigger_tick(on_a_tick, schedule)) == on_a_tick.at_us + 1
+    assert to_us(trigger_tick(between, schedule)) == between.at_us
+    assert on_a_tick.run_id == "job-trigger-t1"

@@ -19,6 +19,7 @@ from ..records import RunRecord
 from ..schedule import iso, to_us
 from .model import (
     OVERLAPPING,
+    PAUSED,
     Deferred,
     JobState,
     Run,
@@ -235,7 +236,9 @@ class Executor:
             pending, state.replacing = state.replacing, None
             if pending is None:
                 pending, state.queued = state.queued, None
-            if pending is not None:
+            if pending is not None and sh.fleet.is_paused(state):
+                sh.ticking.skipped(state, pending[0], PAUSED, None)
+            elif pending is not None:
                 self.start(state, pending[0], pending[1], None)
         sh.lifecycle.maybe_end(state)
 
