@@ -6,6 +6,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,26 @@ def machine() -> str:
         f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, {platform.platform()}"
     )
+
+
+def commit() -> str:
+    """The commit measured, with ``+changes`` when the work tree differs from it."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + ("+changes" if dirty else "")
 
 
 def pyjob() -> str:

@@ -1,5 +1,5 @@
-"""Completions, man pages and the README reference are generated from the CLI and kept in step;
-start-up paths stay light (DESIGN: keep --help, README, man/ and completions/ in step)."""
+"""Completions, man pages and the reference in docs/ are generated from the CLI and kept in step;
+start-up paths stay light (DESIGN: keep --help, docs, man/ and completions/ in step)."""
 
 from __future__ import annotations
 

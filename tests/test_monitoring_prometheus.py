@@ -1,7 +1,7 @@
-"""The README's Prometheus set-up, checked against a real Prometheus: its scrape configuration and
-alert rules are loaded as the README prints them, a real `pyjob run` is scraped (on
+"""The Prometheus set-up of docs/monitoring.md, checked against a real Prometheus: its scrape
+configuration and alert rules are loaded as the page prints them, a real `pyjob run` is scraped (on
 --metrics-listen, and its --metrics-textfile through a stand-in for node_exporter's textfile
-collector), and the README's queries and alerts are evaluated through Prometheus' HTTP API."""
+collector), and the page's queries and alerts are evaluated through Prometheus' HTTP API."""
 
 from __future__ import annotations
 
@@ -29,11 +29,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 def readme_block(lang: str, containing: str) -> str:
-    """The README's ```lang block that contains ``containing``."""
-    readme = (ROOT / "README.md").read_text()
+    """docs/monitoring.md's ```lang block that contains ``containing``."""
+    readme = (ROOT / "docs" / "monitoring.md").read_text()
     blocks = re.findall(rf"^```{lang}\n(.*?)^```", readme, re.S | re.M)
     found = [b for b in blocks if containing in b]
-    assert len(found) == 1, f"README: {len(found)} ```{lang} blocks with {containing!r}"
+    assert len(found) == 1, f"docs/monitoring.md: {len(found)} ```{lang} blocks with {containing!r}"
     return found[0]
 
 
@@ -173,7 +173,7 @@ def test_the_readmes_scrape_config_queries_and_alerts_work_in_a_real_prometheus(
     (started,) = run.wait_for("metrics", timeout=30)
     me = started["instance"]
 
-    # The README's scrape job, verbatim but for its targets, and a node job for the textfile.
+    # The page's scrape job, verbatim but for its targets, and a node job for the textfile.
     scrape = readme_block("yaml", "scrape_configs:")
     scrape, n = re.subn(r"targets: \[.*\]", f'targets: ["127.0.0.1:{port}"]', scrape)
     assert n == 1, scrape
@@ -186,7 +186,7 @@ def test_the_readmes_scrape_config_queries_and_alerts_work_in_a_real_prometheus(
     )
     prometheus = Prometheus(tmp_path / "prometheus", config, readme_block("yaml", "groups:"))
     try:
-        # A job that never succeeds alerts two intervals (+ the README's 15 s) after its start,
+        # A job that never succeeds alerts two intervals (+ the page's 15 s) after its start,
         # and the failures at once; a 1 s job that succeeds never alerts as not succeeding.
         firing = {
             ("PyjobJobFailed", "bad", "firing"),
@@ -219,7 +219,7 @@ def test_the_readmes_scrape_config_queries_and_alerts_work_in_a_real_prometheus(
             ("node", f"127.0.0.1:{collector.port}", me),
         }
 
-        # Every query of the README evaluates; the join on the target's instance matches.
+        # Every query of docs/monitoring.md evaluates; the join on the target's instance matches.
         queries = [
             line
             for line in readme_block("promql", "pyjob_info").splitlines()
@@ -236,7 +236,7 @@ def test_the_readmes_scrape_config_queries_and_alerts_work_in_a_real_prometheus(
         for q in queries:
             assert {s["metric"].get("job_name") for s in results[q]} == {"ok", "bad"}, (q, results)
 
-        # The textfile of a pyjob that died stops advancing, and the README's alert sees it.
+        # The textfile of a pyjob that died stops advancing, and docs/monitoring.md's alert sees it.
         stale = rules["PyjobMetricsStale"]["query"]
         assert prometheus.query(stale) == []
         run.signal(signal.SIGKILL)
@@ -263,8 +263,8 @@ def test_the_readmes_skipped_tick_queries_count_each_tick_of_a_fleet_once(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
     """Two instances on one Redis: an overlap skip is decided by the tick's claim winner alone,
-    so the README sums it; during an outage every instance skips every tick, so the README takes
-    the minimum over the instances, where a sum would count each tick twice."""
+    so docs/monitoring.md sums it; during an outage every instance skips every tick, so the page
+    takes the minimum over the instances, where a sum would count each tick twice."""
     import redis
 
     db = random.randint(1, 15)
