@@ -22,21 +22,19 @@ TRIGGER_WAIT = 10.0  # seconds `pyjob trigger` waits to see its run start
 def _open(lock: str | None, env: Env, command: str) -> tuple[RecordStore, ControlStore, Any]:
     """The record store, the control store and the backend of ``lock``: --lock none has no
     fleet state, which is bad input for these commands (exit 2)."""
-    from pyjob.core.backends import open_backend
     from pyjob.core.control import control_for
     from pyjob.core.errors import InputError
 
-    backend = open_backend(lock, env.environ, env.clock)
-    control = control_for(backend)
-    backend.close()
-    if control is None:
+    if lock == "none":
         raise InputError(
             f"pyjob {command} needs a shared lock backend (file:, nfs:, redis://, "
-            f"postgresql://): {backend.url} keeps no fleet state"
+            "postgresql://): --lock none keeps no fleet state"
         )
     store, backend = open_store(lock, env)
     control = control_for(backend)
-    assert control is not None
+    if control is None:  # a backend with records but no fleet state yet
+        backend.close()
+        raise InputError(f"pyjob {command} is not supported on {backend.url}")
     return store, control, backend
 
 
