@@ -279,3 +279,80 @@ def test_a_trigger_never_shares_its_tick_with_one_of_the_schedule() -> None:
     assert to_us(trigger_tick(on_a_tick, schedule)) == on_a_tick.at_us + 1
     assert to_us(trigger_tick(between, schedule)) == between.at_us
     assert on_a_tick.run_id == "job-trigger-t1"
+
+
+def test_a_pause_read_stops_the_next_tick_and_a_resume_starts_the_one_after(
+    tmp_path: Path,
+) -> None:
+    """Against a fake clock: a pause written just after a tick is read within a second, the
+    ticks after it are skipped (reason paused, recorded), and after the resume they run."""
+    from datetime import UTC, timedelta
+
+    from pyjob.core.backends.file import FileBackend
+    from pyjob.core.clock import FakeClock
+    from pyjob.core.control import DirectoryControl
+    from pyjob.core.events import Event
+    from pyjob.core.process import Command
+    from pyjob.core.records import DirectoryRecords
+    from pyjob.core.schedule import Schedule, parse, to_us
+    from pyjob.core.scheduler import Job, Scheduler
+    from pyjob.core.settings import JobSettings
+
+    from .fakes import FakeRunner
+
+    # the file backend refuses a tick more than a few seconds ahead of the host's clock: the
+    # fake clock, much faster, starts far enough behind it to end behind it too
+    now = datetime.now(UTC).replace(microsecond=0)
+    start = now - timedelta(seconds=now.second % 2 + 14)
+    clock = FakeClock(start)
+    control = DirectoryControl(tmp_path / "locks", "file:test")
+    events: list[Event] = []
+
+    def emit(event: Event) -> None:
+        events.append(event)
+        if event.kind == "skipped" and sum(e.kind == "skipped" for e in events) == 2:
+            control.resume(["job"])
+
+    def started(n: int) -> None:
+        if n == 1:
+            control.pause(["job"], "a@h", to_us(clock.now()))
+
+    spec = parse(f"every 2s align tz UTC stop-at {iso(start + timedelta(seconds=10))}", env={})
+    job = Job("job", Schedule(spec, job_id="job", anchor=start), Command(("true",)), JobSettings())
+    backend = FileBackend(tmp_path / "locks")
+    s = Scheduler(
+        clock,
+        FakeRunner(clock, on_start=started),
+        emit,
+        instance="t",
+        threaded=False,
+        opener=lambda u: backend,
+    )
+    s.open([job])
+    s.add(job)
+    assert s.run() == 0
+    first = start + timedelta(seconds=2)
+    kinds = [(e.kind, e.tick) for e in events if e.kind in ("run-started", "skipped")]
+    assert kinds == [
+        ("run-started", first),
+        ("skipped", first + timedelta(seconds=2)),
+        ("skipped", first + timedelta(seconds=4)),
+        ("run-started", first + timedelta(seconds=6)),
+        ("run-started", first + timedelta(seconds=8)),
+    ]
+    (paused,) = [e for e in events if e.kind == "paused"]
+    assert paused.fields["by"] == "a@h" and paused.at <= first + timedelta(seconds=1)
+    assert [e.kind for e in events].count("resumed") == 1
+    records = DirectoryRecords(tmp_path / "locks", "file:test").runs("job", 10)
+    assert sorted(r.result for r in records) == [
+        "skipped",
+        "skipped",
+        "success",
+        "success",
+        "success",
+    ]
+    assert {r.reason for r in records if r.result == "skipped"} == {"paused"}
+
+
+def iso(instant: datetime) -> str:
+    return instant.strftime("%Y-%m-%dT%H:%M:%SZ")
