@@ -11,7 +11,7 @@ from typing import Any
 
 from ..backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult
 from ..errors import BackendError
-from ..records import QUIET_AFTER, InstanceInfo, RunRecord
+from ..records import InstanceInfo, RunRecord
 from ..schedule import iso, to_us
 from ..settings import Overlap
 from .model import SHARE_TIME, JobPhase, JobState, Retry, Run, attempt_doc, keep_until, run_id
@@ -225,7 +225,8 @@ class Retries:
         other instance from writing too) starts it over."""
         now = self.sh.clock.monotonic()
         value = None if info is None else info.seen_us
-        quiet_s = (QUIET_AFTER * 1e6 if info is None else info.quiet_us) / 1e6
+        # An instance with no heartbeat at all (gone long ago): this one's own quiet time.
+        quiet_s = (self.sh.me.quiet_us if info is None else info.quiet_us) / 1e6
         seen = self.beats.get(name)
         if seen is None or seen[0] != value or now - seen[2] > quiet_s:
             if len(self.beats) > 10_000:  # names of long-gone processes
