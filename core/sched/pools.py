@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, cast
 
 from ..backends.protocol import ClaimResult, Lease
 from ..errors import BackendError
@@ -38,10 +38,20 @@ def slot_name(pool: str, i: int) -> str:
     return f"{SLOT}/{pool}/{i}"
 
 
+class LeaseTaker(Protocol):
+    """What a pool needs of a backend beyond its protocol: one lease taken on its own (every
+    backend has it: the run lease of a tick is the same lease, taken with its claim)."""
+
+    def acquire_lease(self, job: str, instance: str, ttl: float) -> Lease | None: ...
+
+
 def take_slot(backend: Backend, pool: str, size: int, holder: str, ttl: float) -> Lease | None:
     """The first free slot of ``pool`` as a lease (None: all ``size`` are held)."""
+    if not hasattr(backend, "acquire_lease"):
+        raise BackendError(f"{backend.url}: has no leases for --pool")
+    taker = cast(LeaseTaker, backend)
     for i in range(size):
-        lease = backend.acquire_lease(slot_name(pool, i), holder, ttl)
+        lease = taker.acquire_lease(slot_name(pool, i), holder, ttl)
         if lease is not None:
             return lease
     return None
