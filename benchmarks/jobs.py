@@ -231,9 +231,11 @@ def measure(
     return {p.label: p.sample for p in procs}
 
 
-def table(repeat: int, quick: bool = False) -> Table:
-    sizes = QUICK_SIZES if quick else FULL_SIZES
-    idle_s = 3.0 if quick else 60.0
+def table(
+    repeat: int, quick: bool = False, sizes: tuple[int, ...] | None = None, idle_s: float = 0.0
+) -> Table:
+    sizes = sizes or (QUICK_SIZES if quick else FULL_SIZES)
+    idle_s = idle_s or (3.0 if quick else 60.0)
     tmp = Path(tempfile.mkdtemp(prefix="pyjob-bench-jobs-"))
     server = start_redis(tmp)
     rounds: list[dict[str, Sample]] = []
@@ -361,9 +363,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="10 and 1,000 jobs, 3 s idle")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--jobs", help="the sizes, comma-separated (e.g. 10000,100000)")
+    parser.add_argument("--idle", type=float, default=0.0, help="the idle window, seconds")
     args = parser.parse_args()
     print(f"machine: {machine()}\n")
-    t = table(args.repeat, args.quick)
+    sizes = tuple(int(n) for n in args.jobs.split(",")) if args.jobs else None
+    t = table(args.repeat, args.quick, sizes, args.idle)
     print(t.markdown())
     for g in t.goals:
         print(f"{'ok ' if g.met else 'MISSED'} {g.what}: {g.measured} (goal: {g.target})")
