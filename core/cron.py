@@ -258,8 +258,11 @@ class CronExpr:
         return not (self.dom.startswith("*") or self.dow.startswith("*"))
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_cron(text: str, source: str | None = None, base: int = 0) -> CronExpr:
-    """Parse 5 fields, or 6 with seconds first (gocron, Quartz) at ``base`` in ``source``."""
+    """Parse 5 fields, or 6 with seconds first (gocron, Quartz) at ``base`` in ``source``. Each
+    distinct expression once: the lines of a crontab mostly repeat a few (an error is raised
+    again each time, not kept)."""
     source = text if source is None else source
     parts: list[tuple[str, int]] = [
         (m.group(), m.start() + base) for m in re.finditer(r"\S+", text)
@@ -561,7 +564,9 @@ class WallClock:
         return day + timedelta(days=1)
 
 
-@functools.lru_cache(maxsize=4096)
+# Large enough for every distinct expression of a 100,000-line crontab: each is compiled when it
+# is validated and found here again when its job is scheduled, after all the others.
+@functools.lru_cache(maxsize=1 << 17)
 def _compiled(fields: tuple[str, ...], day_or: bool) -> WallClock:
     return WallClock(fields, day_or)
 
