@@ -115,6 +115,17 @@ class _Ctx:
                 self.users[name] = None
         return self.users[name]
 
+    zone_env: dict[str, str] | None = None  # what build() reads of env: the default zone, once
+
+    def zones(self) -> dict[str, str]:
+        """``env`` as build() reads it (PYJOB_TZ, else the system zone), the system's zone found
+        once per file rather than read from /etc/timezone for each line."""
+        if self.zone_env is None:
+            from .zones import system_zone_name
+
+            self.zone_env = {"PYJOB_TZ": self.env.get("PYJOB_TZ") or system_zone_name(self.env)}
+        return self.zone_env
+
     def found(self, program: str) -> bool:
         """Whether ``program`` is a command on the file's PATH."""
         if program not in self.on_path:
@@ -157,7 +168,7 @@ def _finish(ctx: _Ctx, jobs: list[JobDef]) -> list[JobDef]:
 
 def _build(ctx: _Ctx, where: str, parts: Parts, tz: str | None) -> Spec | None:
     try:
-        return build(parts, tz=tz, env=ctx.env, now=ctx.now)
+        return build(parts, tz=tz, env=ctx.zones(), now=ctx.now)
     except InputError as e:
         ctx.problems.append(f"{where}: {e.message}")
         return None

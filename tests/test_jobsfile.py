@@ -678,7 +678,7 @@ def test_a_line_without_quotes_is_named_as_shlex_splits_it(line: str) -> None:
     assert jobsfile._program(line) == expected
 
 
-def test_each_user_and_program_of_a_crontab_is_looked_up_once(
+def test_each_user_program_and_zone_of_a_crontab_is_looked_up_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import pwd
@@ -696,11 +696,22 @@ def test_each_user_and_program_of_a_crontab_is_looked_up_once(
         programs[name] += 1
         return real_which(name, *args, **kw)  # type: ignore[arg-type]
 
+    from pyjob.core import zones
+
+    zone_reads = Counter[str]()
+    real_zone = zones.system_zone_name
+
+    def system_zone_name(env: object = None) -> str:
+        zone_reads["system"] += 1
+        return real_zone(env)  # type: ignore[arg-type]
+
     monkeypatch.setattr(pwd, "getpwnam", getpwnam)
     monkeypatch.setattr(shutil, "which", which)
+    monkeypatch.setattr(zones, "system_zone_name", system_zone_name)
     me = real_getpwnam(os.environ.get("USER") or "root").pw_name
     text = "".join(f"{k} * * * * true {k}\n{k} * * * * {me} echo {k}\n" for k in range(50))
     jobs = parse_crontab(text, "crontab", {"PATH": os.environ["PATH"]}, NOW)
     assert len(jobs) == 100
     assert users == {"true": 1, me: 1}
     assert programs == {me: 1}
+    assert zone_reads == {"system": 1}  # no TZ given: /etc/timezone is read once, not per line
