@@ -201,6 +201,27 @@ def _range_item(field: Field, item: str, source: str, pos: int) -> str:
 
 
 def _parse_field(field: Field, text: str, source: str, pos: int) -> str:
+    normalized = _field_text(field.name, text)
+    if normalized is not None:
+        return normalized
+    return _parse_items(field, text, source, pos)  # raises, placed at ``pos`` in ``source``
+
+
+_BY_NAME = {f.name: f for f in FIELDS_6}
+
+
+@functools.lru_cache(maxsize=8192)
+def _field_text(name: str, text: str) -> str | None:
+    """A field's normalized text, or None when it is bad: the fields of a crontab's lines repeat
+    ("0", "*", "1-5"), each parsed once. An error is not kept; it is raised again by the caller
+    with its place in the whole expression."""
+    try:
+        return _parse_items(_BY_NAME[name], text, text, 0)
+    except ScheduleError:
+        return None
+
+
+def _parse_items(field: Field, text: str, source: str, pos: int) -> str:
     items = []
     offset = 0
     for item in text.split(","):
@@ -299,6 +320,8 @@ def resolve_hash(expr: CronExpr, job_id: str) -> str:
     ``H`` is one value in the field's range; ``H(a-b)`` one in a-b; ``H/n`` every n starting at a
     hashed offset below n; ``H(a-b)/n`` the same inside a-b.
     """
+    if not any("H" in text for text in expr.fields):
+        return " ".join(expr.fields)  # nothing hashed (most expressions)
     fields = FIELDS_6 if expr.has_seconds else FIELDS_5
     out = []
     for index, (field, text) in enumerate(zip(fields, expr.fields, strict=True)):
