@@ -76,9 +76,13 @@ def have_apscheduler() -> bool:
 
 def crontab(path: Path, n: int, distinct: bool = False) -> Path:
     """N yearly jobs on one schedule, or (``distinct``) each on a schedule of its own, a second
-    of Feb 29 (no compiled expression to share; none due but on a leap day)."""
+    of a day at the end of February (no compiled expression to share; none due but then): Feb 29,
+    then the 28th from the 86,401st job on, and so on."""
     if distinct:
-        lines = (f"{k % 60} {k // 60 % 60} {k // 3600} 29 2 * true {k}\n" for k in range(n))
+        lines = (
+            f"{k % 60} {k // 60 % 60} {k // 3600 % 24} {29 - k // 86400} 2 * true {k}\n"
+            for k in range(n)
+        )
     else:
         lines = (f"0 0 1 1 * true {k}\n" for k in range(n))
     path.write_text("".join(lines))
