@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .backends.protocol import ClaimOutcome, ClaimRequest, Lease
 from .errors import BackendError
@@ -70,8 +70,20 @@ class OrphanCall:
 
 
 @dataclass
-class FleetCall:
+class SpreadCall:
+    """The registry and the backend's clock, read for --spread (core/sched/spread.py)."""
+
     done: Callable[[Fleet | BackendError], None]
+    priority: ClassVar[int] = 1
+
+
+@dataclass
+class FleetCall:
+    """A read or write of the fleet's shared state beside the records (pauses, triggers, pool
+    slots: core/control.py, core/sched/pools.py); ``fn`` is bounded as every backend call is."""
+
+    fn: Callable[[], Any]
+    done: Callable[[Any], None]
     priority: ClassVar[int] = 1
 
 
@@ -117,6 +129,7 @@ Call = (
     | LatestCall
     | OrphanCall
     | FleetCall
+    | SpreadCall
     | RecordsCall
     | RegisterCall
     | HeartbeatCall
@@ -143,4 +156,5 @@ __all__ = [
     "RegisterCall",
     "ReleaseCall",
     "RenewCall",
+    "SpreadCall",
 ]

@@ -122,7 +122,21 @@ def completion_reply(line: str) -> list[str]:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("pyjob ", ["align", "check-clock", "history", "next", "run", "status", "validate"]),
+        (
+            "pyjob ",
+            [
+                "align",
+                "check-clock",
+                "history",
+                "next",
+                "pause",
+                "resume",
+                "run",
+                "status",
+                "trigger",
+                "validate",
+            ],
+        ),
         ("pyjob check-clock --format ", ["table", "json", "nagios"]),
         ("pyjob check-clock --lock re", ["redis://", "rediss://"]),
         ("pyjob run --clock ", ["system", "ntp"]),
@@ -211,7 +225,8 @@ def test_fish_completion_loads_and_completes() -> None:
 
 _REPORT = (
     "import atexit, sys\n"
-    "atexit.register(lambda: print('HEAVY=' + ','.join(m for m in ('rich', 'croniter', 'ntplib') "
+    "atexit.register(lambda: print('HEAVY=' + ','.join(m for m in ('rich', 'croniter', 'ntplib', "
+    "'filelock') "
     "if m in sys.modules), file=sys.stderr))\n"
     "sys.argv = ['pyjob', *sys.argv[1:]]\n"
     "from pyjob.cli.main import main\n"

@@ -48,6 +48,7 @@ class Lifecycle:
         sh.retries.watch(state)  # once at its start: a run of it lost before this instance came
         sh.books.added(job)
         sh.spread.added(state)
+        sh.fleet.added(state)
 
     def maybe_end(self, state: JobState) -> None:
         """A job whose schedule is over ends once nothing of it is left."""

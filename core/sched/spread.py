@@ -33,7 +33,7 @@ from ..schedule import to_us
 from ..settings import Spread
 from .model import CLAIM_LEAD, JobState
 from .shared import Shared
-from .timers import FleetRead
+from .timers import SpreadRead
 
 # A measured offset to the backend's clock larger than this is not corrected: a claim made on the
 # backend's time by a host that far off would run its tick late (or early) by as much.
@@ -79,7 +79,7 @@ class Spreading:
         if not sh.coordinator.has_records(state.job.lock):
             return
         self._set = True
-        sh.mono.push(FleetRead(sh.clock.monotonic() + FIRST_READ, FIRST_READ))
+        sh.mono.push(SpreadRead(sh.clock.monotonic() + FIRST_READ, FIRST_READ))
 
     def read(self) -> None:
         """Read the registry and the backend's clock of every lock URL a spread job uses."""
@@ -94,7 +94,7 @@ class Spreading:
             def done(answer: Fleet | BackendError, key: str = key) -> None:
                 self.heard(key, answer)
 
-            sh.coordinator.fleet(url, done)
+            sh.coordinator.spread_read(url, done)
 
     def heard(self, key: str, answer: Fleet | BackendError) -> None:
         if isinstance(answer, BackendError):

@@ -25,6 +25,7 @@ from ..schedule import to_us
 from .model import CLEANUP_EVERY, HOOK_KILL_AFTER, Deferred, Hook, JobState, Retry, Run
 
 if TYPE_CHECKING:
+    from .pools import PoolWait
     from .shared import Shared
 
 
@@ -98,7 +99,7 @@ class Renew(MonoTimer):
 
     def fire(self, sh: Shared, turn: MonoTurn) -> None:
         run = self.run
-        if run in run.job.runs and run.lease is not None:
+        if run in run.job.runs and (run.lease is not None or run.slot is not None):
             turn.renew.setdefault(run.job.job.lock, []).append(run)
 
 
@@ -194,7 +195,7 @@ class Heartbeat(MonoTimer):
 
 
 @dataclass(slots=True)
-class FleetRead(MonoTimer):
+class SpreadRead(MonoTimer):
     """A read of the registry and the backend's clock (--spread): soon after the start, then
     at doubling intervals up to the heartbeat's."""
 
@@ -203,8 +204,34 @@ class FleetRead(MonoTimer):
 
     def fire(self, sh: Shared, turn: MonoTurn) -> None:
         every = min(self.every * 2, sh.books.heartbeat_every)
-        sh.mono.push(FleetRead(turn.mono + every, every))
+        sh.mono.push(SpreadRead(turn.mono + every, every))
         sh.spread.read()
+
+
+@dataclass(slots=True)
+class PoolRetry(MonoTimer):
+    """A run waiting for a slot of its pool asks again."""
+
+    due: float
+    state: JobState
+    wait: PoolWait
+
+    def fire(self, sh: Shared, turn: MonoTurn) -> None:
+        if self.wait in self.state.deferred and not sh.stop:
+            sh.pools.ask(self.state, self.wait)
+
+
+@dataclass(slots=True)
+class ControlPoll(MonoTimer):
+    """The read of the fleet's control (pauses, triggers), every CONTROL_EVERY seconds."""
+
+    due: float
+
+    def fire(self, sh: Shared, turn: MonoTurn) -> None:
+        from ..control import CONTROL_EVERY
+
+        sh.mono.push(ControlPoll(turn.mono + CONTROL_EVERY))
+        sh.fleet.read()
 
 
 @dataclass(slots=True)
