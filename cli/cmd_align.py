@@ -46,7 +46,8 @@ def align_cmd(
     from pyjob.core.clock import sleep_until
     from pyjob.core.durations import format_duration
     from pyjob.core.grammar import Parts, build
-    from pyjob.core.rules import EveryRule, iso, to_us
+    from pyjob.core.instants import iso, to_us, unix_text
+    from pyjob.core.rules import EveryRule
     from pyjob.core.schedule import Schedule
     from pyjob.core.timeparse import parse_datetime
     from pyjob.core.zones import get_zone, job_zone_name
@@ -77,8 +78,7 @@ def align_cmd(
     if fmt == "iso":
         click.echo(iso(boundary, zone))
     elif fmt == "unix":
-        us = to_us(boundary)
-        click.echo(str(us // 1_000_000) if us % 1_000_000 == 0 else f"{us / 1e6:.6f}")
+        click.echo(unix_text(to_us(boundary)))
     else:
         from .render import echo_json, instant_fields
 
@@ -116,7 +116,7 @@ def _countdown(env: object, boundary: object, waker: object) -> None:
 
     from pyjob.core.clock import Waker
     from pyjob.core.durations import humanize
-    from pyjob.core.rules import iso
+    from pyjob.core.instants import iso
 
     from .env import Env
 

@@ -64,8 +64,8 @@ def history_cmd(
       pyjob history --result failure --since 24h
       pyjob history -n 5 --format json
     """
+    from pyjob.core.instants import to_us
     from pyjob.core.records import effective, run_document
-    from pyjob.core.schedule import to_us
     from pyjob.core.zones import get_zone
 
     env = get_env()
@@ -118,7 +118,7 @@ def _since(text: str, now: object) -> int:
 
     from pyjob.core.durations import parse_duration
     from pyjob.core.errors import InputError
-    from pyjob.core.schedule import to_us
+    from pyjob.core.instants import to_us
     from pyjob.core.timeparse import parse_datetime
 
     assert isinstance(now, datetime)

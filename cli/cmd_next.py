@@ -93,7 +93,7 @@ def next_cmd(
     """
     from pyjob.core.describe import describe
     from pyjob.core.durations import humanize
-    from pyjob.core.rules import iso
+    from pyjob.core.instants import iso
     from pyjob.core.schedule import Schedule, job_identity
 
     env = get_env()
@@ -174,8 +174,8 @@ def _next_file(path: str, count: int, from_: str | None, fmt: str) -> None:
 
     from pyjob.core.durations import humanize
     from pyjob.core.errors import InputError
+    from pyjob.core.instants import iso, to_us
     from pyjob.core.jobsfile import load
-    from pyjob.core.rules import iso, to_us
     from pyjob.core.schedule import Schedule
     from pyjob.core.timeparse import parse_datetime
     from pyjob.core.zones import get_zone, job_zone_name

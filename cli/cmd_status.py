@@ -40,8 +40,8 @@ def status_cmd(lock: str | None, fmt: str) -> None:
       pyjob status --lock redis://redis:6379/0
       pyjob status --format json | jq '.jobs[] | select(.last.result != "success")'
     """
+    from pyjob.core.instants import to_us
     from pyjob.core.records import FINISHED, effective, run_document, zone_database_warning
-    from pyjob.core.schedule import to_us
     from pyjob.core.zones import get_zone
 
     env = get_env()
@@ -144,7 +144,7 @@ def _live(names: list[str], instances: dict[str, InstanceInfo], now_us: int) -> 
 
 def _next_text(nxt: Any, zone: Any, now_us: int) -> str:
     """The NEXT column of a job some live instance serves."""
-    from pyjob.core.schedule import to_us
+    from pyjob.core.instants import to_us
 
     if nxt is None:
         return "-"
@@ -169,9 +169,9 @@ def _last_text(last: RunRecord | None, now_us: int, term: bool) -> str:
 
 
 def _iso(us: int, zone: Any) -> str:
-    from datetime import UTC, datetime
+    from pyjob.core.instants import local_iso
 
-    return datetime.fromtimestamp(us / 1e6, UTC).astimezone(zone).isoformat(timespec="seconds")
+    return local_iso(us, zone, "seconds")
 
 
 def _spec(text: str) -> Any:

@@ -14,7 +14,7 @@ from datetime import UTC, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from pyjob.core.events import LEVELS, SECONDS, Event
-from pyjob.core.rules import iso
+from pyjob.core.instants import iso
 
 from .outputs import Outputs
 

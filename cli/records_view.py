@@ -3,7 +3,6 @@ times ("2h ago", "in 5m"), results and durations."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -94,9 +93,11 @@ def span(seconds: float) -> str:
 
 
 def local(us: int | None, zone: Any) -> str:
+    from pyjob.core.instants import from_us
+
     if us is None:
         return "-"
-    return datetime.fromtimestamp(us / 1e6, UTC).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+    return from_us(us).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def styled(text: str, style: str | None, terminal: bool) -> str:

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .errors import InputError, ScheduleError
-from .rules import RULES, Spec, iso
+from .instants import iso
+from .rules import RULES, Spec
 from .timeparse import is_relative, parse_datetime
 from .zones import get_zone, job_zone_name
 

@@ -774,13 +774,12 @@ def _lookup(instances: dict[str, InstanceInfo], name: str) -> InstanceInfo | Non
 
 def run_document(record: RunRecord, zone: Any) -> dict[str, Any]:
     """A record as `pyjob history --format json` and `pyjob status` print it."""
-    from datetime import UTC, datetime
+    from .instants import local_iso
 
     def when(us: int | None) -> str | None:
         if us is None:
             return None
-        instant = datetime.fromtimestamp(us / 1e6, UTC).astimezone(zone)
-        return instant.isoformat(timespec="microseconds" if us % 1_000_000 else "seconds")
+        return local_iso(us, zone)
 
     doc: dict[str, Any] = {
         "job": record.job,

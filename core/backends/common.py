@@ -13,10 +13,10 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ..errors import BackendError
+from ..instants import iso_ms
 from .protocol import ClaimOutcome, ClaimResult
 
 
@@ -375,11 +375,6 @@ def _recover_mark(job_dir: Path) -> Mark | None:
     return found
 
 
-def iso_us(us: int) -> str:
-    stamp = _EPOCH + timedelta(microseconds=us)
-    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _span(seconds: float) -> str:
     seconds = abs(seconds)
     if seconds < 120:
@@ -393,9 +388,9 @@ def refused_too_old(
 ) -> str:
     """Why a tick older than the claims kept, by the backend's clock, is not run."""
     return (
-        f"tick {iso_us(tick_us)} is older than its claim is kept (until {iso_us(keep_until_us)}) "
+        f"tick {iso_ms(tick_us)} is older than its claim is kept (until {iso_ms(keep_until_us)}) "
         f"by {_span((backend_now_us - keep_until_us) / 1e6)} by the backend's clock "
-        f"({iso_us(backend_now_us)}), beyond the skew limit of {_span(skew_limit)}: this host's "
+        f"({iso_ms(backend_now_us)}), beyond the skew limit of {_span(skew_limit)}: this host's "
         "clock or the backend's is off by more than that; not run, since no one can tell whether "
         "it ran"
     )
@@ -408,9 +403,9 @@ def refused_behind_mark(
     by the backend's clock its claim would be gone by now had it been made, so no one can tell
     whether it ran."""
     return (
-        f"tick {iso_us(tick_us)} is not after {iso_us(mark_us)}, the latest tick claimed for this "
+        f"tick {iso_ms(tick_us)} is not after {iso_ms(mark_us)}, the latest tick claimed for this "
         "job, and its claim, if it was ever made, is no longer kept (claims of it are kept until "
-        f"{iso_us(keep_until_us)}; the backend's clock says {iso_us(backend_now_us)}): it may have "
+        f"{iso_ms(keep_until_us)}; the backend's clock says {iso_ms(backend_now_us)}): it may have "
         "run; not run, so that no tick runs twice (if that is wrong, a clock is off, this host's "
         f"or the backend's: claims hold for clocks off by up to {_span(skew_limit)})"
     )
@@ -419,8 +414,8 @@ def refused_behind_mark(
 def refused_clock_ahead(tick_us: int, backend_now_us: int, ahead: float, limit: float) -> str:
     """Why a tick too far ahead of the backend's clock is not claimed (nothing was written)."""
     return (
-        f"clock-ahead: tick {iso_us(tick_us)} is {_span((tick_us - backend_now_us) / 1e6)} ahead "
-        f"of the backend's clock ({iso_us(backend_now_us)}); this host's clock is "
+        f"clock-ahead: tick {iso_ms(tick_us)} is {_span((tick_us - backend_now_us) / 1e6)} ahead "
+        f"of the backend's clock ({iso_ms(backend_now_us)}); this host's clock is "
         f"{_span(ahead)} ahead of the backend's, more than the {_span(limit)} allowed: not "
         "claimed, and nothing the other instances rely on was changed; fix this host's clock "
         "(pyjob check-clock --lock URL measures both)"
@@ -455,7 +450,7 @@ def claim_verdict(
             return why, None
         if since_us is None or tick_us <= since_us + AHEAD_LIMIT * 1e6:
             why = (
-                f"tick {iso_us(tick_us)} is not after {iso_us(mark_us)}, the latest tick claimed "
+                f"tick {iso_ms(tick_us)} is not after {iso_ms(mark_us)}, the latest tick claimed "
                 "for this job, and the claims made before the lock directory was made again (or "
                 "by an older pyjob) are not kept there: no one can tell whether it ran; not run, "
                 "so that no tick runs twice"
@@ -484,12 +479,3 @@ class BackendClock:
         if self._offset_us is None:
             return 0
         return int(sent * 1e6) + self._offset_us + int(self.timeout * 1e6)
-
-
-def to_us(instant: datetime) -> int:
-    """An aware instant as whole microseconds since the Unix epoch (the key of a claimed tick)."""
-    delta = instant - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -59,6 +59,7 @@ from typing import TypeVar
 from filelock import FileLock, Timeout
 
 from ..errors import BackendError
+from ..instants import to_us as _us
 from .common import (
     Mark,
     claim_record,
@@ -76,7 +77,6 @@ from .common import (
     safe_name,
     write_atomic,
 )
-from .common import to_us as _us
 from .protocol import ClaimOutcome, ClaimRequest, ClaimResult, Lease
 
 _T = TypeVar("_T")

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from ..clock import Clock, SystemClock
 from ..errors import BackendError
+from ..instants import to_us as _us
 from .common import (
     DamagedState,
     Mark,
@@ -55,7 +56,6 @@ from .common import (
     safe_name,
     write_atomic,
 )
-from .common import to_us as _us
 from .protocol import ClaimOutcome, ClaimRequest, ClaimResult, Lease
 
 MUTEX_STALE = 10.0  # seconds a claim mutex may stand unchanged before it is broken

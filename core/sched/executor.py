@@ -14,9 +14,9 @@ from datetime import datetime
 from typing import Any
 
 from ..backends.protocol import ClaimResult, Lease
+from ..instants import iso, to_us, unix_text
 from ..process import FailedStart, Found
 from ..records import RunRecord
-from ..schedule import iso, to_us
 from .model import (
     OVERLAPPING,
     Deferred,
@@ -27,7 +27,6 @@ from .model import (
     overlap_action,
     result_of,
     run_id,
-    unix_text,
 )
 from .shared import Shared
 from .timers import Deadline, JitterEnd, Kill, Renew
@@ -49,7 +48,7 @@ class Executor:
         env.update(
             PYJOB_JOB=state.id,
             PYJOB_TICK=iso(instant, state.job.schedule.zone),
-            PYJOB_TICK_UNIX=unix_text(instant),
+            PYJOB_TICK_UNIX=unix_text(to_us(instant)),
             PYJOB_RUN_ID=rid,
             PYJOB_INSTANCE=self.sh.instance,
         )

@@ -10,8 +10,8 @@ from typing import Any
 
 from ..errors import BackendError
 from ..hooks import hooks_to_run
+from ..instants import to_us
 from ..process import Command, FailedStart, Handle
-from ..schedule import to_us
 from ..settings import NotifyOn
 from .model import Hook, Run, hooks_env, result_of
 from .shared import Shared

@@ -15,9 +15,10 @@ from typing import Any
 from ..backends.protocol import ClaimOutcome, ClaimResult, Lease
 from ..errors import BackendError
 from ..hooks import hook_env
+from ..instants import to_us
 from ..process import Command, FailedStart, Found, Handle
 from ..records import OUTPUT_TAIL, RunRecord
-from ..schedule import Schedule, to_us
+from ..schedule import Schedule
 from ..settings import JobSettings, Overlap
 
 CLAIM_LEAD = 0.5  # claim a tick this long before it (at most a quarter of its interval)
@@ -263,8 +264,3 @@ def result_of(run: Run, code: int) -> str:
     if isinstance(run.handle, FailedStart):
         return "start-failed"
     return "success" if code == 0 else "failure"
-
-
-def unix_text(instant: datetime) -> str:
-    us = to_us(instant)
-    return str(us // 1_000_000) if us % 1_000_000 == 0 else f"{us / 1e6:.6f}"

@@ -6,13 +6,13 @@ take-over of the attempts of an instance that went quiet.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult
 from ..errors import BackendError
+from ..instants import from_us, iso, to_us
 from ..records import QUIET_AFTER, InstanceInfo, RunRecord
-from ..schedule import iso, to_us
 from ..settings import Overlap
 from .model import SHARE_TIME, JobPhase, JobState, Retry, Run, attempt_doc, keep_until, run_id
 from .shared import Shared
@@ -253,7 +253,7 @@ class Retries:
             return True
         if record.result == "retrying" and (record.next_attempt_us or 0) > now_us:
             return True
-        tick = datetime.fromtimestamp(record.tick_us / 1e6, UTC)
+        tick = from_us(record.tick_us)
         if keep_until(state.job.schedule, tick) <= sh.clock.now():
             return False  # too old to be claimed: readers show it as lost
         following = state.job.schedule.next_tick(tick)
@@ -331,7 +331,7 @@ class Retries:
             exit_code=code,
             result=result,
         )
-        started = datetime.fromtimestamp((record.started_us or record.tick_us) / 1e6, UTC)
+        started = from_us(record.started_us or record.tick_us)
         env = sh.executor.env(state, tick, record.run_id, record.fence)
         env["PYJOB_ATTEMPT"] = str(record.attempt)
         run = Run(state, tick, record.run_id, record.fence, None, started, sh.clock.monotonic())

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..backends.protocol import ClaimOutcome, ClaimResult, Lease
 from ..errors import BackendError
-from ..schedule import iso, to_us
+from ..instants import iso, to_us
 from ..settings import OnBackendError, Overlap
 from .model import CLAIM_LEAD, OVERLAPPING, JobState, run_id
 from .shared import Shared
