@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from pyjob.core.results import Result
 
 from .env import get_env
 from .options import AsciiIntRange
@@ -10,16 +11,20 @@ from .records_view import RESULT_STYLE, ago, format_option, local, lock_option, 
 from .records_view import styled as _styled
 from .render import echo_json, table
 
-RESULTS_SHOWN = (
-    "success",
-    "failure",
-    "timeout",
-    "stopped",
-    "start-failed",
-    "running",
-    "lost",
-    "skipped",
-    "missed",
+# the --result choices, in the order --help shows them
+RESULTS_SHOWN = tuple(
+    str(r)
+    for r in (
+        Result.SUCCESS,
+        Result.FAILURE,
+        Result.TIMEOUT,
+        Result.STOPPED,
+        Result.START_FAILED,
+        Result.RUNNING,
+        Result.LOST,
+        Result.SKIPPED,
+        Result.MISSED,
+    )
 )
 
 

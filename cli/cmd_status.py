@@ -41,7 +41,8 @@ def status_cmd(lock: str | None, fmt: str) -> None:
       pyjob status --format json | jq '.jobs[] | select(.last.result != "success")'
     """
     from pyjob.core.instants import to_us
-    from pyjob.core.records import FINISHED, effective, run_document, zone_database_warning
+    from pyjob.core.records import effective, run_document, zone_database_warning
+    from pyjob.core.results import FINISHED
     from pyjob.core.zones import get_zone
 
     env = get_env()

@@ -23,20 +23,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import BackendError
+from .results import FINISHED, Result
 
-RESULTS = (
-    "running",
-    "retrying",
-    "success",
-    "failure",
-    "timeout",
-    "stopped",
-    "start-failed",
-    "skipped",
-    "missed",
-    "lost",
-)
-FINISHED = ("success", "failure", "timeout", "stopped", "start-failed", "lost")
 RECENT_MAX = 100  # records `recent` looks through for the newest finished run
 HEARTBEAT_EVERY = 10.0  # seconds between an instance's heartbeats
 QUIET_AFTER = 35.0  # an instance not seen for this long has gone quiet (its runs are lost)
@@ -259,7 +247,7 @@ class DirectoryRecords:
         path = d / f"{r.tick_us}.json"
         text = r.to_json()
         # A run's final record goes over its first, in place on file:; every other is new.
-        if self.local and r.result != "running" and overwrite(path, text.encode()):
+        if self.local and r.result != Result.RUNNING and overwrite(path, text.encode()):
             return
         try:
             create_new(path, text)
@@ -742,7 +730,6 @@ __all__ = [
     "HEARTBEAT_EVERY",
     "OUTPUT_TAIL",
     "QUIET_AFTER",
-    "RESULTS",
     "InstanceInfo",
     "JobInfo",
     "RecordStore",
@@ -763,8 +750,8 @@ def is_quiet(info: InstanceInfo | None, now_us: int) -> bool:
 def effective(record: RunRecord, instances: dict[str, InstanceInfo], now_us: int) -> RunRecord:
     """``record`` as a reader should see it: a ``running`` record whose instance has gone quiet
     (killed, host lost) is ``lost``; it never stays ``running`` for ever."""
-    if record.result == "running" and is_quiet(_lookup(instances, record.instance), now_us):
-        return RunRecord(**{**asdict(record), "result": "lost"})
+    if record.result == Result.RUNNING and is_quiet(_lookup(instances, record.instance), now_us):
+        return RunRecord(**{**asdict(record), "result": Result.LOST})
     return record
 
 

@@ -17,6 +17,7 @@ from ..backends.protocol import ClaimResult, Lease
 from ..instants import iso, to_us, unix_text
 from ..process import FailedStart, Found
 from ..records import RunRecord
+from ..results import Result
 from .model import (
     OVERLAPPING,
     Deferred,
@@ -25,8 +26,8 @@ from .model import (
     attempt_doc,
     keep_tail,
     overlap_action,
-    result_of,
     run_id,
+    run_result,
 )
 from .shared import Shared
 from .timers import Deadline, JitterEnd, Kill, Renew
@@ -154,7 +155,7 @@ class Executor:
             to_us(tick or started),
             rid,
             sh.instance,
-            "running",
+            Result.RUNNING,
             fence=fence,
             started_us=to_us(started),
             lateness=lateness,
@@ -194,7 +195,7 @@ class Executor:
         state = run.job
         state.runs.remove(run)
         duration = sh.clock.monotonic() - run.started_mono
-        result = result_of(run, code)
+        result = run_result(run, code)
         delay = sh.retries.delay(run, result, code)
         if code != 0 and run.terminated != "stop" and delay is None:
             state.failures += 1
@@ -235,7 +236,7 @@ class Executor:
         if run.tail:
             r.output_tail = "\n".join(run.tail)
         if delay is not None:
-            r.result = "retrying"
+            r.result = Result.RETRYING
             r.next_attempt_us = to_us(self.sh.clock.now()) + int(delay * 1e6)
             r.attempts = [*run.prior, attempt_doc(run, code, result, r.finished_us)]
         self.sh.books.record(run.job, r)

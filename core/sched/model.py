@@ -18,6 +18,7 @@ from ..hooks import hook_env
 from ..instants import to_us
 from ..process import Command, FailedStart, Found, Handle
 from ..records import OUTPUT_TAIL, RunRecord
+from ..results import Result, result_of
 from ..schedule import Schedule
 from ..settings import JobSettings, Overlap
 
@@ -255,12 +256,6 @@ def keep_tail(run: Run, line: str) -> None:
         run.tail_bytes -= len(run.tail.pop(0)) + 1
 
 
-def result_of(run: Run, code: int) -> str:
+def run_result(run: Run, code: int) -> Result:
     """The result of a run that ended (run records, hooks)."""
-    if run.terminated == "timeout":
-        return "timeout"
-    if run.terminated in ("stop", "replace"):
-        return "stopped"
-    if isinstance(run.handle, FailedStart):
-        return "start-failed"
-    return "success" if code == 0 else "failure"
+    return result_of(run.terminated, isinstance(run.handle, FailedStart), code)
