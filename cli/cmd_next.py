@@ -174,7 +174,7 @@ def _next_file(path: str, count: int, from_: str | None, fmt: str) -> None:
 
     from pyjob.core.durations import humanize
     from pyjob.core.errors import InputError
-    from pyjob.core.instants import iso, to_us
+    from pyjob.core.instants import iso
     from pyjob.core.jobsfile import load
     from pyjob.core.schedule import Schedule
     from pyjob.core.timeparse import parse_datetime
@@ -205,13 +205,7 @@ def _next_file(path: str, count: int, from_: str | None, fmt: str) -> None:
                 "file": path,
                 "from": iso(now),
                 "ticks": [
-                    {
-                        "job": job_name,
-                        "local": iso(instant, zone),
-                        "utc": iso(instant),
-                        "unix": to_us(instant) / 1e6,
-                        "in_seconds": (instant - now).total_seconds(),
-                    }
+                    {"job": job_name, **instant_fields(instant, zone, now)}
                     for instant, job_name, _, zone in merged
                 ],
             }

@@ -77,7 +77,7 @@ def test_next_json(invoke) -> None:  # type: ignore[no-untyped-def]
             {
                 "local": "2026-03-29T03:00:00+02:00",
                 "utc": "2026-03-29T01:00:00Z",
-                "unix": 1774746000.0,
+                "unix": 1774746000,
                 "in_seconds": 50400.0,
                 "dst": "gap",
                 "moved_from": "2026-03-29T02:30:00",
@@ -85,7 +85,7 @@ def test_next_json(invoke) -> None:  # type: ignore[no-untyped-def]
             {
                 "local": "2026-03-30T02:30:00+02:00",
                 "utc": "2026-03-30T00:30:00Z",
-                "unix": 1774830600.0,
+                "unix": 1774830600,
                 "in_seconds": 135000.0,
                 "dst": None,
                 "moved_from": None,
