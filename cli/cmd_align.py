@@ -115,7 +115,7 @@ def _countdown(env: object, boundary: object, waker: object) -> None:
     from datetime import datetime
 
     from pyjob.core.clock import Waker
-    from pyjob.core.durations import humanize
+    from pyjob.core.durations import human_duration
     from pyjob.core.instants import iso
 
     from .env import Env
@@ -126,6 +126,8 @@ def _countdown(env: object, boundary: object, waker: object) -> None:
         remaining = (boundary - clock.now()).total_seconds()
         if remaining <= 0.3:
             break
-        click.echo(f"\rwaiting {humanize(remaining):>8} for {iso(boundary)} ", err=True, nl=False)
+        click.echo(
+            f"\rwaiting {human_duration(remaining):>8} for {iso(boundary)} ", err=True, nl=False
+        )
         clock.wait(waker, min(0.25, remaining - 0.25))
     click.echo("\r" + " " * 60 + "\r", err=True, nl=False)

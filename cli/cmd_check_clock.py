@@ -24,12 +24,6 @@ def _secs(seconds: float) -> str:
     return text + "0" if text.endswith(".") else text
 
 
-def _limit(seconds: float) -> str:
-    from pyjob.core.durations import format_duration
-
-    return format_duration(round(seconds * 1e6))
-
-
 def _s(seconds: float | None, sign: bool = False) -> str:
     if seconds is None:
         return "-"
@@ -347,6 +341,7 @@ def _row(kind: str, m: Measurement, best: bool, wrong: bool = False) -> list[str
 
 def _table(report: ClockReport) -> None:
     from pyjob.core.clockcheck import impact
+    from pyjob.core.durations import format_seconds
 
     from .render import table
 
@@ -376,7 +371,7 @@ def _table(report: ClockReport) -> None:
             (
                 "Offset",
                 f"{_s(best.offset, True)} ±{_s(best.error)} ({best.server}): {cls.name}, "
-                f"{within} {_limit(report.limit)} ({report.limit_reason})",
+                f"{within} {format_seconds(report.limit)} ({report.limit_reason})",
             )
         )
         if cls.advice:
@@ -389,7 +384,7 @@ def _table(report: ClockReport) -> None:
             (
                 "Skew",
                 f"{_s(skew.value)} ±{_s(skew.error)} between {skew.between[0]} and "
-                f"{skew.between[1]}: {impact(skew.value).name}, {within} {_limit(limit)}",
+                f"{skew.between[1]}: {impact(skew.value).name}, {within} {format_seconds(limit)}",
             )
         )
     k = report.kernel

@@ -7,7 +7,7 @@ from pyjob.core.results import Result
 
 from .env import get_env
 from .options import AsciiIntRange
-from .records_view import RESULT_STYLE, ago, format_option, local, lock_option, open_store, span
+from .records_view import RESULT_STYLE, ago, format_option, local, lock_option, open_store
 from .records_view import styled as _styled
 from .render import echo_json, table
 
@@ -69,6 +69,7 @@ def history_cmd(
       pyjob history --result failure --since 24h
       pyjob history -n 5 --format json
     """
+    from pyjob.core.durations import human_duration
     from pyjob.core.instants import to_us
     from pyjob.core.records import effective, run_document
     from pyjob.core.zones import get_zone
@@ -110,7 +111,7 @@ def history_cmd(
                 # TOOK is this attempt's; the earlier ones are in JSON. A tick skipped or
                 # missed made no attempt.
                 "-" if r.result in ("skipped", "missed") else str(r.attempt),
-                "-" if r.duration is None else span(r.duration),
+                "-" if r.duration is None else human_duration(r.duration, coarse=True),
                 r.instance,
                 r.reason or "",
             ]

@@ -92,7 +92,7 @@ def next_cmd(
       pyjob next --every 1h --align --tz Asia/Kolkata --format plain
     """
     from pyjob.core.describe import describe
-    from pyjob.core.durations import humanize
+    from pyjob.core.durations import human_duration
     from pyjob.core.instants import iso
     from pyjob.core.schedule import Schedule, job_identity
 
@@ -142,7 +142,7 @@ def next_cmd(
                 str(i),
                 _local(tick, zone),
                 iso(tick.instant),
-                "in " + humanize((tick.instant - now).total_seconds()),
+                "in " + human_duration((tick.instant - now).total_seconds()),
                 _note(tick),
             ]
         )
@@ -172,7 +172,7 @@ def _local(tick: Tick, zone: Any) -> str:
 def _next_file(path: str, count: int, from_: str | None, fmt: str) -> None:
     import heapq
 
-    from pyjob.core.durations import humanize
+    from pyjob.core.durations import human_duration
     from pyjob.core.errors import InputError
     from pyjob.core.instants import iso
     from pyjob.core.jobsfile import load
@@ -216,7 +216,7 @@ def _next_file(path: str, count: int, from_: str | None, fmt: str) -> None:
             str(i),
             _local(tick, zone),
             iso(instant),
-            "in " + humanize((instant - now).total_seconds()),
+            "in " + human_duration((instant - now).total_seconds()),
             job_name,
             _note(tick),
         ]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .env import get_env
-from .records_view import RESULT_STYLE, ago, format_option, lock_option, open_store, span, styled
+from .records_view import RESULT_STYLE, ago, format_option, lock_option, open_store, styled
 from .render import echo_json, table
 
 if TYPE_CHECKING:
@@ -159,9 +159,11 @@ def _unserved_text(seen_us: int, now_us: int) -> str:
 
 def _last_text(last: RunRecord | None, now_us: int, term: bool) -> str:
     """The LAST column: when, the result (coloured on a terminal), how long, where."""
+    from pyjob.core.durations import human_duration
+
     if last is None:
         return "never"
-    took = "" if last.duration is None else f", {span(last.duration)}"
+    took = "" if last.duration is None else f", {human_duration(last.duration, coarse=True)}"
     return (
         f"{ago(last.started_us or last.tick_us, now_us)} "
         f"{styled(last.result, RESULT_STYLE.get(last.result), term)}{took} "

@@ -568,9 +568,9 @@ def catch_up_text(us: int | None) -> str | None:
     """How next and validate state a --catch-up window (microseconds), or None."""
     if us is None:
         return None
-    from pyjob.core.durations import humanize
+    from pyjob.core.durations import format_duration
 
     return (
-        f"a tick the fleet missed within {humanize(us / 1e6)} of now runs once when an "
+        f"a tick the fleet missed within {format_duration(us)} of now runs once when an "
         "instance starts or the backend answers again"
     )

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..durations import human_duration as _human
 from ..errors import BackendError
 from ..instants import iso_ms
 from .protocol import ClaimOutcome, ClaimResult
@@ -375,22 +376,14 @@ def _recover_mark(job_dir: Path) -> Mark | None:
     return found
 
 
-def _span(seconds: float) -> str:
-    seconds = abs(seconds)
-    if seconds < 120:
-        return f"{seconds:.1f}s"
-    minutes = round(seconds / 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
-
-
 def refused_too_old(
     tick_us: int, keep_until_us: int, backend_now_us: int, skew_limit: float
 ) -> str:
     """Why a tick older than the claims kept, by the backend's clock, is not run."""
     return (
         f"tick {iso_ms(tick_us)} is older than its claim is kept (until {iso_ms(keep_until_us)}) "
-        f"by {_span((backend_now_us - keep_until_us) / 1e6)} by the backend's clock "
-        f"({iso_ms(backend_now_us)}), beyond the skew limit of {_span(skew_limit)}: this host's "
+        f"by {_human((backend_now_us - keep_until_us) / 1e6)} by the backend's clock "
+        f"({iso_ms(backend_now_us)}), beyond the skew limit of {_human(skew_limit)}: this host's "
         "clock or the backend's is off by more than that; not run, since no one can tell whether "
         "it ran"
     )
@@ -407,16 +400,16 @@ def refused_behind_mark(
         "job, and its claim, if it was ever made, is no longer kept (claims of it are kept until "
         f"{iso_ms(keep_until_us)}; the backend's clock says {iso_ms(backend_now_us)}): it may have "
         "run; not run, so that no tick runs twice (if that is wrong, a clock is off, this host's "
-        f"or the backend's: claims hold for clocks off by up to {_span(skew_limit)})"
+        f"or the backend's: claims hold for clocks off by up to {_human(skew_limit)})"
     )
 
 
 def refused_clock_ahead(tick_us: int, backend_now_us: int, ahead: float, limit: float) -> str:
     """Why a tick too far ahead of the backend's clock is not claimed (nothing was written)."""
     return (
-        f"clock-ahead: tick {iso_ms(tick_us)} is {_span((tick_us - backend_now_us) / 1e6)} ahead "
+        f"clock-ahead: tick {iso_ms(tick_us)} is {_human((tick_us - backend_now_us) / 1e6)} ahead "
         f"of the backend's clock ({iso_ms(backend_now_us)}); this host's clock is "
-        f"{_span(ahead)} ahead of the backend's, more than the {_span(limit)} allowed: not "
+        f"{_human(ahead)} ahead of the backend's, more than the {_human(limit)} allowed: not "
         "claimed, and nothing the other instances rely on was changed; fix this host's clock "
         "(pyjob check-clock --lock URL measures both)"
     )
