@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import click
+from pyjob.core.durations import format_seconds
+from pyjob.core.settings import DEFAULT_LIMIT, DEFAULT_SERVERS, MIN_LIMIT
 
 from .env import get_env
 from .exitcodes import ExitCode
@@ -39,7 +41,7 @@ def _s(seconds: float | None, sign: bool = False) -> str:
     metavar="HOST[:PORT]",
     envvar="PYJOB_NTP_SERVERS",
     help="NTP server to measure against; repeat for several "
-    "(default: $PYJOB_NTP_SERVERS, else pool.ntp.org).",
+    f"(default: $PYJOB_NTP_SERVERS, else {', '.join(DEFAULT_SERVERS)}).",
 )
 @click.option(
     "--peer",
@@ -63,14 +65,14 @@ def _s(seconds: float | None, sign: bool = False) -> str:
     "--max-offset",
     type=DURATION,
     metavar="DURATION",
-    help="The largest acceptable offset (default 1s).",
+    help=f"The largest acceptable offset (default {format_seconds(DEFAULT_LIMIT)}).",
 )
 @click.option(
     "--interval",
     type=DURATION,
     metavar="DURATION",
-    help="Derive the limit from a job interval instead: 1/60 of it, at least 100ms "
-    "(1s: 100ms, 1m: 1s, 5m: 5s, 1h: 1m).",
+    help="Derive the limit from a job interval instead: 1/60 of it, at least "
+    f"{format_seconds(MIN_LIMIT)} (1s: 100ms, 1m: 1s, 5m: 5s, 1h: 1m).",
 )
 @click.option(
     "--max-skew",
@@ -153,7 +155,7 @@ def check_clock_cmd(
       pyjob check-clock --format nagios --warn 100ms --crit 1s
     """
     from pyjob.core.backends import open_backend
-    from pyjob.core.clockcheck import DEFAULT_SERVERS, check_clock, offset_limit
+    from pyjob.core.clockcheck import check_clock, offset_limit
 
     env = get_env()
     if max_offset is not None and interval is not None:

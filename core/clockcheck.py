@@ -26,10 +26,7 @@ from .errors import ClockError, ClockOffsetError
 from .ntp import Measurement, Sample, best_sample, measure_all, unusable
 from .ntp import falsetickers as find_falsetickers
 from .schedule import Schedule
-
-DEFAULT_SERVERS = ("pool.ntp.org",)
-DEFAULT_LIMIT = 1.0  # seconds, when neither --max-offset nor an interval says otherwise
-MIN_LIMIT = 0.1
+from .settings import DEFAULT_LIMIT, MIN_LIMIT
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,11 @@ def format_duration(us: int) -> str:
     return sign + "".join(out)
 
 
+def to_seconds(us: int | None) -> float | None:
+    """Microseconds as the seconds the scheduler and the clock check use; None stays None."""
+    return None if us is None else us / 1e6
+
+
 def format_seconds(seconds: float) -> str:
     """``format_duration`` of a span in seconds, to the microsecond (limits in messages)."""
     return format_duration(round(seconds * 1e6))

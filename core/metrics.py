@@ -37,12 +37,14 @@ from .clock import MAX_SLEEP_SLICE, Clock, Waker, WrappedClock
 from .events import Event
 from .records import RecordStore
 from .results import FINISHED, Result, event_result
+from .settings import BY_NAME
 
 LIVENESS = 3 * MAX_SLEEP_SLICE  # seconds without a beat before /healthz says 503
 TEXTFILE_EVERY = 10.0
 FLEET_WAIT = 2.0  # seconds a scrape (or a textfile write) waits for the fleet's run records
 FLEET_RETRY = 15.0  # after a fleet read failed, scrapes use the values they have this long
-FLEET_FIRST = 100  # records read per job at the first fleet read (--history-keep's default)
+# records read per job at the first fleet read: as many as a job keeps by default
+FLEET_FIRST: int = BY_NAME["history-keep"].default
 
 RESULTS = FINISHED
 # skipped ticks, by kind of reason (a fixed set: the event's reason is free text)

@@ -25,7 +25,6 @@ from ..settings import JobSettings, Overlap
 CLAIM_LEAD = 0.5  # claim a tick this long before it (at most a quarter of its interval)
 CLEANUP_EVERY = 60.0
 OVERLAPPING = "overlap: the previous run is still going"
-HOOK_KILL_AFTER = 5.0  # seconds from a hook's SIGTERM (--hook-timeout) to its SIGKILL
 POLL = 0.05  # the longest sleep while a child has no pidfd (non-Linux)
 SHARE_TIME = (Overlap.ALLOW, Overlap.QUEUE)  # policies under which a retry may overlap a tick
 

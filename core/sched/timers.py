@@ -22,7 +22,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
 from ..instants import to_us
-from .model import CLEANUP_EVERY, HOOK_KILL_AFTER, Deferred, Hook, JobState, Retry, Run
+from ..settings import HOOK_KILL_AFTER
+from .model import CLEANUP_EVERY, Deferred, Hook, JobState, Retry, Run
 
 if TYPE_CHECKING:
     from .shared import Shared
