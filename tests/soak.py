@@ -60,6 +60,7 @@ FAILING = 5  # ticks whose Unix time is a multiple of FAILING * PERIOD fail ever
 BACKENDS = ("redis", "postgresql", "file")
 HOST_FAULTS = ("kill", "host-clock")
 SERVER_FAULTS = ("drop", "hang", "cut", "stall", "backend-clock")
+CLOCK_FAULTS = ("host-clock", "backend-clock")
 
 
 @dataclass(frozen=True)
@@ -78,14 +79,20 @@ class Fault:
 
 
 def plan(seed: int, backend: str, faulty: float) -> list[Fault]:
-    """A seeded plan of faults over the first ``faulty`` seconds; faults may overlap."""
+    """A seeded plan of faults over the first ``faulty`` seconds; faults may overlap, except two
+    clock faults: the contract holds while any one clock is wrong (docs/design.md §8)."""
     rng = random.Random(f"{seed}/{backend}")
     kinds = HOST_FAULTS + (SERVER_FAULTS if backend != "file" else ())
     faults = []
     at = rng.uniform(1.0, 3.0)
+    clock_free = 0.0  # when the last clock fault ends
     while at < faulty:
         kind = rng.choice(kinds)
+        if kind in CLOCK_FAULTS and at < clock_free:
+            kind = rng.choice([k for k in kinds if k not in CLOCK_FAULTS])
         length = min(rng.uniform(0.5, 4.0), max(0.5, faulty - at))
+        if kind in CLOCK_FAULTS:
+            clock_free = at + length
         value = 0.0
         if kind in ("host-clock", "backend-clock"):
             # log-uniform between 2 s and an hour, either way
