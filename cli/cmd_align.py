@@ -45,8 +45,9 @@ def align_cmd(
     """
     from pyjob.core.clock import sleep_until
     from pyjob.core.durations import format_duration
-    from pyjob.core.grammar import Parts, build
+    from pyjob.core.grammar import build
     from pyjob.core.instants import iso, to_us, unix_text
+    from pyjob.core.parts import Parts
     from pyjob.core.rules import EveryRule
     from pyjob.core.schedule import Schedule
     from pyjob.core.timeparse import parse_datetime

@@ -17,7 +17,7 @@ from pyjob.core.errors import InputError
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from pyjob.core.grammar import Parts
+    from pyjob.core.parts import Parts
     from pyjob.core.rules import Spec
 
     # Click 8.4 made ParamType generic in the value it converts to; the Clicks before it, which

@@ -24,13 +24,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import MAXYEAR, UTC, date, datetime, time, timedelta, tzinfo
-from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
+from typing import ClassVar, Protocol, TypeVar
 
 from .cron import DESCRIPTORS, CronExpr, CronTicks, parse_cron
 from .cronwords import DAY_NAMES, describe_cron, join_words, ordinal
 from .durations import DAY, format_duration, parse_duration
 from .errors import DurationError, ScheduleError
 from .instants import EPOCH, US, from_us, iso, to_us
+from .parts import Parts
 from .timeparse import format_time_of_day
 from .values import (
     WEEKDAYS,
@@ -42,9 +43,6 @@ from .values import (
     weekdays,
 )
 from .zones import Wall, get_zone, is_repeated, next_transition, offset_at, resolve_wall
-
-if TYPE_CHECKING:
-    from .grammar import Parts
 
 EPOCH_DATE = date(1970, 1, 1)
 EPOCH_MONDAY = date(1970, 1, 5)  # ISO weeks for `weekly --interval` count from here

@@ -17,8 +17,9 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, tzinfo
 
-from .grammar import Parts, build, parse, split
+from .grammar import build, parse, split
 from .instants import EPOCH, US, from_us, iso, to_us
+from .parts import Parts
 from .rules import (
     EPOCH_DATE,
     EPOCH_MONDAY,

@@ -12,7 +12,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .errors import ScheduleError
-from .schedule import Parts, split
+from .grammar import split
+from .parts import Parts
 
 # The kind options, in the order messages list them.
 KINDS = ("cron", "every", "daily", "weekly", "monthly", "once")

@@ -691,9 +691,8 @@ def test_a_run_lost_with_its_host_is_recorded_lost_counted_and_notified_once(
     ]
     ends = [e for e in events if e.kind == "retry-dropped"]
     assert len(ends) == 1 and ends[0].fields["result"] == "lost"
-    # Found within 2 x the lease TTL (6 beats): this instance sees the dead one's heartbeat
-    # unchanged for 3.5 of its own beats from its first look, a beat after its start, and acts
-    # at the next beat after that.
+    # This instance starts after the death: it sees the dead one's heartbeat unchanged for 3.5
+    # of its own beats from its first look, a beat after its start, and acts at the next beat.
     assert ends[0].at <= start + timedelta(seconds=6 * s._sh.books.heartbeat_every + 1)
     pings = PingSender({"job": "http://127.0.0.1:9/ping"}, s.clock, lambda *a, **k: None)
     metrics = Metrics(s.clock, "test:1", "0", {"job": 60.0}, {"job": "none"})
