@@ -9,12 +9,12 @@ Layout of the private directory (mode 0700):
     <dir>/<job>/run.lock, run.holder                the run lease of --overlap skip, and the
                                                     instance that took it last
 
-Claims are decided under an OS lock (flock on claims.lock, the lock filelock takes, so that
-versions of pyjob that used it agree with this one), which the kernel releases when its holder
-dies, so a crashed process never wedges a job; one acquisition serves a whole batch (the claims of
-every job due at one instant), waited for by the Clock the backend is given. The run lease is that
-same kind of lock (flock on run.lock), held for as long as the run goes on: no TTL or heartbeat is
-needed on one host, because the kernel knows at once when the holder is gone.
+Claims are decided under an OS lock (flock on claims.lock, taken through filelock one try at a
+time), which the kernel releases when its holder dies, so a crashed process never wedges a job; one
+acquisition serves a whole batch (the claims of every job due at one instant), waited for by the
+Clock the backend is given. The run lease is that same kind of lock (flock on run.lock), held for
+as long as the run goes on: no TTL or heartbeat is needed on one host, because the kernel knows at
+once when the holder is gone.
 
 Every claim is written under the batch lock, so no other claimer reads a file while it is being
 written, and each is written with as few file-system operations as keep it whole (a claim cost
@@ -55,6 +55,8 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
+
+from filelock import FileLock, Timeout
 
 from ..clock import Clock, SystemClock
 from ..errors import BackendError
@@ -195,16 +197,20 @@ class FileBackend:
         """The batch's OS lock on ``path``, waited for at most ``lock_timeout``; _NoDescriptor
         when it cannot be opened for want of descriptors (pyjob's shortage, not the
         directory's)."""
+        # One try at a time (filelock never reads the time or sleeps here): the wait is timed
+        # and slept by the clock this backend is given, as everything in core/ is.
+        lock = FileLock(path, timeout=0, mode=0o600)
         deadline = self.clock.monotonic() + self.lock_timeout
         while True:
             try:
-                lock = _OsLock.take(path)
+                lock.acquire(blocking=False)
+                break
+            except Timeout:
+                pass
             except OSError as e:
                 if e.errno in SHORTAGE_ERRNOS:
                     raise _NoDescriptor(e) from e
                 raise
-            if lock is not None:
-                break
             if self.clock.monotonic() > deadline:
                 raise BackendError(
                     f"{self.url}: claim lock not acquired within {self.lock_timeout}s"
