@@ -21,15 +21,12 @@ from typing import Any
 from .backends import Backend
 from .backends.protocol import SKEW_LIMIT
 from .clock import Clock, OffsetClock, Waker
-from .durations import format_duration
+from .durations import format_seconds as _dur
 from .errors import ClockError, ClockOffsetError
 from .ntp import Measurement, Sample, best_sample, measure_all, unusable
 from .ntp import falsetickers as find_falsetickers
 from .schedule import Schedule
-
-DEFAULT_SERVERS = ("pool.ntp.org",)
-DEFAULT_LIMIT = 1.0  # seconds, when neither --max-offset nor an interval says otherwise
-MIN_LIMIT = 0.1
+from .settings import DEFAULT_LIMIT, MIN_LIMIT
 
 
 @dataclass(frozen=True)
@@ -92,10 +89,6 @@ def schedule_interval(schedule: Schedule, after: datetime, count: int = 6) -> fl
         tick = schedule.next_tick(tick)
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(ticks)]
     return min(gaps) if gaps else None
-
-
-def _dur(seconds: float) -> str:
-    return format_duration(round(seconds * 1e6))
 
 
 def signed(seconds: float) -> str:

@@ -68,6 +68,7 @@ from .records import (
     RunRecord,
 )
 from .recordwrites import Link, RecordWrites
+from .results import Result
 
 LAST = 9  # the stop, after everything queued
 RELEASE_RETRY = 1.0  # seconds between retries of lease releases an outage left behind
@@ -440,10 +441,11 @@ class Coordinator:
     @staticmethod
     def _previous(link: Link, call: PreviousCall) -> str | None:
         assert link.records is not None
+        not_ended = (Result.RUNNING, Result.SKIPPED, Result.MISSED)
         finished = [
             r.result
             for r in link.records.runs(call.job, 20, None)
-            if r.tick_us < call.before_us and r.result not in ("running", "skipped", "missed")
+            if r.tick_us < call.before_us and r.result not in not_ended
         ]
         return finished[0] if finished else None
 
