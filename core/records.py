@@ -735,6 +735,9 @@ def records_for(backend: Any) -> RecordStore | None:
         return RedisRecords(backend._r, backend.url, backend._errors)
     if kind == "PostgresBackend":
         return PostgresRecords(backend)
+    if kind == "EtcdBackend":
+        store: RecordStore = backend.records()
+        return store
     return None
 
 

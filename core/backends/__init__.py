@@ -34,7 +34,7 @@ def default_lock_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 # what TAB offers for --lock
-COMPLETIONS = ("file:", "nfs:", "redis://", "rediss://", "postgresql://", "none")
+COMPLETIONS = ("file:", "nfs:", "redis://", "rediss://", "postgresql://", "etcd://", "none")
 
 
 def open_backend(
@@ -56,7 +56,7 @@ def open_backend(
     if not sep:
         raise InputError(
             f"bad lock URL '{redact(url)}' (file:PATH, nfs:PATH, redis://HOST, "
-            "postgresql://HOST/DB or none)",
+            "postgresql://HOST/DB, etcd://HOST:PORT or none)",
             source=url,
             pos=0,
             length=len(url),
@@ -84,9 +84,15 @@ def open_backend(
         from .postgres import PostgresBackend
 
         return PostgresBackend(url)
+    if scheme in ("etcd", "etcds"):
+        from .etcd import EtcdBackend
+        from .urls import parse_etcd_url
+
+        endpoints, prefix = parse_etcd_url(url)
+        return EtcdBackend(endpoints, prefix, redact(url))
     raise InputError(
         f"unknown lock backend '{scheme}:' (supported: file:PATH, nfs:PATH, redis://, "
-        "rediss://, postgresql://, none)",
+        "rediss://, postgresql://, etcd://, none)",
         source=url,
         pos=0,
         length=len(scheme) + 1,

@@ -1,0 +1,129 @@
+"""The etcd backend against a real etcd: the shared suite and etcd specifics."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pyjob.core.backends import ClaimRequest, open_backend
+from pyjob.core.errors import BackendError, InputError
+
+from .backend_suite import *  # noqa: F403
+from .backend_suite import KEEP, T0
+from .servers import EtcdServer, free_port, start_etcd
+
+
+@pytest.fixture(scope="module")
+def etcd_server() -> Iterator[EtcdServer]:
+    server = start_etcd()
+    yield server
+    server.destroy()
+
+
+_prefix = itertools.count(1)
+
+
+@pytest.fixture
+def lock_url(etcd_server: EtcdServer) -> str:
+    """A fresh, empty key space for each test (a prefix of its own)."""
+    return f"{etcd_server.url}/test{next(_prefix)}"
+
+
+def test_fences_are_cluster_revisions_and_one_batch_holds_a_job_once(lock_url: str) -> None:
+    backend = open_backend(lock_url)
+    backend.check()
+    batch = [ClaimRequest("a", T0, KEEP), ClaimRequest("b", T0, KEEP)]
+    batch += [ClaimRequest("a", T0 + timedelta(seconds=1), KEEP)]  # job a twice: two txns
+    out = backend.claim_many(batch, "x", T0)
+    assert [o.claim.won for o in out] == [True] * 3
+    fences = [o.claim.fence or 0 for o in out]
+    assert fences[0] == fences[1] < fences[2]  # one transaction, one revision
+
+
+def test_several_endpoints_are_tried_in_turn(etcd_server: EtcdServer) -> None:
+    dead = free_port()
+    backend = open_backend(f"etcd://127.0.0.1:{dead},127.0.0.1:{etcd_server.port}/turns")
+    backend.check()
+    assert backend.claim("job", T0, "a", KEEP, T0).won
+
+
+def test_unreachable_server_is_a_backend_error() -> None:
+    with pytest.raises(BackendError, match="cannot reach etcd"):
+        open_backend(f"etcd://127.0.0.1:{free_port()}").check()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("etcds://127.0.0.1:2379", "not supported yet"),
+        ("etcd://u:pw@127.0.0.1:2379", "no user, password or options"),
+        ("etcd://127.0.0.1:2379?x=1", "no user, password or options"),
+        ("etcd://127.0.0.1:99999", "bad port '99999'"),
+        ("etcd://127.0.0.1:2379/a b", "bad key prefix"),
+        ("etcd://127.0.0.1:2379/a//b", "bad key prefix"),
+    ],
+)
+def test_bad_etcd_urls_are_input_errors(url: str, message: str) -> None:
+    with pytest.raises(InputError, match=message) as info:
+        open_backend(url)
+    assert "pw" not in str(info.value)
+
+
+def test_reconnects_after_the_server_restarts(lock_url: str, etcd_server: EtcdServer) -> None:
+    backend = open_backend(lock_url)
+    backend.check()
+    assert backend.claim("job", T0, "a", KEEP, T0).won
+    etcd_server.stop()
+    try:
+        with pytest.raises(BackendError):
+            backend.claim("job", T0 + timedelta(seconds=1), "a", KEEP, T0)
+    finally:
+        etcd_server.start()
+    assert not backend.claim("job", T0, "b", KEEP, T0).won  # the claim survived the restart
+
+
+def test_one_backend_object_is_one_connection(
+    lock_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import http.client
+
+    made = []
+    connect = http.client.HTTPConnection.connect
+
+    def counted(self: http.client.HTTPConnection) -> None:
+        made.append(self.port)
+        connect(self)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "connect", counted)
+    backend = open_backend(lock_url)
+    backend.check()
+    for i in range(10):
+        batch = [
+            ClaimRequest(f"j{j}", T0 + timedelta(seconds=i), KEEP, lease_ttl=5.0) for j in range(5)
+        ]
+        out = backend.claim_many(batch, "a", T0)
+        leases = [o.lease for o in out if o.lease is not None]
+        assert len(leases) == 5
+        assert backend.renew_many(leases) == [True] * 5
+        backend.release_many(leases)
+        backend.lease_holder("j0")
+        backend.server_time()
+    assert len(made) == 1
+    backend.close()
+
+
+def test_the_server_clock_narrows_below_a_second_over_answers_that_straddle_its_edges(
+    lock_url: str,
+) -> None:
+    import time
+
+    backend = open_backend(lock_url)
+    first = backend.server_time()
+    assert first is not None and first[1] <= 1.0 + 0.1
+    for _ in range(12):
+        time.sleep(0.13)  # answers at every phase of the server's second
+        reading = backend.server_time()
+    assert reading is not None and reading[1] < 0.5
+    assert abs(reading[0] - datetime.now(UTC).timestamp()) < reading[1] / 2 + 0.05
