@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,23 +10,14 @@ from pyjob.core.errors import BackendError, InputError
 
 from .backend_suite import *  # noqa: F403
 from .backend_suite import KEEP, T0
-from .servers import EtcdServer, free_port, start_etcd
-
-
-@pytest.fixture(scope="module")
-def etcd_server() -> Iterator[EtcdServer]:
-    server = start_etcd()
-    yield server
-    server.destroy()
-
-
-_prefix = itertools.count(1)
+from .conftest import etcd_lock_url
+from .servers import EtcdServer, free_port
 
 
 @pytest.fixture
 def lock_url(etcd_server: EtcdServer) -> str:
     """A fresh, empty key space for each test (a prefix of its own)."""
-    return f"{etcd_server.url}/test{next(_prefix)}"
+    return etcd_lock_url(etcd_server)
 
 
 def test_fences_are_cluster_revisions_and_one_batch_holds_a_job_once(lock_url: str) -> None:
