@@ -12,6 +12,7 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -331,7 +332,24 @@ class EtcdServer:
             self.proc.wait(timeout=20)
             self.proc = None
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown; what it wrote is on its data directory, nothing more."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGCONT)  # a stopped process dies on SIGKILL too
+            self.proc.kill()
+            self.proc.wait(timeout=20)
+            self.proc = None
+
+    def start_again(self) -> None:
+        """Start it again on its data directory (after kill or stop), unless it runs."""
+        if self.proc is None:
+            self.start()
+
     def destroy(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGCONT)
         self.stop()
         shutil.rmtree(self.datadir, ignore_errors=True)
 
