@@ -263,7 +263,7 @@ class EtcdBackend:
                 if p.request.lease_ttl is not None
             ]
             raise LostAnswer(str(e), maybe) from e
-        return [self._final(p, instance, now_us, low, high) for p in plans]
+        return [_final(p, instance, now_us, low, high) for p in plans]
 
     def _lease_op(self, p: _Plan, instance: str) -> list[dict[str, Any]]:
         if p.request.lease_ttl is None:
@@ -345,16 +345,7 @@ class EtcdBackend:
         txn = lease_responses[0]["response_txn"]
         if txn.get("succeeded"):
             return ClaimOutcome(claim, Lease(p.request.job, instance, p.token, p.request.lease_ttl))
-        return self._lease_outcome(p, claim, _kv(txn["responses"][0]), instance)
-
-    def _lease_outcome(
-        self, p: _Plan, claim: ClaimResult, lease: dict[str, Any] | None, instance: str
-    ) -> ClaimOutcome:
-        assert p.request.lease_ttl is not None
-        value = unb64(lease["value"]) if lease else ""
-        if value == f"{instance} {p.token}":
-            return ClaimOutcome(claim, Lease(p.request.job, instance, p.token, p.request.lease_ttl))
-        return ClaimOutcome(claim, None, value.rpartition(" ")[0] or "unknown")
+        return _lease_outcome(p, claim, _kv(txn["responses"][0]), instance)
 
     def _second(self, plans: list[_Plan], instance: str, high: int) -> None:
         """Ticks behind the mark whose claim would still be kept, and the run leases of
@@ -386,29 +377,6 @@ class EtcdBackend:
         return _txn(
             [_absent(claim)], [_put(claim, value), *self._lease_op(p, instance)], [_get(claim)]
         )
-
-    def _final(self, p: _Plan, instance: str, now_us: int, low: int, high: int) -> ClaimOutcome:
-        if p.outcome is not None:
-            return p.outcome
-        r = p.request
-        if p.held:
-            holder = _holder(p.held)
-            claim = ClaimResult(holder == instance, holder, int(p.held["create_revision"]))
-            if r.lease_ttl is None or not claim.won:
-                return ClaimOutcome(claim)
-            return self._lease_outcome(p, claim, p.held.get("lease"), instance)
-        tick_us, keep_us = to_us(r.tick), to_us(r.keep_until)
-        mid = (low + high) // 2
-        if tick_us > high + AHEAD_LIMIT * 1e6:
-            ahead = max(0.0, (now_us - mid) / 1e6)
-            why = refused_clock_ahead(tick_us, mid, ahead, AHEAD_LIMIT)
-            return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why, ahead=ahead))
-        if p.kind == "read":
-            why = refused_too_old(tick_us, keep_us, low, SKEW_LIMIT)
-            return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
-        mark_us = p.mark_us if p.mark_us is not None else tick_us
-        why = refused_behind_mark(tick_us, mark_us, keep_us, high, SKEW_LIMIT)
-        return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
 
     def cleanup_many(self, jobs: Sequence[str], now: datetime) -> int:
         """Remove the claims of ``jobs`` whose keep_until the server's clock is surely past, or
@@ -526,6 +494,40 @@ class EtcdBackend:
                 self.call("/v3/lease/revoke", {"ID": str(lease)}, "lease revoke failed")
         self._leases.clear()
         self.http.close()
+
+
+def _lease_outcome(
+    p: _Plan, claim: ClaimResult, lease: dict[str, Any] | None, instance: str
+) -> ClaimOutcome:
+    assert p.request.lease_ttl is not None
+    value = unb64(lease["value"]) if lease else ""
+    if value == f"{instance} {p.token}":
+        return ClaimOutcome(claim, Lease(p.request.job, instance, p.token, p.request.lease_ttl))
+    return ClaimOutcome(claim, None, value.rpartition(" ")[0] or "unknown")
+
+
+def _final(p: _Plan, instance: str, now_us: int, low: int, high: int) -> ClaimOutcome:
+    if p.outcome is not None:
+        return p.outcome
+    r = p.request
+    if p.held:
+        holder = _holder(p.held)
+        claim = ClaimResult(holder == instance, holder, int(p.held["create_revision"]))
+        if r.lease_ttl is None or not claim.won:
+            return ClaimOutcome(claim)
+        return _lease_outcome(p, claim, p.held.get("lease"), instance)
+    tick_us, keep_us = to_us(r.tick), to_us(r.keep_until)
+    mid = (low + high) // 2
+    if tick_us > high + AHEAD_LIMIT * 1e6:
+        ahead = max(0.0, (now_us - mid) / 1e6)
+        why = refused_clock_ahead(tick_us, mid, ahead, AHEAD_LIMIT)
+        return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why, ahead=ahead))
+    if p.kind == "read":
+        why = refused_too_old(tick_us, keep_us, low, SKEW_LIMIT)
+        return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
+    mark_us = p.mark_us if p.mark_us is not None else tick_us
+    why = refused_behind_mark(tick_us, mark_us, keep_us, high, SKEW_LIMIT)
+    return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
 
 
 def _holder(kv: dict[str, Any]) -> str:
