@@ -205,8 +205,8 @@ def parse_etcd_url(url: str) -> tuple[list[tuple[str, int]], str]:
     if scheme == "etcds":
         raise _bad(
             url,
-            f"etcds:// (etcd over TLS) is not supported yet in lock URL '{shown}': use etcd:// "
-            "on a trusted network, or a TLS-terminating proxy on this host",
+            f"lock URL '{shown}': etcd over TLS (etcds://) is not supported yet; use etcd:// "
+            "on a trusted network, or through a TLS tunnel ending on this host",
             "etcds",
         )
     netloc, slash, path = rest.partition("/")
