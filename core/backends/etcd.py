@@ -97,6 +97,11 @@ def _prefix(start: str, **options: Any) -> dict[str, Any]:
     return {"request_range": {"key": b64(start), "range_end": b64(range_end(start)), **options}}
 
 
+def _after(mark: str, tick: str) -> dict[str, Any]:
+    """The compare: the job's mark is before ``tick`` (fixed-width numbers compare as bytes)."""
+    return {"key": b64(mark), "target": "VALUE", "result": "LESS", "value": b64(tick)}
+
+
 def _txn(compare: list[Any], success: list[Any], failure: list[Any]) -> dict[str, Any]:
     return {"request_txn": {"compare": compare, "success": success, "failure": failure}}
 
@@ -280,22 +285,30 @@ class EtcdBackend:
             self._read_first(p, response, instance, revision)
 
     def _first_op(self, p: _Plan, instance: str) -> dict[str, Any]:
-        """Put the claim if its key is absent and the tick is after the mark (or there is no
-        mark), raising the mark and taking the run lease; else read claim, mark and lease."""
+        """Put the claim if its key is absent and the tick is after the mark, raising the mark
+        and taking the run lease; else read claim, mark and lease. (A job with no mark yet, on
+        its first claim, is claimed in the second transaction: etcd's compare of a value fails
+        on an absent key, and a branch for it here would double every claim's size.)"""
         claim = self.key(p.request.job, "claim", str(to_us(p.request.tick)))
         if p.kind == "read":
             return _get(claim)
         mark = self.key(p.request.job, "mark")
         tick = _tick_text(to_us(p.request.tick))
-        value = json.dumps({"instance": instance, "keep_until_us": to_us(p.request.keep_until)})
-        won = [_put(claim, value), _put(mark, tick), *self._lease_op(p, instance)]
-        after = {"key": b64(mark), "target": "VALUE", "result": "LESS", "value": b64(tick)}
-        behind = _txn(
-            [_absent(claim), after],
-            won,
+        return _txn(
+            [_absent(claim), _after(mark, tick)],
+            self._won_ops(p, instance, with_mark=True),
             [_get(claim), _get(mark), _get(self.key(p.request.job, "lease"))],
         )
-        return _txn([_absent(claim), _absent(mark)], won, [behind])
+
+    def _won_ops(self, p: _Plan, instance: str, with_mark: bool) -> list[dict[str, Any]]:
+        """What a won claim writes: the claim, the mark (unless the tick is behind it), and the
+        run lease when asked for."""
+        job, tick_us = p.request.job, to_us(p.request.tick)
+        value = json.dumps({"instance": instance, "keep_until_us": to_us(p.request.keep_until)})
+        ops = [_put(self.key(job, "claim", str(tick_us)), value)]
+        if with_mark:
+            ops.append(_put(self.key(job, "mark"), _tick_text(tick_us)))
+        return ops + self._lease_op(p, instance)
 
     def _txn(self, build: Callable[[], list[dict[str, Any]]], what: str) -> dict[str, Any]:
         """One transaction of the operations ``build`` makes (no compare); when a lease of this
@@ -319,22 +332,20 @@ class EtcdBackend:
             p.held = _kv(response) or {}
             return
         txn = response["response_txn"]
-        if not txn.get("succeeded"):
-            inner = txn["responses"][0]["response_txn"]
-            if not inner.get("succeeded"):
-                claim, mark, lease = (_kv(r) for r in inner["responses"])
-                p.held = claim or {}
-                p.mark_us = int(unb64(mark["value"])) if mark else None
-                if claim is None:
-                    p.second = "claim"  # behind the mark: judged by the server's clock
-                elif p.request.lease_ttl is not None and _holder(claim) == instance:
-                    if lease is None:
-                        p.second = "lease"  # a repeated claim whose lease is free
-                    else:
-                        p.held["lease"] = lease
-                return
-            txn = inner
-        p.outcome = self._won(p, revision, txn["responses"][2:], instance)
+        if txn.get("succeeded"):
+            p.outcome = self._won(p, revision, txn["responses"][2:], instance)
+            return
+        claim, mark, lease = (_kv(r) for r in txn["responses"])
+        p.held = claim or {}
+        p.mark_us = int(unb64(mark["value"])) if mark else None
+        if claim is None:
+            # the job's first claim, or a tick behind the mark (judged by the server's clock)
+            p.second = "first" if mark is None else "claim"
+        elif p.request.lease_ttl is not None and _holder(claim) == instance:
+            if lease is None:
+                p.second = "lease"  # a repeated claim whose lease is free
+            else:
+                p.held["lease"] = lease
 
     def _won(
         self, p: _Plan, revision: int, lease_responses: list[Any], instance: str
@@ -364,8 +375,14 @@ class EtcdBackend:
                 claim = ClaimResult(True, instance, int(p.held["create_revision"]))
                 outcome = self._won(p, revision, [response], instance)
                 p.outcome = ClaimOutcome(claim, outcome.lease, outcome.lease_holder)
-            elif txn.get("succeeded"):
-                p.outcome = self._won(p, revision, txn["responses"][1:], instance)
+                continue
+            skip = 1  # the claim's put, then the lease
+            if p.second == "first":
+                skip = 2  # the claim's and the mark's puts
+                if not txn.get("succeeded"):  # another first claim made the mark meanwhile
+                    txn = txn["responses"][0]["response_txn"]
+            if txn.get("succeeded"):
+                p.outcome = self._won(p, revision, txn["responses"][skip:], instance)
             else:
                 p.held = _kv(txn["responses"][0]) or {}
 
@@ -373,10 +390,12 @@ class EtcdBackend:
         if p.second == "lease":
             return self._lease_op(p, instance)[0]
         claim = self.key(p.request.job, "claim", str(to_us(p.request.tick)))
-        value = json.dumps({"instance": instance, "keep_until_us": to_us(p.request.keep_until)})
-        return _txn(
-            [_absent(claim)], [_put(claim, value), *self._lease_op(p, instance)], [_get(claim)]
-        )
+        if p.second == "claim":
+            return _txn([_absent(claim)], self._won_ops(p, instance, False), [_get(claim)])
+        mark, tick = self.key(p.request.job, "mark"), _tick_text(to_us(p.request.tick))
+        won = self._won_ops(p, instance, True)
+        after = _txn([_absent(claim), _after(mark, tick)], won, [_get(claim)])
+        return _txn([_absent(claim), _absent(mark)], won, [after])
 
     def cleanup_many(self, jobs: Sequence[str], now: datetime) -> int:
         """Remove the claims of ``jobs`` whose keep_until the server's clock is surely past, or
@@ -449,15 +468,22 @@ class EtcdBackend:
             reply = self.call("/v3/lease/keepalive", {"ID": str(lease)}, "lease renewal failed")
             if int(reply.get("result", {}).get("TTL") or 0) <= 0:
                 del self._leases[ttl]  # expired: its keys are gone; a new one takes them again
-        reply = self._txn(lambda: [self._reassert(x) for x in leases], "lease renewal failed")
+        responses = []
+        for first in range(0, len(leases), TXN_CLAIMS):
+            chunk = leases[first : first + TXN_CLAIMS]
+            build = functools.partial(self._reassert_all, chunk)
+            responses += self._txn(build, "lease renewal failed")["responses"]
         out = []
-        for response in reply["responses"]:
+        for response in responses:
             txn = response["response_txn"]
             out.append(
                 bool(txn.get("succeeded"))
                 or bool(txn["responses"][0]["response_txn"].get("succeeded"))
             )
         return out
+
+    def _reassert_all(self, leases: Sequence[Lease]) -> list[dict[str, Any]]:
+        return [self._reassert(x) for x in leases]
 
     def _reassert(self, x: Lease) -> dict[str, Any]:
         key, mine = self.key(x.job, "lease"), f"{x.instance} {x.token}"
@@ -485,7 +511,10 @@ class EtcdBackend:
                     [],
                 )
             )
-        self._txn(lambda: ops, "lease release failed")
+        for first in range(0, len(ops), TXN_CLAIMS):
+            self._txn(
+                functools.partial(list, ops[first : first + TXN_CLAIMS]), "lease release failed"
+            )
 
     def close(self) -> None:
         # The run leases go with the process: revoked at once rather than left to expire.
