@@ -116,3 +116,41 @@ def test_the_server_clock_narrows_below_a_second_over_answers_that_straddle_its_
         reading = backend.server_time()
     assert reading is not None and reading[1] < 0.5
     assert abs(reading[0] - datetime.now(UTC).timestamp()) < reading[1] / 2 + 0.05
+
+
+def test_run_exits_5_when_etcd_is_unreachable_at_start() -> None:
+    import subprocess
+
+    from .conftest import pyjob_exe
+
+    url = f"etcd://127.0.0.1:{free_port()}/p"
+    done = subprocess.run(
+        [*pyjob_exe(), "run", "--every", "1s", "--lock", url, "--", "true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 5, done.stderr
+    assert (
+        done.stderr.strip().splitlines()[-1]
+        == f"Error: {url}: cannot reach etcd: connection refused"
+    )
+
+
+def test_check_clock_measures_etcd_to_within_milliseconds(etcd_server: EtcdServer) -> None:
+    import json
+    import subprocess
+
+    from .conftest import pyjob_exe
+
+    args = ["check-clock", "--lock", etcd_server.url, "--server", "127.0.0.1:1", "--format", "json"]
+    done = subprocess.run(
+        [*pyjob_exe(), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    backend = json.loads(done.stdout)["backend"]
+    assert backend["url"] == etcd_server.url
+    # its clock is this host's: zero, within the bound the probes reached (well under a second)
+    assert backend["error"] < 0.1 and abs(backend["offset"]) <= backend["error"] + 0.002
