@@ -116,6 +116,8 @@ class EtcdHttp:
     def _next_endpoint(self) -> None:
         self.close()
         self._at += 1
+        if len(self.endpoints) > 1:
+            self.clock = DateClock()  # another member, maybe on another host with its own clock
 
     def call(self, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
         """POST ``body`` to ``path``; the decoded answer. BackendError when it fails."""
