@@ -640,10 +640,10 @@ class Coordinator:
             )
 
     def _invented(self, link: _Link, records: list[RunRecord]) -> list[RunRecord]:
-        """The records whose tick is more than AHEAD_LIMIT ahead of the backend's clock: ticks a
-        wrong clock invented (this host's stepped ahead: the ticks it passed over are logged as
-        missed), whose records would push the fleet's real ones out of the history kept (DESIGN
-        §8). They are not written; one warning per job says so."""
+        """The records of unclaimed ticks (skipped, missed) more than AHEAD_LIMIT ahead of the
+        backend's clock: ticks a wrong clock invented (this host's stepped ahead: the ticks it
+        passed over are logged as missed), whose records would push the fleet's real ones out of
+        the history kept (DESIGN §8). They are not written; one warning per job says so."""
         mono = self.clock.monotonic()
         if link.clock_read is None or mono - link.clock_read[0] > BACKEND_CLOCK_EVERY:
             reading = link.backend.server_time()
@@ -653,7 +653,11 @@ class Coordinator:
         if backend_us is None:
             return []
         now_us = backend_us + int((mono - at) * 1e6)
-        invented = [r for r in records if r.tick_us > now_us + AHEAD_LIMIT * 1e6]
+        # A run's record (it has a fence: its tick was claimed) is real whatever the clocks say
+        # now: the backend's clock may have stepped back since the claim.
+        invented = [
+            r for r in records if r.fence is None and r.tick_us > now_us + AHEAD_LIMIT * 1e6
+        ]
         for job in sorted({r.job for r in invented}):
             mine = [r.tick_us for r in invented if r.job == job]
             self.report(

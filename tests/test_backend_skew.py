@@ -268,3 +268,49 @@ def test_check_clock_flags_a_backend_clock_beyond_the_skew_limit(tmp_path: Path)
     assert doc["backend"]["offset"] == pytest.approx(7200, abs=1)
     assert doc["backend"]["within_skew_limit"] is False and doc["backend"]["skew_limit"] == 3600
     assert any("beyond the skew limit 1h" in p for p in doc["problems"]), doc["problems"]
+
+
+def test_a_run_claimed_before_the_backend_clock_stepped_back_keeps_its_records(
+    tmp_path: Path,
+) -> None:
+    """The run's tick was claimed while the clocks agreed; then Redis' clock steps 30 s back, so
+    the tick is "ahead" of it while the run ends. Its records are written all the same: a run
+    that happened is never dropped from the history as a tick a wrong clock invented."""
+    import tempfile
+
+    from .conftest import pyjob_exe
+    from .runproc import PyjobRun
+
+    shared = Path(tempfile.mkdtemp(prefix="pyjob-clock-", dir="/tmp"))
+    shared.chmod(0o755)
+    shim = ClockShim(shared / "server-clock", 0.0)
+    (shared / "server-clock").chmod(0o644)
+    server, url = _shifted_redis(tmp_path, shim)
+    try:
+        run = PyjobRun(
+            ["--every", "5s", "--align", "--lock", url, "--name", "stepped", "--", "sleep", "12"],
+            tmp_path,
+        )
+        try:
+            started = run.wait_for("run-started", timeout=30)[0]
+            shim.set(-30.0)
+            # The run outlasts the coordinator's reading of the backend's clock (every 10 s), so
+            # its final record is judged by a reading made while that clock is behind.
+            run.wait_for("run-finished", timeout=40)
+            time.sleep(1.0)  # its final record, written (or not) at the run's end
+            shim.set(0.0)
+        finally:
+            assert run.stop() == 0
+        hist = subprocess.run(
+            [*pyjob_exe(), "history", "stepped", "--lock", url, "--format", "json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        runs = {r["run_id"]: r for r in json.loads(hist.stdout)["runs"]}
+        assert started["run_id"] in runs, runs
+        assert runs[started["run_id"]]["result"] == "success", runs
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        shutil.rmtree(shared, ignore_errors=True)

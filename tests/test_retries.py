@@ -328,3 +328,52 @@ def test_a_run_killed_with_its_host_is_recorded_lost_and_notified_once_by_the_fl
     record = json.loads(hist.stdout)["runs"][0]
     assert record["result"] == "lost" and record["run_id"] == notified[0][2]
     assert record["finished"]  # written so (a reader alone would show it lost, unfinished)
+
+
+def test_an_instance_whose_clock_is_ahead_never_ends_a_live_instance_s_run(
+    redis_server: object, tmp_path: Path
+) -> None:
+    """Two instances on Redis; b's clock is two minutes ahead, so every heartbeat of a looks two
+    minutes old to it. a runs and retries each tick's failing run; b must not find a quiet and
+    end or take over its runs (a second hook, a second attempt): quiet is judged by b's own
+    monotonic clock over what it reads, never by comparing wall clocks."""
+    import redis
+
+    from .clockshim import ClockShim
+
+    port = redis_server.port  # type: ignore[attr-defined]
+    db = 9
+    redis.Redis(port=port, db=db).flushdb()
+    url = f"redis://127.0.0.1:{port}/{db}"
+    out, hooks = tmp_path / "runs", tmp_path / "hooks"
+    cmd = f'echo "$PYJOB_INSTANCE $PYJOB_TICK_UNIX $PYJOB_ATTEMPT" >> {out}; sleep 1; exit 1'
+    hook = f'echo "$PYJOB_INSTANCE $PYJOB_TICK_UNIX $PYJOB_RESULT" >> {hooks}'
+    args = ["--every", "6s", "--align", "--lock", url, "--name", "skewed", "--lease-ttl", "1s"]
+    args += ["--retries", "1", "--retry-delay", "0.5s", "--overlap", "allow"]
+    args += ["--on-failure", hook, "--shell", "--", cmd]
+    b = PyjobRun(
+        ["--instance-id", "b", *args],
+        tmp_path,
+        "b",
+        env=ClockShim(tmp_path / "clock-b", 120.0).env(),
+    )
+    a = PyjobRun(["--instance-id", "a", *args], tmp_path, "a")
+    try:
+        # Two of a's ticks, each two failed attempts and one hook, while b reads a's beats.
+        deadline = time.time() + 60
+        while time.time() < deadline and not (
+            hooks.exists() and len(hooks.read_text().splitlines()) >= 2
+        ):
+            time.sleep(0.2)
+        time.sleep(3.0)  # b's beats every third of a second would have ended a run by now
+    finally:
+        assert b.stop() == 0
+        assert a.stop() == 0
+    ran = [line.split() for line in out.read_text().splitlines()]
+    alerts = [line.split() for line in hooks.read_text().splitlines()]
+    assert len(alerts) >= 2, (ran, alerts)
+    assert {row[0] for row in ran} == {"a"}, ran
+    assert {row[0] for row in alerts} == {"a"}, alerts
+    ticks = [row[1] for row in alerts]
+    assert len(ticks) == len(set(ticks)), alerts
+    assert not b.events("retry-dropped") and not b.events("retrying"), b.log_path.read_text()

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult
 from ..errors import BackendError
-from ..records import InstanceInfo, RunRecord, is_quiet
+from ..records import QUIET_AFTER, InstanceInfo, RunRecord
 from ..schedule import iso, to_us
 from ..settings import Overlap
 from .model import SHARE_TIME, JobPhase, JobState, Retry, Run, attempt_doc, keep_until, run_id
@@ -37,6 +37,9 @@ class Retries:
         self.jobs: set[str] = set()  # jobs with --retries: heartbeats look for orphans
         self.watched: set[str] = set()  # jobs another instance holds a run of (watch)
         self.ended: dict[str, None] = {}  # run ids of lost runs ended here (oldest first)
+        # Each instance's heartbeat as this process last read it: (value, since, last read),
+        # the two times on this process's monotonic clock.
+        self.beats: dict[str, tuple[int | None, float, float]] = {}
 
     def delay(self, run: Run, result: str, code: int) -> float | None:
         """The delay before the run's next attempt, or None when it is not retried."""
@@ -213,6 +216,25 @@ class Retries:
             state.look_up(JobPhase.ADOPTING)
             sh.coordinator.orphan(state.job.lock, state.id, found, ORPHAN_SCAN)
 
+    def quiet(self, name: str, info: InstanceInfo | None) -> bool:
+        """Whether the instance ``name`` went quiet: its heartbeat (or its absence) has not
+        changed for its quiet time while this process read it. The time is this process's own
+        monotonic time, never a wall clock compared with another host's (DESIGN §8: a host whose
+        clock is wrong hurts only itself; one ahead would find every other instance quiet). A
+        gap in the reading as long as the quiet time (an outage of the backend, which kept the
+        other instance from writing too) starts it over."""
+        now = self.sh.clock.monotonic()
+        value = None if info is None else info.seen_us
+        quiet_s = (QUIET_AFTER * 1e6 if info is None else info.quiet_us) / 1e6
+        seen = self.beats.get(name)
+        if seen is None or seen[0] != value or now - seen[2] > quiet_s:
+            if len(self.beats) > 10_000:  # names of long-gone processes
+                self.beats = {k: v for k, v in self.beats.items() if now - v[2] < quiet_s}
+            self.beats[name] = (value, now, now)
+            return False
+        self.beats[name] = (value, seen[1], now)
+        return now - seen[1] > quiet_s
+
     def adopt(self, state: JobState, record: RunRecord, instances: dict[str, InstanceInfo]) -> bool:
         """Act on the job's newest record; True while it is worth looking at again (a run going
         on elsewhere, or one this instance could not take yet)."""
@@ -228,7 +250,7 @@ class Retries:
             return False  # this instance ended it; its record is on its way
         info = instances.get(record.instance)
         now_us = to_us(sh.clock.now())
-        if not predecessor and not is_quiet(info, now_us):
+        if not predecessor and not self.quiet(record.instance, info):
             return True
         if record.result == "retrying" and (record.next_attempt_us or 0) > now_us:
             return True
