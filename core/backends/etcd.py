@@ -11,26 +11,28 @@ Fences are etcd's cluster revision: the revision of the transaction that made th
 grows, cluster-wide, so each job's fences grow with every claim of it (a transaction holds each
 job at most once). A batch of claims is one transaction (up to TXN_CLAIMS of them; a larger batch
 goes in several): for each request a nested transaction puts the claim if its key is absent and
-the tick is after the mark (or there is no mark), raising the mark, and takes the run lease when
-asked for; otherwise it reads what stands. A tick at or before the mark whose claim is absent is
-claimed in a second transaction, only while its claim, had it been made, would still be kept; a
-repeated claim (same instance, after a lost reply) takes its run lease there too.
+the tick is after the mark, raising the mark, and takes the run lease when asked for; otherwise
+it reads what stands. A second transaction, only when needed, makes a job's first claim (no mark
+yet), claims a tick at or before the mark whose claim is absent, only while its claim, had it
+been made, would still be kept, and takes the run lease of a repeated claim (same instance, after
+a lost reply).
 
 etcd's data model has no clock: leases are timed by the leader's monotonic clock. What the
 protocol judges by "the backend's clock" (DESIGN §8) is judged here by the etcd server's wall
 clock as the Date headers of its answers bound it (etcd_http.DateClock), each bound used on the
-safe side: a claim is removed only once the earliest the server's clock may read is past its
-keep_until, and a tick behind the mark is refused once the latest it may read is within
-KEPT_MARGIN of keep_until. These judgements are made by the client between two transactions, not
-inside one, which the compare-and-set on the claim key makes safe: two claimers still cannot both
-win a tick. Run leases are etcd leases (one per lease TTL per process, kept alive by renewals):
-a holder that stops renewing loses them when the cluster's lease expires, whatever any wall clock
-says.
+safe side: a claim is removed only once the earliest the server's clock may read is within
+0.9 KEPT_MARGIN of its keep_until, and a tick behind the mark is refused once the latest it may
+read is within KEPT_MARGIN of it. These judgements are made by the client between two
+transactions, not inside one, which the compare-and-set on the claim key makes safe: two
+claimers still cannot both win a tick. Run leases are etcd leases (one per lease TTL per
+process, kept alive by renewals): a holder that stops renewing loses them when the cluster's
+lease expires, whatever any wall clock says.
 
 One backend object is one HTTP connection (etcd_http.EtcdHttp); every call is bounded by
 ``timeout`` on the client side. A request the client gave up on (a stall) may still take effect
-later, since etcd cannot compare with a deadline: a claim so made is harmless (no one runs it),
-and a run lease so taken is released by its token, like any lease a lost answer may have taken.
+later, since etcd cannot compare with a deadline: a claim so made is harmless (its claimer holds
+the tick and skips it), and a run lease so taken is released by its token, like any lease a lost
+answer may have taken (unless the release reaches etcd first: docs/design.md §8, "etcd").
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ from typing import Any
 from ..clock import SystemClock
 from ..errors import BackendError
 from .common import (
-    iso_us,
     refused_behind_mark,
     refused_clock_ahead,
     refused_too_old,
@@ -566,4 +567,4 @@ def _holder(kv: dict[str, Any]) -> str:
         return "unknown"
 
 
-__all__ = ["EtcdBackend", "iso_us"]
+__all__ = ["TXN_CLAIMS", "EtcdBackend"]
