@@ -154,3 +154,19 @@ def test_check_clock_measures_etcd_to_within_milliseconds(etcd_server: EtcdServe
     assert backend["url"] == etcd_server.url
     # its clock is this host's: zero, within the bound the probes reached (well under a second)
     assert backend["error"] < 0.1 and abs(backend["offset"]) <= backend["error"] + 0.002
+
+
+def test_date_header_bounds_intersect_and_start_over_when_the_server_clock_steps() -> None:
+    from pyjob.core.backends.etcd_http import BOUND_LIFETIME, DateClock
+
+    clock = DateClock()
+    assert clock.now_us(10.0) is None
+    # stamped 100 (so 100 <= its clock < 101) by an answer between monotonic 10.0 and 10.2
+    clock.learn(100.0, 10.0, 10.2)
+    assert clock.offset(10.2) == pytest.approx((89.8, 91.0))
+    clock.learn(101.0, 10.5, 10.6)  # its second turned before 10.6: the offset is at least 90.4
+    assert clock.offset(10.6) == pytest.approx((90.4, 91.0))
+    assert clock.now_us(11.0) == (int(101.4e6), int(102.0e6))
+    clock.learn(200.0, 11.0, 11.1)  # contradicts both: the clock stepped, the newest holds
+    assert clock.offset(11.1) == pytest.approx((188.9, 190.0))
+    assert clock.offset(11.1 + BOUND_LIFETIME + 1) is None  # too old to be trusted
