@@ -45,7 +45,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..clock import SystemClock
 from ..errors import BackendError
@@ -68,6 +68,9 @@ from .protocol import (
     LostAnswer,
     lease_token,
 )
+
+if TYPE_CHECKING:
+    from .etcd_records import EtcdRecords
 
 # Claims per transaction: etcd refuses a transaction with more than --max-txn-ops (128 by
 # default) operations at one level, nested ones counted against what their parents leave.
@@ -159,7 +162,7 @@ class EtcdBackend:
             "cannot reach etcd",
         )
 
-    def records(self) -> Any:
+    def records(self) -> EtcdRecords:
         """The record store that lives in this cluster, through this connection."""
         from .etcd_records import EtcdRecords
 
