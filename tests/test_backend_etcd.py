@@ -170,3 +170,43 @@ def test_date_header_bounds_intersect_and_start_over_when_the_server_clock_steps
     clock.learn(200.0, 11.0, 11.1)  # contradicts both: the clock stepped, the newest holds
     assert clock.offset(11.1) == pytest.approx((188.9, 190.0))
     assert clock.offset(11.1 + BOUND_LIFETIME + 1) is None  # too old to be trusted
+
+
+def test_a_claim_that_reaches_etcd_after_its_client_gave_up_does_nothing(
+    lock_url: str, etcd_server: EtcdServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stall: the request sits in etcd's socket while its client times out, and lands later.
+    Here it is held back by the test and sent by hand after the client's next call."""
+    import http.client
+    import json
+
+    from pyjob.core.backends.etcd import EtcdBackend
+    from pyjob.core.backends.protocol import LostAnswer
+
+    backend = open_backend(lock_url)
+    assert isinstance(backend, EtcdBackend)
+    backend.check()
+    held: list[dict[str, object]] = []
+    real = backend.http.call
+
+    def stalled(path: str, body: dict[str, object], what: str) -> dict[str, object]:
+        if path == "/v3/kv/txn":
+            held.append(body)
+            raise BackendError(f"{backend.url}: {what}: no answer within 2s")
+        return real(path, body, what)
+
+    monkeypatch.setattr(backend.http, "call", stalled)
+    request = ClaimRequest("job", T0, KEEP, lease_ttl=30.0)
+    with pytest.raises(LostAnswer) as lost:
+        backend.claim_many([request], "a", T0)
+    assert [x.job for x in lost.value.leases] == ["job"]
+    monkeypatch.setattr(backend.http, "call", real)
+    backend.release_many(lost.value.leases)  # the next call: the session is written again
+    conn = http.client.HTTPConnection("127.0.0.1", etcd_server.port, timeout=10)
+    conn.request("POST", "/v3/kv/txn", json.dumps(held[0]).encode())
+    late = json.loads(conn.getresponse().read())
+    conn.close()
+    assert not late.get("succeeded")  # it found the session changed: nothing was done
+    other = open_backend(lock_url)
+    won = other.claim_many([request], "b", T0)[0]
+    assert won.claim.won and won.lease is not None  # no claim, no lease left by the late one

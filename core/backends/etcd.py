@@ -79,6 +79,8 @@ TXN_CLAIMS = 100
 # read: less than KEPT_MARGIN, so that a tick is refused (by the latest the clock may read)
 # before its claim can be gone, however wide the bounds on the clock of either reader.
 _EARLY_US = int(KEPT_MARGIN * 0.9 * 1e6)
+# The TTL (s) of a process's session key: a process gone leaves it for no longer than this.
+SESSION_TTL = 3600
 
 
 def _absent(key: str) -> dict[str, Any]:
@@ -148,9 +150,41 @@ class EtcdBackend:
         self.http = EtcdHttp(endpoints, url, timeout, self._clock.monotonic)
         self._nonce = uuid.uuid4().hex
         self._leases: dict[int, int] = {}  # lease TTL (s) -> the etcd lease this process uses
+        # Every transaction compares this key's revision: after a call whose request may still
+        # reach etcd (a timeout, a dropped connection), the key is written again before the next
+        # transaction, so a late request finds it changed and does nothing (DESIGN §8, "etcd").
+        self._session_key = f"{prefix}/session/{self._nonce}"
+        self._session_rev: int | None = None
 
     def call(self, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
-        return self.http.call(path, body, what)
+        try:
+            return self.http.call(path, body, what)
+        except EtcdError:
+            raise  # etcd answered: nothing of it is left to land later
+        except BackendError:
+            self._session_rev = None
+            raise
+
+    def _session(self) -> dict[str, Any]:
+        """The compare every transaction makes: this process's session key is as last written
+        (written first when it is not, or may not be)."""
+        if self._session_rev is None:
+            body = {"key": b64(self._session_key), "lease": str(self._lease_id(SESSION_TTL))}
+            try:
+                reply = self.call("/v3/kv/put", body, "session not written")
+            except EtcdError as e:
+                if not e.lease_not_found:
+                    raise
+                self._leases.pop(SESSION_TTL, None)
+                body["lease"] = str(self._lease_id(SESSION_TTL))
+                reply = self.call("/v3/kv/put", body, "session not written")
+            self._session_rev = int(reply["header"]["revision"])
+        return {
+            "key": b64(self._session_key),
+            "target": "MOD",
+            "result": "EQUAL",
+            "mod_revision": str(self._session_rev),
+        }
 
     def key(self, job: str, *parts: str) -> str:
         return "/".join([self.prefix, "job", safe_name(job), *parts])
@@ -315,18 +349,25 @@ class EtcdBackend:
         return ops + self._lease_op(p, instance)
 
     def _txn(self, build: Callable[[], list[dict[str, Any]]], what: str) -> dict[str, Any]:
-        """One transaction of the operations ``build`` makes (no compare); when a lease of this
-        process expired meanwhile (a stall longer than its TTL), it is granted again and the
-        transaction made and sent again."""
-        ops = build()
-        try:
-            reply = self.call("/v3/kv/txn", {"success": ops}, what)
-        except EtcdError as e:
-            if not e.lease_not_found:
-                raise
-            self._leases.clear()
+        """One transaction of the operations ``build`` makes, under the session's compare; made
+        and sent again once when a lease of this process expired meanwhile (a stall longer than
+        its TTL: granted again) or the session key changed (expired, or removed)."""
+        for attempt in (1, 2):
+            session = self._session()
             ops = build()
-            reply = self.call("/v3/kv/txn", {"success": ops}, what)
+            try:
+                reply = self.call("/v3/kv/txn", {"compare": [session], "success": ops}, what)
+            except EtcdError as e:
+                if not e.lease_not_found or attempt == 2:
+                    raise
+                self._leases.clear()
+                self._session_rev = None
+                continue
+            if reply.get("succeeded"):
+                break
+            self._session_rev = None
+        else:
+            raise BackendError(f"{self.url}: {what}: the session key keeps changing")
         if len(reply.get("responses") or []) != len(ops):
             raise BackendError(f"{self.url}: {what}: unexpected answer {str(reply)[:200]}")
         return reply
@@ -521,7 +562,8 @@ class EtcdBackend:
             )
 
     def close(self) -> None:
-        # The run leases go with the process: revoked at once rather than left to expire.
+        # The run leases and the session go with the process: revoked at once rather than left
+        # to expire.
         for lease in self._leases.values():
             with contextlib.suppress(BackendError):
                 self.call("/v3/lease/revoke", {"ID": str(lease)}, "lease revoke failed")
