@@ -29,10 +29,9 @@ process, kept alive by renewals): a holder that stops renewing loses them when t
 lease expires, whatever any wall clock says.
 
 One backend object is one HTTP connection (etcd_http.EtcdHttp); every call is bounded by
-``timeout`` on the client side. A request the client gave up on (a stall) may still take effect
-later, since etcd cannot compare with a deadline: a claim so made is harmless (its claimer holds
-the tick and skips it), and a run lease so taken is released by its token, like any lease a lost
-answer may have taken (unless the release reaches etcd first: docs/design.md §8, "etcd").
+``timeout`` on the client side. etcd cannot compare with a deadline, so a request the client gave
+up on (a stall) is kept from taking effect later by a session key: every transaction compares
+its revision, and it is written again after any call that may have left a request in flight.
 """
 
 from __future__ import annotations
