@@ -24,7 +24,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pyjob.core.backends import open_backend
+from pyjob.core.backends import ClaimRequest, open_backend
 
 from .common import ROOT, Table, machine, pct, pyjob
 
@@ -42,12 +42,12 @@ def claim_latency(url: str, n: int) -> tuple[list[float], list[float]]:
     claims, leases = [], []
     for i in range(n):
         start = time.perf_counter()
-        backend.claim("bench", t0 + timedelta(seconds=i), "me", keep, t0)
+        backend.claim_many([ClaimRequest("bench", t0 + timedelta(seconds=i), keep)], "me", t0)
         claims.append((time.perf_counter() - start) * 1000)
         start = time.perf_counter()
         lease = backend.acquire_lease("bench", "me", 30.0)
         assert lease is not None
-        backend.release_lease(lease)
+        backend.release_many([lease])
         leases.append((time.perf_counter() - start) * 1000)
     backend.close()
     return claims, leases

@@ -19,11 +19,11 @@ from .common import Table, pyjob, spread
 
 def _populate(directory: Path, jobs: int, runs: int) -> None:
     from pyjob.core.backends import open_backend
-    from pyjob.core.records import InstanceInfo, JobInfo, RunRecord, records_for
+    from pyjob.core.records import InstanceInfo, JobInfo, RunRecord
 
     backend = open_backend(f"file:{directory}")
     backend.check()
-    store = records_for(backend)
+    store = backend.records()
     assert store is not None
     now_us = int(time.time() * 1e6)
     me = InstanceInfo("bench:1", "bench", 1, "0", seen_us=now_us)
@@ -94,7 +94,7 @@ def status_table(jobs: int, runs: int, repeat: int) -> Table:
 def write_table(n: int) -> Table:
     """A record write against the claim of the same tick, one call each, on file:."""
     from pyjob.core.backends import ClaimRequest, open_backend
-    from pyjob.core.records import RunRecord, records_for
+    from pyjob.core.records import RunRecord
 
     t = Table(
         "Run records: a record write next to its claim (file:, one call each)",
@@ -106,7 +106,7 @@ def write_table(n: int) -> Table:
         d.mkdir(mode=0o700)
         backend = open_backend(f"file:{d}")
         backend.check()
-        store = records_for(backend)
+        store = backend.records()
         assert store is not None
         t0 = datetime(2026, 6, 1, tzinfo=UTC)
         claims, writes = [], []

@@ -45,7 +45,8 @@ def align_cmd(
     """
     from pyjob.core.clock import sleep_until
     from pyjob.core.durations import format_duration
-    from pyjob.core.grammar import Parts, build
+    from pyjob.core.grammar import build
+    from pyjob.core.parts import Parts
     from pyjob.core.rules import EveryRule, iso, to_us
     from pyjob.core.schedule import Schedule
     from pyjob.core.timeparse import parse_datetime

@@ -213,11 +213,11 @@ def _zone_database_warning(backend: Any, env: Any) -> str | None:
     """This host and the instances registered in ``backend`` compute ticks with different zone
     databases (DESIGN §3): a warning, since the clocks may still be fine."""
     from pyjob.core.errors import BackendError
-    from pyjob.core.records import records_for, zone_database_warning
+    from pyjob.core.records import zone_database_warning
     from pyjob.core.rules import to_us
     from pyjob.core.zones import tzdata_version
 
-    store = records_for(backend)
+    store = backend.records()
     if store is None:
         return None
     try:

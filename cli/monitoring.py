@@ -296,10 +296,9 @@ class Monitoring:
 
     def _open_store(self, url: str | None) -> tuple[RecordStore | None, Callable[[], None]]:
         from pyjob.core.backends import open_backend
-        from pyjob.core.records import records_for
 
         backend = open_backend(url, self.environ, self.clock)
-        return records_for(backend), backend.close
+        return backend.records(), backend.close
 
 
 def _nothing() -> None:

@@ -17,7 +17,7 @@ from pyjob.core.errors import InputError
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from pyjob.core.grammar import Parts
+    from pyjob.core.parts import Parts
     from pyjob.core.rules import Spec
 
     # Click 8.4 made ParamType generic in the value it converts to; the Clicks before it, which
@@ -438,7 +438,8 @@ def schedule_options(f: F) -> F:
 
 def schedule_parts(expr: str | None, kw: dict[str, Any]) -> tuple[Parts, str | None]:
     """Parts from a positional expression and/or the schedule options; the --tz override."""
-    from pyjob.core.grammar import Parts, split
+    from pyjob.core.grammar import split
+    from pyjob.core.parts import Parts
 
     given = []
     if expr is not None:

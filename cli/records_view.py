@@ -54,14 +54,14 @@ def open_store(lock: str | None, env: Env) -> tuple[RecordStore, Any]:
     """The record store of ``lock`` and its backend (BackendError: exit 5)."""
     from pyjob.core.backends import open_backend
     from pyjob.core.errors import BackendError
-    from pyjob.core.records import RetryingReader, records_for
+    from pyjob.core.records import RetryingReader
 
     backend = open_backend(lock, env.environ, env.clock)
     try:
         backend.check()
     except BackendError:
         backend.check()  # once more, as every read: one dropped connection is not an outage
-    store = records_for(backend)
+    store = backend.records()
     if store is None:
         backend.close()
         raise BackendError(f"{backend.url} keeps no run records: give the --lock of the jobs")

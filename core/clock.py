@@ -239,3 +239,15 @@ def sleep_until(
             clock.sleep(min(remaining, max_slice))
         else:
             clock.wait(waker, min(remaining, max_slice))
+
+
+_CLOCK_REALTIME_COARSE = 5  # Linux's clockid; Python's time module does not name it
+
+
+def coarse_tick() -> float:
+    """The resolution (seconds) of the kernel's coarse clock, which stamps file times: one timer
+    tick. Not a reading of the time."""
+    try:
+        return _time.clock_getres(_CLOCK_REALTIME_COARSE)
+    except OSError:
+        return 0.01  # not Linux: assume a coarse 100 Hz stamp

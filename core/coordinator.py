@@ -1,7 +1,7 @@
 """The one place a `pyjob run` process reaches its lock backends (DESIGN §5).
 
 Every job of the process shares one backend object per lock URL, so one connection, and every
-call goes through here with one error policy:
+call (one typed class per kind, core/backendcalls.py) goes through here with one error policy:
 
 - A call runs on the backend's own worker thread, never on the scheduler's: a slow or hung
   backend (every call is bounded on the client side, about 2 s) delays nothing else, and SIGTERM
@@ -36,9 +36,26 @@ import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from queue import Empty, PriorityQueue, SimpleQueue
-from typing import Any
+from typing import TypeVar
 
+from .backendcalls import (
+    BACKGROUND,
+    Call,
+    ClaimCall,
+    CleanupCall,
+    HeartbeatCall,
+    LatestCall,
+    OrphanCall,
+    Orphans,
+    PreviousCall,
+    PruneCall,
+    RecordsCall,
+    RegisterCall,
+    ReleaseCall,
+    RenewCall,
+)
 from .backends import Backend, open_backend
 from .backends.protocol import AHEAD_LIMIT, ClaimOutcome, ClaimRequest, Lease, LostAnswer
 from .clock import Clock, Waker
@@ -50,11 +67,8 @@ from .records import (
     RecordsNotWritten,
     RecordStore,
     RunRecord,
-    records_for,
 )
 
-_PRIORITY = {"claim": 0, "renew": 0, "release": 0, "previous": 1, "latest": 1, "orphan": 1}
-_BACKGROUND = frozenset({"records", "register", "heartbeat", "prune", "cleanup"})
 LAST = 9  # the stop, after everything queued
 RELEASE_RETRY = 1.0  # seconds between retries of lease releases an outage left behind
 BACKEND_CLOCK_EVERY = 10.0  # seconds between readings of the backend's clock for records
@@ -66,14 +80,7 @@ RECORD_BATCH = 500  # records per write
 
 # report(job, tick, kind, **fields): an event on behalf of the coordinator.
 Report = Callable[..., None]
-
-
-@dataclass
-class _Call:
-    what: str  # claim, renew, release, cleanup
-    args: tuple[Any, ...]
-    done: Callable[[Any], None] | None  # called on the scheduler's thread with result or error
-    expires: float | None = None  # monotonic: not sent after this (its answer is no use then)
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -83,9 +90,8 @@ class _Link:
     url: str
     backend: Backend
     outage: Outage  # its down and up edges
-    # (priority, order, call): claims and leases first; what no tick waits for (records,
-    # heartbeats, clean-up) after them, so a batch of record writes never delays a claim.
-    calls: PriorityQueue[tuple[int, int, _Call | None]] = field(default_factory=PriorityQueue)
+    # (priority, order, call), the call's own priority
+    calls: PriorityQueue[tuple[int, int, Call | None]] = field(default_factory=PriorityQueue)
     thread: threading.Thread | None = None
     unreleased: list[Lease] = field(default_factory=list)  # releases that failed: retried
     # leases a claim batch may have taken when its answer was lost (LostAnswer): released like
@@ -93,9 +99,8 @@ class _Link:
     maybe: list[Lease] = field(default_factory=list)
     # (monotonic, the backend's clock in µs or None) at the last reading of that clock
     clock_read: tuple[float, int | None] | None = None
-    busy: bool = False
     records: RecordStore | None = None
-    carry: _Call | None = None  # a call taken from the queue while batching records
+    carry: Call | None = None  # a call taken from the queue while batching records
     # Record writes not yet written, oldest first, one per run ((job, tick µs) → (record, keep)):
     # touched only by the worker (or, unthreaded, the caller), so no lock.
     pending: dict[tuple[str, int], tuple[RunRecord, int]] = field(default_factory=dict)
@@ -128,9 +133,9 @@ def _shown(outcome: ClaimOutcome) -> ClaimOutcome:
     return replace(outcome, claim=claim, lease_holder=None if other is None else holder_name(other))
 
 
-def _waits_for_none(call: _Call) -> bool:
+def _waits_for_none(call: Call) -> bool:
     """A call no tick waits for: a background one, or the worker's own look at what it owes."""
-    return call.what in _BACKGROUND or (call.what == "release" and not call.args[0])
+    return isinstance(call, BACKGROUND) or (isinstance(call, ReleaseCall) and not call.leases)
 
 
 class Coordinator:
@@ -157,10 +162,10 @@ class Coordinator:
         self.threaded = threaded
         self._open = opener or (lambda url: open_backend(url, env, clock))
         self._links: dict[str, _Link] = {}
-        self._results: SimpleQueue[tuple[Callable[[Any], None], Any]] = SimpleQueue()
+        self._results: SimpleQueue[Callable[[], None]] = SimpleQueue()  # done(answer), ready
         self._lock = threading.Lock()
         self._order = itertools.count()
-        self._held: list[tuple[str | None, _Call]] | None = None  # background calls, see hold()
+        self._held: list[tuple[str | None, Call]] | None = None  # background calls, see hold()
 
     # ---------------------------------------------------------------- set-up
 
@@ -182,7 +187,7 @@ class Coordinator:
             backend.close()
             raise
         link = _Link(
-            k, backend, Outage(backend.url, self.clock, self.report), records=records_for(backend)
+            k, backend, Outage(backend.url, self.clock, self.report), records=backend.records()
         )
         self._links[k] = link
         if self.threaded:
@@ -198,9 +203,6 @@ class Coordinator:
     def backend(self, url: str | None) -> Backend:
         return self._links[self.key(url)].backend
 
-    def urls(self) -> list[str]:
-        return list(self._links)
-
     # ---------------------------------------------------------------- calls
 
     def claim(
@@ -213,17 +215,22 @@ class Coordinator:
         """Claim ``requests`` in one round trip. A batch still queued at ``expires`` (the
         following tick is due: a backend that hangs has kept the queue waiting) is not sent;
         ``done`` gets a BackendError saying so."""
-        self._submit(url, _Call("claim", (list(requests),), done, expires))
+        self._submit(url, ClaimCall(list(requests), done, expires))
 
-    def renew(self, url: str | None, leases: Sequence[Lease], done: Callable[[Any], None]) -> None:
-        self._submit(url, _Call("renew", (list(leases),), done))
+    def renew(
+        self,
+        url: str | None,
+        leases: Sequence[Lease],
+        done: Callable[[list[bool] | BackendError], None],
+    ) -> None:
+        self._submit(url, RenewCall(list(leases), done))
 
     def release(self, url: str | None, leases: Sequence[Lease]) -> None:
         if leases:
-            self._submit(url, _Call("release", (list(leases),), None))
+            self._submit(url, ReleaseCall(list(leases)))
 
     def cleanup(self, url: str | None, jobs: Sequence[str]) -> None:
-        self._submit(url, _Call("cleanup", (list(jobs),), None))
+        self._submit(url, CleanupCall(list(jobs)))
 
     def has_records(self, url: str | None) -> bool:
         return self._links[self.key(url)].records is not None
@@ -231,64 +238,73 @@ class Coordinator:
     def record(self, url: str | None, record: RunRecord, keep: int) -> None:
         """Write a run record (batched with the others queued; a failure is reported)."""
         if self._links[self.key(url)].records is not None:
-            self._submit(url, _Call("records", ([record], keep), None))
+            self._submit(url, RecordsCall([record], keep))
 
     def register(self, url: str | None, jobs: Sequence[JobInfo], me: InstanceInfo) -> None:
         if jobs and self._links[self.key(url)].records is not None:
-            self._submit(url, _Call("register", (list(jobs), me), None))
+            self._submit(url, RegisterCall(list(jobs), me))
 
     def heartbeat(self, me: InstanceInfo) -> None:
         for link in self._links.values():
             if link.records is not None:
-                self._submit(link.url or None, _Call("heartbeat", (me,), None))
+                self._submit(link.url or None, HeartbeatCall(me))
 
     def prune(self, url: str | None, jobs: Sequence[str], keep: int, oldest_us: int) -> None:
         if jobs and self._links[self.key(url)].records is not None:
-            self._submit(url, _Call("prune", (list(jobs), keep, oldest_us), None))
+            self._submit(url, PruneCall(list(jobs), keep, oldest_us))
 
     def previous(
-        self, url: str | None, job: str, before_us: int, done: Callable[[str | None], None]
+        self,
+        url: str | None,
+        job: str,
+        before_us: int,
+        done: Callable[[str | BackendError | None], None],
     ) -> bool:
         """The result of ``job``'s last finished run before ``before_us`` across the fleet, to
         ``done`` (None when there is none, or the backend could not say). False when the backend
         keeps no records (the caller knows only its own runs)."""
         if self._links[self.key(url)].records is None:
             return False
-        self._submit(url, _Call("previous", (job, before_us), done))
+        self._submit(url, PreviousCall(job, before_us, done))
         return True
 
-    def latest(self, url: str | None, job: str, done: Callable[[Any], None]) -> bool:
+    def latest(
+        self,
+        url: str | None,
+        job: str,
+        done: Callable[[tuple[int, int | None] | BackendError | None], None],
+    ) -> bool:
         """(the tick (µs) of the latest record of ``job`` — the latest tick anyone in the fleet
         handled —, the backend's own clock in µs or None) to ``done``; None when there is no
         record; a BackendError when the backend could not say. False when the backend keeps no
         records."""
         if self._links[self.key(url)].records is None:
             return False
-        self._submit(url, _Call("latest", (job,), done))
+        self._submit(url, LatestCall(job, done))
         return True
 
     def orphan(
-        self, url: str | None, job: str, done: Callable[[Any], None], newest: int = 1
+        self,
+        url: str | None,
+        job: str,
+        done: Callable[[Orphans | BackendError | None], None],
+        newest: int = 1,
     ) -> None:
         """The ``newest`` records of ``job`` (newest first) and the instances' heartbeats, to
         ``done`` (None when the job has no records): what an instance needs to take over
         another's attempts, or to end a run lost with its host."""
-        self._submit(url, _Call("orphan", (job, newest), done))
+        self._submit(url, OrphanCall(job, newest, done))
 
     def drain(self) -> int:
         """Deliver the results that are ready (on the caller's thread); how many."""
         n = 0
         while True:
             try:
-                done, result = self._results.get_nowait()
+                deliver = self._results.get_nowait()
             except Empty:
                 return n
-            done(result)
+            deliver()
             n += 1
-
-    def idle(self) -> bool:
-        """Nothing queued or under way (for a stop that waits for the last releases)."""
-        return all(link.calls.empty() and not link.busy for link in self._links.values())
 
     def pending(self) -> int:
         """Run records not written yet (a backend that failed them), across backends."""
@@ -337,20 +353,20 @@ class Coordinator:
         for url, call in held or ():
             self._submit(url, call)
 
-    def _submit(self, url: str | None, call: _Call) -> None:
-        if self._held is not None and call.what in _BACKGROUND:
+    def _submit(self, url: str | None, call: Call) -> None:
+        if self._held is not None and isinstance(call, BACKGROUND):
             self._held.append((url, call))
             return
         link = self._links[self.key(url)]
         if self.threaded:
-            link.calls.put((_PRIORITY.get(call.what, 2), next(self._order), call))
+            link.calls.put((call.priority, next(self._order), call))
         else:
             self._do(link, call)
 
     def _worker(self, link: _Link) -> None:
         while True:
             if link.carry is not None:
-                call: _Call | None = link.carry
+                call: Call | None = link.carry
                 link.carry = None
             else:
                 try:
@@ -358,36 +374,32 @@ class Coordinator:
                     # nothing else is asked: they must go out as soon as the backend answers.
                     _, _, call = link.calls.get(timeout=self._owed_in(link))
                 except Empty:
-                    call = _Call("release", ([],), None)
+                    call = ReleaseCall([])
             if call is None:
                 self._last_writes(link)
                 return
-            if call.what == "records":
+            if isinstance(call, RecordsCall):
                 call = self._gather(link, call)
-            link.busy = True
-            try:
-                self._do(link, call)
-            finally:
-                link.busy = False
+            self._do(link, call)
 
-    def _gather(self, link: _Link, first: _Call) -> _Call:
+    def _gather(self, link: _Link, first: RecordsCall) -> RecordsCall:
         """The record writes queued behind ``first``, as one call (one round trip)."""
-        records = list(first.args[0])
-        keep = first.args[1]
+        records = list(first.records)
+        keep = first.keep
         while len(records) < 500:
             try:
                 entry = link.calls.get_nowait()
             except Empty:
                 break
             nxt = entry[2]
-            if nxt is None or nxt.what != "records" or nxt.args[1] != keep:
+            if not isinstance(nxt, RecordsCall) or nxt.keep != keep:
                 if nxt is None:
                     link.calls.put(entry)  # the stop: after this batch
                 else:
                     link.carry = nxt
                 break
-            records += nxt.args[0]
-        return _Call("records", (records, keep), None)
+            records += nxt.records
+        return RecordsCall(records, keep)
 
     # ---------------------------------------------------------------- records owed
 
@@ -511,132 +523,144 @@ class Coordinator:
             if not written and link.retry_at is not None:
                 self.clock.sleep(min(left, max(0.0, link.retry_at - self.clock.monotonic())))
 
-    def _do(self, link: _Link, call: _Call) -> None:
+    def _do(self, link: _Link, call: Call) -> None:
         link.outage.begin()
         self._call(link, call)
         link.outage.end()
 
-    def _call(self, link: _Link, call: _Call) -> None:
+    def _call(self, link: _Link, call: Call) -> None:
         if not self._ready(link, call):
             return
         try:
-            if call.what == "claim":
-                got = link.backend.claim_many(call.args[0], self.claimer, self.clock.now())
-                result: Any = [_shown(outcome) for outcome in got]
-            elif call.what == "renew":
-                result = link.backend.renew_many(call.args[0])
-            elif call.what in ("orphan", "latest", "previous"):
-                result = self._read(link, call)
-            else:
-                self._write(link, call)
-                return
+            self._send(link, call)
         except Exception as e:  # a backend bug must not end the process: it is an error too
-            failure = self._failed(link, call, e)
-            if failure is None:
-                return
-            result = failure
-        assert call.done is not None
-        self._deliver(call.done, result)
+            self._failed(link, call, e)
 
-    def _ready(self, link: _Link, call: _Call) -> bool:
+    def _send(self, link: _Link, call: Call) -> None:
+        """``call`` on the backend (or its record store); the answer to its ``done``."""
+        if isinstance(call, ClaimCall):
+            got = link.backend.claim_many(call.requests, self.claimer, self.clock.now())
+            self._deliver(call.done, [_shown(outcome) for outcome in got])
+        elif isinstance(call, RenewCall):
+            self._deliver(call.done, link.backend.renew_many(call.leases))
+        elif isinstance(call, OrphanCall):
+            self._deliver(call.done, self._orphans(link, call))
+        elif isinstance(call, LatestCall):
+            self._deliver(call.done, self._latest(link, call))
+        elif isinstance(call, PreviousCall):
+            self._deliver(call.done, self._previous(link, call))
+        elif isinstance(call, ReleaseCall):
+            self._release(link, call.leases)
+        elif isinstance(call, CleanupCall):
+            removed = link.backend.cleanup_many(call.jobs, self.clock.now())
+            if removed:
+                self.report("*", None, "cleanup", removed=removed)
+        else:
+            self._records(link, call)
+
+    def _ready(self, link: _Link, call: Call) -> bool:
         """What an outage left behind goes first; False when ``call`` was answered already (a
         claim still queued when the following tick was due)."""
-        if (link.unreleased or link.maybe) and call.what != "release":
+        if (link.unreleased or link.maybe) and not isinstance(call, ReleaseCall):
             self._release(link, [])  # first what an outage left behind
         if (link.pending or link.unregistered) and self._owed_due(link) and _waits_for_none(call):
             self._write_owed(link)  # then the records it left behind, when no tick waits
-        if call.expires is not None and self.clock.monotonic() > call.expires:
-            assert call.done is not None
+        if (
+            isinstance(call, ClaimCall)
+            and call.expires is not None
+            and self.clock.monotonic() > call.expires
+        ):
             late = BackendError(
                 f"{link.backend.url}: claim not sent: the backend kept it waiting until the "
                 "following tick was due"
             )
-            link.outage.unsent(len(call.args[0]))
+            link.outage.unsent(len(call.requests))
             self._deliver(call.done, late)
             return False
         return True
 
-    def _read(self, link: _Link, call: _Call) -> Any:
-        """The fleet's records a take-over, a catch-up or --notify-on change asks for."""
+    # The fleet's records a take-over, a catch-up or --notify-on change asks for.
+
+    @staticmethod
+    def _orphans(link: _Link, call: OrphanCall) -> Orphans | None:
         assert link.records is not None
-        if call.what == "orphan":
-            newest = link.records.runs(call.args[0], call.args[1], None)
-            return (newest, link.records.instances()) if newest else None
-        if call.what == "latest":
-            newest = link.records.runs(call.args[0], 1, None)
-            reading = link.backend.server_time()  # the window is judged by this clock
-            # at the latest it may read (etcd's reads to the second at first): a missed tick
-            # is caught up only when it is surely within the window
-            backend_now = None if reading is None else int((reading[0] + reading[1] / 2) * 1e6)
-            return (newest[0].tick_us, backend_now) if newest else None
-        job, before = call.args
+        newest = link.records.runs(call.job, call.newest, None)
+        return (newest, link.records.instances()) if newest else None
+
+    @staticmethod
+    def _latest(link: _Link, call: LatestCall) -> tuple[int, int | None] | None:
+        assert link.records is not None
+        newest = link.records.runs(call.job, 1, None)
+        reading = link.backend.server_time()  # the window is judged by this clock
+        # at the latest it may read (etcd's reads to the second at first): a missed tick is
+        # caught up only when it is surely within the window
+        backend_now = None if reading is None else int((reading[0] + reading[1] / 2) * 1e6)
+        return (newest[0].tick_us, backend_now) if newest else None
+
+    @staticmethod
+    def _previous(link: _Link, call: PreviousCall) -> str | None:
+        assert link.records is not None
         finished = [
             r.result
-            for r in link.records.runs(job, 20, None)
-            if r.tick_us < before and r.result not in ("running", "skipped", "missed")
+            for r in link.records.runs(call.job, 20, None)
+            if r.tick_us < call.before_us and r.result not in ("running", "skipped", "missed")
         ]
         return finished[0] if finished else None
 
-    def _write(self, link: _Link, call: _Call) -> None:
-        """The calls nobody waits for an answer to: releases, records, clean-up."""
-        if call.what == "release":
-            self._release(link, call.args[0])
-        elif call.what in ("records", "register", "heartbeat", "prune"):
-            self._records(link, call)
-        else:
-            removed = link.backend.cleanup_many(call.args[0], self.clock.now())
-            if removed:
-                self.report("*", None, "cleanup", removed=removed)
-
-    def _failed(self, link: _Link, call: _Call, e: Exception) -> BackendError | None:
-        """The one error policy: the error for ``call``'s answer, or None when nobody waits."""
+    def _failed(self, link: _Link, call: Call, e: Exception) -> None:
+        """The one error policy: the error to ``call``'s ``done``, or reported when nobody
+        waits for it."""
         if not isinstance(e, BackendError):  # a backend bug is an error of the backend too
             e = BackendError(f"{link.backend.url}: {type(e).__name__}: {e}")
         elif isinstance(e, LostAnswer):
             # The batch may have taken run leases all the same: release them (by their
             # tokens) as soon as the backend answers, so that none blocks the job (DESIGN §8).
             link.maybe += e.leases
-        link.outage.failed(str(e), len(call.args[0]) if call.what == "claim" else 0)
-        if call.done is None:
+        link.outage.failed(str(e), len(call.requests) if isinstance(call, ClaimCall) else 0)
+        if isinstance(call, ClaimCall | RenewCall | OrphanCall | LatestCall | PreviousCall):
+            done: Callable[[BackendError], None] = call.done
+            self._deliver(done, e)
+        else:
             self.report("*", None, "backend-error", error=str(e), action="cleanup later")
-            return None
-        return e
 
-    def _records(self, link: _Link, call: _Call) -> None:
+    def _records(
+        self, link: _Link, call: RecordsCall | RegisterCall | HeartbeatCall | PruneCall
+    ) -> None:
         store = link.records
         assert store is not None
-        if call.what == "records":
-            self._add_pending(link, call.args[0], call.args[1])
+        if isinstance(call, RecordsCall):
+            self._add_pending(link, call.records, call.keep)
             if link.retry_at is None:  # else they wait for the retry (the backend is failing)
                 self._write_owed(link)
             return
-        if call.what == "register":
-            link.me = call.args[1]
-            for j in call.args[0]:
+        if isinstance(call, RegisterCall):
+            link.me = call.me
+            for j in call.jobs:
                 link.unregistered[j.job] = j
                 link.registered[j.job] = j
             link.reregister_at = self.clock.monotonic() + REREGISTER_EVERY
             if link.retry_at is None:
                 self._write_owed(link)
             return
-        if call.what == "heartbeat" and link.registered:
+        if isinstance(call, HeartbeatCall) and link.registered:
             # Every few minutes the registrations are written again whole: one that someone
             # deleted or damaged (a file, a key, a row) comes back without a restart.
             now = self.clock.monotonic()
             if now >= link.reregister_at:
                 link.reregister_at = now + REREGISTER_EVERY
-                link.me = call.args[0]
+                link.me = call.me
                 link.unregistered.update(link.registered)
                 link.retry_at = now if link.retry_at is None else link.retry_at
+        what = "heartbeat" if isinstance(call, HeartbeatCall) else "prune"
         try:
-            if call.what == "heartbeat":
-                store.heartbeat(call.args[0])
+            if isinstance(call, HeartbeatCall):
+                store.heartbeat(call.me)
             else:
-                store.prune(*call.args)
+                store.prune(call.jobs, call.keep, call.oldest_us)
         except Exception as e:
             link.outage.failed(str(e))
             self.report(
-                "*", None, "backend-error", error=str(e), action=f"{call.what} later; runs go on"
+                "*", None, "backend-error", error=str(e), action=f"{what} later; runs go on"
             )
 
     def _invented(self, link: _Link, records: list[RunRecord]) -> list[RunRecord]:
@@ -699,13 +723,10 @@ class Coordinator:
                 released=sorted({lease.job for lease in retry[: len(retry) - len(leases)]}),
             )
 
-    def _deliver(self, done: Callable[[Any], None], result: Any) -> None:
-        self._results.put((done, result))
+    def _deliver(self, done: Callable[[_T], None], answer: _T) -> None:
+        self._results.put(partial(done, answer))
         if self.threaded:
             self.waker.wake()
-
-    def unreleased(self) -> int:
-        return sum(len(link.unreleased) for link in self._links.values())
 
 
 __all__ = ["Coordinator"]

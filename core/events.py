@@ -64,7 +64,8 @@ _KINDS = (
         ("reason", "offset"),
         "the backend would not vouch that the tick was not run already (clocks too far apart), "
         "or this host's clock is ahead of the backend's (reason `clock-ahead: …`; `offset`: by "
-        "how much)",
+        "how much), or pyjob ran out of file descriptors claiming it (reason `pyjob: too many "
+        "open files …`)",
     ),
     Kind(
         "skipped",

@@ -17,30 +17,13 @@ head (core/rules.py), which validates its own values. ``str(spec)`` is the norma
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from .errors import InputError, ScheduleError
+from .parts import Parts
 from .rules import RULES, Spec, iso
 from .timeparse import is_relative, parse_datetime
 from .zones import get_zone, job_zone_name
-
-
-@dataclass
-class Parts:
-    """What a schedule says, before validation; keys mirror the command-line options."""
-
-    kind: str | None = None
-    value: str | None = None  # cron expression, duration, weekly/monthly days, once date-times
-    align: bool = False
-    offset: str | None = None
-    at: list[str] = field(default_factory=list)
-    on: str | None = None
-    interval: str | None = None
-    tz: str | None = None
-    start_at: str | None = None
-    stop_at: str | None = None
-    prefix_tz: str | None = None  # from a CRON_TZ= / TZ= prefix
 
 
 def build(

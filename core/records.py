@@ -561,23 +561,22 @@ class PostgresRecords:
     """PostgreSQL: the tables of SCHEMA, created on first use. A batch of records is one
     statement (INSERT ... ON CONFLICT DO UPDATE over a VALUES list)."""
 
-    def __init__(self, backend: Any) -> None:
-        self._b = backend
-        self.url = backend.url
+    def __init__(self, run: Callable[[str, str, Any], list[tuple[Any, ...]]], url: str) -> None:
+        self._run = run  # the backend's: one statement on its connection, errors as BackendError
+        self.url = url
         self._ready = False
 
     def _exec(self, what: str, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
         if not self._ready:
-            self._b._run("records table not created", "SELECT pg_advisory_lock(7451847)", ())
+            self._run("records table not created", "SELECT pg_advisory_lock(7451847)", ())
             try:
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
-                        self._b._run("records table not created", statement, ())
+                        self._run("records table not created", statement, ())
             finally:
-                self._b._run("records table not created", "SELECT pg_advisory_unlock(7451847)", ())
+                self._run("records table not created", "SELECT pg_advisory_unlock(7451847)", ())
             self._ready = True
-        rows: list[tuple[Any, ...]] = self._b._run(what, sql, params)
-        return rows
+        return self._run(what, sql, params)
 
     def put_runs(self, records: Sequence[RunRecord], keep: int = 100) -> None:
         if not records:
@@ -721,26 +720,6 @@ class RetryingReader:
         return self.store.prune(jobs, keep, oldest_us)
 
 
-def records_for(backend: Any) -> RecordStore | None:
-    """The record store that lives in ``backend`` (None for ``--lock none``)."""
-    from .backends.file import FileBackend
-    from .backends.nfs import NfsBackend
-
-    if isinstance(backend, FileBackend | NfsBackend):
-        return DirectoryRecords(
-            backend.directory, backend.url, local=isinstance(backend, FileBackend)
-        )
-    kind = type(backend).__name__
-    if kind == "RedisBackend":
-        return RedisRecords(backend._r, backend.url, backend._errors)
-    if kind == "PostgresBackend":
-        return PostgresRecords(backend)
-    if kind == "EtcdBackend":
-        store: RecordStore = backend.records()
-        return store
-    return None
-
-
 __all__ = [
     "HEARTBEAT_EVERY",
     "OUTPUT_TAIL",
@@ -752,7 +731,6 @@ __all__ = [
     "RecordsNotWritten",
     "RetryingReader",
     "RunRecord",
-    "records_for",
 ]
 
 

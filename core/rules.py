@@ -24,12 +24,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import MAXYEAR, UTC, date, datetime, time, timedelta, tzinfo
-from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
+from typing import ClassVar, Protocol, TypeVar
 
 from .cron import DESCRIPTORS, CronExpr, CronTicks, parse_cron
 from .cronwords import DAY_NAMES, describe_cron, join_words, ordinal
 from .durations import DAY, format_duration, parse_duration
 from .errors import DurationError, ScheduleError
+from .parts import Parts
 from .timeparse import format_time_of_day
 from .values import (
     WEEKDAYS,
@@ -41,9 +42,6 @@ from .values import (
     weekdays,
 )
 from .zones import Wall, get_zone, is_repeated, next_transition, offset_at, resolve_wall
-
-if TYPE_CHECKING:
-    from .grammar import Parts
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EPOCH_DATE = date(1970, 1, 1)

@@ -17,7 +17,8 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, tzinfo
 
-from .grammar import Parts, build, parse, split
+from .grammar import build, parse, split
+from .parts import Parts
 from .rules import (
     EPOCH,
     EPOCH_DATE,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -265,8 +265,3 @@ def transitions(zone: tzinfo, start: datetime, end: datetime) -> list[Transition
         out.append(t)
         cursor = t.instant
     return out
-
-
-def local_midnight(day: date, zone: tzinfo) -> datetime:
-    """The first instant of ``day`` in ``zone`` (the gap's end where midnight is skipped)."""
-    return resolve_wall(datetime.combine(day, time()), zone).instant

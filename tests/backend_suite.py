@@ -13,13 +13,37 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from pyjob.core.backends import Backend, open_backend
+from pyjob.core.backends import Backend, ClaimRequest, ClaimResult, Lease, open_backend
 
 # Ticks of the last hour: backends refuse a tick older than its claims are kept by their own clock
 # (plus the skew limit), and one more than AHEAD_LIMIT ahead of that clock (clock-ahead), so the
 # suite's ticks are recent and in the past (T0 + 59 min at most) for real servers.
 T0 = (datetime.now(UTC) - timedelta(hours=1)).replace(second=0, microsecond=0)
 KEEP = T0 + timedelta(days=1)
+
+
+# The Backend protocol has batch calls only (what the coordinator makes); tests claim, renew,
+# release and clean up one item at a time through these. Leases are probed with the backend's own
+# ``acquire_lease(job, instance, ttl) -> Lease | None`` and ``lease_holder(job) -> str | None``,
+# which every backend has for tests beside the protocol.
+
+
+def claim_one(
+    backend: Backend, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
+) -> ClaimResult:
+    return backend.claim_many([ClaimRequest(job, tick, keep_until)], instance, now)[0].claim
+
+
+def renew_one(backend: Backend, lease: Lease) -> bool:
+    return backend.renew_many([lease])[0]
+
+
+def release_one(backend: Backend, lease: Lease) -> None:
+    backend.release_many([lease])
+
+
+def cleanup_one(backend: Backend, job: str, now: datetime) -> int:
+    return backend.cleanup_many([job], now)
 
 
 def _open(url: str) -> Backend:
@@ -40,7 +64,7 @@ def test_claims_race_one_winner_per_tick_threads(lock_url: str) -> None:
             barrier.wait()
         out = []
         for tick in ticks:
-            r = backend.claim("job", tick, f"i{n}", KEEP, T0)
+            r = claim_one(backend, "job", tick, f"i{n}", KEEP, T0)
             out.append((tick, r.won, r.holder, r.fence))
         results[n] = out
         backend.close()
@@ -62,11 +86,11 @@ def test_claims_race_one_winner_per_tick_threads(lock_url: str) -> None:
 _CLAIM_SCRIPT = """
 import sys, json
 from datetime import UTC, datetime, timedelta
-from pyjob.core.backends import open_backend
+from pyjob.core.backends import ClaimRequest, open_backend
 b = open_backend(sys.argv[1]); b.check()
 t0 = datetime.fromisoformat(sys.argv[3])
-won = [i for i in range(30) if b.claim("job", t0 + timedelta(seconds=i), sys.argv[2],
-       t0 + timedelta(days=1), t0).won]
+won = [i for i in range(30) if b.claim_many([ClaimRequest("job", t0 + timedelta(seconds=i),
+       t0 + timedelta(days=1))], sys.argv[2], t0)[0].claim.won]
 print(json.dumps(won))
 """
 
@@ -95,14 +119,14 @@ def test_fences_strictly_increase(lock_url: str) -> None:
     fences = []
     for i in range(10):
         backend = a if i % 2 else b
-        r = backend.claim("job", T0 + timedelta(minutes=i), "x", KEEP, T0)
+        r = claim_one(backend, "job", T0 + timedelta(minutes=i), "x", KEEP, T0)
         assert r.won
         fences.append(r.fence)
     assert all(f is not None for f in fences)
     assert fences == sorted(fences) and len(set(fences)) == len(fences)
     # another job has its own sequence, and re-claiming an old tick gives no new fence
-    assert a.claim("other", T0, "x", KEEP, T0).won
-    again = b.claim("job", T0, "y", KEEP, T0)
+    assert claim_one(a, "other", T0, "x", KEEP, T0).won
+    again = claim_one(b, "job", T0, "y", KEEP, T0)
     assert not again.won and again.holder == "x" and again.fence == fences[0]
 
 
@@ -113,17 +137,17 @@ def test_claims_are_kept_until_keep_until_then_removed_and_never_won_again(
     backend = _open(lock_url)
     now = datetime.now(UTC)
     until = now + timedelta(seconds=1.2)  # every claimer of a tick computes the same
-    backend.claim("job", T0, "a", until, now)
-    backend.claim("job", T0 + timedelta(minutes=1), "a", now + timedelta(hours=5), now)
-    backend.cleanup("job", datetime.now(UTC))
-    kept = backend.claim("job", T0, "b", until, now)
+    claim_one(backend, "job", T0, "a", until, now)
+    claim_one(backend, "job", T0 + timedelta(minutes=1), "a", now + timedelta(hours=5), now)
+    cleanup_one(backend, "job", datetime.now(UTC))
+    kept = claim_one(backend, "job", T0, "b", until, now)
     assert not kept.won and kept.holder == "a" and kept.refused is None  # still kept
     time.sleep(1.6)
-    backend.cleanup("job", datetime.now(UTC))
+    cleanup_one(backend, "job", datetime.now(UTC))
     # removed, but the job's mark (the latest tick claimed) still says it may have been claimed
-    gone = backend.claim("job", T0, "b", until, datetime.now(UTC))
+    gone = claim_one(backend, "job", T0, "b", until, datetime.now(UTC))
     assert not gone.won and gone.refused is not None and "no longer kept" in gone.refused
-    assert not backend.claim("job", T0 + timedelta(minutes=1), "b", KEEP, now).won
+    assert not claim_one(backend, "job", T0 + timedelta(minutes=1), "b", KEEP, now).won
 
 
 _LEASE_SCRIPT = """
@@ -135,7 +159,7 @@ lease = b.acquire_lease("job", "victim", ttl)
 print("held" if lease else "refused", flush=True)
 while True:
     time.sleep(ttl / 4)
-    b.renew_lease(lease)
+    b.renew_many([lease])
 """
 
 
@@ -157,7 +181,7 @@ def test_lease_expires_after_a_sigkilled_holder(lock_url: str) -> None:
             lease = backend.acquire_lease("job", "other", ttl)
             time.sleep(0.05)
         assert lease is not None, "the dead holder's lease never expired"
-        backend.release_lease(lease)
+        release_one(backend, lease)
         assert backend.lease_holder("job") is None
     finally:
         proc.kill()
@@ -183,16 +207,16 @@ def test_lease_is_not_stolen_from_a_live_holder(lock_url: str) -> None:
 def test_lease_release_lets_the_next_holder_in(lock_url: str) -> None:
     a, b = _open(lock_url), _open(lock_url)
     lease = a.acquire_lease("job", "a", 5.0)
-    assert lease is not None and a.renew_lease(lease)
+    assert lease is not None and renew_one(a, lease)
     assert b.acquire_lease("job", "b", 5.0) is None and b.lease_holder("job") == "a"
-    a.release_lease(lease)
+    release_one(a, lease)
     second = b.acquire_lease("job", "b", 5.0)
     assert second is not None and a.lease_holder("job") == "b"  # the new holder, by name
-    b.release_lease(second)
+    release_one(b, second)
     assert a.lease_holder("job") is None
     third = a.acquire_lease("job", "a", 5.0)
     assert third is not None and b.lease_holder("job") == "a"
-    a.release_lease(third)
+    release_one(a, third)
 
 
 def test_backend_clock_agrees_with_this_host(lock_url: str) -> None:
@@ -310,14 +334,14 @@ def test_cleanup_many_removes_expired_claims_of_every_job(lock_url: str) -> None
 
 def test_a_tick_at_or_before_the_mark_whose_claim_would_be_gone_is_refused(lock_url: str) -> None:
     backend = _open(lock_url)
-    assert backend.claim("job", T0 + timedelta(minutes=5), "a", KEEP, T0).won
+    assert claim_one(backend, "job", T0 + timedelta(minutes=5), "a", KEEP, T0).won
     # T0 has no claim, and by the backend's clock a claim of it would be gone by now (kept
     # until now): nobody can tell whether T0 ran
     now = datetime.now(UTC)
-    r = backend.claim("job", T0, "b", now, now)
+    r = claim_one(backend, "job", T0, "b", now, now)
     assert not r.won and r.refused is not None and r.ahead is None
     assert "not after" in r.refused and "latest tick claimed" in r.refused and "1h" in r.refused
-    assert backend.claim("job", T0 + timedelta(minutes=6), "b", KEEP, T0).won  # later ones run
+    assert claim_one(backend, "job", T0 + timedelta(minutes=6), "b", KEEP, T0).won  # later ones run
 
 
 def test_a_tick_older_than_its_claims_are_kept_plus_the_skew_limit_is_refused(
@@ -326,12 +350,12 @@ def test_a_tick_older_than_its_claims_are_kept_plus_the_skew_limit_is_refused(
     backend = _open(lock_url)
     now = datetime.now(UTC)
     old = now - timedelta(hours=3)  # a host three hours behind the backend claims "now"
-    r = backend.claim("job", old, "a", old + timedelta(minutes=11), old)
+    r = claim_one(backend, "job", old, "a", old + timedelta(minutes=11), old)
     assert not r.won and r.refused is not None and r.fence is None
     assert "backend's clock" in r.refused and "skew limit of 1h" in r.refused
     # 59 minutes behind is within the limit: that claim is made
     late = now - timedelta(minutes=59)
-    assert backend.claim("job", late, "a", late + timedelta(minutes=1), late).won
+    assert claim_one(backend, "job", late, "a", late + timedelta(minutes=1), late).won
 
 
 def test_a_repeated_claim_many_is_won_again_and_keeps_one_lease(lock_url: str) -> None:

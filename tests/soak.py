@@ -73,6 +73,7 @@ HOST_FAULTS = ("kill", "host-clock")
 SERVER_FAULTS = ("drop", "hang", "cut", "stall", "backend-clock")
 # etcd's clock cannot be shimmed (see above); it is killed and restarted instead
 ETCD_FAULTS = ("drop", "hang", "cut", "stall", "restart")
+CLOCK_FAULTS = ("host-clock", "backend-clock")
 
 
 @dataclass(frozen=True)
@@ -91,15 +92,21 @@ class Fault:
 
 
 def plan(seed: int, backend: str, faulty: float) -> list[Fault]:
-    """A seeded plan of faults over the first ``faulty`` seconds; faults may overlap."""
+    """A seeded plan of faults over the first ``faulty`` seconds; faults may overlap, except two
+    clock faults: the contract holds while any one clock is wrong (docs/design.md §8)."""
     rng = random.Random(f"{seed}/{backend}")
     server = {"file": (), "etcd": ETCD_FAULTS}.get(backend, SERVER_FAULTS)
     kinds = HOST_FAULTS + server
     faults = []
     at = rng.uniform(1.0, 3.0)
+    clock_free = 0.0  # when the last clock fault ends
     while at < faulty:
         kind = rng.choice(kinds)
+        if kind in CLOCK_FAULTS and at < clock_free:
+            kind = rng.choice([k for k in kinds if k not in CLOCK_FAULTS])
         length = min(rng.uniform(0.5, 4.0), max(0.5, faulty - at))
+        if kind in CLOCK_FAULTS:
+            clock_free = at + length
         value = 0.0
         if kind in ("host-clock", "backend-clock"):
             # log-uniform between 2 s and an hour, either way

@@ -9,7 +9,7 @@ from pyjob.core.backends import ClaimRequest, open_backend
 from pyjob.core.errors import BackendError, InputError
 
 from .backend_suite import *  # noqa: F403
-from .backend_suite import KEEP, T0
+from .backend_suite import KEEP, T0, claim_one
 from .conftest import etcd_lock_url
 from .servers import EtcdServer, free_port
 
@@ -35,7 +35,7 @@ def test_several_endpoints_are_tried_in_turn(etcd_server: EtcdServer) -> None:
     dead = free_port()
     backend = open_backend(f"etcd://127.0.0.1:{dead},127.0.0.1:{etcd_server.port}/turns")
     backend.check()
-    assert backend.claim("job", T0, "a", KEEP, T0).won
+    assert claim_one(backend, "job", T0, "a", KEEP, T0).won
 
 
 def test_unreachable_server_is_a_backend_error() -> None:
@@ -63,14 +63,14 @@ def test_bad_etcd_urls_are_input_errors(url: str, message: str) -> None:
 def test_reconnects_after_the_server_restarts(lock_url: str, etcd_server: EtcdServer) -> None:
     backend = open_backend(lock_url)
     backend.check()
-    assert backend.claim("job", T0, "a", KEEP, T0).won
+    assert claim_one(backend, "job", T0, "a", KEEP, T0).won
     etcd_server.stop()
     try:
         with pytest.raises(BackendError):
-            backend.claim("job", T0 + timedelta(seconds=1), "a", KEEP, T0)
+            claim_one(backend, "job", T0 + timedelta(seconds=1), "a", KEEP, T0)
     finally:
         etcd_server.start()
-    assert not backend.claim("job", T0, "b", KEEP, T0).won  # the claim survived the restart
+    assert not claim_one(backend, "job", T0, "b", KEEP, T0).won  # the claim survived the restart
 
 
 def test_one_backend_object_is_one_connection(

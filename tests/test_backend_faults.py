@@ -17,7 +17,7 @@ from pyjob.core.backends import Backend, ClaimRequest, open_backend
 from pyjob.core.errors import BackendError
 
 from .backend_suite import *  # noqa: F403
-from .backend_suite import KEEP, T0
+from .backend_suite import KEEP, T0, claim_one
 from .conftest import etcd_lock_url
 from .faultproxy import FaultProxy
 from .servers import EtcdServer, PostgresServer, RedisServer
@@ -89,7 +89,9 @@ def _calls(backend: Backend, instance: str) -> dict[str, Callable[[int], object]
 
     calls: dict[str, Callable[[int], object]] = {
         "claim_many": claim_many,
-        "claim": lambda i: backend.claim("solo", T0 + timedelta(seconds=i), instance, KEEP, T0),
+        "claim": lambda i: claim_one(
+            backend, "solo", T0 + timedelta(seconds=i), instance, KEEP, T0
+        ),
         "acquire_lease": lambda i: backend.acquire_lease("lease", instance, 0.5),
         "lease_holder": lambda i: backend.lease_holder("lease"),
         "server_time": lambda i: backend.server_time(),
@@ -104,7 +106,7 @@ def test_a_server_that_stops_answering_gives_backend_error_within_the_bound_then
 ) -> None:
     proxy, url = proxied
     backend = _open(url)
-    assert backend.claim("job", T0, "a", KEEP, T0).won
+    assert claim_one(backend, "job", T0, "a", KEEP, T0).won
     proxy.hang()
     for i, (name, call) in enumerate(_calls(backend, "a").items(), start=1):
         start = time.monotonic()
@@ -112,8 +114,8 @@ def test_a_server_that_stops_answering_gives_backend_error_within_the_bound_then
             call(i)
         assert time.monotonic() - start < BOUND + SLACK, name
     proxy.forward()
-    assert backend.claim("job", T0 + timedelta(minutes=1), "a", KEEP, T0).won  # reconnected
-    assert not backend.claim("job", T0, "b", KEEP, T0).won
+    assert claim_one(backend, "job", T0 + timedelta(minutes=1), "a", KEEP, T0).won  # reconnected
+    assert not claim_one(backend, "job", T0, "b", KEEP, T0).won
     backend.close()
 
 
@@ -165,8 +167,8 @@ def test_dropped_connections_give_backend_errors_only_and_no_tick_is_won_twice(
     assert errors > 0 and proxy.dropped > 0
     assert all(len(who) == 1 for who in winners.values()), winners
     proxy.forward()
-    assert a.claim("after", T0, "a", KEEP, T0).won  # recovered
-    assert not b.claim("after", T0, "b", KEEP, T0).won
+    assert claim_one(a, "after", T0, "a", KEEP, T0).won  # recovered
+    assert not claim_one(b, "after", T0, "b", KEEP, T0).won
 
 
 # ---------------------------------------------------------------------------- real `pyjob run`

@@ -14,7 +14,7 @@ from pyjob.core.backends.file import FileBackend
 from pyjob.core.errors import BackendError, InputError
 
 from .backend_suite import *  # noqa: F403
-from .backend_suite import KEEP, T0
+from .backend_suite import KEEP, T0, claim_one
 
 
 @pytest.fixture
@@ -65,16 +65,16 @@ def test_a_file_where_the_claims_directory_should_be_refuses_the_job(tmp_path: P
     file system is a backend error: test_backend_dirs)."""
     backend = FileBackend(tmp_path / "locks")
     backend.check()
-    assert backend.claim("job", T0, "a", KEEP, T0).won
+    assert claim_one(backend, "job", T0, "a", KEEP, T0).won
     claims = tmp_path / "locks" / "job" / "claims"
     for f in claims.iterdir():
         f.unlink()
     claims.rmdir()
     claims.write_text("")
-    r = backend.claim("job", T0 + timedelta(seconds=1), "a", KEEP, T0)
+    r = claim_one(backend, "job", T0 + timedelta(seconds=1), "a", KEEP, T0)
     assert not r.won and r.refused is not None and "cannot be used" in r.refused
     claims.unlink()
-    again = backend.claim("job", T0 + timedelta(seconds=2), "a", KEEP, T0)
+    again = claim_one(backend, "job", T0 + timedelta(seconds=2), "a", KEEP, T0)
     assert again.won and again.fence == 2  # the refused claim handed out no fence
 
 
@@ -100,7 +100,7 @@ def test_bad_lock_urls(url: str, message: str) -> None:
 def test_job_names_are_made_file_safe(tmp_path: Path) -> None:
     backend = FileBackend(tmp_path / "locks")
     backend.check()
-    assert backend.claim("../../etc/passwd", T0, "a", KEEP, T0).won
+    assert claim_one(backend, "../../etc/passwd", T0, "a", KEEP, T0).won
     names = [n for n in os.listdir(tmp_path / "locks") if n != "claims.lock"]
     assert len(names) == 1 and "/" not in names[0] and names[0].startswith(".._.._etc_passwd-")
 
@@ -116,7 +116,7 @@ def test_a_claim_left_unwritten_by_a_killed_claimer_refuses_its_tick_then_goes(
     d = tmp_path / "locks"
     a = FileBackend(d)
     a.check()
-    assert a.claim("job", T0, "a", KEEP, T0).won
+    assert claim_one(a, "job", T0, "a", KEEP, T0).won
     tick = T0 + timedelta(seconds=1)
     tick_us = int(tick.timestamp() * 1e6)
     (d / "job" / "mark").write_text(f'{{"fence": 2, "tick_us": {tick_us}}}')
@@ -134,8 +134,8 @@ def test_a_claim_left_unwritten_by_a_killed_claimer_refuses_its_tick_then_goes(
     os.utime(left, (old, old))
     b.cleanup_many(["job"], T0)
     assert not left.exists()
-    assert not b.claim("job", tick, "b", KEEP, T0).won  # the mark still refuses it
-    assert b.claim("job", tick + timedelta(seconds=1), "b", KEEP, T0).fence == 3
+    assert not claim_one(b, "job", tick, "b", KEEP, T0).won  # the mark still refuses it
+    assert claim_one(b, "job", tick + timedelta(seconds=1), "b", KEEP, T0).fence == 3
 
 
 def test_the_mark_is_overwritten_in_place_and_an_older_mark_is_taken_up(tmp_path: Path) -> None:
@@ -146,12 +146,12 @@ def test_the_mark_is_overwritten_in_place_and_an_older_mark_is_taken_up(tmp_path
     (d / "job").mkdir()
     (d / "job" / "mark").write_text('{"fence": 7, "tick_us": 1}\n')  # unpadded: older pyjob
     backend = FileBackend(d)
-    assert backend.claim("job", T0, "a", KEEP, T0).fence == 8
+    assert claim_one(backend, "job", T0, "a", KEEP, T0).fence == 8
     mark = d / "job" / "mark"
     inode = mark.stat().st_ino
     assert mark.stat().st_size == MARK_SIZE
     for i in range(1, 4):
-        assert backend.claim("job", T0 + timedelta(seconds=i), "a", KEEP, T0).fence == 8 + i
+        assert claim_one(backend, "job", T0 + timedelta(seconds=i), "a", KEEP, T0).fence == 8 + i
     assert mark.stat().st_ino == inode and mark.stat().st_size == MARK_SIZE  # one pwrite each
     doc = json.loads(mark.read_text())
     since = doc.pop("since_us")  # from the first claim of this pyjob on, claims are all here
@@ -193,3 +193,29 @@ def test_a_batch_that_fails_part_way_keeps_no_lease_it_took(tmp_path: Path) -> N
         assert lease is not None
     finally:
         subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_the_wait_for_the_claims_lock_is_timed_by_the_clock_the_backend_is_given(
+    tmp_path: Path,
+) -> None:
+    """Another process holds the claims lock: the batch waits for it on the backend's Clock (a
+    fake one here, which moves only as the backend sleeps), gives up after lock_timeout by that
+    clock with a backend error, and claims once the lock is free."""
+    import fcntl
+
+    from pyjob.core.backends import ClaimRequest
+    from pyjob.core.clock import FakeClock
+
+    clock = FakeClock(T0)
+    d = tmp_path / "locks"
+    backend = FileBackend(d, clock, lock_timeout=5.0)
+    backend.check()
+    fd = os.open(d / "claims.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(BackendError, match=r"claim lock not acquired within 5\.0s"):
+            backend.claim_many([ClaimRequest("job", T0, KEEP)], "a", T0)
+        assert 5.0 < clock.monotonic() - 1000.0 < 5.1 and clock.sleeps
+    finally:
+        os.close(fd)  # the other process lets go
+    assert claim_one(backend, "job", T0, "a", KEEP, T0).won

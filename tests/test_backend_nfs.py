@@ -11,7 +11,7 @@ from pyjob.core.backends.nfs import NfsBackend, link_create
 from pyjob.core.clock import FakeClock
 
 from .backend_suite import *  # noqa: F403
-from .backend_suite import KEEP, T0
+from .backend_suite import KEEP, T0, claim_one, renew_one
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_stale_claim_lock_of_a_dead_claimer_is_broken(tmp_path: Path) -> None:
     backend = NfsBackend(tmp_path / "shared", clock)
     backend.check()
     (tmp_path / "shared" / "claims.lock").write_text("dead-host 1234")  # a crashed claimer's
-    assert backend.claim("job", T0, "a", KEEP, T0).won  # waits out the staleness, then breaks
+    assert claim_one(backend, "job", T0, "a", KEEP, T0).won  # waits out the staleness, then breaks
     assert clock.monotonic() - 1000.0 > 10.0
 
 
@@ -43,10 +43,10 @@ def test_staleness_is_judged_on_the_waiters_clock_not_file_times(tmp_path: Path)
     assert lease is not None
     assert waiter.acquire_lease("job", "waiter", 5.0) is None
     clock.advance(4.0)
-    assert holder.renew_lease(lease)  # the heartbeat changes the content...
+    assert renew_one(holder, lease)  # the heartbeat changes the content...
     clock.advance(4.0)
     assert waiter.acquire_lease("job", "waiter", 5.0) is None  # ...so 8 s is not stale
     clock.advance(6.0)  # no heartbeat for 6 s > TTL on the waiter's clock
     taken = waiter.acquire_lease("job", "waiter", 5.0)
     assert taken is not None
-    assert not holder.renew_lease(lease)  # the old holder learns it lost the lease
+    assert not renew_one(holder, lease)  # the old holder learns it lost the lease

@@ -11,7 +11,7 @@ from pyjob.core.backends import open_backend
 from pyjob.core.errors import BackendError
 
 from .backend_suite import *  # noqa: F403
-from .backend_suite import KEEP, T0
+from .backend_suite import KEEP, T0, claim_one
 from .servers import PostgresServer, free_port, start_postgres
 
 _n = itertools.count()
@@ -40,7 +40,7 @@ def test_tables_are_created_on_first_use(lock_url: str) -> None:
 
     backend = open_backend(lock_url)
     backend.check()
-    assert backend.claim("job", T0, "a", KEEP, T0).won
+    assert claim_one(backend, "job", T0, "a", KEEP, T0).won
     with psycopg.connect(lock_url) as conn:
         tables = {
             r[0]
@@ -68,12 +68,12 @@ def test_unreachable_server_is_a_backend_error() -> None:
 def test_reconnects_after_the_server_restarts(lock_url: str, pg_server: PostgresServer) -> None:
     backend = open_backend(lock_url)
     backend.check()
-    assert backend.claim("job", T0, "a", KEEP, T0).won
+    assert claim_one(backend, "job", T0, "a", KEEP, T0).won
     pg_server.stop()
     with pytest.raises(BackendError):
-        backend.claim("job", T0 + timedelta(seconds=1), "a", KEEP, T0)
+        claim_one(backend, "job", T0 + timedelta(seconds=1), "a", KEEP, T0)
     pg_server.start()
-    assert not backend.claim("job", T0, "b", KEEP, T0).won  # the claim survived the restart
+    assert not claim_one(backend, "job", T0, "b", KEEP, T0).won  # the claim survived the restart
 
 
 def test_one_backend_object_is_one_connection(lock_url: str) -> None:

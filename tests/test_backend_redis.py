@@ -11,7 +11,7 @@ from pyjob.core.backends import open_backend, redact
 from pyjob.core.errors import BackendError
 
 from .backend_suite import *  # noqa: F403
-from .backend_suite import KEEP, T0
+from .backend_suite import KEEP, T0, claim_one
 from .servers import RedisServer, start_redis
 
 
@@ -44,7 +44,7 @@ def test_claim_keys_expire_by_themselves(lock_url: str) -> None:
 
     backend = open_backend(lock_url)
     backend.check()
-    backend.claim("job", T0, "a", KEEP, T0)
+    claim_one(backend, "job", T0, "a", KEEP, T0)
     r = redis.Redis.from_url(lock_url)
     keys = [k for k in r.keys("pyjob:job:claim:*")]
     assert len(keys) == 1 and 0 < r.pttl(keys[0]) <= 86_400_000
@@ -78,7 +78,7 @@ def test_password_is_used(tmp_path: Path) -> None:
             open_backend(server.url).check()
         ok = open_backend(f"redis://:s3cret@127.0.0.1:{server.port}/0")
         ok.check()
-        assert ok.claim("job", T0, "a", KEEP, T0).won
+        assert claim_one(ok, "job", T0, "a", KEEP, T0).won
     finally:
         server.stop()
 

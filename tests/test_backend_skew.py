@@ -20,6 +20,7 @@ import pytest
 from pyjob.core.backends import open_backend
 from pyjob.core.errors import BackendError
 
+from .backend_suite import claim_one
 from .clockshim import ClockShim
 from .conftest import etcd_lock_url
 from .servers import PostgresServer, RedisServer, free_port, need
@@ -198,7 +199,7 @@ def test_nfs_host_11_minutes_ahead_removes_no_claim_the_others_need(tmp_path: Pa
     now = datetime.now(UTC)
     tick = now.replace(microsecond=0)
     keep = tick + timedelta(minutes=10, seconds=1)
-    assert backend.claim("job", tick, "true", keep, now).won
+    assert claim_one(backend, "job", tick, "true", keep, now).won
     shim = ClockShim(tmp_path / "clock", 660.0)
     cleanup = (
         "import sys; from datetime import UTC, datetime; from pyjob.core.backends import "
@@ -214,7 +215,7 @@ def test_nfs_host_11_minutes_ahead_removes_no_claim_the_others_need(tmp_path: Pa
     ).stdout.split()
     assert datetime.fromisoformat(out[1]) > now + timedelta(minutes=10)  # its clock is ahead
     assert out[0] == "0"  # judged by the file server's clock, not its own
-    again = backend.claim("job", tick, "other", keep, datetime.now(UTC))
+    again = claim_one(backend, "job", tick, "other", keep, datetime.now(UTC))
     assert not again.won and again.holder == "true" and again.refused is None
 
 

@@ -215,7 +215,8 @@ def test_fish_completion_loads_and_completes() -> None:
 _REPORT = (
     "import atexit, sys\n"
     "atexit.register(lambda: print('HEAVY=' + ','.join(m for m in ('rich', 'croniter', 'ntplib', "
-    "'filelock') if m in sys.modules), file=sys.stderr))\n"
+    "'filelock') "
+    "if m in sys.modules), file=sys.stderr))\n"
     "sys.argv = ['pyjob', *sys.argv[1:]]\n"
     "from pyjob.cli.main import main\n"
     "main()\n"

@@ -20,6 +20,7 @@ import pytest
 from pyjob.core.backends import Backend, ClaimRequest, open_backend
 from pyjob.core.errors import BackendError
 
+from .backend_suite import claim_one
 from .clockshim import ClockShim
 from .faultproxy import FaultProxy
 from .runproc import PyjobRun
@@ -74,7 +75,7 @@ def test_a_claimer_whose_clock_is_ahead_is_refused_and_the_others_keep_their_tic
     from pyjob.core.backends.protocol import AHEAD_LIMIT
 
     now, tick = _second(AHEAD_LIMIT / 2)
-    assert ahead.claim("job", tick + timedelta(seconds=1), "early", _keep(tick), now).won
+    assert claim_one(ahead, "job", tick + timedelta(seconds=1), "early", _keep(tick), now).won
 
 
 @pytest.mark.parametrize("lock_url", ["redis", "postgresql", "etcd"], indirect=True)
@@ -86,11 +87,11 @@ def test_a_tick_below_the_mark_nobody_claimed_is_won_while_its_claim_would_be_ke
     file: and nfs: only once the directory has kept every claim since before that tick.)"""
     backend = _open(lock_url)
     now, tick = _second()
-    assert backend.claim("job", tick, "a", _keep(tick), now).won
+    assert claim_one(backend, "job", tick, "a", _keep(tick), now).won
     earlier = tick - timedelta(seconds=5)
-    r = backend.claim("job", earlier, "b", _keep(earlier), now)
+    r = claim_one(backend, "job", earlier, "b", _keep(earlier), now)
     assert r.won and r.refused is None
-    assert not backend.claim("job", earlier, "c", _keep(earlier), now).won  # once
+    assert not claim_one(backend, "job", earlier, "c", _keep(earlier), now).won  # once
 
 
 RECORD = 'echo "$PYJOB_TICK_UNIX $PYJOB_INSTANCE" >> "$OUT"'
@@ -137,9 +138,8 @@ def test_one_instance_stepped_a_minute_ahead_leaves_the_healthy_one_running_its_
     assert reasons and all(r.startswith("clock-ahead") for r in reasons), reasons
     assert all(re.search(r"this host's clock is (59|60)\.\ds ahead", r) for r in reasons), reasons
     # no record of a tick the wrong clock invented (the ticks it passed over, logged as missed)
-    from pyjob.core.records import records_for
 
-    store = records_for(open_backend(url))
+    store = open_backend(url).records()
     assert store is not None
     job = runs[0].events("started")[0]["job"]
     invented = [r for r in store.runs(job, 1000) if r.tick_us > (time.time() + 5) * 1e6]
@@ -163,7 +163,7 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 def _warm(backend: Backend, now: datetime) -> None:
     """One claim (of another job), so that Redis knows the claim script: a client sends it by
     its hash once it has been loaded, as in any run past its first claim."""
-    backend.claim("warm-up", now.replace(microsecond=0), "warm", _keep(now), now)
+    claim_one(backend, "warm-up", now.replace(microsecond=0), "warm", _keep(now), now)
 
 
 def test_a_claim_that_reaches_redis_after_its_client_gave_up_takes_nothing(
@@ -202,7 +202,7 @@ def test_a_claim_that_reaches_redis_after_its_client_gave_up_takes_nothing(
     won = other.claim_many([ClaimRequest("job", following, _keep(following), 30.0)], "b", now)[0]
     assert won.claim.won and won.lease is not None, won
     # the tick itself was not taken either: it is there for whoever claims it
-    assert other.claim("job", tick, "b", _keep(tick), now).won
+    assert claim_one(other, "job", tick, "b", _keep(tick), now).won
 
 
 @pytest.mark.parametrize("lock_url", ["postgresql"], indirect=True)
@@ -220,7 +220,7 @@ def test_a_claim_that_reaches_postgresql_after_its_client_gave_up_takes_nothing(
     gave_up.check()
     other = _open(lock_url)
     now, tick = _second()
-    gave_up.claim("warm-up", tick, "warm", _keep(tick), now)  # its last statement: a claim
+    claim_one(gave_up, "warm-up", tick, "warm", _keep(tick), now)  # its last statement: a claim
     with psycopg.connect(lock_url, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
@@ -240,7 +240,7 @@ def test_a_claim_that_reaches_postgresql_after_its_client_gave_up_takes_nothing(
     following = tick + timedelta(seconds=1)
     won = other.claim_many([ClaimRequest("job", following, _keep(following), 30.0)], "b", now)[0]
     assert won.claim.won and won.lease is not None, won
-    assert other.claim("job", tick, "b", _keep(tick), now).won
+    assert claim_one(other, "job", tick, "b", _keep(tick), now).won
 
 
 def test_a_lease_taken_by_a_claim_whose_answer_was_lost_is_released_once_redis_answers(

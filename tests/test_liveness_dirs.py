@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from pyjob.core.backends import Backend, ClaimRequest, open_backend
 
-from .backend_suite import KEEP, T0
+from .backend_suite import KEEP, T0, claim_one
 from .conftest import pyjob_exe
 from .runproc import PyjobRun
 
@@ -166,7 +166,7 @@ def test_an_nfs_claim_file_of_non_utf8_bytes_refuses_only_its_tick(tmp_path: Pat
     d = tmp_path / "locks"
     url = f"nfs:{d}"
     first = _open(url)
-    assert first.claim("bad", T0, "a", KEEP, T0).won
+    assert claim_one(first, "bad", T0, "a", KEEP, T0).won
     (claim,) = (d / "bad" / "claims").iterdir()
     claim.write_bytes(GARBAGE)
     bad, good = _open(url).claim_many(
@@ -181,11 +181,11 @@ def test_damaged_records_and_registrations_are_skipped_by_status_and_history(
 ) -> None:
     """A record or registration of another JSON type (a list, a string) is damage to skip, not a
     traceback."""
-    from pyjob.core.records import InstanceInfo, JobInfo, RunRecord, records_for
+    from pyjob.core.records import InstanceInfo, JobInfo, RunRecord
 
     d = tmp_path / "locks"
     url = f"file:{d}"
-    store = records_for(_open(url))
+    store = _open(url).records()
     assert store is not None
     me = InstanceInfo("i0", "host", 1, "0", seen_us=int(time.time() * 1e6))  # live
     store.register([JobInfo("ok", "@every 1m", "UTC", "true")], me)
@@ -304,10 +304,10 @@ def test_one_jobs_broken_records_directory_holds_back_no_other_jobs_records(
     scheme: str, tmp_path: Path
 ) -> None:
     from pyjob.core.errors import BackendError
-    from pyjob.core.records import RunRecord, records_for
+    from pyjob.core.records import RunRecord
 
     d = tmp_path / "locks"
-    store = records_for(_open(f"{scheme}:{d}"))
+    store = _open(f"{scheme}:{d}").records()
     assert store is not None
     (d / "bad").mkdir(mode=0o700)
     (d / "bad" / "runs").write_text("a file where the records directory should be")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from pyjob.core.backends import open_backend
-from pyjob.core.records import InstanceInfo, JobInfo, RecordStore, RunRecord, records_for
+from pyjob.core.records import InstanceInfo, JobInfo, RecordStore, RunRecord
 
 from .conftest import pyjob_exe
 from .faultproxy import FaultProxy
@@ -28,7 +28,7 @@ def _direct(proxy: FaultProxy, url: str) -> RecordStore:
     """The record store of ``url`` reached straight, not through the proxy."""
     backend = open_backend(url.replace(f":{proxy.port}/", f":{proxy.target[1]}/"))
     backend.check()
-    store = records_for(backend)
+    store = backend.records()
     assert store is not None
     return store
 
@@ -181,7 +181,7 @@ class _Coordinated:
         )
 
     def written(self) -> dict[int, str]:
-        store = records_for(open_backend(self.url))
+        store = open_backend(self.url).records()
         assert store is not None
         return {r.tick_us: r.result for r in store.runs("job", 100)}
 

@@ -31,7 +31,7 @@ from pyjob.core.metrics import (
     result_of,
     skip_reason,
 )
-from pyjob.core.records import RunRecord, records_for
+from pyjob.core.records import RunRecord
 
 from .runproc import PyjobRun
 from .servers import RedisServer, free_port
@@ -296,7 +296,7 @@ def records_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def test_last_success_comes_from_the_fleets_run_records(records_url: str) -> None:
     backend = open_backend(records_url, os.environ)
-    store = records_for(backend)
+    store = backend.records()
     assert store is not None
     t0 = int(NOW.timestamp() * 1e6)
     store.put_runs(
@@ -312,7 +312,7 @@ def test_last_success_comes_from_the_fleets_run_records(records_url: str) -> Non
     def open_store(url: str | None) -> tuple[Any, Callable[[], None]]:
         b = open_backend(url, os.environ)
         opened.append(b)
-        return records_for(b), b.close
+        return b.records(), b.close
 
     reader = FleetReader(m, {"j": records_url}, open_store)
     try:
@@ -351,14 +351,14 @@ def _system_metrics() -> Metrics:
 def test_a_scrape_reads_the_fleets_run_records_at_once(records_url: str) -> None:
     """Another instance's success shows in the next scrape, not up to 15 s later."""
     backend = open_backend(records_url, os.environ)
-    store = records_for(backend)
+    store = backend.records()
     assert store is not None
     t0 = int(NOW.timestamp() * 1e6)
     m = _system_metrics()
 
     def open_store(url: str | None) -> tuple[Any, Callable[[], None]]:
         b = open_backend(url, os.environ)
-        return records_for(b), b.close
+        return b.records(), b.close
 
     reader = FleetReader(m, {"j": records_url}, open_store)
     server = MetricsServer(m, "127.0.0.1", 0, before=lambda: reader.refresh(wait=30))

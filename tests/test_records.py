@@ -132,11 +132,11 @@ def test_history_keeps_the_newest_n_runs(fleet_lock_url: str, tmp_path: Path) ->
 
 def test_records_older_than_the_max_age_are_pruned(fleet_lock_url: str) -> None:
     from pyjob.core.backends import open_backend
-    from pyjob.core.records import RunRecord, records_for
+    from pyjob.core.records import RunRecord
 
     backend = open_backend(fleet_lock_url)
     backend.check()
-    store = records_for(backend)
+    store = backend.records()
     assert store is not None
     now_us = int(time.time() * 1e6)
     old = [RunRecord("aged", now_us - i * 3_600_000_000, f"r{i}", "x", "success") for i in range(5)]
@@ -207,11 +207,11 @@ def test_status_says_when_no_instance_serves_a_job_and_forgets_it_after_a_day(
     """A job whose instances all went quiet is not "NEXT ... (in 1s)": nothing will run it. One
     whose instances were last seen over 24 h ago is not listed (its history stays)."""
     from pyjob.core.backends import open_backend
-    from pyjob.core.records import InstanceInfo, JobInfo, RunRecord, records_for
+    from pyjob.core.records import InstanceInfo, JobInfo, RunRecord
 
     backend = open_backend(fleet_lock_url)
     backend.check()
-    store = records_for(backend)
+    store = backend.records()
     assert store is not None
     now_us = int(time.time() * 1e6)
     for name, seen_ago in (("served", 0.0), ("quiet", 120.0), ("gone", 25 * 3600.0)):

@@ -441,7 +441,8 @@ def test_environment_reaches_the_command(tmp_path: Path) -> None:
 
 
 def test_once_schedule_ends_by_itself_with_the_runs_status(tmp_path: Path) -> None:
-    soon = time.time() + 0.6
+    # Far enough ahead that no busy machine starts pyjob after it ("is in the past", exit 2).
+    soon = time.time() + 8
     at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(soon)) + f".{int(soon % 1 * 1e6):06d}Z"
     ok = PyjobRun(["--once", at, "--lock", "none", "--", "true"], tmp_path, "ok")
     bad = PyjobRun(["--once", at, "--lock", "none", "--", "false"], tmp_path, "bad")

@@ -691,8 +691,9 @@ def test_a_run_lost_with_its_host_is_recorded_lost_counted_and_notified_once(
     ]
     ends = [e for e in events if e.kind == "retry-dropped"]
     assert len(ends) == 1 and ends[0].fields["result"] == "lost"
-    # Found within the dead instance's quiet time (3.5 beats) plus a beat of this one.
-    assert ends[0].at <= start + timedelta(seconds=4.5 * s._sh.books.heartbeat_every + 1)
+    # This instance starts after the death: it sees the dead one's heartbeat unchanged for 3.5
+    # of its own beats from its first look, a beat after its start, and acts at the next beat.
+    assert ends[0].at <= start + timedelta(seconds=6 * s._sh.books.heartbeat_every + 1)
     pings = PingSender({"job": "http://127.0.0.1:9/ping"}, s.clock, lambda *a, **k: None)
     metrics = Metrics(s.clock, "test:1", "0", {"job": 60.0}, {"job": "none"})
     for e in events:
@@ -787,3 +788,46 @@ def test_a_run_left_by_a_predecessor_under_the_same_name_is_found_lost() -> None
         env for env in runner.started if "PYJOB_HOOK" in env and "12:00:00" in env["PYJOB_TICK"]
     ]
     assert len(hooks) == 1 and hooks[0]["PYJOB_RESULT"] == "lost"
+
+
+class _AheadBackend(NullBackend):
+    """Refuses every claim while ``ahead`` (the backend judging this host's clock ahead of
+    its own); at the second refusal the host's clock is set right again."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.ahead = False
+        self.refusals = 0
+
+    def claim(self, job, tick, instance, keep_until, now):  # type: ignore[no-untyped-def]
+        if self.ahead:
+            self.refusals += 1
+            if self.refusals == 2:
+                self.clock.step(-60)
+                self.ahead = False
+            return ClaimResult(False, instance, None, refused="clock-ahead (test)", ahead=60.0)
+        return super().claim(job, tick, instance, keep_until, now)
+
+
+def test_a_clock_stepped_ahead_then_back_resumes_at_the_next_tick_it_never_won() -> None:
+    """The host's clock jumps a minute ahead after the 12:00:10 run (its claims are refused
+    meanwhile), then is set right: it runs 12:00:40 and on, not only from 12:01:30 on, the tick
+    its clock had reached. The tick it won is never claimed again."""
+    clock = FakeClock(T0)
+    backend = _AheadBackend(clock)
+
+    def jump(n: int) -> None:
+        if n == 1:
+            clock.step(60)
+            backend.ahead = True
+
+    runner = FakeRunner(clock, on_start=jump)
+    s, _ = make([job("every 10s align tz UTC", clock, max_runs=3)], runner, clock, backend)
+    s.run()
+    assert ticks_run(runner) == [
+        "2026-06-01T12:00:10+00:00",
+        "2026-06-01T12:00:40+00:00",
+        "2026-06-01T12:00:50+00:00",
+    ]
+    assert backend.refusals == 2

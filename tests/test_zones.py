@@ -204,7 +204,7 @@ def test_status_and_check_clock_warn_of_two_zone_databases_in_one_fleet(
     fleet_lock_url: str, tmp_path: Path
 ) -> None:
     from pyjob.core.backends import open_backend
-    from pyjob.core.records import InstanceInfo, JobInfo, records_for
+    from pyjob.core.records import InstanceInfo, JobInfo
 
     from .servers import free_udp_port
 
@@ -225,7 +225,7 @@ def test_status_and_check_clock_warn_of_two_zone_databases_in_one_fleet(
 
         backend = open_backend(url)
         try:
-            store = records_for(backend)
+            store = backend.records()
             assert store is not None
             old = InstanceInfo("old", "old-host", 1, "0.1.0", tzdata="2025b")
             old.seen_us = int(time.time() * 1e6)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from ..clock import coarse_tick
 from ..errors import BackendError
 from .protocol import ClaimOutcome, ClaimResult
 
@@ -24,8 +25,6 @@ def probe_mtime(directory: Path) -> tuple[float, float]:
     """The time a file system stamps on a new file in ``directory``: on NFS the server's clock
     sets it, locally this host's kernel. Returned as (mtime + half a tick, tick): the stamp comes
     from the kernel's coarse clock, which lags real time by up to one timer tick."""
-    import time
-
     probe = directory / f".clock-probe-{uuid.uuid4().hex}"
     try:
         fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
@@ -39,14 +38,8 @@ def probe_mtime(directory: Path) -> tuple[float, float]:
     finally:
         with contextlib.suppress(OSError):
             probe.unlink()
-    try:
-        tick = time.clock_getres(_CLOCK_REALTIME_COARSE)  # the kernel's timer tick
-    except OSError:
-        tick = 0.01  # not Linux: assume a coarse 100 Hz stamp
+    tick = coarse_tick()
     return stamp + tick / 2, tick
-
-
-_CLOCK_REALTIME_COARSE = 5  # Linux's clockid; Python's time module does not name it
 
 
 def redact(url: str) -> str:
@@ -312,6 +305,39 @@ def is_job_damage(error: BaseException) -> bool:
     if isinstance(error, OSError):
         return error.errno in JOB_PATH_ERRNOS
     return isinstance(error, DAMAGE)
+
+
+# Out of descriptors (the process's or the system's) while a claim opens its files: pyjob's own
+# shortage, neither the lock directory's nor the command's. The claims that cannot open what they
+# need are refused, each saying so, and the others of the batch go on (a lease holds its lock file
+# open, so a large batch of leases is where the descriptors run out).
+SHORTAGE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+def refused_shortage(error: OSError) -> ClaimOutcome:
+    """The outcome of a claim that failed for want of descriptors: refused, as pyjob's
+    shortage."""
+    name = errno.errorcode.get(error.errno or 0, "")
+    what = (
+        "too many open files"
+        if error.errno == errno.EMFILE
+        else "too many open files in the system"
+    )
+    why = (
+        f"pyjob: {what} ({name}) when claiming the tick, which was not run "
+        "(raise ulimit -n / LimitNOFILE=)"
+    )
+    return ClaimOutcome(ClaimResult(False, "unknown", None, refused=why))
+
+
+def refused_for(job: str, error: BaseException) -> ClaimOutcome | None:
+    """The refusal of one job's claim that ``error`` calls for (its files are damaged, or pyjob
+    is out of descriptors); None when ``error`` is the whole batch's."""
+    if isinstance(error, OSError) and error.errno in SHORTAGE_ERRNOS:
+        return refused_shortage(error)
+    if isinstance(error, Exception) and is_job_damage(error):
+        return refused_damaged(job, error)
+    return None
 
 
 def parse_mark(text: str) -> Mark:

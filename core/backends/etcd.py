@@ -245,11 +245,6 @@ class EtcdBackend:
 
     # ---------------------------------------------------------------- claims
 
-    def claim(
-        self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
-    ) -> ClaimResult:
-        return self.claim_many([ClaimRequest(job, tick, keep_until)], instance, now)[0].claim
-
     def claim_many(
         self, requests: Sequence[ClaimRequest], instance: str, now: datetime
     ) -> list[ClaimOutcome]:
@@ -477,9 +472,6 @@ class EtcdBackend:
             self._txn(functools.partial(list, ops), "cleanup failed")
         return len(doomed)
 
-    def cleanup(self, job: str, now: datetime) -> int:
-        return self.cleanup_many([job], now)
-
     # ---------------------------------------------------------------- run lease
 
     def acquire_lease(self, job: str, instance: str, ttl: float) -> Lease | None:
@@ -534,12 +526,6 @@ class EtcdBackend:
         still = {"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(mine)}
         again = _txn([_absent(key)], [_put(key, mine, self._lease_id(x.ttl))], [])
         return _txn([still], [], [again])
-
-    def renew_lease(self, lease: Lease) -> bool:
-        return self.renew_many([lease])[0]
-
-    def release_lease(self, lease: Lease) -> None:
-        self.release_many([lease])
 
     def release_many(self, leases: Sequence[Lease]) -> None:
         if not leases:

@@ -9,12 +9,12 @@ Layout of the private directory (mode 0700):
     <dir>/<job>/run.lock, run.holder                the run lease of --overlap skip, and the
                                                     instance that took it last
 
-Claims are decided under an OS lock (flock, through filelock), which the kernel releases when its
-holder dies, so a crashed process never wedges a job; one acquisition serves a whole batch (the
-claims of every job due at one instant). The run lease is that same kind of lock (flock on
-run.lock, taken directly: filelock's bookkeeping cost more than the lock), held for as long as the
-run goes on: no TTL or heartbeat is needed on one host, because the kernel knows at once when the
-holder is gone.
+Claims are decided under an OS lock (flock on claims.lock, taken through filelock one try at a
+time), which the kernel releases when its holder dies, so a crashed process never wedges a job; one
+acquisition serves a whole batch (the claims of every job due at one instant), waited for by the
+Clock the backend is given. The run lease is that same kind of lock (flock on run.lock), held for
+as long as the run goes on: no TTL or heartbeat is needed on one host, because the kernel knows at
+once when the holder is gone.
 
 Every claim is written under the batch lock, so no other claimer reads a file while it is being
 written, and each is written with as few file-system operations as keep it whole (a claim cost
@@ -50,27 +50,29 @@ import json
 import os
 import stat
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from filelock import FileLock, Timeout
 
+from ..clock import Clock, SystemClock
 from ..errors import BackendError
 from .common import (
+    SHORTAGE_ERRNOS,
     Mark,
     claim_record,
     claim_verdict,
     create_new,
-    is_job_damage,
     make_private_dirs,
     overwrite,
     probe_mtime,
     read_mark,
     read_small,
-    refused_damaged,
+    refused_for,
+    refused_shortage,
     remove_expired_claims,
     remove_strays,
     safe_name,
@@ -79,22 +81,28 @@ from .common import (
 from .common import to_us as _us
 from .protocol import ClaimOutcome, ClaimRequest, ClaimResult, Lease
 
+if TYPE_CHECKING:
+    from ..records import DirectoryRecords
+
 _T = TypeVar("_T")
+LOCK_POLL = 0.002  # seconds between tries of a claims lock another process holds
 
 
 class FileBackend:
-    def __init__(self, directory: Path, lock_timeout: float = 10.0) -> None:
+    def __init__(
+        self, directory: Path, clock: Clock | None = None, lock_timeout: float = 10.0
+    ) -> None:
         self.directory = Path(directory)
         self.url = f"file:{self.directory}"
-        self.lock_timeout = lock_timeout
+        self.clock = clock or SystemClock()
+        self.lock_timeout = lock_timeout  # seconds a batch waits for the claims lock
         self._marks: dict[str, Mark] = {}  # the highest mark seen per job
         self._made: set[str] = set()  # job directories known to exist
 
     # ---------------------------------------------------------------- set-up
 
     def _make_directory(self) -> None:
-        """Create the directory, and the parents it lacks, 0700 ourselves before filelock can
-        (it would make it 0755)."""
+        """Create the directory, and the parents it lacks, each 0700."""
         make_private_dirs(self.directory)
 
     def check(self) -> None:
@@ -145,11 +153,6 @@ class FileBackend:
 
     # ---------------------------------------------------------------- claims
 
-    def claim(
-        self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
-    ) -> ClaimResult:
-        return self.claim_many([ClaimRequest(job, tick, keep_until)], instance, now)[0].claim
-
     def claim_many(
         self, requests: Sequence[ClaimRequest], instance: str, now: datetime
     ) -> list[ClaimOutcome]:
@@ -158,7 +161,7 @@ class FileBackend:
         try:
             self._make_directory()
             lock_path = self.directory / "claims.lock"
-            with FileLock(lock_path, timeout=self.lock_timeout):
+            with self._claims_lock(lock_path):
                 # The kernel's clock, as it stamps files (claim files' ages are judged by it),
                 # not this process's reading of the wall clock: one process's clock may be off.
                 os.utime(lock_path)
@@ -172,23 +175,51 @@ class FileBackend:
                         try:
                             out.append(self._in_job_dir(r.job, one))
                         except Exception as e:
-                            if not is_job_damage(e):
+                            refused = refused_for(r.job, e)  # this job's, not the batch's
+                            if refused is None:
                                 raise
-                            out.append(refused_damaged(r.job, e))  # this job's, not the batch's
+                            out.append(refused)
                 except BaseException:  # the batch fails whole: no lease of it stays taken
                     for o in out:
                         if o.lease is not None:
                             self.release_many([o.lease])
                     raise
                 return out
-        except Timeout as e:
-            raise BackendError(
-                f"{self.url}: claim lock not acquired within {self.lock_timeout}s"
-            ) from e
         except BackendError:
             raise
+        except _NoDescriptor as e:  # not even the batch's lock: every claim of it, each
+            return [refused_shortage(e.error) for _ in requests]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise BackendError(f"{self.url}: claim failed: {e}") from e
+
+    @contextlib.contextmanager
+    def _claims_lock(self, path: Path) -> Iterator[None]:
+        """The batch's OS lock on ``path``, waited for at most ``lock_timeout``; _NoDescriptor
+        when it cannot be opened for want of descriptors (pyjob's shortage, not the
+        directory's)."""
+        # One try at a time (filelock never reads the time or sleeps here): the wait is timed
+        # and slept by the clock this backend is given, as everything in core/ is.
+        lock = FileLock(path, timeout=0, mode=0o600)
+        deadline = self.clock.monotonic() + self.lock_timeout
+        while True:
+            try:
+                lock.acquire(blocking=False)
+                break
+            except Timeout:
+                pass
+            except OSError as e:
+                if e.errno in SHORTAGE_ERRNOS:
+                    raise _NoDescriptor(e) from e
+                raise
+            if self.clock.monotonic() > deadline:
+                raise BackendError(
+                    f"{self.url}: claim lock not acquired within {self.lock_timeout}s"
+                )
+            self.clock.sleep(LOCK_POLL)
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _in_job_dir(self, job: str, work: Callable[[Path], _T]) -> _T:
         """``work`` on the job's directory; once more if it was deleted since it was made."""
@@ -254,9 +285,6 @@ class FileBackend:
         other = None if lease is not None else self._holder(job_dir) or "unknown"
         return ClaimOutcome(claim, lease, other)
 
-    def cleanup(self, job: str, now: datetime) -> int:
-        return self.cleanup_many([job], now)
-
     def cleanup_many(self, jobs: Sequence[str], now: datetime) -> int:
         if not jobs:
             return 0
@@ -280,7 +308,7 @@ class FileBackend:
     # ---------------------------------------------------------------- run lease
 
     def _take_lease(self, job_dir: Path, job: str, instance: str, ttl: float) -> Lease | None:
-        lock = _RunLock.take(job_dir / "run.lock")
+        lock = _OsLock.take(job_dir / "run.lock")
         if lock is None:
             return None
         holder = job_dir / "run.holder"
@@ -298,7 +326,7 @@ class FileBackend:
 
     @staticmethod
     def _holder(job_dir: Path) -> str | None:
-        probe = _RunLock.take(job_dir / "run.lock")
+        probe = _OsLock.take(job_dir / "run.lock")
         if probe is None:
             try:
                 return read_small(job_dir / "run.holder") or "unknown"
@@ -321,32 +349,37 @@ class FileBackend:
         except OSError as e:
             raise BackendError(f"{self.url}: lease lookup failed: {e}") from e
 
-    def renew_lease(self, lease: Lease) -> bool:
-        lock = lease.handle
-        return isinstance(lock, _RunLock) and lock.is_locked
-
     def renew_many(self, leases: Sequence[Lease]) -> list[bool]:
-        return [self.renew_lease(lease) for lease in leases]  # no I/O: the kernel holds them
-
-    def release_lease(self, lease: Lease) -> None:
-        self.release_many([lease])
+        # no I/O: the kernel holds them
+        return [isinstance(x.handle, _OsLock) and x.handle.is_locked for x in leases]
 
     def release_many(self, leases: Sequence[Lease]) -> None:
         for lease in leases:
             lock = lease.handle
-            if isinstance(lock, _RunLock) and lock.is_locked:
+            if isinstance(lock, _OsLock) and lock.is_locked:
                 lock.release()  # run.holder stays: it is read only while someone holds the lock
 
     def server_time(self) -> tuple[float, float]:
         return probe_mtime(self.directory)
 
+    def records(self) -> DirectoryRecords:
+        from ..records import DirectoryRecords
+
+        return DirectoryRecords(self.directory, self.url, local=True)
+
     def close(self) -> None:
         return None
 
 
-class _RunLock:
-    """A run lease's OS lock: flock on ``run.lock``, held until released or this process ends
-    (the same lock filelock takes, so versions of pyjob that use it agree with this one)."""
+class _NoDescriptor(Exception):
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _OsLock:
+    """An OS lock: flock on a file (claims.lock, a job's run.lock), held until released or this
+    process ends."""
 
     __slots__ = ("fd",)
 
@@ -354,7 +387,7 @@ class _RunLock:
         self.fd = fd
 
     @classmethod
-    def take(cls, path: Path) -> _RunLock | None:
+    def take(cls, path: Path) -> _OsLock | None:
         """The lock when free, else None: never waits."""
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -376,7 +409,7 @@ class _RunLock:
             fd, self.fd = self.fd, -1
             os.close(fd)  # closing the only descriptor of the open file drops its flock
 
-    def __del__(self) -> None:  # a lease dropped without release (as filelock's did)
+    def __del__(self) -> None:  # a lease dropped without release
         with contextlib.suppress(OSError):
             self.release()
 

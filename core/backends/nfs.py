@@ -36,20 +36,22 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..clock import Clock, SystemClock
 from ..errors import BackendError
 from .common import (
+    SHORTAGE_ERRNOS,
     DamagedState,
     Mark,
     claim_record,
     claim_verdict,
-    is_job_damage,
     make_private_dirs,
     probe_mtime,
     read_mark,
     read_small,
-    refused_damaged,
+    refused_for,
+    refused_shortage,
     remove_expired_claims,
     remove_strays,
     safe_name,
@@ -57,6 +59,9 @@ from .common import (
 )
 from .common import to_us as _us
 from .protocol import ClaimOutcome, ClaimRequest, ClaimResult, Lease
+
+if TYPE_CHECKING:
+    from ..records import DirectoryRecords
 
 MUTEX_STALE = 10.0  # seconds a claim mutex may stand unchanged before it is broken
 _WIDTH = 20  # the heartbeat counter is written at a fixed width, in place
@@ -164,11 +169,6 @@ class NfsBackend:
                 raise BackendError(f"{self.url}: claim lock {lock} held for over {timeout}s")
             self.clock.sleep(0.002)
 
-    def claim(
-        self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
-    ) -> ClaimResult:
-        return self.claim_many([ClaimRequest(job, tick, keep_until)], instance, now)[0].claim
-
     def claim_many(
         self, requests: Sequence[ClaimRequest], instance: str, now: datetime
     ) -> list[ClaimOutcome]:
@@ -181,16 +181,23 @@ class NfsBackend:
                     path = self._job_dir(r.job) / "claims" / f"{_us(r.tick)}.json"
                     if not path.exists():
                         continue
-                    claim = self._read_claim(path, r.job, instance)
+                    known[i] = self._with_lease(
+                        self._read_claim(path, r.job, instance), r, instance
+                    )
                 except Exception as e:
-                    if not is_job_damage(e):
+                    refused = refused_for(r.job, e)  # this job's files, not the batch's
+                    if refused is None:
                         raise
-                    known[i] = refused_damaged(r.job, e)  # this job's files, not the batch's
-                    continue
-                known[i] = self._with_lease(claim, r, instance)
+                    known[i] = refused
             if len(known) == len(requests):
                 return [known[i] for i in range(len(requests))]
-            lock, server_us = self._lock(instance)
+            try:
+                lock, server_us = self._lock(instance)
+            except OSError as e:
+                if e.errno not in SHORTAGE_ERRNOS:
+                    raise
+                # not even the mutex: every claim still to make, each
+                return [known.get(i) or refused_shortage(e) for i in range(len(requests))]
             try:
                 return [
                     known.get(i) or self._claim_isolated(r, instance, now, server_us)
@@ -210,9 +217,10 @@ class NfsBackend:
         try:
             return self._claim_one(r, instance, now, server_us)
         except Exception as e:
-            if not is_job_damage(e):
+            refused = refused_for(r.job, e)  # this job's files, not the batch's
+            if refused is None:
                 raise
-            return refused_damaged(r.job, e)  # this job's files, not the batch's
+            return refused
 
     def _claim_one(
         self, r: ClaimRequest, instance: str, now: datetime, server_us: int
@@ -248,8 +256,8 @@ class NfsBackend:
         """The run lease with a won claim (also our own claim repeated), when asked for."""
         if not claim.won or r.lease_ttl is None:
             return ClaimOutcome(claim)
-        lease = self.acquire_lease(r.job, instance, r.lease_ttl)
-        other = None if lease is not None else self.lease_holder(r.job) or "unknown"
+        lease = self._take_lease(r.job, instance, r.lease_ttl)
+        other = None if lease is not None else self._holder(r.job) or "unknown"
         return ClaimOutcome(claim, lease, other)
 
     def _read_claim(self, path: Path, job: str, instance: str) -> ClaimResult:
@@ -263,9 +271,6 @@ class NfsBackend:
             ) from e
         self._marks.setdefault(job, Mark()).raise_to(Mark(fence, int(path.stem)))
         return ClaimResult(holder == instance, holder, fence)
-
-    def cleanup(self, job: str, now: datetime) -> int:
-        return self.cleanup_many([job], now)
 
     def cleanup_many(self, jobs: Sequence[str], now: datetime) -> int:
         """Judged by the server's clock (a probe file's mtime), never by this host's: a host
@@ -293,30 +298,37 @@ class NfsBackend:
     def _lease_path(self, job: str) -> Path:
         return self._job_dir(job) / "run.lease"
 
-    def acquire_lease(self, job: str, instance: str, ttl: float) -> Lease | None:
-        try:
-            path = self._lease_path(job)
-            token = uuid.uuid4().hex
-            body = f"{instance}\n{token}\n{0:0{_WIDTH}d}\n"
+    def _take_lease(self, job: str, instance: str, ttl: float) -> Lease | None:
+        path = self._lease_path(job)
+        token = uuid.uuid4().hex
+        body = f"{instance}\n{token}\n{0:0{_WIDTH}d}\n"
+        if link_create(path, body):
+            return Lease(job, instance, token, ttl, handle=0)
+        if self._stale(path, ttl):
+            self._break(path)
             if link_create(path, body):
                 return Lease(job, instance, token, ttl, handle=0)
-            if self._stale(path, ttl):
-                self._break(path)
-                if link_create(path, body):
-                    return Lease(job, instance, token, ttl, handle=0)
+        return None
+
+    def _holder(self, job: str) -> str | None:
+        try:
+            return read_small(self._lease_path(job)).split("\n", 1)[0]
+        except FileNotFoundError:
             return None
+
+    def acquire_lease(self, job: str, instance: str, ttl: float) -> Lease | None:
+        try:
+            return self._take_lease(job, instance, ttl)
         except OSError as e:
             raise BackendError(f"{self.url}: lease failed: {e}") from e
 
     def lease_holder(self, job: str) -> str | None:
         try:
-            return read_small(self._lease_path(job)).split("\n", 1)[0]
-        except FileNotFoundError:
-            return None
+            return self._holder(job)
         except OSError as e:
             raise BackendError(f"{self.url}: lease lookup failed: {e}") from e
 
-    def renew_lease(self, lease: Lease) -> bool:
+    def _renew(self, lease: Lease) -> bool:
         """Heartbeat: rewrite the counter in place. If a waiter broke our lease, the path now
         holds someone else's token (or nothing) and we report the lease lost; a write that races
         with the break lands in the renamed-aside file, which no one reads."""
@@ -339,19 +351,19 @@ class NfsBackend:
         return True
 
     def renew_many(self, leases: Sequence[Lease]) -> list[bool]:
-        return [self.renew_lease(lease) for lease in leases]  # one small write each, no lock
+        return [self._renew(lease) for lease in leases]  # one small write each, no lock
 
     def release_many(self, leases: Sequence[Lease]) -> None:
         first: BackendError | None = None
         for lease in leases:
             try:
-                self.release_lease(lease)
+                self._release(lease)
             except BackendError as e:
                 first = first or e
         if first is not None:
             raise first
 
-    def release_lease(self, lease: Lease) -> None:
+    def _release(self, lease: Lease) -> None:
         path = self._lease_path(lease.job)
         try:
             if read_small(path).split("\n")[1] == lease.token:
@@ -363,6 +375,11 @@ class NfsBackend:
 
     def server_time(self) -> tuple[float, float]:
         return probe_mtime(self.directory)
+
+    def records(self) -> DirectoryRecords:
+        from ..records import DirectoryRecords
+
+        return DirectoryRecords(self.directory, self.url)
 
     def close(self) -> None:
         return None

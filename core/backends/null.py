@@ -49,5 +49,8 @@ class NullBackend(Batched):
     def server_time(self) -> None:
         return None  # no backend, no clock of its own
 
+    def records(self) -> None:
+        return None  # no backend, nowhere to keep them
+
     def close(self) -> None:
         return None

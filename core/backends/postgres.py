@@ -36,7 +36,7 @@ import contextlib
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..clock import SystemClock
 from ..errors import BackendError
@@ -60,6 +60,9 @@ from .protocol import (
     LostAnswer,
     lease_token,
 )
+
+if TYPE_CHECKING:
+    from ..records import PostgresRecords
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pyjob_claims (
@@ -326,11 +329,6 @@ class PostgresBackend:
 
     # ---------------------------------------------------------------- claims
 
-    def claim(
-        self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
-    ) -> ClaimResult:
-        return self.claim_many([ClaimRequest(job, tick, keep_until)], instance, now)[0].claim
-
     def claim_many(
         self, requests: Sequence[ClaimRequest], instance: str, now: datetime
     ) -> list[ClaimOutcome]:
@@ -407,9 +405,6 @@ class PostgresBackend:
                 out.append(ClaimOutcome(claim, None, lease_holder or "unknown"))
         return out
 
-    def cleanup(self, job: str, now: datetime) -> int:
-        return self.cleanup_many([job], now)
-
     def cleanup_many(self, jobs: Sequence[str], now: datetime) -> int:
         if not jobs:
             return 0
@@ -442,9 +437,6 @@ class PostgresBackend:
         )
         return rows[0][0] if rows else None
 
-    def renew_lease(self, lease: Lease) -> bool:
-        return self.renew_many([lease])[0]
-
     def renew_many(self, leases: Sequence[Lease]) -> list[bool]:
         if not leases:
             return []
@@ -467,9 +459,6 @@ class PostgresBackend:
         renewed = {(job, token) for job, token, _ in rows[1:]}
         return [(x.job, x.token) in renewed for x in leases]
 
-    def release_lease(self, lease: Lease) -> None:
-        self.release_many([lease])
-
     def release_many(self, leases: Sequence[Lease]) -> None:
         if leases:
             self._run(
@@ -485,6 +474,11 @@ class PostgresBackend:
         )
         self._server.learn(int(float(rows[0][0]) * 1e6), sent, self._clock.monotonic())
         return float(rows[0][0]), 1e-6
+
+    def records(self) -> PostgresRecords:
+        from ..records import PostgresRecords
+
+        return PostgresRecords(self._run, self.url)
 
     def close(self) -> None:
         self._drop()

@@ -16,9 +16,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import BackendError
+
+if TYPE_CHECKING:
+    from ..records import RecordStore
 
 # How far apart two clocks (a host's and the backend's, or two hosts') may be while claims still
 # guarantee that no tick runs twice (DESIGN §5, "Claims hold under skew").
@@ -109,25 +112,21 @@ def lease_token(nonce: str, tick_us: int) -> str:
 
 
 class Backend(Protocol):
+    """What the coordinator, `pyjob check-clock`, `pyjob status` and `pyjob history` call: batch
+    calls only. A backend may have more (tests probe leases with ``acquire_lease`` and
+    ``lease_holder``), but nothing outside it relies on that."""
+
     url: str  # for messages; never contains a password
 
     def check(self) -> None:
         """Raise BackendError if the backend cannot be used (called once at start)."""
         ...
 
-    def claim(
-        self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
-    ) -> ClaimResult:
-        """Claim tick ``tick`` of ``job``: exactly one claimer wins. The claim is kept at least
-        until ``keep_until`` (``now`` is the caller's clock; a backend that keeps time itself
-        derives a relative TTL from the two), so that a lagging instance cannot run it again."""
-        ...
-
     def claim_many(
         self, requests: Sequence[ClaimRequest], instance: str, now: datetime
     ) -> list[ClaimOutcome]:
         """Claim every request (in one round trip where the backend can); one outcome each, in
-        order. A BackendError fails the whole batch.
+        order: exactly one claimer wins each (job, tick). A BackendError fails the whole batch.
 
         Every judgement of time is made by the backend's clock (DESIGN §8). A tick with no claim
         comes back refused (``won`` False, ``refused`` says why) when it is more than
@@ -135,43 +134,27 @@ class Backend(Protocol):
         nothing is written), when it is older than its ``keep_until`` plus SKEW_LIMIT, or when
         it is at or before the job's mark (the latest tick claimed, kept forever) and its claim,
         had it been made, would no longer be kept (the backend's clock is within KEPT_MARGIN of
-        ``keep_until`` or past it). Claims are kept until ``keep_until`` by the backend's clock.
-        Repeating a claim (same instance, same tick, e.g. after a lost reply) is won again with
-        the same fence, and with the run lease it took the first time where the backend can
-        tell (Redis, PostgreSQL). A batch that fails after it may have reached the backend
-        raises LostAnswer, naming the leases it may have taken."""
-        ...
-
-    def acquire_lease(self, job: str, instance: str, ttl: float) -> Lease | None:
-        """Take the job's run lease, or None when another live holder has it."""
-        ...
-
-    def lease_holder(self, job: str) -> str | None:
-        """Who holds the job's run lease, if anyone (for log messages)."""
-        ...
-
-    def renew_lease(self, lease: Lease) -> bool:
-        """Extend the lease by its TTL; False if it was lost. A renewal re-asserts the lease: one
-        that expired without anyone taking it meanwhile (a step of the backend's clock) is the
-        holder's again."""
+        ``keep_until`` or past it). Claims are kept until ``keep_until`` by the backend's clock
+        (``now`` is the caller's clock; a backend that keeps time itself derives a relative TTL
+        from the two), so that a lagging instance cannot run a tick again. Repeating a claim
+        (same instance, same tick, e.g. after a lost reply) is won again with the same fence,
+        and with the run lease it took the first time where the backend can tell (Redis,
+        PostgreSQL). A batch that fails after it may have reached the backend raises
+        LostAnswer, naming the leases it may have taken."""
         ...
 
     def renew_many(self, leases: Sequence[Lease]) -> list[bool]:
-        """renew_lease for each (one round trip where the backend can)."""
+        """Extend each lease by its TTL (one round trip where the backend can); False for one
+        that was lost. A renewal re-asserts the lease: one that expired without anyone taking it
+        meanwhile (a step of the backend's clock) is the holder's again."""
         ...
-
-    def release_lease(self, lease: Lease) -> None: ...
 
     def release_many(self, leases: Sequence[Lease]) -> None:
-        """release_lease for each (one round trip where the backend can)."""
-        ...
-
-    def cleanup(self, job: str, now: datetime) -> int:
-        """Remove claims kept past their ``keep_until``; returns how many were removed."""
+        """Give the leases up (by token: one someone else holds now is left alone)."""
         ...
 
     def cleanup_many(self, jobs: Sequence[str], now: datetime) -> int:
-        """cleanup for each job; the total removed."""
+        """Remove the jobs' claims kept past their ``keep_until``; how many were removed."""
         ...
 
     def server_time(self) -> tuple[float, float] | None:
@@ -179,11 +162,18 @@ class Backend(Protocol):
         seconds); None when it has none (``--lock none``). The caller times the call."""
         ...
 
+    def records(self) -> RecordStore | None:
+        """The run records kept in this backend (through its own connection); None when it
+        keeps none (``--lock none``). A new store object at each call."""
+        ...
+
     def close(self) -> None: ...
 
 
 class Batched:
-    """The batch calls as loops over the single ones, for a backend with nothing better."""
+    """The batch calls as loops over single-item ones (``claim``, ``acquire_lease``,
+    ``lease_holder``, ``renew_lease``, ``release_lease``, ``cleanup``), for a backend with
+    nothing better."""
 
     def claim_many(
         self, requests: Sequence[ClaimRequest], instance: str, now: datetime

@@ -31,7 +31,7 @@ import contextlib
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..clock import SystemClock
 from ..errors import BackendError, InputError
@@ -56,6 +56,9 @@ from .protocol import (
     LostAnswer,
     lease_token,
 )
+
+if TYPE_CHECKING:
+    from ..records import RedisRecords
 
 # KEYS: 4 per request (claim, fence, mark, lease). ARGV: instance, skew limit, ahead limit, kept
 # margin, the claimer's clock, the request's deadline by the server's clock (0: none; all µs), then
@@ -206,11 +209,6 @@ class RedisBackend:
 
     # ---------------------------------------------------------------- claims
 
-    def claim(
-        self, job: str, tick: datetime, instance: str, keep_until: datetime, now: datetime
-    ) -> ClaimResult:
-        return self.claim_many([ClaimRequest(job, tick, keep_until)], instance, now)[0].claim
-
     def claim_many(
         self, requests: Sequence[ClaimRequest], instance: str, now: datetime
     ) -> list[ClaimOutcome]:
@@ -298,9 +296,6 @@ class RedisBackend:
             return ClaimOutcome(claim, Lease(r.job, instance, token, r.lease_ttl))
         return ClaimOutcome(claim, None, str(reply[3]).rpartition(" ")[0] or "unknown")
 
-    def cleanup(self, job: str, now: datetime) -> int:
-        return 0  # claims carry their own TTL in Redis
-
     def cleanup_many(self, jobs: Sequence[str], now: datetime) -> int:
         return 0
 
@@ -324,9 +319,6 @@ class RedisBackend:
             raise self._fail("lease lookup failed", e) from e
         return None if value is None else str(value).rpartition(" ")[0]
 
-    def renew_lease(self, lease: Lease) -> bool:
-        return self.renew_many([lease])[0]
-
     def renew_many(self, leases: Sequence[Lease]) -> list[bool]:
         if not leases:
             return []
@@ -347,9 +339,6 @@ class RedisBackend:
             raise BackendError(f"{self.url}: lease renewal failed: the server's clock jumps")
         return [bool(x) for x in reply[1]]
 
-    def release_lease(self, lease: Lease) -> None:
-        self.release_many([lease])
-
     def release_many(self, leases: Sequence[Lease]) -> None:
         if not leases:
             return
@@ -369,6 +358,11 @@ class RedisBackend:
             raise self._fail("TIME failed", e) from e
         self._server.learn(int(seconds) * 1_000_000 + int(micros), sent, self._mono())
         return int(seconds) + int(micros) / 1e6, 1e-6
+
+    def records(self) -> RedisRecords:
+        from ..records import RedisRecords
+
+        return RedisRecords(self._r, self.url, self._errors)
 
     def close(self) -> None:
         with contextlib.suppress(*self._errors):

@@ -58,6 +58,8 @@ class CatchUp:
             state.failed.remove(tick)
             state.claimed_to = max(tick, state.claimed_to or tick)
             c = outcome.claim
+            if c.won:
+                state.won_to = max(tick, state.won_to or tick)
             if c.refused:
                 sh.emit("refused", state.id, tick, reason=c.refused)
             elif not c.won:
@@ -147,6 +149,7 @@ class CatchUp:
                 elif not c.won:
                     sh.emit("lost", state.id, tick, holder=c.holder, fence=c.fence)
                 else:
+                    state.won_to = max(tick, state.won_to or tick)
                     state.catchup.append((tick, c))
                     sh.emit("claimed", state.id, tick, fence=c.fence)
             self.next(state, missed)

@@ -97,11 +97,14 @@ class Claims:
             self.late_answer(state, tick, outcome)
             sh.ticking.after_tick(state)
             return
+        if isinstance(outcome, ClaimOutcome) and outcome.claim.won:
+            state.won_to = max(tick, state.won_to or tick)
         if tick not in state.outcomes or state.ended:
             self.drop_lease(state, outcome)  # the tick went by meanwhile (missed, retired)
             return
         state.outcomes[tick] = outcome
         if isinstance(outcome, ClaimOutcome) and outcome.claim.won:
+            state.won_to = max(tick, state.won_to or tick)
             sh.emit("claimed", state.id, tick, fence=outcome.claim.fence)
         if tick in state.waiting:
             state.waiting.discard(tick)

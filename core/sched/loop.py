@@ -51,6 +51,9 @@ from .ticking import Ticking
 from .timers import MonoTurn
 
 _STOPPING = -1  # a turn's answer: the stop was asked for
+# How far the wall clock must go back against the monotonic one, between two turns, to count as
+# stepped back (less is NTP slewing, or the time a turn takes).
+STEPPED_BACK = 1.0
 
 
 class Scheduler:
@@ -99,6 +102,7 @@ class Scheduler:
         # Through the method, looked up at each call: tests wrap it to act at that moment.
         sh.schedule_retry = lambda *args: self._schedule_retry(*args)
         self.jobs: dict[str, JobState] = sh.jobs
+        self._offset: float | None = None  # wall minus monotonic time at the last turn
 
     # ------------------------------------------------------------------ the interface
 
@@ -179,6 +183,10 @@ class Scheduler:
             sh.lifecycle.reload()
         now = self.clock.now()
         mono = self.clock.monotonic()
+        offset = now.timestamp() - mono
+        if self._offset is not None and offset < self._offset - STEPPED_BACK:
+            sh.ticking.stepped_back(now)
+        self._offset = offset
         self._due_mono(mono)
         sh.ticking.due_wall(now)
         sh.books.flush_registrations()

@@ -173,6 +173,10 @@ class JobState:
     # The latest tick whose claim this process had answered (won, lost or refused), or ran on
     # a backend error: --catch-up never claims it again.
     claimed_to: datetime | None = None
+    # The latest tick this process won (or ran on a backend error): a tick at or before it is
+    # never claimed again, whatever the wall clock does, since claiming its own tick again is
+    # won again.
+    won_to: datetime | None = None
     # --catch-up: the most recent ticks whose claim failed (backend down) and that did not run;
     # claimed again, before the tick then due, in the first batch the backend answers.
     failed: list[datetime] = field(default_factory=list)

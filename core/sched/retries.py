@@ -11,7 +11,7 @@ from typing import Any
 
 from ..backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult
 from ..errors import BackendError
-from ..records import QUIET_AFTER, InstanceInfo, RunRecord
+from ..records import InstanceInfo, RunRecord
 from ..schedule import iso, to_us
 from ..settings import Overlap
 from .model import SHARE_TIME, JobPhase, JobState, Retry, Run, attempt_doc, keep_until, run_id
@@ -218,19 +218,24 @@ class Retries:
 
     def quiet(self, name: str, info: InstanceInfo | None) -> bool:
         """Whether the instance ``name`` went quiet: its heartbeat (or its absence) has not
-        changed for its quiet time while this process read it. The time is this process's own
+        changed for its quiet time while this process read it (counted from the read before the
+        one that saw it change). The time is this process's own
         monotonic time, never a wall clock compared with another host's (DESIGN §8: a host whose
         clock is wrong hurts only itself; one ahead would find every other instance quiet). A
         gap in the reading as long as the quiet time (an outage of the backend, which kept the
         other instance from writing too) starts it over."""
         now = self.sh.clock.monotonic()
         value = None if info is None else info.seen_us
-        quiet_s = (QUIET_AFTER * 1e6 if info is None else info.quiet_us) / 1e6
+        # An instance with no heartbeat at all (gone long ago): this one's own quiet time.
+        quiet_s = (self.sh.me.quiet_us if info is None else info.quiet_us) / 1e6
         seen = self.beats.get(name)
-        if seen is None or seen[0] != value or now - seen[2] > quiet_s:
+        if seen is None or now - seen[2] > quiet_s:
             if len(self.beats) > 10_000:  # names of long-gone processes
                 self.beats = {k: v for k, v in self.beats.items() if now - v[2] < quiet_s}
             self.beats[name] = (value, now, now)
+            return False
+        if seen[0] != value:  # it changed after the last read: unchanged since then, at most
+            self.beats[name] = (value, seen[2], now)
             return False
         self.beats[name] = (value, seen[1], now)
         return now - seen[1] > quiet_s

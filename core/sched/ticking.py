@@ -14,7 +14,7 @@ from ..backends.protocol import ClaimOutcome, ClaimResult, Lease
 from ..errors import BackendError
 from ..schedule import iso, to_us
 from ..settings import OnBackendError, Overlap
-from .model import CLAIM_LEAD, OVERLAPPING, JobState, run_id
+from .model import CLAIM_LEAD, OVERLAPPING, JobPhase, JobState, run_id
 from .shared import Shared
 from .timers import ClaimAhead, TickDue, WallTurn
 
@@ -40,6 +40,25 @@ class Ticking:
             tick,
             in_seconds=round((tick - sh.clock.now()).total_seconds(), 6),
         )
+
+    def stepped_back(self, now: datetime) -> None:
+        """The wall clock stepped back (NTP, an operator): a job waits for the first tick after
+        now that it has not won, not for the tick its clock had reached. The ticks it passed
+        over meanwhile were missed or refused here, never run, so claiming them again runs no
+        tick twice (the claim decides, as always); a tick it won is never claimed again. Without
+        this, a host whose clock was ahead by X would sit out X after it was set right, as Vixie
+        cron does for fixed-time jobs, though it runs its every-minute ones at once."""
+        for state in self.sh.jobs.values():
+            if state.phase is not JobPhase.ACTIVE or state.next_tick is None or state.waiting:
+                continue
+            base = now if state.won_to is None else max(now, state.won_to)
+            tick = state.job.schedule.next_tick(base)
+            if tick is None or tick >= state.next_tick:
+                continue
+            state.prev = base
+            for later in [t for t in state.outcomes if t >= tick]:
+                self.sh.claims.drop_lease(state, state.outcomes.pop(later))
+            self.set_next(state, tick)
 
     def due_wall(self, now: datetime) -> None:
         """The wall-clock timers due ``now``: the claims of all jobs due at one instant go out
@@ -159,6 +178,7 @@ class Ticking:
                 sh.catchup.failed(state, tick)
                 return
             state.claimed_to = max(tick, state.claimed_to or tick)  # it runs: never again
+            state.won_to = max(tick, state.won_to or tick)
         elif outcome.claim.refused:
             sh.emit("refused", state.id, tick, reason=outcome.claim.refused)
             return

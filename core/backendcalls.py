@@ -1,0 +1,134 @@
+"""The calls a `pyjob run` process queues for the worker of each of its lock backends
+(core/coordinator.py): one class per kind, so that each carries its own typed arguments and the
+type of the answer its ``done`` gets.
+
+``done`` (the calls a tick waits for) is called on the scheduler's thread with the answer or a
+BackendError. ``priority``: claims and leases first; the fleet's records a tick asks for next;
+what no tick waits for (records, registrations, heartbeats, clean-up: the background calls) after
+them, so that a batch of record writes never delays a claim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .backends.protocol import ClaimOutcome, ClaimRequest, Lease
+from .errors import BackendError
+from .records import InstanceInfo, JobInfo, RunRecord
+
+# A take-over's answer: the job's newest records (newest first) and the instances' heartbeats.
+Orphans = tuple[list[RunRecord], dict[str, InstanceInfo]]
+
+
+@dataclass
+class ClaimCall:
+    requests: list[ClaimRequest]
+    done: Callable[[list[ClaimOutcome] | BackendError], None]
+    expires: float | None = None  # monotonic: not sent after this (its answer is no use then)
+    priority: ClassVar[int] = 0
+
+
+@dataclass
+class RenewCall:
+    leases: list[Lease]
+    done: Callable[[list[bool] | BackendError], None]
+    priority: ClassVar[int] = 0
+
+
+@dataclass
+class ReleaseCall:
+    leases: list[Lease]  # none: the worker's own look at the releases it owes
+    priority: ClassVar[int] = 0
+
+
+@dataclass
+class PreviousCall:
+    job: str
+    before_us: int
+    done: Callable[[str | BackendError | None], None]
+    priority: ClassVar[int] = 1
+
+
+@dataclass
+class LatestCall:
+    job: str
+    done: Callable[[tuple[int, int | None] | BackendError | None], None]
+    priority: ClassVar[int] = 1
+
+
+@dataclass
+class OrphanCall:
+    job: str
+    newest: int
+    done: Callable[[Orphans | BackendError | None], None]
+    priority: ClassVar[int] = 1
+
+
+@dataclass
+class RecordsCall:
+    records: list[RunRecord]
+    keep: int
+    priority: ClassVar[int] = 2
+
+
+@dataclass
+class RegisterCall:
+    jobs: list[JobInfo]
+    me: InstanceInfo
+    priority: ClassVar[int] = 2
+
+
+@dataclass
+class HeartbeatCall:
+    me: InstanceInfo
+    priority: ClassVar[int] = 2
+
+
+@dataclass
+class PruneCall:
+    jobs: list[str]
+    keep: int
+    oldest_us: int
+    priority: ClassVar[int] = 2
+
+
+@dataclass
+class CleanupCall:
+    jobs: list[str]
+    priority: ClassVar[int] = 2
+
+
+Call = (
+    ClaimCall
+    | RenewCall
+    | ReleaseCall
+    | PreviousCall
+    | LatestCall
+    | OrphanCall
+    | RecordsCall
+    | RegisterCall
+    | HeartbeatCall
+    | PruneCall
+    | CleanupCall
+)
+BACKGROUND = (RecordsCall, RegisterCall, HeartbeatCall, PruneCall, CleanupCall)
+
+
+__all__ = [
+    "BACKGROUND",
+    "Call",
+    "ClaimCall",
+    "CleanupCall",
+    "HeartbeatCall",
+    "LatestCall",
+    "OrphanCall",
+    "Orphans",
+    "PreviousCall",
+    "PruneCall",
+    "RecordsCall",
+    "RegisterCall",
+    "ReleaseCall",
+    "RenewCall",
+]
