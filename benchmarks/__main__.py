@@ -4,11 +4,11 @@
     python -m benchmarks --quick         # a few ticks, 1 repeat (a smoke test for CI, ~2.5 min)
     python -m benchmarks --docs          # also write the tables into docs/benchmarks.md
 
-Areas: the goals of issue 13 (summary first), start-up, schedule computation, firing precision,
-idle cost, jobs per process, many jobs on one tick, coordination, a fleet on a small database,
-run records. Comparison tools (APScheduler 3, schedule) come from the `bench` extra:
-pip install -e '.[bench]'. Nothing here needs the test extra (pytest): servers come from
-localservers/.
+Areas: the goals (summary first), start-up, schedule computation, firing precision, idle cost,
+jobs per process, many jobs on one tick, coordination, a fleet on a small database, run records.
+Every table names the commit and the cores it was measured on. Comparison tools (APScheduler 3,
+schedule) come from the `bench` extra: pip install -e '.[bench]'. Nothing here needs the test
+extra (pytest): servers come from localservers/.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def main() -> int:
     add(smalldb.table(plan["db"]))
     add(records.status_table(100 if args.quick else 1000, 100, repeat))
     add(records.write_table(plan["claims"]))
-    goals = common.goals_table(tables, "Goals of issue 13 (one scheduler per process), as measured")
+    goals = common.goals_table(tables, "Goals, as measured (issues 13 and 29)")
     if goals is not None:
         goals.note = (
             "From the tables below, measured in this run. Jobs per process: the goals are for "

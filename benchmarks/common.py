@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import functools
 import os
 import platform
 import shutil
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,10 +24,12 @@ def machine() -> str:
     )
 
 
+@functools.cache
 def commit() -> str:
-    """The commit measured, with ``+changes`` when the work tree differs from it."""
+    """The checkout's short commit hash, with "+changes" when the tree differs from it, or
+    "unknown" outside a git checkout."""
     try:
-        head = subprocess.run(
+        sha = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
@@ -38,8 +42,13 @@ def commit() -> str:
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return head + ("+changes" if dirty else "")
+        return "unknown"
+    return sha + ("+changes" if dirty else "")
+
+
+def stamp() -> str:
+    """What a table was measured on: the commit and the machine's cores."""
+    return f"Measured at commit {commit()} on {os.cpu_count()} cores."
 
 
 def pyjob() -> str:
@@ -67,6 +76,21 @@ def pct(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+# Fewer samples than this make the 99th percentile the largest of them: such a column says max.
+P99_SAMPLES = 100
+
+
+def tail_name(samples: int) -> str:
+    """The name of the tail column for ``samples`` samples per figure: p99, or max when they are
+    too few for a 99th percentile to differ from the largest."""
+    return "p99" if samples >= P99_SAMPLES else "max"
+
+
+def tail(values: Sequence[float]) -> float:
+    """The 99th percentile of ``values``, or their largest when they are too few (tail_name)."""
+    return pct(values, 0.99) if len(values) >= P99_SAMPLES else max(values)
+
+
 def spread(values: Sequence[float], digits: int = 2) -> str:
     """The median of repeated runs, with min-max when there was more than one."""
     med = statistics.median(values)
@@ -75,13 +99,19 @@ def spread(values: Sequence[float], digits: int = 2) -> str:
     return f"{med:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
-def proc_stat(pid: int) -> tuple[float, int, int]:
-    """CPU seconds (user + system), voluntary context switches (wake-ups), peak RSS in KiB."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    values = dict(line.split(":", 1) for line in lines if ":" in line)
-    return cpu, int(values["voluntary_ctxt_switches"]), int(values["VmHWM"].split()[0])
+def wakeups(pid: int) -> int:
+    """Voluntary context switches of every live thread of ``pid`` (each one a sleep that ended
+    in a wake-up), from /proc/PID/task/*/status. A thread that ended takes its count with it."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            lines = Path(f"/proc/{pid}/task/{task}/status").read_text().splitlines()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that just ended
+        for line in lines:
+            if line.startswith("voluntary_ctxt_switches:"):
+                total += int(line.split(":", 1)[1])
+    return total
 
 
 def cpu_seconds(pid: int, main_thread: bool = False) -> float:
@@ -137,8 +167,7 @@ class Table:
         lines.append("| " + " | ".join(self.headers) + " |")
         lines.append("| " + " | ".join("---" for _ in self.headers) + " |")
         lines += ["| " + " | ".join(row) + " |" for row in self.rows]
-        if self.note:
-            lines += ["", self.note]
+        lines += ["", (self.note + " " + stamp()).strip()]
         return "\n".join(lines) + "\n"
 
 
@@ -150,3 +179,18 @@ def goals_table(tables: Sequence[Table], title: str) -> Table | None:
     for g in goals:
         t.rows.append([g.what, g.target, g.measured, "yes" if g.met else "**no**"])
     return t
+
+
+def run_alone(doc: str | None, build: Callable[[bool], Sequence[Table]]) -> int:
+    """``python -m benchmarks.AREA [--quick]``: the area's tables, printed, and its goals; 0 when
+    it measured (a missed goal is a figure, not a failure). ``build(quick)`` makes the tables."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few samples, one run (smoke test)")
+    args = parser.parse_args()
+    print(f"machine: {machine()}\n", flush=True)
+    tables = build(args.quick)
+    for t in tables:
+        print(t.markdown(), flush=True)
+    for g in (g for t in tables for g in t.goals):
+        print(f"{'ok    ' if g.met else 'MISSED'} {g.what}: {g.measured} (goal: {g.target})")
+    return 0

@@ -2,6 +2,9 @@
 
 pyjob evaluates cron fields itself (parsed once into values, core/cron.py) and maps wall times to
 instants by Debian cron's DST rules; croniter computes only wall times. Target: < 1.5x.
+
+    python -m benchmarks.compute            # 10,000 ticks, 3 runs
+    python -m benchmarks.compute --quick    # 1,000 ticks, 1 run (a smoke test)
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from zoneinfo import ZoneInfo
 from croniter import croniter
 from pyjob.core.schedule import Schedule, parse
 
-from .common import Table, spread
+from .common import Table, run_alone, spread
 
 EXPRESSIONS = ["*/5 * * * *", "0 9 * * MON-FRI", "30 2 * * *", "*/15 9-17 * * *", "0 0 1 * *"]
 ZONES = ["UTC", "Europe/Berlin"]
@@ -53,3 +56,11 @@ def table(n: int, repeat: int) -> Table:
                 ratio.append(m / b)
             t.rows.append([f"`{expr}`", zone, spread(base, 0), spread(mine, 0), spread(ratio)])
     return t
+
+
+def main() -> int:
+    return run_alone(__doc__, lambda quick: [table(1000 if quick else 10_000, 1 if quick else 3)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,15 +4,17 @@
     python -m benchmarks.jobs --quick    # 10 and 1,000 jobs, 3 s idle (a smoke test)
 
 Each file is a crontab of N yearly jobs (`0 0 1 1 * true K`, distinct commands, so distinct jobs)
-run with `--lock file:` and with a Redis on loopback; the largest Redis file once more with a
-schedule each (`S M H 29 2 *`: jobs on one schedule share its compiled form, these cannot). Per
+run with `--lock file:` and with a Redis on loopback; the largest file on each backend once more
+with a schedule each (`S M H 29 2 *`: jobs on one schedule share its compiled form, these cannot).
+The peer, APScheduler 3 (a BackgroundScheduler, memory job store, a CronTrigger per line), holds
+the same crontabs at the largest size, from which it reads each line itself. Per
 process: threads (/proc/PID/status), open descriptors (/proc/PID/fd), connections to the backend
 (Redis CLIENT LIST, counted by the process's own database number; file: has none), resident memory
 after the idle window and at its peak, CPU per minute while idle (every thread's time from
 /proc/PID/task/*/schedstat over the window: a full window is 60 s, so it holds the claim clean-up
-pyjob runs once a minute), and the time from the spawn to the `jobs` event in the JSON log. The
-baseline, measured in the same run, is a Python that imports click and croniter and sleeps: what
-any Python scheduler costs at least.
+pyjob runs once a minute), and the time from the spawn to the `jobs` event in the JSON log
+(APScheduler: until it printed after start()). The baseline, measured in the same run, is a
+Python that imports click and sleeps: what any Python CLI costs at least.
 """
 
 from __future__ import annotations
@@ -47,14 +49,40 @@ GOALS = {
     "cpu": ("under 60 ms per minute", lambda v: v < 60),
     "start": ("under 5 s", lambda v: v < 5),
 }
-BASELINE = "import sys, click, croniter; print('ready', flush=True); sys.stdin.read()"
+BASELINE = "import sys, click; print('ready', flush=True); sys.stdin.read()"
+# The crontab's lines as APScheduler jobs; each runs the line's command (none is due).
+APSCHEDULER = r"""
+import subprocess, sys
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+s = BackgroundScheduler(timezone="UTC")
+names = ["second"] * (sys.argv[2] == "seconds") + ["minute", "hour", "day", "month"]
+with open(sys.argv[1]) as f:
+    for line in f:
+        *fields, dow, command = line.split(None, len(names) + 1)
+        trigger = CronTrigger(day_of_week=dow, timezone="UTC", **dict(zip(names, fields)))
+        s.add_job(subprocess.run, trigger, args=[command], kwargs={"shell": True})
+s.start()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def have_apscheduler() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("apscheduler") is not None
 
 
 def crontab(path: Path, n: int, distinct: bool = False) -> Path:
     """N yearly jobs on one schedule, or (``distinct``) each on a schedule of its own, a second
-    of Feb 29 (no compiled expression to share; none due but on a leap day)."""
+    of a day at the end of February (no compiled expression to share; none due but then): Feb 29,
+    then the 28th from the 86,401st job on, and so on."""
     if distinct:
-        lines = (f"{k % 60} {k // 60 % 60} {k // 3600} 29 2 * true {k}\n" for k in range(n))
+        lines = (
+            f"{k % 60} {k // 60 % 60} {k // 3600 % 24} {29 - k // 86400} 2 * true {k}\n"
+            for k in range(n)
+        )
     else:
         lines = (f"0 0 1 1 * true {k}\n" for k in range(n))
     path.write_text("".join(lines))
@@ -62,10 +90,14 @@ def crontab(path: Path, n: int, distinct: bool = False) -> Path:
 
 
 def _runs(sizes: tuple[int, ...]) -> list[tuple[str, int, bool]]:
-    """(backend, jobs, distinct schedules) of each measured process; the largest Redis size
-    also with distinct schedules."""
+    """(backend, jobs, distinct schedules) of each measured process: every size on each backend,
+    the largest also with distinct schedules; APScheduler (when installed) at the largest size,
+    with one schedule and with distinct ones."""
     runs = [(backend, n, False) for backend in ("file", "redis") for n in sizes]
-    return [*runs, ("redis", max(sizes), True)]
+    runs += [(backend, max(sizes), True) for backend in ("file", "redis")]
+    if have_apscheduler():
+        runs += [("apscheduler", max(sizes), False), ("apscheduler", max(sizes), True)]
+    return runs
 
 
 def _label(backend: str, n: int, distinct: bool) -> str:
@@ -158,19 +190,19 @@ def measure(
         for db, (backend, n, distinct) in enumerate(_runs(sizes), start=1):
             label = _label(backend, n, distinct)
             name = label.replace(" ", "-")
-            if backend == "file":
-                url = f"file:{tmp / f'locks-{name}'}"
+            tab = crontab(tmp / f"crontab-{name}", n, distinct)
+            if backend == "apscheduler":
+                seconds = "seconds" if distinct else "minutes"  # as crontab() writes them
+                argv, marker = [sys.executable, "-c", APSCHEDULER, str(tab), seconds], b"ready"
             else:
-                url = f"redis://127.0.0.1:{redis_server.port}/{db}"
-            argv = run_file(url, crontab(tmp / f"crontab-{name}", n, distinct))
-            procs.append(
-                _spawn(
-                    label,
-                    argv,
-                    tmp / f"{name}.log",
-                    b'"event": "jobs"',
-                    db if backend == "redis" else None,
+                url = (
+                    f"file:{tmp / f'locks-{name}'}"
+                    if backend == "file"
+                    else f"redis://127.0.0.1:{redis_server.port}/{db}"
                 )
+                argv, marker = run_file(url, tab), b'"event": "jobs"'
+            procs.append(
+                _spawn(label, argv, tmp / f"{name}.log", marker, db if backend == "redis" else None)
             )
         time.sleep(SETTLE)
         for p in procs:
@@ -203,9 +235,11 @@ def measure(
     return {p.label: p.sample for p in procs}
 
 
-def table(repeat: int, quick: bool = False) -> Table:
-    sizes = QUICK_SIZES if quick else FULL_SIZES
-    idle_s = 3.0 if quick else 60.0
+def table(
+    repeat: int, quick: bool = False, sizes: tuple[int, ...] | None = None, idle_s: float = 0.0
+) -> Table:
+    sizes = sizes or (QUICK_SIZES if quick else FULL_SIZES)
+    idle_s = idle_s or (3.0 if quick else 60.0)
     tmp = Path(tempfile.mkdtemp(prefix="pyjob-bench-jobs-"))
     server = start_redis(tmp)
     rounds: list[dict[str, Sample]] = []
@@ -248,7 +282,7 @@ def table(repeat: int, quick: bool = False) -> Table:
     )
     t.rows.append(
         [
-            "baseline: python, import click, croniter",
+            "baseline: python, import click",
             "-",
             cell("baseline", "threads", 0),
             cell("baseline", "fds", 0),
@@ -261,21 +295,25 @@ def table(repeat: int, quick: bool = False) -> Table:
     )
     for backend, n, distinct in _runs(sizes):
         label = _label(backend, n, distinct)
+        process = {
+            "file": "pyjob run, file:",
+            "redis": "pyjob run, redis://",
+            "apscheduler": "APScheduler 3, memory store",
+        }[backend]
         t.rows.append(
             [
-                (f"pyjob run, {backend}:" if backend == "file" else "pyjob run, redis://")
-                + (", a schedule each" if distinct else ""),
+                process + (", a schedule each" if distinct else ""),
                 f"{n:,}",
                 cell(label, "threads", 0),
                 cell(label, "fds", 0),
-                cell(label, "connections", 0) if backend == "redis" else "0 (file)",
+                {"redis": cell(label, "connections", 0), "file": "0 (file)"}.get(backend, "-"),
                 cell(label, "rss", 1, ratio=True),
                 cell(label, "peak", 1),
                 cell(label, "cpu", 1),
                 cell(label, "start", 2, ratio=True),
             ]
         )
-        if n != max(sizes):
+        if n != max(sizes) or backend == "apscheduler":
             continue
         where = f"{n:,} jobs, {backend}" + (", a schedule each" if distinct else "")
         measured = {
@@ -302,11 +340,25 @@ def table(repeat: int, quick: bool = False) -> Table:
                 continue
             v = measured[key]
             t.goals.append(Goal(f"{what} ({where})", target, fmt.format(v), ok(v)))
+        peer = _label("apscheduler", n, distinct)
+        if peer in rounds[0]:
+            ratio = measured["start"] / med(peer, "start")
+            t.goals.append(
+                Goal(
+                    f"time to start ({where})", "at most APScheduler's", f"{ratio:.2f}×", ratio <= 1
+                )
+            )
     t.note = (
         "Median of the runs, with min-max. Every process waits its idle window beside the others "
         "(started one after another). CPU is every thread's time from schedstat; RSS is "
         "VmRSS after the window, peak is VmHWM. Started: from the spawn to the `jobs` event of "
-        "the JSON log (the baseline: until it printed after its imports)."
+        "the JSON log (the baseline: until it printed after its imports; APScheduler: after "
+        "start())."
+        + (
+            ""
+            if have_apscheduler()
+            else " APScheduler is not installed here (pip install -e '.[bench]'): no peer rows."
+        )
     )
     return t
 
@@ -315,9 +367,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="10 and 1,000 jobs, 3 s idle")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--jobs", help="the sizes, comma-separated (e.g. 10000,100000)")
+    parser.add_argument("--idle", type=float, default=0.0, help="the idle window, seconds")
     args = parser.parse_args()
     print(f"machine: {machine()}\n")
-    t = table(args.repeat, args.quick)
+    sizes = tuple(int(n) for n in args.jobs.split(",")) if args.jobs else None
+    t = table(args.repeat, args.quick, sizes, args.idle)
     print(t.markdown())
     for g in t.goals:
         print(f"{'ok ' if g.met else 'MISSED'} {g.what}: {g.measured} (goal: {g.target})")

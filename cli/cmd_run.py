@@ -266,15 +266,24 @@ def jobs_from_file(path: str, env: Env, cli_values: dict[str, Any]) -> list[Job]
     now = env.clock.now()
     jobs = []
     alike: dict[JobSettings, JobSettings] = {}  # most jobs of a file have the same settings
+    made: dict[Any, JobSettings] = {}  # ... from the same options: converted once
     for d in load(path, env.environ, now):
-        settings = JobSettings.from_values(cli_values, d.settings)
-        settings = alike.setdefault(settings, settings)
+        try:
+            settings = made[d.options]
+        except KeyError:
+            settings = JobSettings.from_values(cli_values, d.settings)
+            settings = made[d.options] = alike.setdefault(settings, settings)
+        except TypeError:  # an option's value that cannot be a key
+            settings = JobSettings.from_values(cli_values, d.settings)
+            settings = alike.setdefault(settings, settings)
         jobs.append(
             Job(
                 d.name,
                 Schedule(d.spec, job_id=d.name, anchor=now),
                 # --kill-orphans is how the command is run: the runner sees the command only
-                replace(d.command, kill_orphans=settings.kill_orphans),
+                d.command
+                if d.command.kill_orphans == settings.kill_orphans
+                else replace(d.command, kill_orphans=settings.kill_orphans),
                 settings,
                 env=dict(d.env),  # on top of the process environment, at each spawn
                 fingerprint=(d.fingerprint(), settings),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime, tzinfo
 from typing import Any
@@ -30,6 +29,8 @@ def instant_fields(instant: datetime, zone: tzinfo, now: datetime | None = None)
 
 
 def echo_json(document: Any) -> None:
+    import json  # only --format json pays for it
+
     click.echo(json.dumps(document, indent=2, ensure_ascii=False))
 
 

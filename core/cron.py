@@ -201,6 +201,27 @@ def _range_item(field: Field, item: str, source: str, pos: int) -> str:
 
 
 def _parse_field(field: Field, text: str, source: str, pos: int) -> str:
+    normalized = _field_text(field.name, text)
+    if normalized is not None:
+        return normalized
+    return _parse_items(field, text, source, pos)  # raises, placed at ``pos`` in ``source``
+
+
+_BY_NAME = {f.name: f for f in FIELDS_6}
+
+
+@functools.lru_cache(maxsize=8192)
+def _field_text(name: str, text: str) -> str | None:
+    """A field's normalized text, or None when it is bad: the fields of a crontab's lines repeat
+    ("0", "*", "1-5"), each parsed once. An error is not kept; it is raised again by the caller
+    with its place in the whole expression."""
+    try:
+        return _parse_items(_BY_NAME[name], text, text, 0)
+    except ScheduleError:
+        return None
+
+
+def _parse_items(field: Field, text: str, source: str, pos: int) -> str:
     items = []
     offset = 0
     for item in text.split(","):
@@ -258,8 +279,11 @@ class CronExpr:
         return not (self.dom.startswith("*") or self.dow.startswith("*"))
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_cron(text: str, source: str | None = None, base: int = 0) -> CronExpr:
-    """Parse 5 fields, or 6 with seconds first (gocron, Quartz) at ``base`` in ``source``."""
+    """Parse 5 fields, or 6 with seconds first (gocron, Quartz) at ``base`` in ``source``. Each
+    distinct expression once: the lines of a crontab mostly repeat a few (an error is raised
+    again each time, not kept)."""
     source = text if source is None else source
     parts: list[tuple[str, int]] = [
         (m.group(), m.start() + base) for m in re.finditer(r"\S+", text)
@@ -296,6 +320,8 @@ def resolve_hash(expr: CronExpr, job_id: str) -> str:
     ``H`` is one value in the field's range; ``H(a-b)`` one in a-b; ``H/n`` every n starting at a
     hashed offset below n; ``H(a-b)/n`` the same inside a-b.
     """
+    if not any("H" in text for text in expr.fields):
+        return " ".join(expr.fields)  # nothing hashed (most expressions)
     fields = FIELDS_6 if expr.has_seconds else FIELDS_5
     out = []
     for index, (field, text) in enumerate(zip(fields, expr.fields, strict=True)):
@@ -561,7 +587,9 @@ class WallClock:
         return day + timedelta(days=1)
 
 
-@functools.lru_cache(maxsize=4096)
+# Large enough for every distinct expression of a 100,000-line crontab: each is compiled when it
+# is validated and found here again when its job is scheduled, after all the others.
+@functools.lru_cache(maxsize=1 << 17)
 def _compiled(fields: tuple[str, ...], day_or: bool) -> WallClock:
     return WallClock(fields, day_or)
 

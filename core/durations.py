@@ -28,7 +28,8 @@ _UNITS = {
     "d": DAY,
 }
 # ASCII digits only: str.isdigit() and int() also take '٥' and '５' (issue 14).
-_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h|d)")
+# Patterns are compiled on first use (re caches them), not at import: every command imports this.
+_PART = r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h|d)"
 # 100 years: far beyond any useful schedule, and small enough that every tick, claim and deadline
 # pyjob computes from a duration stays inside datetime's range (year 9999) for centuries.
 MAX_DAYS = 36_525
@@ -56,7 +57,7 @@ def parse_duration(text: str, *, allow_zero: bool = False) -> int:
     pos = 0
     total_ns = 0
     while pos < len(s):
-        m = _PART.match(s, pos)
+        m = re.compile(_PART).match(s, pos)
         if m is None:
             meant = _meant(s)
             hint = f"did you mean '{meant}'?" if meant else _HINT
@@ -97,7 +98,7 @@ _WORDS = {
     "d": ("day", "days"),
 }
 _WORD_UNIT = {w: unit for unit, words in _WORDS.items() for w in words}
-_WORDY = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zµμ]+)", re.IGNORECASE)
+_WORDY = r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zµμ]+)"
 
 
 def suggest_duration(text: str) -> str | None:
@@ -114,7 +115,7 @@ def _meant(text: str) -> str | None:
     """The duration a text with units spelt out means ('5mins' -> '5m'), or None."""
     out, pos = [], 0
     while pos < len(text):
-        m = _WORDY.match(text, pos)
+        m = re.compile(_WORDY, re.IGNORECASE).match(text, pos)
         if m is None:
             return None
         word = m.group(2).lower()

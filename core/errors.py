@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import re
 
-_LONG_QUOTED = re.compile(r"'([^']{41,})'")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Compiled on the first error, not at import: every command imports this module.
+_LONG_QUOTED = r"'([^']{41,})'"
+_CONTROL = r"[\x00-\x1f\x7f-\x9f\u2028\u2029]"
 
 
 def tidy(message: str) -> str:
     """One printable line: control characters (a newline in a bad token too) are escaped, and a
     quoted token longer than 40 characters is cut to its start and its length."""
-    message = _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
-    return _LONG_QUOTED.sub(
-        lambda m: f"'{m.group(1)[:24]}...' ({len(m.group(1))} characters)", message
+    message = re.sub(_CONTROL, lambda m: repr(m.group())[1:-1], message)
+    return re.sub(
+        _LONG_QUOTED, lambda m: f"'{m.group(1)[:24]}...' ({len(m.group(1))} characters)", message
     )
 
 

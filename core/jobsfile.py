@@ -99,6 +99,40 @@ class _Ctx:
     env: Mapping[str, str]
     now: datetime
     problems: list[str] = field(default_factory=list)
+    # Looked up once per distinct value while one file loads: a crontab of thousands of lines
+    # names the same few users and programs, and each lookup reads /etc/passwd or walks PATH.
+    users: dict[str, Any] = field(default_factory=dict)  # name -> pwd entry, or None
+    on_path: dict[str, bool] = field(default_factory=dict)  # program -> found on PATH
+
+    def user(self, name: str) -> Any:
+        """The passwd entry of ``name``, or None when there is no such user."""
+        if name not in self.users:
+            import pwd
+
+            try:
+                self.users[name] = pwd.getpwnam(name)
+            except KeyError:
+                self.users[name] = None
+        return self.users[name]
+
+    zone_env: dict[str, str] | None = None  # what build() reads of env: the default zone, once
+
+    def zones(self) -> dict[str, str]:
+        """``env`` as build() reads it (PYJOB_TZ, else the system zone), the system's zone found
+        once per file rather than read from /etc/timezone for each line."""
+        if self.zone_env is None:
+            from .zones import system_zone_name
+
+            self.zone_env = {"PYJOB_TZ": self.env.get("PYJOB_TZ") or system_zone_name(self.env)}
+        return self.zone_env
+
+    def found(self, program: str) -> bool:
+        """Whether ``program`` is a command on the file's PATH."""
+        if program not in self.on_path:
+            import shutil
+
+            self.on_path[program] = shutil.which(program, path=self.env.get("PATH")) is not None
+        return self.on_path[program]
 
 
 def load(
@@ -134,7 +168,7 @@ def _finish(ctx: _Ctx, jobs: list[JobDef]) -> list[JobDef]:
 
 def _build(ctx: _Ctx, where: str, parts: Parts, tz: str | None) -> Spec | None:
     try:
-        return build(parts, tz=tz, env=ctx.env, now=ctx.now)
+        return build(parts, tz=tz, env=ctx.zones(), now=ctx.now)
     except InputError as e:
         ctx.problems.append(f"{where}: {e.message}")
         return None
@@ -212,9 +246,7 @@ def parse_crontab(
             argv.append(f"user={user}")
         run_env = dict(job_env)
         if user is not None:  # as cron sets them for the user's jobs
-            import pwd
-
-            entry = pwd.getpwnam(user)
+            entry = ctx.user(user)
             run_env.update(HOME=entry.pw_dir, LOGNAME=user, USER=user)
         jobs.append(
             JobDef(
@@ -244,18 +276,11 @@ def _user_field(ctx: _Ctx, where: str, command: str, system: bool) -> tuple[str 
     too (a line copied from /etc/crontab), rather than run as a command that cannot exist."""
     import os
     import pwd
-    import shutil
 
     first, _, rest = command.partition(" ")
     rest = rest.strip()
-    try:
-        pwd.getpwnam(first)
-        is_user = True
-    except KeyError:
-        is_user = False
-    if not system and (
-        not is_user or "/" in first or shutil.which(first, path=ctx.env.get("PATH")) is not None
-    ):
+    is_user = ctx.user(first) is not None
+    if not system and (not is_user or "/" in first or ctx.found(first)):
         return None, command
     if not is_user:
         ctx.problems.append(
@@ -287,6 +312,8 @@ def _crontab_command(line: str, shell: str, user: str | None) -> Command:
 
 
 _HEAD = 4096  # the characters of a crontab line in which its program's name is looked for
+_QUOTING = frozenset("'\"\\")  # what makes shlex.split differ from a split at its whitespace
+_SHLEX_SPACE = re.compile(r"[ \t\r\n]+")  # shlex's whitespace
 
 
 def _program(command: str) -> str:
@@ -297,10 +324,13 @@ def _program(command: str) -> str:
     # The program is among the first words: only they are split, as shlex takes time quadratic
     # in the length of a word (a 1 MB line took 25 s to validate).
     head = command[:_HEAD]
-    try:
-        words = shlex.split(head)
-    except ValueError:
-        words = head.split()
+    if _QUOTING.isdisjoint(head):  # no quotes or escapes: shlex would split at its whitespace
+        words = _SHLEX_SPACE.split(head)
+    else:
+        try:
+            words = shlex.split(head)
+        except ValueError:
+            words = head.split()
     words = [w for w in words if w] or ["job"]
     i = 0
     while i < len(words) - 1 and _ENV_LINE.match(words[i]):

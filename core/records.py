@@ -173,6 +173,18 @@ def _write(path: Path, text: str) -> None:
     write_atomic(path, text)
 
 
+def _create(path: Path, text: str) -> None:
+    """A file in a directory this process just made: created in place, without the temporary
+    file and rename of _write (readers skip a file they cannot parse yet); replaced as _write
+    does when another instance registering the same job wrote it meanwhile."""
+    from .backends.common import create_new
+
+    try:
+        create_new(path, text)
+    except FileExistsError:
+        _write(path, text)
+
+
 def _make_dirs(path: Path) -> bool:
     from .backends.common import make_private_dirs
 
@@ -280,9 +292,13 @@ class DirectoryRecords:
     def _register_one(self, j: JobInfo) -> None:
         assert self._me is not None
         d = self.directory / _safe(j.job)
+        new = _make_dirs(d)  # the job's directory first: one mkdir for each of its directories
         _make_dirs(d / "instances")
         _make_dirs(d / "runs")  # so that the job's first record does not take it for a deletion
-        _write(d / "job.json", j.to_json())
+        if new:
+            _create(d / "job.json", j.to_json())
+        else:
+            _write(d / "job.json", j.to_json())
         (d / "instances" / _safe(self._me.instance)).touch()
 
     def heartbeat(self, instance: InstanceInfo) -> None:

@@ -19,16 +19,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import cache
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, Any
 from zoneinfo import ZoneInfo
 
 import tzdata
 
 from .errors import ZoneError
-
-if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable
 
 _ONE_SECOND = timedelta(seconds=1)
 
@@ -47,28 +43,36 @@ class BundledZone(ZoneInfo):
 
 
 @cache
-def _package() -> Traversable:
-    """The package's files: its directory (importlib.resources, which costs pyjob's start-up a
-    few milliseconds of imports, only for an install that is not plain files, like a zip)."""
-    root = Path(tzdata.__file__).parent
-    if (root / "zones").is_file():
-        return root
+def _package_dir() -> str | None:
+    """The package's directory when its files are plain files (os.path: pathlib and
+    importlib.resources would cost every command's start-up a few milliseconds of imports)."""
+    root = os.path.dirname(tzdata.__file__)
+    return root if os.path.isfile(os.path.join(root, "zones")) else None
+
+
+def _open(*parts: str) -> IO[bytes]:
+    """A file of the package, read through importlib.resources when it is not plain files (a
+    zip)."""
+    root = _package_dir()
+    if root is not None:
+        return open(os.path.join(root, *parts), "rb")
     from importlib import resources
 
-    return resources.files("tzdata")
+    return resources.files("tzdata").joinpath(*parts).open("rb")
 
 
 @cache
 def _bundled_names() -> frozenset[str]:
     """The keys the package has (its list, so no key can name a directory or leave the package)."""
-    text = _package().joinpath("zones").read_text(encoding="utf-8")
+    with _open("zones") as f:
+        text = f.read().decode("utf-8")
     return frozenset(line.strip() for line in text.splitlines() if line.strip())
 
 
 @cache
 def _load(key: str) -> BundledZone:
     """One object per key and process: datetimes in one zone then share their tzinfo."""
-    with _package().joinpath("zoneinfo", *key.split("/")).open("rb") as f:
+    with _open("zoneinfo", *key.split("/")) as f:
         return BundledZone.from_file(f, key=key)
 
 
@@ -136,9 +140,9 @@ def system_zone_name(env: Mapping[str, str] | None = None) -> str:
                 return name
         else:
             return tz
-    etc_timezone = Path("/etc/timezone")
     try:
-        name = etc_timezone.read_text().strip()
+        with open("/etc/timezone") as f:
+            name = f.read().strip()
         if name:
             return name
     except OSError:

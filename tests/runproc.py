@@ -58,6 +58,13 @@ class PyjobRun:
             self._out.close()
 
     def stop(self, timeout: float = 30) -> int:
+        """SIGTERM once pyjob handles it (its `started` event follows the handlers), so that a
+        start slowed by a busy machine is not taken for a crash (exit -15)."""
+        deadline = time.monotonic() + 60
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            if '"event": "started"' in self.log_path.read_text():
+                break
+            time.sleep(0.05)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.wait(timeout)

@@ -22,8 +22,8 @@ Invariants (docs/design.md §8, named here for the report):
 - L1 the fleet is live after a fault: every tick due from ``BOUND`` after the last fault ends
   ran, until the fleet stops;
 - L2 every run ends once: every tick whose command ran has a final record (not running or
-  retrying) and, when it failed, exactly one on-failure hook (``--strict`` only: a run lost with a
-  killed host is not yet recorded as lost — docs/design.md §8 lists what is still open);
+  retrying) and, when it failed, exactly one on-failure hook (a run lost with a killed host
+  included: another instance records it lost and fires its hook);
 - L3 survivors: no process printed a traceback, and every instance not killed was alive at the
   end and stopped with exit 0.
 """
@@ -385,7 +385,7 @@ def _drive(fleet: Fleet, faults: list[Fault], seconds: float) -> float:
 
 
 def check(
-    fleet: Fleet, faults: list[Fault], started: float, stopped: float, strict: bool
+    fleet: Fleet, faults: list[Fault], started: float, stopped: float
 ) -> tuple[list[str], dict[str, int]]:
     """Every invariant of the module docstring; the violations, and what was counted."""
     bad: list[str] = []
@@ -442,13 +442,12 @@ def check(
     failed_unalerted = [
         t for t, r in records.items() if r["result"] == "failure" and hooks.get(t, 0) != 1
     ]
-    if strict:
-        if open_runs:
-            bad.append(f"L2 runs without a final record: {sorted(open_runs)}")
-        if no_record:
-            bad.append(f"L2 runs without any record: {no_record}")
-        if failed_unalerted:
-            bad.append(f"L2 failed runs without exactly one hook: {sorted(failed_unalerted)}")
+    if open_runs:
+        bad.append(f"L2 runs without a final record: {sorted(open_runs)}")
+    if no_record:
+        bad.append(f"L2 runs without any record: {no_record}")
+    if failed_unalerted:
+        bad.append(f"L2 failed runs without exactly one hook: {sorted(failed_unalerted)}")
     # L3: survivors, no traceback
     for run in fleet.all_runs:
         text = run.log_path.read_text()
@@ -482,7 +481,7 @@ def _fleet(backend: str, work: Path, seed: int) -> Iterator[Fleet]:
         fleet.close()
 
 
-def soak(backend: str, seconds: float, seed: int, work: Path, strict: bool = False) -> Outcome:
+def soak(backend: str, seconds: float, seed: int, work: Path) -> Outcome:
     """One run of the fleet: ``seconds`` long, faults in all but the last ``BOUND + 3 periods``."""
     faulty = max(2.0, seconds - BOUND - 3 * PERIOD - 4.0)
     faults = plan(seed, backend, faulty)
@@ -497,7 +496,7 @@ def soak(backend: str, seconds: float, seed: int, work: Path, strict: bool = Fal
                 bad.append(f"L3 i{n} ended by itself with {run.proc.returncode}")
             elif (code := run.stop()) != 0:
                 bad.append(f"L3 i{n} stopped with exit {code}")
-        more, counted = check(fleet, faults, started, stopped, strict)
+        more, counted = check(fleet, faults, started, stopped)
     return Outcome(seed, backend, faults, bad + more, counted)
 
 
@@ -511,9 +510,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep", type=Path, help="work here and keep the logs (default: a temp dir)"
     )
-    parser.add_argument(
-        "--strict", action="store_true", help="also check L2 (runs lost with a killed host)"
-    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     failed = False
@@ -522,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             work = Path(tmp) if args.keep is None else args.keep / backend
             work.mkdir(parents=True, exist_ok=True)
             try:
-                outcome = soak(backend, args.seconds, seed, work, args.strict)
+                outcome = soak(backend, args.seconds, seed, work)
             except Missing as e:
                 print(f"{backend}: skipped, {e}")
                 continue

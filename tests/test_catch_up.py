@@ -31,11 +31,13 @@ def _job(url: str, tmp: Path, name: str, extra: list[str], instance: str) -> Pyj
 def test_two_instances_coming_back_catch_up_the_missed_tick_once(
     fleet_lock_url: str, tmp_path: Path
 ) -> None:
-    # Every variant's job runs one tick, then nothing runs it for two ticks. They start just
-    # after a 4 s boundary, so that all of them (however slow to start) run the same tick.
-    time.sleep(4 - time.time() % 4 + 0.1)
+    # Every variant's job runs one tick, then nothing runs it for two ticks. They all start
+    # from one 4 s boundary, well ahead, so that all of them (however slow to start) run it.
+    first_tick = int(time.time() // 4 * 4 + 12)
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(first_tick))
     first = [
-        _job(fleet_lock_url, tmp_path, name, ["--max-runs", "1"], "early") for name in VARIANTS
+        _job(fleet_lock_url, tmp_path, name, ["--max-runs", "1", "--start-at", at], "early")
+        for name in VARIANTS
     ]
     for r in first:
         assert r.wait(timeout=30) == 0

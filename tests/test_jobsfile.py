@@ -659,3 +659,59 @@ def test_thousands_of_jobs_of_one_program_keep_unique_readable_names() -> None:
     names = [j.name for j in jobs]
     assert len(set(names)) == 10_000
     assert all(n.startswith("task.sh-") for n in names)
+
+
+@given(st.text(alphabet=st.sampled_from(list("ab/.=_-#$;|&*~é \t\r\n\x0b\x0c\xa0")), max_size=40))
+def test_a_line_without_quotes_is_named_as_shlex_splits_it(line: str) -> None:
+    """Lines without quotes or escapes skip shlex (10,000 lines took seconds); the name is the
+    one shlex's words give, whatever the whitespace and symbols."""
+    import shlex
+
+    from pyjob.core import jobsfile
+
+    words = [w for w in shlex.split(line) if w] or ["job"]
+    i = 0
+    while i < len(words) - 1 and jobsfile._ENV_LINE.match(words[i]):
+        i += 1
+    base = words[i].rstrip("/").rsplit("/", 1)[-1]
+    expected = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.")[:40] or "job"
+    assert jobsfile._program(line) == expected
+
+
+def test_each_user_program_and_zone_of_a_crontab_is_looked_up_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pwd
+    import shutil
+
+    users: Counter[str] = Counter()
+    programs: Counter[str] = Counter()
+    real_getpwnam, real_which = pwd.getpwnam, shutil.which
+
+    def getpwnam(name: str) -> pwd.struct_passwd:
+        users[name] += 1
+        return real_getpwnam(name)
+
+    def which(name: str, *args: object, **kw: object) -> str | None:
+        programs[name] += 1
+        return real_which(name, *args, **kw)  # type: ignore[arg-type]
+
+    from pyjob.core import zones
+
+    zone_reads = Counter[str]()
+    real_zone = zones.system_zone_name
+
+    def system_zone_name(env: object = None) -> str:
+        zone_reads["system"] += 1
+        return real_zone(env)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pwd, "getpwnam", getpwnam)
+    monkeypatch.setattr(shutil, "which", which)
+    monkeypatch.setattr(zones, "system_zone_name", system_zone_name)
+    me = real_getpwnam(os.environ.get("USER") or "root").pw_name
+    text = "".join(f"{k} * * * * true {k}\n{k} * * * * {me} echo {k}\n" for k in range(50))
+    jobs = parse_crontab(text, "crontab", {"PATH": os.environ["PATH"]}, NOW)
+    assert len(jobs) == 100
+    assert users == {"true": 1, me: 1}
+    assert programs == {me: 1}
+    assert zone_reads == {"system": 1}  # no TZ given: /etc/timezone is read once, not per line

@@ -95,6 +95,18 @@ def test_cron_errors_name_field_and_token(text: str, message: str, pos: int, len
     assert (info.value.pos, info.value.length) == (pos, length)
 
 
+def test_a_field_parsed_before_is_placed_anew_in_each_expression() -> None:
+    """Fields are normalized once per text (a crontab repeats them); their errors are not kept,
+    so each expression reports its own place and source."""
+    assert str(parse("0 1,2 * * *", env={"TZ": "UTC"}).rule) == str(
+        parse("0 1,2 * * *", env={"TZ": "UTC"}).rule
+    )
+    for text, pos in [("0 99 * * *", 2), ("99 0 * * *", 0), ("CRON_TZ=UTC 0 99 * * *", 14)]:
+        with pytest.raises(ScheduleError) as info:
+            parse(text, env={"TZ": "UTC"})
+        assert (info.value.pos, info.value.source) == (pos, text), text
+
+
 def test_error_position_accounts_for_prefix() -> None:
     with pytest.raises(ScheduleError) as info:
         parse("CRON_TZ=UTC 0 99 * * *", env={})
