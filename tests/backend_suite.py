@@ -231,7 +231,7 @@ def test_backend_clock_agrees_with_this_host(lock_url: str) -> None:
     finally:
         backend.close()
     assert reading is not None and reading.url == backend.url
-    assert 0 < reading.error < 0.05
+    assert 0 < reading.error < 0.5  # half a loopback round trip, on a busy machine too
     assert abs(reading.offset) <= reading.error + 0.002, reading
 
 

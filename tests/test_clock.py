@@ -575,11 +575,12 @@ def test_clock_ntp_makes_skewed_instances_fire_together(
     assert len(common) >= 10
     gaps = [abs(true[t] - ahead[t]) for t in common]
     print(f"--clock ntp: {len(common)} ticks, largest gap {max(gaps) * 1000:.2f} ms")
-    assert max(gaps) < 0.020, gaps
-    # Not early (by its own clock it fired 300 ms early), and at the tick: both instances start
-    # 6-15 ms after it when 2 test workers share the 2 cores, so a loaded tick may exceed 20 ms.
+    # Far under the 300 ms their own clocks put between them; a busy machine delays a wake-up
+    # by tens of milliseconds, so the bound leaves room for that, not for the skew.
+    assert max(gaps) < 0.150, gaps
+    # Not early (by its own clock it fired 300 ms early), and at the tick, not 300 ms after it.
     late = [ahead[t] - t for t in common]
-    assert all(-0.005 < x < 0.050 for x in late), late
+    assert all(-0.005 < x < 0.150 for x in late), late
 
 
 def test_a_falseticker_is_outvoted_even_with_the_shortest_round_trip() -> None:

@@ -341,7 +341,9 @@ def test_crontab_jobs_each_tick_once_across_two_processes(tmp_path: Path) -> Non
     # the slow job (overlap skip) ran about every 4 s; the fast jobs were never held up by it
     assert 2 <= len(slow) <= 4
     fast = [e for e in starts if "sleep" not in e.get("command", "")]
-    assert max(e["lateness"] for e in fast) < 0.1, max(e["lateness"] for e in fast)
+    # Held up by the slow one would be a second or more (its tick skipped): a loaded machine's
+    # spawn delays stay well under that.
+    assert max(e["lateness"] for e in fast) < 0.5, max(e["lateness"] for e in fast)
     instances = {instance for _, _, instance in rows}
     assert instances <= {"p1", "p2"}
 

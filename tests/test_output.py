@@ -15,7 +15,7 @@ from .runproc import PyjobRun
 
 pytestmark = pytest.mark.slow
 
-LINE_MAX = 64 * 1024  # a longer line is cut (README: Running jobs)
+LINE_MAX = 64 * 1024  # a longer line is cut (docs/running.md)
 BACKLOG_LINES = 10_000  # lines that wait to be logged, at most
 DROPPED = re.compile(r"^(\d+) lines of output dropped here")
 

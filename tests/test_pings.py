@@ -342,7 +342,9 @@ def test_a_hung_or_absent_ping_server_never_delays_a_tick(tmp_path: Path) -> Non
         hung.close()
     for r in runs:
         starts = r.events("run-started")
-        assert max(e["lateness"] for e in starts) < 0.1, [e["lateness"] for e in starts]
+        # A tick waiting for the hung server would be seconds late (or missed); a loaded
+        # machine's spawn delays stay well under a second.
+        assert max(e["lateness"] for e in starts) < 0.5, [e["lateness"] for e in starts]
         assert r.events("missed") == []
     assert stopping < 15  # at most a few seconds each to give up on the queued pings
     assert hung.requests  # it was asked, and never answered
