@@ -515,6 +515,14 @@ def start_warnings(
     # file lock of a lone one-liner is not a fleet).
     if unshared and job.lock is not None and job.lock != "none":
         found.append(unshared)
+    if job.settings.pool is not None and job.lock == "none":
+        found.append(
+            {
+                "problem": f"--pool {job.settings.pool} with --lock none bounds the runs of this "
+                "process only",
+                "action": "give a shared --lock for a pool across the fleet",
+            }
+        )
     return found
 
 

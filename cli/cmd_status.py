@@ -24,7 +24,8 @@ UNSERVED_SHOWN = 24 * 3600.0
 def status_cmd(lock: str | None, fmt: str) -> None:
     """Every job known to the lock backend, in the style of `systemctl list-timers`: its
     schedule, last run (when, where, result, duration), next tick, what runs now and where, and
-    the instances that serve it.
+    the instances that serve it. A job paused by `pyjob pause` shows NEXT as "paused 5m ago
+    by USER@HOST" ("paused": {"since", "by"} in JSON, null when it is not).
 
     Each instance registers its jobs in the backend and refreshes a heartbeat every third of its
     --lease-ttl (5 s by default, at most 10 s); one not seen for 3.5 beats (17.5 s) has gone
@@ -52,6 +53,7 @@ def status_cmd(lock: str | None, fmt: str) -> None:
         jobs = store.jobs()
         instances = store.instances()
         recent = {j.job: store.recent(j.job) for j in jobs}
+        paused = _paused(backend)
     finally:
         backend.close()
     fleet_warning = zone_database_warning(instances, now_us)
@@ -73,6 +75,7 @@ def status_cmd(lock: str | None, fmt: str) -> None:
             continue
         live = _live(j.instances, instances, now_us)
         nxt = _next_tick(j.schedule, j.job, now) if live else None
+        pause = paused.get(j.job)
         docs.append(
             {
                 "job": j.job,
@@ -82,6 +85,9 @@ def status_cmd(lock: str | None, fmt: str) -> None:
                 "zone": j.zone,
                 "last": run_document(last, zone) if last else None,
                 "next_tick": None if nxt is None else nxt.astimezone(zone).isoformat(),
+                "paused": None
+                if pause is None
+                else {"since": _iso(pause.since_us, zone), "by": pause.by},
                 "last_seen": _iso(seen_us, zone),  # the latest heartbeat of its instances
                 "running": [run_document(r, zone) for r in running],
                 "instances": [
@@ -103,7 +109,7 @@ def status_cmd(lock: str | None, fmt: str) -> None:
                 j.job,
                 _describe(j.schedule, j.job),
                 _last_text(last, now_us, term),
-                _next_text(nxt, zone, now_us) if live else _unserved_text(seen_us, now_us),
+                _next_column(nxt, zone, now_us, live, seen_us, pause),
                 running_text,
                 str(len(live)),
             ]
@@ -140,6 +146,28 @@ def _live(names: list[str], instances: dict[str, InstanceInfo], now_us: int) -> 
     from pyjob.core.records import is_quiet
 
     return [i for i in _served(names, instances) if not is_quiet(i, now_us)]
+
+
+def _paused(backend: Any) -> dict[str, Any]:
+    """The jobs paused (`pyjob pause`), by name; a read that fails twice: BackendError."""
+    from pyjob.core.control import control_for
+    from pyjob.core.errors import BackendError
+
+    control = control_for(backend)
+    if control is None:
+        return {}
+    try:
+        return dict(control.read().paused)
+    except BackendError:
+        return dict(control.read().paused)
+
+
+def _next_column(
+    nxt: Any, zone: Any, now_us: int, live: list[InstanceInfo], seen_us: int, pause: Any
+) -> str:
+    if pause is not None:
+        return f"paused {ago(pause.since_us, now_us)} by {pause.by}"
+    return _next_text(nxt, zone, now_us) if live else _unserved_text(seen_us, now_us)
 
 
 def _next_text(nxt: Any, zone: Any, now_us: int) -> str:

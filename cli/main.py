@@ -21,6 +21,9 @@ _COMMANDS = {
     "check-clock": ("pyjob.cli.cmd_check_clock", "check_clock_cmd"),
     "status": ("pyjob.cli.cmd_status", "status_cmd"),
     "history": ("pyjob.cli.cmd_history", "history_cmd"),
+    "pause": ("pyjob.cli.cmd_control", "pause_cmd"),
+    "resume": ("pyjob.cli.cmd_control", "resume_cmd"),
+    "trigger": ("pyjob.cli.cmd_control", "trigger_cmd"),
 }
 
 

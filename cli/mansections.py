@@ -20,7 +20,9 @@ EXIT_STATUS = [
     (
         "1",
         "something failed: a run failed (when run ends by itself), validate --strict found "
-        "warnings, or check-clock found an offset or skew over its limit (nagios: WARNING)",
+        "warnings, check-clock found an offset or skew over its limit (nagios: WARNING), or "
+        "history, pause, resume or trigger were given an unknown job (trigger: one paused, or "
+        "that no live instance serves)",
     ),
     (
         "2",
@@ -196,7 +198,8 @@ PAGES: dict[str, Page] = {
             "of --lease-ttl each, 5 s by default, at most 10 s) has gone quiet, and a run it "
             "left running shows as lost.",
             '--format json prints {"jobs": [{"job", "schedule", "command", "zone", '
-            '"last", "next_tick", "running", "instances"}]}. An unreachable backend '
+            '"last", "next_tick", "paused", "running", "instances"}]} ("paused": '
+            '{"since", "by"} while pyjob pause holds the job, else null). An unreachable backend '
             "exits 5.",
         ],
         "examples": [
@@ -225,6 +228,52 @@ PAGES: dict[str, Page] = {
         "examples": [
             ("Did last night's backup run?", "pyjob history backup -n 3 --lock redis://redis/0"),
             ("Failures of the last day", "pyjob history --result failure --since 24h"),
+        ],
+    },
+    "pause": {
+        "summary": "stop starting a job's runs on every instance",
+        "description": [
+            "Marks each JOB (every job the backend knows with --all) paused in the lock "
+            "backend. Every pyjob run instance sharing the backend reads its control state once "
+            "a second, so within about a second it stops claiming the job's ticks and records "
+            "each one as skipped, reason paused; it logs a paused event once, naming who paused "
+            "the job (USER@HOST) and when. Runs going on are not killed, and the retries of a run "
+            "started before the pause go on. The pause lives in the backend: it survives "
+            "restarts, and pyjob status shows it. pyjob resume ends it.",
+            "Needs a backend that keeps records (file:, nfs:, redis://, postgresql://): --lock "
+            "none exits 2. An unknown JOB exits 1, an unreachable backend 5.",
+        ],
+        "examples": [
+            ("Stop the backup everywhere", "pyjob pause backup --lock redis://redis:6379/0"),
+            ("An incident: nothing starts", "pyjob pause --all"),
+        ],
+    },
+    "resume": {
+        "summary": "start a paused job's runs again",
+        "description": [
+            "Ends the pause of each JOB (every job with --all): every instance runs the job's "
+            "ticks again from the first one after its next control read (about a second), and "
+            "logs a resumed event. Ticks that went by while the job was paused are not run. A "
+            "JOB that was not paused is said so. An unknown JOB exits 1.",
+        ],
+        "examples": [
+            ("Resume the backup", "pyjob resume backup --lock redis://redis:6379/0"),
+            ("After the incident", "pyjob resume --all"),
+        ],
+    },
+    "trigger": {
+        "summary": "run a job now, once in the fleet",
+        "description": [
+            "Asks the instances serving JOB to run it now. They read the request within about "
+            "a second and claim it as a tick of its own, so exactly one runs it: with the run id "
+            "JOB-trigger-ID, its own run record, hooks and pings, and PYJOB_TRIGGERED=1 in its "
+            "environment. The job's --overlap applies as for a tick. pyjob trigger waits up to "
+            "10 s to see the run start and says on which instance (or why it was skipped).",
+            "An unknown JOB, a paused one, or one that no live instance serves exits 1; a "
+            "request no instance takes within 60 s is dropped. --lock none exits 2.",
+        ],
+        "examples": [
+            ("Run the backup now", "pyjob trigger backup --lock redis://redis:6379/0"),
         ],
     },
     "next": {

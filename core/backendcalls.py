@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .backends.protocol import ClaimOutcome, ClaimRequest, Lease
 from .errors import BackendError
@@ -67,6 +67,16 @@ class OrphanCall:
 
 
 @dataclass
+class FleetCall:
+    """A read or write of the fleet's shared state beside the records (pauses, triggers, pool
+    slots: core/control.py, core/sched/pools.py); ``fn`` is bounded as every backend call is."""
+
+    fn: Callable[[], Any]
+    done: Callable[[Any], None]
+    priority: ClassVar[int] = 1
+
+
+@dataclass
 class RecordsCall:
     records: list[RunRecord]
     keep: int
@@ -107,6 +117,7 @@ Call = (
     | PreviousCall
     | LatestCall
     | OrphanCall
+    | FleetCall
     | RecordsCall
     | RegisterCall
     | HeartbeatCall
@@ -121,6 +132,7 @@ __all__ = [
     "Call",
     "ClaimCall",
     "CleanupCall",
+    "FleetCall",
     "HeartbeatCall",
     "LatestCall",
     "OrphanCall",

@@ -38,13 +38,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from queue import Empty, PriorityQueue, SimpleQueue
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .backendcalls import (
     BACKGROUND,
     Call,
     ClaimCall,
     CleanupCall,
+    FleetCall,
     HeartbeatCall,
     LatestCall,
     OrphanCall,
@@ -295,6 +296,13 @@ class Coordinator:
         another's attempts, or to end a run lost with its host."""
         self._submit(url, OrphanCall(job, newest, done))
 
+    def call(self, url: str | None, fn: Callable[[], Any], done: Callable[[Any], None]) -> None:
+        """``fn()`` on the backend's worker, under the one error policy: its result, or the
+        BackendError it raised, to ``done``. For the reads and writes of state that lives in the
+        backend beside the records (the fleet's pauses and triggers, core/control.py); ``fn``
+        must itself be bounded, as every backend call is."""
+        self._submit(url, FleetCall(fn, done))
+
     def drain(self) -> int:
         """Deliver the results that are ready (on the caller's thread); how many."""
         n = 0
@@ -543,6 +551,8 @@ class Coordinator:
             self._deliver(call.done, [_shown(outcome) for outcome in got])
         elif isinstance(call, RenewCall):
             self._deliver(call.done, link.backend.renew_many(call.leases))
+        elif isinstance(call, FleetCall):
+            self._deliver(call.done, call.fn())
         elif isinstance(call, OrphanCall):
             self._deliver(call.done, self._orphans(link, call))
         elif isinstance(call, LatestCall):

@@ -18,7 +18,7 @@ LEVELS = ("debug", "info", "warning", "error")  # lowest first: --log-level keep
 # Fields whose numbers are seconds (JSON gives them exact; a text line writes 2.3ms or 19h48m).
 SECONDS = frozenset(
     {"in_seconds", "lateness", "duration", "stop_timeout", "after", "delay", "offset", "limit"}
-    | {"late", "window", "retry_in", "down_for"}
+    | {"late", "window", "retry_in", "down_for", "paused_for", "waited"}
     | {"error"}  # the clock's error bound; a run's `error` is text, and stays text
 )
 
@@ -71,7 +71,42 @@ _KINDS = (
         "skipped",
         "warning",
         ("reason", "running", "running_on"),
-        "a tick came while the previous run was still going (--overlap skip)",
+        "a tick came while the previous run was still going (--overlap skip), while the job "
+        "is paused (reason `paused`), or found its --pool full until --misfire-grace (reason "
+        "`pool full`)",
+    ),
+    Kind(
+        "paused",
+        "warning",
+        ("by", "since"),
+        "`pyjob pause` paused the job (by whom, since when): its ticks are skipped, reason "
+        "`paused`, until `pyjob resume`; runs going on go on. Said once per instance",
+    ),
+    Kind(
+        "resumed",
+        "info",
+        ("paused_for",),
+        "`pyjob resume` resumed the job: its ticks run again (how long it was paused)",
+    ),
+    Kind(
+        "triggered",
+        "info",
+        ("run_id", "by"),
+        "this instance won the claim of a `pyjob trigger` run (once in the fleet), which runs "
+        "now as --overlap says",
+    ),
+    Kind(
+        "pool-full",
+        "info",
+        ("pool", "size"),
+        "a run of the job found its --pool full (size runs going on in the fleet): it waits "
+        "for a slot, up to --misfire-grace (then its tick is skipped, reason `pool full`)",
+    ),
+    Kind(
+        "pool-waited",
+        "info",
+        ("pool", "waited"),
+        "a run that found its pool full got a slot after waiting this long, and starts",
     ),
     Kind("queued", "info", ("running",), "a tick waits for the running one (--overlap queue)"),
     Kind(

@@ -45,7 +45,16 @@ FLEET_FIRST = 100  # records read per job at the first fleet read (--history-kee
 
 RESULTS = ("success", "failure", "timeout", "stopped", "start-failed", "lost")
 # skipped ticks, by kind of reason (a fixed set: the event's reason is free text)
-SKIP_REASONS = ("overlap", "queue-full", "backend-error", "refused", "clock-ahead", "other")
+SKIP_REASONS = (
+    "overlap",
+    "queue-full",
+    "paused",
+    "pool-full",
+    "backend-error",
+    "refused",
+    "clock-ahead",
+    "other",
+)
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 LATENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -68,6 +77,10 @@ def skip_reason(event: Event) -> str | None:
         text = str(event.fields.get("reason", ""))
         if "queued" in text:
             return "queue-full"
+        if text.startswith("paused"):
+            return "paused"
+        if text.startswith("pool full"):
+            return "pool-full"
         return "overlap" if text.startswith("overlap") else "other"
     if event.kind == "refused":
         # a claim refused because this host's clock is ahead of the backend's (DESIGN §8)
@@ -139,10 +152,30 @@ class Metrics:
             "pyjob_skipped_ticks",
             "Ticks this instance did not run. overlap (the previous run still going), "
             "queue-full and other are decided by the instance that won the tick's claim: once "
-            "per tick across the fleet. backend-error (claim failed, fail closed), refused and "
-            "clock-ahead (this host's clock ahead of the backend's) are decided by each instance "
-            "for itself: every instance counts the tick.",
+            "per tick across the fleet, and so is pool-full (the pool had no slot until "
+            "--misfire-grace). backend-error (claim failed, fail closed), refused, "
+            "clock-ahead (this host's clock ahead of the backend's) and paused (`pyjob pause`) "
+            "are decided by each instance for itself: every instance counts the tick.",
             ["job_name", "reason"],
+            registry=r,
+        )
+        self.paused = Gauge(
+            "pyjob_paused",
+            "1 while the job is paused (`pyjob pause`) as this instance last read it, else 0.",
+            ["job_name"],
+            registry=r,
+        )
+        self.triggered = Counter(
+            "pyjob_triggered_runs",
+            "`pyjob trigger` runs this instance won (once per trigger across the fleet).",
+            ["job_name"],
+            registry=r,
+        )
+        self.pool_waits = Histogram(
+            "pyjob_pool_wait_seconds",
+            "How long runs that found their --pool full waited for a slot (those that got one).",
+            ["pool"],
+            buckets=LATENESS_BUCKETS,
             registry=r,
         )
         self.backend_errors = Counter(
@@ -237,6 +270,8 @@ class Metrics:
             self.running.labels(job)
             self.missed.labels(job)
             self.ping_failures.labels(job)
+            self.paused.labels(job)
+            self.triggered.labels(job)
             if every is not None:
                 self.interval.labels(job).set(every)
         for kind in set(backends.values()):
@@ -278,6 +313,8 @@ class Metrics:
             self.missed.labels(job).inc(int(f.get("count") or 1))
         elif kind == "backend-error":
             self.backend_errors.labels(self._backend(job)).inc()
+        elif kind in ("paused", "resumed", "triggered", "pool-waited"):
+            self._control(kind, job, f)
         elif kind == "ping-failed":
             self.ping_failures.labels(job).inc()
         elif kind == "output-closed":
@@ -287,6 +324,15 @@ class Metrics:
         reason = skip_reason(event)
         if reason is not None:
             self.skipped.labels(job, reason).inc()
+
+    def _control(self, kind: str, job: str, f: Mapping[str, Any]) -> None:
+        """Pauses, triggers and pool waits."""
+        if kind in ("paused", "resumed"):
+            self.paused.labels(job).set(1 if kind == "paused" else 0)
+        elif kind == "triggered":
+            self.triggered.labels(job).inc()
+        else:
+            self.pool_waits.labels(str(f.get("pool"))).observe(float(f.get("waited") or 0))
 
     def success(self, job: str, at: float) -> None:
         """``job`` succeeded at ``at`` (Unix time), here or on another instance."""

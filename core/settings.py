@@ -257,6 +257,21 @@ SETTINGS: tuple[Setting, ...] = (
         metavar=_DURATION,
     ),
     Setting(
+        "pool",
+        "text",
+        "Run in the pool NAME: at most --pool-size runs of the jobs in it at once across every "
+        "instance sharing the backend. A tick that finds the pool full waits for a slot up to "
+        "--misfire-grace (default: until the following tick is due), then is skipped.",
+        metavar="NAME",
+    ),
+    Setting(
+        "pool-size",
+        "count",
+        "How many runs of --pool NAME may run at once, fleet-wide (give every job of the pool "
+        "the same size).",
+        metavar="N",
+    ),
+    Setting(
         "history-keep",
         "count",
         "Keep the records of this many runs per job in the backend (pyjob history).",
@@ -542,6 +557,8 @@ class JobSettings:
     hook_timeout: float = 30.0
     notify_on: NotifyOn = NotifyOn.ALWAYS
     lease_ttl: float = 15.0
+    pool: str | None = None
+    pool_size: int | None = None
     history_keep: int = 100
     history_max_age: float = 30 * 86400.0
     ping: str | None = None
@@ -551,6 +568,13 @@ class JobSettings:
         object.__setattr__(self, "overlap", Overlap(self.overlap))
         object.__setattr__(self, "on_backend_error", OnBackendError(self.on_backend_error))
         object.__setattr__(self, "notify_on", NotifyOn(self.notify_on))
+        if (self.pool is None) != (self.pool_size is None):
+            given, missing = (
+                ("--pool", "--pool-size N") if self.pool else ("--pool-size", "--pool NAME")
+            )
+            raise InputError(f"{given} needs {missing} (a pool is a name and a size)")
+        if self.pool is not None and (not self.pool.strip() or not self.pool.isprintable()):
+            raise InputError(f"bad pool name {self.pool!r}: printable text, not empty")
 
     @classmethod
     def from_values(cls, *layers: Mapping[str, Any]) -> JobSettings:

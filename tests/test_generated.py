@@ -122,7 +122,21 @@ def completion_reply(line: str) -> list[str]:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("pyjob ", ["align", "check-clock", "history", "next", "run", "status", "validate"]),
+        (
+            "pyjob ",
+            [
+                "align",
+                "check-clock",
+                "history",
+                "next",
+                "pause",
+                "resume",
+                "run",
+                "status",
+                "trigger",
+                "validate",
+            ],
+        ),
         ("pyjob check-clock --format ", ["table", "json", "nagios"]),
         ("pyjob check-clock --lock re", ["redis://", "rediss://"]),
         ("pyjob run --clock ", ["system", "ntp"]),

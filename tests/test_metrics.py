@@ -89,6 +89,8 @@ def test_a_run_result_is_named_as_in_the_run_records(fields: dict[str, Any], res
         ("skipped", True, {"reason": "overlap: the previous run is still going"}, "overlap"),
         ("skipped", True, {"reason": "overlap: one run is already queued"}, "queue-full"),
         ("skipped", True, {"reason": "something new"}, "other"),
+        ("skipped", True, {"reason": "paused"}, "paused"),
+        ("skipped", True, {"reason": "pool full: p (2 running)"}, "pool-full"),
         ("refused", True, {"reason": "clocks 2h apart"}, "refused"),
         (
             "refused",
@@ -114,6 +116,24 @@ def test_skip_reasons_are_a_fixed_set(
 
 def _metrics(clock: FakeClock) -> Metrics:
     return Metrics(clock, "me", "9.9", {"j": 60.0}, {"j": "redis"})
+
+
+def test_pauses_triggers_and_pool_waits_are_counted() -> None:
+    m = _metrics(FakeClock(NOW))
+    text = m.render().decode()
+    assert value(text, "pyjob_paused", job_name="j") == 0
+    assert value(text, "pyjob_triggered_runs_total", job_name="j") == 0
+    m.on_event(make("paused", "j", "me", None, NOW, by="a@h", since="2026-12-01T08:00:00+00:00"))
+    m.on_event(make("skipped", "j", "me", NOW, NOW, reason="paused"))
+    m.on_event(make("triggered", "j", "me", NOW, NOW, run_id="j-trigger-1", by="a@h"))
+    m.on_event(make("pool-waited", "j", "me", NOW, NOW, pool="p", waited=0.4))
+    text = m.render().decode()
+    assert value(text, "pyjob_paused", job_name="j") == 1
+    assert value(text, "pyjob_skipped_ticks_total", job_name="j", reason="paused") == 1
+    assert value(text, "pyjob_triggered_runs_total", job_name="j") == 1
+    assert value(text, "pyjob_pool_wait_seconds_count", pool="p") == 1
+    m.on_event(make("resumed", "j", "me", None, NOW, paused_for=3.0))
+    assert value(m.render().decode(), "pyjob_paused", job_name="j") == 0
 
 
 def test_healthz_is_200_while_the_loop_beats_and_503_after_it_stopped() -> None:

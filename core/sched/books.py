@@ -62,7 +62,7 @@ class Books:
         """A tick that did not run here although this instance handled it (skipped, missed)."""
         sh = self.sh
         if sh.coordinator.has_records(state.job.lock):
-            rid = run_id(state.id, tick, tick)
+            rid = sh.fleet.run_id(state, tick) or run_id(state.id, tick, tick)
             self.record(
                 state,
                 RunRecord(

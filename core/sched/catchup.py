@@ -14,7 +14,7 @@ from ..backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult, Lease
 from ..coordinator import Coordinator
 from ..errors import BackendError
 from ..settings import Overlap
-from .model import JobPhase, JobState, keep_until
+from .model import PAUSED, JobPhase, JobState, keep_until
 from .shared import Shared
 
 _AGAIN = "catch-up when the backend answers again"
@@ -128,7 +128,10 @@ class CatchUp:
             sh.ticking.missed(
                 state, passed_over, f"missed by the whole fleet; --catch-up runs {why}"
             )
-        if run:
+        if run and sh.fleet.is_paused(state):
+            for tick in run:  # `pyjob pause`: not run, as the ticks due while it holds
+                sh.ticking.skipped(state, tick, PAUSED, None)
+        elif run:
             self._claim(state, run, len(missed))
 
     def _claim(self, state: JobState, run: list[datetime], missed: int) -> None:
@@ -163,6 +166,11 @@ class CatchUp:
         """Start the oldest caught-up tick won, once nothing of the job runs here."""
         sh = self.sh
         if not state.catchup or state.runs or state.deferred or sh.stop or state.ended:
+            return
+        if sh.fleet.is_paused(state):
+            for tick, _ in state.catchup:
+                sh.ticking.skipped(state, tick, PAUSED, None)
+            state.catchup.clear()
             return
         tick, claim = state.catchup.pop(0)
         state.ticks_run += 1

@@ -202,13 +202,15 @@ class Claims:
     def renew(self, url: str | None, runs: list[Run], mono: float) -> None:
         """Renew the leases of ``runs`` (one lock URL) in one call; the next renewal is set now."""
         sh = self.sh
-        leases = [r.lease for r in runs if r.lease is not None]
+        # Each run's lease and its pool slot, in one call.
+        held = [(r, lease) for r in runs for lease in (r.lease, r.slot) if lease is not None]
+        leases = [lease for _, lease in held]
         for r in runs:
-            assert r.lease is not None
-            sh.mono.push(Renew(mono + r.lease.ttl / 3, r))
+            ttl = min(lease.ttl for lease in (r.lease, r.slot) if lease is not None)
+            sh.mono.push(Renew(mono + ttl / 3, r))
 
         def done(result: list[bool] | BackendError) -> None:
-            for i, r in enumerate(runs):
+            for i, (r, _) in enumerate(held):
                 if isinstance(result, BackendError):
                     sh.emit(
                         "backend-error",

@@ -19,6 +19,7 @@ from ..records import RunRecord
 from ..schedule import iso, to_us
 from .model import (
     OVERLAPPING,
+    PAUSED,
     Deferred,
     JobState,
     Run,
@@ -57,6 +58,7 @@ class Executor:
             env["PYJOB_FENCE"] = str(fence)
         else:
             env.pop("PYJOB_FENCE", None)
+        env.pop("PYJOB_TRIGGERED", None)  # only a triggered run has it (not from the parent)
         return env
 
     def jitter_or_start(
@@ -98,6 +100,20 @@ class Executor:
         claim: ClaimResult | None,
         lease: Lease | None,
     ) -> None:
+        """Start a run now, or once it has a slot of its job's --pool."""
+        if state.s.pool is not None:
+            self.sh.pools.acquire(state, tick, claim, lease)
+        else:
+            self.spawn(state, tick, claim, lease, None)
+
+    def spawn(
+        self,
+        state: JobState,
+        tick: datetime | None,
+        claim: ClaimResult | None,
+        lease: Lease | None,
+        slot: Lease | None,
+    ) -> None:
         sh = self.sh
         started = sh.clock.now()
         fence = claim.fence if claim else None
@@ -109,14 +125,17 @@ class Executor:
             if fence is not None:
                 env["PYJOB_FENCE"] = str(fence)
         else:
-            rid = run_id(state.id, tick, started)
+            triggered = sh.fleet.run_id(state, tick)
+            rid = triggered or run_id(state.id, tick, started)
             env = self.env(state, tick, rid, fence)
+            if triggered:
+                env["PYJOB_TRIGGERED"] = "1"  # `pyjob trigger`, not a tick
         first: tuple[int, list[dict[str, Any]], datetime | None] = (1, [], tick)
         attempt, prior, key = state.attempts.pop(tick, first) if tick is not None else first
         env["PYJOB_ATTEMPT"] = str(attempt)
         mono = sh.clock.monotonic()
         run = Run(state, tick, rid, fence, lease, started, mono, env=env, attempt=attempt)
-        run.prior, run.key = prior, key
+        run.prior, run.key, run.slot = prior, key, slot
         on_line = None
         if state.s.log_output:
             run.tail = []
@@ -147,8 +166,9 @@ class Executor:
         handle = run.handle
         if state.s.timeout is not None and run.terminated is None:  # not replaced meanwhile
             sh.mono.push(Deadline(mono + state.s.timeout, run, run.deadline_gen))
-        if lease is not None and lease.ttl:
-            sh.mono.push(Renew(mono + lease.ttl / 3, run))
+        held = lease if lease is not None and lease.ttl else run.slot
+        if held is not None:
+            sh.mono.push(Renew(mono + held.ttl / 3, run))
         lateness = round((started - tick).total_seconds(), 6) if tick else 0.0
         run.record = RunRecord(
             state.id,
@@ -200,8 +220,9 @@ class Executor:
         if code != 0 and run.terminated != "stop" and delay is None:
             state.failures += 1
         sh.emit("run-finished", state.id, run.tick, **_finished_fields(run, code, duration, delay))
-        if run.lease is not None:  # first: the next tick of the fleet waits for it
-            sh.coordinator.release(state.job.lock, [run.lease])
+        held = [lease for lease in (run.lease, run.slot) if lease is not None]
+        if held:  # first: the next tick of the fleet (or of the pool) waits for them
+            sh.coordinator.release(state.job.lock, held)
         if run.record is not None:
             self._record_end(run, run.record, code, result, duration, delay)
         if delay is not None:
@@ -215,7 +236,9 @@ class Executor:
             pending, state.replacing = state.replacing, None
             if pending is None:
                 pending, state.queued = state.queued, None
-            if pending is not None:
+            if pending is not None and sh.fleet.is_paused(state):
+                sh.ticking.skipped(state, pending[0], PAUSED, None)
+            elif pending is not None:
                 self.start(state, pending[0], pending[1], None)
         sh.lifecycle.maybe_end(state)
 

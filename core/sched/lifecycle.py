@@ -47,6 +47,7 @@ class Lifecycle:
             sh.retries.jobs.add(job.job_id)
         sh.retries.watch(state)  # once at its start: a run of it lost before this instance came
         sh.books.added(job)
+        sh.fleet.added(state)
 
     def maybe_end(self, state: JobState) -> None:
         """A job whose schedule is over ends once nothing of it is left."""

@@ -42,9 +42,11 @@ from .books import Books
 from .catchup import CatchUp
 from .claims import Claims
 from .executor import Executor
+from .fleet import Fleet
 from .hookrun import HookRunner
 from .lifecycle import Lifecycle
 from .model import POLL, Job, JobState, Run
+from .pools import Pools
 from .retries import Retries
 from .shared import Shared
 from .ticking import Ticking
@@ -95,6 +97,8 @@ class Scheduler:
         sh.catchup = CatchUp(sh)
         sh.claims = Claims(sh)
         sh.executor = Executor(sh)
+        sh.fleet = Fleet(sh)
+        sh.pools = Pools(sh)
         sh.hookrun = HookRunner(sh)
         sh.retries = Retries(sh)
         sh.books = Books(sh)
@@ -115,9 +119,11 @@ class Scheduler:
         return self._sh.process_job
 
     def open(self, jobs: Sequence[Job]) -> None:
-        """Open and check the backend of every job (BackendError: unusable)."""
+        """Open and check the backend of every job (BackendError: unusable), and read what is
+        paused there."""
         for job in jobs:
             self.coordinator.open(job.lock)
+            self._sh.fleet.open(job.lock)
 
     def add(self, job: Job, start: datetime | None = None) -> None:
         """Schedule ``job`` (its backend must be open) from ``start`` (default: now)."""

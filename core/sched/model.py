@@ -23,6 +23,7 @@ from ..settings import JobSettings, Overlap
 CLAIM_LEAD = 0.5  # claim a tick this long before it (at most a quarter of its interval)
 CLEANUP_EVERY = 60.0
 OVERLAPPING = "overlap: the previous run is still going"
+PAUSED = "paused"  # a tick of a job paused by `pyjob pause`
 HOOK_KILL_AFTER = 5.0  # seconds from a hook's SIGTERM (--hook-timeout) to its SIGKILL
 POLL = 0.05  # the longest sleep while a child has no pidfd (non-Linux)
 SHARE_TIME = (Overlap.ALLOW, Overlap.QUEUE)  # policies under which a retry may overlap a tick
@@ -103,6 +104,7 @@ class Run:
     attempt: int = 1
     prior: list[dict[str, Any]] = field(default_factory=list)  # the earlier attempts
     key: datetime | None = None  # the claim this instance holds for the run (None: its tick)
+    slot: Lease | None = None  # its slot of the job's --pool
 
 
 @dataclass(eq=False, slots=True)
@@ -138,9 +140,10 @@ class Hook:
 
 @dataclass(eq=False, slots=True)
 class Deferred:
-    """A tick waiting for the end of its --jitter delay."""
+    """A tick waiting for the end of its --jitter delay (or for a slot of its pool: None is
+    --run-now's)."""
 
-    tick: datetime
+    tick: datetime | None
     claim: ClaimResult | None
     lease: Lease | None
 

@@ -28,8 +28,10 @@ if TYPE_CHECKING:
     from .catchup import CatchUp
     from .claims import Claims
     from .executor import Executor
+    from .fleet import Fleet
     from .hookrun import HookRunner
     from .lifecycle import Lifecycle
+    from .pools import Pools
     from .retries import Retries
     from .ticking import Ticking
 
@@ -44,6 +46,8 @@ class Shared:
     catchup: CatchUp
     claims: Claims
     executor: Executor
+    fleet: Fleet
+    pools: Pools
     hookrun: HookRunner
     retries: Retries
     books: Books

@@ -14,7 +14,7 @@ from ..backends.protocol import ClaimOutcome, ClaimResult, Lease
 from ..errors import BackendError
 from ..schedule import iso, to_us
 from ..settings import OnBackendError, Overlap
-from .model import CLAIM_LEAD, OVERLAPPING, JobPhase, JobState, run_id
+from .model import CLAIM_LEAD, OVERLAPPING, PAUSED, JobPhase, JobState, run_id
 from .shared import Shared
 from .timers import ClaimAhead, TickDue, WallTurn
 
@@ -77,7 +77,7 @@ class Ticking:
 
     def claim_ahead(self, state: JobState, tick: datetime, turn: WallTurn) -> None:
         sh = self.sh
-        if tick not in state.outcomes:
+        if tick not in state.outcomes and not sh.fleet.is_paused(state):
             turn.claims.setdefault(state.job.lock, []).append((state, tick))
         # The following tick, the run id, the environment and the program's place on PATH,
         # made now rather than between the spawns of this one.
@@ -108,6 +108,9 @@ class Ticking:
         if grace is not None and late > grace:
             sh.claims.drop_lease(state, state.outcomes.pop(tick, None))
             self.missed(state, [tick], f"{late:.3f}s late, over --misfire-grace {grace:g}s")
+        elif sh.fleet.is_paused(state):
+            sh.claims.drop_lease(state, state.outcomes.pop(tick, None))
+            self.skipped(state, tick, PAUSED, None)
         else:
             if tick not in state.outcomes:
                 sh.claims.claim(state.job.lock, [(state, tick)])
@@ -190,9 +193,9 @@ class Ticking:
         else:
             claim, lease = outcome.claim, outcome.lease
         state.ticks_run += 1
-        self._run_won(state, tick, outcome, claim, lease)
+        self.run_won(state, tick, outcome, claim, lease)
 
-    def _run_won(
+    def run_won(
         self,
         state: JobState,
         tick: datetime,

@@ -1,0 +1,391 @@
+"""Fleet control: the jobs paused and the runs triggered by `pyjob pause`, `pyjob resume` and
+`pyjob trigger`, kept in the lock backend beside the run records (DESIGN §5), so that every
+instance sharing the backend sees them, and a paused job stays paused across restarts.
+
+Every change also changes the store's *version*. A `pyjob run` process reads the version once
+every CONTROL_EVERY seconds (one small read for all its jobs), and reads the whole state only
+when the version changed: an idle fleet costs one key, row or file read a second per process.
+A writer writes its change first and the new version after it, so a reader that saw the last
+version also sees every change made before it.
+
+A trigger is only a request: the instances serving its job claim it as a tick of their own
+(``trigger_tick``), so the claim, as for any tick, lets exactly one of them run it; the winner
+removes the request. One not taken within TRIGGER_EXPIRES is dropped by the next reader.
+
+file: and nfs: keep ``<dir>/.control/{version,paused/<job>.json,triggers/<id>.json}``; Redis the
+hashes ``pyjob-control:paused`` and ``pyjob-control:triggers`` and the counter
+``pyjob-control:version``; PostgreSQL the tables of CONTROL_SCHEMA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import BackendError
+
+CONTROL_EVERY = 1.0  # seconds between a process's reads of the control version
+TRIGGER_EXPIRES = 60.0  # seconds: a trigger no instance took by then is dropped
+
+
+@dataclass(frozen=True)
+class Pause:
+    job: str
+    by: str  # user@host of `pyjob pause`
+    since_us: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Pause:
+        doc = json.loads(text)
+        return cls(str(doc["job"]), str(doc.get("by", "")), int(doc["since_us"]))
+
+
+@dataclass(frozen=True)
+class Trigger:
+    id: str
+    job: str
+    by: str
+    at_us: int  # when it was asked for, by the asker's clock
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Trigger:
+        doc = json.loads(text)
+        return cls(str(doc["id"]), str(doc["job"]), str(doc.get("by", "")), int(doc["at_us"]))
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.job}-trigger-{self.id}"
+
+
+@dataclass
+class ControlState:
+    version: str
+    paused: dict[str, Pause] = field(default_factory=dict)
+    triggers: list[Trigger] = field(default_factory=list)
+
+
+class ControlStore(Protocol):
+    url: str
+
+    def version(self) -> str:
+        """A token that changes with every change (one small read)."""
+        ...
+
+    def read(self) -> ControlState: ...
+
+    def pause(self, jobs: Sequence[str], by: str, now_us: int) -> None:
+        """Pause ``jobs`` (one already paused keeps its first pause)."""
+        ...
+
+    def resume(self, jobs: Sequence[str]) -> None: ...
+
+    def trigger(self, trigger: Trigger) -> None: ...
+
+    def remove_triggers(self, ids: Sequence[str]) -> None: ...
+
+
+def new_trigger(job: str, by: str, now_us: int) -> Trigger:
+    return Trigger(uuid.uuid4().hex[:12], job, by, now_us)
+
+
+def trigger_tick(trigger: Trigger, schedule: Any) -> datetime:
+    """The instant a triggered run is claimed and recorded under: when it was asked for, moved
+    on by a microsecond while that is one of the job's own ticks, so that it never shares a
+    claim or a record with a tick. Every instance computes the same one."""
+    tick = datetime.fromtimestamp(trigger.at_us // 1_000_000, UTC) + timedelta(
+        microseconds=trigger.at_us % 1_000_000
+    )
+    step = timedelta(microseconds=1)
+    for _ in range(1000):
+        if schedule.next_tick(tick - step) != tick:
+            break
+        tick += step
+    return tick
+
+
+def poll(store: ControlStore, seen: str | None) -> ControlState | None:
+    """The state when its version is not ``seen``, else None (one small read)."""
+    version = store.version()
+    if version == seen:
+        return None
+    state = store.read()
+    state.version = version
+    return state
+
+
+# ------------------------------------------------------------------------------ file and nfs
+
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError)
+
+
+class DirectoryControl:
+    def __init__(self, directory: Path, url: str) -> None:
+        self.dir = Path(directory) / ".control"
+        self.url = url
+
+    def _fail(self, what: str, e: OSError) -> BackendError:
+        return BackendError(f"{self.url}: {what}: {e.strerror or e}")
+
+    def _bump(self) -> None:
+        from .backends.common import make_private_dirs, write_atomic
+
+        make_private_dirs(self.dir)
+        write_atomic(self.dir / "version", uuid.uuid4().hex)
+
+    def version(self) -> str:
+        try:
+            return (self.dir / "version").read_text()
+        except FileNotFoundError:
+            return ""
+        except OSError as e:
+            raise self._fail("control not read", e) from e
+
+    def read(self) -> ControlState:
+        state = ControlState("")
+        try:
+            for path in sorted(self.dir.glob("paused/*.json")):
+                with contextlib.suppress(*_UNREADABLE):
+                    p = Pause.from_json(path.read_text())
+                    state.paused[p.job] = p
+            for path in sorted(self.dir.glob("triggers/*.json")):
+                with contextlib.suppress(*_UNREADABLE):
+                    state.triggers.append(Trigger.from_json(path.read_text()))
+        except OSError as e:
+            raise self._fail("control not read", e) from e
+        return state
+
+    def _safe(self, job: str) -> str:
+        from .backends import safe_name
+
+        return safe_name(job)
+
+    def pause(self, jobs: Sequence[str], by: str, now_us: int) -> None:
+        from .backends.common import create_new, make_private_dirs
+
+        try:
+            make_private_dirs(self.dir / "paused")
+            for job in jobs:
+                path = self.dir / "paused" / f"{self._safe(job)}.json"
+                with contextlib.suppress(FileExistsError):
+                    create_new(path, Pause(job, by, now_us).to_json())
+            self._bump()
+        except OSError as e:
+            raise self._fail("not paused", e) from e
+
+    def resume(self, jobs: Sequence[str]) -> None:
+        try:
+            for job in jobs:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.dir / "paused" / f"{self._safe(job)}.json").unlink()
+            self._bump()
+        except OSError as e:
+            raise self._fail("not resumed", e) from e
+
+    def trigger(self, trigger: Trigger) -> None:
+        from .backends.common import make_private_dirs, write_atomic
+
+        try:
+            make_private_dirs(self.dir / "triggers")
+            write_atomic(self.dir / "triggers" / f"{trigger.id}.json", trigger.to_json())
+            self._bump()
+        except OSError as e:
+            raise self._fail("trigger not written", e) from e
+
+    def remove_triggers(self, ids: Sequence[str]) -> None:
+        try:
+            for i in ids:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.dir / "triggers" / f"{i}.json").unlink()
+            self._bump()
+        except OSError as e:
+            raise self._fail("trigger not removed", e) from e
+
+
+# ------------------------------------------------------------------------------ Redis
+
+_VERSION = "pyjob-control:version"
+_PAUSED = "pyjob-control:paused"
+_TRIGGERS = "pyjob-control:triggers"
+
+
+class RedisControl:
+    def __init__(self, client: Any, url: str, errors: tuple[type[BaseException], ...]) -> None:
+        self._r = client
+        self.url = url
+        self._errors = errors
+
+    def _call(self, what: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except self._errors as e:
+            raise BackendError(f"{self.url}: {what}: {e}") from e
+
+    def version(self) -> str:
+        value = self._call("control not read", lambda: self._r.get(_VERSION))
+        return "" if value is None else str(int(value))
+
+    def read(self) -> ControlState:
+        def go() -> tuple[dict[Any, Any], dict[Any, Any]]:
+            pipe = self._r.pipeline(transaction=False)
+            pipe.hgetall(_PAUSED)
+            pipe.hgetall(_TRIGGERS)
+            paused, triggers = pipe.execute()
+            return paused, triggers
+
+        paused, triggers = self._call("control not read", go)
+        state = ControlState("")
+        for doc in paused.values():
+            with contextlib.suppress(*_UNREADABLE):
+                p = Pause.from_json(doc)
+                state.paused[p.job] = p
+        for doc in triggers.values():
+            with contextlib.suppress(*_UNREADABLE):
+                state.triggers.append(Trigger.from_json(doc))
+        return state
+
+    def _write(self, what: str, build: Any) -> None:
+        def go() -> None:
+            pipe = self._r.pipeline(transaction=True)
+            build(pipe)
+            pipe.incr(_VERSION)
+            pipe.execute()
+
+        self._call(what, go)
+
+    def pause(self, jobs: Sequence[str], by: str, now_us: int) -> None:
+        def build(pipe: Any) -> None:
+            for job in jobs:
+                pipe.hsetnx(_PAUSED, job, Pause(job, by, now_us).to_json())
+
+        self._write("not paused", build)
+
+    def resume(self, jobs: Sequence[str]) -> None:
+        self._write("not resumed", lambda pipe: pipe.hdel(_PAUSED, *jobs) if jobs else None)
+
+    def trigger(self, trigger: Trigger) -> None:
+        self._write(
+            "trigger not written", lambda pipe: pipe.hset(_TRIGGERS, trigger.id, trigger.to_json())
+        )
+
+    def remove_triggers(self, ids: Sequence[str]) -> None:
+        self._write("trigger not removed", lambda pipe: pipe.hdel(_TRIGGERS, *ids) if ids else None)
+
+
+# ------------------------------------------------------------------------------ PostgreSQL
+
+CONTROL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pyjob_paused (job text PRIMARY KEY, info jsonb NOT NULL);
+CREATE TABLE IF NOT EXISTS pyjob_triggers (id text PRIMARY KEY, info jsonb NOT NULL);
+CREATE SEQUENCE IF NOT EXISTS pyjob_control_version;
+"""
+
+
+class PostgresControl:
+    def __init__(self, backend: Any) -> None:
+        self._b = backend
+        self.url = backend.url
+        self._ready = False
+
+    def _exec(self, what: str, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        if not self._ready:
+            self._b._run("control tables not created", "SELECT pg_advisory_lock(7451848)", ())
+            try:
+                for statement in CONTROL_SCHEMA.split(";"):
+                    if statement.strip():
+                        self._b._run("control tables not created", statement, ())
+            finally:
+                self._b._run("control tables not created", "SELECT pg_advisory_unlock(7451848)", ())
+            self._ready = True
+        rows: list[tuple[Any, ...]] = self._b._run(what, sql, params)
+        return rows
+
+    def version(self) -> str:
+        rows = self._exec(
+            "control not read", "SELECT last_value, is_called FROM pyjob_control_version"
+        )
+        value, called = rows[0]
+        return str(value) if called else ""
+
+    def read(self) -> ControlState:
+        state = ControlState("")
+        for (doc,) in self._exec("control not read", "SELECT info::text FROM pyjob_paused"):
+            with contextlib.suppress(*_UNREADABLE):
+                p = Pause.from_json(doc)
+                state.paused[p.job] = p
+        for (doc,) in self._exec("control not read", "SELECT info::text FROM pyjob_triggers"):
+            with contextlib.suppress(*_UNREADABLE):
+                state.triggers.append(Trigger.from_json(doc))
+        return state
+
+    def _bump(self, what: str) -> None:
+        self._exec(what, "SELECT nextval('pyjob_control_version')")
+
+    def pause(self, jobs: Sequence[str], by: str, now_us: int) -> None:
+        for job in jobs:
+            self._exec(
+                "not paused",
+                "INSERT INTO pyjob_paused (job, info) VALUES (%s, %s::jsonb) "
+                "ON CONFLICT DO NOTHING",
+                (job, Pause(job, by, now_us).to_json()),
+            )
+        self._bump("not paused")
+
+    def resume(self, jobs: Sequence[str]) -> None:
+        self._exec("not resumed", "DELETE FROM pyjob_paused WHERE job = ANY(%s)", (list(jobs),))
+        self._bump("not resumed")
+
+    def trigger(self, trigger: Trigger) -> None:
+        self._exec(
+            "trigger not written",
+            "INSERT INTO pyjob_triggers (id, info) VALUES (%s, %s::jsonb)",
+            (trigger.id, trigger.to_json()),
+        )
+        self._bump("trigger not written")
+
+    def remove_triggers(self, ids: Sequence[str]) -> None:
+        self._exec(
+            "trigger not removed", "DELETE FROM pyjob_triggers WHERE id = ANY(%s)", (list(ids),)
+        )
+        self._bump("trigger not removed")
+
+
+def control_for(backend: Any) -> ControlStore | None:
+    """The control store that lives in ``backend`` (None where it keeps no shared records:
+    ``--lock none``)."""
+    from .backends.file import FileBackend
+    from .backends.nfs import NfsBackend
+
+    if isinstance(backend, FileBackend | NfsBackend):
+        return DirectoryControl(backend.directory, backend.url)
+    kind = type(backend).__name__
+    if kind == "RedisBackend":
+        return RedisControl(backend._r, backend.url, backend._errors)
+    if kind == "PostgresBackend":
+        return PostgresControl(backend)
+    return None
+
+
+__all__ = [
+    "CONTROL_EVERY",
+    "TRIGGER_EXPIRES",
+    "ControlState",
+    "ControlStore",
+    "Pause",
+    "Trigger",
+    "control_for",
+    "new_trigger",
+    "poll",
+    "trigger_tick",
+]

@@ -1,0 +1,246 @@
+"""Fleet control in `pyjob run` (core/control.py): the jobs paused and the runs triggered from
+any host.
+
+One read per lock URL every CONTROL_EVERY seconds, whatever the number of jobs: the control
+version, and the whole state only when it changed. At the start the first read is made before
+any tick (a job paused while its instance was down stays paused). A paused job claims no tick
+and starts no run; each tick it would have run is recorded ``skipped`` (reason ``paused``); runs
+already going on, and the retries of a run started before the pause, go on. A trigger is
+claimed as a tick of its own (``trigger_tick``) by every instance serving its job: the claim
+lets exactly one run it, which then follows the job's --overlap like any tick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from ..backends.protocol import ClaimOutcome, ClaimRequest
+from ..control import (
+    CONTROL_EVERY,
+    TRIGGER_EXPIRES,
+    ControlState,
+    ControlStore,
+    Pause,
+    Trigger,
+    control_for,
+    poll,
+    trigger_tick,
+)
+from ..coordinator import Coordinator
+from ..errors import BackendError
+from ..schedule import to_us
+from ..settings import Overlap
+from .model import PAUSED, JobState, keep_until
+from .shared import Shared
+
+RIDS_KEPT = 1000  # triggered runs whose run ids are remembered (for their retries)
+
+
+class Fleet:
+    def __init__(self, sh: Shared) -> None:
+        self.sh = sh
+        self.stores: dict[str, ControlStore] = {}  # by lock URL key
+        self.seen: dict[str, str | None] = {}  # the version last read, by lock URL key
+        self.reading: set[str] = set()  # reads under way
+        self.paused: dict[str, Pause] = {}  # the jobs of this process that are paused
+        self.taken: dict[str, int] = {}  # trigger id -> when it was asked for (µs): handled
+        # (job, tick) of a triggered run -> its run id: its start, its retries and its record
+        self.rids: dict[tuple[str, datetime], str] = {}
+        self.known: dict[str, dict[str, Pause]] = {}  # by lock URL key: every pause read there
+        self._timer_set = False
+
+    # ------------------------------------------------------------------ set-up
+
+    def _store(self, url: str | None) -> ControlStore | None:
+        k = Coordinator.key(url)
+        if k not in self.stores:
+            store = control_for(self.sh.coordinator.backend(url))
+            if store is None:
+                return None
+            self.stores[k] = store
+            self.seen[k] = None
+        return self.stores[k]
+
+    def open(self, url: str | None) -> None:
+        """At the start: the first read, made here before any tick, so that a job paused while
+        this instance was down claims none. A backend that fails it is read again at the next
+        poll (the job runs meanwhile: a read that failed is no pause)."""
+        store = self._store(url)
+        k = Coordinator.key(url)
+        if store is None or self.seen.get(k) is not None:
+            return
+        try:
+            state = poll(store, None)
+        except BackendError as e:
+            self.sh.emit("backend-error", "*", None, error=str(e), action="control read later")
+            return
+        if state is not None:
+            self.seen[k] = state.version
+            self._paused(k, state)
+
+    def added(self, state: JobState) -> None:
+        """A job was added: its URL's control is read from now on; a pause known applies."""
+        from .timers import ControlPoll
+
+        store = self._store(state.job.lock)
+        if store is None:
+            return
+        if not self._timer_set:
+            self._timer_set = True
+            self.sh.mono.push(ControlPoll(self.sh.clock.monotonic() + CONTROL_EVERY))
+        pause = self.known.get(Coordinator.key(state.job.lock), {}).get(state.id)
+        if pause is not None and state.id not in self.paused:  # a job added by a reload
+            self.paused[state.id] = pause
+            self._say_paused(pause)
+
+    # ------------------------------------------------------------------ reads
+
+    def read(self) -> None:
+        """Read the control version of every URL (the state too when it changed)."""
+        for k, store in self.stores.items():
+            if k in self.reading:
+                continue
+            self.reading.add(k)
+            self.sh.coordinator.call(k or None, self._poller(store, k), self._answer(k))
+
+    def _poller(self, store: ControlStore, k: str) -> Callable[[], ControlState | None]:
+        seen = self.seen.get(k)
+        return lambda: poll(store, seen)
+
+    def _answer(self, k: str) -> Callable[[Any], None]:
+        def done(result: ControlState | BackendError | None) -> None:
+            self.reading.discard(k)
+            if isinstance(result, BackendError) or result is None:
+                return  # an outage is told by backend-down; the state stays as it was
+            self.seen[k] = result.version
+            self._paused(k, result)
+            self._triggers(k, result)
+
+        return done
+
+    def _serves(self, k: str, job: str) -> JobState | None:
+        state = self.sh.jobs.get(job)
+        if state is None or state.gone or Coordinator.key(state.job.lock) != k:
+            return None
+        return state
+
+    def _paused(self, k: str, control: ControlState) -> None:
+        sh = self.sh
+        self.known[k] = dict(control.paused)
+        for job in [j for j in sh.jobs if self._serves(k, j)]:
+            new, old = control.paused.get(job), self.paused.get(job)
+            if new is not None and old is None:
+                self.paused[job] = new
+                self._say_paused(new)
+            elif new is None and old is not None:
+                del self.paused[job]
+                paused_for = (to_us(sh.clock.now()) - old.since_us) / 1e6
+                sh.emit("resumed", job, None, paused_for=round(max(0.0, paused_for), 3))
+
+    def _say_paused(self, pause: Pause) -> None:
+        since = datetime.fromtimestamp(pause.since_us / 1e6, UTC).isoformat()
+        self.sh.emit("paused", pause.job, None, by=pause.by, since=since)
+
+    def is_paused(self, state: JobState) -> bool:
+        return state.id in self.paused
+
+    # ------------------------------------------------------------------ triggers
+
+    def _triggers(self, k: str, control: ControlState) -> None:
+        sh = self.sh
+        now_us = to_us(sh.clock.now())
+        expired = []
+        for t in control.triggers:
+            if now_us - t.at_us > TRIGGER_EXPIRES * 1e6:
+                expired.append(t.id)  # nobody took it (no live instance served the job)
+                continue
+            state = self._serves(k, t.job)
+            if t.id in self.taken or state is None:
+                continue
+            self.taken[t.id] = t.at_us
+            if self.is_paused(state):
+                tick = self._remember(state, t)
+                sh.emit("skipped", state.id, tick, reason=f"{PAUSED}: trigger not run")
+                self._remove(k, [t.id])
+                continue
+            self._claim(k, state, t)
+        if expired:
+            self._remove(k, expired)
+        for old in [i for i, at in self.taken.items() if now_us - at > 2 * TRIGGER_EXPIRES * 1e6]:
+            del self.taken[old]
+
+    def _remember(self, state: JobState, t: Trigger) -> datetime:
+        tick = trigger_tick(t, state.job.schedule)
+        self.rids[(state.id, tick)] = t.run_id
+        while len(self.rids) > RIDS_KEPT:
+            del self.rids[next(iter(self.rids))]
+        return tick
+
+    def run_id(self, state: JobState, tick: datetime | None) -> str | None:
+        """The run id of a triggered run (None for a tick's)."""
+        return None if tick is None else self.rids.get((state.id, tick))
+
+    def _remove(self, k: str, ids: list[str]) -> None:
+        store = self.stores[k]
+        self.sh.coordinator.call(k or None, lambda: store.remove_triggers(ids), lambda _: None)
+
+    def _claim(self, k: str, state: JobState, t: Trigger) -> None:
+        """Claim the trigger as a tick: the instance that wins runs it, as --overlap says."""
+        sh = self.sh
+        tick = self._remember(state, t)
+        lease = bool(
+            state.s.overlap is Overlap.SKIP
+            and not state.runs
+            and not state.deferred
+            and not state.leasing
+        )
+        until = keep_until(state.job.schedule, tick)
+        sh.claims.keep(state.job.lock, state.id, until)
+        request = ClaimRequest(state.id, tick, until, state.s.lease_ttl if lease else None)
+        state.leasing += lease
+
+        def done(result: list[ClaimOutcome] | BackendError) -> None:
+            state.leasing -= lease
+            if isinstance(result, BackendError):
+                self.taken.pop(t.id, None)  # claimed again after the next read
+                sh.emit("backend-error", state.id, tick, error=str(result), action="trigger later")
+                return
+            got = result[0]
+            if state.gone or sh.stop:
+                sh.claims.drop_lease(state, got)
+                return
+            if got.claim.refused:
+                sh.emit("refused", state.id, tick, reason=got.claim.refused)
+                return
+            if not got.claim.won:
+                sh.emit("lost", state.id, tick, holder=got.claim.holder, fence=got.claim.fence)
+                return
+            sh.emit("triggered", state.id, tick, run_id=t.run_id, by=t.by)
+            self._remove(k, [t.id])
+            if self.is_paused(state):  # paused since the trigger was read
+                sh.claims.drop_lease(state, got)
+                sh.ticking.skipped(state, tick, f"{PAUSED}: trigger not run", None)
+                return
+            sh.ticking.run_won(state, tick, *self._own_lease(state, got))
+
+        sh.coordinator.claim(state.job.lock, [request], done)
+
+    def _own_lease(self, state: JobState, got: ClaimOutcome) -> tuple[ClaimOutcome, Any, Any]:
+        """(outcome, claim, lease) to run a won trigger with. The run lease may be held by this
+        instance's own claim of the job's next tick (taken with it, just before the tick): the
+        triggered run takes that lease over, so that the tick, when it comes, finds the run
+        going on here (--overlap skip) and no other instance can start the job meanwhile."""
+        if got.lease is not None or got.lease_holder != self.sh.instance:
+            return got, got.claim, got.lease
+        if state.runs or state.deferred:
+            return got, got.claim, got.lease
+        for tick, outcome in state.outcomes.items():
+            if isinstance(outcome, ClaimOutcome) and outcome.lease is not None:
+                # The tick takes the lease again when it comes, if the run is over.
+                state.outcomes[tick] = replace(outcome, lease=None, lease_holder=None)
+                got = replace(got, lease=outcome.lease, lease_holder=None)
+                break
+        return got, got.claim, got.lease
