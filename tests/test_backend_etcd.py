@@ -210,3 +210,19 @@ def test_a_claim_that_reaches_etcd_after_its_client_gave_up_does_nothing(
     other = open_backend(lock_url)
     won = other.claim_many([request], "b", T0)[0]
     assert won.claim.won and won.lease is not None  # no claim, no lease left by the late one
+
+
+def test_a_lease_taken_late_in_its_etcd_lease_still_lives_its_whole_ttl(lock_url: str) -> None:
+    """Run leases share one etcd lease per TTL; a key put on it lives as long as it does, so a
+    lease taken when that etcd lease had little left must find it kept alive first."""
+    import time
+
+    backend = open_backend(lock_url)
+    backend.check()
+    first = backend.acquire_lease("a", "x", 4.0)
+    assert first is not None
+    time.sleep(3.0)  # nothing renewed: the etcd lease has about 1 s left
+    second = backend.acquire_lease("b", "x", 4.0)
+    assert second is not None
+    time.sleep(2.0)  # past the etcd lease's first expiry, within the second lease's TTL
+    assert backend.lease_holder("b") == "x"

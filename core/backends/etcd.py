@@ -149,6 +149,7 @@ class EtcdBackend:
         self.http = EtcdHttp(endpoints, url, timeout, self._clock.monotonic)
         self._nonce = uuid.uuid4().hex
         self._leases: dict[int, int] = {}  # lease TTL (s) -> the etcd lease this process uses
+        self._kept: dict[int, float] = {}  # lease TTL (s) -> monotonic, when last kept alive
         # Every transaction compares this key's revision: after a call whose request may still
         # reach etcd (a timeout, a dropped connection), the key is written again before the next
         # transaction, so a late request finds it changed and does nothing (DESIGN §8, "etcd").
@@ -266,13 +267,27 @@ class EtcdBackend:
         return [o for o in out if o is not None]
 
     def _lease_id(self, ttl: float) -> int:
-        """The etcd lease this process attaches its run leases of ``ttl`` to (granted once)."""
+        """The etcd lease this process attaches its run leases of ``ttl`` to, with most of its
+        TTL left: a key put on it lives only as long as it does, so one not kept alive for a
+        quarter of its TTL is kept alive first (granted again when it expired meanwhile)."""
         seconds = max(1, math.ceil(ttl))
         lease = self._leases.get(seconds)
+        if lease is not None and self._clock.monotonic() - self._kept[seconds] > seconds / 4:
+            self._keep_alive(seconds, lease)
+            lease = self._leases.get(seconds)
         if lease is None:
             reply = self.call("/v3/lease/grant", {"TTL": str(seconds)}, "lease grant failed")
             lease = self._leases[seconds] = int(reply["ID"])
+            self._kept[seconds] = self._clock.monotonic()
         return lease
+
+    def _keep_alive(self, seconds: int, lease: int) -> None:
+        sent = self._clock.monotonic()
+        reply = self.call("/v3/lease/keepalive", {"ID": str(lease)}, "lease renewal failed")
+        if int(reply.get("result", {}).get("TTL") or 0) <= 0:
+            del self._leases[seconds]  # expired: its keys are gone; a new one takes them again
+        else:
+            self._kept[seconds] = sent
 
     def _claim_batch(
         self, requests: Sequence[ClaimRequest], instance: str, now_us: int
@@ -499,11 +514,8 @@ class EtcdBackend:
             return []
         for ttl in sorted({max(1, math.ceil(x.ttl)) for x in leases}):
             lease = self._leases.get(ttl)
-            if lease is None:
-                continue
-            reply = self.call("/v3/lease/keepalive", {"ID": str(lease)}, "lease renewal failed")
-            if int(reply.get("result", {}).get("TTL") or 0) <= 0:
-                del self._leases[ttl]  # expired: its keys are gone; a new one takes them again
+            if lease is not None:
+                self._keep_alive(ttl, lease)
         responses = []
         for first in range(0, len(leases), TXN_CLAIMS):
             chunk = leases[first : first + TXN_CLAIMS]
