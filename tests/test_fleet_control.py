@@ -288,12 +288,12 @@ def test_a_pause_read_stops_the_next_tick_and_a_resume_starts_the_one_after(
     ticks after it are skipped (reason paused, recorded), and after the resume they run."""
     from datetime import UTC, timedelta
 
+    from pyjob.core.backends.dirstore import DirectoryRecords
     from pyjob.core.backends.file import FileBackend
     from pyjob.core.clock import FakeClock
     from pyjob.core.control import DirectoryControl
     from pyjob.core.events import Event
     from pyjob.core.process import Command
-    from pyjob.core.records import DirectoryRecords
     from pyjob.core.schedule import Schedule, parse, to_us
     from pyjob.core.scheduler import Job, Scheduler
     from pyjob.core.settings import JobSettings

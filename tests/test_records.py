@@ -180,7 +180,8 @@ def test_a_ticks_later_records_are_written_over_its_file_when_they_fit(
     """file: writes a run's final record over its "running" one in place when it fits in the
     file's blocks (a shorter one padded with spaces), and renames a longer one into place;
     nfs: always renames."""
-    from pyjob.core.records import DirectoryRecords, RunRecord
+    from pyjob.core.backends.dirstore import DirectoryRecords
+    from pyjob.core.records import RunRecord
 
     store = DirectoryRecords(tmp_path, "file:x", local=local)
     running = RunRecord("job", 1_000_000, "rid", "me", "running", output_tail="x" * 300)

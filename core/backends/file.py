@@ -82,7 +82,7 @@ from .common import to_us as _us
 from .protocol import ClaimOutcome, ClaimRequest, ClaimResult, Lease
 
 if TYPE_CHECKING:
-    from ..records import DirectoryRecords
+    from .dirstore import DirectoryRecords
 
 _T = TypeVar("_T")
 LOCK_POLL = 0.002  # seconds between tries of a claims lock another process holds
@@ -363,7 +363,7 @@ class FileBackend:
         return probe_mtime(self.directory)
 
     def records(self) -> DirectoryRecords:
-        from ..records import DirectoryRecords
+        from .dirstore import DirectoryRecords
 
         return DirectoryRecords(self.directory, self.url, local=True)
 

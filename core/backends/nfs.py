@@ -61,7 +61,7 @@ from .common import to_us as _us
 from .protocol import ClaimOutcome, ClaimRequest, ClaimResult, Lease
 
 if TYPE_CHECKING:
-    from ..records import DirectoryRecords
+    from .dirstore import DirectoryRecords
 
 MUTEX_STALE = 10.0  # seconds a claim mutex may stand unchanged before it is broken
 _WIDTH = 20  # the heartbeat counter is written at a fixed width, in place
@@ -377,7 +377,7 @@ class NfsBackend:
         return probe_mtime(self.directory)
 
     def records(self) -> DirectoryRecords:
-        from ..records import DirectoryRecords
+        from .dirstore import DirectoryRecords
 
         return DirectoryRecords(self.directory, self.url)
 

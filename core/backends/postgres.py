@@ -62,7 +62,7 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from ..records import PostgresRecords
+    from .pgstore import PostgresRecords
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pyjob_claims (
@@ -476,7 +476,7 @@ class PostgresBackend:
         return float(rows[0][0]), 1e-6
 
     def records(self) -> PostgresRecords:
-        from ..records import PostgresRecords
+        from .pgstore import PostgresRecords
 
         return PostgresRecords(self._run, self.url)
 

@@ -58,7 +58,7 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from ..records import RedisRecords
+    from .redisstore import RedisRecords
 
 # KEYS: 4 per request (claim, fence, mark, lease). ARGV: instance, skew limit, ahead limit, kept
 # margin, the claimer's clock, the request's deadline by the server's clock (0: none; all µs), then
@@ -360,7 +360,7 @@ class RedisBackend:
         return int(seconds) + int(micros) / 1e6, 1e-6
 
     def records(self) -> RedisRecords:
-        from ..records import RedisRecords
+        from .redisstore import RedisRecords
 
         return RedisRecords(self._r, self.url, self._errors)
 

@@ -1,0 +1,238 @@
+"""The run records and registry of `file:` and `nfs:`: files in the lock directory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import BackendError
+from ..records import (
+    FINISHED,
+    RECENT_MAX,
+    UNREADABLE,
+    InstanceInfo,
+    JobInfo,
+    RecordsNotWritten,
+    RunRecord,
+)
+from .common import create_new, make_private_dirs, overwrite, safe_name, write_atomic
+
+
+def _write(path: Path, text: str) -> None:
+    write_atomic(path, text)
+
+
+def _create(path: Path, text: str) -> None:
+    """A file in a directory this process just made: created in place, without the temporary
+    file and rename of _write (readers skip a file they cannot parse yet); replaced as _write
+    does when another instance registering the same job wrote it meanwhile."""
+    try:
+        create_new(path, text)
+    except FileExistsError:
+        _write(path, text)
+
+
+def _make_dirs(path: Path) -> bool:
+    return make_private_dirs(path)
+
+
+class DirectoryRecords:
+    """file: and nfs: keep records beside the claims:
+
+    <dir>/<job>/job.json                 the job's registration
+    <dir>/<job>/instances/<instance>     instances serving it (empty files)
+    <dir>/<job>/runs/<tick µs>.json      one record per tick
+    <dir>/.instances/<instance>.json     each instance's heartbeat
+
+    Every directory is made 0700 with its parents. When someone deletes the directory (or a
+    job's) while instances run, what they registered is written again: at the next heartbeat
+    (which finds ``.instances`` gone) or the job's next record (which finds ``runs`` gone), so
+    that `pyjob status` and `pyjob history` list the jobs again without a restart.
+    """
+
+    def __init__(self, directory: Path, url: str, local: bool = False) -> None:
+        self.directory = Path(directory)
+        self.url = url
+        self.local = local  # file: (one host's file system), where records are rewritten in place
+        self._written: dict[str, int] = {}  # writes per job since its directory was trimmed
+        self._made: set[str] = set()  # jobs whose runs directory is known to exist
+        self._registered: dict[str, JobInfo] = {}  # what this process registered, to redo
+        self._me: InstanceInfo | None = None
+        self._beat = False  # a heartbeat was written (so .instances gone means deleted)
+
+    def _fail(self, what: str, e: OSError) -> BackendError:
+        return BackendError(f"{self.url}: {what}: {e.strerror or e}")
+
+    def _runs_dir(self, job: str) -> Path:
+        return self.directory / safe_name(job) / "runs"
+
+    def put_runs(self, records: Sequence[RunRecord], keep: int = 100) -> None:
+        """A tick's first record creates its file in place; readers skip a file they cannot
+        parse, as one being written. The ones after it replace the file whole (renamed) or, on
+        file:, are written over it in place when they fit in the blocks it already has (so that
+        the write cannot fail for space half-way on ext4, xfs or tmpfs). Each record is written
+        on its own: RecordsNotWritten names those that failed."""
+        unwritten: set[tuple[str, int]] = set()
+        first: OSError | None = None
+        for r in records:
+            try:
+                try:
+                    self._put(r)
+                except FileNotFoundError:  # its directory was deleted since it was made
+                    self._made.discard(r.job)
+                    self._put(r)
+            except OSError as e:
+                unwritten.add((r.job, r.tick_us))
+                first = first or e
+                continue
+            self._written[r.job] = self._written.get(r.job, 0) + 1
+        for job in {r.job for r in records}:
+            # At most ``keep`` per job: trimmed once every ``keep`` writes (a run writes two),
+            # so a busy job lists its directory rarely, and holds at most twice ``keep``.
+            if self._written.get(job, 0) < keep:
+                continue
+            self._written[job] = 0
+            d = self._runs_dir(job)
+            for tick in self._ticks(job)[keep:]:
+                with contextlib.suppress(FileNotFoundError):
+                    (d / f"{tick}.json").unlink()
+        if first is not None:
+            error = self._fail("run record not written", first)
+            raise RecordsNotWritten(str(error), unwritten) from first
+
+    def _put(self, r: RunRecord) -> None:
+        d = self._runs_dir(r.job)
+        if r.job not in self._made:
+            if _make_dirs(d) and r.job in self._registered:  # deleted since it registered
+                self._register_one(self._registered[r.job])
+            self._made.add(r.job)
+        path = d / f"{r.tick_us}.json"
+        text = r.to_json()
+        # A run's final record goes over its first, in place on file:; every other is new.
+        if self.local and r.result != "running" and overwrite(path, text.encode()):
+            return
+        try:
+            create_new(path, text)
+        except FileExistsError:
+            if not (self.local and overwrite(path, text.encode())):
+                _write(path, text)
+
+    def register(self, jobs: Sequence[JobInfo], instance: InstanceInfo) -> None:
+        self._me = instance
+        try:
+            for j in jobs:
+                self._registered[j.job] = j
+                self._register_one(j)
+        except OSError as e:
+            raise self._fail("jobs not registered", e) from e
+        self.heartbeat(instance)
+
+    def _register_one(self, j: JobInfo) -> None:
+        assert self._me is not None
+        d = self.directory / safe_name(j.job)
+        new = _make_dirs(d)  # the job's directory first: one mkdir for each of its directories
+        _make_dirs(d / "instances")
+        _make_dirs(d / "runs")  # so that the job's first record does not take it for a deletion
+        if new:
+            _create(d / "job.json", j.to_json())
+        else:
+            _write(d / "job.json", j.to_json())
+        (d / "instances" / safe_name(self._me.instance)).touch()
+
+    def heartbeat(self, instance: InstanceInfo) -> None:
+        d = self.directory / ".instances"
+        try:
+            if _make_dirs(d) and self._beat and self._registered:  # deleted: register again
+                self._me = instance
+                for j in self._registered.values():
+                    self._register_one(j)
+            _write(d / f"{safe_name(instance.instance)}.json", instance.to_json())
+            self._beat = True
+        except OSError as e:
+            raise self._fail("heartbeat not written", e) from e
+
+    def jobs(self) -> list[JobInfo]:
+        out = []
+        try:
+            paths = sorted(self.directory.glob("*/job.json"))
+        except OSError as e:
+            raise self._fail("jobs not read", e) from e
+        for path in paths:
+            try:
+                info = JobInfo.from_json(path.read_text())
+                info.instances = sorted(p.name for p in (path.parent / "instances").iterdir())
+            except UNREADABLE:
+                continue  # half-written, damaged, or removed meanwhile
+            out.append(info)
+        return out
+
+    def instances(self) -> dict[str, InstanceInfo]:
+        out: dict[str, InstanceInfo] = {}
+        for path in (self.directory / ".instances").glob("*.json"):
+            try:
+                info = InstanceInfo.from_json(path.read_text())
+            except UNREADABLE:
+                continue
+            out[safe_name(info.instance)] = info
+        return out
+
+    def _ticks(self, job: str) -> list[int]:
+        d = self._runs_dir(job)
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise self._fail("history not read", e) from e
+        return sorted(
+            (int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()),
+            reverse=True,
+        )
+
+    def runs(self, job: str, limit: int, since_us: int | None = None) -> list[RunRecord]:
+        out = []
+        d = self._runs_dir(job)
+        for tick in self._ticks(job):
+            if since_us is not None and tick < since_us:
+                break
+            try:
+                out.append(RunRecord.from_json((d / f"{tick}.json").read_text()))
+            except UNREADABLE:
+                continue
+            if len(out) >= limit:
+                break
+        return out
+
+    def recent(self, job: str) -> list[RunRecord]:
+        out: list[RunRecord] = []
+        d = self._runs_dir(job)
+        for tick in self._ticks(job)[:RECENT_MAX]:  # read one by one: usually one is enough
+            try:
+                record = RunRecord.from_json((d / f"{tick}.json").read_text())
+            except UNREADABLE:
+                continue
+            out.append(record)
+            if record.result in FINISHED:
+                break
+        return out
+
+    def prune(self, jobs: Sequence[str], keep: int, oldest_us: int) -> int:
+        removed = 0
+        for job in jobs:
+            d = self._runs_dir(job)
+            for i, tick in enumerate(self._ticks(job)):
+                if i >= keep or tick < oldest_us:
+                    with contextlib.suppress(FileNotFoundError):
+                        (d / f"{tick}.json").unlink()
+                        removed += 1
+            with contextlib.suppress(OSError):
+                for stray in d.glob(".*"):  # a writer killed between write and rename
+                    if stray.stat().st_mtime * 1e6 < oldest_us:
+                        stray.unlink()
+        for path in (self.directory / ".instances").glob("*.json"):
+            with contextlib.suppress(*UNREADABLE):
+                if InstanceInfo.from_json(path.read_text()).seen_us < oldest_us:
+                    path.unlink()
+        return removed

@@ -1,0 +1,142 @@
+"""The run records and registry of `redis://`: keys beside the claims."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import BackendError
+from ..records import (
+    InstanceInfo,
+    JobInfo,
+    RunRecord,
+    newest_finished,
+    parse_records,
+)
+from .common import safe_name
+
+_PUT = """
+for i = 1, #ARGV, 4 do
+  local job, tick, doc, keep = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local z = 'pyjob:' .. job .. ':runs'
+  local h = 'pyjob:' .. job .. ':records'
+  redis.call('HSET', h, tick, doc)
+  redis.call('ZADD', z, tonumber(tick), tick)
+  local n = redis.call('ZCARD', z)
+  if n > keep then
+    local old = redis.call('ZRANGE', z, 0, n - keep - 1)
+    redis.call('ZREM', z, unpack(old))
+    redis.call('HDEL', h, unpack(old))
+  end
+end
+return 1
+"""
+
+
+class RedisRecords:
+    """Redis: per job a hash of records and a sorted set of their ticks (trimmed as written),
+    the registration ``pyjob:<job>:info`` and ``pyjob:<job>:instances``; the set ``pyjob:jobs``;
+    heartbeats ``pyjob:instance:<id>``, which expire by themselves."""
+
+    def __init__(self, client: Any, url: str, errors: tuple[type[BaseException], ...]) -> None:
+        self._r = client
+        self.url = url
+        self._errors = errors
+        self._put = client.register_script(_PUT)
+
+    def _k(self, job: str, part: str) -> str:
+        return f"pyjob:{safe_name(job)}:{part}"
+
+    def _call(self, what: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except self._errors as e:
+            raise BackendError(f"{self.url}: {what}: {e}") from e
+
+    def put_runs(self, records: Sequence[RunRecord], keep: int = 100) -> None:
+        args: list[Any] = []
+        for r in records:
+            args += [safe_name(r.job), r.tick_us, r.to_json(), keep]
+        self._call("run record not written", lambda: self._put(keys=[], args=args))
+
+    def register(self, jobs: Sequence[JobInfo], instance: InstanceInfo) -> None:
+        def go() -> None:
+            pipe = self._r.pipeline(transaction=False)
+            for j in jobs:
+                pipe.sadd("pyjob:jobs", j.job)
+                pipe.set(self._k(j.job, "info"), j.to_json())
+                pipe.sadd(self._k(j.job, "instances"), instance.instance)
+            pipe.set(f"pyjob:instance:{instance.instance}", instance.to_json(), ex=86400)
+            pipe.execute()
+
+        self._call("jobs not registered", go)
+
+    def heartbeat(self, instance: InstanceInfo) -> None:
+        key = f"pyjob:instance:{instance.instance}"
+        self._call("heartbeat not written", lambda: self._r.set(key, instance.to_json(), ex=86400))
+
+    def jobs(self) -> list[JobInfo]:
+        def go() -> list[JobInfo]:
+            names = sorted(self._r.smembers("pyjob:jobs"))
+            pipe = self._r.pipeline(transaction=False)
+            for n in names:
+                pipe.get(self._k(n, "info"))
+                pipe.smembers(self._k(n, "instances"))
+            replies = pipe.execute()
+            out = []
+            for i in range(len(names)):
+                doc, members = replies[2 * i], replies[2 * i + 1]
+                if doc:
+                    info = JobInfo.from_json(doc)
+                    info.instances = sorted(members)
+                    out.append(info)
+            return out
+
+        result: list[JobInfo] = self._call("jobs not read", go)
+        return result
+
+    def instances(self) -> dict[str, InstanceInfo]:
+        def go() -> dict[str, InstanceInfo]:
+            keys = list(self._r.scan_iter(match="pyjob:instance:*", count=1000))
+            values = self._r.mget(keys) if keys else []
+            out = {}
+            for v in values:
+                if v:
+                    info = InstanceInfo.from_json(v)
+                    out[info.instance] = info
+            return out
+
+        result: dict[str, InstanceInfo] = self._call("instances not read", go)
+        return result
+
+    def runs(self, job: str, limit: int, since_us: int | None = None) -> list[RunRecord]:
+        def go() -> list[RunRecord]:
+            z, h = self._k(job, "runs"), self._k(job, "records")
+            low = "-inf" if since_us is None else since_us
+            ticks = self._r.zrevrangebyscore(z, "+inf", low, start=0, num=limit)
+            docs = self._r.hmget(h, ticks) if ticks else []
+            return parse_records(docs)
+
+        result: list[RunRecord] = self._call("history not read", go)
+        return result
+
+    def recent(self, job: str) -> list[RunRecord]:
+        return newest_finished(self, job)
+
+    def prune(self, jobs: Sequence[str], keep: int, oldest_us: int) -> int:
+        def go() -> int:
+            removed = 0
+            for job in jobs:
+                z, h = self._k(job, "runs"), self._k(job, "records")
+                old = self._r.zrangebyscore(z, "-inf", f"({oldest_us}")
+                n = self._r.zcard(z) - len(old)
+                if n > keep:
+                    old += self._r.zrange(z, len(old), len(old) + n - keep - 1)
+                if old:
+                    self._r.zrem(z, *old)
+                    self._r.hdel(h, *old)
+                    removed += len(old)
+            return removed
+
+        result: int = self._call("history not pruned", go)
+        return result
