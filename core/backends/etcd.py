@@ -69,7 +69,7 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from .etcd_records import EtcdRecords
+    from .etcdstore import EtcdRecords
 
 # Claims per transaction: etcd refuses a transaction with more than --max-txn-ops (128 by
 # default) operations at one level, nested ones counted against what their parents leave.
@@ -198,7 +198,7 @@ class EtcdBackend:
 
     def records(self) -> EtcdRecords:
         """The record store that lives in this cluster, through this connection."""
-        from .etcd_records import EtcdRecords
+        from .etcdstore import EtcdRecords
 
         return EtcdRecords(self)
 

@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..records import InstanceInfo, JobInfo, RunRecord, _parsed, _recent
+from ..records import InstanceInfo, JobInfo, RunRecord, newest_finished, parse_records
 from .common import safe_name
 from .etcd_http import b64, range_end, unb64
 
@@ -131,10 +131,10 @@ class EtcdRecords:
             sort_target="KEY",
             limit=str(limit),
         )
-        return _parsed(unb64(kv.get("value")) for kv in self._kvs(body, "history not read"))
+        return parse_records(unb64(kv.get("value")) for kv in self._kvs(body, "history not read"))
 
     def recent(self, job: str) -> list[RunRecord]:
-        return _recent(self, job)
+        return newest_finished(self, job)
 
     def prune(self, jobs: Sequence[str], keep: int, oldest_us: int) -> int:
         what = "history not pruned"
