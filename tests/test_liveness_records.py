@@ -207,9 +207,9 @@ def test_failed_record_writes_are_retried_and_the_newest_state_of_a_run_wins(
 def test_pending_records_are_bounded_and_the_oldest_go_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pyjob.core.coordinator as coordinator
+    import pyjob.core.recordwrites as recordwrites
 
-    monkeypatch.setattr(coordinator, "PENDING_MAX", 3)
+    monkeypatch.setattr(recordwrites, "PENDING_MAX", 3)
     c = _Coordinated(tmp_path)
     for tick in range(1, 6):
         c.record(tick, "success")

@@ -1,0 +1,280 @@
+"""The run records and registrations a process owes its backends, and the state of each link.
+
+A write that fails keeps its records pending, one per run: a newer state of the run replaces the
+older (the final record wins over ``running``), and they are tried again with backoff
+(RECORD_RETRY up to RECORD_RETRY_MAX) when no claim, renewal or release waits. The pending
+records are bounded (PENDING_MAX): past it the oldest is dropped, and said so. Registrations are
+written again whole every REREGISTER_EVERY seconds. All of it runs on the link's worker thread
+(or, unthreaded, the caller's), through the coordinator, which owns the one error policy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from queue import Empty, PriorityQueue
+
+from .backendcalls import Call, HeartbeatCall, PruneCall, RecordsCall, RegisterCall
+from .backends import Backend
+from .backends.protocol import AHEAD_LIMIT, Lease
+from .clock import Clock
+from .outage import Outage
+from .records import InstanceInfo, JobInfo, RecordsNotWritten, RecordStore, RunRecord
+
+BACKEND_CLOCK_EVERY = 10.0  # seconds between readings of the backend's clock for records
+RECORD_RETRY = 0.5  # seconds before a failed record write is tried again, doubled each time
+RECORD_RETRY_MAX = 8.0  # ... up to this
+REREGISTER_EVERY = (
+    300.0  # seconds between registrations written again whole (see RecordWrites.records)
+)
+PENDING_MAX = 10_000  # run records kept for a later write per backend (at most ~50 MB)
+RECORD_BATCH = 500  # records per write
+
+
+@dataclass
+class Link:
+    """One backend URL: its backend object, its worker, its queue of calls."""
+
+    url: str
+    backend: Backend
+    outage: Outage  # its down and up edges
+    # (priority, order, call), the call's own priority
+    calls: PriorityQueue[tuple[int, int, Call | None]] = field(default_factory=PriorityQueue)
+    thread: threading.Thread | None = None
+    unreleased: list[Lease] = field(default_factory=list)  # releases that failed: retried
+    # leases a claim batch may have taken when its answer was lost (LostAnswer): released like
+    # the failed releases, but not announced (none may have been taken)
+    maybe: list[Lease] = field(default_factory=list)
+    # (monotonic, the backend's clock in µs or None) at the last reading of that clock
+    clock_read: tuple[float, int | None] | None = None
+    records: RecordStore | None = None
+    carry: Call | None = None  # a call taken from the queue while batching records
+    # Record writes not yet written, oldest first, one per run ((job, tick µs) → (record, keep)):
+    # touched only by the worker (or, unthreaded, the caller), so no lock.
+    pending: dict[tuple[str, int], tuple[RunRecord, int]] = field(default_factory=dict)
+    unregistered: dict[str, JobInfo] = field(default_factory=dict)  # registrations to redo
+    registered: dict[str, JobInfo] = field(default_factory=dict)  # every one asked for
+    reregister_at: float = 0.0  # monotonic: when they are all written again
+    me: InstanceInfo | None = None
+    retry_at: float | None = None  # monotonic: when what is pending is tried again
+    backoff: float = RECORD_RETRY
+    failing: set[str] = field(default_factory=set)  # jobs whose unwritten records were reported
+    dropped: int = 0  # records dropped past PENDING_MAX since it was last said
+    deadline: float | None = None  # monotonic: the end of ``close``'s wait
+
+
+# report(job, tick, kind, **fields): an event on behalf of the coordinator.
+Report = Callable[..., None]
+
+
+class RecordWrites:
+    """What each link owes in records and registrations, written as the backend allows."""
+
+    def __init__(self, clock: Clock, report: Report) -> None:
+        self.clock = clock
+        self.report = report
+
+    def gather(self, link: Link, first: RecordsCall) -> RecordsCall:
+        """The record writes queued behind ``first``, as one call (one round trip)."""
+        records = list(first.records)
+        keep = first.keep
+        while len(records) < 500:
+            try:
+                entry = link.calls.get_nowait()
+            except Empty:
+                break
+            nxt = entry[2]
+            if not isinstance(nxt, RecordsCall) or nxt.keep != keep:
+                if nxt is None:
+                    link.calls.put(entry)  # the stop: after this batch
+                else:
+                    link.carry = nxt
+                break
+            records += nxt.records
+        return RecordsCall(records, keep)
+
+    def add_pending(self, link: Link, records: Sequence[RunRecord], keep: int) -> None:
+        """Queue ``records`` for writing: a newer state of a run replaces the one pending (and
+        goes to the end, written after what was pending before it)."""
+        for r in records:
+            key = (r.job, r.tick_us)
+            link.pending.pop(key, None)
+            link.pending[key] = (r, keep)
+        while len(link.pending) > PENDING_MAX:
+            del link.pending[next(iter(link.pending))]
+            link.dropped += 1
+
+    def owed_due(self, link: Link) -> bool:
+        return link.retry_at is not None and self.clock.monotonic() >= link.retry_at
+
+    def write_owed(self, link: Link) -> bool:
+        """Write the registrations owed and the oldest batch of the records pending; False when
+        a write failed (tried again after the backoff). With more pending after the batch, the
+        next is due at once, after whatever claims the queue holds meanwhile."""
+        store = link.records
+        assert store is not None
+        if link.dropped:
+            self.report(
+                "*",
+                None,
+                "backend-error",
+                error=f"{link.dropped} run records were dropped: over {PENDING_MAX} were waiting",
+                action="the newest are kept and written once the backend answers; runs go on",
+            )
+            link.dropped = 0
+        try:
+            if link.unregistered and link.me is not None:
+                store.register(list(link.unregistered.values()), link.me)
+                link.unregistered.clear()
+            batch = list(itertools.islice(link.pending.values(), RECORD_BATCH))
+            for record in self.invented(link, [r for r, _ in batch]):
+                del link.pending[(record.job, record.tick_us)]
+            batch = [(r, k) for r, k in batch if (r.job, r.tick_us) in link.pending]
+            unwritten, failure = self.put_batch(store, batch)
+            for record, _ in batch:
+                key = (record.job, record.tick_us)
+                if key not in unwritten:
+                    del link.pending[key]
+            if failure is not None:
+                raise failure
+        except Exception as e:  # a backend bug must not end the process: it is an error too
+            if not isinstance(e, RecordsNotWritten):  # else the backend answered, for the others
+                link.outage.failed(str(e))
+            link.retry_at = self.clock.monotonic() + link.backoff
+            link.backoff = min(link.backoff * 2, RECORD_RETRY_MAX)
+            self.report_unwritten(link, e)
+            return False
+        link.backoff = RECORD_RETRY
+        if link.pending:
+            link.retry_at = self.clock.monotonic()
+            return True
+        link.retry_at = None
+        if link.failing:
+            self.report("*", None, "backend-recovered", recorded=sorted(link.failing))
+            link.failing.clear()
+        return True
+
+    @staticmethod
+    def put_batch(
+        store: RecordStore, batch: list[tuple[RunRecord, int]]
+    ) -> tuple[set[tuple[str, int]], Exception | None]:
+        """Write ``batch`` ((record, keep) pairs); the (job, tick) of those not written, and the
+        first failure. A store that says which of its records failed (RecordsNotWritten) has
+        written the others; after any other failure the rest of the batch waits too."""
+        by_keep: dict[int, list[RunRecord]] = {}
+        for record, keep in batch:
+            by_keep.setdefault(keep, []).append(record)
+        unwritten: set[tuple[str, int]] = set()
+        failure: Exception | None = None
+        for keep, records in by_keep.items():
+            if failure is None or isinstance(failure, RecordsNotWritten):
+                try:
+                    store.put_runs(records, keep)
+                    continue
+                except RecordsNotWritten as e:
+                    unwritten |= e.unwritten
+                    failure = failure or e
+                    continue
+                except Exception as e:  # a backend bug too: said by the caller
+                    failure = e
+            unwritten |= {(r.job, r.tick_us) for r in records}
+        return unwritten, failure
+
+    def report_unwritten(self, link: Link, e: Exception) -> None:
+        """A backend-error per job whose records wait, once until they are written."""
+        jobs = {job for job, _ in link.pending} | set(link.unregistered)
+        for job in sorted(jobs - link.failing):
+            self.report(
+                job,
+                None,
+                "backend-error",
+                error=str(e),
+                action="runs not recorded yet: written once the backend answers; runs go on",
+            )
+        link.failing |= jobs
+
+    def last_writes(self, link: Link) -> None:
+        """At close: what is pending, tried again until ``close``'s deadline."""
+        if link.records is None:
+            return
+        assert link.deadline is not None
+        while link.pending or link.unregistered:
+            written = self.write_owed(link)
+            left = link.deadline - self.clock.monotonic()
+            if left <= 0:
+                return
+            if not written and link.retry_at is not None:
+                self.clock.sleep(min(left, max(0.0, link.retry_at - self.clock.monotonic())))
+
+    def records(
+        self, link: Link, call: RecordsCall | RegisterCall | HeartbeatCall | PruneCall
+    ) -> None:
+        store = link.records
+        assert store is not None
+        if isinstance(call, RecordsCall):
+            self.add_pending(link, call.records, call.keep)
+            if link.retry_at is None:  # else they wait for the retry (the backend is failing)
+                self.write_owed(link)
+            return
+        if isinstance(call, RegisterCall):
+            link.me = call.me
+            for j in call.jobs:
+                link.unregistered[j.job] = j
+                link.registered[j.job] = j
+            link.reregister_at = self.clock.monotonic() + REREGISTER_EVERY
+            if link.retry_at is None:
+                self.write_owed(link)
+            return
+        if isinstance(call, HeartbeatCall) and link.registered:
+            # Every few minutes the registrations are written again whole: one that someone
+            # deleted or damaged (a file, a key, a row) comes back without a restart.
+            now = self.clock.monotonic()
+            if now >= link.reregister_at:
+                link.reregister_at = now + REREGISTER_EVERY
+                link.me = call.me
+                link.unregistered.update(link.registered)
+                link.retry_at = now if link.retry_at is None else link.retry_at
+        what = "heartbeat" if isinstance(call, HeartbeatCall) else "prune"
+        try:
+            if isinstance(call, HeartbeatCall):
+                store.heartbeat(call.me)
+            else:
+                store.prune(call.jobs, call.keep, call.oldest_us)
+        except Exception as e:
+            link.outage.failed(str(e))
+            self.report(
+                "*", None, "backend-error", error=str(e), action=f"{what} later; runs go on"
+            )
+
+    def invented(self, link: Link, records: list[RunRecord]) -> list[RunRecord]:
+        """The records of unclaimed ticks (skipped, missed) more than AHEAD_LIMIT ahead of the
+        backend's clock: ticks a wrong clock invented (this host's stepped ahead: the ticks it
+        passed over are logged as missed), whose records would push the fleet's real ones out of
+        the history kept (DESIGN §8). They are not written; one warning per job says so."""
+        mono = self.clock.monotonic()
+        if link.clock_read is None or mono - link.clock_read[0] > BACKEND_CLOCK_EVERY:
+            reading = link.backend.server_time()
+            mono = self.clock.monotonic()
+            link.clock_read = (mono, None if reading is None else int(reading[0] * 1e6))
+        at, backend_us = link.clock_read
+        if backend_us is None:
+            return []
+        now_us = backend_us + int((mono - at) * 1e6)
+        # A run's record (it has a fence: its tick was claimed) is real whatever the clocks say
+        # now: the backend's clock may have stepped back since the claim.
+        invented = [
+            r for r in records if r.fence is None and r.tick_us > now_us + AHEAD_LIMIT * 1e6
+        ]
+        for job in sorted({r.job for r in invented}):
+            mine = [r.tick_us for r in invented if r.job == job]
+            self.report(
+                job,
+                None,
+                "warning",
+                problem=f"{len(mine)} record(s) of ticks up to {(max(mine) - now_us) / 1e6:.1f}s "
+                "ahead of the backend's clock (clock-ahead: this host's clock is ahead of it)",
+                action="not written, so that the history keeps the fleet's real runs",
+            )
+        return invented
