@@ -58,6 +58,7 @@ def _s(seconds: float | None, sign: bool = False) -> str:
     metavar="URL",
     envvar="PYJOB_LOCK",
     help="Also measure the lock backend's clock: Redis TIME, PostgreSQL clock_timestamp(), "
+    "etcd's HTTP Date headers (to the second, narrowed by probes timed at its edges), "
     "or a probe file's mtime for file: and nfs:. Warns when the instances registered there "
     "and this host run different tzdata releases.",
 )

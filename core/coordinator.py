@@ -435,7 +435,9 @@ class Coordinator:
         assert link.records is not None
         newest = link.records.runs(call.job, 1, None)
         reading = link.backend.server_time()  # the window is judged by this clock
-        backend_now = None if reading is None else int(reading[0] * 1e6)
+        # at the latest it may read (etcd's reads to the second at first): a missed tick is
+        # caught up only when it is surely within the window
+        backend_now = None if reading is None else int((reading[0] + reading[1] / 2) * 1e6)
         return (newest[0].tick_us, backend_now) if newest else None
 
     @staticmethod

@@ -84,7 +84,7 @@ def skip_reason(event: Event) -> str | None:
 
 class Metrics:
     """The metrics of one `pyjob run` process. ``backends``: job -> the kind of its lock backend
-    (file, nfs, redis, postgresql, none); ``intervals``: job -> the longest gap between its
+    (file, nfs, redis, postgresql, etcd, none); ``intervals``: job -> the longest gap between its
     ticks (None when it has fewer than two left)."""
 
     def __init__(

@@ -305,7 +305,8 @@ SETTINGS: tuple[Setting, ...] = (
         "lock",
         "Lock backend: file:PATH (one host; default: $XDG_RUNTIME_DIR/pyjob or "
         "~/.local/state/pyjob), nfs:PATH (a directory shared by hosts), redis://HOST[:PORT]/DB "
-        "(rediss:// for TLS), postgresql://USER@HOST/DB, or none.",
+        "(rediss:// for TLS), postgresql://USER@HOST/DB, etcd://HOST:PORT[,HOST:PORT...][/PREFIX], "
+        "or none.",
         metavar="URL",
         envvar="PYJOB_LOCK",
     ),

@@ -78,7 +78,7 @@ def test_a_claimer_whose_clock_is_ahead_is_refused_and_the_others_keep_their_tic
     assert claim_one(ahead, "job", tick + timedelta(seconds=1), "early", _keep(tick), now).won
 
 
-@pytest.mark.parametrize("lock_url", ["redis", "postgresql"], indirect=True)
+@pytest.mark.parametrize("lock_url", ["redis", "postgresql", "etcd"], indirect=True)
 def test_a_tick_below_the_mark_nobody_claimed_is_won_while_its_claim_would_be_kept(
     lock_url: str,  # noqa: F811
 ) -> None:
