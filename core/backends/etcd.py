@@ -48,12 +48,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..clock import SystemClock
 from ..errors import BackendError
+from ..instants import to_us
 from .common import (
     refused_behind_mark,
     refused_clock_ahead,
     refused_too_old,
     safe_name,
-    to_us,
 )
 from .etcd_http import EtcdError, EtcdHttp, b64, range_end, unb64
 from .protocol import (
