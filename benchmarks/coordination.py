@@ -3,9 +3,9 @@
     python -m benchmarks.coordination            # 500 claims, 30 ticks per backend (~2.5 minutes)
     python -m benchmarks.coordination --quick    # 50 claims, 5 ticks (a smoke test for CI)
 
-Servers (redis-server, PostgreSQL, chronyd) are started on free loopback ports, as the tests do;
-nfs: runs on a local directory (NFS cannot be mounted here). The fleet run is 4 `pyjob run
---every 1s --align` processes, one of them with its clock 300 ms ahead (libfaketime); a tick
+Servers (redis-server, PostgreSQL, etcd, chronyd) are started on free loopback ports, as the
+tests do; nfs: runs on a local directory (NFS cannot be mounted here). The fleet run is 4 `pyjob
+run --every 1s --align` processes, one of them with its clock 300 ms ahead (libfaketime); a tick
 "ran" when its command wrote a line. On Redis it runs again with --clock ntp.
 """
 
@@ -29,7 +29,7 @@ from pyjob.core.backends import ClaimRequest, open_backend
 from .common import ROOT, Table, machine, pyjob, tail, tail_name
 
 sys.path.insert(0, str(ROOT))
-from localservers import start_chronyd, start_postgres, start_redis
+from localservers import start_chronyd, start_etcd, start_postgres, start_redis
 
 FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
@@ -125,6 +125,8 @@ def tables(n: int, ticks: int) -> list[Table]:
     tmp = Path(tempfile.mkdtemp(prefix="pyjob-bench-"))
     redis_server = start_redis(tmp)
     pg = start_postgres()
+    # on this machine's disk, not tmpfs: etcd fsyncs every transaction, and that is its cost
+    etcd = start_etcd(tmp / "etcd")
     ntp = start_chronyd(tmp / "chrony")
     big = max(BATCHES)
     calls_big = max(5, n // 5)
@@ -161,6 +163,7 @@ def tables(n: int, ticks: int) -> list[Table]:
                 f"redis://127.0.0.1:{redis_server.port}/2",
             ),
             "postgresql": (base + "/bench", base + "/fleet"),
+            "etcd": (f"{etcd.url}/bench", f"{etcd.url}/fleet"),
         }
         for name, (url, fleet_url) in backends.items():
             got = claim_latency(url, n)
@@ -204,10 +207,12 @@ def tables(n: int, ticks: int) -> list[Table]:
         ntp.stop()
         redis_server.stop()
         pg.destroy()
+        etcd.destroy()
         shutil.rmtree(tmp, ignore_errors=True)
     latency.note = (
         "Every claim is won (a fresh tick of the last hour per call). Servers on loopback; nfs: "
-        "on a local directory (NFS cannot be mounted on these machines)."
+        "on a local directory (NFS cannot be mounted on these machines); etcd: one member, its "
+        "data on this machine's disk (it fsyncs every transaction)."
     )
     fleet_t.note = (
         "A tick ran when its command wrote a line, with the default --spread even: the "

@@ -46,8 +46,9 @@ def align_cmd(
     from pyjob.core.clock import sleep_until
     from pyjob.core.durations import format_duration
     from pyjob.core.grammar import build
+    from pyjob.core.instants import iso, to_us, unix_text
     from pyjob.core.parts import Parts
-    from pyjob.core.rules import EveryRule, iso, to_us
+    from pyjob.core.rules import EveryRule
     from pyjob.core.schedule import Schedule
     from pyjob.core.timeparse import parse_datetime
     from pyjob.core.zones import get_zone, job_zone_name
@@ -78,8 +79,7 @@ def align_cmd(
     if fmt == "iso":
         click.echo(iso(boundary, zone))
     elif fmt == "unix":
-        us = to_us(boundary)
-        click.echo(str(us // 1_000_000) if us % 1_000_000 == 0 else f"{us / 1e6:.6f}")
+        click.echo(unix_text(to_us(boundary)))
     else:
         from .render import echo_json, instant_fields
 
@@ -116,8 +116,8 @@ def _countdown(env: object, boundary: object, waker: object) -> None:
     from datetime import datetime
 
     from pyjob.core.clock import Waker
-    from pyjob.core.durations import humanize
-    from pyjob.core.rules import iso
+    from pyjob.core.durations import human_duration
+    from pyjob.core.instants import iso
 
     from .env import Env
 
@@ -127,6 +127,8 @@ def _countdown(env: object, boundary: object, waker: object) -> None:
         remaining = (boundary - clock.now()).total_seconds()
         if remaining <= 0.3:
             break
-        click.echo(f"\rwaiting {humanize(remaining):>8} for {iso(boundary)} ", err=True, nl=False)
+        click.echo(
+            f"\rwaiting {human_duration(remaining):>8} for {iso(boundary)} ", err=True, nl=False
+        )
         clock.wait(waker, min(0.25, remaining - 0.25))
     click.echo("\r" + " " * 60 + "\r", err=True, nl=False)

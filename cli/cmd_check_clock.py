@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import click
+from pyjob.core.durations import format_seconds
+from pyjob.core.settings import DEFAULT_LIMIT, DEFAULT_SERVERS, MIN_LIMIT
 
 from .env import get_env
 from .exitcodes import ExitCode
@@ -24,12 +26,6 @@ def _secs(seconds: float) -> str:
     return text + "0" if text.endswith(".") else text
 
 
-def _limit(seconds: float) -> str:
-    from pyjob.core.durations import format_duration
-
-    return format_duration(round(seconds * 1e6))
-
-
 def _s(seconds: float | None, sign: bool = False) -> str:
     if seconds is None:
         return "-"
@@ -45,7 +41,7 @@ def _s(seconds: float | None, sign: bool = False) -> str:
     metavar="HOST[:PORT]",
     envvar="PYJOB_NTP_SERVERS",
     help="NTP server to measure against; repeat for several "
-    "(default: $PYJOB_NTP_SERVERS, else pool.ntp.org).",
+    f"(default: $PYJOB_NTP_SERVERS, else {', '.join(DEFAULT_SERVERS)}).",
 )
 @click.option(
     "--peer",
@@ -62,6 +58,7 @@ def _s(seconds: float | None, sign: bool = False) -> str:
     metavar="URL",
     envvar="PYJOB_LOCK",
     help="Also measure the lock backend's clock: Redis TIME, PostgreSQL clock_timestamp(), "
+    "etcd's HTTP Date headers (to the second, narrowed by probes timed at its edges), "
     "or a probe file's mtime for file: and nfs:. Warns when the instances registered there "
     "and this host run different tzdata releases.",
 )
@@ -69,14 +66,14 @@ def _s(seconds: float | None, sign: bool = False) -> str:
     "--max-offset",
     type=DURATION,
     metavar="DURATION",
-    help="The largest acceptable offset (default 1s).",
+    help=f"The largest acceptable offset (default {format_seconds(DEFAULT_LIMIT)}).",
 )
 @click.option(
     "--interval",
     type=DURATION,
     metavar="DURATION",
-    help="Derive the limit from a job interval instead: 1/60 of it, at least 100ms "
-    "(1s: 100ms, 1m: 1s, 5m: 5s, 1h: 1m).",
+    help="Derive the limit from a job interval instead: 1/60 of it, at least "
+    f"{format_seconds(MIN_LIMIT)} (1s: 100ms, 1m: 1s, 5m: 5s, 1h: 1m).",
 )
 @click.option(
     "--max-skew",
@@ -159,7 +156,7 @@ def check_clock_cmd(
       pyjob check-clock --format nagios --warn 100ms --crit 1s
     """
     from pyjob.core.backends import open_backend
-    from pyjob.core.clockcheck import DEFAULT_SERVERS, check_clock, offset_limit
+    from pyjob.core.clockcheck import check_clock, offset_limit
 
     env = get_env()
     if max_offset is not None and interval is not None:
@@ -212,8 +209,8 @@ def _zone_database_warning(backend: Any, env: Any) -> str | None:
     """This host and the instances registered in ``backend`` compute ticks with different zone
     databases (DESIGN §3): a warning, since the clocks may still be fine."""
     from pyjob.core.errors import BackendError
+    from pyjob.core.instants import to_us
     from pyjob.core.records import zone_database_warning
-    from pyjob.core.rules import to_us
     from pyjob.core.zones import tzdata_version
 
     store = backend.records()
@@ -347,6 +344,7 @@ def _row(kind: str, m: Measurement, best: bool, wrong: bool = False) -> list[str
 
 def _table(report: ClockReport) -> None:
     from pyjob.core.clockcheck import impact
+    from pyjob.core.durations import format_seconds
 
     from .render import table
 
@@ -376,7 +374,7 @@ def _table(report: ClockReport) -> None:
             (
                 "Offset",
                 f"{_s(best.offset, True)} ±{_s(best.error)} ({best.server}): {cls.name}, "
-                f"{within} {_limit(report.limit)} ({report.limit_reason})",
+                f"{within} {format_seconds(report.limit)} ({report.limit_reason})",
             )
         )
         if cls.advice:
@@ -389,7 +387,7 @@ def _table(report: ClockReport) -> None:
             (
                 "Skew",
                 f"{_s(skew.value)} ±{_s(skew.error)} between {skew.between[0]} and "
-                f"{skew.between[1]}: {impact(skew.value).name}, {within} {_limit(limit)}",
+                f"{skew.between[1]}: {impact(skew.value).name}, {within} {format_seconds(limit)}",
             )
         )
     k = report.kernel

@@ -100,7 +100,7 @@ def pause_cmd(jobs: tuple[str, ...], every: bool, lock: str | None) -> None:
       pyjob pause backup --lock redis://redis:6379/0
       pyjob pause --all          # an incident: nothing starts anywhere
     """
-    from pyjob.core.schedule import to_us
+    from pyjob.core.instants import to_us
 
     env = get_env()
     store, control, backend = _open(lock, env, "pause")
@@ -158,8 +158,8 @@ def trigger_cmd(job: str, lock: str | None) -> None:
       pyjob trigger backup --lock redis://redis:6379/0
     """
     from pyjob.core.control import new_trigger
+    from pyjob.core.instants import to_us
     from pyjob.core.records import is_quiet
-    from pyjob.core.schedule import to_us
 
     env = get_env()
     store, control, backend = _open(lock, env, "trigger")

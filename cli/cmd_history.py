@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import click
+from pyjob.core.results import Result
 
 from .env import get_env
 from .options import AsciiIntRange
-from .records_view import RESULT_STYLE, ago, format_option, local, lock_option, open_store, span
+from .records_view import RESULT_STYLE, ago, format_option, local, lock_option, open_store
 from .records_view import styled as _styled
 from .render import echo_json, table
 
-RESULTS_SHOWN = (
-    "success",
-    "failure",
-    "timeout",
-    "stopped",
-    "start-failed",
-    "running",
-    "lost",
-    "skipped",
-    "missed",
+# the --result choices, in the order --help shows them
+RESULTS_SHOWN = tuple(
+    str(r)
+    for r in (
+        Result.SUCCESS,
+        Result.FAILURE,
+        Result.TIMEOUT,
+        Result.STOPPED,
+        Result.START_FAILED,
+        Result.RUNNING,
+        Result.LOST,
+        Result.SKIPPED,
+        Result.MISSED,
+    )
 )
 
 
@@ -64,8 +69,9 @@ def history_cmd(
       pyjob history --result failure --since 24h
       pyjob history -n 5 --format json
     """
+    from pyjob.core.durations import human_duration
+    from pyjob.core.instants import to_us
     from pyjob.core.records import effective, run_document
-    from pyjob.core.schedule import to_us
     from pyjob.core.zones import get_zone
 
     env = get_env()
@@ -105,7 +111,7 @@ def history_cmd(
                 # TOOK is this attempt's; the earlier ones are in JSON. A tick skipped or
                 # missed made no attempt.
                 "-" if r.result in ("skipped", "missed") else str(r.attempt),
-                "-" if r.duration is None else span(r.duration),
+                "-" if r.duration is None else human_duration(r.duration, coarse=True),
                 r.instance,
                 r.reason or "",
             ]
@@ -118,7 +124,7 @@ def _since(text: str, now: object) -> int:
 
     from pyjob.core.durations import parse_duration
     from pyjob.core.errors import InputError
-    from pyjob.core.schedule import to_us
+    from pyjob.core.instants import to_us
     from pyjob.core.timeparse import parse_datetime
 
     assert isinstance(now, datetime)

@@ -92,8 +92,8 @@ def next_cmd(
       pyjob next --every 1h --align --tz Asia/Kolkata --format plain
     """
     from pyjob.core.describe import describe
-    from pyjob.core.durations import humanize
-    from pyjob.core.rules import iso
+    from pyjob.core.durations import human_duration
+    from pyjob.core.instants import iso
     from pyjob.core.schedule import Schedule, job_identity
 
     env = get_env()
@@ -142,7 +142,7 @@ def next_cmd(
                 str(i),
                 _local(tick, zone),
                 iso(tick.instant),
-                "in " + humanize((tick.instant - now).total_seconds()),
+                "in " + human_duration((tick.instant - now).total_seconds()),
                 _note(tick),
             ]
         )
@@ -172,10 +172,10 @@ def _local(tick: Tick, zone: Any) -> str:
 def _next_file(path: str, count: int, from_: str | None, fmt: str) -> None:
     import heapq
 
-    from pyjob.core.durations import humanize
+    from pyjob.core.durations import human_duration
     from pyjob.core.errors import InputError
+    from pyjob.core.instants import iso
     from pyjob.core.jobsfile import load
-    from pyjob.core.rules import iso, to_us
     from pyjob.core.schedule import Schedule
     from pyjob.core.timeparse import parse_datetime
     from pyjob.core.zones import get_zone, job_zone_name
@@ -205,13 +205,7 @@ def _next_file(path: str, count: int, from_: str | None, fmt: str) -> None:
                 "file": path,
                 "from": iso(now),
                 "ticks": [
-                    {
-                        "job": job_name,
-                        "local": iso(instant, zone),
-                        "utc": iso(instant),
-                        "unix": to_us(instant) / 1e6,
-                        "in_seconds": (instant - now).total_seconds(),
-                    }
+                    {"job": job_name, **instant_fields(instant, zone, now)}
                     for instant, job_name, _, zone in merged
                 ],
             }
@@ -222,7 +216,7 @@ def _next_file(path: str, count: int, from_: str | None, fmt: str) -> None:
             str(i),
             _local(tick, zone),
             iso(instant),
-            "in " + humanize((instant - now).total_seconds()),
+            "in " + human_duration((instant - now).total_seconds()),
             job_name,
             _note(tick),
         ]

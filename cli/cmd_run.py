@@ -43,10 +43,6 @@ def _zone_of(scheduler: Any, job: str) -> Any:
     return get_zone(zone) if zone else None
 
 
-def _seconds(us: int | None) -> float | None:
-    return None if us is None else us / 1e6
-
-
 @click.command("run", cls=RunCommand, context_settings={"allow_interspersed_args": False})
 @click.argument(
     "words",
@@ -435,6 +431,8 @@ class ProcessOptions:
 
     @classmethod
     def from_values(cls, v: dict[str, Any]) -> ProcessOptions:
+        from pyjob.core.durations import to_seconds
+
         if v["no-clock-check"] and (v["clock"] == "ntp" or v["require-clock"]):
             flag = "--clock ntp" if v["clock"] == "ntp" else "--require-clock"
             raise click.UsageError(f"{flag} needs the clock check: drop --no-clock-check")
@@ -444,7 +442,7 @@ class ProcessOptions:
             log_level=v["log-level"],
             clock=ClockOptions(
                 servers=server_list(v["ntp-server"]) or None,
-                max_offset=_seconds(v["max-offset"]),
+                max_offset=to_seconds(v["max-offset"]),
                 policy=v["clock-policy"],
                 require=v["require-clock"],
                 mode=v["clock"],
@@ -478,7 +476,8 @@ def clock_watch(
     emit: Callable[..., None],
 ) -> ClockWatch | None:
     """The ClockWatch `run` uses, or None (after logging so) with --no-clock-check."""
-    from pyjob.core.clockcheck import DEFAULT_SERVERS, ClockWatch, offset_limit
+    from pyjob.core.clockcheck import ClockWatch, offset_limit
+    from pyjob.core.settings import DEFAULT_SERVERS
 
     if options.skip:
         emit("clock", action="not measured (--no-clock-check)")

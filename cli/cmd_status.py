@@ -8,7 +8,7 @@ import click
 
 from .env import get_env
 from .fleetview import echo_instances, instance_documents, shares
-from .records_view import RESULT_STYLE, ago, format_option, lock_option, open_store, span, styled
+from .records_view import RESULT_STYLE, ago, format_option, lock_option, open_store, styled
 from .render import echo_json, table
 
 if TYPE_CHECKING:
@@ -48,8 +48,9 @@ def status_cmd(lock: str | None, fmt: str) -> None:
       pyjob status --lock redis://redis:6379/0
       pyjob status --format json | jq '.jobs[] | select(.last.result != "success")'
     """
-    from pyjob.core.records import FINISHED, effective, run_document, zone_database_warning
-    from pyjob.core.schedule import to_us
+    from pyjob.core.instants import to_us
+    from pyjob.core.records import effective, run_document, zone_database_warning
+    from pyjob.core.results import FINISHED, Result
     from pyjob.core.zones import get_zone
 
     env = get_env()
@@ -75,7 +76,7 @@ def status_cmd(lock: str | None, fmt: str) -> None:
         zone = get_zone(j.zone)
         records = [effective(r, instances, now_us) for r in recent[j.job]]
         last = next((r for r in records if r.result in FINISHED), None)
-        running = [r for r in records if r.result == "running"]
+        running = [r for r in records if r.result == Result.RUNNING]
         served = _served(j.instances, instances)
         seen_us = max((i.seen_us for i in served), default=None)
         if seen_us is None or now_us - seen_us > UNSERVED_SHOWN * 1e6:
@@ -182,7 +183,7 @@ def _next_column(
 
 def _next_text(nxt: Any, zone: Any, now_us: int) -> str:
     """The NEXT column of a job some live instance serves."""
-    from pyjob.core.schedule import to_us
+    from pyjob.core.instants import to_us
 
     if nxt is None:
         return "-"
@@ -196,9 +197,11 @@ def _unserved_text(seen_us: int, now_us: int) -> str:
 
 def _last_text(last: RunRecord | None, now_us: int, term: bool) -> str:
     """The LAST column: when, the result (coloured on a terminal), how long, where."""
+    from pyjob.core.durations import human_duration
+
     if last is None:
         return "never"
-    took = "" if last.duration is None else f", {span(last.duration)}"
+    took = "" if last.duration is None else f", {human_duration(last.duration, coarse=True)}"
     return (
         f"{ago(last.started_us or last.tick_us, now_us)} "
         f"{styled(last.result, RESULT_STYLE.get(last.result), term)}{took} "
@@ -207,9 +210,9 @@ def _last_text(last: RunRecord | None, now_us: int, term: bool) -> str:
 
 
 def _iso(us: int, zone: Any) -> str:
-    from datetime import UTC, datetime
+    from pyjob.core.instants import local_iso
 
-    return datetime.fromtimestamp(us / 1e6, UTC).astimezone(zone).isoformat(timespec="seconds")
+    return local_iso(us, zone, "seconds")
 
 
 def _spec(text: str) -> Any:

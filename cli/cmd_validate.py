@@ -124,7 +124,7 @@ def _check(
 ) -> dict[str, Any]:
     """The JSON document of one schedule (``text``, or the schedule options when None)."""
     from pyjob.core.describe import describe, warnings
-    from pyjob.core.rules import iso
+    from pyjob.core.instants import iso
     from pyjob.core.schedule import Schedule, job_identity
 
     result: dict[str, Any] = {"input": text, "valid": False}
@@ -211,8 +211,8 @@ def _hint_quoting(exprs: tuple[str, ...], kw: dict[str, Any]) -> None:
 
 def _validate_file(path: str, strict: bool, fmt: str) -> None:
     from pyjob.core.describe import warnings
+    from pyjob.core.instants import iso
     from pyjob.core.jobsfile import JobsFileError, load
-    from pyjob.core.rules import iso
     from pyjob.core.schedule import Schedule
 
     env = get_env()

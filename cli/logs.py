@@ -13,8 +13,9 @@ from collections.abc import Callable
 from datetime import UTC, tzinfo
 from typing import TYPE_CHECKING, Any
 
+from pyjob.core.durations import human_duration
 from pyjob.core.events import LEVELS, SECONDS, Event
-from pyjob.core.rules import iso
+from pyjob.core.instants import iso
 
 from .outputs import Outputs
 
@@ -37,33 +38,6 @@ def style_of(event: Event) -> str:
     return _LEVEL_STYLE[level]
 
 
-def human_seconds(value: float) -> str:
-    """A duration for people, in the units pyjob reads: 284µs, 2.3ms, 1.5s, 4m5s, 19h48m, 2d3h."""
-    sign, v = ("-", -value) if value < 0 else ("", value)
-    if v == 0:
-        return "0s"
-    if v < 0.0009995:  # (rounds to 1000µs and more: written in ms)
-        return f"{sign}{v * 1e6:.0f}µs"
-    if v < 0.9995:
-        return f"{sign}{_g3(v * 1e3)}ms"
-    if v < 60:
-        return f"{sign}{_g3(v)}s"
-    whole = round(v)
-    if whole < 3600:
-        return f"{sign}{_pair(whole // 60, 'm', whole % 60, 's')}"
-    if whole < 86400:
-        return f"{sign}{_pair(whole // 3600, 'h', whole % 3600 // 60, 'm')}"
-    return f"{sign}{_pair(whole // 86400, 'd', whole % 86400 // 3600, 'h')}"
-
-
-def _g3(v: float) -> str:
-    return f"{v:.3g}" if v < 100 else str(round(v))
-
-
-def _pair(a: int, ua: str, b: int, ub: str) -> str:
-    return f"{a}{ua}{b}{ub}" if b else f"{a}{ua}"
-
-
 def logfmt(text: str) -> str:
     """``text`` as a logfmt value: bare when it can be, else double-quoted with escapes."""
     if text and text.isprintable() and not any(c in text for c in ' "=\\'):
@@ -78,7 +52,7 @@ def text_value(name: str, value: Any) -> str | None:
     if value is True:
         return "true"
     if isinstance(value, int | float) and name in SECONDS:
-        return human_seconds(float(value))
+        return human_duration(float(value))
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, list | tuple):

@@ -333,9 +333,10 @@ PAGES: dict[str, Page] = {
             "--peer asks other instances' hosts over NTP (they must serve it, as chronyd does "
             "with an allow line) and reports the largest skew between any two clocks, this one "
             "included, against --max-skew. --lock measures the lock backend's clock: Redis "
-            "TIME, PostgreSQL clock_timestamp(), or the mtime of a probe file for file: and "
-            "nfs:. On Linux the kernel's synchronisation state and estimated error are shown "
-            "(adjtimex, read only).",
+            "TIME, PostgreSQL clock_timestamp(), etcd's HTTP Date headers (stamped to the "
+            "second; a few probes timed at its second edges narrow them, taking up to a few "
+            "seconds), or the mtime of a probe file for file: and nfs:. On Linux the kernel's "
+            "synchronisation state and estimated error are shown (adjtimex, read only).",
             "--format nagios prints monitoring-plugins' line, e.g. 'NTP OK: Offset 0.0012 "
             "secs|offset=0.001200s;0.100000;1.000000;', and exits 0 OK, 1 WARNING, 2 CRITICAL "
             "or 3 UNKNOWN by --warn and --crit.",

@@ -352,13 +352,13 @@ ZONE = ZoneType()
 LOCK_URL = LockURLType()
 NTP_SERVER = NtpServerType()
 
-_KIND_OPTIONS = ("cron", "every", "daily", "weekly", "monthly", "once")
-
 
 def schedule_flags_given(kw: dict[str, Any], also: tuple[str, ...] = ()) -> list[str]:
     """The schedule kinds (and the ``also`` options) set in ``kw``: for commands that take the
     schedule from a file instead."""
-    return [f"--{name}" for name in (*_KIND_OPTIONS, *also) if kw.get(name)]
+    from pyjob.core.schedule_options import KINDS
+
+    return [f"--{name}" for name in (*KINDS, *also) if kw.get(name)]
 
 
 def schedule_options(f: F) -> F:
@@ -439,12 +439,12 @@ def schedule_options(f: F) -> F:
 def schedule_parts(expr: str | None, kw: dict[str, Any]) -> tuple[Parts, str | None]:
     """Parts from a positional expression and/or the schedule options; the --tz override."""
     from pyjob.core.grammar import split
-    from pyjob.core.parts import Parts
+    from pyjob.core.schedule_options import KINDS, add_modifiers, kind_parts
 
     given = []
     if expr is not None:
         given.append("EXPR")
-    for name in _KIND_OPTIONS:
+    for name in KINDS:
         value = kw.get(name)
         if value:
             given.append(f"--{name}")
@@ -452,41 +452,17 @@ def schedule_parts(expr: str | None, kw: dict[str, Any]) -> tuple[Parts, str | N
         raise click.UsageError(
             f"conflicting schedules: {' and '.join(given)} (give exactly one schedule)"
         )
-    if expr is not None:
-        parts = split(expr)
-    elif kw.get("cron"):
-        parts = Parts(kind="cron", value=kw["cron"])
-        if kw["cron"].strip().upper().startswith(("CRON_TZ=", "TZ=")):
-            parts = split(kw["cron"])
-            if parts.kind != "cron":
-                raise click.UsageError(f"--cron {kw['cron']!r} is not a cron expression")
-    elif kw.get("every"):
-        parts = Parts(kind="every", value=kw["every"])
-    elif kw.get("daily"):
-        parts = Parts(kind="daily")
-    elif kw.get("weekly"):
-        parts = Parts(kind="weekly", value=kw["weekly"])
-    elif kw.get("monthly"):
-        parts = Parts(kind="monthly", value=kw["monthly"])
-    elif kw.get("once"):
-        parts = Parts(kind="once", value=",".join(kw["once"]))
-    else:
+    if not given:
         raise click.UsageError(
             "no schedule: give an expression like '0 * * * *' or 'every 5m', or one of "
             "--cron, --every, --daily, --weekly, --monthly, --once"
         )
-    if kw.get("align"):
-        parts.align = True
-    if kw.get("offset") is not None:
-        parts.offset = kw["offset"]
-    parts.at.extend(kw.get("at") or ())
-    for name in ("interval", "start_at", "stop_at"):
-        value = kw.get(name)
-        if value is not None:
-            if getattr(parts, name) is not None:
-                flag = "--" + name.replace("_", "-")
-                raise click.UsageError(f"{flag} given twice (in the expression and as an option)")
-            setattr(parts, name, value)
+    if expr is not None:
+        parts = split(expr)
+    else:
+        kind = given[0].removeprefix("--")
+        parts = kind_parts(kind, kw[kind], given[0])
+    add_modifiers(parts, {k.replace("_", "-"): v for k, v in kw.items()}, flag="--")
     return parts, kw.get("tz")
 
 
@@ -592,9 +568,9 @@ def catch_up_text(us: int | None) -> str | None:
     """How next and validate state a --catch-up window (microseconds), or None."""
     if us is None:
         return None
-    from pyjob.core.durations import humanize
+    from pyjob.core.durations import format_duration
 
     return (
-        f"a tick the fleet missed within {humanize(us / 1e6)} of now runs once when an "
+        f"a tick the fleet missed within {format_duration(us)} of now runs once when an "
         "instance starts or the backend answers again"
     )

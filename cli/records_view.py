@@ -3,7 +3,6 @@ times ("2h ago", "in 5m"), results and durations."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -72,31 +71,19 @@ def ago(us: int | None, now_us: int) -> str:
     """'2h ago', 'in 5m', 'now'."""
     if us is None:
         return "-"
+    from pyjob.core.durations import human_duration
+
     delta = (us - now_us) / 1e6
-    text = span(abs(delta))
+    text = human_duration(abs(delta), coarse=True)
     return f"in {text}" if delta > 0 else f"{text} ago"
 
 
-def span(seconds: float) -> str:
-    """A duration for people: 850ms, 12s, 5m, 2h 5m, 3d 4h."""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s".replace(".0s", "s")
-    minutes = int(seconds // 60)
-    if minutes < 60:
-        return f"{minutes}m"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
-    days, hours = divmod(hours, 24)
-    return f"{days}d {hours}h" if hours else f"{days}d"
-
-
 def local(us: int | None, zone: Any) -> str:
+    from pyjob.core.instants import from_us
+
     if us is None:
         return "-"
-    return datetime.fromtimestamp(us / 1e6, UTC).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+    return from_us(us).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def styled(text: str, style: str | None, terminal: bool) -> str:

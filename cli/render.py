@@ -15,13 +15,12 @@ def instant_fields(instant: datetime, zone: tzinfo, now: datetime | None = None)
     """One vocabulary for an instant in every JSON output (next, align): ``local`` (ISO 8601 in
     the job's zone), ``utc`` (ISO 8601, Z), ``unix`` (seconds; an integer when whole) and, from
     the reference instant, ``in_seconds``."""
-    from pyjob.core.rules import iso, to_us
+    from pyjob.core.instants import iso, to_us, unix
 
-    us = to_us(instant)
     doc: dict[str, Any] = {
         "local": iso(instant, zone),
         "utc": iso(instant),
-        "unix": us // 1_000_000 if us % 1_000_000 == 0 else us / 1e6,
+        "unix": unix(to_us(instant)),
     }
     if now is not None:
         doc["in_seconds"] = round((instant - now).total_seconds(), 6)

@@ -21,15 +21,12 @@ from typing import Any
 from .backends import Backend
 from .backends.protocol import SKEW_LIMIT
 from .clock import Clock, OffsetClock, Waker
-from .durations import format_duration
+from .durations import format_seconds as _dur
 from .errors import ClockError, ClockOffsetError
 from .ntp import Measurement, Sample, best_sample, measure_all, unusable
 from .ntp import falsetickers as find_falsetickers
 from .schedule import Schedule
-
-DEFAULT_SERVERS = ("pool.ntp.org",)
-DEFAULT_LIMIT = 1.0  # seconds, when neither --max-offset nor an interval says otherwise
-MIN_LIMIT = 0.1
+from .settings import DEFAULT_LIMIT, MIN_LIMIT
 
 
 @dataclass(frozen=True)
@@ -92,10 +89,6 @@ def schedule_interval(schedule: Schedule, after: datetime, count: int = 6) -> fl
         tick = schedule.next_tick(tick)
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(ticks)]
     return min(gaps) if gaps else None
-
-
-def _dur(seconds: float) -> str:
-    return format_duration(round(seconds * 1e6))
 
 
 def signed(seconds: float) -> str:
@@ -195,7 +188,11 @@ class BackendClock:
 def backend_clock(backend: Backend, clock: Clock, samples: int = 5) -> BackendClock | None:
     """The lock backend's clock against this host's: each reading is bracketed by two local
     readings; the tightest bracket wins and its half-width (plus half the backend's resolution)
-    is the error bound. None for a backend without a clock of its own."""
+    is the error bound. None for a backend without a clock of its own. A backend whose clock
+    reads coarsely (etcd's, to the second) first narrows what it knows of it (``calibrate``)."""
+    calibrate = getattr(backend, "calibrate", None)
+    if calibrate is not None:
+        calibrate()
     best: BackendClock | None = None
     for _ in range(samples):
         before = clock.now().timestamp()

@@ -374,6 +374,10 @@ def control_for(backend: Any) -> ControlStore | None:
         return RedisControl(backend._r, backend.url, backend._errors)
     if kind == "PostgresBackend":
         return PostgresControl(backend)
+    if kind == "EtcdBackend":
+        from .backends.etcd_control import EtcdControl
+
+        return EtcdControl(backend)
     return None
 
 

@@ -70,6 +70,7 @@ from .records import (
     RunRecord,
 )
 from .recordwrites import Link, RecordWrites
+from .results import Result
 
 LAST = 9  # the stop, after everything queued
 RELEASE_RETRY = 1.0  # seconds between retries of lease releases an outage left behind
@@ -445,7 +446,9 @@ class Coordinator:
         assert link.records is not None
         newest = link.records.runs(call.job, 1, None)
         reading = link.backend.server_time()  # the window is judged by this clock
-        backend_now = None if reading is None else int(reading[0] * 1e6)
+        # at the latest it may read (etcd's reads to the second at first): a missed tick is
+        # caught up only when it is surely within the window
+        backend_now = None if reading is None else int((reading[0] + reading[1] / 2) * 1e6)
         return (newest[0].tick_us, backend_now) if newest else None
 
     def _spread(self, link: Link) -> Fleet:
@@ -459,10 +462,11 @@ class Coordinator:
     @staticmethod
     def _previous(link: Link, call: PreviousCall) -> str | None:
         assert link.records is not None
+        not_ended = (Result.RUNNING, Result.SKIPPED, Result.MISSED)
         finished = [
             r.result
             for r in link.records.runs(call.job, 20, None)
-            if r.tick_us < call.before_us and r.result not in ("running", "skipped", "missed")
+            if r.tick_us < call.before_us and r.result not in not_ended
         ]
         return finished[0] if finished else None
 

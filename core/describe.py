@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 from .cron import HOUR, CronExpr, field_values, resolve_hash
 from .cronwords import describe_cron
-from .rules import CalendarRule, CronRule, Spec, iso
+from .instants import iso
+from .rules import CalendarRule, CronRule, Spec
 from .schedule import Schedule
 from .zones import get_zone, transitions
 

@@ -149,16 +149,65 @@ def format_duration(us: int) -> str:
     return sign + "".join(out)
 
 
-def humanize(seconds: float) -> str:
-    """A short human reading of a span: "3h 12m", "45s", "250ms"."""
-    if seconds < 0:
-        return "-" + humanize(-seconds)
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    s = int(seconds)
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    parts = [(d, "d"), (h, "h"), (m, "m"), (s, "s")]
-    shown = [f"{v}{u}" for v, u in parts if v]
-    return " ".join(shown[:2]) if shown else "0s"
+def to_seconds(us: int | None) -> float | None:
+    """Microseconds as the seconds the scheduler and the clock check use; None stays None."""
+    return None if us is None else us / 1e6
+
+
+def format_seconds(seconds: float) -> str:
+    """``format_duration`` of a span in seconds, to the microsecond (limits in messages)."""
+    return format_duration(round(seconds * 1e6))
+
+
+# Durations for people are written in the units pyjob reads, the largest first, at most two of
+# them and no space: 284µs, 2.3ms, 1.5s, 4m5s, 19h48m, 2d3h. Two precisions:
+#
+# - precise (logs, messages, how far away a tick is): three significant digits under a minute,
+#   then the two largest units, rounded;
+# - coarse (how long ago, how long a run took, in the status and history tables): whole
+#   milliseconds under a second, whole seconds from 10 s (one decimal under), whole minutes
+#   under an hour, then the two largest units, truncated, so a table's ages do not tick.
+
+
+def human_duration(seconds: float, coarse: bool = False) -> str:
+    """A span in seconds for people (see above for the two precisions)."""
+    sign, v = ("-", -seconds) if seconds < 0 else ("", seconds)
+    if v == 0:
+        return "0s"
+    return sign + (_coarse(v) if coarse else _precise(v))
+
+
+def _precise(v: float) -> str:
+    if v < 0.0009995:  # (rounds to 1000µs and more: written in ms)
+        return f"{v * 1e6:.0f}µs"
+    if v < 0.9995:
+        return f"{_g3(v * 1e3)}ms"
+    if v < 60:
+        return f"{_g3(v)}s"
+    return _two_units(round(v))
+
+
+def _coarse(v: float) -> str:
+    if v < 1:
+        return f"{v * 1000:.0f}ms"
+    if v < 60:
+        return f"{v:.0f}s" if v >= 10 else f"{v:.1f}s".replace(".0s", "s")
+    whole = int(v)
+    return _two_units(whole - whole % 60)
+
+
+def _two_units(whole: int) -> str:
+    """Whole seconds, at least 60, in their two largest units (the second left out when 0)."""
+    if whole < 3600:
+        return _pair(whole // 60, "m", whole % 60, "s")
+    if whole < 86400:
+        return _pair(whole // 3600, "h", whole % 3600 // 60, "m")
+    return _pair(whole // 86400, "d", whole % 86400 // 3600, "h")
+
+
+def _g3(v: float) -> str:
+    return f"{v:.3g}" if v < 100 else str(round(v))
+
+
+def _pair(a: int, ua: str, b: int, ub: str) -> str:
+    return f"{a}{ua}{b}{ub}" if b else f"{a}{ua}"

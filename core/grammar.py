@@ -20,8 +20,9 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from .errors import InputError, ScheduleError
+from .instants import iso
 from .parts import Parts
-from .rules import RULES, Spec, iso
+from .rules import RULES, Spec
 from .timeparse import is_relative, parse_datetime
 from .zones import get_zone, job_zone_name
 

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from .results import FAILED, Result
 from .settings import JobSettings, NotifyOn
-
-FAILED = ("failure", "timeout", "start-failed", "lost")
 
 
 def failed(result: str | None) -> bool:
@@ -36,10 +35,10 @@ def hooks_to_run(settings: JobSettings, result: str, previous: str | None) -> li
         ("on-finish", settings.on_finish),
     ]
     wanted: set[str]
-    if result == "stopped":
+    if result == Result.STOPPED:
         wanted = {"on-finish"} if settings.notify_on is NotifyOn.ALWAYS else set()
     elif settings.notify_on is NotifyOn.CHANGE:
-        if failed(result) == failed(previous or "success"):
+        if failed(result) == failed(previous or Result.SUCCESS):
             wanted = set()
         else:
             wanted = {"on-failure" if failed(result) else "on-success", "on-finish"}
@@ -72,4 +71,4 @@ def hook_env(
     return env
 
 
-__all__ = ["FAILED", "failed", "hook_env", "hooks_to_run"]
+__all__ = ["failed", "hook_env", "hooks_to_run"]

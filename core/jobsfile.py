@@ -35,6 +35,7 @@ from .durations import parse_duration
 from .errors import InputError
 from .process import Command
 from .schedule import Parts, Spec, build, derive_job_id, split
+from .schedule_options import KINDS, add_modifiers, kind_parts
 from .settings import JOB_SETTINGS, Setting, problem
 
 
@@ -69,7 +70,7 @@ SCHEDULE_KEYS = {
 # The run settings a job may set: every job-scope setting of pyjob.core.settings (declared there).
 RUN_KEYS: dict[str, Setting] = {s.name: s for s in JOB_SETTINGS}
 JOB_KEYS = {"command", "shell", "env", "name"}
-_KINDS = ("schedule", "cron", "every", "daily", "weekly", "monthly", "once")
+_KINDS = ("schedule", *KINDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -564,34 +565,14 @@ def _toml_job(
         ctx.problems.append(f"{where}: no schedule: add one of {', '.join(_KINDS)}")
         return None
     try:
-        if kind == "schedule":
-            parts = split(get["schedule"])
-        elif kind in ("daily",):
-            parts = Parts(kind="daily") if get["daily"] else Parts()
-        elif kind == "once":
-            once = get["once"]
-            parts = Parts(kind="once", value=once if isinstance(once, str) else ",".join(once))
-        else:
-            parts = Parts(kind=kind, value=get[kind])
-            if kind == "cron" and str(get[kind]).strip().upper().startswith(("CRON_TZ=", "TZ=")):
-                parts = split(get[kind])
+        parts = split(get["schedule"]) if kind == "schedule" else kind_parts(kind, get[kind])
     except InputError as e:
         ctx.problems.append(f"{where}: {e.message}")
         return None
     if parts.kind is None:
         ctx.problems.append(f"{where}: daily = false is not a schedule")
         return None
-    parts.align = parts.align or bool(get.get("align", False))
-    if "offset" in get:
-        parts.offset = get["offset"]
-    at = get.get("at", [])
-    parts.at.extend([at] if isinstance(at, str) else at)
-    if "interval" in get:
-        parts.interval = str(get["interval"])
-    if "start-at" in get:
-        parts.start_at = get["start-at"]
-    if "stop-at" in get:
-        parts.stop_at = get["stop-at"]
+    add_modifiers(parts, get)
     spec = _build(ctx, where, parts, get.get("tz"))
     if spec is None:
         return None

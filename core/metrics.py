@@ -36,14 +36,17 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from .clock import MAX_SLEEP_SLICE, Clock, Waker, WrappedClock
 from .events import Event
 from .records import RecordStore
+from .results import FINISHED, Result, event_result
+from .settings import BY_NAME
 
 LIVENESS = 3 * MAX_SLEEP_SLICE  # seconds without a beat before /healthz says 503
 TEXTFILE_EVERY = 10.0
 FLEET_WAIT = 2.0  # seconds a scrape (or a textfile write) waits for the fleet's run records
 FLEET_RETRY = 15.0  # after a fleet read failed, scrapes use the values they have this long
-FLEET_FIRST = 100  # records read per job at the first fleet read (--history-keep's default)
+# records read per job at the first fleet read: as many as a job keeps by default
+FLEET_FIRST: int = BY_NAME["history-keep"].default
 
-RESULTS = ("success", "failure", "timeout", "stopped", "start-failed", "lost")
+RESULTS = FINISHED
 # skipped ticks, by kind of reason (a fixed set: the event's reason is free text)
 SKIP_REASONS = (
     "overlap",
@@ -57,18 +60,6 @@ SKIP_REASONS = (
 )
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 LATENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-
-
-def result_of(fields: Mapping[str, Any]) -> str:
-    """A run-finished event's result, as the run records name it."""
-    terminated = fields.get("terminated")
-    if terminated == "timeout":
-        return "timeout"
-    if terminated in ("stop", "replace"):
-        return "stopped"
-    if fields.get("error"):
-        return "start-failed"
-    return "success" if fields.get("exit_code") == 0 else "failure"
 
 
 def skip_reason(event: Event) -> str | None:
@@ -93,7 +84,7 @@ def skip_reason(event: Event) -> str | None:
 
 class Metrics:
     """The metrics of one `pyjob run` process. ``backends``: job -> the kind of its lock backend
-    (file, nfs, redis, postgresql, none); ``intervals``: job -> the longest gap between its
+    (file, nfs, redis, postgresql, etcd, none); ``intervals``: job -> the longest gap between its
     ticks (None when it has fewer than two left)."""
 
     def __init__(
@@ -313,14 +304,14 @@ class Metrics:
         elif kind == "retry-dropped" and "result" in f:
             self.runs.labels(job, str(f["result"])).inc()  # a stop ended it between attempts
         elif kind == "run-finished":
-            result = result_of(f)
+            result = event_result(f)
             self.running.labels(job).dec()
             self.runs.labels(job, result).inc()
             if f.get("duration") is not None:
                 self.duration.labels(job).observe(float(f["duration"]))
             at = event.at.timestamp()
             self.last_run.labels(job, result).set(at)
-            if result == "success":
+            if result is Result.SUCCESS:
                 self.success(job, at)
         elif kind in ("claimed", "backend-clock"):
             self._spread(kind, job, f)
@@ -646,13 +637,13 @@ class FleetReader:
             records = store.runs(job, FLEET_FIRST, since_us=since)
             if not records:
                 continue
-            done = [r for r in records if r.result == "success"]
+            done = [r for r in records if r.result == Result.SUCCESS]
             if done:
                 best = max(done, key=lambda r: r.finished_us or r.tick_us)
                 self.metrics.success(job, (best.finished_us or best.tick_us) / 1e6)
             # Next time, read from the oldest record still running (it may end in success), else
             # from the newest seen: the rest cannot change.
-            running = [r.tick_us for r in records if r.result == "running"]
+            running = [r.tick_us for r in records if r.result == Result.RUNNING]
             self._since[job] = min([*running, records[0].tick_us])
 
     def _store(self, url: str | None) -> RecordStore | None:
@@ -686,6 +677,5 @@ __all__ = [
     "Metrics",
     "MetricsServer",
     "Periodic",
-    "result_of",
     "skip_reason",
 ]

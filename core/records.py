@@ -21,20 +21,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from .errors import BackendError
+from .results import FINISHED, Result
 
-RESULTS = (
-    "running",
-    "retrying",
-    "success",
-    "failure",
-    "timeout",
-    "stopped",
-    "start-failed",
-    "skipped",
-    "missed",
-    "lost",
-)
-FINISHED = ("success", "failure", "timeout", "stopped", "start-failed", "lost")
 RECENT_MAX = 100  # records `recent` looks through for the newest finished run
 HEARTBEAT_EVERY = 10.0  # seconds between an instance's heartbeats
 QUIET_AFTER = 35.0  # an instance not seen for this long has gone quiet (its runs are lost)
@@ -243,7 +231,6 @@ __all__ = [
     "HEARTBEAT_EVERY",
     "OUTPUT_TAIL",
     "QUIET_AFTER",
-    "RESULTS",
     "InstanceInfo",
     "JobInfo",
     "RecordStore",
@@ -263,8 +250,8 @@ def is_quiet(info: InstanceInfo | None, now_us: int) -> bool:
 def effective(record: RunRecord, instances: dict[str, InstanceInfo], now_us: int) -> RunRecord:
     """``record`` as a reader should see it: a ``running`` record whose instance has gone quiet
     (killed, host lost) is ``lost``; it never stays ``running`` for ever."""
-    if record.result == "running" and is_quiet(_lookup(instances, record.instance), now_us):
-        return RunRecord(**{**asdict(record), "result": "lost"})
+    if record.result == Result.RUNNING and is_quiet(_lookup(instances, record.instance), now_us):
+        return RunRecord(**{**asdict(record), "result": Result.LOST})
     return record
 
 
@@ -274,13 +261,12 @@ def _lookup(instances: dict[str, InstanceInfo], name: str) -> InstanceInfo | Non
 
 def run_document(record: RunRecord, zone: Any) -> dict[str, Any]:
     """A record as `pyjob history --format json` and `pyjob status` print it."""
-    from datetime import UTC, datetime
+    from .instants import local_iso
 
     def when(us: int | None) -> str | None:
         if us is None:
             return None
-        instant = datetime.fromtimestamp(us / 1e6, UTC).astimezone(zone)
-        return instant.isoformat(timespec="microseconds" if us % 1_000_000 else "seconds")
+        return local_iso(us, zone)
 
     doc: dict[str, Any] = {
         "job": record.job,

@@ -30,6 +30,7 @@ from .cron import DESCRIPTORS, CronExpr, CronTicks, parse_cron
 from .cronwords import DAY_NAMES, describe_cron, join_words, ordinal
 from .durations import DAY, format_duration, parse_duration
 from .errors import DurationError, ScheduleError
+from .instants import EPOCH, US, from_us, iso, to_us
 from .parts import Parts
 from .timeparse import format_time_of_day
 from .values import (
@@ -43,26 +44,8 @@ from .values import (
 )
 from .zones import Wall, get_zone, is_repeated, next_transition, offset_at, resolve_wall
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EPOCH_DATE = date(1970, 1, 1)
 EPOCH_MONDAY = date(1970, 1, 5)  # ISO weeks for `weekly --interval` count from here
-US = timedelta(microseconds=1)
-
-
-def to_us(instant: datetime) -> int:
-    """Microseconds since the Unix epoch (exact integer arithmetic for grids)."""
-    return (instant - EPOCH) // US
-
-
-def from_us(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
-
-
-def iso(instant: datetime, zone: tzinfo | None = None) -> str:
-    """ISO 8601 with offset; UTC is written with Z."""
-    value = instant.astimezone(zone or UTC)
-    text = value.isoformat(timespec="microseconds" if value.microsecond else "seconds")
-    return text.replace("+00:00", "Z") if zone is None else text
 
 
 @dataclass(frozen=True, slots=True)

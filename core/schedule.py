@@ -18,13 +18,12 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, tzinfo
 
 from .grammar import build, parse, split
+from .instants import EPOCH, US, from_us, iso, to_us
 from .parts import Parts
 from .rules import (
-    EPOCH,
     EPOCH_DATE,
     EPOCH_MONDAY,
     RULES,
-    US,
     CalendarRule,
     CronRule,
     EveryRule,
@@ -34,9 +33,6 @@ from .rules import (
     Spec,
     Tick,
     Ticker,
-    from_us,
-    iso,
-    to_us,
 )
 from .values import MAX_INTERVAL, WEEKDAYS
 from .zones import get_zone

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
 
-from .durations import parse_duration
+from .durations import format_seconds, parse_duration, to_seconds
 from .errors import InputError
 
 
@@ -86,6 +86,11 @@ class Setting:
 
 
 _DURATION = "DURATION"
+HOOK_KILL_AFTER = 5.0  # seconds from a hook's SIGTERM (--hook-timeout) to its SIGKILL
+# the clock check's: NTP servers, and the offset limit when no interval gives one (seconds)
+DEFAULT_SERVERS = ("pool.ntp.org",)
+DEFAULT_LIMIT = 1.0
+MIN_LIMIT = 0.1  # the least limit an interval gives (1/60 of it)
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
@@ -250,7 +255,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "hook-timeout",
         "duration",
-        "Stop a hook (SIGTERM, then SIGKILL 5s later) after this long; a hook never delays a "
+        f"Stop a hook (SIGTERM, then SIGKILL {format_seconds(HOOK_KILL_AFTER)} later) after this "
+        "long; a hook never delays a "
         "tick and its failure is logged (hook-failed), never a failed run.",
         default="30s",
         metavar=_DURATION,
@@ -315,7 +321,8 @@ SETTINGS: tuple[Setting, ...] = (
         "lock",
         "Lock backend: file:PATH (one host; default: $XDG_RUNTIME_DIR/pyjob or "
         "~/.local/state/pyjob), nfs:PATH (a directory shared by hosts), redis://HOST[:PORT]/DB "
-        "(rediss:// for TLS), postgresql://USER@HOST/DB, or none.",
+        "(rediss:// for TLS), postgresql://USER@HOST/DB, etcd://HOST:PORT[,HOST:PORT...][/PREFIX], "
+        "or none.",
         metavar="URL",
         envvar="PYJOB_LOCK",
     ),
@@ -348,7 +355,7 @@ SETTINGS: tuple[Setting, ...] = (
         "ntp-server",
         "server",
         "NTP server for the clock check; repeat for several (default: $PYJOB_NTP_SERVERS, "
-        "else pool.ntp.org).",
+        f"else {', '.join(DEFAULT_SERVERS)}).",
         metavar="HOST[:PORT]",
         scope="process",
         envvar="PYJOB_NTP_SERVERS",
@@ -357,7 +364,7 @@ SETTINGS: tuple[Setting, ...] = (
         "max-offset",
         "duration",
         "Refuse to start (exit 4) when the clock is further than this from NTP time "
-        "(default: 1/60 of the schedule's interval, at least 100ms).",
+        f"(default: 1/60 of the schedule's interval, at least {format_seconds(MIN_LIMIT)}).",
         metavar=_DURATION,
         scope="process",
     ),
@@ -432,10 +439,6 @@ BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 JOB_SETTINGS: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.scope == "job")
 
 
-def _seconds(us: int | None) -> float | None:
-    return None if us is None else us / 1e6
-
-
 def convert(setting: Setting, value: Any) -> Any:
     """A setting's value as the scheduler uses it, from the parsed form (durations as integer
     microseconds, or as text) : seconds for durations, the enum for choices."""
@@ -445,7 +448,7 @@ def convert(setting: Setting, value: Any) -> Any:
     if kind in ("duration", "duration0"):
         if isinstance(value, str):
             value = parse_duration(value, allow_zero=kind == "duration0")
-        return _seconds(int(value))
+        return to_seconds(int(value))
     if kind == "choice":
         assert setting.choices is not None
         return setting.choices(value)
@@ -543,42 +546,49 @@ def _text_problem(setting: Setting, value: str) -> str | None:
     return None
 
 
+def _default(name: str) -> Any:
+    """A setting's default as ``JobSettings`` holds it (seconds, enums; None: not given)."""
+    setting = BY_NAME[name]
+    return convert(setting, setting.default)
+
+
 @dataclass(frozen=True, slots=True)
 class JobSettings:
-    """The job-scope settings of one job, converted (seconds, enums)."""
+    """The job-scope settings of one job, converted (seconds, enums); a field's default is its
+    setting's, converted."""
 
-    overlap: Overlap = Overlap.SKIP
-    misfire_grace: float | None = None  # None: until the following tick is due
-    timeout: float | None = None
-    kill_after: float = 10.0
-    stop_timeout: float = 10.0
-    run_now: bool = False
-    jitter: float | None = None
-    max_runs: int | None = None
-    log_output: bool = False
-    kill_orphans: bool = False
-    on_backend_error: OnBackendError = OnBackendError.SKIP
-    spread: Spread = Spread.EVEN
-    retries: int = 0
-    retry_delay: float = 10.0
-    retry_backoff: float = 2.0
-    retry_max_delay: float = 600.0
-    retry_on: frozenset[str] | None = None  # exit codes as text, and "timeout"
-    catch_up: float | None = None
-    catch_up_all: bool = False
-    catch_up_max: int = 10
-    on_failure: str | None = None
-    on_success: str | None = None
-    on_finish: str | None = None
-    hook_timeout: float = 30.0
-    notify_on: NotifyOn = NotifyOn.ALWAYS
-    lease_ttl: float = 15.0
-    pool: str | None = None
-    pool_size: int | None = None
-    history_keep: int = 100
-    history_max_age: float = 30 * 86400.0
-    ping: str | None = None
-    lock: str | None = None
+    overlap: Overlap = _default("overlap")  # noqa: RUF009 (an enum member, immutable)
+    misfire_grace: float | None = _default("misfire-grace")  # None: until the following tick is due
+    timeout: float | None = _default("timeout")
+    kill_after: float = _default("kill-after")
+    stop_timeout: float = _default("stop-timeout")
+    run_now: bool = _default("run-now")
+    jitter: float | None = _default("jitter")
+    max_runs: int | None = _default("max-runs")
+    log_output: bool = _default("log-output")
+    kill_orphans: bool = _default("kill-orphans")
+    on_backend_error: OnBackendError = _default("on-backend-error")  # noqa: RUF009 (an enum member, immutable)
+    spread: Spread = _default("spread")  # noqa: RUF009 (an enum member, immutable)
+    retries: int = _default("retries")
+    retry_delay: float = _default("retry-delay")
+    retry_backoff: float = _default("retry-backoff")
+    retry_max_delay: float = _default("retry-max-delay")
+    retry_on: frozenset[str] | None = _default("retry-on")  # exit codes as text, and "timeout"
+    catch_up: float | None = _default("catch-up")
+    catch_up_all: bool = _default("catch-up-all")
+    catch_up_max: int = _default("catch-up-max")
+    on_failure: str | None = _default("on-failure")
+    on_success: str | None = _default("on-success")
+    on_finish: str | None = _default("on-finish")
+    hook_timeout: float = _default("hook-timeout")
+    notify_on: NotifyOn = _default("notify-on")  # noqa: RUF009 (an enum member, immutable)
+    lease_ttl: float = _default("lease-ttl")
+    pool: str | None = _default("pool")
+    pool_size: int | None = _default("pool-size")
+    history_keep: int = _default("history-keep")
+    history_max_age: float = _default("history-max-age")
+    ping: str | None = _default("ping")
+    lock: str | None = _default("lock")
 
     def __post_init__(self) -> None:  # the enums, also when given as their text
         object.__setattr__(self, "overlap", Overlap(self.overlap))

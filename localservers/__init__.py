@@ -1,4 +1,4 @@
-"""Real Redis, PostgreSQL and chronyd servers on free loopback ports, started from their own
+"""Real Redis, PostgreSQL, etcd and chronyd servers on free loopback ports, started from their own
 binaries, for the tests and the benchmarks alike.
 
 Nothing here imports pytest (the benchmarks must run without the test extra): a missing binary
@@ -12,6 +12,7 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -258,6 +259,110 @@ def start_chronyd(tmp: Path, offset: str | None = None) -> ChronyServer:
 
 def start_redis(tmp: Path) -> RedisServer:
     server = RedisServer(need("redis-server"), free_port(), tmp)
+    server.start()
+    return server
+
+
+@dataclass
+class EtcdServer:
+    """A one-member etcd cluster on two free loopback ports (client and peer). Its data
+    directory outlives stop(), so that start() brings the same cluster back (a restart)."""
+
+    exe: str
+    port: int
+    peer_port: int
+    datadir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"etcd://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        client = f"http://127.0.0.1:{self.port}"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        self.proc = subprocess.Popen(
+            [
+                self.exe,
+                "--name",
+                "pyjob-test",
+                "--data-dir",
+                str(self.datadir),
+                "--listen-client-urls",
+                client,
+                "--advertise-client-urls",
+                client,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                f"pyjob-test={peer}",
+                "--log-level",
+                "error",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_port(self.port)
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the cluster answers a read (it has elected its leader)."""
+        import http.client
+
+        deadline = time.monotonic() + timeout
+        while True:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            try:
+                conn.request("POST", "/v3/kv/range", b'{"key":"AA=="}')
+                if conn.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            finally:
+                conn.close()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"etcd on 127.0.0.1:{self.port} never became ready")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+            self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown; what it wrote is on its data directory, nothing more."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGCONT)  # a stopped process dies on SIGKILL too
+            self.proc.kill()
+            self.proc.wait(timeout=20)
+            self.proc = None
+
+    def start_again(self) -> None:
+        """Start it again on its data directory (after kill or stop), unless it runs."""
+        if self.proc is None:
+            self.start()
+
+    def destroy(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGCONT)
+        self.stop()
+        shutil.rmtree(self.datadir, ignore_errors=True)
+
+
+def start_etcd(datadir: Path | None = None) -> EtcdServer:
+    """A fresh etcd (``datadir``: where it keeps its data; by default a new directory on
+    /dev/shm where there is one: etcd 3.4 fsyncs every write and has no switch to stop it, and
+    on tmpfs an fsync costs nothing). destroy() stops it and removes its data."""
+    exe = need("etcd", "/usr/bin/etcd")
+    if datadir is None:
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        datadir = Path(tempfile.mkdtemp(prefix="pyjob-etcd-", dir=base))
+    server = EtcdServer(exe, free_port(), free_port(), datadir)
     server.start()
     return server
 

@@ -15,7 +15,14 @@ from pyjob.cli.env import Env
 from pyjob.cli.main import cli
 from pyjob.core.clock import FakeClock
 
-from .servers import PostgresServer, RedisServer, start_postgres, start_redis
+from .servers import (
+    EtcdServer,
+    PostgresServer,
+    RedisServer,
+    start_etcd,
+    start_postgres,
+    start_redis,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 27, 22, 0, tzinfo=UTC)  # a fixed "now" for CLI tests
@@ -98,7 +105,22 @@ def pg_server() -> Iterator[PostgresServer]:
     server.destroy()
 
 
-@pytest.fixture(params=["file", "nfs", "redis", "postgresql"])
+@pytest.fixture(scope="module")
+def etcd_server() -> Iterator[EtcdServer]:
+    server = start_etcd()
+    yield server
+    server.destroy()
+
+
+_etcd_prefix = iter(range(1, 10**9))
+
+
+def etcd_lock_url(server: EtcdServer) -> str:
+    """A fresh, empty key space on ``server`` (a prefix of its own)."""
+    return f"{server.url}/t{next(_etcd_prefix)}-{random.randrange(10**9)}"
+
+
+@pytest.fixture(params=["file", "nfs", "redis", "postgresql", "etcd"])
 def fleet_lock_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     kind = request.param
     if kind == "file":
@@ -112,6 +134,8 @@ def fleet_lock_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         db = random.randint(1, 15)
         redis.Redis(port=server.port, db=db).flushdb()
         return f"redis://127.0.0.1:{server.port}/{db}"
+    if kind == "etcd":
+        return etcd_lock_url(request.getfixturevalue("etcd_server"))
     server = request.getfixturevalue("pg_server")
     import psycopg
 

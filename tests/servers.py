@@ -1,4 +1,4 @@
-"""Real Redis, PostgreSQL and chronyd servers for the tests (localservers, shared with the
+"""Real Redis, PostgreSQL, etcd and chronyd servers for the tests (localservers, shared with the
 benchmarks), with the tests' policy for a missing binary: a skip on a developer's machine, with
 the reason; a failure under CI=true (.ci/run installs the servers).
 """
@@ -16,6 +16,7 @@ import localservers
 from localservers import (
     FAKETIME_LIB,
     ChronyServer,
+    EtcdServer,
     Missing,
     PostgresServer,
     RedisServer,
@@ -48,11 +49,13 @@ faketime_env = _skip_or_fail(localservers.faketime_env)
 start_chronyd = _skip_or_fail(localservers.start_chronyd)
 start_redis = _skip_or_fail(localservers.start_redis)
 start_postgres = _skip_or_fail(localservers.start_postgres)
+start_etcd = _skip_or_fail(localservers.start_etcd)
 
 __all__ = [
     "CI",
     "FAKETIME_LIB",
     "ChronyServer",
+    "EtcdServer",
     "PostgresServer",
     "RedisServer",
     "_wait_port",
@@ -61,6 +64,7 @@ __all__ = [
     "free_udp_port",
     "need",
     "start_chronyd",
+    "start_etcd",
     "start_postgres",
     "start_redis",
 ]

@@ -2,8 +2,10 @@
 instances shares one backend while a seeded plan of faults hits it — connection drops, hangs and
 cuts (tests/faultproxy.py), the server SIGSTOPped, an instance SIGKILLed mid-run and started
 again, one host's clock stepped by ±(2 s … 1 h), the backend's own clock stepped (the clock shim
-on the server). Then the fleet runs in quiet, and every invariant is checked from what the
-commands wrote, the hooks wrote, the instances logged and the backend's records.
+on the server; not on etcd, a Go program that reads the clock without libc: instead etcd is
+SIGKILLed and started again on its data directory). Then the fleet runs in quiet, and every
+invariant is checked from what the commands wrote, the hooks wrote, the instances logged and the
+backend's records.
 
     python -m tests.soak --backend redis --seconds 600 --seed 7     # by hand, as long as you like
     python -m tests.soak --backend all --seconds 120                # every backend, a random seed
@@ -44,7 +46,16 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localservers import Missing, PostgresServer, _wait_port, free_port, need, start_postgres
+from localservers import (
+    EtcdServer,
+    Missing,
+    PostgresServer,
+    _wait_port,
+    free_port,
+    need,
+    start_etcd,
+    start_postgres,
+)
 
 from .clockshim import ClockShim
 from .conftest import pyjob_exe
@@ -57,9 +68,11 @@ LEASE_TTL = 3.0  # seconds: `--lease-ttl 3s`, so a killed holder's lease lapses 
 # lapsing, one tick in flight when the fault ended, and a restarted instance's start-up.
 BOUND = LEASE_TTL + 2 * PERIOD + 2
 FAILING = 5  # ticks whose Unix time is a multiple of FAILING * PERIOD fail every attempt
-BACKENDS = ("redis", "postgresql", "file")
+BACKENDS = ("redis", "postgresql", "etcd", "file")
 HOST_FAULTS = ("kill", "host-clock")
 SERVER_FAULTS = ("drop", "hang", "cut", "stall", "backend-clock")
+# etcd's clock cannot be shimmed (see above); it is killed and restarted instead
+ETCD_FAULTS = ("drop", "hang", "cut", "stall", "restart")
 CLOCK_FAULTS = ("host-clock", "backend-clock")
 
 
@@ -82,7 +95,8 @@ def plan(seed: int, backend: str, faulty: float) -> list[Fault]:
     """A seeded plan of faults over the first ``faulty`` seconds; faults may overlap, except two
     clock faults: the contract holds while any one clock is wrong (docs/design.md §8)."""
     rng = random.Random(f"{seed}/{backend}")
-    kinds = HOST_FAULTS + (SERVER_FAULTS if backend != "file" else ())
+    server = {"file": (), "etcd": ETCD_FAULTS}.get(backend, SERVER_FAULTS)
+    kinds = HOST_FAULTS + server
     faults = []
     at = rng.uniform(1.0, 3.0)
     clock_free = 0.0  # when the last clock fault ends
@@ -137,6 +151,7 @@ class _Server:
         self.clock = ClockShim(shared / "server-clock")
         self.proc: subprocess.Popen[bytes] | None = None
         self.pg: PostgresServer | None = None
+        self.etcd: EtcdServer | None = None
         self.proxy: FaultProxy | None = None
         if backend == "redis":
             self.port = free_port()
@@ -152,6 +167,9 @@ class _Server:
                 for key in self.clock.env():
                     os.environ.pop(key, None)
             self.port = self.pg.port
+        elif backend == "etcd":
+            self.etcd = start_etcd()
+            self.port = self.etcd.port
         if backend != "file":
             self.proxy = FaultProxy(self.port, seed=seed).start()
 
@@ -173,12 +191,16 @@ class _Server:
         assert self.proxy is not None
         if self.backend == "redis":
             return f"redis://127.0.0.1:{self.proxy.port}/0"
+        if self.backend == "etcd":
+            return f"etcd://127.0.0.1:{self.proxy.port}"
         return f"postgresql://postgres@127.0.0.1:{self.proxy.port}/postgres"
 
     def pids(self) -> list[int]:
-        """The server's processes, for SIGSTOP: Redis, or every PostgreSQL backend."""
+        """The server's processes, for SIGSTOP: Redis, etcd, or every PostgreSQL backend."""
         if self.proc is not None:
             return [self.proc.pid]
+        if self.etcd is not None:
+            return [self.etcd.proc.pid] if self.etcd.proc is not None else []
         if self.pg is not None:
             pidfile = self.pg.datadir / "postmaster.pid"
             main = int(pidfile.read_text().split()[0])
@@ -199,6 +221,8 @@ class _Server:
             self.proc.wait(timeout=20)
         if self.pg is not None:
             self.pg.destroy()
+        if self.etcd is not None:
+            self.etcd.destroy()
         with suppress(OSError):
             for f in self._shared.iterdir():
                 f.unlink()
@@ -286,6 +310,8 @@ class Fleet:
             for pid in self.server.pids():
                 with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGSTOP)
+        elif fault.kind == "restart" and self.server.etcd is not None:
+            self.server.etcd.kill()
 
     def heal(self, fault: Fault) -> None:
         proxy = self.server.proxy
@@ -302,6 +328,8 @@ class Fleet:
             for pid in self.server.pids():
                 with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
+        elif fault.kind == "restart" and self.server.etcd is not None:
+            self.server.etcd.start_again()
 
     READ = ("-n", "100000", "--format", "json")
 

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from pyjob.core.backends.common import safe_name, to_us
+from pyjob.core.backends.common import safe_name
+from pyjob.core.instants import to_us
 
 BACKENDS = Path(__file__).resolve().parent.parent / "core" / "backends"
 

@@ -1,4 +1,4 @@
-"""Redis and PostgreSQL behind a fault-injecting TCP proxy (tests/faultproxy.py): the shared
+"""Redis, PostgreSQL and etcd behind a fault-injecting TCP proxy (tests/faultproxy.py): the shared
 suite through it, a server that stops answering (every call bounded on the client side, then a
 reconnect), and connections dropped at random requests (BackendError and nothing else, never a
 hang, never a tick won twice)."""
@@ -18,8 +18,9 @@ from pyjob.core.errors import BackendError
 
 from .backend_suite import *  # noqa: F403
 from .backend_suite import KEEP, T0, claim_one
+from .conftest import etcd_lock_url
 from .faultproxy import FaultProxy
-from .servers import PostgresServer, RedisServer
+from .servers import EtcdServer, PostgresServer, RedisServer
 
 BOUND = 2.0  # the backends' client-side bound, seconds
 SLACK = 1.0  # scheduling noise on a shared 2-core machine
@@ -27,7 +28,7 @@ SLACK = 1.0  # scheduling noise on a shared 2-core machine
 _n = itertools.count()
 
 
-@pytest.fixture(params=["redis", "postgresql"])
+@pytest.fixture(params=["redis", "postgresql", "etcd"])
 def proxied(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[FaultProxy, str]]:
     """(proxy, lock URL through it) onto a fresh, empty store."""
     if request.param == "redis":
@@ -40,6 +41,10 @@ def proxied(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Fa
         r.close()
         proxy = FaultProxy(server.port).start()
         url = f"redis://127.0.0.1:{proxy.port}/{db}"
+    elif request.param == "etcd":
+        etcd: EtcdServer = request.getfixturevalue("etcd_server")
+        proxy = FaultProxy(etcd.port).start()
+        url = etcd_lock_url(etcd).replace(f":{etcd.port}/", f":{proxy.port}/")
     else:
         import psycopg
 

@@ -22,6 +22,7 @@ from pyjob.core.errors import BackendError
 
 from .backend_suite import claim_one
 from .clockshim import ClockShim
+from .conftest import etcd_lock_url
 from .servers import PostgresServer, RedisServer, free_port, need
 
 # An instance as the scheduler drives it: each tick of an "every 1s" schedule claimed once, when
@@ -52,10 +53,12 @@ while time.monotonic() < end:
 _n = itertools.count()
 
 
-@pytest.fixture(params=["file", "nfs", "redis", "postgresql"])
+@pytest.fixture(params=["file", "nfs", "redis", "postgresql", "etcd"])
 def lock_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param in ("file", "nfs"):
         return f"{request.param}:{tmp_path / 'locks'}"
+    if request.param == "etcd":
+        return etcd_lock_url(request.getfixturevalue("etcd_server"))
     if request.param == "redis":
         import redis
 

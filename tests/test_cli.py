@@ -22,11 +22,11 @@ def test_next_table_plain_text(invoke) -> None:  # type: ignore[no-untyped-def]
     assert result.output == (
         "Schedule:  CRON_TZ=America/New_York 30 2 * * *\n"
         "Means:     at 02:30 every day (America/New_York)\n"
-        "#  Local                        UTC                   When       Note\n"
-        "1  Sat 2026-03-07 02:30:00 EST  2026-03-07T07:30:00Z  in 2h 30m\n"
-        "2  Sun 2026-03-08 03:00:00 EDT  2026-03-08T07:00:00Z  in 1d 2h   "
+        "#  Local                        UTC                   When      Note\n"
+        "1  Sat 2026-03-07 02:30:00 EST  2026-03-07T07:30:00Z  in 2h30m\n"
+        "2  Sun 2026-03-08 03:00:00 EDT  2026-03-08T07:00:00Z  in 1d2h   "
         "DST gap: moved from 02:30\n"
-        "3  Mon 2026-03-09 02:30:00 EDT  2026-03-09T06:30:00Z  in 2d 1h\n"
+        "3  Mon 2026-03-09 02:30:00 EDT  2026-03-09T06:30:00Z  in 2d1h\n"
     )
 
 
@@ -77,7 +77,7 @@ def test_next_json(invoke) -> None:  # type: ignore[no-untyped-def]
             {
                 "local": "2026-03-29T03:00:00+02:00",
                 "utc": "2026-03-29T01:00:00Z",
-                "unix": 1774746000.0,
+                "unix": 1774746000,
                 "in_seconds": 50400.0,
                 "dst": "gap",
                 "moved_from": "2026-03-29T02:30:00",
@@ -85,7 +85,7 @@ def test_next_json(invoke) -> None:  # type: ignore[no-untyped-def]
             {
                 "local": "2026-03-30T02:30:00+02:00",
                 "utc": "2026-03-30T00:30:00Z",
-                "unix": 1774830600.0,
+                "unix": 1774830600,
                 "in_seconds": 135000.0,
                 "dst": None,
                 "moved_from": None,

@@ -148,7 +148,10 @@ def completion_reply(line: str) -> list[str]:
         ("pyjob run --log-format ", ["text", "json"]),
         ("pyjob next --format ", ["table", "plain", "json"]),
         ("pyjob next --tz Europe/Ber", ["Europe/Berlin"]),
-        ("pyjob run --lock ", ["file:", "nfs:", "redis://", "rediss://", "postgresql://", "none"]),
+        (
+            "pyjob run --lock ",
+            ["file:", "nfs:", "redis://", "rediss://", "postgresql://", "etcd://", "none"],
+        ),
         # multi-word schedules come quoted, so they stay one argument
         ("pyjob next ev", ["'every "]),
         ("pyjob validate wee", ["'weekly on "]),

@@ -278,6 +278,27 @@ def test_next_file_merges_jobs_in_time_order(invoke: Callable[..., Result], tmp_
     assert "Job" in table.splitlines()[2] and a in table
 
 
+def test_next_file_json_writes_instants_as_next_does(
+    invoke: Callable[..., Result], tmp_path: Path
+) -> None:
+    path = tmp_path / "crontab"
+    path.write_text("*/20 * * * * a\n")
+    args = ["--from", "2026-11-27T22:00Z", "-n", "1", "--format", "json"]
+    of_file = json.loads(invoke(["next", "--file", str(path), *args]).stdout)["ticks"][0]
+    of_expr = json.loads(invoke(["next", "*/20 * * * *", "--tz", "UTC", *args]).stdout)["ticks"][0]
+    assert of_file == {
+        "job": "a",
+        "local": "2026-11-27T22:20:00+00:00",
+        "utc": "2026-11-27T22:20:00Z",
+        "unix": 1795818000,
+        "in_seconds": 1200.0,
+    }
+    assert type(of_file["unix"]) is int  # whole seconds are written as an integer
+    assert {k: of_expr[k] for k in ("local", "utc", "unix", "in_seconds")} == {
+        k: v for k, v in of_file.items() if k != "job"
+    }
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

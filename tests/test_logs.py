@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pyjob.cli.logs import human_seconds
+from pyjob.core.durations import human_duration
 
 from .conftest import pyjob_exe
 
@@ -234,7 +234,25 @@ def test_unshared_ticks_warn_only_with_a_lock_given(
     ],
 )
 def test_durations_read_as_pyjob_writes_them(seconds: float, text: str) -> None:
-    assert human_seconds(seconds) == text
+    assert human_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (0.85, "850ms"),
+        (1.5, "1.5s"),
+        (12.3, "12s"),
+        (245, "4m"),
+        (7500.9, "2h5m"),
+        (7200, "2h"),
+        (277200, "3d5h"),
+        (-245, "-4m"),
+    ],
+)
+def test_ages_in_tables_read_coarser_in_the_same_units(seconds: float, text: str) -> None:
+    assert human_duration(seconds, coarse=True) == text
 
 
 def test_events_come_in_the_order_things_happen_and_a_stop_is_no_failure(tmp_path: Path) -> None:

@@ -28,10 +28,10 @@ from pyjob.core.metrics import (
     FleetReader,
     Metrics,
     MetricsServer,
-    result_of,
     skip_reason,
 )
 from pyjob.core.records import RunRecord
+from pyjob.core.results import event_result
 
 from .runproc import PyjobRun
 from .servers import RedisServer, free_port
@@ -80,7 +80,7 @@ def get(url: str) -> tuple[int, str]:
     ],
 )
 def test_a_run_result_is_named_as_in_the_run_records(fields: dict[str, Any], result: str) -> None:
-    assert result_of(fields) == result
+    assert event_result(fields) == result
 
 
 @pytest.mark.parametrize(

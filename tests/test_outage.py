@@ -1,8 +1,9 @@
 """A run lease left behind by an outage must not block the job: a release that failed while the
 backend was down is made again once it answers, and runs resume at the next tick, not after the
 lease's 30 s TTL. Real servers: PostgreSQL stopped and started again (its lease row survives the
-restart, as Redis with AOF would keep its key), and Redis frozen with SIGSTOP (a hang: the socket
-stays open, nothing answers) then thawed."""
+restart, as Redis with AOF would keep its key), etcd SIGKILLed and started again on its data
+directory (its leases survive, renewed to their full TTL), and Redis and etcd frozen with SIGSTOP
+(a hang: the socket stays open, nothing answers) then thawed."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from .runproc import PyjobRun
-from .servers import PostgresServer, RedisServer, start_postgres, start_redis
+from .servers import (
+    EtcdServer,
+    PostgresServer,
+    RedisServer,
+    start_etcd,
+    start_postgres,
+    start_redis,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +41,15 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     if server.proc is not None:
         server.proc.send_signal(signal.SIGCONT)
     server.stop()
+
+
+@pytest.fixture
+def etcd_server() -> Iterator[EtcdServer]:
+    server = start_etcd()
+    yield server
+    if server.proc is not None:
+        server.proc.send_signal(signal.SIGCONT)
+    server.destroy()
 
 
 def _job(url: str, tmp: Path) -> PyjobRun:
@@ -87,6 +104,34 @@ def test_a_lease_left_by_a_hung_redis_is_released_when_it_answers(
     redis_server.proc.send_signal(signal.SIGSTOP)  # hangs: the socket stays open
     time.sleep(6)
     redis_server.proc.send_signal(signal.SIGCONT)
+    _assert_recovers(run, time.time())
+
+
+def test_a_lease_left_by_a_sigkilled_etcd_is_released_when_it_is_back_on_its_data(
+    etcd_server: EtcdServer, tmp_path: Path
+) -> None:
+    run = _job(etcd_server.url, tmp_path)
+    run.wait_for("run-started", timeout=30)
+    assert etcd_server.proc is not None
+    etcd_server.proc.kill()  # no shutdown: what it wrote is on its data directory, nothing more
+    etcd_server.proc.wait()
+    etcd_server.proc = None
+    time.sleep(4)
+    etcd_server.start()
+    _assert_recovers(run, time.time())
+    ticks = (tmp_path / "runs").read_text().split()
+    assert len(ticks) == len(set(ticks))
+
+
+def test_a_lease_left_by_a_hung_etcd_is_released_when_it_answers(
+    etcd_server: EtcdServer, tmp_path: Path
+) -> None:
+    run = _job(etcd_server.url, tmp_path)
+    run.wait_for("run-started", timeout=30)
+    assert etcd_server.proc is not None
+    etcd_server.proc.send_signal(signal.SIGSTOP)  # hangs: the socket stays open
+    time.sleep(6)
+    etcd_server.proc.send_signal(signal.SIGCONT)
     _assert_recovers(run, time.time())
 
 

@@ -34,7 +34,7 @@ def default_lock_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 # what TAB offers for --lock
-COMPLETIONS = ("file:", "nfs:", "redis://", "rediss://", "postgresql://", "none")
+COMPLETIONS = ("file:", "nfs:", "redis://", "rediss://", "postgresql://", "etcd://", "none")
 
 
 def open_backend(
@@ -71,6 +71,12 @@ def open_backend(
         from .postgres import PostgresBackend
 
         return PostgresBackend(url)
+    if scheme == "etcd":
+        from .etcd import EtcdBackend
+        from .urls import parse_etcd_url
+
+        endpoints, prefix = parse_etcd_url(url)
+        return EtcdBackend(endpoints, prefix, redact(url))
     raise AssertionError(f"check_lock_url accepts '{scheme}:', which open_backend cannot open")
 
 

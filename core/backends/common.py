@@ -13,11 +13,12 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ..clock import coarse_tick
+from ..durations import human_duration as _human
 from ..errors import BackendError
+from ..instants import iso_ms
 from .protocol import ClaimOutcome, ClaimResult
 
 
@@ -401,27 +402,14 @@ def _recover_mark(job_dir: Path) -> Mark | None:
     return found
 
 
-def iso_us(us: int) -> str:
-    stamp = _EPOCH + timedelta(microseconds=us)
-    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _span(seconds: float) -> str:
-    seconds = abs(seconds)
-    if seconds < 120:
-        return f"{seconds:.1f}s"
-    minutes = round(seconds / 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
-
-
 def refused_too_old(
     tick_us: int, keep_until_us: int, backend_now_us: int, skew_limit: float
 ) -> str:
     """Why a tick older than the claims kept, by the backend's clock, is not run."""
     return (
-        f"tick {iso_us(tick_us)} is older than its claim is kept (until {iso_us(keep_until_us)}) "
-        f"by {_span((backend_now_us - keep_until_us) / 1e6)} by the backend's clock "
-        f"({iso_us(backend_now_us)}), beyond the skew limit of {_span(skew_limit)}: this host's "
+        f"tick {iso_ms(tick_us)} is older than its claim is kept (until {iso_ms(keep_until_us)}) "
+        f"by {_human((backend_now_us - keep_until_us) / 1e6)} by the backend's clock "
+        f"({iso_ms(backend_now_us)}), beyond the skew limit of {_human(skew_limit)}: this host's "
         "clock or the backend's is off by more than that; not run, since no one can tell whether "
         "it ran"
     )
@@ -434,20 +422,20 @@ def refused_behind_mark(
     by the backend's clock its claim would be gone by now had it been made, so no one can tell
     whether it ran."""
     return (
-        f"tick {iso_us(tick_us)} is not after {iso_us(mark_us)}, the latest tick claimed for this "
+        f"tick {iso_ms(tick_us)} is not after {iso_ms(mark_us)}, the latest tick claimed for this "
         "job, and its claim, if it was ever made, is no longer kept (claims of it are kept until "
-        f"{iso_us(keep_until_us)}; the backend's clock says {iso_us(backend_now_us)}): it may have "
+        f"{iso_ms(keep_until_us)}; the backend's clock says {iso_ms(backend_now_us)}): it may have "
         "run; not run, so that no tick runs twice (if that is wrong, a clock is off, this host's "
-        f"or the backend's: claims hold for clocks off by up to {_span(skew_limit)})"
+        f"or the backend's: claims hold for clocks off by up to {_human(skew_limit)})"
     )
 
 
 def refused_clock_ahead(tick_us: int, backend_now_us: int, ahead: float, limit: float) -> str:
     """Why a tick too far ahead of the backend's clock is not claimed (nothing was written)."""
     return (
-        f"clock-ahead: tick {iso_us(tick_us)} is {_span((tick_us - backend_now_us) / 1e6)} ahead "
-        f"of the backend's clock ({iso_us(backend_now_us)}); this host's clock is "
-        f"{_span(ahead)} ahead of the backend's, more than the {_span(limit)} allowed: not "
+        f"clock-ahead: tick {iso_ms(tick_us)} is {_human((tick_us - backend_now_us) / 1e6)} ahead "
+        f"of the backend's clock ({iso_ms(backend_now_us)}); this host's clock is "
+        f"{_human(ahead)} ahead of the backend's, more than the {_human(limit)} allowed: not "
         "claimed, and nothing the other instances rely on was changed; fix this host's clock "
         "(pyjob check-clock --lock URL measures both)"
     )
@@ -481,7 +469,7 @@ def claim_verdict(
             return why, None
         if since_us is None or tick_us <= since_us + AHEAD_LIMIT * 1e6:
             why = (
-                f"tick {iso_us(tick_us)} is not after {iso_us(mark_us)}, the latest tick claimed "
+                f"tick {iso_ms(tick_us)} is not after {iso_ms(mark_us)}, the latest tick claimed "
                 "for this job, and the claims made before the lock directory was made again (or "
                 "by an older pyjob) are not kept there: no one can tell whether it ran; not run, "
                 "so that no tick runs twice"
@@ -510,12 +498,3 @@ class BackendClock:
         if self._offset_us is None:
             return 0
         return int(sent * 1e6) + self._offset_us + int(self.timeout * 1e6)
-
-
-def to_us(instant: datetime) -> int:
-    """An aware instant as whole microseconds since the Unix epoch (the key of a claimed tick)."""
-    delta = instant - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from ..errors import BackendError
 from ..records import (
-    FINISHED,
     RECENT_MAX,
     UNREADABLE,
     InstanceInfo,
@@ -17,6 +16,7 @@ from ..records import (
     RecordsNotWritten,
     RunRecord,
 )
+from ..results import FINISHED, Result
 from .common import create_new, make_private_dirs, overwrite, safe_name, write_atomic
 
 
@@ -111,7 +111,7 @@ class DirectoryRecords:
         path = d / f"{r.tick_us}.json"
         text = r.to_json()
         # A run's final record goes over its first, in place on file:; every other is new.
-        if self.local and r.result != "running" and overwrite(path, text.encode()):
+        if self.local and r.result != Result.RUNNING and overwrite(path, text.encode()):
             return
         try:
             create_new(path, text)

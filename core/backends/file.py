@@ -60,6 +60,7 @@ from filelock import FileLock, Timeout
 
 from ..clock import Clock, SystemClock
 from ..errors import BackendError
+from ..instants import to_us as _us
 from .common import (
     SHORTAGE_ERRNOS,
     Mark,
@@ -78,7 +79,6 @@ from .common import (
     safe_name,
     write_atomic,
 )
-from .common import to_us as _us
 from .protocol import ClaimOutcome, ClaimRequest, ClaimResult, Lease
 
 if TYPE_CHECKING:

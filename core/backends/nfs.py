@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 from ..clock import Clock, SystemClock
 from ..errors import BackendError
+from ..instants import to_us as _us
 from .common import (
     SHORTAGE_ERRNOS,
     DamagedState,
@@ -57,7 +58,6 @@ from .common import (
     safe_name,
     write_atomic,
 )
-from .common import to_us as _us
 from .protocol import ClaimOutcome, ClaimRequest, ClaimResult, Lease
 
 if TYPE_CHECKING:

@@ -40,13 +40,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..clock import SystemClock
 from ..errors import BackendError
+from ..instants import to_us
 from .common import (
     BackendClock,
     redact,
     refused_behind_mark,
     refused_clock_ahead,
     refused_too_old,
-    to_us,
 )
 from .protocol import (
     AHEAD_LIMIT,

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..clock import SystemClock
 from ..errors import BackendError, InputError
+from ..instants import to_us
 from .common import (
     BackendClock,
     redact,
@@ -42,7 +43,6 @@ from .common import (
     refused_clock_ahead,
     refused_too_old,
     safe_name,
-    to_us,
 )
 from .protocol import (
     AHEAD_LIMIT,

@@ -35,7 +35,7 @@ def check_lock_url(url: str) -> None:
     if not sep:
         raise InputError(
             f"bad lock URL '{_short(redact(url))}' (file:PATH, nfs:PATH, redis://HOST, "
-            "postgresql://HOST/DB or none)",
+            "postgresql://HOST/DB, etcd://HOST:PORT or none)",
             source=url,
             pos=0,
             length=len(url),
@@ -49,9 +49,12 @@ def check_lock_url(url: str) -> None:
     if scheme in ("redis", "rediss", "postgresql", "postgres"):
         check_server_url(url, scheme)
         return
+    if scheme in ("etcd", "etcds"):
+        parse_etcd_url(url)
+        return
     raise InputError(
         f"unknown lock backend '{_short(scheme)}:' (supported: file:PATH, nfs:PATH, redis://, "
-        "rediss://, postgresql://, none)",
+        "rediss://, postgresql://, etcd://, none)",
         source=url,
         pos=0,
         length=len(scheme) + 1,
@@ -187,3 +190,58 @@ _LIBPQ_CHOICES = {
     "load_balance_hosts": ("disable", "random"),
     "sslnegotiation": ("postgres", "direct"),
 }
+
+
+ETCD_PORT = 2379
+_ETCD_PREFIX = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+
+
+def parse_etcd_url(url: str) -> tuple[list[tuple[str, int]], str]:
+    """``etcd://HOST[:PORT][,HOST[:PORT]...][/PREFIX]``: the endpoints, tried in turn, and the
+    key prefix (``pyjob`` by default)."""
+    check_control(url)
+    shown = redact(url)
+    scheme, _, rest = url.partition("://")
+    if scheme == "etcds":
+        raise _bad(
+            url,
+            f"lock URL '{shown}': etcd over TLS (etcds://) is not supported yet; use etcd:// "
+            "on a trusted network, or through a TLS tunnel ending on this host",
+            "etcds",
+        )
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc or "?" in rest or "#" in rest:
+        raise _bad(
+            url,
+            f"lock URL '{shown}': etcd URLs take no user, password or options "
+            "(etcd://HOST:PORT[,HOST:PORT...][/PREFIX])",
+        )
+    endpoints = [_etcd_endpoint(url, shown, hostport) for hostport in netloc.split(",")]
+    prefix = path.strip("/") if slash else "pyjob"
+    if not _ETCD_PREFIX.fullmatch(prefix):
+        raise _bad(
+            url,
+            f"bad key prefix '{path}' in lock URL '{shown}' (letters, digits, '.', '_', '-', "
+            "in parts separated by '/', like etcd://HOST:2379/team/pyjob)",
+            path or None,
+        )
+    return endpoints, prefix
+
+
+def _etcd_endpoint(url: str, shown: str, hostport: str) -> tuple[str, int]:
+    if hostport.startswith("["):
+        host, _, tail = hostport[1:].partition("]")
+        port = tail[1:] if tail.startswith(":") else None
+        if tail and port is None:
+            raise _bad(url, f"bad host '{hostport}' in lock URL '{shown}'", hostport or None)
+    else:
+        host, sep, port_text = hostport.rpartition(":")
+        port = port_text if sep else None
+        if not sep:
+            host = hostport
+    if port is not None and not (_PORT.fullmatch(port) and 0 < int(port) < 65536):
+        raise _bad(url, f"bad port '{port}' in lock URL '{shown}' (a number, 1-65535)", f":{port}")
+    problem = host_problem(host) if "[" not in host and "]" not in host else "brackets"
+    if problem:
+        raise _bad(url, f"bad host in lock URL '{_short(shown)}': {problem}", host or None)
+    return host, ETCD_PORT if port is None else int(port)

@@ -7,8 +7,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from ..coordinator import Coordinator
+from ..instants import to_us
 from ..records import HEARTBEAT_EVERY, JobInfo, RunRecord
-from ..schedule import to_us
 from .model import Job, JobState, run_id
 from .shared import Shared
 from .timers import Cleanup, Heartbeat

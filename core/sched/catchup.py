@@ -8,11 +8,12 @@ look for what was missed meanwhile.
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
+from datetime import datetime
 
 from ..backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult, Lease
 from ..coordinator import Coordinator
 from ..errors import BackendError
+from ..instants import from_us
 from ..settings import Overlap
 from .model import PAUSED, JobPhase, JobState, keep_until
 from .shared import Shared
@@ -108,9 +109,9 @@ class CatchUp:
         sh = self.sh
         now = sh.clock.now()
         # The window is judged by the backend's clock where it has one (the fleet's time).
-        judged = now if backend_us is None else datetime.fromtimestamp(backend_us / 1e6, UTC)
+        judged = now if backend_us is None else from_us(backend_us)
         window = state.s.catch_up or 0.0
-        first = datetime.fromtimestamp(latest_us / 1e6, UTC)
+        first = from_us(latest_us)
         missed = _missed_since(state, first, now, until, state.claimed_to)
         if not missed:
             return

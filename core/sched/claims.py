@@ -15,7 +15,7 @@ from ..backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult
 from ..coordinator import Coordinator
 from ..errors import BackendError
 from ..events import LEASE_LOST
-from ..schedule import to_us
+from ..instants import to_us
 from ..settings import Overlap
 from .model import OVERLAPPING, JobState, Retry, Run, keep_until
 from .shared import Shared

@@ -14,9 +14,10 @@ from datetime import datetime
 from typing import Any
 
 from ..backends.protocol import ClaimResult, Lease
+from ..instants import iso, to_us, unix_text
 from ..process import FailedStart, Found
 from ..records import RunRecord
-from ..schedule import iso, to_us
+from ..results import Result
 from .model import (
     OVERLAPPING,
     PAUSED,
@@ -26,9 +27,8 @@ from .model import (
     attempt_doc,
     keep_tail,
     overlap_action,
-    result_of,
     run_id,
-    unix_text,
+    run_result,
 )
 from .shared import Shared
 from .timers import Deadline, JitterEnd, Kill, Renew
@@ -50,7 +50,7 @@ class Executor:
         env.update(
             PYJOB_JOB=state.id,
             PYJOB_TICK=iso(instant, state.job.schedule.zone),
-            PYJOB_TICK_UNIX=unix_text(instant),
+            PYJOB_TICK_UNIX=unix_text(to_us(instant)),
             PYJOB_RUN_ID=rid,
             PYJOB_INSTANCE=self.sh.instance,
         )
@@ -175,7 +175,7 @@ class Executor:
             to_us(tick or started),
             rid,
             sh.instance,
-            "running",
+            Result.RUNNING,
             fence=fence,
             started_us=to_us(started),
             lateness=lateness,
@@ -215,7 +215,7 @@ class Executor:
         state = run.job
         state.runs.remove(run)
         duration = sh.clock.monotonic() - run.started_mono
-        result = result_of(run, code)
+        result = run_result(run, code)
         delay = sh.retries.delay(run, result, code)
         if code != 0 and run.terminated != "stop" and delay is None:
             state.failures += 1
@@ -259,7 +259,7 @@ class Executor:
         if run.tail:
             r.output_tail = "\n".join(run.tail)
         if delay is not None:
-            r.result = "retrying"
+            r.result = Result.RETRYING
             r.next_attempt_us = to_us(self.sh.clock.now()) + int(delay * 1e6)
             r.attempts = [*run.prior, attempt_doc(run, code, result, r.finished_us)]
         self.sh.books.record(run.job, r)

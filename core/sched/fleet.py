@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from ..backends.protocol import ClaimOutcome, ClaimRequest
@@ -31,7 +31,7 @@ from ..control import (
 )
 from ..coordinator import Coordinator
 from ..errors import BackendError
-from ..schedule import to_us
+from ..instants import from_us, to_us
 from ..settings import Overlap
 from .model import PAUSED, JobState, keep_until
 from .shared import Shared
@@ -141,7 +141,7 @@ class Fleet:
                 sh.emit("resumed", job, None, paused_for=round(max(0.0, paused_for), 3))
 
     def _say_paused(self, pause: Pause) -> None:
-        since = datetime.fromtimestamp(pause.since_us / 1e6, UTC).isoformat()
+        since = from_us(pause.since_us).isoformat()
         self.sh.emit("paused", pause.job, None, by=pause.by, since=since)
 
     def is_paused(self, state: JobState) -> bool:

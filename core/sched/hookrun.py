@@ -10,10 +10,10 @@ from typing import Any
 
 from ..errors import BackendError
 from ..hooks import hooks_to_run
+from ..instants import to_us
 from ..process import Command, FailedStart, Handle
-from ..schedule import to_us
 from ..settings import NotifyOn
-from .model import Hook, Run, hooks_env, result_of
+from .model import Hook, Run, hooks_env, run_result
 from .shared import Shared
 from .timers import HookTimeout
 
@@ -38,7 +38,7 @@ class HookRunner:
         s = state.s
         if not (s.on_failure or s.on_success or s.on_finish):
             return
-        result = result or result_of(run, code)
+        result = result or run_result(run, code)
         local_previous, state.last_result = state.last_result, result
 
         def fire(previous: str | None) -> None:

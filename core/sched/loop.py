@@ -34,9 +34,9 @@ from typing import Any
 from .. import __version__, events
 from ..clock import MAX_SLEEP_SLICE, Clock, Waker
 from ..coordinator import Coordinator
+from ..instants import to_us
 from ..process import Runner
 from ..records import InstanceInfo
-from ..schedule import to_us
 from ..zones import tzdata_version
 from .books import Books
 from .catchup import CatchUp

@@ -15,16 +15,17 @@ from typing import Any
 from ..backends.protocol import ClaimOutcome, ClaimResult, Lease
 from ..errors import BackendError
 from ..hooks import hook_env
+from ..instants import to_us
 from ..process import Command, FailedStart, Found, Handle
 from ..records import OUTPUT_TAIL, RunRecord
-from ..schedule import Schedule, to_us
+from ..results import Result, result_of
+from ..schedule import Schedule
 from ..settings import JobSettings, Overlap
 
 CLAIM_LEAD = 0.5  # claim a tick this long before it (at most a quarter of its interval)
 CLEANUP_EVERY = 60.0
 OVERLAPPING = "overlap: the previous run is still going"
 PAUSED = "paused"  # a tick of a job paused by `pyjob pause`
-HOOK_KILL_AFTER = 5.0  # seconds from a hook's SIGTERM (--hook-timeout) to its SIGKILL
 POLL = 0.05  # the longest sleep while a child has no pidfd (non-Linux)
 SHARE_TIME = (Overlap.ALLOW, Overlap.QUEUE)  # policies under which a retry may overlap a tick
 
@@ -261,17 +262,6 @@ def keep_tail(run: Run, line: str) -> None:
         run.tail_bytes -= len(run.tail.pop(0)) + 1
 
 
-def result_of(run: Run, code: int) -> str:
+def run_result(run: Run, code: int) -> Result:
     """The result of a run that ended (run records, hooks)."""
-    if run.terminated == "timeout":
-        return "timeout"
-    if run.terminated in ("stop", "replace"):
-        return "stopped"
-    if isinstance(run.handle, FailedStart):
-        return "start-failed"
-    return "success" if code == 0 else "failure"
-
-
-def unix_text(instant: datetime) -> str:
-    us = to_us(instant)
-    return str(us // 1_000_000) if us % 1_000_000 == 0 else f"{us / 1e6:.6f}"
+    return result_of(run.terminated, isinstance(run.handle, FailedStart), code)

@@ -6,13 +6,14 @@ take-over of the attempts of an instance that went quiet.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult
 from ..errors import BackendError
+from ..instants import from_us, iso, to_us
 from ..records import InstanceInfo, RunRecord
-from ..schedule import iso, to_us
+from ..results import Result
 from ..settings import Overlap
 from .model import SHARE_TIME, JobPhase, JobState, Retry, Run, attempt_doc, keep_until, run_id
 from .shared import Shared
@@ -47,10 +48,10 @@ class Retries:
         s = run.job.s
         if not s.retries or run.attempt > s.retries or run.tick is None:
             return None
-        if result not in ("failure", "timeout") or sh.stop or run.job.retiring:
+        if result not in (Result.FAILURE, Result.TIMEOUT) or sh.stop or run.job.retiring:
             return None
         if s.retry_on is not None:
-            key = "timeout" if result == "timeout" else str(code)
+            key = "timeout" if result == Result.TIMEOUT else str(code)
             if key not in s.retry_on:
                 return None
         delay = min(s.retry_max_delay, s.retry_delay * s.retry_backoff ** (run.attempt - 1))
@@ -151,7 +152,7 @@ class Retries:
         sh = self.sh
         retry.cancelled = True
         last = retry.prior[-1] if retry.prior else {}
-        result = str(last.get("result", "failure"))
+        result = str(last.get("result", Result.FAILURE))
         # With exit_code and result, this is the run's end for pings and metrics.
         sh.emit(
             "retry-dropped",
@@ -222,14 +223,17 @@ class Retries:
         one that saw it change). The time is this process's own
         monotonic time, never a wall clock compared with another host's (DESIGN §8: a host whose
         clock is wrong hurts only itself; one ahead would find every other instance quiet). A
-        gap in the reading as long as the quiet time (an outage of the backend, which kept the
-        other instance from writing too) starts it over."""
+        gap in the reading (an outage of the backend, which kept the other instance from
+        writing too) starts it over."""
         now = self.sh.clock.monotonic()
         value = None if info is None else info.seen_us
         # An instance with no heartbeat at all (gone long ago): this one's own quiet time.
         quiet_s = (self.sh.me.quiet_us if info is None else info.quiet_us) / 1e6
         seen = self.beats.get(name)
-        if seen is None or now - seen[2] > quiet_s:
+        # Read at each of this instance's beats: a read missed (the backend did not answer)
+        # starts it over, since the other instance could not write its heartbeat either.
+        gap = min(quiet_s, 2 * self.sh.books.heartbeat_every)
+        if seen is None or now - seen[2] > gap:
             if len(self.beats) > 10_000:  # names of long-gone processes
                 self.beats = {k: v for k, v in self.beats.items() if now - v[2] < quiet_s}
             self.beats[name] = (value, now, now)
@@ -245,7 +249,7 @@ class Retries:
         on elsewhere, or one this instance could not take yet)."""
         sh = self.sh
         s = state.s
-        if record.result not in ("running", "retrying"):
+        if record.result not in (Result.RUNNING, Result.RETRYING):
             return False
         # A run of this name from before this process started is a predecessor's, gone with it.
         predecessor = record.instance == sh.instance
@@ -257,20 +261,20 @@ class Retries:
         now_us = to_us(sh.clock.now())
         if not predecessor and not self.quiet(record.instance, info):
             return True
-        if record.result == "retrying" and (record.next_attempt_us or 0) > now_us:
+        if record.result == Result.RETRYING and (record.next_attempt_us or 0) > now_us:
             return True
-        tick = datetime.fromtimestamp(record.tick_us / 1e6, UTC)
+        tick = from_us(record.tick_us)
         if keep_until(state.job.schedule, tick) <= sh.clock.now():
             return False  # too old to be claimed: readers show it as lost
         following = state.job.schedule.next_tick(tick)
         prior = list(record.attempts or [])
-        if record.result == "running":  # killed during the attempt: that attempt was lost
+        if record.result == Result.RUNNING:  # killed during the attempt: that attempt was lost
             prior.append(
                 {
                     "attempt": record.attempt,
                     "instance": record.instance,
                     "started_us": record.started_us,
-                    "result": "lost",
+                    "result": Result.LOST,
                 }
             )
         open_ = following is None or following > sh.clock.now() or s.overlap in SHARE_TIME
@@ -317,8 +321,8 @@ class Retries:
         self, state: JobState, record: RunRecord, tick: datetime, prior: list[dict[str, Any]]
     ) -> None:
         sh = self.sh
-        died_running = record.result == "running"
-        result = "lost" if died_running else str(prior[-1].get("result", "failure"))
+        died_running = record.result == Result.RUNNING
+        result = Result.LOST if died_running else str(prior[-1].get("result", Result.FAILURE))
         # A lost run's exit code is not known: its hooks and ping see 1 (a failure).
         code = LOST_EXIT if died_running or record.exit_code is None else record.exit_code
         now = sh.clock.now()
@@ -337,7 +341,7 @@ class Retries:
             exit_code=code,
             result=result,
         )
-        started = datetime.fromtimestamp((record.started_us or record.tick_us) / 1e6, UTC)
+        started = from_us(record.started_us or record.tick_us)
         env = sh.executor.env(state, tick, record.run_id, record.fence)
         env["PYJOB_ATTEMPT"] = str(record.attempt)
         run = Run(state, tick, record.run_id, record.fence, None, started, sh.clock.monotonic())
@@ -374,7 +378,9 @@ class Retries:
                 attempt=attempt,
                 delay=0.0,
                 exit_code=record.exit_code,
-                result="lost" if record.result == "running" else prior[-1].get("result", "failure"),
+                result=Result.LOST
+                if record.result == Result.RUNNING
+                else prior[-1].get("result", Result.FAILURE),
                 taken_over_from=record.instance,
             )
             state.attempts[tick] = (attempt, prior, key)

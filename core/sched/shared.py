@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from .. import events
 from ..clock import Clock, Waker
+from ..instants import to_us
 from ..process import Runner
 from ..records import InstanceInfo
-from ..schedule import to_us
 from .model import JobState, Run
 from .timers import MonoTimers, WallTimers
 

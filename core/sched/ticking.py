@@ -12,7 +12,8 @@ from typing import Any
 
 from ..backends.protocol import ClaimOutcome, ClaimResult, Lease
 from ..errors import BackendError
-from ..schedule import iso, to_us
+from ..instants import iso, to_us
+from ..results import Result
 from ..settings import OnBackendError, Overlap
 from .model import CLAIM_LEAD, OVERLAPPING, PAUSED, JobPhase, JobState, run_id
 from .shared import Shared
@@ -238,7 +239,7 @@ class Ticking:
             if running_on != self.sh.instance:
                 self.sh.retries.watch(state)  # a run of another instance holds the lease
         self.sh.emit("skipped", state.id, tick, **fields)
-        self.sh.books.record_tick(state, tick, "skipped", reason, running_on)
+        self.sh.books.record_tick(state, tick, Result.SKIPPED, reason, running_on)
 
     def missed(self, state: JobState, ticks: list[datetime], reason: str) -> None:
         self.sh.emit(
@@ -251,4 +252,4 @@ class Ticking:
             reason=reason,
         )
         for tick in ticks[-state.s.history_keep :]:
-            self.sh.books.record_tick(state, tick, "missed", reason)
+            self.sh.books.record_tick(state, tick, Result.MISSED, reason)

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
-from ..schedule import to_us
-from .model import CLEANUP_EVERY, HOOK_KILL_AFTER, Deferred, Hook, JobState, Retry, Run
+from ..instants import to_us
+from ..settings import HOOK_KILL_AFTER
+from .model import CLEANUP_EVERY, Deferred, Hook, JobState, Retry, Run
 
 if TYPE_CHECKING:
     from .pools import PoolWait
