@@ -20,7 +20,7 @@ from .runproc import PyjobRun
 from .test_records import pyjob
 
 RECORD = 'echo "$PYJOB_TICK_UNIX $PYJOB_INSTANCE" >> "$OUT"'
-BACKENDS = ["file", "redis", "postgresql"]
+BACKENDS = ["file", "redis", "postgresql", "etcd"]
 
 
 # ------------------------------------------------------------------ the ranking
