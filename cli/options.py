@@ -193,7 +193,7 @@ class RunCommand(CommandAfterDashes):
 class ScheduleBeforeDashes(click.Argument):
     """``pyjob run [SCHEDULE] -- CMD``: the words before ``--`` are the schedule (joined, so
     that an unquoted ``every 5m`` works). Without ``--`` there is no such argument: every
-    positional is the command, as before."""
+    positional is the command."""
 
     def _key(self, ctx: click.Context) -> str:
         return f"{_AFTER_DASHES}.{ctx.command.name}"

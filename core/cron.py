@@ -79,7 +79,7 @@ _ITEM = re.compile(
     )(?:/(?P<step>.*))?$""",
     re.VERBOSE,
 )
-# [0-9], not \d: only ASCII digits belong in cron fields ('٥' and '５' are not 5; issue 14).
+# [0-9], not \d: only ASCII digits belong in cron fields ('٥' and '５' are not 5).
 _DOM_SPECIAL = re.compile(r"^(?:L|LW|([0-9]{1,2})W)$")
 # d#n, Ld (croniter) and dL (Quartz, cronsim): d is a weekday number or name.
 _DOW_SPECIAL = re.compile(

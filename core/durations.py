@@ -27,7 +27,7 @@ _UNITS = {
     "h": HOUR,
     "d": DAY,
 }
-# ASCII digits only: str.isdigit() and int() also take '٥' and '５' (issue 14).
+# ASCII digits only: str.isdigit() and int() also take '٥' and '５'.
 # Patterns are compiled on first use (re caches them), not at import: every command imports this.
 _PART = r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h|d)"
 # 100 years: far beyond any useful schedule, and small enough that every tick, claim and deadline

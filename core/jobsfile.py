@@ -1,4 +1,4 @@
-"""Jobs files: many jobs for one `pyjob run --file` process (issue #7).
+"""Jobs files: many jobs for one `pyjob run --file` process.
 
 Two formats, chosen by the file name:
 

@@ -4,7 +4,8 @@ Each run is a child in its own process group (as supercronic does), so that a ti
 signals the command and everything it started, and a Ctrl-C on the terminal reaches pyjob (the
 foreground group) rather than the command: pyjob forwards SIGTERM itself. The group stays in pyjob's
 session on purpose: with Linux's autogroup scheduling a new session is a new scheduling group, and
-under full CPU load its first run waited 4-10 ms longer (measured here). stdin is /dev/null.
+under full CPU load its first run waits longer (docs/architecture.md, Performance). stdin is
+/dev/null.
 
 So that no command outlives a pyjob that is killed outright (SIGKILL, OOM killer), a tiny reaper
 (`/bin/sh`, in a session of its own so that terminal signals pass it by) reads a pipe on which pyjob
@@ -13,12 +14,12 @@ scheduler go in one write at its end (``Runner.flush``): a shell woken at every 
 tick took CPU from the spawns themselves. When pyjob dies the pipe reaches EOF and
 the reaper SIGKILLs every group still announced — grandchildren included, which PR_SET_PDEATHSIG
 would miss — and exits. Nothing runs in the child between fork and exec: a preexec_fn (needed for
-PDEATHSIG) made every spawn about 4 ms slower here.
+PDEATHSIG) makes every spawn several milliseconds slower.
 
 Runs are started with ``os.posix_spawn`` (glibc's clone-and-exec), not ``subprocess.Popen``: the
 environment is converted in C rather than in a Python loop, and the child closes nothing before
-its exec. Measured here, 100 commands in a row started 10-12 % sooner than with Popen (p99 53 ms
-against 60 ms with no other descriptor open, 49 against 54 ms with 300 open). The child gets only
+its exec, so a tick of many jobs starts them sooner (the figures are in docs/architecture.md,
+Performance, and docs/benchmarks.md). The child gets only
 descriptors 0-2: every descriptor Python opens is close-on-exec (PEP 446), and the ones pyjob
 inherited are made so when the runner starts (``_no_inherited_fds``). One gap remains, which
 close_fds closed: a descriptor that a C library opens in another thread and marks close-on-exec

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from .errors import BackendError
+from .names import safe_name
 from .results import FINISHED, Result
 
 RECENT_MAX = 100  # records `recent` looks through for the newest finished run
@@ -155,8 +156,6 @@ UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError)
 
 
 def _safe(name: str) -> str:
-    from .backends.common import safe_name
-
     return safe_name(name)
 
 

@@ -20,11 +20,9 @@ from __future__ import annotations
 import calendar
 import hashlib
 import re
-from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import MAXYEAR, UTC, date, datetime, time, timedelta, tzinfo
-from typing import ClassVar, Protocol, TypeVar
+from typing import ClassVar
 
 from .cron import DESCRIPTORS, CronExpr, CronTicks, parse_cron
 from .cronwords import DAY_NAMES, describe_cron, join_words, ordinal
@@ -32,6 +30,7 @@ from .durations import DAY, format_duration, parse_duration
 from .errors import DurationError, ScheduleError
 from .instants import EPOCH, US, from_us, iso, to_us
 from .parts import Parts
+from .rulebase import RULES, Rule, Spec, Tick, Ticker, register
 from .timeparse import format_time_of_day
 from .values import (
     WEEKDAYS,
@@ -46,84 +45,6 @@ from .zones import Wall, get_zone, is_repeated, next_transition, offset_at, reso
 
 EPOCH_DATE = date(1970, 1, 1)
 EPOCH_MONDAY = date(1970, 1, 5)  # ISO weeks for `weekly --interval` count from here
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """One instant a schedule yields, with what DST did to it."""
-
-    instant: datetime  # aware, UTC
-    moved_from: datetime | None = None  # the wall time it was meant for, if a DST gap moved it
-    repeated: bool = False  # its wall time occurs twice (a fall-back hour)
-
-
-class Ticker(Protocol):
-    """A rule bound to its run-time facts: the first tick strictly after ``after`` (UTC)."""
-
-    def next(self, after: datetime) -> Tick | None: ...
-
-
-class Rule(ABC):
-    """A kind of schedule. Subclasses are frozen dataclasses registered under their heads."""
-
-    __slots__ = ()
-
-    #: The option keys (besides tz and the bounds) each phrase head accepts.
-    keys: ClassVar[dict[str, frozenset[str]]] = {}
-
-    @property
-    @abstractmethod
-    def kind(self) -> str:
-        """cron, every, daily, weekly, monthly or once."""
-
-    @property
-    def tick_zone(self) -> str | None:
-        """The zone the ticks depend on, or None when they are zone-free (elapsed time, UTC)."""
-        return None
-
-    @property
-    def local_zone(self) -> str | None:
-        """The zone its ticks are shown in (`next`'s Local column, PYJOB_TICK); None is UTC."""
-        return self.tick_zone
-
-    @property
-    def unshared_reason(self) -> str | None:
-        """Why instances on other hosts compute other ticks for this rule, or None when every
-        instance that runs it computes the same ticks whenever it started."""
-        return None
-
-    @property
-    def identity(self) -> str:
-        """The rule's part of the job id (DESIGN §1): its normalized form, less anything that
-        depends on when it was parsed, so every instance of one job has the same id."""
-        return str(self)
-
-    @abstractmethod
-    def describe(self) -> str:
-        """The rule in words, for `validate` and `next`."""
-
-    @abstractmethod
-    def ticker(self, *, job_id: str, anchor: datetime | None, start_at: datetime | None) -> Ticker:
-        """The pure tick function; ``job_id`` seeds H and random waits, ``anchor`` is where an
-        unaligned interval counts from (``start_at`` wins: then start-at is the first tick)."""
-
-    @classmethod
-    @abstractmethod
-    def from_parts(cls, parts: Parts, zone_name: str, now: datetime | None) -> Rule:
-        """Validate the grammar's Parts of this kind into a rule."""
-
-
-R = TypeVar("R", bound=type[Rule])
-RULES: dict[str, type[Rule]] = {}  # phrase head (or "cron") -> the class that builds it
-
-
-def register(*heads: str) -> Callable[[R], R]:
-    def add(cls: R) -> R:
-        for head in heads:
-            RULES[head] = cls
-        return cls
-
-    return add
 
 
 def _tick_from_wall(wall: Wall, naive: datetime, zone: tzinfo) -> Tick:
@@ -674,44 +595,18 @@ class _OnceTicker:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Spec:
-    """A parsed schedule: a rule plus its bounds. ``str()`` is the normalized form."""
-
-    rule: Rule
-    start_at: datetime | None = None
-    stop_at: datetime | None = None
-    # A bound given as `now`: each instance reads it as the moment it starts.
-    start_relative: bool = field(default=False, compare=False)
-    stop_relative: bool = field(default=False, compare=False)
-
-    def __str__(self) -> str:
-        return self._text(str(self.rule), True, True)
-
-    @property
-    def identity(self) -> str:
-        """What the job id is a hash of (DESIGN §1): the normalized form less what depends on
-        when the schedule was parsed (a bound given as `now`, `once` times already past), so the
-        instances of one job agree on its id, its H values and its claims whenever they start."""
-        return self._text(self.rule.identity, not self.start_relative, not self.stop_relative)
-
-    def _text(self, rule: str, start: bool, stop: bool) -> str:
-        if start and self.start_at is not None:
-            rule += f" start-at {iso(self.start_at)}"
-        if stop and self.stop_at is not None:
-            rule += f" stop-at {iso(self.stop_at)}"
-        return rule
-
-    @property
-    def kind(self) -> str:
-        return self.rule.kind
-
-    @property
-    def zone(self) -> str | None:
-        """The zone the ticks depend on, or None when they are zone-free (elapsed time, UTC)."""
-        return self.rule.tick_zone
-
-    @property
-    def local_zone(self) -> str | None:
-        """The zone its ticks are shown in; None is UTC."""
-        return self.rule.local_zone
+# The kinds, and the base every user of a schedule needs with them: importing this module is what
+# registers the kinds in RULES.
+__all__ = [
+    "RULES",
+    "CalendarRule",
+    "CronRule",
+    "EveryRule",
+    "OnceRule",
+    "RandomEveryRule",
+    "Rule",
+    "Spec",
+    "Tick",
+    "Ticker",
+    "register",
+]

@@ -25,6 +25,7 @@ def test_ci_runs_the_readme_test_command_and_linters() -> None:
         "mypy core cli",
         "radon cc",
         "docgen --check",
+        ".ci/sizes.py",
     ):
         assert tool in ci
 

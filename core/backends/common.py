@@ -19,6 +19,7 @@ from ..clock import coarse_tick
 from ..durations import human_duration as _human
 from ..errors import BackendError
 from ..instants import iso_ms
+from ..names import safe_name as safe_name  # where the backends take it from
 from .protocol import ClaimOutcome, ClaimResult
 
 
@@ -63,17 +64,6 @@ def redact(url: str) -> str:
 
 
 _USERINFO = re.compile(r"(//[^/@:]*:)[^@]*@")
-_SAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def safe_name(job: str) -> str:
-    """A file/key-safe form of a job id that stays unique (a hash suffix when it had to change)."""
-    import hashlib
-
-    cleaned = _SAFE.sub("_", job)[:80] or "_"
-    if cleaned == job:
-        return job
-    return f"{cleaned}-{hashlib.sha256(job.encode()).hexdigest()[:8]}"
 
 
 def make_private_dirs(path: Path) -> bool:

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ..clock import SystemClock
+from ..clock import Clock, SystemClock
 from ..errors import BackendError
 from ..instants import to_us
 from .common import (
@@ -55,7 +55,7 @@ from .common import (
     refused_too_old,
     safe_name,
 )
-from .etcd_http import EtcdError, EtcdHttp, b64, range_end, unb64
+from .etcd_http import EtcdError, EtcdHttp, ServerClock, b64, range_end, unb64
 from .protocol import (
     AHEAD_LIMIT,
     KEPT_MARGIN,
@@ -134,6 +134,42 @@ class _Plan:
     held: dict[str, Any] = field(default_factory=dict)
 
 
+class LeasePool:
+    """The etcd leases this process attaches its keys to, one per TTL (in whole seconds), kept
+    alive as they are used and granted again when one expired."""
+
+    def __init__(
+        self, call: Callable[[str, dict[str, Any], str], dict[str, Any]], clock: Clock
+    ) -> None:
+        self.call = call
+        self._clock = clock
+        self.leases: dict[int, int] = {}  # lease TTL (s) -> the etcd lease this process uses
+        self.kept: dict[int, float] = {}  # lease TTL (s) -> monotonic, when last kept alive
+
+    def lease_id(self, ttl: float) -> int:
+        """The etcd lease this process attaches its run leases of ``ttl`` to, with most of its
+        TTL left: a key put on it lives only as long as it does, so one not kept alive for a
+        quarter of its TTL is kept alive first (granted again when it expired meanwhile)."""
+        seconds = max(1, math.ceil(ttl))
+        lease = self.leases.get(seconds)
+        if lease is not None and self._clock.monotonic() - self.kept[seconds] > seconds / 4:
+            self.keep_alive(seconds, lease)
+            lease = self.leases.get(seconds)
+        if lease is None:
+            reply = self.call("/v3/lease/grant", {"TTL": str(seconds)}, "lease grant failed")
+            lease = self.leases[seconds] = int(reply["ID"])
+            self.kept[seconds] = self._clock.monotonic()
+        return lease
+
+    def keep_alive(self, seconds: int, lease: int) -> None:
+        sent = self._clock.monotonic()
+        reply = self.call("/v3/lease/keepalive", {"ID": str(lease)}, "lease renewal failed")
+        if int(reply.get("result", {}).get("TTL") or 0) <= 0:
+            del self.leases[seconds]  # expired: its keys are gone; a new one takes them again
+        else:
+            self.kept[seconds] = sent
+
+
 class EtcdBackend:
     def __init__(
         self,
@@ -147,9 +183,9 @@ class EtcdBackend:
         self.prefix = prefix
         self._clock = SystemClock()  # real elapsed time: bounds and deadlines are the network's
         self.http = EtcdHttp(endpoints, url, timeout, self._clock.monotonic)
+        self.server_clock = ServerClock(self.http, self.check, self._clock, url)
         self._nonce = uuid.uuid4().hex
-        self._leases: dict[int, int] = {}  # lease TTL (s) -> the etcd lease this process uses
-        self._kept: dict[int, float] = {}  # lease TTL (s) -> monotonic, when last kept alive
+        self.pool = LeasePool(self.call, self._clock)
         # Every transaction compares this key's revision: after a call whose request may still
         # reach etcd (a timeout, a dropped connection), the key is written again before the next
         # transaction, so a late request finds it changed and does nothing (DESIGN §8, "etcd").
@@ -169,14 +205,14 @@ class EtcdBackend:
         """The compare every transaction makes: this process's session key is as last written
         (written first when it is not, or may not be)."""
         if self._session_rev is None:
-            body = {"key": b64(self._session_key), "lease": str(self._lease_id(SESSION_TTL))}
+            body = {"key": b64(self._session_key), "lease": str(self.pool.lease_id(SESSION_TTL))}
             try:
                 reply = self.call("/v3/kv/put", body, "session not written")
             except EtcdError as e:
                 if not e.lease_not_found:
                     raise
-                self._leases.pop(SESSION_TTL, None)
-                body["lease"] = str(self._lease_id(SESSION_TTL))
+                self.pool.leases.pop(SESSION_TTL, None)
+                body["lease"] = str(self.pool.lease_id(SESSION_TTL))
                 reply = self.call("/v3/kv/put", body, "session not written")
             self._session_rev = int(reply["header"]["revision"])
         return {
@@ -205,44 +241,13 @@ class EtcdBackend:
     # ---------------------------------------------------------------- the server's clock
 
     def _server_now(self) -> tuple[int, int]:
-        """(earliest, latest) the server's clock may read now, µs; read first when unknown."""
-        span = self.http.clock.now_us(self._clock.monotonic())
-        if span is None:
-            self.check()
-            span = self.http.clock.now_us(self._clock.monotonic())
-        if span is None:
-            raise BackendError(f"{self.url}: etcd's answers carry no Date header to judge time by")
-        return span
+        return self.server_clock.now_us()
 
     def server_time(self) -> tuple[float, float]:
-        """The etcd server's wall clock, from the Date header of a fresh answer narrowed by the
-        earlier ones; the resolution is the width of what they bound it to (one second at
-        first)."""
-        sent = self._clock.monotonic()
-        self.check()
-        mid = (sent + self._clock.monotonic()) / 2
-        span = self.http.clock.offset(mid)
-        if span is None:
-            raise BackendError(f"{self.url}: etcd's answers carry no Date header to judge time by")
-        return mid + (span[0] + span[1]) / 2, span[1] - span[0]
+        return self.server_clock.read()
 
     def calibrate(self, target: float = 0.01, probes: int = 10) -> None:
-        """Narrow the bounds on the server's clock to ``target`` seconds, for check-clock: each
-        probe is sent to reach the server when, by the middle of the bounds so far, its Date
-        header turns to the next second, so that its answer halves them (htpdate's method).
-        At most ``probes`` probes, each waiting less than a second for its edge."""
-        for _ in range(probes):
-            sent = self._clock.monotonic()
-            span = self.http.clock.offset(sent)
-            if span is not None and span[1] - span[0] <= target:
-                return
-            if span is not None:
-                middle = (span[0] + span[1]) / 2
-                edge = math.floor(sent + middle) + 1 - middle  # monotonic, by that middle
-                wait = edge - sent - self.http.rtt / 2
-                if wait > 0:
-                    self._clock.sleep(wait)
-            self.check()
+        self.server_clock.calibrate(target, probes)
 
     # ---------------------------------------------------------------- claims
 
@@ -265,29 +270,6 @@ class EtcdBackend:
             for i, outcome in zip(chunk, done, strict=True):
                 out[i] = outcome
         return [o for o in out if o is not None]
-
-    def _lease_id(self, ttl: float) -> int:
-        """The etcd lease this process attaches its run leases of ``ttl`` to, with most of its
-        TTL left: a key put on it lives only as long as it does, so one not kept alive for a
-        quarter of its TTL is kept alive first (granted again when it expired meanwhile)."""
-        seconds = max(1, math.ceil(ttl))
-        lease = self._leases.get(seconds)
-        if lease is not None and self._clock.monotonic() - self._kept[seconds] > seconds / 4:
-            self._keep_alive(seconds, lease)
-            lease = self._leases.get(seconds)
-        if lease is None:
-            reply = self.call("/v3/lease/grant", {"TTL": str(seconds)}, "lease grant failed")
-            lease = self._leases[seconds] = int(reply["ID"])
-            self._kept[seconds] = self._clock.monotonic()
-        return lease
-
-    def _keep_alive(self, seconds: int, lease: int) -> None:
-        sent = self._clock.monotonic()
-        reply = self.call("/v3/lease/keepalive", {"ID": str(lease)}, "lease renewal failed")
-        if int(reply.get("result", {}).get("TTL") or 0) <= 0:
-            del self._leases[seconds]  # expired: its keys are gone; a new one takes them again
-        else:
-            self._kept[seconds] = sent
 
     def _claim_batch(
         self, requests: Sequence[ClaimRequest], instance: str, now_us: int
@@ -321,7 +303,7 @@ class EtcdBackend:
         if p.request.lease_ttl is None:
             return []
         key = self.key(p.request.job, "lease")
-        lease = self._lease_id(p.request.lease_ttl)
+        lease = self.pool.lease_id(p.request.lease_ttl)
         mine = f"{instance} {p.token}"
         return [_txn([_absent(key)], [_put(key, mine, lease)], [_get(key)])]
 
@@ -369,7 +351,7 @@ class EtcdBackend:
             except EtcdError as e:
                 if not e.lease_not_found or attempt == 2:
                     raise
-                self._leases.clear()
+                self.pool.leases.clear()
                 self._session_rev = None
                 continue
             if reply.get("succeeded"):
@@ -493,7 +475,7 @@ class EtcdBackend:
         key, token = self.key(job, "lease"), uuid.uuid4().hex
         mine = f"{instance} {token}"
         reply = self._txn(
-            lambda: [_txn([_absent(key)], [_put(key, mine, self._lease_id(ttl))], [])],
+            lambda: [_txn([_absent(key)], [_put(key, mine, self.pool.lease_id(ttl))], [])],
             "lease failed",
         )
         taken = reply["responses"][0]["response_txn"].get("succeeded")
@@ -513,9 +495,9 @@ class EtcdBackend:
         if not leases:
             return []
         for ttl in sorted({max(1, math.ceil(x.ttl)) for x in leases}):
-            lease = self._leases.get(ttl)
+            lease = self.pool.leases.get(ttl)
             if lease is not None:
-                self._keep_alive(ttl, lease)
+                self.pool.keep_alive(ttl, lease)
         responses = []
         for first in range(0, len(leases), TXN_CLAIMS):
             chunk = leases[first : first + TXN_CLAIMS]
@@ -536,7 +518,7 @@ class EtcdBackend:
     def _reassert(self, x: Lease) -> dict[str, Any]:
         key, mine = self.key(x.job, "lease"), f"{x.instance} {x.token}"
         still = {"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(mine)}
-        again = _txn([_absent(key)], [_put(key, mine, self._lease_id(x.ttl))], [])
+        again = _txn([_absent(key)], [_put(key, mine, self.pool.lease_id(x.ttl))], [])
         return _txn([still], [], [again])
 
     def release_many(self, leases: Sequence[Lease]) -> None:
@@ -561,10 +543,10 @@ class EtcdBackend:
     def close(self) -> None:
         # The run leases and the session go with the process: revoked at once rather than left
         # to expire.
-        for lease in self._leases.values():
+        for lease in self.pool.leases.values():
             with contextlib.suppress(BackendError):
                 self.call("/v3/lease/revoke", {"ID": str(lease)}, "lease revoke failed")
-        self._leases.clear()
+        self.pool.leases.clear()
         self.http.close()
 
 

@@ -21,11 +21,13 @@ import base64
 import contextlib
 import http.client
 import json
+import math
 from collections import deque
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from ..clock import Clock
 from ..errors import BackendError
 
 # How long a bound on the server's clock is trusted: older ones are dropped, so that a clock
@@ -180,3 +182,54 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, http.client.RemoteDisconnected):
         return "the server closed the connection"
     return str(e) or type(e).__name__
+
+
+class ServerClock:
+    """etcd keeps no clock in its data: the server's wall clock is bounded by the HTTP Date
+    header of its answers (to the second), narrowed by each answer (DESIGN §8, "etcd")."""
+
+    def __init__(self, http: EtcdHttp, check: Callable[[], None], clock: Clock, url: str) -> None:
+        self.http = http
+        self.check = check  # a cheap request, whose answer carries a Date header
+        self._clock = clock
+        self.url = url
+
+    def now_us(self) -> tuple[int, int]:
+        """(earliest, latest) the server's clock may read now, µs; read first when unknown."""
+        span = self.http.clock.now_us(self._clock.monotonic())
+        if span is None:
+            self.check()
+            span = self.http.clock.now_us(self._clock.monotonic())
+        if span is None:
+            raise BackendError(f"{self.url}: etcd's answers carry no Date header to judge time by")
+        return span
+
+    def read(self) -> tuple[float, float]:
+        """The etcd server's wall clock, from the Date header of a fresh answer narrowed by the
+        earlier ones; the resolution is the width of what they bound it to (one second at
+        first)."""
+        sent = self._clock.monotonic()
+        self.check()
+        mid = (sent + self._clock.monotonic()) / 2
+        span = self.http.clock.offset(mid)
+        if span is None:
+            raise BackendError(f"{self.url}: etcd's answers carry no Date header to judge time by")
+        return mid + (span[0] + span[1]) / 2, span[1] - span[0]
+
+    def calibrate(self, target: float = 0.01, probes: int = 10) -> None:
+        """Narrow the bounds on the server's clock to ``target`` seconds, for check-clock: each
+        probe is sent to reach the server when, by the middle of the bounds so far, its Date
+        header turns to the next second, so that its answer halves them (htpdate's method).
+        At most ``probes`` probes, each waiting less than a second for its edge."""
+        for _ in range(probes):
+            sent = self._clock.monotonic()
+            span = self.http.clock.offset(sent)
+            if span is not None and span[1] - span[0] <= target:
+                return
+            if span is not None:
+                middle = (span[0] + span[1]) / 2
+                edge = math.floor(sent + middle) + 1 - middle  # monotonic, by that middle
+                wait = edge - sent - self.http.rtt / 2
+                if wait > 0:
+                    self._clock.sleep(wait)
+            self.check()
