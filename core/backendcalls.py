@@ -20,9 +20,6 @@ from .records import InstanceInfo, JobInfo, RunRecord
 
 # A take-over's answer: the job's newest records (newest first) and the instances' heartbeats.
 Orphans = tuple[list[RunRecord], dict[str, InstanceInfo]]
-# What --spread ranks by: the jobs registered (with their instances), the heartbeats, and the
-# backend's clock minus this host's in seconds (None: the backend keeps no clock).
-Fleet = tuple[list[JobInfo], dict[str, InstanceInfo], float | None]
 
 
 @dataclass
@@ -66,14 +63,6 @@ class OrphanCall:
     job: str
     newest: int
     done: Callable[[Orphans | BackendError | None], None]
-    priority: ClassVar[int] = 1
-
-
-@dataclass
-class SpreadCall:
-    """The registry and the backend's clock, read for --spread (core/sched/spread.py)."""
-
-    done: Callable[[Fleet | BackendError], None]
     priority: ClassVar[int] = 1
 
 
@@ -129,7 +118,6 @@ Call = (
     | LatestCall
     | OrphanCall
     | FleetCall
-    | SpreadCall
     | RecordsCall
     | RegisterCall
     | HeartbeatCall
@@ -144,7 +132,6 @@ __all__ = [
     "Call",
     "ClaimCall",
     "CleanupCall",
-    "Fleet",
     "FleetCall",
     "HeartbeatCall",
     "LatestCall",
@@ -156,5 +143,4 @@ __all__ = [
     "RegisterCall",
     "ReleaseCall",
     "RenewCall",
-    "SpreadCall",
 ]

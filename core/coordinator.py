@@ -45,7 +45,6 @@ from .backendcalls import (
     Call,
     ClaimCall,
     CleanupCall,
-    Fleet,
     FleetCall,
     HeartbeatCall,
     LatestCall,
@@ -57,7 +56,6 @@ from .backendcalls import (
     RegisterCall,
     ReleaseCall,
     RenewCall,
-    SpreadCall,
 )
 from .backends import Backend, open_backend
 from .backends.protocol import ClaimOutcome, ClaimRequest, Lease, LostAnswer
@@ -261,13 +259,6 @@ class Coordinator:
         another's attempts, or to end a run lost with its host."""
         self._submit(url, OrphanCall(job, newest, done))
 
-    def spread_read(self, url: str | None, done: Callable[[Fleet | BackendError], None]) -> None:
-        """The jobs registered with their instances, the heartbeats, and the backend's clock
-        minus this host's to ``done``: what --spread ranks the instances by. Nothing when the
-        backend keeps no records."""
-        if self._links[self.key(url)].records is not None:
-            self._submit(url, SpreadCall(done))
-
     def call(self, url: str | None, fn: Callable[[], Any], done: Callable[[Any], None]) -> None:
         """``fn()`` on the backend's worker, under the one error policy: its result, or the
         BackendError it raised, to ``done``. For the reads and writes of state that lives in the
@@ -397,8 +388,6 @@ class Coordinator:
             self._deliver(call.done, self._latest(link, call))
         elif isinstance(call, PreviousCall):
             self._deliver(call.done, self._previous(link, call))
-        elif isinstance(call, SpreadCall):
-            self._deliver(call.done, self._spread(link))
         elif isinstance(call, ReleaseCall):
             self._release(link, call.leases)
         elif isinstance(call, CleanupCall):
@@ -451,14 +440,6 @@ class Coordinator:
         backend_now = None if reading is None else int((reading[0] + reading[1] / 2) * 1e6)
         return (newest[0].tick_us, backend_now) if newest else None
 
-    def _spread(self, link: Link) -> Fleet:
-        from .clockcheck import backend_clock
-
-        assert link.records is not None
-        clock = backend_clock(link.backend, self.clock, samples=3)
-        offset = None if clock is None else clock.offset
-        return link.records.jobs(), link.records.instances(), offset
-
     @staticmethod
     def _previous(link: Link, call: PreviousCall) -> str | None:
         assert link.records is not None
@@ -480,9 +461,7 @@ class Coordinator:
             # tokens) as soon as the backend answers, so that none blocks the job (DESIGN §8).
             link.maybe += e.leases
         link.outage.failed(str(e), len(call.requests) if isinstance(call, ClaimCall) else 0)
-        if isinstance(
-            call, ClaimCall | RenewCall | OrphanCall | LatestCall | PreviousCall | SpreadCall
-        ):
+        if isinstance(call, ClaimCall | RenewCall | OrphanCall | LatestCall | PreviousCall):
             done: Callable[[BackendError], None] = call.done
             self._deliver(done, e)
         else:

@@ -22,18 +22,23 @@ read the registry yet, or a job no other instance serves, claims first-come as w
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from ..backendcalls import Fleet
+from ..backends import Backend
 from ..backends.protocol import AHEAD_LIMIT
 from ..coordinator import Coordinator
 from ..errors import BackendError
-from ..records import InstanceInfo
+from ..records import InstanceInfo, JobInfo, RecordStore
 from ..schedule import to_us
 from ..settings import Spread
 from .model import CLAIM_LEAD, JobState
 from .shared import Shared
 from .timers import SpreadRead
+
+# What --spread ranks by: the jobs registered (with their instances), the heartbeats, and the
+# backend's clock minus this host's in seconds (None: the backend keeps no clock).
+Fleet = tuple[list[JobInfo], dict[str, InstanceInfo], float | None]
 
 # A measured offset to the backend's clock larger than this is not corrected: a claim made on the
 # backend's time by a host that far off would run its tick late (or early) by as much.
@@ -69,6 +74,7 @@ class Spreading:
         self.sh = sh
         self.members: dict[str, tuple[str, ...]] = {}  # job -> live instances serving it
         self.offsets: dict[str, float] = {}  # lock URL key -> backend's clock − this host's
+        self.stores: dict[str, RecordStore | None] = {}  # lock URL key -> its run records
         self._set = False
 
     def added(self, state: JobState) -> None:
@@ -90,11 +96,32 @@ class Spreading:
             if s.s.spread is not Spread.OFF and sh.coordinator.has_records(s.job.lock)
         }
         for key, url in sorted(urls.items()):
+            if key not in self.stores:  # one per backend: a store may set itself up once
+                self.stores[key] = sh.coordinator.backend(url).records()
+            store = self.stores[key]
+            if store is None:
+                continue
 
             def done(answer: Fleet | BackendError, key: str = key) -> None:
                 self.heard(key, answer)
 
-            sh.coordinator.spread_read(url, done)
+            sh.coordinator.call(url, self._reader(sh.coordinator.backend(url), store), done)
+
+    def _reader(self, backend: Backend, store: RecordStore) -> Callable[[], Fleet | BackendError]:
+        """The read, on the backend's worker: a failure is its answer (read again next time)."""
+        clock = self.sh.clock
+
+        def read() -> Fleet | BackendError:
+            from ..clockcheck import backend_clock
+
+            try:
+                reading = backend_clock(backend, clock, samples=3)
+                offset = None if reading is None else reading.offset
+                return store.jobs(), store.instances(), offset
+            except BackendError as e:
+                return e
+
+        return read
 
     def heard(self, key: str, answer: Fleet | BackendError) -> None:
         if isinstance(answer, BackendError):
