@@ -461,7 +461,9 @@ class Coordinator:
             # tokens) as soon as the backend answers, so that none blocks the job (DESIGN §8).
             link.maybe += e.leases
         link.outage.failed(str(e), len(call.requests) if isinstance(call, ClaimCall) else 0)
-        if isinstance(call, ClaimCall | RenewCall | OrphanCall | LatestCall | PreviousCall):
+        if isinstance(
+            call, ClaimCall | RenewCall | OrphanCall | LatestCall | PreviousCall | FleetCall
+        ):
             done: Callable[[BackendError], None] = call.done
             self._deliver(done, e)
         else:

@@ -220,3 +220,33 @@ def test_pending_records_are_bounded_and_the_oldest_go_first(
     assert c.written() == {3: "success", 4: "success", 5: "success"}
     dropped = [e for e in c.events if e[0] == "backend-error" and "dropped" in e[2]["error"]]
     assert dropped and dropped[0][2]["error"].startswith("2 run records were dropped")
+
+
+def test_a_fleet_call_that_fails_gets_its_error_not_silence(tmp_path: Path) -> None:
+    """Coordinator.call's reads and writes of the fleet's state (pauses, triggers, pool slots):
+    a backend error goes to ``done``, so a run waiting for a pool slot asks again (or gives up at
+    its misfire grace) instead of waiting for an answer that never comes."""
+    from datetime import UTC, datetime
+
+    from pyjob.core.backends.null import NullBackend
+    from pyjob.core.clock import FakeClock, Waker
+    from pyjob.core.coordinator import Coordinator
+    from pyjob.core.errors import BackendError
+
+    coordinator = Coordinator(
+        FakeClock(datetime(2026, 6, 1, 12, tzinfo=UTC)),
+        "i0",
+        Waker(),
+        lambda *a, **k: None,
+        threaded=False,
+        opener=lambda u: NullBackend(),
+    )
+    coordinator.open("none")
+    got: list[object] = []
+
+    def fail() -> None:
+        raise BackendError("slot not taken (test)")
+
+    coordinator.call("none", fail, got.append)
+    coordinator.drain()
+    assert len(got) == 1 and isinstance(got[0], BackendError), got
