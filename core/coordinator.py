@@ -96,6 +96,10 @@ def _shown(outcome: ClaimOutcome) -> ClaimOutcome:
     return replace(outcome, claim=claim, lease_holder=None if other is None else holder_name(other))
 
 
+# The calls whose caller waits for the answer: a failure goes to it as the answer.
+ANSWERED = (ClaimCall, RenewCall, OrphanCall, LatestCall, PreviousCall, FleetCall)
+
+
 def _waits_for_none(call: Call) -> bool:
     """A call no tick waits for: a background one, or the worker's own look at what it owes."""
     return isinstance(call, BACKGROUND) or (isinstance(call, ReleaseCall) and not call.leases)
@@ -461,9 +465,7 @@ class Coordinator:
             # tokens) as soon as the backend answers, so that none blocks the job (DESIGN §8).
             link.maybe += e.leases
         link.outage.failed(str(e), len(call.requests) if isinstance(call, ClaimCall) else 0)
-        if isinstance(
-            call, ClaimCall | RenewCall | OrphanCall | LatestCall | PreviousCall | FleetCall
-        ):
+        if isinstance(call, ANSWERED):
             done: Callable[[BackendError], None] = call.done
             self._deliver(done, e)
         else:
