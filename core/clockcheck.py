@@ -185,14 +185,18 @@ class BackendClock:
     error: float  # ± seconds
 
 
-def backend_clock(backend: Backend, clock: Clock, samples: int = 5) -> BackendClock | None:
+def backend_clock(
+    backend: Backend, clock: Clock, samples: int = 5, calibrate: bool = True
+) -> BackendClock | None:
     """The lock backend's clock against this host's: each reading is bracketed by two local
     readings; the tightest bracket wins and its half-width (plus half the backend's resolution)
     is the error bound. None for a backend without a clock of its own. A backend whose clock
-    reads coarsely (etcd's, to the second) first narrows what it knows of it (``calibrate``)."""
-    calibrate = getattr(backend, "calibrate", None)
-    if calibrate is not None:
-        calibrate()
+    reads coarsely (etcd's, to the second) first narrows what it knows of it (``calibrate``,
+    seconds of probes: for check-clock, never on a running scheduler's backend thread, where it
+    would hold up the claims)."""
+    narrow = getattr(backend, "calibrate", None)
+    if calibrate and narrow is not None:
+        narrow()
     best: BackendClock | None = None
     for _ in range(samples):
         before = clock.now().timestamp()

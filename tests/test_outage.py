@@ -7,6 +7,7 @@ directory (its leases survive, renewed to their full TTL), and Redis and etcd fr
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -161,7 +162,7 @@ def test_an_outage_is_logged_once_as_it_starts_and_once_as_it_ends(
     assert run.events("backend-up") == [up]
     assert up["level"] == "info" and _t(down) < _t(up)
     # 4 jobs a second for several seconds: many calls failed and many ticks went unclaimed
-    assert up["failed_calls"] >= 2 and up["unclaimed_ticks"] >= 4, up
+    assert up["failed_calls"] >= 2 and up["unclaimed_ticks"] >= 4, json.dumps(up)
     assert 2 < up["down_for"] < 20, up
     assert run.events("backend-error") == []  # each failed call is at debug level
     backend = [e for e in run.events() if e["event"].startswith("backend")]

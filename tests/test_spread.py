@@ -106,7 +106,9 @@ LOW, HIGH = 3, 18
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fleet_lock_url", BACKENDS, indirect=True)
+# Not etcd: its clock is known only to the second there (docs/fleets.md), so claims go out by
+# the hosts' own clocks and the one ahead claims first.
+@pytest.mark.parametrize("fleet_lock_url", [b for b in BACKENDS if b != "etcd"], indirect=True)
 def test_three_instances_share_the_ticks_evenly_with_one_clock_300ms_ahead(
     fleet_lock_url: str, tmp_path: Path
 ) -> None:

@@ -207,6 +207,9 @@ class Retries:
             def found(answer: _Orphan | BackendError | None, state: JobState = state) -> None:
                 state.looked_up(JobPhase.ADOPTING)
                 if isinstance(answer, BackendError):
+                    # The other instances could not write their heartbeats either: what was
+                    # seen of them starts over once the backend answers.
+                    self.beats.clear()
                     return  # looked at again at the next beat
                 records, instances = answer or ([], {})
                 # Oldest first: a lost run's attempts (within its tick) before the newer ticks.
@@ -223,17 +226,14 @@ class Retries:
         one that saw it change). The time is this process's own
         monotonic time, never a wall clock compared with another host's (DESIGN §8: a host whose
         clock is wrong hurts only itself; one ahead would find every other instance quiet). A
-        gap in the reading (an outage of the backend, which kept the other instance from
-        writing too) starts it over."""
+        read that failed (an outage of the backend, which kept the other instance from writing
+        too) starts it over, and so does a gap in the reading as long as the quiet time."""
         now = self.sh.clock.monotonic()
         value = None if info is None else info.seen_us
         # An instance with no heartbeat at all (gone long ago): this one's own quiet time.
         quiet_s = (self.sh.me.quiet_us if info is None else info.quiet_us) / 1e6
         seen = self.beats.get(name)
-        # Read at each of this instance's beats: a read missed (the backend did not answer)
-        # starts it over, since the other instance could not write its heartbeat either.
-        gap = min(quiet_s, 2 * self.sh.books.heartbeat_every)
-        if seen is None or now - seen[2] > gap:
+        if seen is None or now - seen[2] > quiet_s:
             if len(self.beats) > 10_000:  # names of long-gone processes
                 self.beats = {k: v for k, v in self.beats.items() if now - v[2] < quiet_s}
             self.beats[name] = (value, now, now)

@@ -43,6 +43,7 @@ Fleet = tuple[list[JobInfo], dict[str, InstanceInfo], float | None]
 # A measured offset to the backend's clock larger than this is not corrected: a claim made on the
 # backend's time by a host that far off would run its tick late (or early) by as much.
 SPREAD_OFFSET_MAX = AHEAD_LIMIT - CLAIM_LEAD
+OFFSET_ERROR_MAX = 0.25  # seconds: a reading of the backend's clock less sure is not used
 # A change of the measured offset this large (seconds) is logged (backend-clock) and exported.
 OFFSET_NEWS = 0.002
 # The registry is read 1 s after the start, then at doubling intervals up to the heartbeat's.
@@ -107,19 +108,21 @@ class Spreading:
 
             sh.coordinator.call(url, self._reader(sh.coordinator.backend(url), store), done)
 
-    def _reader(self, backend: Backend, store: RecordStore) -> Callable[[], Fleet | BackendError]:
-        """The read, on the backend's worker: a failure is its answer (read again next time)."""
+    def _reader(self, backend: Backend, store: RecordStore) -> Callable[[], Fleet]:
+        """The read, on the backend's worker. A failure goes to ``done`` through the
+        coordinator's error policy (read again next time), which also tells the outage: a
+        failure returned as an answer would count as the backend answering."""
         clock = self.sh.clock
 
-        def read() -> Fleet | BackendError:
+        def read() -> Fleet:
             from ..clockcheck import backend_clock
 
-            try:
-                reading = backend_clock(backend, clock, samples=3)
-                offset = None if reading is None else reading.offset
-                return store.jobs(), store.instances(), offset
-            except BackendError as e:
-                return e
+            reading = backend_clock(backend, clock, samples=3, calibrate=False)
+            # An offset known only roughly (etcd's clock, from 1 s Date headers, at first)
+            # would move claims by its error: the host's own clock orders them then.
+            coarse = reading is None or reading.error > OFFSET_ERROR_MAX
+            offset = None if coarse or reading is None else reading.offset
+            return store.jobs(), store.instances(), offset
 
         return read
 
