@@ -155,10 +155,6 @@ class RecordStore(Protocol):
 UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError)
 
 
-def _safe(name: str) -> str:
-    return safe_name(name)
-
-
 def parse_records(docs: Iterable[str | bytes | None]) -> list[RunRecord]:
     """The records of ``docs`` that parse; a damaged one is skipped, as on file:."""
     out = []
@@ -255,7 +251,7 @@ def effective(record: RunRecord, instances: dict[str, InstanceInfo], now_us: int
 
 
 def _lookup(instances: dict[str, InstanceInfo], name: str) -> InstanceInfo | None:
-    return instances.get(name) or instances.get(_safe(name))
+    return instances.get(name) or instances.get(safe_name(name))
 
 
 def run_document(record: RunRecord, zone: Any) -> dict[str, Any]:

@@ -104,7 +104,6 @@ class Claims:
             return
         state.outcomes[tick] = outcome
         if isinstance(outcome, ClaimOutcome) and outcome.claim.won:
-            state.won_to = max(tick, state.won_to or tick)
             sh.emit("claimed", state.id, tick, fence=outcome.claim.fence)
         if tick in state.waiting:
             state.waiting.discard(tick)

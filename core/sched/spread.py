@@ -120,8 +120,9 @@ class Spreading:
             reading = backend_clock(backend, clock, samples=3, calibrate=False)
             # An offset known only roughly (etcd's clock, from 1 s Date headers, at first)
             # would move claims by its error: the host's own clock orders them then.
-            coarse = reading is None or reading.error > OFFSET_ERROR_MAX
-            offset = None if coarse or reading is None else reading.offset
+            offset = None
+            if reading is not None and reading.error <= OFFSET_ERROR_MAX:
+                offset = reading.offset
             return store.jobs(), store.instances(), offset
 
         return read
