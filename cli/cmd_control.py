@@ -28,7 +28,7 @@ def _open(lock: str | None, env: Env, command: str) -> tuple[RecordStore, Contro
     if lock == "none":
         raise InputError(
             f"pyjob {command} needs a shared lock backend (file:, nfs:, redis://, "
-            "postgresql://): --lock none keeps no fleet state"
+            "postgresql://, etcd://): --lock none keeps no fleet state"
         )
     store, backend = open_store(lock, env)
     control = control_for(backend)

@@ -240,8 +240,8 @@ PAGES: dict[str, Page] = {
             "the job (USER@HOST) and when. Runs going on are not killed, and the retries of a run "
             "started before the pause go on. The pause lives in the backend: it survives "
             "restarts, and pyjob status shows it. pyjob resume ends it.",
-            "Needs a backend that keeps records (file:, nfs:, redis://, postgresql://): --lock "
-            "none exits 2. An unknown JOB exits 1, an unreachable backend 5.",
+            "Needs a backend that keeps records (file:, nfs:, redis://, postgresql://, etcd://): "
+            "--lock none exits 2. An unknown JOB exits 1, an unreachable backend 5.",
         ],
         "examples": [
             ("Stop the backup everywhere", "pyjob pause backup --lock redis://redis:6379/0"),
