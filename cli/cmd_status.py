@@ -48,7 +48,7 @@ def status_cmd(lock: str | None, fmt: str) -> None:
       pyjob status --lock redis://redis:6379/0
       pyjob status --format json | jq '.jobs[] | select(.last.result != "success")'
     """
-    from pyjob.core.instants import to_us
+    from pyjob.core.instants import iso, to_us
     from pyjob.core.records import effective, run_document, zone_database_warning
     from pyjob.core.results import FINISHED, Result
     from pyjob.core.zones import get_zone
@@ -93,7 +93,7 @@ def status_cmd(lock: str | None, fmt: str) -> None:
                 "command": j.command,
                 "zone": j.zone,
                 "last": run_document(last, zone) if last else None,
-                "next_tick": None if nxt is None else nxt.astimezone(zone).isoformat(),
+                "next_tick": None if nxt is None else iso(nxt, zone),
                 "paused": None
                 if pause is None
                 else {"since": _iso(pause.since_us, zone), "by": pause.by},

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyjob.core.durations import human_duration
 from pyjob.core.events import LEVELS, SECONDS, Event
-from pyjob.core.instants import iso
+from pyjob.core.instants import iso, iso_ms, to_us
 
 from .outputs import Outputs
 
@@ -63,7 +63,7 @@ def text_value(name: str, value: Any) -> str | None:
 
 
 def _at(event: Event) -> str:
-    return event.at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_ms(to_us(event.at))
 
 
 def _output_head(event: Event, zone: tzinfo | None) -> str:

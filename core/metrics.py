@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from .clock import MAX_SLEEP_SLICE, Clock, Waker, WrappedClock
+from .durations import human_duration
 from .events import Event
 from .records import RecordStore
 from .results import FINISHED, Result, event_result
@@ -441,7 +442,11 @@ class MetricsServer:
                     self._answer(200, m.render(), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
                     ok, age = m.health()
-                    text = "ok\n" if ok else f"the scheduler loop was last seen {age:.0f}s ago\n"
+                    text = (
+                        "ok\n"
+                        if ok
+                        else f"the scheduler loop was last seen {human_duration(age)} ago\n"
+                    )
                     self._answer(200 if ok else 503, text.encode(), "text/plain; charset=utf-8")
                 elif path == "/":
                     body = b"pyjob: /metrics (Prometheus), /healthz (liveness)\n"
