@@ -12,19 +12,29 @@ from .runproc import PyjobRun
 
 pytestmark = pytest.mark.slow
 
-RECORD = 'echo "$PYJOB_TICK_UNIX $PYJOB_INSTANCE" >> "$OUT"'
+RECORD = 'echo "$PYJOB_TICK_UNIX $PYJOB_INSTANCE" >> "$OUT_DIR/$PYJOB_JOB"'
+# The jobs, each with its --catch-up settings as jobs-file keys.
 VARIANTS = {
-    "one": ["--catch-up", "1m"],
-    "none": [],
-    "short": ["--catch-up", "200ms"],
-    "all2": ["--catch-up", "1m", "--catch-up-all", "--catch-up-max", "2"],
+    "one": 'catch-up = "1m"',
+    "none": "",
+    "short": 'catch-up = "200ms"',
+    "all2": 'catch-up = "1m"\ncatch-up-all = true\ncatch-up-max = 2',
 }
+PERIOD = 5  # seconds between ticks: the instances coming back have 4.5 s to start
 
 
-def _job(url: str, tmp: Path, name: str, extra: list[str], instance: str) -> PyjobRun:
-    args = ["--every", "4s", "--align", "--lock", url, "--name", name, *extra]
-    args += ["--instance-id", instance, "--shell", "--", RECORD]
-    return PyjobRun(args, tmp, f"{name}-{instance}", {"OUT": str(tmp / name)})
+def _fleet(url: str, tmp: Path, instance: str, jobs: dict[str, str]) -> PyjobRun:
+    """One process holding ``jobs`` (name: extra keys): a process per instance rather than per
+    job, so that a loaded machine starts two processes, not seven, in the time it has."""
+    path = tmp / f"{instance}.toml"
+    path.write_text(
+        "".join(
+            f"[jobs.{name}]\nevery = \"{PERIOD}s\"\nalign = true\n{extra}\nshell = '{RECORD}'\n\n"
+            for name, extra in jobs.items()
+        )
+    )
+    args = ["--file", str(path), "--lock", url, "--instance-id", instance]
+    return PyjobRun(args, tmp, instance, {"OUT_DIR": str(tmp)})
 
 
 @pytest.mark.long
@@ -32,38 +42,34 @@ def test_two_instances_coming_back_catch_up_the_missed_tick_once(
     fleet_lock_url: str, tmp_path: Path
 ) -> None:
     # Every variant's job runs one tick, then nothing runs it for two ticks. They all start
-    # from one 4 s boundary, well ahead, so that all of them (however slow to start) run it.
-    first_tick = int(time.time() // 4 * 4 + 12)
+    # from one boundary, well ahead, so that all of them (however slow to start) run it.
+    first_tick = int(time.time() // PERIOD * PERIOD + 2 * PERIOD)
     at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(first_tick))
-    first = [
-        _job(fleet_lock_url, tmp_path, name, ["--max-runs", "1", "--start-at", at], "early")
-        for name in VARIANTS
-    ]
-    for r in first:
-        assert r.wait(timeout=30) == 0
+    once = f'max-runs = 1\nstart-at = "{at}"'
+    early = _fleet(fleet_lock_url, tmp_path, "early", {name: once for name in VARIANTS})
+    assert early.wait(timeout=60) == 0
     t0 = {name: int((tmp_path / name).read_text().split()[0]) for name in VARIANTS}
-    assert len(set(t0.values())) == 1, t0  # one first tick: the expectations below are from it
-    start = max(t0.values())
-    time.sleep(max(0.0, start + 8.5 - time.time()))
+    assert set(t0.values()) == {first_tick}, t0  # the expectations below are from it
+    start = first_tick
+    time.sleep(max(0.0, start + 2 * PERIOD + 0.5 - time.time()))
     # Instances start 0.5 s after the second missed tick: two together where they race.
     back = [
-        _job(fleet_lock_url, tmp_path, name, extra, f"back{n}")
-        for name, extra in VARIANTS.items()
-        for n in range(2 if name in ("one", "all2") else 1)
+        _fleet(fleet_lock_url, tmp_path, "back0", VARIANTS),
+        _fleet(fleet_lock_url, tmp_path, "back1", {n: VARIANTS[n] for n in ("one", "all2")}),
     ]
-    time.sleep(max(0.0, start + 13.5 - time.time()))
+    time.sleep(max(0.0, start + 3 * PERIOD + 1.5 - time.time()))
     for r in back:
         assert r.stop() == 0
     ran = {}
     for name in VARIANTS:
         rows = [line.split() for line in (tmp_path / name).read_text().splitlines()]
-        ticks = [int(row[0]) - t0[name] for row in rows]
+        ticks = [(int(row[0]) - start) // PERIOD for row in rows]
         assert len(ticks) == len(set(ticks)), (name, ticks)  # nothing ran twice
         ran[name] = ticks
-    assert ran["one"] == [0, 8, 12]  # the most recent missed tick once, then the grid
-    assert ran["none"] == [0, 12]
-    assert ran["short"] == [0, 12]  # 8 was missed longer ago than the window
-    assert ran["all2"] == [0, 4, 8, 12]  # the two most recent, oldest first
+    assert ran["one"] == [0, 2, 3]  # the most recent missed tick once, then the grid
+    assert ran["none"] == [0, 3]
+    assert ran["short"] == [0, 3]  # tick 2 was missed longer ago than the window
+    assert ran["all2"] == [0, 1, 2, 3]  # the two most recent, oldest first
     caught = [e for r in back for e in r.events("caught-up")]
     assert sorted(e["job"] for e in caught) == ["all2", "all2", "one"]
     assert all(e["late"] > 0 and e["window"] == 60 for e in caught)

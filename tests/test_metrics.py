@@ -34,7 +34,7 @@ from pyjob.core.records import RunRecord
 from pyjob.core.results import event_result
 
 from .runproc import PyjobRun
-from .servers import RedisServer, free_port
+from .servers import RedisServer
 
 FAIL_ON_ODD = "exit $(( ${PYJOB_TICK_UNIX%%.*} % 2 ))"
 NOW = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
@@ -518,18 +518,19 @@ def test_bad_monitoring_options_are_usage_errors(
 
 @pytest.mark.slow
 def test_metrics_of_a_real_run_count_the_runs_made(tmp_path: Path) -> None:
-    port = free_port()
     prom = tmp_path / "pyjob.prom"
     run = PyjobRun(
         [
             *("--every", "1s", "--align", "--lock", f"file:{tmp_path / 'locks'}", "--name", "m"),
-            *("--metrics-listen", f"127.0.0.1:{port}", "--metrics-textfile", str(prom)),
+            # port 0: the kernel's free port, named by the `metrics` event
+            *("--metrics-listen", "127.0.0.1:0", "--metrics-textfile", str(prom)),
             *("--shell", "--", FAIL_ON_ODD),
         ],
         tmp_path,
     )
     listening = run.wait_for("metrics", timeout=30)[0]
-    assert listening["listen"] == f"http://127.0.0.1:{port}/metrics"
+    port = int(listening["listen"].rsplit(":", 1)[1].split("/")[0])
+    assert port > 0 and listening["listen"] == f"http://127.0.0.1:{port}/metrics"
     base = f"http://127.0.0.1:{port}"
     assert get(base + "/healthz") == (200, "ok\n")
     run.wait_for("run-finished", count=4, timeout=30)

@@ -28,6 +28,13 @@ from .servers import RedisServer, _wait_port, free_port, need
 pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
+def _port(event: dict[str, Any]) -> int:
+    """The port a `--metrics-listen 127.0.0.1:0` server was given, from its `metrics` event."""
+    port = urllib.parse.urlsplit(event["listen"]).port
+    assert port, event
+    return port
+
+
 def readme_block(lang: str, containing: str) -> str:
     """docs/monitoring.md's ```lang block that contains ``containing``."""
     readme = (ROOT / "docs" / "monitoring.md").read_text()
@@ -162,16 +169,18 @@ def test_the_readmes_scrape_config_queries_and_alerts_work_in_a_real_prometheus(
         '[jobs.ok]\nevery = "1s"\ncommand = ["true"]\n\n'
         '[jobs.bad]\nevery = "1s"\ncommand = ["false"]\n'
     )
-    port = free_port()
+    # Port 0: the kernel picks a free port, which the `metrics` event names (a port probed free
+    # beforehand can be taken by another test before pyjob binds it).
     run = PyjobRun(
         [
             *("--file", str(jobs), "--lock", f"file:{tmp_path / 'locks'}"),
-            *("--metrics-listen", f"127.0.0.1:{port}", "--metrics-textfile", str(prom_file)),
+            *("--metrics-listen", "127.0.0.1:0", "--metrics-textfile", str(prom_file)),
         ],
         tmp_path,
     )
     (started,) = run.wait_for("metrics", timeout=30)
     me = started["instance"]
+    port = _port(started)
 
     # The page's scrape job, verbatim but for its targets, and a node job for the textfile.
     scrape = readme_block("yaml", "scrape_configs:")
@@ -275,17 +284,15 @@ def test_the_readmes_skipped_tick_queries_count_each_tick_of_a_fleet_once(
         '[jobs.slow]\nevery = "1s"\nalign = true\nshell = "sleep 1.5"\n\n'
         '[jobs.quick]\nevery = "1s"\nalign = true\ncommand = ["true"]\n'
     )
-    ports = [free_port(), free_port()]
     runs = [
         PyjobRun(
-            ["--file", str(jobs), "--lock", url, "--metrics-listen", f"127.0.0.1:{port}"],
+            ["--file", str(jobs), "--lock", url, "--metrics-listen", "127.0.0.1:0"],
             tmp_path,
             f"i{n}",
         )
-        for n, port in enumerate(ports)
+        for n in range(2)
     ]
-    for r in runs:
-        r.wait_for("metrics", timeout=30)
+    ports = [_port(r.wait_for("metrics", timeout=30)[0]) for r in runs]
     scrape = readme_block("yaml", "scrape_configs:")
     targets = ", ".join(f'"127.0.0.1:{p}"' for p in ports)
     scrape = re.sub(r"targets: \[.*\]", f"targets: [{targets}]", scrape)
