@@ -391,11 +391,16 @@ max-runs = 2
 """
     )
     run = PyjobRun(["--file", "jobs.toml", "--lock", "none"], tmp_path)
-    time.sleep(2)
+    # Until argv ran 8 times (however slowly the machine starts pyjob): its ticks then span
+    # 1.75 s, in which shell had at least three ticks, so its max-runs was put to the test.
+    deadline = time.monotonic() + 60
+    while sum(1 for e in run.events("run-finished") if e["job"] == "argv") < 8:
+        assert time.monotonic() < deadline, run.events("run-finished")
+        time.sleep(0.1)
     assert run.stop() == 0
     lines = Counter(out.read_text().splitlines())
     assert lines["shell prod x shell"] == 2  # max-runs from the job's own table
-    assert lines["argv prod argv"] >= 6
+    assert lines["argv prod argv"] >= 8
 
 
 @pytest.mark.slow

