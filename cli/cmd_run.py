@@ -374,6 +374,7 @@ def serve(
             start = clock.now()
             for job in jobs:
                 scheduler.add(job, start)
+            scheduler.register()
             if len(jobs) > 1 or reload is not None:
                 scheduler.emit("jobs", "*", None, count=len(jobs), names=[j.job_id for j in jobs])
             # What start-up made (the jobs, their schedules, the imports) lives as long as the

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from .cron import HOUR, CronExpr, field_values, resolve_hash
+from .cron import CronExpr, resolve_hash
+from .crondays import HOUR, field_values
 from .cronwords import describe_cron
 from .instants import iso
 from .rules import CalendarRule, CronRule, Spec

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from ..backendcalls import RegisterCall
 from ..coordinator import Coordinator
 from ..instants import to_us
 from ..records import HEARTBEAT_EVERY, JobInfo, RunRecord
@@ -76,13 +77,23 @@ class Books:
                 ),
             )
 
-    def flush_registrations(self) -> None:
+    def flush_registrations(self, wait: float = 0.0) -> None:
+        """Register the jobs added since the last call: one call per backend for all of them.
+        With ``wait``, return once each backend's worker has tried the write (or after ``wait``
+        seconds, or at a stop): a slow backend is written to in the background after that."""
         if not self.register:
             return
+        sh = self.sh
         pending, self.register = self.register, {}
-        self.sh.me.seen_us = to_us(self.sh.clock.now())
-        for url, infos in pending.items():
-            self.sh.coordinator.register(url or None, infos, self.sh.me)
+        sh.me.seen_us = to_us(sh.clock.now())
+        calls = [RegisterCall(infos, sh.me) for infos in pending.values()]
+        for url, call in zip(pending, calls, strict=True):
+            sh.coordinator.register(url or None, call)
+        deadline = sh.clock.monotonic() + wait
+        for call in calls:
+            while not sh.stop and not call.tried.wait(min(0.1, deadline - sh.clock.monotonic())):
+                if sh.clock.monotonic() >= deadline:
+                    return
 
     def cleanup(self) -> None:
         self.prune_records()
