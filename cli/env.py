@@ -13,6 +13,8 @@ from pyjob.core.clock import Clock, SystemClock
 
 @dataclass
 class Env:
+    """What a command reads of its surroundings: the clock, the environment, the terminals."""
+
     clock: Clock = field(default_factory=SystemClock)
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
     stdout_terminal: bool | None = None  # None: ask the stream

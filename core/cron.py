@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import bisect
 import functools
-import hashlib
 import re
-from dataclasses import dataclass
 from datetime import MAXYEAR, UTC, date, datetime, time, timedelta, tzinfo
 
 from .crondays import (
@@ -44,6 +42,8 @@ from .crondays import (
     sorted_values,
 )
 from .errors import ScheduleError
+from .frozen import Frozen
+from .names import sha256
 from .zones import next_transition, offset_at, resolve_wall
 
 DESCRIPTORS = {
@@ -64,12 +64,19 @@ _ITEM = re.compile(
     )(?:/(?P<step>.*))?$""",
     re.VERBOSE,
 )
-# [0-9], not \d: only ASCII digits belong in cron fields ('٥' and '５' are not 5).
-_DOM_SPECIAL = re.compile(r"^(?:L|LW|([0-9]{1,2})W)$")
-# d#n, Ld (croniter) and dL (Quartz, cronsim): d is a weekday number or name.
-_DOW_SPECIAL = re.compile(
-    r"^(?:([A-Z]{3}|[0-9])#([0-9]{1,3})|L([A-Z]{3}|[0-9])|([A-Z]{3}|[0-9])L)$"
-)
+
+
+# The patterns of the rarer items (L, W, #, H) are compiled the first time one is met: a process
+# that parses none, such as `pyjob next "0 * * * *"`, does not pay for them.
+@functools.cache
+def _special(kind: str) -> re.Pattern[str]:
+    if kind == "dom":  # [0-9], not \d: only ASCII digits ('٥' and '５' are not 5)
+        return re.compile(r"^(?:L|LW|([0-9]{1,2})W)$")
+    if kind == "dow":  # d#n, Ld (croniter) and dL (Quartz, cronsim): d a weekday number or name
+        return re.compile(
+            r"^(?:([A-Z]{3}|[0-9])#([0-9]{1,3})|L([A-Z]{3}|[0-9])|([A-Z]{3}|[0-9])L)$"
+        )
+    return re.compile(r"^H(?:\(([0-9]+)-([0-9]+)\))?(?:/([0-9]+))?$")  # H, H(a-b), H/n
 
 
 def _is_number(token: str) -> bool:
@@ -106,16 +113,16 @@ def _name_or_number(field: Field, token: str, v: int) -> str:
 def _parse_item(field: Field, item: str, source: str, pos: int) -> str:
     """Validate one comma-separated item and return its normalized text."""
     up = item.upper()
-    if field is DOM:
-        m = _DOM_SPECIAL.match(up)
+    if field is DOM and ("L" in up or "W" in up):
+        m = _special("dom").match(up)
         if m is not None:
             return _dom_special(field, item, m, source, pos)
         if "W" in up:
             raise _bad(
                 field, item, "W takes one day, like 15W or LW, not a range or step", source, pos
             )
-    if field is DOW:
-        m = _DOW_SPECIAL.match(up)
+    if field is DOW and ("L" in up or "#" in up):
+        m = _special("dow").match(up)
         if m is not None:
             return _dow_special(field, item, m, source, pos)
         if "L" in up:  # no weekday name has an L
@@ -214,11 +221,14 @@ def _parse_items(field: Field, text: str, source: str, pos: int) -> str:
     return ",".join(items)
 
 
-@dataclass(frozen=True, slots=True)
-class CronExpr:
+class CronExpr(Frozen):
     """A validated cron expression in normalized text (names upper-case, ``?`` as ``*``)."""
 
+    __slots__ = ("fields",)
     fields: tuple[str, ...]  # 5 fields, or 6 with seconds first
+
+    def __init__(self, fields: tuple[str, ...]) -> None:
+        object.__setattr__(self, "fields", fields)
 
     def __str__(self) -> str:
         return " ".join(self.fields)
@@ -288,12 +298,11 @@ def parse_cron(text: str, source: str | None = None, base: int = 0) -> CronExpr:
 
 
 def _hash_value(job_id: str, index: int, lo: int, hi: int) -> int:
-    digest = hashlib.sha256(f"{job_id}\0{index}".encode()).digest()
+    digest = sha256(f"{job_id}\0{index}".encode()).digest()
     return lo + int.from_bytes(digest[:8], "big") % (hi - lo + 1)
 
 
 _UTC_NAMES = frozenset({"UTC", "Etc/UTC", "GMT", "Etc/GMT", "UCT", "Etc/UCT", "Zulu", "Universal"})
-_HASH_ITEM = re.compile(r"^H(?:\(([0-9]+)-([0-9]+)\))?(?:/([0-9]+))?$")
 
 
 def resolve_hash(expr: CronExpr, job_id: str) -> str:
@@ -309,7 +318,7 @@ def resolve_hash(expr: CronExpr, job_id: str) -> str:
     for index, (field, text) in enumerate(zip(fields, expr.fields, strict=True)):
         items = []
         for item in text.split(","):
-            m = _HASH_ITEM.match(item)
+            m = _special("hash").match(item)
             if m is None:
                 items.append(item)
                 continue

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import calendar
 import functools
-from dataclasses import dataclass
 from datetime import date
 from typing import Any
+
+from .frozen import Frozen
 
 _MONTHS = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
 _DAYS = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]
@@ -103,11 +104,21 @@ def _shared(values: frozenset[Any]) -> frozenset[Any]:
     return values
 
 
-@dataclass(frozen=True, slots=True)
-class DayRule:
+class DayRule(Frozen):
     """Which days a cron expression fires on: its day-of-month, month and day-of-week fields as
     values (parsed once; ``matches`` is arithmetic on a date)."""
 
+    __slots__ = (
+        "day_or",
+        "dom",
+        "dom_last",
+        "dom_last_weekday",
+        "dom_nearest",
+        "dow",
+        "dow_last",
+        "dow_nth",
+        "months",
+    )
     months: frozenset[int]
     dom: frozenset[int]  # plain days 1-31
     dom_last: bool  # L
@@ -117,6 +128,28 @@ class DayRule:
     dow_nth: frozenset[tuple[int, int]]  # d#n: (weekday, n)
     dow_last: frozenset[int]  # dL / Ld: the last such weekday of the month
     day_or: bool  # Vixie cron: either field may match (neither starts with *)
+
+    def __init__(
+        self,
+        months: frozenset[int],
+        dom: frozenset[int],
+        dom_last: bool,
+        dom_last_weekday: bool,
+        dom_nearest: frozenset[int],
+        dow: frozenset[int],
+        dow_nth: frozenset[tuple[int, int]],
+        dow_last: frozenset[int],
+        day_or: bool,
+    ) -> None:
+        object.__setattr__(self, "months", months)
+        object.__setattr__(self, "dom", dom)
+        object.__setattr__(self, "dom_last", dom_last)
+        object.__setattr__(self, "dom_last_weekday", dom_last_weekday)
+        object.__setattr__(self, "dom_nearest", dom_nearest)
+        object.__setattr__(self, "dow", dow)
+        object.__setattr__(self, "dow_nth", dow_nth)
+        object.__setattr__(self, "dow_last", dow_last)
+        object.__setattr__(self, "day_or", day_or)
 
     @classmethod
     def from_fields(cls, dom_text: str, month_text: str, dow_text: str, day_or: bool) -> DayRule:
