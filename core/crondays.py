@@ -5,7 +5,6 @@ core/cron.py; this module holds what its compiled form (``WallClock``) is made o
 
 from __future__ import annotations
 
-import calendar
 import functools
 from datetime import date
 from typing import Any
@@ -70,8 +69,14 @@ def field_values(field: Field, text: str) -> set[int] | None:
     return out
 
 
+_MONTH_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
 def last_day(year: int, month: int) -> int:
-    return calendar.monthrange(year, month)[1]
+    """The days of the month (the calendar module costs a start-up more than this)."""
+    if month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0):
+        return 29
+    return _MONTH_DAYS[month]
 
 
 def _nearest_weekday(year: int, month: int, day: int) -> int | None:
@@ -80,7 +85,7 @@ def _nearest_weekday(year: int, month: int, day: int) -> int | None:
     last = last_day(year, month)
     if day > last:
         return None
-    weekday = calendar.weekday(year, month, day)  # 0 = Monday
+    weekday = date(year, month, day).weekday()  # 0 = Monday
     if weekday == 5:  # Saturday: the Friday before, or the Monday after on the 1st
         return day - 1 if day > 1 else day + 2
     if weekday == 6:  # Sunday: the Monday after, or the Friday before on the last day
@@ -91,7 +96,7 @@ def _nearest_weekday(year: int, month: int, day: int) -> int | None:
 def _last_weekday(year: int, month: int) -> int:
     """``LW``: the last Monday-Friday of the month."""
     last = last_day(year, month)
-    weekday = calendar.weekday(year, month, last)
+    weekday = date(year, month, last).weekday()
     return last - max(0, weekday - 4)
 
 

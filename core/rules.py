@@ -17,12 +17,12 @@ A ``Spec`` is a rule plus its bounds (start-at, stop-at).
 
 from __future__ import annotations
 
-import calendar
 import re
 from datetime import MAXYEAR, UTC, date, datetime, time, timedelta, tzinfo
 from typing import ClassVar
 
 from .cron import DESCRIPTORS, CronExpr, CronTicks, parse_cron
+from .crondays import last_day
 from .cronwords import DAY_NAMES, describe_cron, join_words, ordinal
 from .durations import DAY, format_duration, parse_duration
 from .errors import DurationError, ScheduleError
@@ -516,10 +516,6 @@ def _last(d: int) -> str:
     return "last" if d == -1 else f"{ordinal(-d)}-to-last"
 
 
-def _days_in_month(year: int, month: int) -> int:
-    return calendar.monthrange(year, month)[1]
-
-
 def _month_start(index: int) -> date:
     """The first day of the month ``index`` months after January 1970; past December 9999 there
     is none (OverflowError, as date arithmetic raises: ``Schedule`` then ends the schedule)."""
@@ -548,7 +544,7 @@ class _CalendarTicker:
         month = (day.year - 1970) * 12 + day.month - 1
         if month % n:
             return _month_start(month + n - month % n)
-        last = _days_in_month(day.year, day.month)
+        last = last_day(day.year, day.month)
         for d in rule.days:
             if d == day.day or (d < 0 and last + 1 + d == day.day):
                 return day
