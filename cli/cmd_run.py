@@ -131,10 +131,10 @@ def run_cmd(
             "missing the command: pyjob run SCHEDULE [--] CMD [ARGS]... (or --file PATH)"
         )
     from pyjob.core.errors import InputError
+    from pyjob.core.jobsettings import JobSettings
     from pyjob.core.process import Command
     from pyjob.core.schedule import Schedule, job_identity
     from pyjob.core.scheduler import Job
-    from pyjob.core.settings import JobSettings
 
     try:
         spec, now = build_spec(schedule_text, kw)
@@ -254,10 +254,10 @@ def _load_or_exit(load: Callable[[], list[Job]]) -> list[Job]:
 
 def jobs_from_file(path: str, env: Env, cli_values: dict[str, Any]) -> list[Job]:
     """The jobs of a jobs file, each with the command line's settings as its defaults."""
+    from pyjob.core.jobsettings import JobSettings
     from pyjob.core.jobsfile import load
     from pyjob.core.schedule import Schedule
     from pyjob.core.scheduler import Job
-    from pyjob.core.settings import JobSettings
 
     now = env.clock.now()
     jobs = []
