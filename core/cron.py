@@ -56,20 +56,21 @@ DESCRIPTORS = {
     "@hourly": "0 * * * *",
 }
 
-_ITEM = re.compile(
-    r"""^(?:
-        (?P<star>\*)
-      | (?P<hash>H)(?:\((?P<hlo>[^-()]+)-(?P<hhi>[^-()]+)\))?
-      | (?P<a>[^-/]+)(?:-(?P<b>[^-/]+))?
-    )(?:/(?P<step>.*))?$""",
-    re.VERBOSE,
-)
 
-
-# The patterns of the rarer items (L, W, #, H) are compiled the first time one is met: a process
-# that parses none, such as `pyjob next "0 * * * *"`, does not pay for them.
+# The patterns of the items other than * and plain values (ranges, steps, names, L, W, #, H) are
+# compiled the first time one is met: a process that parses none, such as
+# `pyjob next "0 * * * *"`, does not pay for them.
 @functools.cache
 def _special(kind: str) -> re.Pattern[str]:
+    if kind == "range":
+        return re.compile(
+            r"""^(?:
+                (?P<star>\*)
+              | (?P<hash>H)(?:\((?P<hlo>[^-()]+)-(?P<hhi>[^-()]+)\))?
+              | (?P<a>[^-/]+)(?:-(?P<b>[^-/]+))?
+            )(?:/(?P<step>.*))?$""",
+            re.VERBOSE,
+        )
     if kind == "dom":  # [0-9], not \d: only ASCII digits ('٥' and '５' are not 5)
         return re.compile(r"^(?:L|LW|([0-9]{1,2})W)$")
     if kind == "dow":  # d#n, Ld (croniter) and dL (Quartz, cronsim): d a weekday number or name
@@ -159,7 +160,11 @@ def _dow_special(field: Field, item: str, m: re.Match[str], source: str, pos: in
 
 def _range_item(field: Field, item: str, source: str, pos: int) -> str:
     """``*``, ``H``, ``H(a-b)``, a value or a range ``a-b``, each with an optional ``/step``."""
-    m = _ITEM.match(item.upper())
+    if item == "*":
+        return item
+    if _is_number(item):  # the commonest item, without the pattern
+        return str(_value(field, item, source, pos))
+    m = _special("range").match(item.upper())
     if m is None or not item:
         raise _bad(field, item, f"{field.range_text}, a range a-b, a list, or */n", source, pos)
     step_text = m.group("step")

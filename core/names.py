@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from _hashlib import HASH
 
-_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+_SAFE = r"[^A-Za-z0-9._-]"  # compiled at its first use (re keeps it), not at every start
 
 
 def sha256(data: bytes) -> HASH:
@@ -34,7 +34,7 @@ def _sha256() -> Callable[[bytes], HASH]:
 
 def safe_name(job: str) -> str:
     """A file/key-safe form of a job id that stays unique (a hash suffix when it had to change)."""
-    cleaned = _SAFE.sub("_", job)[:80] or "_"
+    cleaned = re.sub(_SAFE, "_", job)[:80] or "_"
     if cleaned == job:
         return job
     return f"{cleaned}-{sha256(job.encode()).hexdigest()[:8]}"
