@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -297,6 +296,7 @@ def serve(
     """The one start-up path of `pyjob run`, for one job or a file of them: open the backends,
     check the clock, install the signals, run the scheduler; its exit code."""
     import gc
+    import signal
     import socket
 
     from pyjob.core.clock import OffsetClock
@@ -558,6 +558,8 @@ def install_signals(
     calls ``reload`` when given, else stops as gracefully as SIGTERM (an ssh session that
     closes must not kill the command behind its TERM trap). Handlers only set flags: the
     wake-up byte is written by the interpreter itself (set_wakeup_fd)."""
+    import signal  # here: a completion request for `run` imports this module, not signals
+
     interrupts = 0
 
     def on_int(signum: int, frame: object) -> None:
