@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -131,10 +130,10 @@ def run_cmd(
             "missing the command: pyjob run SCHEDULE [--] CMD [ARGS]... (or --file PATH)"
         )
     from pyjob.core.errors import InputError
+    from pyjob.core.jobsettings import JobSettings
     from pyjob.core.process import Command
     from pyjob.core.schedule import Schedule, job_identity
     from pyjob.core.scheduler import Job
-    from pyjob.core.settings import JobSettings
 
     try:
         spec, now = build_spec(schedule_text, kw)
@@ -254,10 +253,10 @@ def _load_or_exit(load: Callable[[], list[Job]]) -> list[Job]:
 
 def jobs_from_file(path: str, env: Env, cli_values: dict[str, Any]) -> list[Job]:
     """The jobs of a jobs file, each with the command line's settings as its defaults."""
+    from pyjob.core.jobsettings import JobSettings
     from pyjob.core.jobsfile import load
     from pyjob.core.schedule import Schedule
     from pyjob.core.scheduler import Job
-    from pyjob.core.settings import JobSettings
 
     now = env.clock.now()
     jobs = []
@@ -297,6 +296,7 @@ def serve(
     """The one start-up path of `pyjob run`, for one job or a file of them: open the backends,
     check the clock, install the signals, run the scheduler; its exit code."""
     import gc
+    import signal
     import socket
 
     from pyjob.core.clock import OffsetClock
@@ -374,6 +374,7 @@ def serve(
             start = clock.now()
             for job in jobs:
                 scheduler.add(job, start)
+            scheduler.register()
             if len(jobs) > 1 or reload is not None:
                 scheduler.emit("jobs", "*", None, count=len(jobs), names=[j.job_id for j in jobs])
             # What start-up made (the jobs, their schedules, the imports) lives as long as the
@@ -557,6 +558,8 @@ def install_signals(
     calls ``reload`` when given, else stops as gracefully as SIGTERM (an ssh session that
     closes must not kill the command behind its TERM trap). Handlers only set flags: the
     wake-up byte is written by the interpreter itself (set_wakeup_fd)."""
+    import signal  # here: a completion request for `run` imports this module, not signals
+
     interrupts = 0
 
     def on_int(signum: int, frame: object) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -106,13 +105,13 @@ def validate_cmd(
         raise click.exceptions.Exit(int(ExitCode.FAILED))
 
 
-@dataclass(frozen=True)
 class _JobWords:
     """The job the schedules are checked for: its H fields and random intervals depend on it."""
 
-    name: str | None
-    shell: bool
-    command: tuple[str, ...]
+    def __init__(self, name: str | None, shell: bool, command: tuple[str, ...]) -> None:
+        self.name = name
+        self.shell = shell
+        self.command = command
 
 
 def _check(

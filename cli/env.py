@@ -5,18 +5,26 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import click
 from pyjob.core.clock import Clock, SystemClock
 
 
-@dataclass
 class Env:
-    clock: Clock = field(default_factory=SystemClock)
-    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
-    stdout_terminal: bool | None = None  # None: ask the stream
-    stderr_terminal: bool | None = None
+    """What a command reads of its surroundings: the clock, the environment, the terminals. A
+    plain class: a dataclass would cost every command's start-up the making of one."""
+
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        environ: Mapping[str, str] | None = None,
+        stdout_terminal: bool | None = None,  # None: ask the stream
+        stderr_terminal: bool | None = None,
+    ) -> None:
+        self.clock: Clock = SystemClock() if clock is None else clock
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
+        self.stdout_terminal = stdout_terminal
+        self.stderr_terminal = stderr_terminal
 
     def out_is_terminal(self) -> bool:
         if self.stdout_terminal is not None:

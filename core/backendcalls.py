@@ -10,8 +10,9 @@ them, so that a batch of record writes never delays a claim.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .backends.protocol import ClaimOutcome, ClaimRequest, Lease
@@ -87,6 +88,9 @@ class RecordsCall:
 class RegisterCall:
     jobs: list[JobInfo]
     me: InstanceInfo
+    # Set once the worker has tried the write (a failed one is owed and retried): a process
+    # says it started only after its jobs are registered, so `status` lists every one.
+    tried: threading.Event = field(default_factory=threading.Event)
     priority: ClassVar[int] = 2
 
 

@@ -64,7 +64,6 @@ from .errors import BackendError
 from .outage import Outage
 from .records import (
     InstanceInfo,
-    JobInfo,
     RunRecord,
 )
 from .recordwrites import Link, RecordWrites
@@ -208,9 +207,9 @@ class Coordinator:
         if self._links[self.key(url)].records is not None:
             self._submit(url, RecordsCall([record], keep))
 
-    def register(self, url: str | None, jobs: Sequence[JobInfo], me: InstanceInfo) -> None:
-        if jobs and self._links[self.key(url)].records is not None:
-            self._submit(url, RegisterCall(list(jobs), me))
+    def register(self, url: str | None, call: RegisterCall) -> None:
+        if call.jobs and self._links[self.key(url)].records is not None:
+            self._submit(url, call)
 
     def heartbeat(self, me: InstanceInfo) -> None:
         for link in self._links.values():

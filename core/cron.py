@@ -1,9 +1,9 @@
 """Cron expressions: pyjob's own parser and evaluator, with Vixie/Debian cron's semantics.
 
 Fields are parsed once into values (as cronsim does): sorted seconds, minutes and hours, and a
-day rule (``DayRule``) for day-of-month, month and day-of-week. ``WallClock`` finds the next
-matching wall-clock time; ``CronTicks`` maps wall times to instants by pyjob's DST rules
-(DESIGN §2-3). Where cron dialects differ, pyjob follows Vixie/Debian cron and cronsim:
+day rule (``DayRule``, core/crondays.py) for day-of-month, month and day-of-week. ``WallClock``
+finds the next matching wall-clock time; ``CronTicks`` maps wall times to instants by pyjob's DST
+rules (DESIGN §2-3). Where cron dialects differ, pyjob follows Vixie/Debian cron and cronsim:
 
 - ``a-a`` means ``a`` (croniter reads it as "every"); ``a/n`` runs from a to the field's end, and
   in day-of-week that end is 7 = Sunday (``7/1`` is Sunday, not every day).
@@ -25,41 +25,26 @@ Every error names its field and bad token: "bad minute '61' (0-59)".
 from __future__ import annotations
 
 import bisect
-import calendar
 import functools
-import hashlib
 import re
-from dataclasses import dataclass
 from datetime import MAXYEAR, UTC, date, datetime, time, timedelta, tzinfo
-from typing import Any
 
+from .crondays import (
+    ALL_DOW,
+    BY_NAME,
+    DOM,
+    DOW,
+    FIELDS_5,
+    FIELDS_6,
+    Field,
+    day_rule,
+    last_day,
+    sorted_values,
+)
 from .errors import ScheduleError
+from .frozen import Frozen
+from .names import sha256
 from .zones import next_transition, offset_at, resolve_wall
-
-_MONTHS = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
-_DAYS = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]
-
-
-@dataclass(frozen=True)
-class Field:
-    name: str
-    lo: int
-    hi: int
-    names: dict[str, int]
-
-    @property
-    def range_text(self) -> str:
-        return f"{self.lo}-{self.hi}"
-
-
-SECOND = Field("second", 0, 59, {})
-MINUTE = Field("minute", 0, 59, {})
-HOUR = Field("hour", 0, 23, {})
-DOM = Field("day-of-month", 1, 31, {})
-MONTH = Field("month", 1, 12, {n: i + 1 for i, n in enumerate(_MONTHS)})
-DOW = Field("day-of-week", 0, 7, {n: i for i, n in enumerate(_DAYS)})
-FIELDS_5 = (MINUTE, HOUR, DOM, MONTH, DOW)
-FIELDS_6 = (SECOND, *FIELDS_5)
 
 DESCRIPTORS = {
     "@yearly": "0 0 1 1 *",
@@ -71,20 +56,28 @@ DESCRIPTORS = {
     "@hourly": "0 * * * *",
 }
 
-_ITEM = re.compile(
-    r"""^(?:
-        (?P<star>\*)
-      | (?P<hash>H)(?:\((?P<hlo>[^-()]+)-(?P<hhi>[^-()]+)\))?
-      | (?P<a>[^-/]+)(?:-(?P<b>[^-/]+))?
-    )(?:/(?P<step>.*))?$""",
-    re.VERBOSE,
-)
-# [0-9], not \d: only ASCII digits belong in cron fields ('٥' and '５' are not 5).
-_DOM_SPECIAL = re.compile(r"^(?:L|LW|([0-9]{1,2})W)$")
-# d#n, Ld (croniter) and dL (Quartz, cronsim): d is a weekday number or name.
-_DOW_SPECIAL = re.compile(
-    r"^(?:([A-Z]{3}|[0-9])#([0-9]{1,3})|L([A-Z]{3}|[0-9])|([A-Z]{3}|[0-9])L)$"
-)
+
+# The patterns of the items other than * and plain values (ranges, steps, names, L, W, #, H) are
+# compiled the first time one is met: a process that parses none, such as
+# `pyjob next "0 * * * *"`, does not pay for them.
+@functools.cache
+def _special(kind: str) -> re.Pattern[str]:
+    if kind == "range":
+        return re.compile(
+            r"""^(?:
+                (?P<star>\*)
+              | (?P<hash>H)(?:\((?P<hlo>[^-()]+)-(?P<hhi>[^-()]+)\))?
+              | (?P<a>[^-/]+)(?:-(?P<b>[^-/]+))?
+            )(?:/(?P<step>.*))?$""",
+            re.VERBOSE,
+        )
+    if kind == "dom":  # [0-9], not \d: only ASCII digits ('٥' and '５' are not 5)
+        return re.compile(r"^(?:L|LW|([0-9]{1,2})W)$")
+    if kind == "dow":  # d#n, Ld (croniter) and dL (Quartz, cronsim): d a weekday number or name
+        return re.compile(
+            r"^(?:([A-Z]{3}|[0-9])#([0-9]{1,3})|L([A-Z]{3}|[0-9])|([A-Z]{3}|[0-9])L)$"
+        )
+    return re.compile(r"^H(?:\(([0-9]+)-([0-9]+)\))?(?:/([0-9]+))?$")  # H, H(a-b), H/n
 
 
 def _is_number(token: str) -> bool:
@@ -121,16 +114,16 @@ def _name_or_number(field: Field, token: str, v: int) -> str:
 def _parse_item(field: Field, item: str, source: str, pos: int) -> str:
     """Validate one comma-separated item and return its normalized text."""
     up = item.upper()
-    if field is DOM:
-        m = _DOM_SPECIAL.match(up)
+    if field is DOM and ("L" in up or "W" in up):
+        m = _special("dom").match(up)
         if m is not None:
             return _dom_special(field, item, m, source, pos)
         if "W" in up:
             raise _bad(
                 field, item, "W takes one day, like 15W or LW, not a range or step", source, pos
             )
-    if field is DOW:
-        m = _DOW_SPECIAL.match(up)
+    if field is DOW and ("L" in up or "#" in up):
+        m = _special("dow").match(up)
         if m is not None:
             return _dow_special(field, item, m, source, pos)
         if "L" in up:  # no weekday name has an L
@@ -167,7 +160,11 @@ def _dow_special(field: Field, item: str, m: re.Match[str], source: str, pos: in
 
 def _range_item(field: Field, item: str, source: str, pos: int) -> str:
     """``*``, ``H``, ``H(a-b)``, a value or a range ``a-b``, each with an optional ``/step``."""
-    m = _ITEM.match(item.upper())
+    if item == "*":
+        return item
+    if _is_number(item):  # the commonest item, without the pattern
+        return str(_value(field, item, source, pos))
+    m = _special("range").match(item.upper())
     if m is None or not item:
         raise _bad(field, item, f"{field.range_text}, a range a-b, a list, or */n", source, pos)
     step_text = m.group("step")
@@ -207,16 +204,13 @@ def _parse_field(field: Field, text: str, source: str, pos: int) -> str:
     return _parse_items(field, text, source, pos)  # raises, placed at ``pos`` in ``source``
 
 
-_BY_NAME = {f.name: f for f in FIELDS_6}
-
-
 @functools.lru_cache(maxsize=8192)
 def _field_text(name: str, text: str) -> str | None:
     """A field's normalized text, or None when it is bad: the fields of a crontab's lines repeat
     ("0", "*", "1-5"), each parsed once. An error is not kept; it is raised again by the caller
     with its place in the whole expression."""
     try:
-        return _parse_items(_BY_NAME[name], text, text, 0)
+        return _parse_items(BY_NAME[name], text, text, 0)
     except ScheduleError:
         return None
 
@@ -232,11 +226,14 @@ def _parse_items(field: Field, text: str, source: str, pos: int) -> str:
     return ",".join(items)
 
 
-@dataclass(frozen=True, slots=True)
-class CronExpr:
+class CronExpr(Frozen):
     """A validated cron expression in normalized text (names upper-case, ``?`` as ``*``)."""
 
+    __slots__ = ("fields",)
     fields: tuple[str, ...]  # 5 fields, or 6 with seconds first
+
+    def __init__(self, fields: tuple[str, ...]) -> None:
+        object.__setattr__(self, "fields", fields)
 
     def __str__(self) -> str:
         return " ".join(self.fields)
@@ -306,12 +303,11 @@ def parse_cron(text: str, source: str | None = None, base: int = 0) -> CronExpr:
 
 
 def _hash_value(job_id: str, index: int, lo: int, hi: int) -> int:
-    digest = hashlib.sha256(f"{job_id}\0{index}".encode()).digest()
+    digest = sha256(f"{job_id}\0{index}".encode()).digest()
     return lo + int.from_bytes(digest[:8], "big") % (hi - lo + 1)
 
 
 _UTC_NAMES = frozenset({"UTC", "Etc/UTC", "GMT", "Etc/GMT", "UCT", "Etc/UCT", "Zulu", "Universal"})
-_HASH_ITEM = re.compile(r"^H(?:\(([0-9]+)-([0-9]+)\))?(?:/([0-9]+))?$")
 
 
 def resolve_hash(expr: CronExpr, job_id: str) -> str:
@@ -327,7 +323,7 @@ def resolve_hash(expr: CronExpr, job_id: str) -> str:
     for index, (field, text) in enumerate(zip(fields, expr.fields, strict=True)):
         items = []
         for item in text.split(","):
-            m = _HASH_ITEM.match(item)
+            m = _special("hash").match(item)
             if m is None:
                 items.append(item)
                 continue
@@ -344,158 +340,6 @@ def resolve_hash(expr: CronExpr, job_id: str) -> str:
                 items.append(f"{start}-{hi}/{step}" if start < hi else str(start))
         out.append(",".join(items))
     return " ".join(out)
-
-
-def field_values(field: Field, text: str) -> set[int] | None:
-    """The values a plain field (numbers, names, ranges, steps) selects; None with L, W or #.
-
-    ``a/n`` runs from a to the field's end (cronsim, Vixie cron); in day-of-week that end is 7, so
-    ``7/1`` is Sunday alone and ``1/2`` is Monday, Wednesday, Friday and Sunday; 7 is Sunday.
-    """
-
-    def number(token: str) -> int | None:
-        if token in field.names:
-            return field.names[token]
-        return int(token) if token.isascii() and token.isdigit() else None
-
-    out: set[int] = set()
-    for item in text.split(","):
-        base, _, step_text = item.partition("/")
-        step = int(step_text) if step_text else 1
-        if base == "*":
-            lo, hi = field.lo, field.hi
-        else:
-            lo_text, dash, hi_text = base.partition("-")
-            lo_value = number(lo_text)
-            hi_value = number(hi_text) if dash else (field.hi if step_text else lo_value)
-            if lo_value is None or hi_value is None:
-                return None
-            lo, hi = lo_value, hi_value
-        out.update(range(lo, hi + 1, step))
-    if field is DOW and 7 in out:
-        out = (out - {7}) | {0}
-    return out
-
-
-def _last_day(year: int, month: int) -> int:
-    return calendar.monthrange(year, month)[1]
-
-
-def _nearest_weekday(year: int, month: int, day: int) -> int | None:
-    """Quartz's ``nW``: the weekday (Mon-Fri) nearest the day, never leaving the month; None when
-    the month has no such day."""
-    last = _last_day(year, month)
-    if day > last:
-        return None
-    weekday = calendar.weekday(year, month, day)  # 0 = Monday
-    if weekday == 5:  # Saturday: the Friday before, or the Monday after on the 1st
-        return day - 1 if day > 1 else day + 2
-    if weekday == 6:  # Sunday: the Monday after, or the Friday before on the last day
-        return day + 1 if day < last else day - 2
-    return day
-
-
-def _last_weekday(year: int, month: int) -> int:
-    """``LW``: the last Monday-Friday of the month."""
-    last = _last_day(year, month)
-    weekday = calendar.weekday(year, month, last)
-    return last - max(0, weekday - 4)
-
-
-ALL_DOW = frozenset(range(7))
-
-
-@functools.lru_cache(maxsize=4096)
-def _shared(values: frozenset[Any]) -> frozenset[Any]:
-    """One instance per distinct set of values: most fields of most expressions are alike."""
-    return values
-
-
-@dataclass(frozen=True, slots=True)
-class DayRule:
-    """Which days a cron expression fires on: its day-of-month, month and day-of-week fields as
-    values (parsed once; ``matches`` is arithmetic on a date)."""
-
-    months: frozenset[int]
-    dom: frozenset[int]  # plain days 1-31
-    dom_last: bool  # L
-    dom_last_weekday: bool  # LW
-    dom_nearest: frozenset[int]  # nW
-    dow: frozenset[int]  # 0 = Sunday .. 6
-    dow_nth: frozenset[tuple[int, int]]  # d#n: (weekday, n)
-    dow_last: frozenset[int]  # dL / Ld: the last such weekday of the month
-    day_or: bool  # Vixie cron: either field may match (neither starts with *)
-
-    @classmethod
-    def from_fields(cls, dom_text: str, month_text: str, dow_text: str, day_or: bool) -> DayRule:
-        months = field_values(MONTH, month_text)
-        assert months is not None
-        dom: set[int] = set()
-        nearest: set[int] = set()
-        last = last_weekday = False
-        for item in dom_text.split(","):
-            if item == "L":
-                last = True
-            elif item == "LW":
-                last_weekday = True
-            elif item.endswith("W"):
-                nearest.add(int(item[:-1]))
-            else:
-                values = field_values(DOM, item)
-                assert values is not None, item
-                dom |= values
-        dow: set[int] = set()
-        nth: set[tuple[int, int]] = set()
-        last_dow: set[int] = set()
-        for item in dow_text.split(","):
-            if "#" in item:
-                day, _, n = item.partition("#")
-                nth.add((_dow_number(day), int(n)))
-            elif item.startswith("L") or (item.endswith("L") and len(item) > 1):
-                last_dow.add(_dow_number(item.strip("L")))
-            else:
-                values = field_values(DOW, item)
-                assert values is not None, item
-                dow |= values
-        return cls(
-            _shared(frozenset(months)),
-            _shared(frozenset(dom)),
-            last,
-            last_weekday,
-            _shared(frozenset(nearest)),
-            _shared(frozenset(dow)),
-            _shared(frozenset(nth)),
-            _shared(frozenset(last_dow)),
-            day_or,
-        )
-
-    def _dom_matches(self, d: date) -> bool:
-        if d.day in self.dom:
-            return True
-        if self.dom_last and d.day == _last_day(d.year, d.month):
-            return True
-        if self.dom_last_weekday and d.day == _last_weekday(d.year, d.month):
-            return True
-        return any(_nearest_weekday(d.year, d.month, n) == d.day for n in self.dom_nearest)
-
-    def _dow_matches(self, d: date) -> bool:
-        weekday = d.isoweekday() % 7  # 0 = Sunday
-        if weekday in self.dow:
-            return True
-        if (weekday, (d.day + 6) // 7) in self.dow_nth:
-            return True
-        return weekday in self.dow_last and d.day + 7 > _last_day(d.year, d.month)
-
-    def matches(self, d: date) -> bool:
-        if d.month not in self.months:
-            return False
-        if self.day_or:
-            return self._dom_matches(d) or self._dow_matches(d)
-        return self._dom_matches(d) and self._dow_matches(d)
-
-
-def _dow_number(token: str) -> int:
-    return DOW.names[token] if token in DOW.names else int(token) % 7
 
 
 # A valid expression fires within this many years of any instant: Feb 29 on one weekday is
@@ -518,15 +362,10 @@ class WallClock:
         """``fields``: the six fields (seconds first) with H resolved."""
         second, minute, hour, dom, month, dow = fields
 
-        def values(field: Field, text: str) -> tuple[int, ...]:
-            found = field_values(field, text)
-            assert found is not None, text
-            return tuple(sorted(found))
-
-        self.seconds = values(SECOND, second)
-        self.minutes = values(MINUTE, minute)
-        self.hours = values(HOUR, hour)
-        self.days = DayRule.from_fields(dom, month, dow, day_or)
+        self.seconds = sorted_values("second", second)
+        self.minutes = sorted_values("minute", minute)
+        self.hours = sorted_values("hour", hour)
+        self.days = day_rule(dom, month, dow, day_or)
         days = self.days
         plain = not (days.dom_last or days.dom_last_weekday or days.dom_nearest)
         # Only the day of the month decides (day-of-week '*'): skip straight to those days.
@@ -581,14 +420,14 @@ class WallClock:
         """The day after ``day``, or for plain days of the month the next such day."""
         if self._plain_days:
             i = bisect.bisect_right(self._plain_days, day.day)
-            if i < len(self._plain_days) and self._plain_days[i] <= _last_day(day.year, day.month):
+            if i < len(self._plain_days) and self._plain_days[i] <= last_day(day.year, day.month):
                 return day.replace(day=self._plain_days[i])
             return (day.replace(day=1) + timedelta(days=32)).replace(day=1)
         return day + timedelta(days=1)
 
 
-# Large enough for every distinct expression of a 100,000-line crontab: each is compiled when it
-# is validated and found here again when its job is scheduled, after all the others.
+# Large enough for every distinct expression of a 100,000-line crontab: the jobs of a reload
+# that keep their schedule find theirs here.
 @functools.lru_cache(maxsize=1 << 17)
 def _compiled(fields: tuple[str, ...], day_or: bool) -> WallClock:
     return WallClock(fields, day_or)
@@ -603,9 +442,16 @@ def wall_clock(expr: CronExpr, job_id: str) -> WallClock:
     return _compiled(tuple(fields), expr.day_or)
 
 
+@functools.lru_cache(maxsize=4096)
+def _days_fire(days: tuple[str, ...], day_or: bool) -> bool:
+    """Whether any date matches the day fields: every matching date has every time of day."""
+    return _compiled(("0", "0", "0", *days), day_or).next_after(datetime(2000, 1, 1)) is not None
+
+
 def _check_fires(expr: CronExpr, source: str, base: int, length: int) -> None:
-    """An expression that can never fire (``0 0 31 2 *``) is an error now, not a hang later."""
-    if wall_clock(expr, "validate").next_after(datetime(2000, 1, 1)) is None:
+    """An expression that can never fire (``0 0 31 2 *``) is an error now, not a hang later.
+    Only its day fields decide, so an expression is compiled once, when its job is scheduled."""
+    if not _days_fire(tuple(resolve_hash(expr, "validate").split()[-3:]), expr.day_or):
         raise ScheduleError(
             f"'{expr}' can never fire: no date matches its day-of-month, month and "
             "day-of-week fields",

@@ -6,7 +6,8 @@ itself with these helpers.
 
 from __future__ import annotations
 
-from .cron import DOW, CronExpr, field_values
+from .cron import CronExpr
+from .crondays import DOW, field_values
 
 DAY_NAMES = {
     "MON": "Monday",

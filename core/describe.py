@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from .cron import HOUR, CronExpr, field_values, resolve_hash
+from .cron import CronExpr, resolve_hash
+from .crondays import HOUR, field_values
 from .cronwords import describe_cron
+from .frozen import Frozen
 from .instants import iso
 from .rules import CalendarRule, CronRule, Spec
 from .schedule import Schedule
@@ -28,10 +29,16 @@ def describe(spec: Spec) -> str:
     return text
 
 
-@dataclass(frozen=True)
-class Warning_:
+class Warning_(Frozen):
+    """Something about a schedule its author may not expect (DST, Vixie cron's day OR)."""
+
+    __slots__ = ("code", "message")
     code: str  # "dst-gap", "dst-repeat", "dst-skipped-hour", "day-or"
     message: str
+
+    def __init__(self, code: str, message: str) -> None:
+        object.__setattr__(self, "code", code)
+        object.__setattr__(self, "message", message)
 
 
 def warnings(schedule: Schedule, now: datetime, horizon_days: int = 400) -> list[Warning_]:

@@ -53,7 +53,9 @@ def _backend_error_level(fields: Mapping[str, Any]) -> str:
 
 _KINDS = (
     Kind("started", "info", ("schedule", "command", "backend", "overlap"), "a job was scheduled"),
-    Kind("jobs", "info", ("count", "names"), "the jobs of a jobs file were scheduled"),
+    Kind(
+        "jobs", "info", ("count", "names"), "the jobs of a jobs file were scheduled and registered"
+    ),
     Kind("warning", "warning", ("problem", "action"), "something that will go wrong, at start"),
     Kind("next-tick", "debug", ("in_seconds",), "the job's next tick, and how far away it is"),
     Kind("claimed", "debug", ("fence",), "this instance won the claim of a tick"),

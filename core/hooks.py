@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from .jobsettings import JobSettings
 from .results import FAILED, Result
-from .settings import JobSettings, NotifyOn
+from .settings import NotifyOn
 
 
 def failed(result: str | None) -> bool:

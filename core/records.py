@@ -75,7 +75,10 @@ class JobInfo:
     instances: list[str] = field(default_factory=list)  # filled in by readers
 
     def to_json(self) -> str:
-        return json.dumps({k: v for k, v in asdict(self).items() if k != "instances"})
+        # Written for every job at start: the fields themselves, not asdict()'s deep copy.
+        return json.dumps(
+            {"job": self.job, "schedule": self.schedule, "zone": self.zone, "command": self.command}
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> JobInfo:

@@ -226,6 +226,7 @@ class RecordWrites:
             link.reregister_at = self.clock.monotonic() + REREGISTER_EVERY
             if link.retry_at is None:
                 self.write_owed(link)
+            call.tried.set()
             return
         if isinstance(call, HeartbeatCall) and link.registered:
             # Every few minutes the registrations are written again whole: one that someone

@@ -6,21 +6,28 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar, Protocol, TypeVar
 
+from .frozen import Frozen
 from .instants import iso
 from .parts import Parts
 
 
-@dataclass(frozen=True, slots=True)
-class Tick:
+class Tick(Frozen):
     """One instant a schedule yields, with what DST did to it."""
 
+    __slots__ = ("instant", "moved_from", "repeated")
     instant: datetime  # aware, UTC
-    moved_from: datetime | None = None  # the wall time it was meant for, if a DST gap moved it
-    repeated: bool = False  # its wall time occurs twice (a fall-back hour)
+    moved_from: datetime | None  # the wall time it was meant for, if a DST gap moved it
+    repeated: bool  # its wall time occurs twice (a fall-back hour)
+
+    def __init__(
+        self, instant: datetime, moved_from: datetime | None = None, repeated: bool = False
+    ) -> None:
+        object.__setattr__(self, "instant", instant)
+        object.__setattr__(self, "moved_from", moved_from)
+        object.__setattr__(self, "repeated", repeated)
 
 
 class Ticker(Protocol):
@@ -29,8 +36,8 @@ class Ticker(Protocol):
     def next(self, after: datetime) -> Tick | None: ...
 
 
-class Rule(ABC):
-    """A kind of schedule. Subclasses are frozen dataclasses registered under their heads."""
+class Rule(Frozen, ABC):
+    """A kind of schedule. Subclasses are frozen records registered under their heads."""
 
     __slots__ = ()
 
@@ -92,16 +99,30 @@ def register(*heads: str) -> Callable[[R], R]:
     return add
 
 
-@dataclass(frozen=True, slots=True)
-class Spec:
+class Spec(Frozen, uncompared=("start_relative", "stop_relative")):
     """A parsed schedule: a rule plus its bounds. ``str()`` is the normalized form."""
 
+    __slots__ = ("rule", "start_at", "start_relative", "stop_at", "stop_relative")
     rule: Rule
-    start_at: datetime | None = None
-    stop_at: datetime | None = None
+    start_at: datetime | None
+    stop_at: datetime | None
     # A bound given as `now`: each instance reads it as the moment it starts.
-    start_relative: bool = field(default=False, compare=False)
-    stop_relative: bool = field(default=False, compare=False)
+    start_relative: bool
+    stop_relative: bool
+
+    def __init__(
+        self,
+        rule: Rule,
+        start_at: datetime | None = None,
+        stop_at: datetime | None = None,
+        start_relative: bool = False,
+        stop_relative: bool = False,
+    ) -> None:
+        object.__setattr__(self, "rule", rule)
+        object.__setattr__(self, "start_at", start_at)
+        object.__setattr__(self, "stop_at", stop_at)
+        object.__setattr__(self, "start_relative", start_relative)
+        object.__setattr__(self, "stop_relative", stop_relative)
 
     def __str__(self) -> str:
         return self._text(str(self.rule), True, True)

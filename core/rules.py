@@ -17,18 +17,17 @@ A ``Spec`` is a rule plus its bounds (start-at, stop-at).
 
 from __future__ import annotations
 
-import calendar
-import hashlib
 import re
-from dataclasses import dataclass, field
 from datetime import MAXYEAR, UTC, date, datetime, time, timedelta, tzinfo
 from typing import ClassVar
 
 from .cron import DESCRIPTORS, CronExpr, CronTicks, parse_cron
+from .crondays import last_day
 from .cronwords import DAY_NAMES, describe_cron, join_words, ordinal
 from .durations import DAY, format_duration, parse_duration
 from .errors import DurationError, ScheduleError
 from .instants import EPOCH, US, from_us, iso, to_us
+from .names import sha256
 from .parts import Parts
 from .rulebase import RULES, Rule, Spec, Tick, Ticker, register
 from .timeparse import format_time_of_day
@@ -58,10 +57,16 @@ def _tick_from_wall(wall: Wall, naive: datetime, zone: tzinfo) -> Tick:
 
 
 @register("cron")
-@dataclass(frozen=True, slots=True)
 class CronRule(Rule):
+    """A cron expression (or descriptor) in a zone."""
+
+    __slots__ = ("expr", "zone")
     expr: CronExpr
     zone: str
+
+    def __init__(self, expr: CronExpr, zone: str) -> None:
+        object.__setattr__(self, "expr", expr)
+        object.__setattr__(self, "zone", zone)
 
     keys: ClassVar[dict[str, frozenset[str]]] = {"cron": frozenset()}
 
@@ -131,7 +136,7 @@ class CronRule(Rule):
 
 
 _NAMES = "SUN|MON|TUE|WED|THU|FRI|SAT|JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC"
-_FIELDISH = re.compile(rf"^([0-9*?,/LWH#()-]|{_NAMES})+$", re.IGNORECASE)
+_FIELDISH = rf"^([0-9*?,/LWH#()-]|{_NAMES})+$"  # compiled by the hint that uses it
 
 
 def _command_hint(text: str, schedule: str, rest: list[str]) -> ScheduleError:
@@ -166,7 +171,7 @@ def _cron_hint(text: str) -> ScheduleError | None:
     for fields in (6, 5):  # the longest valid expression first
         if len(words) <= fields:
             continue
-        if _FIELDISH.match(words[fields]):  # one field too many, not a command
+        if re.match(_FIELDISH, words[fields], re.IGNORECASE):  # one field too many, not a command
             continue
         try:
             parse_cron(" ".join(words[:fields]))
@@ -198,17 +203,31 @@ class _CronTicker:
 
 
 @register("every")
-@dataclass(frozen=True, slots=True)
-class EveryRule(Rule):
+class EveryRule(Rule, uncompared=("shown_zone",)):
     """A fixed duration in elapsed time, from the anchor or on an aligned grid (DESIGN §2)."""
 
+    __slots__ = ("align", "every", "offset", "shown_zone", "zone")
     every: int  # microseconds
-    align: bool = False
-    offset: int = 0
-    zone: str | None = None  # only for grids on the local wall clock (D divides 24 h)
+    align: bool
+    offset: int
+    zone: str | None  # only for grids on the local wall clock (D divides 24 h)
     # The job's zone for an epoch grid: its ticks do not depend on it (so it is not part of the
     # normalized form, nor of the job id), but they are shown in it.
-    shown_zone: str | None = field(default=None, compare=False)
+    shown_zone: str | None
+
+    def __init__(
+        self,
+        every: int,
+        align: bool = False,
+        offset: int = 0,
+        zone: str | None = None,
+        shown_zone: str | None = None,
+    ) -> None:
+        object.__setattr__(self, "every", every)
+        object.__setattr__(self, "align", align)
+        object.__setattr__(self, "offset", offset)
+        object.__setattr__(self, "zone", zone)
+        object.__setattr__(self, "shown_zone", shown_zone)
 
     keys: ClassVar[dict[str, frozenset[str]]] = {"every": frozenset({"align", "offset"})}
 
@@ -338,12 +357,16 @@ _NAIVE_EPOCH = datetime(1970, 1, 1)
 # every MIN..MAX
 
 
-@dataclass(frozen=True, slots=True)
 class RandomEveryRule(Rule):
     """A random duration in [lo, hi) after each tick (gocron's DurationRandomJob)."""
 
+    __slots__ = ("hi", "lo")
     lo: int
     hi: int
+
+    def __init__(self, lo: int, hi: int) -> None:
+        object.__setattr__(self, "lo", lo)
+        object.__setattr__(self, "hi", hi)
 
     def __str__(self) -> str:
         return f"every {format_duration(self.lo)}..{format_duration(self.hi)}"
@@ -394,7 +417,7 @@ class _RandomEveryTicker:
 
     def next(self, after: datetime) -> Tick | None:
         a = to_us(after)
-        digest = hashlib.sha256(self.seed + a.to_bytes(16, "big", signed=True)).digest()
+        digest = sha256(self.seed + a.to_bytes(16, "big", signed=True)).digest()
         span = self.rule.hi - self.rule.lo
         return Tick(from_us(a + self.rule.lo + int.from_bytes(digest[:8], "big") % span))
 
@@ -406,15 +429,24 @@ _CALENDAR_HEADS = {"day": "daily", "week": "weekly", "month": "monthly"}
 
 
 @register("daily", "weekly", "monthly")
-@dataclass(frozen=True, slots=True)
 class CalendarRule(Rule):
     """daily / weekly / monthly at times of day in a zone."""
 
+    __slots__ = ("days", "interval", "times", "unit", "zone")
     unit: str  # "day", "week", "month"
     days: tuple[int, ...]  # weekly: 0=MON..6=SUN; monthly: 1..31 and -1..-31; daily: ()
     times: tuple[time, ...]
     interval: int
     zone: str
+
+    def __init__(
+        self, unit: str, days: tuple[int, ...], times: tuple[time, ...], interval: int, zone: str
+    ) -> None:
+        object.__setattr__(self, "unit", unit)
+        object.__setattr__(self, "days", days)
+        object.__setattr__(self, "times", times)
+        object.__setattr__(self, "interval", interval)
+        object.__setattr__(self, "zone", zone)
 
     keys: ClassVar[dict[str, frozenset[str]]] = {
         "daily": frozenset({"at", "interval"}),
@@ -484,10 +516,6 @@ def _last(d: int) -> str:
     return "last" if d == -1 else f"{ordinal(-d)}-to-last"
 
 
-def _days_in_month(year: int, month: int) -> int:
-    return calendar.monthrange(year, month)[1]
-
-
 def _month_start(index: int) -> date:
     """The first day of the month ``index`` months after January 1970; past December 9999 there
     is none (OverflowError, as date arithmetic raises: ``Schedule`` then ends the schedule)."""
@@ -516,7 +544,7 @@ class _CalendarTicker:
         month = (day.year - 1970) * 12 + day.month - 1
         if month % n:
             return _month_start(month + n - month % n)
-        last = _days_in_month(day.year, day.month)
+        last = last_day(day.year, day.month)
         for d in rule.days:
             if d == day.day or (d < 0 and last + 1 + d == day.day):
                 return day
@@ -546,12 +574,18 @@ class _CalendarTicker:
 
 
 @register("once")
-@dataclass(frozen=True, slots=True)
-class OnceRule(Rule):
+class OnceRule(Rule, uncompared=("given",)):
+    """``once at T[,T...]``: fixed instants."""
+
+    __slots__ = ("given", "instants")
     instants: tuple[datetime, ...]  # UTC, sorted, unique: the ones not past when parsed
     # Every instant given, past ones too (but not `now`): an instance started after some of them
     # passed is still the same job as one started before.
-    given: tuple[datetime, ...] = field(default=(), compare=False)
+    given: tuple[datetime, ...]
+
+    def __init__(self, instants: tuple[datetime, ...], given: tuple[datetime, ...] = ()) -> None:
+        object.__setattr__(self, "instants", instants)
+        object.__setattr__(self, "given", given)
 
     keys: ClassVar[dict[str, frozenset[str]]] = {"once": frozenset()}
 

@@ -13,12 +13,12 @@ The names callers have always imported from here are re-exported.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, tzinfo
 
 from .grammar import build, parse, split
 from .instants import EPOCH, US, from_us, iso, to_us
+from .names import sha256
 from .parts import Parts
 from .rules import (
     EPOCH_DATE,
@@ -132,4 +132,4 @@ def derive_job_id(spec: Spec, argv: Sequence[str] = ()) -> str:
     zone moves the ticks) and the command, so one one-liner on many hosts is one job. The
     schedule's ``identity`` leaves out what depends on when it was parsed (``--start-at now``)."""
     payload = "\0".join([spec.identity, *argv]).encode()
-    return "job-" + hashlib.sha256(payload).hexdigest()[:12]
+    return "job-" + sha256(payload).hexdigest()[:12]

@@ -8,12 +8,13 @@ from datetime import UTC, datetime, time, tzinfo
 from .errors import TimeParseError
 from .zones import resolve_wall
 
-_TIME_OF_DAY = re.compile(r"^([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?$")  # ASCII digits only
+# ASCII digits only; compiled at its first use (re keeps it), not at every start
+_TIME_OF_DAY = r"^([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?$"
 
 
 def parse_time_of_day(text: str) -> time:
     """``HH:MM`` or ``HH:MM:SS`` (24-hour clock)."""
-    m = _TIME_OF_DAY.match(text.strip())
+    m = re.match(_TIME_OF_DAY, text.strip())
     if m:
         h, mi, s = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
         if h < 24 and mi < 60 and s < 60:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import cache
 from typing import IO, Any
@@ -25,6 +24,7 @@ from zoneinfo import ZoneInfo
 import tzdata
 
 from .errors import ZoneError
+from .frozen import Frozen
 
 _ONE_SECOND = timedelta(seconds=1)
 
@@ -187,13 +187,18 @@ def offset_at(instant: datetime, zone: tzinfo) -> timedelta:
     return off
 
 
-@dataclass(frozen=True)
-class Wall:
+class Wall(Frozen):
     """Where a wall-clock time lands: its instant (UTC) and what DST did to it."""
 
+    __slots__ = ("gap", "instant", "repeated")
     instant: datetime
-    gap: bool = False  # the wall time does not exist; ``instant`` is the end of the gap
-    repeated: bool = False  # the wall time exists twice; ``instant`` is the first occurrence
+    gap: bool  # the wall time does not exist; ``instant`` is the end of the gap
+    repeated: bool  # the wall time exists twice; ``instant`` is the first occurrence
+
+    def __init__(self, instant: datetime, gap: bool = False, repeated: bool = False) -> None:
+        object.__setattr__(self, "instant", instant)
+        object.__setattr__(self, "gap", gap)
+        object.__setattr__(self, "repeated", repeated)
 
 
 def resolve_wall(naive: datetime, zone: tzinfo) -> Wall:
@@ -231,11 +236,18 @@ def is_repeated(instant: datetime, zone: tzinfo) -> bool:
     return other.astimezone(UTC) != instant.astimezone(UTC)
 
 
-@dataclass(frozen=True)
-class Transition:
+class Transition(Frozen):
+    """A change of a zone's UTC offset."""
+
+    __slots__ = ("after", "before", "instant")
     instant: datetime  # first instant with the new offset
     before: timedelta
     after: timedelta
+
+    def __init__(self, instant: datetime, before: timedelta, after: timedelta) -> None:
+        object.__setattr__(self, "instant", instant)
+        object.__setattr__(self, "before", before)
+        object.__setattr__(self, "after", after)
 
     @property
     def is_gap(self) -> bool:

@@ -293,10 +293,10 @@ def test_a_pause_read_stops_the_next_tick_and_a_resume_starts_the_one_after(
     from pyjob.core.clock import FakeClock
     from pyjob.core.control import DirectoryControl
     from pyjob.core.events import Event
+    from pyjob.core.jobsettings import JobSettings
     from pyjob.core.process import Command
     from pyjob.core.schedule import Schedule, parse, to_us
     from pyjob.core.scheduler import Job, Scheduler
-    from pyjob.core.settings import JobSettings
 
     from .fakes import FakeRunner
 

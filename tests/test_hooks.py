@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from pyjob.core.clock import FakeClock
 from pyjob.core.hooks import hooks_to_run
-from pyjob.core.settings import JobSettings, NotifyOn
+from pyjob.core.jobsettings import JobSettings
+from pyjob.core.settings import NotifyOn
 
 from .fakes import FakeRunner
 from .runproc import PyjobRun

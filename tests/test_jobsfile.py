@@ -493,7 +493,8 @@ shell = "echo {word} >> {out}"
 
 
 def test_settings_precedence_command_line_then_file_defaults_then_job() -> None:
-    from pyjob.core.settings import JobSettings, Overlap
+    from pyjob.core.jobsettings import JobSettings
+    from pyjob.core.settings import Overlap
 
     backup, report, _ = parse_toml(GOOD_TOML, "jobs.toml", ENV, NOW)
     cli = {"timeout": 5_000_000, "jitter": 1_000_000, "overlap": "allow", "kill-after": 2_000_000}

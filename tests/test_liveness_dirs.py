@@ -265,6 +265,7 @@ def test_a_damaged_registration_is_written_again_within_minutes(tmp_path: Path) 
     written again whole every few minutes, so `status` lists the job again without a restart."""
     from datetime import UTC, datetime
 
+    from pyjob.core.backendcalls import RegisterCall
     from pyjob.core.clock import FakeClock, Waker
     from pyjob.core.coordinator import Coordinator
     from pyjob.core.records import InstanceInfo, JobInfo
@@ -275,7 +276,7 @@ def test_a_damaged_registration_is_written_again_within_minutes(tmp_path: Path) 
     coordinator = Coordinator(clock, "i0", Waker(), lambda *a, **k: None, threaded=False)
     coordinator.open(url)
     me = InstanceInfo("i0", "host", 1, "0", seen_us=int(time.time() * 1e6))  # live
-    coordinator.register(url, [JobInfo("nightly", "@daily", "UTC", "backup")], me)
+    coordinator.register(url, RegisterCall([JobInfo("nightly", "@daily", "UTC", "backup")], me))
     (lock / "nightly" / "job.json").write_bytes(GARBAGE)
     assert "nightly" not in status_jobs(url)  # skipped as damaged, not a traceback
     for _ in range(2):  # 5 minutes on; a heartbeat finds it time, the next call writes it

@@ -16,10 +16,11 @@ from pyjob.core.backends.null import NullBackend
 from pyjob.core.clock import FakeClock
 from pyjob.core.errors import BackendError
 from pyjob.core.events import CATALOGUE, Event
+from pyjob.core.jobsettings import JobSettings
 from pyjob.core.process import Command
 from pyjob.core.schedule import Schedule, parse, to_us
 from pyjob.core.scheduler import Job, Scheduler, overlap_action
-from pyjob.core.settings import JobSettings, Overlap
+from pyjob.core.settings import Overlap
 
 from .fakes import FakeRunner, FlakyBackend, RecordingBackend
 

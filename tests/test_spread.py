@@ -217,8 +217,8 @@ def _spreading(instance: str, members: tuple[str, ...], offset: float | None, mo
     from types import SimpleNamespace
 
     from pyjob.core.coordinator import Coordinator
+    from pyjob.core.jobsettings import JobSettings
     from pyjob.core.sched.spread import Spreading
-    from pyjob.core.settings import JobSettings
 
     sp = Spreading(SimpleNamespace(instance=instance))  # type: ignore[arg-type]
     state = SimpleNamespace(
@@ -271,8 +271,9 @@ def test_an_offset_beyond_what_the_claims_tolerate_is_not_corrected() -> None:
 
 
 def test_a_jobs_file_sets_spread_per_job_and_in_defaults_and_refuses_a_bad_mode() -> None:
+    from pyjob.core.jobsettings import JobSettings
     from pyjob.core.jobsfile import JobsFileError, parse_toml
-    from pyjob.core.settings import JobSettings, Spread
+    from pyjob.core.settings import Spread
 
     text = (
         '[defaults]\nspread = "sticky"\n'

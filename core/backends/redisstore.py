@@ -33,6 +33,9 @@ return 1
 """
 
 
+_SLICE = 10_000  # jobs per SADD and MSET when registering
+
+
 class RedisRecords:
     """Redis: per job a hash of records and a sorted set of their ticks (trimmed as written),
     the registration ``pyjob:<job>:info`` and ``pyjob:<job>:instances``; the set ``pyjob:jobs``;
@@ -61,11 +64,15 @@ class RedisRecords:
 
     def register(self, jobs: Sequence[JobInfo], instance: InstanceInfo) -> None:
         def go() -> None:
+            # Many jobs in few commands: the names in one SADD and the documents in one MSET per
+            # slice (a start registers all of a 100,000-line crontab in one round trip).
             pipe = self._r.pipeline(transaction=False)
-            for j in jobs:
-                pipe.sadd("pyjob:jobs", j.job)
-                pipe.set(self._k(j.job, "info"), j.to_json())
-                pipe.sadd(self._k(j.job, "instances"), instance.instance)
+            for i in range(0, len(jobs), _SLICE):
+                part = jobs[i : i + _SLICE]
+                pipe.sadd("pyjob:jobs", *(j.job for j in part))
+                pipe.mset({self._k(j.job, "info"): j.to_json() for j in part})
+                for j in part:
+                    pipe.sadd(self._k(j.job, "instances"), instance.instance)
             pipe.set(f"pyjob:instance:{instance.instance}", instance.to_json(), ex=86400)
             pipe.execute()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from ..backendcalls import RegisterCall
 from ..coordinator import Coordinator
 from ..instants import to_us
 from ..records import HEARTBEAT_EVERY, JobInfo, RunRecord
@@ -13,11 +14,16 @@ from .model import Job, JobState, run_id
 from .shared import Shared
 from .timers import Cleanup, Heartbeat
 
+# Jobs per registration call: while a large file's jobs are added, the backend's thread writes
+# each batch as the next is made.
+REGISTER_BATCH = 2_000
+
 
 class Books:
     def __init__(self, sh: Shared) -> None:
         self.sh = sh
         self.register: dict[str, list[JobInfo]] = {}  # by lock URL: jobs not yet registered
+        self.sent: list[RegisterCall] = []  # registrations the backends may not have tried yet
         self.recorded: dict[str, set[str]] = {}  # by lock URL: jobs written since the last prune
         self.heartbeat_every = HEARTBEAT_EVERY
         self._heartbeat_set = False
@@ -38,7 +44,11 @@ class Books:
             job.schedule.spec.zone or "UTC",
             str(job.command),
         )
-        self.register.setdefault(Coordinator.key(job.lock), []).append(info)
+        key = Coordinator.key(job.lock)
+        batch = self.register.setdefault(key, [])
+        batch.append(info)
+        if len(batch) >= REGISTER_BATCH:  # the backend writes it while the next are added
+            self._send(key, self.register.pop(key))
         # Heartbeats often enough that a quiet instance is noticed within its leases' TTL.
         every = min(self.heartbeat_every, job.settings.lease_ttl / 3)
         if every < self.heartbeat_every or not self._heartbeat_set:
@@ -76,13 +86,28 @@ class Books:
                 ),
             )
 
-    def flush_registrations(self) -> None:
-        if not self.register:
-            return
+    def _send(self, url: str, infos: list[JobInfo]) -> None:
+        sh = self.sh
+        sh.me.seen_us = to_us(sh.clock.now())
+        call = RegisterCall(infos, sh.me)
+        self.sent = [c for c in self.sent if not c.tried.is_set()]
+        self.sent.append(call)
+        sh.coordinator.register(url or None, call)
+
+    def flush_registrations(self, wait: float = 0.0) -> None:
+        """Register the jobs added and not registered yet: one call per backend (per
+        REGISTER_BATCH jobs). With ``wait``, return once each backend's worker has tried every
+        write (or after ``wait`` seconds, or at a stop): a slow backend is written to in the
+        background after that."""
+        sh = self.sh
         pending, self.register = self.register, {}
-        self.sh.me.seen_us = to_us(self.sh.clock.now())
         for url, infos in pending.items():
-            self.sh.coordinator.register(url or None, infos, self.sh.me)
+            self._send(url, infos)
+        deadline = sh.clock.monotonic() + wait
+        for call in self.sent if wait > 0 else ():
+            while not sh.stop and not call.tried.wait(min(0.1, deadline - sh.clock.monotonic())):
+                if sh.clock.monotonic() >= deadline:
+                    return
 
     def cleanup(self) -> None:
         self.prune_records()

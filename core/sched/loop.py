@@ -57,6 +57,8 @@ _STOPPING = -1  # a turn's answer: the stop was asked for
 # How far the wall clock must go back against the monotonic one, between two turns, to count as
 # stepped back (less is NTP slewing, or the time a turn takes).
 STEPPED_BACK = 1.0
+# How long the start waits for its jobs' registration (100,000 jobs on file: seconds).
+REGISTER_WAIT = 60.0
 
 
 class Scheduler:
@@ -130,6 +132,12 @@ class Scheduler:
     def add(self, job: Job, start: datetime | None = None) -> None:
         """Schedule ``job`` (its backend must be open) from ``start`` (default: now)."""
         self._sh.lifecycle.add(job, start)
+
+    def register(self, wait: float = REGISTER_WAIT) -> None:
+        """Register the jobs added so far, before the process says it started: from then on
+        `pyjob status` lists them all. At most ``wait`` seconds: a backend slower than that is
+        written to in the background."""
+        self._sh.books.flush_registrations(wait)
 
     def request_stop(self, force: bool = False) -> None:
         """From a signal handler: sets flags only, wakes the loop."""

@@ -16,11 +16,12 @@ from ..backends.protocol import ClaimOutcome, ClaimResult, Lease
 from ..errors import BackendError
 from ..hooks import hook_env
 from ..instants import to_us
+from ..jobsettings import JobSettings
 from ..process import Command, FailedStart, Found, Handle
 from ..records import OUTPUT_TAIL, RunRecord
 from ..results import Result, result_of
 from ..schedule import Schedule
-from ..settings import JobSettings, Overlap
+from ..settings import Overlap
 
 CLAIM_LEAD = 0.5  # claim a tick this long before it (at most a quarter of its interval)
 CLEANUP_EVERY = 60.0
