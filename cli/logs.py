@@ -14,7 +14,7 @@ from datetime import UTC, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from pyjob.core.durations import human_duration
-from pyjob.core.events import LEVELS, SECONDS, Event
+from pyjob.core.events import LEVELS, SECONDS, Event, may_reach
 from pyjob.core.instants import iso
 
 from .outputs import Outputs
@@ -113,6 +113,7 @@ class EventLog:
         outputs: Outputs | None = None,
     ) -> None:
         self.fmt = fmt
+        self.level = level
         self.min_level = LEVELS.index(level)
         self.zone_of = zone_of
         self.outputs = outputs or Outputs()
@@ -155,6 +156,10 @@ class EventLog:
         head_text, tail_text = cached[1]
         time, line = json.dumps(iso(event.at)), json.dumps(items[at][1], default=str)
         return f'{{"time": {time}, {head_text}, "line": {line}{tail_text}}}\n'
+
+    def wants(self, kind: str) -> bool:
+        """Whether an event of ``kind`` can be logged at this --log-level."""
+        return may_reach(kind, self.level)
 
     def _zone(self, event: Event) -> tzinfo | None:
         return self.zone_of(event.job) if self.zone_of and event.tick is not None else None
