@@ -169,7 +169,8 @@ class Runner(Protocol):
         ...
 
     def flush(self) -> None:
-        """The end of the scheduler's turn: send what waited for it (the reaper's news)."""
+        """The end of the scheduler's turn: do what waited for its spawns to be done (the
+        reaper's news, the new children's pidfds)."""
         ...
 
     def close(self) -> None: ...
@@ -225,13 +226,18 @@ class _Child:
         self.pid: int | None = pid
         self.code: int | None = None
         self.kill_orphans = kill_orphans
-        self.pidfd: int | None = None
-        try:
-            self.pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):  # not Linux >= 5.3: polled instead
-            self.pidfd = None
+        self.pidfd: int | None = None  # opened after the turn's spawns (RealRunner.flush)
+        self.seq = 0  # its place among the runner's children, in the order they started
         self.pipes: dict[int, str] = dict(pipes)
         self.capture = Capture(on_line) if on_line is not None else None
+
+    def open_pidfd(self) -> None:
+        """Its pidfd, to be waited on: one can be opened as long as the child is not reaped,
+        which only this runner does."""
+        try:
+            self.pidfd = os.pidfd_open(self.pid) if self.pid is not None else None
+        except (AttributeError, OSError):  # not Linux >= 5.3: polled instead
+            self.pidfd = None
 
     def signal_group(self, signum: int) -> None:
         if self.pid is None:  # pragma: no cover - a started child always has one
@@ -384,7 +390,18 @@ class RealRunner:
         os.write(backlog_w, b"x")
         os.close(backlog_w)
         self.reaper = Reaper() if reaper else None
-        self._children: list[_Child] = []
+        # The running children, by their order of start (seq); each turn looks at those that
+        # something happened to (by_fd), those with output waiting (busy), and those without
+        # a pidfd (polled): with 1,000 runs going on, a turn that hears of a few costs a few.
+        self._children: dict[int, _Child] = {}
+        self._seq = 0
+        self._by_fd: dict[int, _Child] = {}  # the pidfds and output pipes of the children
+        self._busy: list[_Child] = []
+        self._unwatched: list[_Child] = []  # no pidfd: looked at every turn
+        # Started in this turn, their pidfds not opened yet: every spawn copies the parent's
+        # descriptor table into the child, so a descriptor opened between two spawns of a tick
+        # costs each later spawn of it.
+        self._new: list[_Child] = []
         self._failed: list[FailedStart] = []
         # The PATH search of one turn, by (program, PATH): a tick of many jobs running the same
         # program searched PATH once per run, which was the costliest step of a spawn after the
@@ -402,8 +419,19 @@ class RealRunner:
 
     def flush(self) -> None:
         self._found.clear()
+        self._open_pidfds()
         if self.reaper is not None:
             self.reaper.flush()
+
+    def _open_pidfds(self) -> None:
+        if self._new:
+            new, self._new = self._new, []
+            for c in new:
+                c.open_pidfd()
+                if c.pidfd is not None:
+                    self._by_fd[c.pidfd] = c
+                else:
+                    self._unwatched.append(c)
 
     def resolve(self, command: Command, env: Mapping[str, str]) -> str | OSError:
         prog = command.popen_args()[0]
@@ -452,20 +480,20 @@ class RealRunner:
             if self.reaper is not None:
                 self.reaper.add(pid)  # sent at the end of the turn (flush)
             child = _Child(pid, pipes, on_line, command.kill_orphans)
-            self._children.append(child)
+            self._seq += 1
+            child.seq = self._seq
+            self._children[child.seq] = child
+            for fd in child.pipes:
+                self._by_fd[fd] = child
+            self._new.append(child)
             return child
         self._failed.append(failed)
         return failed
 
     def fds(self) -> list[int]:
-        out: list[int] = []
-        waiting = False
-        for c in self._children:
-            if c.pidfd is not None:
-                out.append(c.pidfd)
-            out.extend(c.pipes)
-            waiting = waiting or (c.capture is not None and not c.capture.idle())
-        if waiting:
+        self._open_pidfds()
+        out = list(self._by_fd)
+        if self._busy:
             out.append(self._backlog_r)
         return out
 
@@ -476,21 +504,24 @@ class RealRunner:
 
     def polling(self) -> bool:
         """True when some child has no pidfd: the caller must look again soon."""
-        return any(c.pidfd is None and c.code is None for c in self._children)
+        self._open_pidfds()
+        return any(c.code is None for c in self._unwatched)
 
     def service(self, ready: Collection[int]) -> list[tuple[Handle, int]]:
+        self._open_pidfds()
         ended: list[tuple[Handle, int]] = [(f, f.code) for f in self._failed]
         self._failed.clear()
         if not self._children:
             return ended
+        children = self._touched(ready)
+        held = {c.seq: (c.pidfd, *c.pipes) for c in children}
         ready_set = set(ready)
         read: dict[int, int] = {}  # bytes read this turn, by child
-        for c in self._children:
+        for c in children:
             for fd in [fd for fd in c.pipes if fd in ready_set]:
                 read[id(c)] = read.get(id(c), 0) + c.read(fd, READ_MAX)
-        self._hand_on(read)
-        still: list[_Child] = []
-        for c in self._children:
+        self._hand_on(children, read)
+        for c in children:
             if c.code is None and (c.pidfd is None or c.pidfd in ready_set):
                 c.poll_exit()
             if c.code is not None and c.ended():
@@ -498,17 +529,36 @@ class RealRunner:
                     assert c.pid is not None
                     self.reaper.remove(c.pid)
                 ended.append((c, c.code))
-            else:
-                still.append(c)
-        self._children = still
+                del self._children[c.seq]
+            self._forget_closed(c, held[c.seq])
+        self._busy = [c for c in children if c.capture is not None and not c.capture.idle()]
+        if self._unwatched:
+            self._unwatched = [c for c in self._unwatched if c.seq in self._children]
         return ended
 
-    def _hand_on(self, read: Mapping[int, int]) -> None:
+    def _touched(self, ready: Collection[int]) -> list[_Child]:
+        """The children something can have happened to since the last turn: those of the
+        ready descriptors, those with output waiting, those without a pidfd; in their order of
+        start, as if every child were looked at."""
+        touched = {c.seq: c for c in (*self._busy, *self._unwatched)}
+        for fd in ready:
+            c = self._by_fd.get(fd)
+            if c is not None:
+                touched[c.seq] = c
+        return [touched[seq] for seq in sorted(touched)]
+
+    def _forget_closed(self, c: _Child, held: tuple[int | None, ...]) -> None:
+        """The descriptors of ``c`` closed in this turn are no longer waited on."""
+        for fd in held:
+            if fd is not None and fd != c.pidfd and fd not in c.pipes:
+                del self._by_fd[fd]
+
+    def _hand_on(self, children: list[_Child], read: Mapping[int, int]) -> None:
         """Hand on this turn's share of the waiting output (TURN_LINES in all), reading the
         run's pipes again between slices, so that its command need not wait for the log. A run
         that writes faster than its lines are logged (HOT bytes in a turn) gets one slice: the
         lines handed on are logged at the end of the turn, while its pipe is not read."""
-        busy = [c for c in self._children if c.capture is not None and not c.capture.idle()]
+        busy = [c for c in children if c.capture is not None and not c.capture.idle()]
         for c in busy:
             assert c.capture is not None
             budget, got = max(SLICE, TURN_LINES // len(busy)), read.get(id(c), 0)
