@@ -35,6 +35,7 @@ import errno
 import math
 import os
 import resource
+import select
 import signal
 import subprocess
 from collections.abc import Callable, Collection, Mapping
@@ -222,8 +223,10 @@ class _Child:
         pipes: Mapping[int, str],
         on_line: Callable[[str, str], None] | None,
         kill_orphans: bool = False,
+        forget: Callable[[int], None] = lambda fd: None,
     ) -> None:
         self.pid: int | None = pid
+        self.forget = forget  # told of each of its descriptors just before it is closed
         self.code: int | None = None
         self.kill_orphans = kill_orphans
         self.pidfd: int | None = None  # opened after the turn's spawns (RealRunner.flush)
@@ -269,6 +272,7 @@ class _Child:
         if end:
             capture.close(name)
             del self.pipes[fd]
+            self.forget(fd)
             os.close(fd)
         return got
 
@@ -298,6 +302,7 @@ class _Child:
         code = os.waitstatus_to_exitcode(status)
         self.code = 128 - code if code < 0 else code
         if self.pidfd is not None:
+            self.forget(self.pidfd)
             os.close(self.pidfd)
             self.pidfd = None
         if self.kill_orphans:
@@ -396,6 +401,10 @@ class RealRunner:
         self._children: dict[int, _Child] = {}
         self._seq = 0
         self._by_fd: dict[int, _Child] = {}  # the pidfds and output pipes of the children
+        # Which of them are ready, from the kernel: the loop waits on this one descriptor, not
+        # on all of theirs, which poll(2) looks at one by one each time (a thousand runs ending
+        # one after another cost a thousand looks at the thousands still open).
+        self._epoll = select.epoll() if hasattr(select, "epoll") else None
         self._busy: list[_Child] = []
         self._unwatched: list[_Child] = []  # no pidfd: looked at every turn
         # Started in this turn, their pidfds not opened yet: every spawn copies the parent's
@@ -416,6 +425,20 @@ class RealRunner:
             self.reaper.close()
         with contextlib.suppress(OSError):
             os.close(self._backlog_r)
+        if self._epoll is not None:
+            self._epoll.close()
+
+    def _watch(self, fd: int, child: _Child) -> None:
+        self._by_fd[fd] = child
+        if self._epoll is not None:
+            self._epoll.register(fd, select.EPOLLIN)
+
+    def _forget(self, fd: int) -> None:
+        """``fd`` is about to be closed: no longer waited on."""
+        self._by_fd.pop(fd, None)
+        if self._epoll is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.unregister(fd)
 
     def flush(self) -> None:
         self._found.clear()
@@ -429,7 +452,7 @@ class RealRunner:
             for c in new:
                 c.open_pidfd()
                 if c.pidfd is not None:
-                    self._by_fd[c.pidfd] = c
+                    self._watch(c.pidfd, c)
                 else:
                     self._unwatched.append(c)
 
@@ -479,12 +502,12 @@ class RealRunner:
                     resource.prlimit(pid, resource.RLIMIT_NOFILE, self.child_limits)
             if self.reaper is not None:
                 self.reaper.add(pid)  # sent at the end of the turn (flush)
-            child = _Child(pid, pipes, on_line, command.kill_orphans)
+            child = _Child(pid, pipes, on_line, command.kill_orphans, self._forget)
             self._seq += 1
             child.seq = self._seq
             self._children[child.seq] = child
             for fd in child.pipes:
-                self._by_fd[fd] = child
+                self._watch(fd, child)
             self._new.append(child)
             return child
         self._failed.append(failed)
@@ -492,7 +515,7 @@ class RealRunner:
 
     def fds(self) -> list[int]:
         self._open_pidfds()
-        out = list(self._by_fd)
+        out = [self._epoll.fileno()] if self._epoll is not None else list(self._by_fd)
         if self._busy:
             out.append(self._backlog_r)
         return out
@@ -513,8 +536,10 @@ class RealRunner:
         self._failed.clear()
         if not self._children:
             return ended
+        if self._epoll is not None and self._epoll.fileno() in ready:
+            found = self._epoll.poll(0, max(1, len(self._by_fd)))
+            ready = [*ready, *(fd for fd, _ in found)]
         children = self._touched(ready)
-        held = {c.seq: (c.pidfd, *c.pipes) for c in children}
         ready_set = set(ready)
         read: dict[int, int] = {}  # bytes read this turn, by child
         for c in children:
@@ -530,7 +555,6 @@ class RealRunner:
                     self.reaper.remove(c.pid)
                 ended.append((c, c.code))
                 del self._children[c.seq]
-            self._forget_closed(c, held[c.seq])
         self._busy = [c for c in children if c.capture is not None and not c.capture.idle()]
         if self._unwatched:
             self._unwatched = [c for c in self._unwatched if c.seq in self._children]
@@ -546,12 +570,6 @@ class RealRunner:
             if c is not None:
                 touched[c.seq] = c
         return [touched[seq] for seq in sorted(touched)]
-
-    def _forget_closed(self, c: _Child, held: tuple[int | None, ...]) -> None:
-        """The descriptors of ``c`` closed in this turn are no longer waited on."""
-        for fd in held:
-            if fd is not None and fd != c.pidfd and fd not in c.pipes:
-                del self._by_fd[fd]
 
     def _hand_on(self, children: list[_Child], read: Mapping[int, int]) -> None:
         """Hand on this turn's share of the waiting output (TURN_LINES in all), reading the
