@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import math
 import os
 import resource
@@ -407,9 +408,11 @@ class RealRunner:
         self._epoll = select.epoll() if hasattr(select, "epoll") else None
         self._busy: list[_Child] = []
         self._unwatched: list[_Child] = []  # no pidfd: looked at every turn
-        # Started in this turn, their pidfds not opened yet: every spawn copies the parent's
-        # descriptor table into the child, so a descriptor opened between two spawns of a tick
-        # costs each later spawn of it.
+        # Started in this turn, not waited on yet: their pidfds are opened, and their pipes
+        # made non-blocking and watched, once the turn's spawns are done. Every spawn copies the
+        # parent's descriptor table into the child, so a descriptor opened between two spawns
+        # of a tick costs each later spawn of it, and each system call between them delays the
+        # later spawns.
         self._new: list[_Child] = []
         self._failed: list[FailedStart] = []
         # The PATH search of one turn, by (program, PATH): a tick of many jobs running the same
@@ -442,14 +445,19 @@ class RealRunner:
 
     def flush(self) -> None:
         self._found.clear()
-        self._open_pidfds()
+        self._watch_new()
         if self.reaper is not None:
             self.reaper.flush()
 
-    def _open_pidfds(self) -> None:
+    def _watch_new(self) -> None:
+        """Wait on the children started in this turn: their pipes, made non-blocking (nothing
+        reads them before the turn's end), and their pidfds, opened now."""
         if self._new:
             new, self._new = self._new, []
             for c in new:
+                for fd in c.pipes:
+                    fcntl.fcntl(fd, fcntl.F_SETFL, os.O_NONBLOCK)  # a new pipe has no other flag
+                    self._watch(fd, c)
                 c.open_pidfd()
                 if c.pidfd is not None:
                     self._watch(c.pidfd, c)
@@ -506,15 +514,13 @@ class RealRunner:
             self._seq += 1
             child.seq = self._seq
             self._children[child.seq] = child
-            for fd in child.pipes:
-                self._watch(fd, child)
             self._new.append(child)
             return child
         self._failed.append(failed)
         return failed
 
     def fds(self) -> list[int]:
-        self._open_pidfds()
+        self._watch_new()
         out = [self._epoll.fileno()] if self._epoll is not None else list(self._by_fd)
         if self._busy:
             out.append(self._backlog_r)
@@ -527,11 +533,11 @@ class RealRunner:
 
     def polling(self) -> bool:
         """True when some child has no pidfd: the caller must look again soon."""
-        self._open_pidfds()
+        self._watch_new()
         return any(c.code is None for c in self._unwatched)
 
     def service(self, ready: Collection[int]) -> list[tuple[Handle, int]]:
-        self._open_pidfds()
+        self._watch_new()
         ended: list[tuple[Handle, int]] = [(f, f.code) for f in self._failed]
         self._failed.clear()
         if not self._children:
@@ -595,8 +601,8 @@ def _spawn(
     path: str, argv: list[str], env: Mapping[str, str], capture: bool
 ) -> tuple[int, dict[int, str]]:
     """Start ``argv`` (the program found at ``path``) in a process group of its own, stdin from
-    /dev/null; with ``capture``, its stdout and stderr are pipes whose read ends (non-blocking)
-    are returned with their names."""
+    /dev/null; with ``capture``, its stdout and stderr are pipes whose read ends are returned
+    with their names (blocking: the runner makes them non-blocking after the turn's spawns)."""
     actions: list[tuple[object, ...]] = [_STDIN]
     pipes: dict[int, str] = {}
     ends: list[int] = []
@@ -616,8 +622,6 @@ def _spawn(
         raise
     for fd in ends:
         os.close(fd)
-    for fd in pipes:
-        os.set_blocking(fd, False)
     return pid, pipes
 
 
