@@ -81,7 +81,8 @@ def main() -> int:
     add(firing.table(plan["ticks"], repeat))
     add(idle.table(plan["idle_s"], repeat))
     add(jobs.table(repeat, quick=args.quick))
-    add(tick.table(plan["many"], repeat))
+    for t in tick.tables(plan["many"], repeat):
+        add(t)
     for t in coordination.tables(plan["claims"], plan["fleet"]):
         add(t)
     add(smalldb.table(plan["db"]))

@@ -326,7 +326,12 @@ def serve(
         child_limits=raise_open_files_limit(),
     )
     scheduler = Scheduler(
-        clock, runner, monitoring.fan_out(log), instance=instance, env=env.environ
+        clock,
+        runner,
+        monitoring.fan_out(log),
+        instance=instance,
+        env=env.environ,
+        wants=monitoring.wants(log.wants),
     )
     log.zone_of = lambda job: _zone_of(scheduler, job)
     who = jobs[0].job_id if len(jobs) == 1 else "*"

@@ -14,7 +14,7 @@ from datetime import UTC, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from pyjob.core.durations import human_duration
-from pyjob.core.events import LEVELS, SECONDS, Event
+from pyjob.core.events import LEVELS, SECONDS, Event, may_reach
 from pyjob.core.instants import iso, iso_ms, to_us
 
 from .outputs import Outputs
@@ -22,6 +22,8 @@ from .outputs import Outputs
 if TYPE_CHECKING:
     from rich.console import Console
 
+# json.dumps(doc, default=str) makes an encoder at every call; one does for every line.
+_JSON = json.JSONEncoder(default=str)
 # By level; an info event may have a style of its own.
 _LEVEL_STYLE = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red"}
 _INFO_STYLE = {"run-started": "bold", "run-finished": "green", "stopping": "bold"}
@@ -113,7 +115,10 @@ class EventLog:
         outputs: Outputs | None = None,
     ) -> None:
         self.fmt = fmt
+        self.level = level
         self.min_level = LEVELS.index(level)
+        self._wanted: dict[str, bool] = {}
+        self._tick: tuple[Any, str | None] = (None, None)  # the last tick and its text
         self.zone_of = zone_of
         self.outputs = outputs or Outputs()
         self._head: tuple[Any, Any] = (None, "")  # the last output line's key and head
@@ -153,8 +158,22 @@ class EventLog:
             parts = (json.dumps(head, default=str)[1:-1], f", {tail}" if tail else "")
             cached = self._head = (key, parts)
         head_text, tail_text = cached[1]
-        time, line = json.dumps(iso(event.at)), json.dumps(items[at][1], default=str)
+        time, line = json.dumps(iso(event.at)), _JSON.encode(items[at][1])
         return f'{{"time": {time}, {head_text}, "line": {line}{tail_text}}}\n'
+
+    def wants(self, kind: str) -> bool:
+        """Whether an event of ``kind`` can be logged at this --log-level."""
+        wanted = self._wanted.get(kind)
+        if wanted is None:
+            wanted = self._wanted[kind] = may_reach(kind, self.level)
+        return wanted
+
+    def _tick_text(self, event: Event) -> str | None:
+        """The event's tick in JSON: the runs of one tick share it, made once."""
+        last = self._tick  # one tuple, replaced whole: other threads log too
+        if last[0] != event.tick:
+            last = self._tick = (event.tick, iso(event.tick) if event.tick else None)
+        return last[1]
 
     def _zone(self, event: Event) -> tzinfo | None:
         return self.zone_of(event.job) if self.zone_of and event.tick is not None else None
@@ -174,11 +193,11 @@ class EventLog:
                 "event": event.kind,
                 "level": event.level,
                 "job": event.job,
-                "tick": iso(event.tick) if event.tick else None,
+                "tick": self._tick_text(event),
                 "instance": event.instance,
                 **event.fields,
             }
-            self.outputs.write(stream, json.dumps(doc, default=str) + "\n")
+            self.outputs.write(stream, _JSON.encode(doc) + "\n")
             return
         if event.kind == "output":
             # A chatty run's lines share their head: made once per run and stream (the

@@ -19,7 +19,7 @@ import click
 
 if TYPE_CHECKING:
     from pyjob.core.clock import Clock
-    from pyjob.core.events import Emit, Event
+    from pyjob.core.events import Emit, Event, Wants
     from pyjob.core.metrics import FleetReader, Metrics, MetricsServer, Periodic
     from pyjob.core.pings import PingSender
     from pyjob.core.records import RecordStore
@@ -146,6 +146,16 @@ class Monitoring:
                     self._warn(event.job, f"{type(e).__name__}: {e}")
 
         return emit
+
+    def wants(self, log: Wants) -> Wants:
+        """Which events the scheduler is to make: those ``log`` keeps, all when some consumer
+        (metrics, pings) listens."""
+        consumers = self._consumers  # a reload may add one (the first --ping)
+
+        def wants(kind: str) -> bool:
+            return bool(consumers) or log(kind)
+
+        return wants
 
     def loop_clock(self, clock: Clock) -> Clock:
         """The scheduler's clock; with metrics, each wait of the loop is a liveness beat."""

@@ -301,5 +301,31 @@ def make(
 
 
 Emit = Callable[[Event], None]
+# Whether some consumer takes events of a kind: the scheduler does not make those none takes.
+Wants = Callable[[str], bool]
 
-__all__ = ["CATALOGUE", "LEVELS", "SECONDS", "Emit", "Event", "Kind", "make"]
+
+def may_reach(kind: str, min_level: str) -> bool:
+    """Whether an event of ``kind`` can be at ``min_level`` or above (a kind whose level
+    depends on its fields counts as able to, and so does an undeclared one: ``make`` refuses
+    it)."""
+    k = CATALOGUE.get(kind)
+    return k is None or k.level_of is not None or LEVELS.index(k.level) >= LEVELS.index(min_level)
+
+
+def wants_all(kind: str) -> bool:
+    return True
+
+
+__all__ = [
+    "CATALOGUE",
+    "LEVELS",
+    "SECONDS",
+    "Emit",
+    "Event",
+    "Kind",
+    "Wants",
+    "make",
+    "may_reach",
+    "wants_all",
+]

@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import math
 import os
 import resource
+import select
 import signal
 import subprocess
 from collections.abc import Callable, Collection, Mapping
@@ -169,7 +171,8 @@ class Runner(Protocol):
         ...
 
     def flush(self) -> None:
-        """The end of the scheduler's turn: send what waited for it (the reaper's news)."""
+        """The end of the scheduler's turn: do what waited for its spawns to be done (the
+        reaper's news, the new children's pidfds)."""
         ...
 
     def close(self) -> None: ...
@@ -221,17 +224,24 @@ class _Child:
         pipes: Mapping[int, str],
         on_line: Callable[[str, str], None] | None,
         kill_orphans: bool = False,
+        forget: Callable[[int], None] = lambda fd: None,
     ) -> None:
         self.pid: int | None = pid
+        self.forget = forget  # told of each of its descriptors just before it is closed
         self.code: int | None = None
         self.kill_orphans = kill_orphans
-        self.pidfd: int | None = None
-        try:
-            self.pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):  # not Linux >= 5.3: polled instead
-            self.pidfd = None
+        self.pidfd: int | None = None  # opened after the turn's spawns (RealRunner.flush)
+        self.seq = 0  # its place among the runner's children, in the order they started
         self.pipes: dict[int, str] = dict(pipes)
         self.capture = Capture(on_line) if on_line is not None else None
+
+    def open_pidfd(self) -> None:
+        """Its pidfd, to be waited on: one can be opened as long as the child is not reaped,
+        which only this runner does."""
+        try:
+            self.pidfd = os.pidfd_open(self.pid) if self.pid is not None else None
+        except (AttributeError, OSError):  # not Linux >= 5.3: polled instead
+            self.pidfd = None
 
     def signal_group(self, signum: int) -> None:
         if self.pid is None:  # pragma: no cover - a started child always has one
@@ -263,6 +273,7 @@ class _Child:
         if end:
             capture.close(name)
             del self.pipes[fd]
+            self.forget(fd)
             os.close(fd)
         return got
 
@@ -292,6 +303,7 @@ class _Child:
         code = os.waitstatus_to_exitcode(status)
         self.code = 128 - code if code < 0 else code
         if self.pidfd is not None:
+            self.forget(self.pidfd)
             os.close(self.pidfd)
             self.pidfd = None
         if self.kill_orphans:
@@ -384,7 +396,24 @@ class RealRunner:
         os.write(backlog_w, b"x")
         os.close(backlog_w)
         self.reaper = Reaper() if reaper else None
-        self._children: list[_Child] = []
+        # The running children, by their order of start (seq); each turn looks at those that
+        # something happened to (by_fd), those with output waiting (busy), and those without
+        # a pidfd (polled): with 1,000 runs going on, a turn that hears of a few costs a few.
+        self._children: dict[int, _Child] = {}
+        self._seq = 0
+        self._by_fd: dict[int, _Child] = {}  # the pidfds and output pipes of the children
+        # Which of them are ready, from the kernel: the loop waits on this one descriptor, not
+        # on all of theirs, which poll(2) looks at one by one each time (a thousand runs ending
+        # one after another cost a thousand looks at the thousands still open).
+        self._epoll = select.epoll() if hasattr(select, "epoll") else None
+        self._busy: list[_Child] = []
+        self._unwatched: list[_Child] = []  # no pidfd: looked at every turn
+        # Started in this turn, not waited on yet: their pidfds are opened, and their pipes
+        # made non-blocking and watched, once the turn's spawns are done. Every spawn copies the
+        # parent's descriptor table into the child, so a descriptor opened between two spawns
+        # of a tick costs each later spawn of it, and each system call between them delays the
+        # later spawns.
+        self._new: list[_Child] = []
         self._failed: list[FailedStart] = []
         # The PATH search of one turn, by (program, PATH): a tick of many jobs running the same
         # program searched PATH once per run, which was the costliest step of a spawn after the
@@ -399,11 +428,41 @@ class RealRunner:
             self.reaper.close()
         with contextlib.suppress(OSError):
             os.close(self._backlog_r)
+        if self._epoll is not None:
+            self._epoll.close()
+
+    def _watch(self, fd: int, child: _Child) -> None:
+        self._by_fd[fd] = child
+        if self._epoll is not None:
+            self._epoll.register(fd, select.EPOLLIN)
+
+    def _forget(self, fd: int) -> None:
+        """``fd`` is about to be closed: no longer waited on."""
+        self._by_fd.pop(fd, None)
+        if self._epoll is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.unregister(fd)
 
     def flush(self) -> None:
         self._found.clear()
+        self._watch_new()
         if self.reaper is not None:
             self.reaper.flush()
+
+    def _watch_new(self) -> None:
+        """Wait on the children started in this turn: their pipes, made non-blocking (nothing
+        reads them before the turn's end), and their pidfds, opened now."""
+        if self._new:
+            new, self._new = self._new, []
+            for c in new:
+                for fd in c.pipes:
+                    fcntl.fcntl(fd, fcntl.F_SETFL, os.O_NONBLOCK)  # a new pipe has no other flag
+                    self._watch(fd, c)
+                c.open_pidfd()
+                if c.pidfd is not None:
+                    self._watch(c.pidfd, c)
+                else:
+                    self._unwatched.append(c)
 
     def resolve(self, command: Command, env: Mapping[str, str]) -> str | OSError:
         prog = command.popen_args()[0]
@@ -451,21 +510,19 @@ class RealRunner:
                     resource.prlimit(pid, resource.RLIMIT_NOFILE, self.child_limits)
             if self.reaper is not None:
                 self.reaper.add(pid)  # sent at the end of the turn (flush)
-            child = _Child(pid, pipes, on_line, command.kill_orphans)
-            self._children.append(child)
+            child = _Child(pid, pipes, on_line, command.kill_orphans, self._forget)
+            self._seq += 1
+            child.seq = self._seq
+            self._children[child.seq] = child
+            self._new.append(child)
             return child
         self._failed.append(failed)
         return failed
 
     def fds(self) -> list[int]:
-        out: list[int] = []
-        waiting = False
-        for c in self._children:
-            if c.pidfd is not None:
-                out.append(c.pidfd)
-            out.extend(c.pipes)
-            waiting = waiting or (c.capture is not None and not c.capture.idle())
-        if waiting:
+        self._watch_new()
+        out = [self._epoll.fileno()] if self._epoll is not None else list(self._by_fd)
+        if self._busy:
             out.append(self._backlog_r)
         return out
 
@@ -476,21 +533,26 @@ class RealRunner:
 
     def polling(self) -> bool:
         """True when some child has no pidfd: the caller must look again soon."""
-        return any(c.pidfd is None and c.code is None for c in self._children)
+        self._watch_new()
+        return any(c.code is None for c in self._unwatched)
 
     def service(self, ready: Collection[int]) -> list[tuple[Handle, int]]:
+        self._watch_new()
         ended: list[tuple[Handle, int]] = [(f, f.code) for f in self._failed]
         self._failed.clear()
         if not self._children:
             return ended
+        if self._epoll is not None and self._epoll.fileno() in ready:
+            found = self._epoll.poll(0, max(1, len(self._by_fd)))
+            ready = [*ready, *(fd for fd, _ in found)]
+        children = self._touched(ready)
         ready_set = set(ready)
         read: dict[int, int] = {}  # bytes read this turn, by child
-        for c in self._children:
+        for c in children:
             for fd in [fd for fd in c.pipes if fd in ready_set]:
                 read[id(c)] = read.get(id(c), 0) + c.read(fd, READ_MAX)
-        self._hand_on(read)
-        still: list[_Child] = []
-        for c in self._children:
+        self._hand_on(children, read)
+        for c in children:
             if c.code is None and (c.pidfd is None or c.pidfd in ready_set):
                 c.poll_exit()
             if c.code is not None and c.ended():
@@ -498,17 +560,29 @@ class RealRunner:
                     assert c.pid is not None
                     self.reaper.remove(c.pid)
                 ended.append((c, c.code))
-            else:
-                still.append(c)
-        self._children = still
+                del self._children[c.seq]
+        self._busy = [c for c in children if c.capture is not None and not c.capture.idle()]
+        if self._unwatched:
+            self._unwatched = [c for c in self._unwatched if c.seq in self._children]
         return ended
 
-    def _hand_on(self, read: Mapping[int, int]) -> None:
+    def _touched(self, ready: Collection[int]) -> list[_Child]:
+        """The children something can have happened to since the last turn: those of the
+        ready descriptors, those with output waiting, those without a pidfd; in their order of
+        start, as if every child were looked at."""
+        touched = {c.seq: c for c in (*self._busy, *self._unwatched)}
+        for fd in ready:
+            c = self._by_fd.get(fd)
+            if c is not None:
+                touched[c.seq] = c
+        return [touched[seq] for seq in sorted(touched)]
+
+    def _hand_on(self, children: list[_Child], read: Mapping[int, int]) -> None:
         """Hand on this turn's share of the waiting output (TURN_LINES in all), reading the
         run's pipes again between slices, so that its command need not wait for the log. A run
         that writes faster than its lines are logged (HOT bytes in a turn) gets one slice: the
         lines handed on are logged at the end of the turn, while its pipe is not read."""
-        busy = [c for c in self._children if c.capture is not None and not c.capture.idle()]
+        busy = [c for c in children if c.capture is not None and not c.capture.idle()]
         for c in busy:
             assert c.capture is not None
             budget, got = max(SLICE, TURN_LINES // len(busy)), read.get(id(c), 0)
@@ -527,8 +601,8 @@ def _spawn(
     path: str, argv: list[str], env: Mapping[str, str], capture: bool
 ) -> tuple[int, dict[int, str]]:
     """Start ``argv`` (the program found at ``path``) in a process group of its own, stdin from
-    /dev/null; with ``capture``, its stdout and stderr are pipes whose read ends (non-blocking)
-    are returned with their names."""
+    /dev/null; with ``capture``, its stdout and stderr are pipes whose read ends are returned
+    with their names (blocking: the runner makes them non-blocking after the turn's spawns)."""
     actions: list[tuple[object, ...]] = [_STDIN]
     pipes: dict[int, str] = {}
     ends: list[int] = []
@@ -548,8 +622,6 @@ def _spawn(
         raise
     for fd in ends:
         os.close(fd)
-    for fd in pipes:
-        os.set_blocking(fd, False)
     return pid, pipes
 
 

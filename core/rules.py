@@ -297,11 +297,22 @@ class EveryRule(Rule, uncompared=("shown_zone",)):
         return cls(every, True, offset, shown_zone=zone_name)
 
 
+# A stretch of a zone's time line where the grid maps straight to instants: from its start to a
+# day later, with no change of UTC offset from CALM_MARGIN before it to CALM_MARGIN after it. No
+# wall time in it is repeated or skipped then: that would take a change of offset larger than the
+# margin (the largest known is a day).
+CALM_SPAN = timedelta(days=1)
+CALM_MARGIN = timedelta(days=3)
+
+
 class _EveryTicker:
     def __init__(self, rule: EveryRule, anchor: datetime) -> None:
         self.rule = rule
         self.zone = get_zone(rule.zone) if rule.zone else None
         self.anchor = to_us(anchor)
+        # The stretch the last tick was found in: (start, end, its UTC offset in µs), the
+        # offset None when a change is near (then every tick of it is found the long way).
+        self._calm: tuple[datetime, datetime, int | None] | None = None
 
     def next(self, after: datetime) -> Tick | None:
         d = self.rule.every
@@ -325,6 +336,13 @@ class _EveryTicker:
         transition, a grid time a spring-forward skips fires at the gap's end when D is longer
         than the jump (else it is absent), and a grid time a fall-back repeats fires at its first
         occurrence only when D is longer than the repeat (else at both)."""
+        _, end, calm_us = self._calm_around(after, zone)
+        if calm_us is not None:  # the common case: no change of offset within days
+            d, grid = self.rule.every, self.rule.offset  # as _grid_wall, in µs
+            k = (to_us(after) + calm_us - grid) // d + 1
+            candidate = from_us(grid + k * d - calm_us)
+            if candidate <= end:
+                return Tick(candidate)
         d = self.rule.every
         t, strict = after, True
         for _ in range(1000):
@@ -348,6 +366,21 @@ class _EveryTicker:
                     continue
             return Tick(candidate, repeated=is_repeated(candidate, zone))
         raise ScheduleError(f"no tick found for '{self.rule}'")  # pragma: no cover
+
+    def _calm_around(self, after: datetime, zone: tzinfo) -> tuple[datetime, datetime, int | None]:
+        """The stretch ``after`` lies in, with its UTC offset (µs) when it is calm (see
+        CALM_SPAN), else None. A stretch is looked at once a day: its probes cost as much as a
+        few ticks."""
+        calm = self._calm
+        if calm is None or not calm[0] <= after <= calm[1]:
+            try:
+                end = after + CALM_SPAN
+                changes = next_transition(zone, after - CALM_MARGIN, end + CALM_MARGIN) is not None
+            except OverflowError:  # within days of year 1 or 9999: the long way
+                end, changes = after, True
+            off = None if changes else offset_at(after, zone) // US
+            calm = self._calm = (after, end, off)
+        return calm
 
 
 _NAIVE_EPOCH = datetime(1970, 1, 1)

@@ -225,3 +225,14 @@ def test_every_1h_align_fires_25_times_on_a_25_hour_day() -> None:
     start = datetime.fromisoformat("2026-11-01T00:00-04:00") - SECOND
     end = datetime.fromisoformat("2026-11-02T00:00-05:00")
     assert len([t for t in sched.ticks(start, 30) if t.instant < end]) == 25
+
+
+@pytest.mark.parametrize("zone", ["Europe/Berlin", "Australia/Lord_Howe", "America/Havana"])
+@pytest.mark.parametrize("every", ["15m", "90m", "2h"])
+def test_one_schedule_walks_from_calm_days_into_a_transition(zone: str, every: str) -> None:
+    """A schedule keeps the stretch of days its last tick lay in: with no change of offset for
+    days around it, the next tick comes straight from the offset. Walked from such days into a
+    transition, one schedule finds the ticks of the rule."""
+    for instant in windows(zone):
+        start, end = instant - timedelta(days=6), instant + timedelta(days=2)
+        assert pyjob_ticks(zone, every, None, start, end) == oracle(zone, every, None, start, end)

@@ -90,6 +90,40 @@ def test_runs_each_tick_once_and_ends_when_exhausted() -> None:
     ]
 
 
+def test_events_no_consumer_takes_are_not_made() -> None:
+    """The scheduler makes only the events some consumer takes (``wants``): the same runs, the
+    other events in the same order."""
+    clock = FakeClock(T0)
+    runner = FakeRunner(clock)
+    every = job("every 10s align tz UTC stop-at 2026-06-01T12:00:30Z", clock)
+    s, events = make([every], runner, clock)
+    assert s.run() == 0
+    clock = FakeClock(T0)
+    quiet_runner = FakeRunner(clock)
+    quiet: list[Event] = []
+    asked: set[str] = set()
+
+    def wants(kind: str) -> bool:
+        asked.add(kind)
+        return kind not in ("next-tick", "claimed")
+
+    q = Scheduler(
+        clock,
+        quiet_runner,
+        quiet.append,
+        instance="test:1",
+        threaded=False,
+        opener=lambda u: NullBackend(),
+        wants=wants,
+    )
+    q.open([every])
+    q.add(job("every 10s align tz UTC stop-at 2026-06-01T12:00:30Z", clock))
+    assert q.run() == 0
+    assert ticks_run(quiet_runner) == ticks_run(runner)
+    assert {"next-tick", "claimed"} <= asked
+    assert seq(quiet) == seq(events, "next-tick", "claimed")
+
+
 def test_waits_without_polling() -> None:
     clock = FakeClock(T0)
     s, _ = make([job("every 1h align tz UTC", clock, max_runs=2)], FakeRunner(clock), clock)

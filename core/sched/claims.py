@@ -56,7 +56,11 @@ class Claims:
                 and not state.leasing
             )
             state.leasing += lease
-            following = state.job.schedule.next_tick(tick)
+            ahead = state.ahead  # the following tick, found at the claim-ahead
+            if ahead is not None and ahead[0] == tick:
+                following = ahead[1]
+            else:
+                following = state.job.schedule.next_tick(tick)
             if following is not None:
                 useful = min(useful, (following - now).total_seconds())
             until = keep_until(state.job.schedule, tick, following)

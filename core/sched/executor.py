@@ -170,19 +170,20 @@ class Executor:
         if held is not None:
             sh.mono.push(Renew(mono + held.ttl / 3, run))
         lateness = round((started - tick).total_seconds(), 6) if tick else 0.0
-        run.record = RunRecord(
-            state.id,
-            to_us(tick or started),
-            rid,
-            sh.instance,
-            Result.RUNNING,
-            fence=fence,
-            started_us=to_us(started),
-            lateness=lateness,
-            attempt=attempt,
-            attempts=prior or None,
-        )
-        sh.books.record(state, run.record)
+        if sh.coordinator.has_records(state.job.lock):  # else no one reads it
+            run.record = RunRecord(
+                state.id,
+                to_us(tick or started),
+                rid,
+                sh.instance,
+                Result.RUNNING,
+                fence=fence,
+                started_us=to_us(started),
+                lateness=lateness,
+                attempt=attempt,
+                attempts=prior or None,
+            )
+            sh.books.record(state, run.record)
         fields: dict[str, Any] = {"run_id": rid, "pid": None, "lateness": lateness}
         if isinstance(handle, FailedStart):
             fields.update(attempt=attempt, error=handle.start_error)
@@ -261,7 +262,8 @@ class Executor:
         if delay is not None:
             r.result = Result.RETRYING
             r.next_attempt_us = to_us(self.sh.clock.now()) + int(delay * 1e6)
-            r.attempts = [*run.prior, attempt_doc(run, code, result, r.finished_us)]
+            doc = attempt_doc(run, code, result, r.finished_us, self.sh.instance)
+            r.attempts = [*run.prior, doc]
         self.sh.books.record(run.job, r)
 
     def terminate(self, run: Run, why: str) -> None:

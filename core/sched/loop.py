@@ -74,6 +74,7 @@ class Scheduler:
         rng: random.Random | None = None,
         threaded: bool = True,
         opener: Callable[[str | None], Any] | None = None,
+        wants: events.Wants = events.wants_all,
     ) -> None:
         self.clock = clock
         self.runner = runner
@@ -91,6 +92,7 @@ class Scheduler:
             waker=self.waker,
             env=dict(env) if env else {},
             me=self.me,
+            wants=wants,
         )
         self.coordinator = coordinator or Coordinator(
             clock, instance, self.waker, sh.report, env=env, threaded=threaded, opener=opener

@@ -243,10 +243,12 @@ def hooks_env(run: Run, name: str, result: str, code: int, duration: float) -> d
     return hook_env(run.env, name, result, code, duration, tail, run.attempt)
 
 
-def attempt_doc(run: Run, code: int, result: str, finished_us: int | None) -> dict[str, Any]:
+def attempt_doc(
+    run: Run, code: int, result: str, finished_us: int | None, instance: str
+) -> dict[str, Any]:
     return {
         "attempt": run.attempt,
-        "instance": run.record.instance if run.record else None,
+        "instance": instance,
         "started_us": to_us(run.started_wall),
         "finished_us": finished_us,
         "exit_code": code,

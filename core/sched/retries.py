@@ -73,7 +73,7 @@ class Retries:
         sh = self.sh
         state = run.job
         assert run.tick is not None
-        prior = [*run.prior, attempt_doc(run, code, result, to_us(sh.clock.now()))]
+        prior = [*run.prior, attempt_doc(run, code, result, to_us(sh.clock.now()), sh.instance)]
         claim = ClaimResult(True, sh.instance, run.fence)
         retry = Retry(run.tick, claim, run.attempt + 1, prior, run.record, run=run, code=code)
         retry.key = run.key

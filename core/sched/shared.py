@@ -69,10 +69,14 @@ class Shared:
         waker: Waker,
         env: Mapping[str, str],
         me: InstanceInfo,
+        wants: events.Wants = events.wants_all,
     ) -> None:
         self.clock = clock
         self.runner = runner
         self._emit = emit
+        # The kinds of event some consumer takes: the others are not made at all (a debug
+        # event below --log-level cost a tick of 1,000 jobs as much as a logged one).
+        self.wants = wants
         self.instance = instance
         self.rng = rng
         self.waker = waker
@@ -105,6 +109,8 @@ class Shared:
         return held if held is not None and threading.get_ident() == self.loop_thread else None
 
     def emit(self, kind: str, job: str, tick: datetime | None, **fields: Any) -> None:
+        if not self.wants(kind):
+            return
         held = self.holding()
         if held is not None:
             # Stamped now; made and written once the turn's spawns are done.

@@ -36,12 +36,9 @@ class Ticking:
         # One timer per job: the claim sets its tick's (a job not due costs one heap entry).
         at = sh.spread.claim_at(state, tick, lead)  # --spread: this instance's turn
         sh.wall.push(ClaimAhead(at, state, state.gen, tick))
-        sh.emit(
-            "next-tick",
-            state.id,
-            tick,
-            in_seconds=round((tick - sh.clock.now()).total_seconds(), 6),
-        )
+        if sh.wants("next-tick"):
+            in_seconds = round((tick - sh.clock.now()).total_seconds(), 6)
+            sh.emit("next-tick", state.id, tick, in_seconds=in_seconds)
 
     def stepped_back(self, now: datetime) -> None:
         """The wall clock stepped back (NTP, an operator): a job waits for the first tick after
