@@ -151,7 +151,7 @@ def test_another_instance_takes_over_the_attempts_of_one_that_was_killed(
         'if [ "$PYJOB_ATTEMPT" = 1 ]; then sleep 60; fi'
     )
     args = ["-s", "*/20 * * * * *", "--lock", url, "--name", "flaky", "--retries", "2"]
-    args += ["--retry-delay", "200ms", "--lease-ttl", "1s", "--shell", "--", cmd]
+    args += ["--retry-delay", "200ms", "--lease-ttl", "3s", "--shell", "--", cmd]
     runs = {n: PyjobRun(["--instance-id", n, *args], tmp_path, n) for n in ("a", "b")}
     deadline = time.time() + 30
     while time.time() < deadline and not (out.exists() and out.read_text().strip()):

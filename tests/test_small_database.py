@@ -90,7 +90,26 @@ def test_three_instances_of_100_jobs_on_max_connections_20_run_every_tick_once(
         job, tick = _tick(rid)
         ticks.setdefault(job, set()).add(tick)
     assert sorted(ticks) == [f"j{k:03d}" for k in range(JOBS)]
+    # A tick may pass unrun only where an instance said so (`missed`: a machine too loaded to
+    # start it within --misfire-grace; `refused`, `skipped`): none goes silently.
+    told = _told(runs)
     for job, seen in ticks.items():
         missing = sorted(set(range(min(seen), max(seen) + 1)) - seen)
         missing += sorted(set(range(first, last + 1)) - seen - set(missing))
-        assert not missing, f"{job}: ticks {missing} did not run; backend errors: {errors[:3]}"
+        silent = [t for t in missing if (job, t) not in told]
+        assert not silent, f"{job}: ticks {silent} did not run; backend errors: {errors[:3]}"
+
+
+def _told(runs: list[PyjobRun]) -> set[tuple[str, int]]:
+    """The (job, tick) pairs some instance reported as not run, with a reason."""
+
+    def unix(text: str) -> int:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+
+    told: set[tuple[str, int]] = set()
+    for run in runs:
+        for e in run.events("missed"):
+            told.update((e["job"], t) for t in range(unix(e["first"]), unix(e["last"]) + 1))
+        for kind in ("refused", "skipped"):
+            told.update((e["job"], unix(e["tick"])) for e in run.events(kind) if e["tick"])
+    return told
