@@ -4,9 +4,10 @@
     python -m benchmarks.idle --quick    # 4 s, 1 run (a smoke test)
 
 Every thread counts: CPU is the sum of /proc/PID/task/*/schedstat (nanoseconds on CPU), wake-ups
-the sum of every thread's voluntary context switches (/proc/PID/task/*/status), both over the
-window and scaled to a minute; peak RSS is VmHWM. The goals are those of an idle pyjob instance,
-heartbeat included: at most 6 wake-ups and 2 ms of CPU a minute, peak RSS at most 22 MiB.
+the sum of every thread's context switches, voluntary and involuntary (/proc/PID/task/*/status),
+both over the window and scaled to a minute; peak RSS is VmHWM. The goals are those of an idle
+pyjob instance, heartbeat included: at most 6 wake-ups and 2 ms of CPU a minute, peak RSS at most
+22 MiB.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def table(seconds: float, repeat: int) -> Table:
         t.rows.append([name, spread(s["cpu"], 2), spread(s["wakes"], 1), spread(s["rss"], 1)])
     t.note = (
         "The three wait side by side. Every thread counts: CPU from /proc/PID/task/*/schedstat "
-        "(ns), wake-ups as every thread's voluntary context switches, both scaled to a minute; "
+        "(ns), wake-ups as every thread's context switches (voluntary and involuntary), both "
+        "scaled to a minute; "
         "peak RSS is VmHWM. Median of the runs, with min-max."
     )
     mine = results["pyjob run"]
