@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from .. import __version__, events
-from ..clock import MAX_SLEEP_SLICE, Clock, Waker
+from ..clock import Clock, Waker
 from ..coordinator import Coordinator
 from ..instants import to_us
 from ..process import Runner
@@ -225,7 +225,9 @@ class Scheduler:
 
     def _sleep_for(self) -> float:
         sh = self._sh
-        candidates = [MAX_SLEEP_SLICE]  # wake a few times a minute to notice clock steps
+        # Before the time is read: a step of the wall clock after this ends the wait (or, where
+        # nothing tells of steps, the wait is cut into slices that re-read the clock).
+        candidates = [self.clock.longest_wait()]
         now = self.clock.now()
         mono = self.clock.monotonic()
         wall_us = sh.wall.next_due_us()
