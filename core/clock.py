@@ -197,10 +197,11 @@ class FakeClock:
         return waker.block(0)
 
     def wait_for(self, waker: Waker, seconds: float, fds: Sequence[int]) -> list[int]:
-        """Fake time has no file descriptors: a fake runner's children end at fake instants
-        the caller includes in ``seconds``."""
+        """A fake runner's children end at fake instants the caller includes in ``seconds``;
+        real descriptors among ``fds`` (a watch on a directory) that are readable already are
+        told, without waiting for them."""
         self.wait(waker, seconds)
-        return []
+        return waker.poll(fds, 0.0) or [] if fds else []
 
     def longest_wait(self) -> float:
         """Steps of fake time are the test's own: the loop re-reads the clock in slices, as

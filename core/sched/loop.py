@@ -144,7 +144,9 @@ class Scheduler:
     def close(self) -> None:
         """Let the last lease releases and record writes go out (within what is left of the
         stop timeout), and free the wake-up pipe."""
+        self._sh.books.farewell()
         self.coordinator.close(wait=self._sh.close_wait)
+        self._sh.fleet.close()
         self.waker.close()
 
     # ------------------------------------------------------------------ the loop
@@ -177,13 +179,16 @@ class Scheduler:
                 return sh.lifecycle.shutdown()
             if code is not None:
                 return code
-            ready = self.clock.wait_for(self.waker, self._sleep_for(), self.runner.fds())
+            fds = self.runner.fds()
+            if sh.fleet.watches:
+                fds = [*fds, *sh.fleet.fds()]
+            ready = self.clock.wait_for(self.waker, self._sleep_for(), fds)
 
     def _turn(self, ready: Sequence[int]) -> int | None:
         """One turn of the loop: what is due now. An exit code when the run is over, else None."""
         sh = self._sh
         self.coordinator.drain()
-        sh.executor.reap(ready)
+        sh.executor.reap(sh.fleet.woken(list(ready)))
         if sh.stop:
             return _STOPPING
         if sh.reload:
