@@ -100,8 +100,10 @@ def spread(values: Sequence[float], digits: int = 2) -> str:
 
 
 def wakeups(pid: int) -> int:
-    """Voluntary context switches of every live thread of ``pid`` (each one a sleep that ended
-    in a wake-up), from /proc/PID/task/*/status. A thread that ended takes its count with it."""
+    """Context switches of every live thread of ``pid``, from /proc/PID/task/*/status: the
+    voluntary ones (each a sleep that ended in a wake-up) and the involuntary ones (the thread
+    was running, so it had woken, and the scheduler took the CPU from it). A thread that ended
+    takes its count with it."""
     total = 0
     for task in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -109,7 +111,7 @@ def wakeups(pid: int) -> int:
         except (FileNotFoundError, ProcessLookupError):
             continue  # a thread that just ended
         for line in lines:
-            if line.startswith("voluntary_ctxt_switches:"):
+            if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
                 total += int(line.split(":", 1)[1])
     return total
 

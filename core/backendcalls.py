@@ -74,6 +74,7 @@ class FleetCall:
 
     fn: Callable[[], Any]
     done: Callable[[Any], None]
+    held: bool = False  # no tick waits for it: held with the background calls (Coordinator.hold)
     priority: ClassVar[int] = 1
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import sys
 import threading
 import time as _time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Clock(Protocol):
@@ -34,15 +36,38 @@ class Clock(Protocol):
 
     def wait_for(self, waker: Waker, seconds: float, fds: Sequence[int]) -> list[int]:
         """Block until ``waker`` is woken, one of ``fds`` is readable, or ``seconds`` pass;
-        the readable ones among ``fds``."""
+        the readable ones among ``fds``. A step of the wall clock ends the wait too (an empty
+        list) when ``longest_wait`` says so."""
+        ...
+
+    def longest_wait(self) -> float:
+        """The longest a ``wait_for`` aiming at a wall-clock instant may last before the wall
+        clock is read again: infinite when a step of the wall clock ends the wait, else
+        MAX_SLEEP_SLICE. Call it before reading the time the wait is computed from: a step
+        after this call ends the wait, one before it is in that reading."""
         ...
 
 
 FINE_SLEEP = 0.002
 
+# The longest single sleep while waiting for an instant where nothing tells of a step of the wall
+# clock (suspend, NTP step, operator): waking a few times a minute notices it.
+MAX_SLEEP_SLICE = 20.0
+
 
 class SystemClock:
-    """The host's clocks."""
+    """The host's clocks. On Linux a step of the wall clock ends ``wait_for`` (``StepWatch``);
+    elsewhere the wait for an instant is cut into slices of MAX_SLEEP_SLICE."""
+
+    def __init__(self) -> None:
+        self._steps: StepWatch | None = None
+        self._watching = False
+
+    def longest_wait(self) -> float:
+        if not self._watching:
+            self._watching = True
+            self._steps = StepWatch.open()
+        return MAX_SLEEP_SLICE if self._steps is None else float("inf")
 
     def now(self) -> datetime:
         return datetime.now(UTC)
@@ -67,17 +92,25 @@ class SystemClock:
         return waker.block(0)
 
     def wait_for(self, waker: Waker, seconds: float, fds: Sequence[int]) -> list[int]:
+        steps = self._steps
+        if steps is not None:
+            fds = [*fds, steps.fd]
         if not fds:
             self.wait(waker, seconds)
             return []
         deadline = _time.monotonic() + max(0.0, seconds)
         ready = waker.poll(fds, seconds - FINE_SLEEP if seconds > FINE_SLEEP else 0.0)
-        if ready is not None:
-            return ready
-        rest = deadline - _time.monotonic()
-        if rest > 0:
-            _time.sleep(rest)
-        return waker.poll(fds, 0.0) or []
+        if ready is None:
+            rest = deadline - _time.monotonic()
+            if rest > 0:
+                _time.sleep(rest)
+            ready = waker.poll(fds, 0.0) or []
+        if steps is not None and steps.fd in ready:
+            ready.remove(steps.fd)
+            if not steps.rearm():  # back to slices (longest_wait), never a wait that misses a step
+                self._steps = None
+                steps.close()
+        return ready
 
 
 class WrappedClock:
@@ -101,18 +134,39 @@ class WrappedClock:
     def wait_for(self, waker: Waker, seconds: float, fds: Sequence[int]) -> list[int]:
         return self.base.wait_for(waker, seconds, fds)
 
+    def longest_wait(self) -> float:
+        return self.base.longest_wait()
+
 
 class OffsetClock(WrappedClock):
     """Another clock corrected by a measured offset: ``now()`` is the base clock's time plus
     ``offset`` seconds (NTP's sign: positive when the base clock is behind). Monotonic time and
-    sleeping are the base clock's. ``offset`` may be updated from another thread at any time."""
+    sleeping are the base clock's. ``offset`` may be updated from another thread at any time: a
+    new offset is a step of this clock, so it wakes every waker that waited through it."""
 
     def __init__(self, base: Clock, offset: float = 0.0) -> None:
         super().__init__(base)
-        self.offset = offset
+        self._offset = offset
+        self._wakers: weakref.WeakSet[Waker] = weakref.WeakSet()
+
+    @property
+    def offset(self) -> float:
+        return self._offset
+
+    @offset.setter
+    def offset(self, value: float) -> None:
+        changed = value != self._offset
+        self._offset = value
+        if changed:
+            for waker in list(self._wakers):
+                waker.wake()
 
     def now(self) -> datetime:
-        return self.base.now() + timedelta(seconds=self.offset)
+        return self.base.now() + timedelta(seconds=self._offset)
+
+    def wait_for(self, waker: Waker, seconds: float, fds: Sequence[int]) -> list[int]:
+        self._wakers.add(waker)
+        return self.base.wait_for(waker, seconds, fds)
 
 
 class FakeClock:
@@ -143,10 +197,16 @@ class FakeClock:
         return waker.block(0)
 
     def wait_for(self, waker: Waker, seconds: float, fds: Sequence[int]) -> list[int]:
-        """Fake time has no file descriptors: a fake runner's children end at fake instants
-        the caller includes in ``seconds``."""
+        """A fake runner's children end at fake instants the caller includes in ``seconds``;
+        real descriptors among ``fds`` (a watch on a directory) that are readable already are
+        told, without waiting for them."""
         self.wait(waker, seconds)
-        return []
+        return waker.poll(fds, 0.0) or [] if fds else []
+
+    def longest_wait(self) -> float:
+        """Steps of fake time are the test's own: the loop re-reads the clock in slices, as
+        where nothing tells of a step."""
+        return MAX_SLEEP_SLICE
 
     def advance(self, seconds: float) -> None:
         """Let ``seconds`` of real time pass (wall and monotonic move together)."""
@@ -156,6 +216,11 @@ class FakeClock:
     def step(self, seconds: float) -> None:
         """Step the wall clock only, as NTP or an operator would; monotonic time is unmoved."""
         self._now += timedelta(seconds=seconds)
+
+
+def _timeout(seconds: float) -> float | None:
+    """A wait's timeout for select and poll: None (no end) for an infinite one."""
+    return None if seconds == float("inf") else max(0.0, seconds)
 
 
 class Waker:
@@ -189,7 +254,7 @@ class Waker:
 
     def block(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for a wake-up; drain it; True if there was one."""
-        ready, _, _ = select.select([self._r], [], [], max(0.0, seconds))
+        ready, _, _ = select.select([self._r], [], [], _timeout(seconds))
         if not ready:
             return False
         try:
@@ -210,7 +275,8 @@ class Waker:
         for fd in wanted - polled:
             p.register(fd, select.POLLIN)
         self._polled = wanted
-        events = p.poll(max(0.0, seconds) * 1000)
+        timeout = _timeout(seconds)
+        events = p.poll(None if timeout is None else timeout * 1000)
         if not events:
             return None
         ready = [fd for fd, _ in events if fd != self._r]
@@ -228,9 +294,72 @@ class Waker:
                     os.close(fd)
 
 
-# The longest single sleep while waiting for an instant: waking a few times a minute lets a wait
-# notice that the wall clock was stepped (suspend, NTP step, operator) without polling.
-MAX_SLEEP_SLICE = 20.0
+_CLOCK_REALTIME = 0
+_TFD_CLOEXEC = 0o2000000
+_TFD_NONBLOCK = 0o4000
+_TFD_TIMER_ABSTIME = 1
+_TFD_TIMER_CANCEL_ON_SET = 2
+_FAR = 100 * 365 * 86400  # seconds: the watch's timer is never meant to expire
+
+
+class StepWatch:
+    """A Linux timerfd on CLOCK_REALTIME, armed at an absolute instant far ahead with
+    TFD_TIMER_CANCEL_ON_SET: the kernel makes it readable whenever the wall clock is set (an
+    operator, an NTP step, the return from a suspend), and at no other time, so a wait that
+    includes ``fd`` ends at a step and costs no wake-up otherwise. NTP's slewing sets nothing and
+    ends nothing: it moves the clock by at most 0.5 ms a second."""
+
+    def __init__(self, fd: int, settime: Callable[[int, int, Any, Any], int]) -> None:
+        import ctypes  # here: a command that never waits for an instant does not load it
+
+        class Timespec(ctypes.Structure):
+            _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
+
+        class Itimerspec(ctypes.Structure):
+            _fields_ = (("it_interval", Timespec), ("it_value", Timespec))
+
+        self.fd = fd
+        self._settime = settime
+        self._spec = Itimerspec()
+        self._ref = ctypes.byref(self._spec)
+        if not self.rearm():
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    @classmethod
+    def open(cls) -> StepWatch | None:
+        """A watch, or None where the system has none (not Linux, no timerfd, a sandbox)."""
+        if not sys.platform.startswith("linux"):
+            return None
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            create, settime = libc.timerfd_create, libc.timerfd_settime
+        except (OSError, AttributeError):
+            return None
+        fd = create(_CLOCK_REALTIME, _TFD_NONBLOCK | _TFD_CLOEXEC)
+        if fd < 0:
+            return None
+        try:
+            return cls(fd, settime)
+        except OSError:
+            os.close(fd)
+            return None
+
+    def rearm(self) -> bool:
+        """After the watch woke a wait: take its news (a step: ECANCELED; the far instant: a
+        count) and arm it again, before the caller reads the time anew. False when it could
+        not be armed (the watch is then of no use)."""
+        with contextlib.suppress(OSError):  # ECANCELED, or EAGAIN when nothing was there
+            os.read(self.fd, 8)
+        self._spec.it_value.tv_sec = int(_time.time()) + _FAR
+        flags = _TFD_TIMER_ABSTIME | _TFD_TIMER_CANCEL_ON_SET
+        return self._settime(self.fd, flags, self._ref, None) == 0
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
 
 
 def sleep_until(

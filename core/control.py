@@ -5,6 +5,8 @@ instance sharing the backend sees them, and a paused job stays paused across res
 Every change also changes the store's *version*. A `pyjob run` process reads the version once
 every CONTROL_EVERY seconds (one small read for all its jobs), and reads the whole state only
 when the version changed: an idle fleet costs one key, row or file read a second per process.
+On file: it reads it when the directory of the version changes instead (``DirectoryControl.watch``,
+inotify): an idle process reads nothing.
 A writer writes its change first and the new version after it, so a reader that saw the last
 version also sees every change made before it.
 
@@ -26,9 +28,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import BackendError
+
+if TYPE_CHECKING:
+    from .dirwatch import DirWatch
 
 CONTROL_EVERY = 1.0  # seconds between a process's reads of the control version
 TRIGGER_EXPIRES = 60.0  # seconds: a trigger no instance took by then is dropped
@@ -131,9 +136,25 @@ _UNREADABLE = (OSError, ValueError, KeyError, TypeError)
 
 
 class DirectoryControl:
-    def __init__(self, directory: Path, url: str) -> None:
+    def __init__(self, directory: Path, url: str, local: bool = False) -> None:
         self.dir = Path(directory) / ".control"
         self.url = url
+        self.local = local  # file:, where this host's kernel sees every change (not nfs:)
+
+    def watch(self) -> DirWatch | None:
+        """A watch that wakes the reader when the version may have changed (core/dirwatch.py),
+        on file: where the kernel sees every write; None where the reader must poll (nfs:,
+        no inotify, a directory that cannot be made)."""
+        if not self.local:
+            return None
+        from .backends.common import make_private_dirs
+        from .dirwatch import DirWatch
+
+        try:
+            make_private_dirs(self.dir)
+        except OSError:
+            return None
+        return DirWatch.open(self.dir)
 
     def _fail(self, what: str, e: OSError) -> BackendError:
         return BackendError(f"{self.url}: {what}: {e.strerror or e}")
@@ -368,7 +389,7 @@ def control_for(backend: Any) -> ControlStore | None:
     from .backends.nfs import NfsBackend
 
     if isinstance(backend, FileBackend | NfsBackend):
-        return DirectoryControl(backend.directory, backend.url)
+        return DirectoryControl(backend.directory, backend.url, isinstance(backend, FileBackend))
     kind = type(backend).__name__
     if kind == "RedisBackend":
         return RedisControl(backend._r, backend.url, backend._errors)

@@ -74,6 +74,8 @@ RELEASE_RETRY = 1.0  # seconds between retries of lease releases an outage left 
 
 # report(job, tick, kind, **fields): an event on behalf of the coordinator.
 Report = Callable[..., None]
+Answer = Callable[[Any], None]  # what gets a call's answer
+Work = Callable[[], Any]  # what a call does on the worker
 _T = TypeVar("_T")
 
 
@@ -102,6 +104,11 @@ ANSWERED = (ClaimCall, RenewCall, OrphanCall, LatestCall, PreviousCall, FleetCal
 def _waits_for_none(call: Call) -> bool:
     """A call no tick waits for: a background one, or the worker's own look at what it owes."""
     return isinstance(call, BACKGROUND) or (isinstance(call, ReleaseCall) and not call.leases)
+
+
+def _holdable(call: Call) -> bool:
+    """A call no tick waits for, held during a turn's spawns (``Coordinator.hold``)."""
+    return isinstance(call, BACKGROUND) or (isinstance(call, FleetCall) and call.held)
 
 
 class Coordinator:
@@ -262,12 +269,12 @@ class Coordinator:
         another's attempts, or to end a run lost with its host."""
         self._submit(url, OrphanCall(job, newest, done))
 
-    def call(self, url: str | None, fn: Callable[[], Any], done: Callable[[Any], None]) -> None:
+    def call(self, url: str | None, fn: Work, done: Answer, held: bool = False) -> None:
         """``fn()`` on the backend's worker, under the one error policy: its result, or the
-        BackendError it raised, to ``done``. For the reads and writes of state that lives in the
-        backend beside the records (the fleet's pauses and triggers, core/control.py); ``fn``
-        must itself be bounded, as every backend call is."""
-        self._submit(url, FleetCall(fn, done))
+        BackendError it raised, to ``done``. For state that lives beside the records (pauses,
+        triggers, core/control.py); ``fn`` is bounded, as every backend call is. ``held``: no
+        tick waits for it, so it goes with the background calls (see ``hold``)."""
+        self._submit(url, FleetCall(fn, done, held))
 
     def drain(self) -> int:
         """Deliver the results that are ready (on the caller's thread); how many."""
@@ -328,7 +335,7 @@ class Coordinator:
             self._submit(url, call)
 
     def _submit(self, url: str | None, call: Call) -> None:
-        if self._held is not None and isinstance(call, BACKGROUND):
+        if self._held is not None and _holdable(call):
             self._held.append((url, call))
             return
         link = self._links[self.key(url)]

@@ -16,7 +16,8 @@ one is either renamed ``exported_job`` or, with ``honor_labels``, replaces the t
 
 Liveness: ``/healthz`` answers 200 while the scheduler loop is seen alive: ``beat()`` is called
 each time the loop goes to wait (``BeatingClock`` wraps the scheduler's clock to do that), and
-the loop waits at least every MAX_SLEEP_SLICE (20 s); 503 after LIVENESS (60 s) without a beat.
+the loop's waits last at most MAX_SLEEP_SLICE (20 s) while it beats; 503 after LIVENESS (60 s)
+without a beat.
 """
 
 from __future__ import annotations
@@ -421,6 +422,11 @@ class BeatingClock(WrappedClock):
             return self.base.wait_for(waker, seconds, fds)
         finally:
             self._beat()
+
+    def longest_wait(self) -> float:
+        """A wait ends within MAX_SLEEP_SLICE even where steps of the clock would end it: a
+        loop seen waiting no longer than that is a loop seen alive."""
+        return min(self.base.longest_wait(), MAX_SLEEP_SLICE)
 
 
 class MetricsServer:

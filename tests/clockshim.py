@@ -11,6 +11,11 @@ when told to leave the monotonic clock alone).
 The file holds the offset in seconds (a float); the library re-reads it at most every 10 ms.
 Processes that read the file system's time (file mtimes) still get the kernel's: only what the
 process asks the C library is moved.
+
+A step is also told as the kernel tells a real one: a timerfd armed with TFD_TIMER_ABSTIME |
+TFD_TIMER_CANCEL_ON_SET (pyjob's StepWatch) is armed at the process's instant on the kernel's
+clock, and a thread of the library, started by the first such timer, fires it within about 10 ms
+of a change of the offset, as the kernel wakes it when the wall clock is set.
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ SOURCE = r"""
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <unistd.h>
 #include <sys/time.h>
+#include <sys/timerfd.h>
 #include <time.h>
 
 static int (*real_clock_gettime)(clockid_t, struct timespec *);
@@ -99,6 +106,69 @@ int gettimeofday(struct timeval *restrict tv, void *restrict tz) {
     return r;
 }
 
+typedef int (*settime_fn)(int, int, const struct itimerspec *, struct itimerspec *);
+
+#define WATCHED_MAX 16
+static int watched[WATCHED_MAX];         /* timerfds armed to be cancelled by a step */
+static long long watched_offset[WATCHED_MAX];  /* the offset each was armed under */
+static int watched_n;
+static int watcher_started;
+static pthread_mutex_t watched_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void *watcher(void *arg) {
+    (void)arg;
+    settime_fn real = (settime_fn)dlsym(RTLD_NEXT, "timerfd_settime");
+    struct timespec pause = {0, 10000000L};
+    for (;;) {
+        nanosleep(&pause, NULL);
+        reload();
+        pthread_mutex_lock(&watched_lock);
+        for (int i = 0; i < watched_n; i++) {
+            if (watched[i] >= 0 && watched_offset[i] != offset_ns) {
+                /* The offset changed: the timer expires at once, readable as after a step. */
+                struct itimerspec soon = {{0, 0}, {0, 1}};
+                real(watched[i], 0, &soon, NULL);
+                watched[i] = -1;  /* until it is armed again */
+            }
+        }
+        pthread_mutex_unlock(&watched_lock);
+    }
+    return NULL;
+}
+
+int timerfd_settime(int fd, int flags, const struct itimerspec *new, struct itimerspec *old) {
+    settime_fn real = (settime_fn)dlsym(RTLD_NEXT, "timerfd_settime");
+    if (!(flags & TFD_TIMER_CANCEL_ON_SET) || !(flags & TFD_TIMER_ABSTIME) || !new)
+        return real(fd, flags, new, old);
+    reload();
+    struct itimerspec moved = *new;  /* the process's instant, on the kernel's clock */
+    long long ns = moved.it_value.tv_sec * 1000000000LL + moved.it_value.tv_nsec - offset_ns;
+    moved.it_value.tv_sec = ns / 1000000000LL;
+    moved.it_value.tv_nsec = ns % 1000000000LL;
+    int r = real(fd, flags, &moved, old);
+    if (r != 0)
+        return r;
+    pthread_mutex_lock(&watched_lock);
+    int slot = -1;
+    for (int i = 0; i < watched_n; i++)
+        if (watched[i] == fd || (slot < 0 && watched[i] < 0))
+            slot = i;
+    if (slot < 0 && watched_n < WATCHED_MAX)
+        slot = watched_n++;
+    if (slot >= 0) {
+        watched[slot] = fd;
+        watched_offset[slot] = offset_ns;
+    }
+    if (!watcher_started) {
+        pthread_t t;
+        watcher_started = pthread_create(&t, NULL, watcher, NULL) == 0;
+        if (watcher_started)
+            pthread_detach(t);
+    }
+    pthread_mutex_unlock(&watched_lock);
+    return r;
+}
+
 time_t time(time_t *out) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -125,7 +195,7 @@ def build() -> Path:
         src.write_text(SOURCE)
         out = Path(tmp) / "clockshim.so"
         subprocess.run(
-            [cc, "-O2", "-shared", "-fPIC", "-o", str(out), str(src), "-ldl"],
+            [cc, "-O2", "-shared", "-fPIC", "-pthread", "-o", str(out), str(src), "-ldl"],
             check=True,
             capture_output=True,
         )

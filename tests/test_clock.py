@@ -609,3 +609,86 @@ def test_check_clock_marks_the_falseticker(chrony: ChronyServer, skewed: ChronyS
     doc = as_json(proc)
     assert [s.get("falseticker", False) for s in doc["servers"]] == [False, False, True]
     assert abs(doc["offset"]) < 0.01 and doc["server"] != skewed.address
+
+
+def test_an_offset_that_changes_wakes_the_wait_that_went_through_the_clock() -> None:
+    # --clock ntp: a new correction is a step of the scheduler's clock, and must end its wait
+    # as a step of the host's clock does
+    from pyjob.core.clock import Waker
+
+    clock = OffsetClock(FakeClock(datetime(2026, 11, 28, tzinfo=UTC)))
+    waker = Waker()
+    try:
+        clock.wait_for(waker, 1.0, [])
+        clock.offset = 0.0  # no change: no wake-up
+        assert not waker.block(0)
+        clock.offset = 2.5
+        assert waker.block(0)
+    finally:
+        waker.close()
+
+
+STEPPED_WAIT = r"""
+import sys, time
+from pyjob.core.clock import SystemClock, Waker
+clock = SystemClock()
+print(clock.longest_wait(), flush=True)
+sys.stdin.readline()  # the test steps the clock once it sees this one waiting
+start = time.monotonic()
+ready = clock.wait_for(Waker(), 600.0, [])
+print(ready, time.monotonic() - start, flush=True)
+"""
+
+
+def test_a_step_of_the_wall_clock_ends_a_long_wait(tmp_path: Path) -> None:
+    # On Linux nothing polls for steps: a wait of 10 minutes ends when the clock is stepped
+    # (here by the shim, which fires the step watch as the kernel does), not at its end.
+    import os
+    import sys
+
+    from .clockshim import ClockShim
+
+    shim = ClockShim(tmp_path / "clock")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STEPPED_WAIT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **shim.env()},
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "inf"  # no slices: steps end the wait
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        time.sleep(1.0)  # let it enter the wait (a step before it would be in its reading)
+        shim.set(660.0)
+        out, _ = proc.communicate(timeout=120)  # far below the 600 s it was asked to wait
+    finally:
+        proc.kill()
+    ready, waited = out.split("] ")
+    assert ready == "[" and float(waited) < 600.0, out
+
+
+def test_a_tick_the_clock_is_stepped_past_runs_without_waiting_for_a_slice(
+    tmp_path: Path,
+) -> None:
+    # The tick is 10 minutes away; the clock steps 10 minutes and 5 seconds ahead. The run
+    # starts at once, not when a slice of the wait would have re-read the clock (20 s). No lock:
+    # a backend's clock is not stepped, and would refuse a tick so far ahead of it.
+    from .clockshim import ClockShim
+
+    shim = ClockShim(tmp_path / "clock")
+    at = (datetime.now(UTC) + timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    run = PyjobRun(
+        ["--once", at, "--lock", "none", "--", "true"],
+        tmp_path,
+        env=shim.env(),
+    )
+    try:
+        run.wait_for("next-tick", timeout=60)
+        time.sleep(1.0)  # waiting for the tick
+        shim.set(605.0)
+        run.wait_for("run-started", timeout=10)  # a 20 s slice would miss this half the time
+    finally:
+        run.stop()

@@ -356,3 +356,42 @@ def test_a_pause_read_stops_the_next_tick_and_a_resume_starts_the_one_after(
 
 def iso(instant: datetime) -> str:
     return instant.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.parametrize("kind", ["file", "nfs"])
+def test_file_control_is_watched_and_nfs_control_is_read_every_second(
+    tmp_path: Path, kind: str
+) -> None:
+    """On file: a change of the control wakes the loop (inotify), and nothing reads it every
+    second; on nfs:, whose other hosts' writes make no event here, it is read every second."""
+    from pyjob.core.backends.file import FileBackend
+    from pyjob.core.backends.nfs import NfsBackend
+    from pyjob.core.clock import SystemClock
+    from pyjob.core.control import DirectoryControl
+    from pyjob.core.process import Command
+    from pyjob.core.schedule import Schedule, parse
+    from pyjob.core.scheduler import Job, Scheduler
+    from pyjob.core.settings import JobSettings
+
+    from .fakes import FakeRunner
+
+    clock = SystemClock()
+    backend = FileBackend(tmp_path / "locks") if kind == "file" else NfsBackend(tmp_path / "locks")
+    spec = parse("every 1h align tz UTC", env={})
+    job = Job("job", Schedule(spec, job_id="job"), Command(("true",)), JobSettings())
+    s = Scheduler(clock, FakeRunner(clock), lambda e: None, instance="t", opener=lambda u: backend)
+    try:
+        s.open([job])
+        s.add(job)
+        fleet = s._sh.fleet
+        polls = [t for _, _, t in s._sh.mono._heap if type(t).__name__ == "ControlPoll"]
+        if kind == "nfs":
+            assert not fleet.fds() and len(polls) == 1
+            return
+        assert len(fleet.fds()) == 1 and not polls
+        (fd,) = fleet.fds()
+        DirectoryControl(tmp_path / "locks", backend.url).pause(["job"], "a@h", 0)
+        assert s.waker.poll([fd], 10.0) == [fd]  # readable once the pause is written
+        assert fleet.woken([fd]) == [] and fleet.reading  # and read at once
+    finally:
+        s.close()

@@ -7,6 +7,7 @@ import re
 import signal
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -633,6 +634,59 @@ def with_records(s: Scheduler, records: dict[tuple[str, int], Any]) -> None:
 
     co.record = record  # type: ignore[method-assign]
     co.orphan = orphan  # type: ignore[method-assign]
+
+
+def test_an_idle_instance_beats_once_a_minute_and_fast_while_its_run_goes_on() -> None:
+    """Nothing in flight: a heartbeat a minute, saying a quiet time of 3.5 minutes. A run's
+    `running` record is preceded by a heartbeat at the fast pace (a third of the TTL), so that a
+    run lost with this instance is noticed within about 1.5 × the TTL; once it ended, the pace
+    is the idle one again."""
+    from pyjob.core.sched.books import IDLE_BEAT
+
+    clock = FakeClock(T0 + timedelta(seconds=1))
+    runner = FakeRunner(clock, duration=20.0)
+    spec = job("every 10m align tz UTC", clock, lease_ttl=15.0)
+    events: list[Event] = []
+    backend = NullBackend()
+    s = Scheduler(
+        clock, runner, events.append, instance="test:1", threaded=False, opener=lambda u: backend
+    )
+    records: dict[tuple[str, int], Any] = {}
+    with_records(s, records)
+    co = s.coordinator
+    log: list[tuple[float, str, Any]] = []
+    record = co.record
+
+    def beat(me: Any) -> None:
+        log.append((clock.monotonic(), "beat", me.quiet_us))
+
+    def logged(url: Any, r: Any, keep: int) -> None:
+        log.append((clock.monotonic(), "record", r.result))
+        record(url, r, keep)
+
+    co.heartbeat = beat  # type: ignore[method-assign]
+    co.record = logged  # type: ignore[method-assign]
+    s.open([spec])
+    s.add(spec)
+    stop_at(s, clock, T0 + timedelta(minutes=25))
+    s.run()
+    fast, idle = int(5 * 3.5e6), int(IDLE_BEAT * 3.5e6)
+    running = [i for i, (_, kind, what) in enumerate(log) if (kind, what) == ("record", "running")]
+    assert len(running) == 2  # 12:10 and 12:20
+    for i in running:
+        beat = max(j for j in range(i) if log[j][1] == "beat")
+        assert log[beat][2] == fast and log[i][0] - log[beat][0] < 1.0, log
+    beats = [(at, quiet) for at, kind, quiet in log if kind == "beat"]
+    # Idle between the runs: beats a minute apart, each saying so.
+    gaps = [b[0] - a[0] for a, b in pairwise(beats)]
+    assert max(gaps) >= IDLE_BEAT - 1
+    idle_beats = [at for at, quiet in beats if quiet == idle]
+    # None while a run goes on (12:10:00-12:10:20 and 12:20:00-12:20:20: 599-619 s and 1199-1219
+    # s after the start, whose monotonic time is 1000).
+    during = [at for at in idle_beats if 1599 < at < 1619 or 2199 < at < 2219]
+    assert idle_beats and not during, beats
+    # The whole 25 minutes cost far fewer beats than a beat every 5 s (300).
+    assert len(beats) < 60, beats
 
 
 def test_the_instance_that_took_over_a_dead_ones_attempts_runs_its_later_attempts() -> None:

@@ -32,6 +32,7 @@ class Claims:
         """Remember that ``job_id`` has claims on ``url`` to clean up once ``until`` is past."""
         kept = self.kept.setdefault(Coordinator.key(url), {})
         kept[job_id] = max(kept.get(job_id, 0), to_us(until))
+        self.sh.books.clean_up_later()
 
     def claim(self, url: str | None, items: list[tuple[JobState, datetime]]) -> None:
         """Claim each (job, tick) of one lock URL, in one batch."""

@@ -2,12 +2,16 @@
 any host.
 
 One read per lock URL every CONTROL_EVERY seconds, whatever the number of jobs: the control
-version, and the whole state only when it changed. At the start the first read is made before
-any tick (a job paused while its instance was down stays paused). A paused job claims no tick
-and starts no run; each tick it would have run is recorded ``skipped`` (reason ``paused``); runs
-already going on, and the retries of a run started before the pause, go on. A trigger is
-claimed as a tick of its own (``trigger_tick``) by every instance serving its job: the claim
-lets exactly one run it, which then follows the job's --overlap like any tick.
+version, and the whole state only when it changed. On file: the read is made when the control's
+directory changes instead (a watch the loop waits on beside its children's descriptors), so an
+idle process reads nothing; a read that failed, or a watch that ended (the directory removed),
+goes back to a read every CONTROL_EVERY seconds until one works and the watch is set again. At
+the start the first read is made before any tick (a job paused while its instance was down
+stays paused). A paused job claims no tick and starts no run; each tick it would have run is
+recorded ``skipped`` (reason ``paused``); runs already going on, and the retries of a run
+started before the pause, go on. A trigger is claimed as a tick of its own (``trigger_tick``)
+by every instance serving its job: the claim lets exactly one run it, which then follows the
+job's --overlap like any tick.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from ..control import (
     trigger_tick,
 )
 from ..coordinator import Coordinator
+from ..dirwatch import DirWatch
 from ..errors import BackendError
 from ..instants import from_us, to_us
 from ..settings import Overlap
@@ -50,6 +55,10 @@ class Fleet:
         # (job, tick) of a triggered run -> its run id: its start, its retries and its record
         self.rids: dict[tuple[str, datetime], str] = {}
         self.known: dict[str, dict[str, Pause]] = {}  # by lock URL key: every pause read there
+        self.watches: dict[int, tuple[str, DirWatch]] = {}  # by fd: the lock URL key it watches
+        self.watched: set[str] = set()  # the lock URL keys whose control is watched
+        self.again: set[str] = set()  # a watch woke while its read was under way: read again
+        self.failed: set[str] = set()  # watched, but the last read failed: polled until one works
         self._timer_set = False
 
     # ------------------------------------------------------------------ set-up
@@ -72,6 +81,7 @@ class Fleet:
         k = Coordinator.key(url)
         if store is None or self.seen.get(k) is not None:
             return
+        self._watch(k, store)  # before the first read: a change after it wakes the loop
         try:
             state = poll(store, None)
         except BackendError as e:
@@ -88,7 +98,7 @@ class Fleet:
         store = self._store(state.job.lock)
         if store is None:
             return
-        if not self._timer_set:
+        if not self._timer_set and self._polled():
             self._timer_set = True
             self.sh.mono.push(ControlPoll(self.sh.clock.monotonic() + CONTROL_EVERY))
         pause = self.known.get(Coordinator.key(state.job.lock), {}).get(state.id)
@@ -98,13 +108,75 @@ class Fleet:
 
     # ------------------------------------------------------------------ reads
 
-    def read(self) -> None:
-        """Read the control version of every URL (the state too when it changed)."""
-        for k, store in self.stores.items():
+    def _watch(self, k: str, store: ControlStore) -> None:
+        watch = getattr(store, "watch", None)
+        got = None if watch is None or k in self.watched else watch()
+        if got is not None:
+            self.watches[got.fd] = (k, got)
+            self.watched.add(k)
+
+    def _polled(self) -> list[str]:
+        """The lock URL keys read every CONTROL_EVERY seconds: not watched, or failed."""
+        return [k for k in self.stores if k not in self.watched or k in self.failed]
+
+    def close(self) -> None:
+        for _, watch in self.watches.values():
+            watch.close()
+        self.watches.clear()
+        self.watched.clear()
+
+    def fds(self) -> list[int]:
+        """The watches' descriptors, for the loop's wait."""
+        return list(self.watches)
+
+    def woken(self, ready: list[int]) -> list[int]:
+        """``ready`` without the watches' descriptors; each watch among them has its control
+        read now."""
+        if not self.watches:
+            return ready
+        rest = []
+        for fd in ready:
+            entry = self.watches.get(fd)
+            if entry is None:
+                rest.append(fd)
+                continue
+            k, watch = entry
+            if not watch.drain():  # the directory went away: polled until it is watched again
+                del self.watches[fd]
+                self.watched.discard(k)
+                watch.close()
+                self.polling()
+            self.read([k])
+        return rest
+
+    def polling(self) -> None:
+        """Some control is read every CONTROL_EVERY seconds now: see that the timer runs."""
+        from .timers import ControlPoll
+
+        if not self._timer_set:
+            self._timer_set = True
+            self.sh.mono.push(ControlPoll(self.sh.clock.monotonic() + CONTROL_EVERY))
+
+    def poll(self) -> bool:
+        """The ControlPoll timer: read what is not watched (a watch that ended is set again
+        first); False when nothing is polled any more (the timer stops)."""
+        keys = self._polled()
+        for k in keys:
+            if k not in self.watched:
+                self._watch(k, self.stores[k])
+        self.read(keys)
+        self._timer_set = bool(self._polled())
+        return self._timer_set
+
+    def read(self, keys: list[str] | None = None) -> None:
+        """Read the control version of every URL, or of ``keys`` (the state too when it
+        changed)."""
+        for k in self.stores if keys is None else keys:
             if k in self.reading:
+                self.again.add(k)  # a change may have come after the read under way looked
                 continue
             self.reading.add(k)
-            self.sh.coordinator.call(k or None, self._poller(store, k), self._answer(k))
+            self.sh.coordinator.call(k or None, self._poller(self.stores[k], k), self._answer(k))
 
     def _poller(self, store: ControlStore, k: str) -> Callable[[], ControlState | None]:
         seen = self.seen.get(k)
@@ -113,8 +185,17 @@ class Fleet:
     def _answer(self, k: str) -> Callable[[Any], None]:
         def done(result: ControlState | BackendError | None) -> None:
             self.reading.discard(k)
-            if isinstance(result, BackendError) or result is None:
+            if k in self.again:
+                self.again.discard(k)
+                self.read([k])
+            if isinstance(result, BackendError):
+                if k in self.watched:  # no event says when to try again: poll until it works
+                    self.failed.add(k)
+                    self.polling()
                 return  # an outage is told by backend-down; the state stays as it was
+            self.failed.discard(k)
+            if result is None:
+                return
             self.seen[k] = result.version
             self._paused(k, result)
             self._triggers(k, result)

@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from .. import __version__, events
-from ..clock import MAX_SLEEP_SLICE, Clock, Waker
+from ..clock import Clock, Waker
 from ..coordinator import Coordinator
 from ..instants import to_us
 from ..process import Runner
@@ -154,7 +154,9 @@ class Scheduler:
     def close(self) -> None:
         """Let the last lease releases and record writes go out (within what is left of the
         stop timeout), and free the wake-up pipe."""
+        self._sh.books.farewell()
         self.coordinator.close(wait=self._sh.close_wait)
+        self._sh.fleet.close()
         self.waker.close()
 
     # ------------------------------------------------------------------ the loop
@@ -187,13 +189,16 @@ class Scheduler:
                 return sh.lifecycle.shutdown()
             if code is not None:
                 return code
-            ready = self.clock.wait_for(self.waker, self._sleep_for(), self.runner.fds())
+            fds = self.runner.fds()
+            if sh.fleet.watches:
+                fds = [*fds, *sh.fleet.fds()]
+            ready = self.clock.wait_for(self.waker, self._sleep_for(), fds)
 
     def _turn(self, ready: Sequence[int]) -> int | None:
         """One turn of the loop: what is due now. An exit code when the run is over, else None."""
         sh = self._sh
         self.coordinator.drain()
-        sh.executor.reap(ready)
+        sh.executor.reap(sh.fleet.woken(list(ready)))
         if sh.stop:
             return _STOPPING
         if sh.reload:
@@ -235,7 +240,9 @@ class Scheduler:
 
     def _sleep_for(self) -> float:
         sh = self._sh
-        candidates = [MAX_SLEEP_SLICE]  # wake a few times a minute to notice clock steps
+        # Before the time is read: a step of the wall clock after this ends the wait (or, where
+        # nothing tells of steps, the wait is cut into slices that re-read the clock).
+        candidates = [self.clock.longest_wait()]
         now = self.clock.now()
         mono = self.clock.monotonic()
         wall_us = sh.wall.next_due_us()

@@ -184,6 +184,7 @@ class Retries:
         lease): look at the job's newest record at the next heartbeats until that run ended,
         so that a run lost with its host is heard of (``adopt``)."""
         self.watched.add(state.id)
+        self.sh.books.hurry()
 
     def adopt_orphans(self) -> None:
         """Find the runs whose instance went quiet (killed, host lost) while they ran or waited

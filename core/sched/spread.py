@@ -32,6 +32,7 @@ from ..errors import BackendError
 from ..records import InstanceInfo, JobInfo, RecordStore
 from ..schedule import to_us
 from ..settings import Spread
+from .books import IDLE_BEAT
 from .model import CLAIM_LEAD, JobState
 from .shared import Shared
 from .timers import SpreadRead
@@ -77,6 +78,8 @@ class Spreading:
         self.offsets: dict[str, float] = {}  # lock URL key -> backend's clock − this host's
         self.stores: dict[str, RecordStore | None] = {}  # lock URL key -> its run records
         self._set = False
+        self.doubling = False  # the first reads, at doubling intervals, are going on
+        self.fast: dict[str, bool] = {}  # lock URL key -> a live peer there beats fast
 
     def added(self, state: JobState) -> None:
         """A job was added: read the registry soon when its backend keeps one."""
@@ -85,8 +88,19 @@ class Spreading:
             return
         if not sh.coordinator.has_records(state.job.lock):
             return
-        self._set = True
+        self._set = self.doubling = True
         sh.mono.push(SpreadRead(sh.clock.monotonic() + FIRST_READ, FIRST_READ))
+
+    def beat(self) -> None:
+        """A heartbeat: read again, once the first reads are over."""
+        if self._set and not self.doubling:
+            self.read()
+
+    def peers_fast(self) -> bool:
+        """Whether a live peer beats faster than the idle pace: this instance reads at the fast
+        pace then, or it would judge that peer's quiet time from reads further apart than it
+        (which start the judgement over, Retries.quiet) and never drop it from the ranking."""
+        return any(self.fast.values())
 
     def read(self) -> None:
         """Read the registry and the backend's clock of every lock URL a spread job uses."""
@@ -106,7 +120,8 @@ class Spreading:
             def done(answer: Fleet | BackendError, key: str = key) -> None:
                 self.heard(key, answer)
 
-            sh.coordinator.call(url, self._reader(sh.coordinator.backend(url), store), done)
+            reader = self._reader(sh.coordinator.backend(url), store)
+            sh.coordinator.call(url, reader, done, held=True)
 
     def _reader(self, backend: Backend, store: RecordStore) -> Callable[[], Fleet]:
         """The read, on the backend's worker. A failure goes to ``done`` through the
@@ -134,13 +149,22 @@ class Spreading:
         if offset is not None:
             self.measured(key, offset)
         live = self.live(instances, {n for info in jobs for n in info.instances})
+        idle_quiet = int(IDLE_BEAT * 3.5e6)
+        fast = False
         for info in jobs:
             if info.job not in self.sh.jobs:
                 continue
+            for n in info.instances:
+                beat = instances.get(n)
+                if live[n] not in ("", self.sh.instance) and beat is not None:
+                    fast = fast or beat.quiet_us < idle_quiet
             members = tuple(sorted({self.sh.instance} | {live[n] for n in info.instances} - {""}))
             if members != self.members.get(info.job):
                 self.sh.emit("fleet", info.job, None, instances=list(members))
             self.members[info.job] = members
+        self.fast[key] = fast
+        if fast:
+            self.sh.books.hurry()
 
     def measured(self, key: str, offset: float) -> None:
         """This host's clock's offset to the backend's of ``key``: kept, published, told."""

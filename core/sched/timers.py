@@ -182,30 +182,30 @@ def _kill_hook(sh: Shared, hook: Hook) -> None:
 
 @dataclass(slots=True)
 class Heartbeat(MonoTimer):
-    """This instance's heartbeat, every ``every`` seconds; a shorter interval replaces it."""
+    """This instance's heartbeat (core/sched/books.py: its pace); a newer one replaces it."""
 
     due: float
-    every: float
+    gen: int
 
     def fire(self, sh: Shared, turn: MonoTurn) -> None:
-        if self.every != sh.books.heartbeat_every:
-            return  # replaced by a shorter interval
-        sh.mono.push(Heartbeat(turn.mono + self.every, self.every))
-        sh.books.heartbeat()
-        sh.retries.adopt_orphans()
+        if self.gen == sh.books.beat_gen:
+            sh.books.beat(turn.mono)
 
 
 @dataclass(slots=True)
 class SpreadRead(MonoTimer):
-    """A read of the registry and the backend's clock (--spread): soon after the start, then
-    at doubling intervals up to the heartbeat's."""
+    """A read of the registry and the backend's clock (--spread) soon after the start, then at
+    doubling intervals until they reach the fast heartbeat's: from then on the heartbeats read."""
 
     due: float
     every: float
 
     def fire(self, sh: Shared, turn: MonoTurn) -> None:
-        every = min(self.every * 2, sh.books.heartbeat_every)
-        sh.mono.push(SpreadRead(turn.mono + every, every))
+        every = self.every * 2
+        if every < sh.books.heartbeat_every:
+            sh.mono.push(SpreadRead(turn.mono + every, every))
+        else:
+            sh.spread.doubling = False
         sh.spread.read()
 
 
@@ -224,26 +224,28 @@ class PoolRetry(MonoTimer):
 
 @dataclass(slots=True)
 class ControlPoll(MonoTimer):
-    """The read of the fleet's control (pauses, triggers), every CONTROL_EVERY seconds."""
+    """The read of the fleet's control (pauses, triggers) that is not watched, every
+    CONTROL_EVERY seconds."""
 
     due: float
 
     def fire(self, sh: Shared, turn: MonoTurn) -> None:
         from ..control import CONTROL_EVERY
 
-        sh.mono.push(ControlPoll(turn.mono + CONTROL_EVERY))
-        sh.fleet.read()
+        if sh.fleet.poll():
+            sh.mono.push(ControlPoll(turn.mono + CONTROL_EVERY))
 
 
 @dataclass(slots=True)
 class Cleanup(MonoTimer):
-    """Every minute: prune records, remove expired claims."""
+    """Every minute while there is something to clean up: prune records, remove expired
+    claims."""
 
     due: float
 
     def fire(self, sh: Shared, turn: MonoTurn) -> None:
-        sh.mono.push(Cleanup(turn.mono + CLEANUP_EVERY))
-        sh.books.cleanup()
+        if sh.books.cleanup():
+            sh.mono.push(Cleanup(turn.mono + CLEANUP_EVERY))
 
 
 class WallTimer:
