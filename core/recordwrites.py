@@ -44,6 +44,9 @@ class Link:
     calls: PriorityQueue[tuple[int, int, Call | None]] = field(default_factory=PriorityQueue)
     thread: threading.Thread | None = None
     unreleased: list[Lease] = field(default_factory=list)  # releases that failed: retried
+    # releases gathered for one round trip, not sent yet, and when they go at the latest
+    releasing: list[Lease] = field(default_factory=list)
+    release_at: float | None = None  # monotonic
     # leases a claim batch may have taken when its answer was lost (LostAnswer): released like
     # the failed releases, but not announced (none may have been taken)
     maybe: list[Lease] = field(default_factory=list)
