@@ -21,7 +21,14 @@ from .backends import Backend
 from .backends.protocol import AHEAD_LIMIT, Lease
 from .clock import Clock
 from .outage import Outage
-from .records import InstanceInfo, JobInfo, RecordsNotWritten, RecordStore, RunRecord
+from .records import (
+    RECORD_BATCH,
+    InstanceInfo,
+    JobInfo,
+    RecordsNotWritten,
+    RecordStore,
+    RunRecord,
+)
 
 BACKEND_CLOCK_EVERY = 10.0  # seconds between readings of the backend's clock for records
 RECORD_RETRY = 0.5  # seconds before a failed record write is tried again, doubled each time
@@ -30,7 +37,6 @@ REREGISTER_EVERY = (
     300.0  # seconds between registrations written again whole (see RecordWrites.records)
 )
 PENDING_MAX = 10_000  # run records kept for a later write per backend (at most ~50 MB)
-RECORD_BATCH = 500  # records per write
 
 
 @dataclass
@@ -83,7 +89,7 @@ class RecordWrites:
         """The record writes queued behind ``first``, as one call (one round trip)."""
         records = list(first.records)
         keep = first.keep
-        while len(records) < 500:
+        while len(records) < RECORD_BATCH:
             try:
                 entry = link.calls.get_nowait()
             except Empty:
@@ -131,7 +137,7 @@ class RecordWrites:
             if link.unregistered and link.me is not None:
                 store.register(list(link.unregistered.values()), link.me)
                 link.unregistered.clear()
-            batch = list(itertools.islice(link.pending.values(), RECORD_BATCH))
+            batch = list(itertools.islice(link.pending.values(), store.batch))
             for record in self.invented(link, [r for r, _ in batch]):
                 del link.pending[(record.job, record.tick_us)]
             batch = [(r, k) for r, k in batch if (r.job, r.tick_us) in link.pending]
