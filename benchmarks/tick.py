@@ -3,6 +3,11 @@
     python -m benchmarks.tick            # 10 ticks of 100 jobs, 3 runs (about 1.5 minutes)
     python -m benchmarks.tick --quick    # 3 ticks, 1 run (a smoke test)
 
+A second table holds 1,000 jobs `every = "4s"` (a burst: the first command's lateness, from
+pyjob's own run-started events, so that a run started after the following tick counts for its
+own), against the posix_spawn floor, on file: and Redis: 5 ticks from 70 s after the start, once
+the start's registrations are written (2 ticks from 10 s with --quick).
+
 `pyjob run --file` holds 100 TOML jobs `every = "1s"`, `align = true`, each running
 `date +%s.%N`, whose output is the command's own start time; the tick is that whole second, so
 lateness = start - tick. The floor, measured in the same run, is a minimal Python loop that sleeps
@@ -34,16 +39,18 @@ sys.path.insert(0, str(ROOT))
 from localservers import start_redis
 
 JOBS = 100
+BURST = 1000  # the second table: this many jobs every BURST_EVERY seconds
+BURST_EVERY = 4
 COMMAND = ["date", "+%s.%N"]
 FLOOR = r"""
 import math, os, shutil, sys, time
-n, ticks = int(sys.argv[1]), int(sys.argv[2])
+n, ticks, every = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 argv = ["date", "+%s.%N"]
 path, env = shutil.which(argv[0]), dict(os.environ)
 actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
 print("ready", file=sys.stderr, flush=True)
 for _ in range(ticks):
-    time.sleep(math.ceil(time.time() + 1e-4) - time.time())
+    time.sleep(math.ceil((time.time() + 1e-4) / every) * every - time.time())
     pids = [os.posix_spawn(path, argv, env, file_actions=actions, setpgroup=0) for _ in range(n)]
     for pid in pids:
         os.waitpid(pid, 0)
@@ -51,11 +58,11 @@ sys.stdin.read()
 """
 POPEN = r"""
 import math, subprocess, sys, time
-n, ticks = int(sys.argv[1]), int(sys.argv[2])
+n, ticks, every = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 argv = ["date", "+%s.%N"]
 print("ready", file=sys.stderr, flush=True)
 for _ in range(ticks):
-    time.sleep(math.ceil(time.time() + 1e-4) - time.time())
+    time.sleep(math.ceil((time.time() + 1e-4) / every) * every - time.time())
     children = [
         subprocess.Popen(argv, stdin=subprocess.DEVNULL, process_group=0) for _ in range(n)
     ]
@@ -66,9 +73,10 @@ sys.stdin.read()
 LOOPS = {"floor": FLOOR, "popen": POPEN}
 
 
-def jobs_file(path: Path, n: int) -> Path:
+def jobs_file(path: Path, n: int, every: int = 1) -> Path:
     lines = [
-        f'[jobs.j{k:03d}]\nevery = "1s"\nalign = true\ncommand = {COMMAND!r}\n' for k in range(n)
+        f'[jobs.j{k:04d}]\nevery = "{every}s"\nalign = true\ncommand = {COMMAND!r}\n'
+        for k in range(n)
     ]
     path.write_text("\n".join(lines).replace("'", '"'))
     return path
@@ -85,15 +93,25 @@ def _wait_for(log: Path, marker: str, proc: subprocess.Popen[bytes], timeout: fl
     raise RuntimeError(f"no {marker!r}: {log.read_text(errors='replace')[-2000:]}")
 
 
-def one_run(name: str, lock: str | None, ticks: int, tmp: Path) -> dict[str, float]:
-    """Start ``name`` (pyjob with ``lock``, or a loop of LOOPS), let ``ticks`` whole seconds of
-    100 runs go by, stop it: lateness p50/p99/max in ms, CPU ms per run, runs counted."""
+def one_run(
+    name: str,
+    lock: str | None,
+    ticks: int,
+    tmp: Path,
+    jobs: int = JOBS,
+    every: int = 1,
+    warm: float = 2,
+) -> dict[str, float]:
+    """Start ``name`` (pyjob with ``lock``, or a loop of LOOPS), let ``ticks`` ticks (every
+    ``every`` seconds) of ``jobs`` runs go by, stop it: lateness p50/p99/max and of each tick's
+    first command in ms, CPU ms per run, runs counted."""
     out, log = tmp / f"{name}.out", tmp / f"{name}.log"
     if lock is not None:
-        argv = run_file(lock, jobs_file(tmp / "jobs.toml", JOBS))
+        argv = run_file(lock, jobs_file(tmp / "jobs.toml", jobs, every))
         marker = '"event": "jobs"'  # it runs until stopped; the window is cut out below
     else:
-        argv = [sys.executable, "-c", LOOPS[name], str(JOBS), str(ticks + 4)]
+        loops = ticks + 2 + math.ceil(warm / every)
+        argv = [sys.executable, "-c", LOOPS[name], str(jobs), str(loops), str(every)]
         marker = "ready"
     with out.open("wb") as o, log.open("wb") as e:
         proc = subprocess.Popen(
@@ -101,12 +119,12 @@ def one_run(name: str, lock: str | None, ticks: int, tmp: Path) -> dict[str, flo
         )
     try:
         _wait_for(log, marker, proc)
-        # Two whole seconds of warm-up, then the window: from the middle of the second before
-        # its first tick to the middle of the second after its last.
-        first = math.ceil(time.time()) + 2
-        time.sleep(max(0.0, first - 0.5 - time.time()))
+        # ``warm`` seconds of warm-up, then the window: from the middle of the interval before
+        # its first tick to the middle of the interval after its last.
+        first = math.ceil((time.time() + max(warm, 2 * every + 1)) / every) * every
+        time.sleep(max(0.0, first - every / 2 - time.time()))
         cpu0, main0 = cpu_seconds(proc.pid), cpu_seconds(proc.pid, main_thread=True)
-        time.sleep(max(0.0, first + ticks - 0.5 - time.time()))
+        time.sleep(max(0.0, first + ticks * every - every / 2 - time.time()))
         cpu = cpu_seconds(proc.pid) - cpu0
         main = cpu_seconds(proc.pid, main_thread=True) - main0
     finally:
@@ -117,9 +135,18 @@ def one_run(name: str, lock: str | None, ticks: int, tmp: Path) -> dict[str, flo
         proc.wait(timeout=30)
     # One start time a line; with several jobs pyjob prefixes each line with the job's name.
     starts = [float(line.split()[-1]) for line in out.read_text().splitlines() if line.strip()]
-    window = [s for s in starts if first <= s < first + ticks]
-    per_tick = Counter(math.floor(s) for s in window)
-    late = [(s - math.floor(s)) * 1000 for s in window]
+    window = [s for s in starts if first <= s < first + ticks * every]
+
+    def tick_of(s: float) -> int:
+        return math.floor(s / every) * every
+
+    per_tick = Counter(tick_of(s) for s in window)
+    late = [(s - tick_of(s)) * 1000 for s in window]
+    firsts = {t: min(s for s in window if tick_of(s) == t) - t for t in per_tick}
+    if lock is not None:
+        # pyjob says which tick each run is of: a run started after the following tick came
+        # counts for its own tick, not as that one's first
+        per_tick, firsts = _from_log(log, first, first + ticks * every)
     if not late:
         raise RuntimeError(f"{name}: no runs in the window: {log.read_text()[-2000:]}")
     return {
@@ -128,9 +155,31 @@ def one_run(name: str, lock: str | None, ticks: int, tmp: Path) -> dict[str, flo
         "max": max(late),
         "cpu": cpu * 1000 / len(window),
         "main": main * 1000 / len(window),
+        "first": statistics.median(v * 1000 for v in firsts.values()),
         "runs": float(len(window)),
-        "short": float(sum(1 for t in range(first, first + ticks) if per_tick[t] != JOBS)),
+        "short": float(
+            sum(1 for t in range(first, first + ticks * every, every) if per_tick[t] != jobs)
+        ),
     }
+
+
+def _from_log(log: Path, start: int, end: int) -> tuple[Counter[int], dict[int, float]]:
+    """From pyjob's run-started events: the runs of each tick in [start, end), and the
+    lateness (s) of each tick's first."""
+    import json
+    from datetime import datetime
+
+    runs: Counter[int] = Counter()
+    firsts: dict[int, float] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if '"run-started"' not in line:
+            continue
+        e = json.loads(line)
+        tick = round(datetime.fromisoformat(e["tick"].replace("Z", "+00:00")).timestamp())
+        if start <= tick < end:
+            runs[tick] += 1
+            firsts[tick] = min(firsts.get(tick, math.inf), float(e["lateness"]))
+    return runs, firsts
 
 
 SPAWNERS = {
@@ -142,8 +191,15 @@ SPAWNERS = {
 }
 
 
-def measure(ticks: int, repeat: int) -> dict[str, dict[str, list[float]]]:
-    out: dict[str, dict[str, list[float]]] = {name: {} for name in SPAWNERS}
+def measure(
+    ticks: int,
+    repeat: int,
+    names: tuple[str, ...] = tuple(SPAWNERS),
+    jobs: int = JOBS,
+    every: int = 1,
+    warm: float = 2,
+) -> dict[str, dict[str, list[float]]]:
+    out: dict[str, dict[str, list[float]]] = {name: {} for name in names}
     tmp = Path(tempfile.mkdtemp(prefix="pyjob-bench-tick-"))
     redis_server = start_redis(tmp)
     try:
@@ -158,7 +214,7 @@ def measure(ticks: int, repeat: int) -> dict[str, dict[str, list[float]]]:
                     "file": f"file:{work / 'locks'}",
                     "redis": f"redis://127.0.0.1:{redis_server.port}/{r + 1}",
                 }[name]
-                for k, v in one_run(name, lock, ticks, work).items():
+                for k, v in one_run(name, lock, ticks, work, jobs, every, warm).items():
                     out[name].setdefault(k, []).append(v)
     finally:
         redis_server.stop()
@@ -240,8 +296,72 @@ def table(ticks: int, repeat: int) -> Table:
     return t
 
 
+BURSTERS = ("floor", "file", "redis")
+
+
+def burst_table(ticks: int, repeat: int, warm: float) -> Table:
+    """1,000 jobs on one tick: how late each tick's first command starts (its claims are made
+    before the tick, so nothing but the spawns stands before it), and the CPU per run, after
+    ``warm`` seconds (a start's registrations are written in its first minute)."""
+    res = measure(ticks, repeat, BURSTERS, BURST, BURST_EVERY, warm)
+    floor_first = statistics.median(res["floor"]["first"])
+    floor_cpu = statistics.median(res["floor"]["cpu"])
+    t = Table(
+        f"A burst: {BURST:,} jobs due at each of {ticks} ticks {BURST_EVERY} s apart, "
+        f"{repeat} run(s), from {warm:.0f} s after the start; lateness of each command's own "
+        "start, ms",
+        [
+            "spawner",
+            "runs",
+            "first command ms",
+            "p50 ms",
+            "max ms",
+            "own CPU ms per run",
+            "CPU × floor",
+            "of which scheduler thread",
+        ],
+    )
+    for name, s in res.items():
+        t.rows.append(
+            [
+                SPAWNERS[name]
+                .replace(f"({JOBS} jobs)", f"({BURST:,} jobs)")
+                .replace("× 100 at each second", f"× {BURST:,} every {BURST_EVERY} s"),
+                _cell(s["runs"], 0),
+                _cell(s["first"]),
+                _cell(s["p50"]),
+                _cell(s["max"]),
+                _cell(s["cpu"], 3),
+                f"{statistics.median(s['cpu']) / floor_cpu:.2f}",
+                _cell(s["main"], 3) if name not in LOOPS else "-",
+            ]
+        )
+    short = sum(sum(res[name]["short"]) for name in BURSTERS if name not in LOOPS)
+    t.note = (
+        f"Median of the runs, with min-max; the floor's first command is at {floor_first:.2f} ms. "
+        + (f"In {short:.0f} tick(s) pyjob did not start all {BURST:,} runs." if short else "")
+    ).strip()
+    for name in ("file", "redis"):
+        first = statistics.median(res[name]["first"])
+        t.goals.append(
+            Goal(
+                f"{BURST:,} jobs on one tick ({name}:): the first command's lateness",
+                "within 50 ms of the tick",
+                f"{first:.1f} ms",
+                first <= 50.0,
+            )
+        )
+    return t
+
+
 def main() -> int:
-    return run_alone(__doc__, lambda quick: [table(3 if quick else 10, 1 if quick else 3)])
+    return run_alone(
+        __doc__,
+        lambda quick: [
+            table(3 if quick else 10, 1 if quick else 3),
+            burst_table(2 if quick else 5, 1 if quick else 3, 10 if quick else 70),
+        ],
+    )
 
 
 if __name__ == "__main__":
