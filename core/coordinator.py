@@ -423,19 +423,8 @@ class Coordinator:
 
     def _ready(self, link: Link, call: Call) -> bool:
         """What an outage left behind goes first; False when ``call`` was answered already (a
-        claim still queued when the following tick was due)."""
-        if not isinstance(call, ReleaseCall) and (
-            link.unreleased or link.maybe or (link.releasing and not isinstance(call, BACKGROUND))
-        ):
-            # First what an outage left behind, and the releases gathered, before whatever may
-            # need their leases free (a claim of the job's next tick, a pool slot).
-            self.releases.send(link, at_once=True)
-        if (
-            (link.pending or link.unregistered)
-            and self.writes.owed_due(link)
-            and _waits_for_none(call)
-        ):
-            self.writes.write_owed(link)  # then the records it left behind, when no tick waits
+        claim still queued when the following tick was due: said before anything is sent, so
+        that its ticks count in the outage that kept it waiting)."""
         if (
             isinstance(call, ClaimCall)
             and call.expires is not None
@@ -448,6 +437,18 @@ class Coordinator:
             link.outage.unsent(len(call.requests))
             self._deliver(call.done, late)
             return False
+        if not isinstance(call, ReleaseCall) and (
+            link.unreleased or link.maybe or (link.releasing and not isinstance(call, BACKGROUND))
+        ):
+            # First what an outage left behind, and the releases gathered, before whatever may
+            # need their leases free (a claim of the job's next tick, a pool slot).
+            self.releases.send(link, at_once=True)
+        if (
+            (link.pending or link.unregistered)
+            and self.writes.owed_due(link)
+            and _waits_for_none(call)
+        ):
+            self.writes.write_owed(link)  # then the records it left behind, when no tick waits
         return True
 
     # The fleet's records a take-over, a catch-up or --notify-on change asks for.

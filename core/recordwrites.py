@@ -226,6 +226,8 @@ class RecordWrites:
             self.add_pending(link, call.records, call.keep)
             if link.retry_at is None:  # else they wait for the retry (the backend is failing)
                 self.write_owed(link)
+            else:  # nothing went to the backend: this call says nothing of its outage
+                link.outage.unsent(0)
             return
         if isinstance(call, RegisterCall):
             link.me = call.me
@@ -235,6 +237,8 @@ class RecordWrites:
             link.reregister_at = self.clock.monotonic() + REREGISTER_EVERY
             if link.retry_at is None:
                 self.write_owed(link)
+            else:
+                link.outage.unsent(0)
             return
         if isinstance(call, HeartbeatCall) and link.registered:
             # Every few minutes the registrations are written again whole: one that someone
