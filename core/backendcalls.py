@@ -41,6 +41,8 @@ class RenewCall:
 @dataclass
 class ReleaseCall:
     leases: list[Lease]  # none: the worker's own look at the releases it owes
+    # monotonic: sent by then at the latest, with the releases gathered meanwhile (None: at once)
+    by: float | None = None
     priority: ClassVar[int] = 0
 
 

@@ -7,7 +7,13 @@ call (one typed class per kind, core/backendcalls.py) goes through here with one
   backend (every call is bounded on the client side, about 2 s) delays nothing else, and SIGTERM
   is honoured at once. Results come back to the scheduler's thread through ``drain()``.
 - Calls queued together go together: the claims of every job due at one instant are one
-  ``claim_many`` round trip, the lease renewals due together one ``renew_many``.
+  ``claim_many`` round trip, the lease renewals due together one ``renew_many``. The run
+  leases of runs that end are gathered into one ``release_many``: a release waits at most its
+  ``wait`` (RELEASE_GATHER at most, and nothing when the job's next claim is near, see
+  Claims.release_ended), and never behind another call of the process on that backend (a claim,
+  renewal, pool slot or fleet read goes after every release gathered before it), so a gathered
+  release delays no tick; it keeps a lease from another instance's pool wait or take-over for
+  RELEASE_GATHER at most.
 - A ``BackendError`` never escapes: the caller's callback receives it (the scheduler skips the
   tick, or runs it with ``--on-backend-error run``), or it is reported as a ``backend-error``
   event (at debug level: the outage is told once, by ``backend-down`` and ``backend-up``, see
@@ -67,10 +73,10 @@ from .records import (
     RunRecord,
 )
 from .recordwrites import Link, RecordWrites
+from .releases import RELEASE_GATHER, RELEASE_RETRY, Releases
 from .results import Result
 
 LAST = 9  # the stop, after everything queued
-RELEASE_RETRY = 1.0  # seconds between retries of lease releases an outage left behind
 
 # report(job, tick, kind, **fields): an event on behalf of the coordinator.
 Report = Callable[..., None]
@@ -136,6 +142,7 @@ class Coordinator:
         self._open = opener or (lambda url: open_backend(url, env, clock))
         self._links: dict[str, Link] = {}
         self.writes = RecordWrites(clock, report)  # the records and registrations owed
+        self.releases = Releases(clock, report)  # the run leases to give back
         self._results: SimpleQueue[Callable[[], None]] = SimpleQueue()  # done(answer), ready
         self._lock = threading.Lock()
         self._order = itertools.count()
@@ -199,9 +206,13 @@ class Coordinator:
     ) -> None:
         self._submit(url, RenewCall(list(leases), done))
 
-    def release(self, url: str | None, leases: Sequence[Lease]) -> None:
+    def release(self, url: str | None, leases: Sequence[Lease], wait: float = 0.0) -> None:
+        """Release ``leases``, within ``wait`` seconds (at most RELEASE_GATHER), together with
+        the releases gathered meanwhile. Unthreaded, at once."""
         if leases:
-            self._submit(url, ReleaseCall(list(leases)))
+            wait = min(wait, RELEASE_GATHER) if self.threaded else 0.0
+            by = self.clock.monotonic() + wait if wait > 0 else None
+            self._submit(url, ReleaseCall(list(leases), by))
 
     def cleanup(self, url: str | None, jobs: Sequence[str]) -> None:
         self._submit(url, CleanupCall(list(jobs)))
@@ -357,6 +368,7 @@ class Coordinator:
                 except Empty:
                     call = ReleaseCall([])
             if call is None:
+                self.releases.send(link, at_once=True)
                 self.writes.last_writes(link)
                 return
             if isinstance(call, RecordsCall):
@@ -366,11 +378,19 @@ class Coordinator:
     def _owed_in(self, link: Link) -> float | None:
         """Seconds until the worker must look again for what it owes (None: nothing owed)."""
         waits = [RELEASE_RETRY] if link.unreleased or link.maybe else []
+        if link.release_at is not None:
+            waits.append(max(0.0, link.release_at - self.clock.monotonic()))
         if link.retry_at is not None:
             waits.append(max(0.0, link.retry_at - self.clock.monotonic()))
         return min(waits, default=None)
 
     def _do(self, link: Link, call: Call) -> None:
+        if isinstance(call, ReleaseCall):
+            self.releases.gather(link, call)
+            if not self.releases.due(link) and not (
+                (link.pending or link.unregistered) and self.writes.owed_due(link)
+            ):
+                return  # no round trip, so nothing to say of the backend
         link.outage.begin()
         self._call(link, call)
         link.outage.end()
@@ -399,7 +419,7 @@ class Coordinator:
         elif isinstance(call, PreviousCall):
             self._deliver(call.done, self._previous(link, call))
         elif isinstance(call, ReleaseCall):
-            self._release(link, call.leases)
+            self.releases.send(link)
         elif isinstance(call, CleanupCall):
             removed = link.backend.cleanup_many(call.jobs, self.clock.now())
             if removed:
@@ -409,15 +429,8 @@ class Coordinator:
 
     def _ready(self, link: Link, call: Call) -> bool:
         """What an outage left behind goes first; False when ``call`` was answered already (a
-        claim still queued when the following tick was due)."""
-        if (link.unreleased or link.maybe) and not isinstance(call, ReleaseCall):
-            self._release(link, [])  # first what an outage left behind
-        if (
-            (link.pending or link.unregistered)
-            and self.writes.owed_due(link)
-            and _waits_for_none(call)
-        ):
-            self.writes.write_owed(link)  # then the records it left behind, when no tick waits
+        claim still queued when the following tick was due: said before anything is sent, so
+        that its ticks count in the outage that kept it waiting)."""
         if (
             isinstance(call, ClaimCall)
             and call.expires is not None
@@ -430,6 +443,18 @@ class Coordinator:
             link.outage.unsent(len(call.requests))
             self._deliver(call.done, late)
             return False
+        if not isinstance(call, ReleaseCall) and (
+            link.unreleased or link.maybe or (link.releasing and not isinstance(call, BACKGROUND))
+        ):
+            # First what an outage left behind, and the releases gathered, before whatever may
+            # need their leases free (a claim of the job's next tick, a pool slot).
+            self.releases.send(link, at_once=True)
+        if (
+            (link.pending or link.unregistered)
+            and self.writes.owed_due(link)
+            and _waits_for_none(call)
+        ):
+            self.writes.write_owed(link)  # then the records it left behind, when no tick waits
         return True
 
     # The fleet's records a take-over, a catch-up or --notify-on change asks for.
@@ -476,35 +501,6 @@ class Coordinator:
             self._deliver(done, e)
         else:
             self.report("*", None, "backend-error", error=str(e), action="cleanup later")
-
-    def _release(self, link: Link, leases: list[Lease]) -> None:
-        retry = link.unreleased + leases
-        maybe, link.unreleased, link.maybe = link.maybe, [], []
-        if not retry and not maybe:
-            return
-        try:
-            link.backend.release_many(retry + maybe)
-        except Exception as e:
-            link.unreleased, link.maybe = retry, maybe
-            link.outage.failed(str(e))
-            if leases:  # reported once per lease, not at every retry
-                for lease in leases:
-                    self.report(
-                        lease.job,
-                        None,
-                        "backend-error",
-                        error=str(e),
-                        action="run lease released again once the backend answers",
-                    )
-            return
-        link.outage.answered()  # before what the answer released
-        if len(retry) > len(leases):
-            self.report(
-                "*",
-                None,
-                "backend-recovered",
-                released=sorted({lease.job for lease in retry[: len(retry) - len(leases)]}),
-            )
 
     def _deliver(self, done: Callable[[_T], None], answer: _T) -> None:
         self._results.put(partial(done, answer))

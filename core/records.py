@@ -119,7 +119,16 @@ class RecordsNotWritten(BackendError):
         self.unwritten = unwritten
 
 
+# Records per write on a store whose batch is one round trip (one statement, one pipeline).
+RECORD_BATCH = 500
+
+
 class RecordStore(Protocol):
+    # Records per write: a write holds the backend's worker for its length, and a claim queued
+    # meanwhile waits for it, so a store whose records are written one by one (a file each)
+    # takes few at a time.
+    batch: int
+
     def put_runs(self, records: Sequence[RunRecord], keep: int = 100) -> None:
         """Write (replace) each record (a store that trims as it writes keeps ``keep``)."""
         ...
@@ -188,6 +197,7 @@ class RetryingReader:
 
     def __init__(self, store: RecordStore) -> None:
         self.store = store
+        self.batch = store.batch
 
     @staticmethod
     def _twice(read: Callable[[], Any]) -> Any:

@@ -21,7 +21,14 @@ from .backends import Backend
 from .backends.protocol import AHEAD_LIMIT, Lease
 from .clock import Clock
 from .outage import Outage
-from .records import InstanceInfo, JobInfo, RecordsNotWritten, RecordStore, RunRecord
+from .records import (
+    RECORD_BATCH,
+    InstanceInfo,
+    JobInfo,
+    RecordsNotWritten,
+    RecordStore,
+    RunRecord,
+)
 
 BACKEND_CLOCK_EVERY = 10.0  # seconds between readings of the backend's clock for records
 RECORD_RETRY = 0.5  # seconds before a failed record write is tried again, doubled each time
@@ -30,7 +37,6 @@ REREGISTER_EVERY = (
     300.0  # seconds between registrations written again whole (see RecordWrites.records)
 )
 PENDING_MAX = 10_000  # run records kept for a later write per backend (at most ~50 MB)
-RECORD_BATCH = 500  # records per write
 
 
 @dataclass
@@ -44,6 +50,9 @@ class Link:
     calls: PriorityQueue[tuple[int, int, Call | None]] = field(default_factory=PriorityQueue)
     thread: threading.Thread | None = None
     unreleased: list[Lease] = field(default_factory=list)  # releases that failed: retried
+    # releases gathered for one round trip, not sent yet, and when they go at the latest
+    releasing: list[Lease] = field(default_factory=list)
+    release_at: float | None = None  # monotonic
     # leases a claim batch may have taken when its answer was lost (LostAnswer): released like
     # the failed releases, but not announced (none may have been taken)
     maybe: list[Lease] = field(default_factory=list)
@@ -80,7 +89,7 @@ class RecordWrites:
         """The record writes queued behind ``first``, as one call (one round trip)."""
         records = list(first.records)
         keep = first.keep
-        while len(records) < 500:
+        while len(records) < RECORD_BATCH:
             try:
                 entry = link.calls.get_nowait()
             except Empty:
@@ -128,7 +137,7 @@ class RecordWrites:
             if link.unregistered and link.me is not None:
                 store.register(list(link.unregistered.values()), link.me)
                 link.unregistered.clear()
-            batch = list(itertools.islice(link.pending.values(), RECORD_BATCH))
+            batch = list(itertools.islice(link.pending.values(), store.batch))
             for record in self.invented(link, [r for r, _ in batch]):
                 del link.pending[(record.job, record.tick_us)]
             batch = [(r, k) for r, k in batch if (r.job, r.tick_us) in link.pending]
@@ -217,6 +226,8 @@ class RecordWrites:
             self.add_pending(link, call.records, call.keep)
             if link.retry_at is None:  # else they wait for the retry (the backend is failing)
                 self.write_owed(link)
+            else:  # nothing went to the backend: this call says nothing of its outage
+                link.outage.unsent(0)
             return
         if isinstance(call, RegisterCall):
             link.me = call.me
@@ -226,6 +237,8 @@ class RecordWrites:
             link.reregister_at = self.clock.monotonic() + REREGISTER_EVERY
             if link.retry_at is None:
                 self.write_owed(link)
+            else:
+                link.outage.unsent(0)
             call.tried.set()
             return
         if isinstance(call, HeartbeatCall) and link.registered:

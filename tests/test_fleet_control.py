@@ -368,10 +368,10 @@ def test_file_control_is_watched_and_nfs_control_is_read_every_second(
     from pyjob.core.backends.nfs import NfsBackend
     from pyjob.core.clock import SystemClock
     from pyjob.core.control import DirectoryControl
+    from pyjob.core.jobsettings import JobSettings
     from pyjob.core.process import Command
     from pyjob.core.schedule import Schedule, parse
     from pyjob.core.scheduler import Job, Scheduler
-    from pyjob.core.jobsettings import JobSettings
 
     from .fakes import FakeRunner
 

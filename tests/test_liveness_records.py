@@ -222,6 +222,40 @@ def test_pending_records_are_bounded_and_the_oldest_go_first(
     assert dropped and dropped[0][2]["error"].startswith("2 run records were dropped")
 
 
+def test_records_owed_on_file_go_a_few_at_a_time_and_a_claim_goes_between(
+    tmp_path: Path,
+) -> None:
+    """A record file each: the records an outage left behind are written ``batch`` (25) at a
+    time, and a claim queued meanwhile goes before the rest, so it never waits behind
+    hundreds of record files."""
+    from datetime import timedelta
+
+    from pyjob.core.backends.protocol import ClaimRequest
+
+    c = _Coordinated(tmp_path)
+    for tick in range(1, 61):
+        c.record(tick, "success")
+    assert c.coordinator.pending() == 60
+    c.block.unlink()
+    c.clock.advance(60)
+    c.coordinator.heartbeat(_me())  # a call no tick waits for
+    assert c.coordinator.pending() == 35
+    tick = c.clock.now().replace(microsecond=0) + timedelta(seconds=1)
+    answers: list[object] = []
+    request = ClaimRequest("other", tick, tick + timedelta(minutes=11), None)
+    c.coordinator.claim(c.url, [request], answers.append)
+    c.coordinator.drain()
+    assert len(answers) == 1 and c.coordinator.pending() == 35  # the claim did not wait
+    c.coordinator.close()
+    assert len(c.written()) == 60
+
+
+def _me() -> Any:
+    from pyjob.core.records import InstanceInfo
+
+    return InstanceInfo("i0", "host", 1, "0")
+
+
 def test_a_fleet_call_that_fails_gets_its_error_not_silence(tmp_path: Path) -> None:
     """Coordinator.call's reads and writes of the fleet's state (pauses, triggers, pool slots):
     a backend error goes to ``done``, so a run waiting for a pool slot asks again (or gives up at

@@ -165,8 +165,12 @@ def test_an_outage_is_logged_once_as_it_starts_and_once_as_it_ends(
     assert up["failed_calls"] >= 2 and up["unclaimed_ticks"] >= 4, json.dumps(up)
     assert 2 < up["down_for"] < 20, up
     assert run.events("backend-error") == []  # each failed call is at debug level
+    # The leases of the runs that ended just before the hang may have been gathered for a
+    # release that the hang made fail: one more line says they were released once it was over.
     backend = [e for e in run.events() if e["event"].startswith("backend")]
-    assert backend == [down, up], backend
+    recovered = [e for e in backend if e["event"] == "backend-recovered"]
+    assert [e for e in backend if e not in recovered] == [down, up], backend
+    assert len(recovered) <= 1 and all(e["level"] == "info" for e in recovered), recovered
 
 
 def test_catch_up_runs_the_latest_tick_missed_in_an_outage_once_when_the_backend_is_back(

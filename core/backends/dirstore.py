@@ -52,6 +52,9 @@ class DirectoryRecords:
     that `pyjob status` and `pyjob history` list the jobs again without a restart.
     """
 
+    # A file per record: a claim queued behind a write waits for 25 files at most.
+    batch = 25
+
     def __init__(self, directory: Path, url: str, local: bool = False) -> None:
         self.directory = Path(directory)
         self.url = url

@@ -17,7 +17,14 @@ import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..records import InstanceInfo, JobInfo, RunRecord, newest_finished, parse_records
+from ..records import (
+    RECORD_BATCH,
+    InstanceInfo,
+    JobInfo,
+    RunRecord,
+    newest_finished,
+    parse_records,
+)
 from .common import safe_name
 from .etcd_http import b64, range_end, unb64
 
@@ -32,6 +39,8 @@ def _range(start: str, end: str | None = None, **options: Any) -> dict[str, Any]
 
 
 class EtcdRecords:
+    batch = RECORD_BATCH
+
     def __init__(self, backend: EtcdBackend) -> None:
         self._b = backend
         self.url = backend.url

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..records import (
+    RECORD_BATCH,
     InstanceInfo,
     JobInfo,
     RunRecord,
@@ -38,6 +39,8 @@ WHERE r.job = o.job AND r.tick_us = o.tick_us AND (o.n > %(keep)s OR o.tick_us <
 class PostgresRecords:
     """PostgreSQL: the tables of SCHEMA, created on first use. A batch of records is one
     statement (INSERT ... ON CONFLICT DO UPDATE over a VALUES list)."""
+
+    batch = RECORD_BATCH
 
     def __init__(self, run: Callable[[str, str, Any], list[tuple[Any, ...]]], url: str) -> None:
         self._run = run  # the backend's: one statement on its connection, errors as BackendError

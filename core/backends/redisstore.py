@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import BackendError
 from ..records import (
+    RECORD_BATCH,
     InstanceInfo,
     JobInfo,
     RunRecord,
@@ -40,6 +41,8 @@ class RedisRecords:
     """Redis: per job a hash of records and a sorted set of their ticks (trimmed as written),
     the registration ``pyjob:<job>:info`` and ``pyjob:<job>:instances``; the set ``pyjob:jobs``;
     heartbeats ``pyjob:instance:<id>``, which expire by themselves."""
+
+    batch = RECORD_BATCH
 
     def __init__(self, client: Any, url: str, errors: tuple[type[BaseException], ...]) -> None:
         self._r = client

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ..backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult
+from ..backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult, Lease
 from ..coordinator import Coordinator
 from ..errors import BackendError
 from ..events import LEASE_LOST
 from ..instants import to_us
+from ..releases import RELEASE_GATHER
 from ..settings import Overlap
-from .model import OVERLAPPING, JobState, Retry, Run, keep_until
+from .model import CLAIM_LEAD, OVERLAPPING, JobState, Retry, Run, keep_until
 from .shared import Shared
 from .timers import Renew
 
@@ -198,6 +199,17 @@ class Claims:
                 sh.executor.start(state, retry.tick, retry.claim, got.lease)
 
         sh.coordinator.claim(state.job.lock, [request], done)
+
+    def release_ended(self, state: JobState, held: list[Lease]) -> None:
+        """Release the leases of a run that ended, gathered with the others that end about then
+        (one round trip for a burst), but never so late that any instance's claim of the job's
+        next tick (CLAIM_LEAD before it at the earliest, by its clock) could find it held: with
+        less than CLAIM_LEAD + 2 × RELEASE_GATHER left before that tick, it goes at once."""
+        wait = RELEASE_GATHER
+        if state.next_tick is not None:
+            left = (state.next_tick - self.sh.clock.now()).total_seconds()
+            wait = max(0.0, min(wait, left - CLAIM_LEAD - RELEASE_GATHER))
+        self.sh.coordinator.release(state.job.lock, held, wait)
 
     def drop_lease(self, state: JobState, outcome: ClaimOutcome | BackendError | None) -> None:
         if isinstance(outcome, ClaimOutcome) and outcome.lease is not None:

@@ -223,7 +223,7 @@ class Executor:
         sh.emit("run-finished", state.id, run.tick, **_finished_fields(run, code, duration, delay))
         held = [lease for lease in (run.lease, run.slot) if lease is not None]
         if held:  # first: the next tick of the fleet (or of the pool) waits for them
-            sh.coordinator.release(state.job.lock, held)
+            sh.claims.release_ended(state, held)
         if run.record is not None:
             self._record_end(run, run.record, code, result, duration, delay)
         if delay is not None:
