@@ -12,10 +12,11 @@ import pytest
 from pyjob.core.backends import Backend, open_backend
 from pyjob.core.clock import SystemClock
 from pyjob.core.events import Event
+from pyjob.core.jobsettings import JobSettings
 from pyjob.core.process import Command, RealRunner
 from pyjob.core.schedule import Schedule, parse
 from pyjob.core.scheduler import Job, Scheduler
-from pyjob.core.settings import JobSettings, Overlap
+from pyjob.core.settings import Overlap
 
 JOBS = 120
 TICKS = 2
