@@ -128,3 +128,36 @@ def test_the_window_is_judged_by_the_backends_clock(
     assert bool(caught) is runs
     if not runs:  # 2 h ahead, the backend sees the missed ticks outside the 1 h window
         assert missed and "before the --catch-up window" in missed[0].fields["reason"]
+
+
+@pytest.mark.parametrize("newest_won_elsewhere", [False, True])
+def test_only_the_instance_that_wins_the_newest_missed_tick_catches_up_the_older_ones(
+    newest_won_elsewhere: bool,
+) -> None:
+    """Two instances back at once must not split a job's catch-up: the newest missed tick is
+    claimed alone first, and the one that wins it claims and runs the older ones, oldest first.
+    Here another instance has won the newest (or not): this one runs nothing (or both)."""
+    from datetime import timedelta
+
+    from pyjob.core.clock import FakeClock
+
+    from .fakes import FakeRunner, RecordingBackend
+    from .test_scheduler import T0, job, make
+
+    clock = FakeClock(T0)
+    runner = FakeRunner(clock)
+    settings = {"catch_up": 3600.0, "catch_up_all": True, "catch_up_max": 2}
+    newest, older = T0, T0 - timedelta(minutes=10)  # 11:40 is over --catch-up-max
+    backend = RecordingBackend(lose={newest} if newest_won_elsewhere else set())
+    s, events = make([job("every 10m align tz UTC", clock, **settings)], runner, clock, backend)
+    last_handled = T0 - timedelta(minutes=30)
+    s._plan_catch_up(s.jobs["job"], int(last_handled.timestamp() * 1e6), None)
+    s.coordinator.drain()
+    s.coordinator.drain()
+    caught = [e.tick for e in events if e.kind == "caught-up"]
+    if newest_won_elsewhere:
+        assert caught == [] and backend.batches == [1]
+        assert [e.tick for e in events if e.kind == "lost"] == [newest]
+    else:  # both won; the oldest runs first (the newest once it ended)
+        assert backend.batches[:2] == [1, 1] and caught == [older]  # then its run lease
+        assert [e.tick for e in events if e.kind == "claimed"] == [newest, older]

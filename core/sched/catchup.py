@@ -135,8 +135,16 @@ class CatchUp:
         elif run:
             self._claim(state, run, len(missed))
 
-    def _claim(self, state: JobState, run: list[datetime], missed: int) -> None:
+    def _claim(
+        self, state: JobState, run: list[datetime], missed: int, older: list[datetime] | None = None
+    ) -> None:
+        """Claim ``run``. With several ticks to catch up, the most recent is claimed alone
+        first, and only the instance that wins it claims the older ones (``older``): two
+        instances back at once never split a job's catch-up between them, which would run its
+        ticks out of order, or skip the older as an overlap of the newer running elsewhere."""
         sh = self.sh
+        if older is None and len(run) > 1:
+            run, older = run[-1:], run[:-1]
         keep = [keep_until(state.job.schedule, t) for t in run]
         requests = [ClaimRequest(state.id, t, k, None) for t, k in zip(run, keep, strict=True)]
 
@@ -146,6 +154,7 @@ class CatchUp:
                 sh.emit("backend-error", state.id, run[-1], error=str(result), action=_AGAIN)
                 self.down.add(Coordinator.key(state.job.lock))
                 return
+            won = False
             for tick, outcome in zip(run, result, strict=True):
                 c = outcome.claim
                 if c.refused:
@@ -153,9 +162,14 @@ class CatchUp:
                 elif not c.won:
                     sh.emit("lost", state.id, tick, holder=c.holder, fence=c.fence)
                 else:
+                    won = True
                     state.won_to = max(tick, state.won_to or tick)
                     state.catchup.append((tick, c))
                     sh.emit("claimed", state.id, tick, fence=c.fence)
+            if won and older and not sh.stop and not state.ended:
+                self._claim(state, older, missed, [])
+                return
+            state.catchup.sort(key=lambda entry: entry[0])  # oldest first
             self.next(state, missed)
 
         state.look_up(JobPhase.CATCHING_UP)
