@@ -172,6 +172,7 @@ class Coordinator:
         )
         self._links[k] = link
         if self.threaded:
+            link.waker = Waker()
             link.thread = threading.Thread(
                 target=self._worker,
                 args=(link,),
@@ -311,12 +312,14 @@ class Coordinator:
             link.deadline = deadline
             if not self.threaded:
                 self.writes.last_writes(link)
-            link.calls.put((LAST, next(self._order), None))
+            link.put((LAST, next(self._order), None))
         for link in self._links.values():
             if link.thread is not None:
                 link.thread.join(max(0.0, deadline - self.clock.monotonic()))
             if link.thread is None or not link.thread.is_alive():
                 link.backend.close()
+                if link.waker is not None:
+                    link.waker.close()
             # Said here, not by the worker, which may still be inside a write when the wait ends.
             # list() of a dict is one step under the GIL, safe while the worker changes it.
             left = list(link.pending)
@@ -351,7 +354,7 @@ class Coordinator:
             return
         link = self._links[self.key(url)]
         if self.threaded:
-            link.calls.put((call.priority, next(self._order), call))
+            link.put((call.priority, next(self._order), call))
         else:
             self._do(link, call)
 
@@ -361,12 +364,7 @@ class Coordinator:
                 call: Call | None = link.carry
                 link.carry = None
             else:
-                try:
-                    # While releases or records are owed, look again when they are due even when
-                    # nothing else is asked: they must go out as soon as the backend answers.
-                    _, _, call = link.calls.get(timeout=self._owed_in(link))
-                except Empty:
-                    call = ReleaseCall([])
+                call = link.next_call(self.clock, RELEASE_RETRY)
             if call is None:
                 self.releases.send(link, at_once=True)
                 self.writes.last_writes(link)
@@ -374,15 +372,6 @@ class Coordinator:
             if isinstance(call, RecordsCall):
                 call = self.writes.gather(link, call)
             self._do(link, call)
-
-    def _owed_in(self, link: Link) -> float | None:
-        """Seconds until the worker must look again for what it owes (None: nothing owed)."""
-        waits = [RELEASE_RETRY] if link.unreleased or link.maybe else []
-        if link.release_at is not None:
-            waits.append(max(0.0, link.release_at - self.clock.monotonic()))
-        if link.retry_at is not None:
-            waits.append(max(0.0, link.retry_at - self.clock.monotonic()))
-        return min(waits, default=None)
 
     def _do(self, link: Link, call: Call) -> None:
         if isinstance(call, ReleaseCall):

@@ -16,10 +16,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from queue import Empty, PriorityQueue
 
-from .backendcalls import Call, HeartbeatCall, PruneCall, RecordsCall, RegisterCall
+from .backendcalls import (
+    Call,
+    HeartbeatCall,
+    PruneCall,
+    RecordsCall,
+    RegisterCall,
+    ReleaseCall,
+)
 from .backends import Backend
 from .backends.protocol import AHEAD_LIMIT, Lease
-from .clock import Clock
+from .clock import Clock, Waker
 from .outage import Outage
 from .records import (
     RECORD_BATCH,
@@ -49,6 +56,11 @@ class Link:
     # (priority, order, call), the call's own priority
     calls: PriorityQueue[tuple[int, int, Call | None]] = field(default_factory=PriorityQueue)
     thread: threading.Thread | None = None
+    # The worker's timed waits go through the Clock on this pipe, woken by ``put`` while it
+    # waits (``idle``): a timed wait on a lock (Queue.get with a timeout) is not the Clock's, and
+    # libfaketime, which tests use for a skewed host, turns it into a wait without end.
+    waker: Waker | None = None
+    idle: bool = False
     unreleased: list[Lease] = field(default_factory=list)  # releases that failed: retried
     # releases gathered for one round trip, not sent yet, and when they go at the latest
     releasing: list[Lease] = field(default_factory=list)
@@ -72,6 +84,44 @@ class Link:
     failing: set[str] = field(default_factory=set)  # jobs whose unwritten records were reported
     dropped: int = 0  # records dropped past PENDING_MAX since it was last said
     deadline: float | None = None  # monotonic: the end of ``close``'s wait
+
+    def next_call(self, clock: Clock, release_retry: float) -> Call | None:
+        """The next queued call, waited for on ``clock``. While releases or records are owed,
+        an empty ReleaseCall when they are due even if nothing else is asked: they must go out
+        as soon as the backend answers (failed releases are tried every ``release_retry``)."""
+        assert self.waker is not None
+        while True:
+            owed = self._owed_in(clock, release_retry)
+            self.idle = True
+            try:
+                try:
+                    return self.calls.get_nowait()[2]
+                except Empty:
+                    pass
+                if owed is not None and owed <= 0:
+                    return ReleaseCall([])
+                woken = clock.wait(self.waker, float("inf") if owed is None else owed)
+            finally:
+                self.idle = False
+            if not woken and owed is not None:
+                return ReleaseCall([])
+
+    def _owed_in(self, clock: Clock, release_retry: float) -> float | None:
+        """Seconds until the worker must look again for what it owes (None: nothing owed)."""
+        waits = [release_retry] if self.unreleased or self.maybe else []
+        now = clock.monotonic()
+        for at in (self.release_at, self.retry_at):
+            if at is not None:
+                waits.append(max(0.0, at - now))
+        return min(waits, default=None)
+
+    def put(self, entry: tuple[int, int, Call | None]) -> None:
+        """Queue a call for the worker, waking it if it waits. The worker marks ``idle`` before
+        it looks at the queue a last time, and this looks at ``idle`` after the put: one of the
+        two sees the other, so no call waits for the worker's timeout."""
+        self.calls.put(entry)
+        if self.idle and self.waker is not None:
+            self.waker.wake()
 
 
 # report(job, tick, kind, **fields): an event on behalf of the coordinator.
@@ -97,7 +147,7 @@ class RecordWrites:
             nxt = entry[2]
             if not isinstance(nxt, RecordsCall) or nxt.keep != keep:
                 if nxt is None:
-                    link.calls.put(entry)  # the stop: after this batch
+                    link.calls.put(entry)  # the stop: after this batch (the worker is awake)
                 else:
                     link.carry = nxt
                 break

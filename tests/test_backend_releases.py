@@ -161,3 +161,42 @@ def test_a_gathered_release_goes_before_the_next_claim_and_a_failed_one_is_kept(
         assert "backend-recovered" in [r[2] for r in reports], reports
     finally:
         coordinator.close()
+
+
+def test_a_release_waits_for_others_only_while_another_run_still_goes(tmp_path: Any) -> None:
+    """Two jobs due on one tick, a short run and one of a second: the short run's release may
+    wait to share a round trip with the longer's, which, the last run of the process, goes at
+    once (a `pyjob trigger` must not find the run still going); a lone run's goes at once."""
+    clock = SystemClock()
+    url = f"file:{tmp_path / 'locks'}"
+    events: list[Event] = []
+    s = Scheduler(clock, RealRunner(), events.append, instance="i")
+    waits: dict[str, float] = {}
+    real = s.coordinator.release
+
+    def release(u: str | None, leases: Any, wait: float = 0.0) -> None:
+        for lease in leases:
+            waits[lease.job] = wait
+        real(u, leases, wait)
+
+    s.coordinator.release = release  # type: ignore[method-assign]
+    spec = parse("every 2s align tz UTC", env={"TZ": "UTC"}, now=clock.now())
+    argv = {"short": ("true",), "long": ("sleep", "1")}
+    jobs = [
+        Job(
+            name,
+            Schedule(spec, job_id=name, anchor=clock.now()),
+            Command(argv[name]),
+            JobSettings(overlap=Overlap.SKIP, max_runs=1, lease_ttl=30.0, lock=url),
+        )
+        for name in argv
+    ]
+    s.open(jobs)
+    for j in jobs:
+        s.add(j)
+    try:
+        assert s.run() == 0
+    finally:
+        s.close()
+    assert len([e for e in events if e.kind == "run-finished"]) == 2, events
+    assert waits["short"] > 0 and waits["long"] == 0, waits

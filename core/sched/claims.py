@@ -204,9 +204,14 @@ class Claims:
         """Release the leases of a run that ended, gathered with the others that end about then
         (one round trip for a burst), but never so late that any instance's claim of the job's
         next tick (CLAIM_LEAD before it at the earliest, by its clock) could find it held: with
-        less than CLAIM_LEAD + 2 × RELEASE_GATHER left before that tick, it goes at once."""
+        less than CLAIM_LEAD + 2 × RELEASE_GATHER left before that tick, it goes at once. It
+        goes at once too, with those gathered, when no other run of the process still goes:
+        nothing is left to share the round trip with, and a claim that is not a tick's (a
+        `pyjob trigger`, which no one can see coming) must not find the run still going."""
         wait = RELEASE_GATHER
-        if state.next_tick is not None:
+        if not self.sh.executor.by_handle:
+            wait = 0.0
+        elif state.next_tick is not None:
             left = (state.next_tick - self.sh.clock.now()).total_seconds()
             wait = max(0.0, min(wait, left - CLAIM_LEAD - RELEASE_GATHER))
         self.sh.coordinator.release(state.job.lock, held, wait)
