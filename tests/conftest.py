@@ -43,6 +43,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _own_default_lock_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test has its own default lock directory ($XDG_RUNTIME_DIR/pyjob), for the `pyjob`
+    processes it starts too: two tests that run the same command without --lock at once (the
+    workers of -n 4) would otherwise share its jobs' claims, and one would lose the tick."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("runtime")))
+
+
+@pytest.fixture(autouse=True)
 def _no_process_outlives_its_test() -> Iterator[None]:
     """A test that fails before stopping its `pyjob run` processes must not leave them running."""
     from .runproc import PyjobRun
