@@ -66,6 +66,7 @@ class OrphanCall:
     job: str
     newest: int
     done: Callable[[Orphans | BackendError | None], None]
+    heartbeats: bool = False  # the heartbeats even when the job has no records
     priority: ClassVar[int] = 1
 
 

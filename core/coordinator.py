@@ -275,11 +275,13 @@ class Coordinator:
         job: str,
         done: Callable[[Orphans | BackendError | None], None],
         newest: int = 1,
+        heartbeats: bool = False,
     ) -> None:
         """The ``newest`` records of ``job`` (newest first) and the instances' heartbeats, to
-        ``done`` (None when the job has no records): what an instance needs to take over
-        another's attempts, or to end a run lost with its host."""
-        self._submit(url, OrphanCall(job, newest, done))
+        ``done`` (None when the job has no records, unless ``heartbeats`` asks for those all
+        the same): what an instance needs to take over another's attempts, or to end a run
+        lost with its host."""
+        self._submit(url, OrphanCall(job, newest, done, heartbeats))
 
     def call(self, url: str | None, fn: Work, done: Answer, held: bool = False) -> None:
         """``fn()`` on the backend's worker, under the one error policy: its result, or the
@@ -452,7 +454,7 @@ class Coordinator:
     def _orphans(link: Link, call: OrphanCall) -> Orphans | None:
         assert link.records is not None
         newest = link.records.runs(call.job, call.newest, None)
-        return (newest, link.records.instances()) if newest else None
+        return (newest, link.records.instances()) if newest or call.heartbeats else None
 
     @staticmethod
     def _latest(link: Link, call: LatestCall) -> tuple[int, int | None] | None:

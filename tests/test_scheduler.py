@@ -616,9 +616,14 @@ def test_a_retry_whose_lease_never_comes_ends_the_run_once_with_its_hook() -> No
     assert dropped[0].at < T0 + timedelta(minutes=2)
 
 
-def with_records(s: Scheduler, records: dict[tuple[str, int], Any]) -> None:
+def with_records(
+    s: Scheduler, records: dict[tuple[str, int], Any], beating: tuple[str, ...] = ()
+) -> None:
     """Run records kept in ``records`` (by job and tick), as a backend that keeps them would:
-    the orphan look-up answers the job's newest one, and no heartbeat of any other instance."""
+    the orphan look-up answers the job's newest one, and the heartbeats of the ``beating``
+    instances (each beat just now) and of no other."""
+    from pyjob.core.records import InstanceInfo
+
     co = s.coordinator
     co.has_records = lambda url: True  # type: ignore[method-assign]
     co.register = lambda *a: None  # type: ignore[method-assign]
@@ -628,9 +633,11 @@ def with_records(s: Scheduler, records: dict[tuple[str, int], Any]) -> None:
     def record(url: Any, r: Any, keep: int) -> None:
         records[(r.job, r.tick_us)] = replace(r)
 
-    def orphan(url: Any, job: str, done: Any, n: int = 1) -> None:
+    def orphan(url: Any, job: str, done: Any, n: int = 1, heartbeats: bool = False) -> None:
         mine = sorted((r for (j, _), r in records.items() if j == job), key=lambda r: -r.tick_us)
-        co._deliver(done, ([replace(r) for r in mine[:n]], {}) if mine else None)
+        now = to_us(s.clock.now())
+        beats = {i: InstanceInfo(i, "h", 1, "0", seen_us=now) for i in beating}
+        co._deliver(done, ([replace(r) for r in mine[:n]], beats) if mine or heartbeats else None)
 
     co.record = record  # type: ignore[method-assign]
     co.orphan = orphan  # type: ignore[method-assign]
@@ -721,15 +728,51 @@ def test_the_instance_that_took_over_a_dead_ones_attempts_runs_its_later_attempt
     assert [a["result"] for a in final.attempts] == ["lost", "failure"]
 
 
+@pytest.mark.parametrize("winner", ["quiet", "beating"])
+def test_a_run_whose_winner_was_lost_before_it_wrote_a_record_is_taken_over(winner: str) -> None:
+    """other:1 won 12:00:00's claim and wrote no record of it (it died just after its spawn,
+    before the run's `running` record): once it is quiet, this instance, which lost that claim,
+    continues the run as one whose first attempt was lost. While other:1 beats, nothing."""
+    clock = FakeClock(T0 - timedelta(seconds=10))
+    runner = FakeRunner(clock, code=3, duration=1.0)
+    backend = RecordingBackend(lose={T0})  # other:1 wins 12:00:00
+    spec = job("every 1m align tz UTC", clock, retries=2, retry_delay=1.0)
+    events: list[Event] = []
+    s = Scheduler(
+        clock, runner, events.append, instance="test:1", threaded=False, opener=lambda u: backend
+    )
+    records: dict[tuple[str, int], Any] = {}
+    with_records(s, records, beating=("other:1",) if winner == "beating" else ())
+    s.open([spec])
+    s.add(spec)
+    stop_at(s, clock, T0 + timedelta(seconds=50))
+    s.run()
+    lost = [e for e in events if e.kind == "lost"]
+    assert [(e.tick, e.fields["holder"]) for e in lost] == [(T0, "other:1")]
+    first = [env for env in runner.started if env.get("PYJOB_TICK", "").endswith("12:00:00+00:00")]
+    if winner == "beating":
+        assert first == [] and records == {}
+        return
+    assert [env["PYJOB_ATTEMPT"] for env in first] == ["2", "3"]
+    assert {env["PYJOB_RUN_ID"] for env in first} == {"job-20260601T120000Z"}
+    assert {env["PYJOB_FENCE"] for env in first} == {"7"}  # the winner's claim's
+    taken = [e for e in events if e.kind == "retrying" and "taken_over_from" in e.fields]
+    assert [e.fields["taken_over_from"] for e in taken] == ["other:1"]
+    final = records[("job", to_us(T0))]
+    assert final.result == "failure" and final.attempt == 3 and final.instance == "test:1"
+    assert [a["result"] for a in final.attempts] == ["lost", "failure"]
+
+
 def lost_run_fleet(
     start: datetime,
     retries: int,
     backend: Any = None,
     instance: str = "test:1",
     records: dict[tuple[str, int], Any] | None = None,
+    beating: tuple[str, ...] = (),
 ) -> tuple[Scheduler, list[Event], FakeRunner, dict[tuple[str, int], Any]]:
     """This instance (``instance``) starts at ``start`` and serves a job whose run of 12:00:00 was
-    left `running` by dead:1, an instance that is gone (no heartbeat)."""
+    left `running` by dead:1, an instance that is gone (no heartbeat; ``beating`` are live)."""
     from pyjob.core.records import RunRecord
 
     clock = FakeClock(start)
@@ -746,7 +789,7 @@ def lost_run_fleet(
         "job", to_us(T0), "job-20260601T120000Z", "dead:1", "running", fence=7, started_us=to_us(T0)
     )
     records[("job", to_us(T0))] = dead
-    with_records(s, records)
+    with_records(s, records, beating)
     s.open([spec])
     s.add(spec)
     stop_at(s, clock, T0 + timedelta(minutes=3))  # it runs until stopped
@@ -821,7 +864,10 @@ def test_a_lost_run_is_ended_by_one_instance_of_the_fleet() -> None:
     fleet, views = [], []
     for n in (1, 2):
         start = T0 + timedelta(seconds=5)
-        s, events, runner, view = lost_run_fleet(start, 0, SharedClaims(claims), f"test:{n}")
+        live = ("test:1", "test:2")  # each other's records are not in its view: alive
+        s, events, runner, view = lost_run_fleet(
+            start, 0, SharedClaims(claims), f"test:{n}", beating=live
+        )
         fleet.append((s, events, runner))
         views.append(view)
     for s, _, _ in fleet:

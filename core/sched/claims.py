@@ -130,7 +130,7 @@ class Claims:
         elif not outcome.claim.won:
             state.ticks_run += 1
             sh.emit("lost", state.id, tick, holder=outcome.claim.holder, fence=outcome.claim.fence)
-            sh.retries.watch(state)
+            sh.retries.watch(state, (tick, outcome.claim.holder, outcome.claim.fence))
         else:
             state.ticks_run += 1
             sh.ticking.missed(

@@ -38,6 +38,9 @@ class Retries:
         self.jobs: set[str] = set()  # jobs with --retries: heartbeats look for orphans
         self.watched: set[str] = set()  # jobs another instance holds a run of (watch)
         self.ended: dict[str, None] = {}  # run ids of lost runs ended here (oldest first)
+        # Per job, the newest tick another instance won that this one saw lost, with the
+        # winner and its fence, until a record of that tick is seen (``_unrecorded``).
+        self.won: dict[str, tuple[datetime, str, int | None]] = {}
         # Each instance's heartbeat as this process last read it: (value, since, last read),
         # the two times on this process's monotonic clock.
         self.beats: dict[str, tuple[int | None, float, float]] = {}
@@ -179,12 +182,36 @@ class Retries:
         state.retries.clear()
         state.attempts.clear()
 
-    def watch(self, state: JobState) -> None:
+    def watch(
+        self, state: JobState, won: tuple[datetime, str | None, int | None] | None = None
+    ) -> None:
         """Another instance holds a run of ``state`` (it won a tick's claim, or holds the run
         lease): look at the job's newest record at the next heartbeats until that run ended,
-        so that a run lost with its host is heard of (``adopt``)."""
+        so that a run lost with its host is heard of (``adopt``). ``won``: the (tick, winner,
+        fence) of a claim this instance lost, so that a winner lost before it wrote the run's
+        first record is heard of too."""
         self.watched.add(state.id)
+        if won is not None and won[1] is not None and won[1] != self.sh.instance:
+            self.won[state.id] = (won[0], won[1], won[2])
         self.sh.books.hurry()
+
+    def _unrecorded(self, state: JobState, records: list[RunRecord]) -> RunRecord | None:
+        """The run of the tick another instance won (``watch``) when no record of that tick
+        is among the job's newest ``records``: its winner was lost before it wrote one (it
+        writes the run's ``running`` record just after the spawn). Taken as lost in its
+        first attempt, as a ``running`` record would say."""
+        won = self.won.get(state.id)
+        if won is None:
+            return None
+        tick, holder, fence = won
+        tick_us = to_us(tick)
+        beyond = len(records) >= ORPHAN_SCAN and records[-1].tick_us > tick_us
+        if beyond or any(r.tick_us == tick_us for r in records):
+            del self.won[state.id]  # recorded (or out of sight, as ORPHAN_SCAN says)
+            return None
+        return RunRecord(
+            state.id, tick_us, run_id(state.id, tick, tick), holder, Result.RUNNING, fence
+        )
 
     def adopt_orphans(self) -> None:
         """Find the runs whose instance went quiet (killed, host lost) while they ran or waited
@@ -215,11 +242,19 @@ class Retries:
                 records, instances = answer or ([], {})
                 # Oldest first: a lost run's attempts (within its tick) before the newer ticks.
                 again = [self.adopt(state, r, instances) for r in reversed(records)]
+                unrecorded = self._unrecorded(state, records)
+                if unrecorded is not None:
+                    if self.adopt(state, unrecorded, instances):
+                        again.append(True)
+                    else:
+                        self.won.pop(state.id, None)
                 if not any(again):
                     self.watched.discard(state.id)
 
             state.look_up(JobPhase.ADOPTING)
-            sh.coordinator.orphan(state.job.lock, state.id, found, ORPHAN_SCAN)
+            sh.coordinator.orphan(
+                state.job.lock, state.id, found, ORPHAN_SCAN, heartbeats=job_id in self.won
+            )
 
     def quiet(self, name: str, info: InstanceInfo | None) -> bool:
         """Whether the instance ``name`` went quiet: its heartbeat (or its absence) has not

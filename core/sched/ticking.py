@@ -187,7 +187,8 @@ class Ticking:
         elif not outcome.claim.won:
             state.ticks_run += 1
             sh.emit("lost", state.id, tick, holder=outcome.claim.holder, fence=outcome.claim.fence)
-            sh.retries.watch(state)  # its run is another instance's: heard of if it is lost
+            # its run is another instance's: heard of if it is lost (before its record too)
+            sh.retries.watch(state, (tick, outcome.claim.holder, outcome.claim.fence))
             return
         else:
             claim, lease = outcome.claim, outcome.lease
