@@ -56,9 +56,9 @@ class Link:
     # (priority, order, call), the call's own priority
     calls: PriorityQueue[tuple[int, int, Call | None]] = field(default_factory=PriorityQueue)
     thread: threading.Thread | None = None
-    # The worker's timed waits go through the Clock on this pipe, woken by ``put`` while it
-    # waits (``idle``): a timed wait on a lock (Queue.get with a timeout) is not the Clock's, and
-    # libfaketime, which tests use for a skewed host, turns it into a wait without end.
+    # The worker waits on this pipe (select), woken by ``put`` while it waits (``idle``): a
+    # timed wait on a lock (Queue.get with a timeout, sem_clockwait) is one that libfaketime,
+    # which the tests use for a skewed host, turns into a wait without end.
     waker: Waker | None = None
     idle: bool = False
     unreleased: list[Lease] = field(default_factory=list)  # releases that failed: retried
@@ -86,7 +86,7 @@ class Link:
     deadline: float | None = None  # monotonic: the end of ``close``'s wait
 
     def next_call(self, clock: Clock, release_retry: float) -> Call | None:
-        """The next queued call, waited for on ``clock``. While releases or records are owed,
+        """The next queued call, waited for on the pipe. While releases or records are owed,
         an empty ReleaseCall when they are due even if nothing else is asked: they must go out
         as soon as the backend answers (failed releases are tried every ``release_retry``)."""
         assert self.waker is not None
@@ -100,7 +100,9 @@ class Link:
                     pass
                 if owed is not None and owed <= 0:
                     return ReleaseCall([])
-                woken = clock.wait(self.waker, float("inf") if owed is None else owed)
+                # On the pipe in real time, not clock.wait: a fake clock's wait would move the
+                # test's time from this thread.
+                woken = self.waker.block(float("inf") if owed is None else owed)
             finally:
                 self.idle = False
             if not woken and owed is not None:
