@@ -53,6 +53,17 @@ def _counted(backend: Backend, calls: dict[str, list[int]]) -> Backend:
     return backend
 
 
+def _run_all(s: Scheduler, jobs: list[Job]) -> None:
+    """Run ``jobs`` until each is done, then close (the last releases go out)."""
+    s.open(jobs)
+    for j in jobs:
+        s.add(j)
+    try:
+        assert s.run() == 0
+    finally:
+        s.close()
+
+
 def test_a_burst_of_runs_releases_its_leases_in_a_few_round_trips(release_url: str) -> None:
     """120 jobs due on the same ticks of a 3 s schedule, each holding a run lease
     (--overlap skip): the releases of each burst are gathered, so far fewer release round
@@ -79,13 +90,7 @@ def test_a_burst_of_runs_releases_its_leases_in_a_few_round_trips(release_url: s
         )
         for n in range(JOBS)
     ]
-    s.open(jobs)
-    for j in jobs:
-        s.add(j)
-    try:
-        assert s.run() == 0
-    finally:
-        s.close()  # the last releases go out
+    _run_all(s, jobs)
     started = [e for e in events if e.kind == "run-started"]
     assert len(started) == JOBS * TICKS, sorted({e.kind for e in events})
     assert not [e for e in events if e.kind in ("skipped", "backend-error")]
@@ -191,12 +196,6 @@ def test_a_release_waits_for_others_only_while_another_run_still_goes(tmp_path: 
         )
         for name in argv
     ]
-    s.open(jobs)
-    for j in jobs:
-        s.add(j)
-    try:
-        assert s.run() == 0
-    finally:
-        s.close()
+    _run_all(s, jobs)
     assert len([e for e in events if e.kind == "run-finished"]) == 2, events
     assert waits["short"] > 0 and waits["long"] == 0, waits
