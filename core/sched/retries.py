@@ -191,8 +191,10 @@ class Retries:
         fence) of a claim this instance lost, so that a winner lost before it wrote the run's
         first record is heard of too."""
         self.watched.add(state.id)
-        if won is not None and won[1] is not None and won[1] != self.sh.instance:
-            self.won[state.id] = (won[0], won[1], won[2])
+        if won is not None:
+            tick, holder, fence = won
+            if holder is not None and holder != self.sh.instance:
+                self.won[state.id] = (tick, holder, fence)
         self.sh.books.hurry()
 
     def _unrecorded(self, state: JobState, records: list[RunRecord]) -> RunRecord | None:
@@ -225,6 +227,7 @@ class Retries:
             if state is None:
                 self.jobs.discard(job_id)
                 self.watched.discard(job_id)
+                self.won.pop(job_id, None)
                 continue
             if state.phase is not JobPhase.ACTIVE or state.busy():
                 continue
