@@ -19,8 +19,9 @@ from .backends.protocol import ClaimOutcome, ClaimRequest, Lease
 from .errors import BackendError
 from .records import InstanceInfo, JobInfo, RunRecord
 
-# A take-over's answer: the job's newest records (newest first) and the instances' heartbeats.
-Orphans = tuple[list[RunRecord], dict[str, InstanceInfo]]
+# A take-over's answer: each job's newest records (newest first; a job with none is left
+# out) and the instances' heartbeats.
+Orphans = tuple[dict[str, list[RunRecord]], dict[str, InstanceInfo]]
 
 
 @dataclass
@@ -63,10 +64,14 @@ class LatestCall:
 
 @dataclass
 class OrphanCall:
-    job: str
+    """The newest records of many jobs in one call: a start looks at every job once, so that a
+    run lost before this instance came is heard of, and a call per job would cost a 10,000-job
+    crontab a round trip each."""
+
+    jobs: list[str]
     newest: int
-    done: Callable[[Orphans | BackendError | None], None]
-    heartbeats: bool = False  # the heartbeats even when the job has no records
+    done: Callable[[Orphans | BackendError], None]
+    heartbeats: bool = False  # the heartbeats even when no job has records
     priority: ClassVar[int] = 1
 
 

@@ -269,19 +269,19 @@ class Coordinator:
         self._submit(url, LatestCall(job, done))
         return True
 
-    def orphan(
+    def orphans(
         self,
         url: str | None,
-        job: str,
-        done: Callable[[Orphans | BackendError | None], None],
+        jobs: Sequence[str],
+        done: Callable[[Orphans | BackendError], None],
         newest: int = 1,
         heartbeats: bool = False,
     ) -> None:
-        """The ``newest`` records of ``job`` (newest first) and the instances' heartbeats, to
-        ``done`` (None when the job has no records, unless ``heartbeats`` asks for those all
-        the same): what an instance needs to take over another's attempts, or to end a run
-        lost with its host."""
-        self._submit(url, OrphanCall(job, newest, done, heartbeats))
+        """The ``newest`` records of each of ``jobs`` (newest first; a job with none is left
+        out) and the instances' heartbeats (read only when some job has records, or when
+        ``heartbeats`` asks for them all the same), to ``done``, in one call: what an instance
+        needs to take over another's attempts, or to end a run lost with its host."""
+        self._submit(url, OrphanCall(list(jobs), newest, done, heartbeats))
 
     def call(self, url: str | None, fn: Work, done: Answer, held: bool = False) -> None:
         """``fn()`` on the backend's worker, under the one error policy: its result, or the
@@ -451,10 +451,10 @@ class Coordinator:
     # The fleet's records a take-over, a catch-up or --notify-on change asks for.
 
     @staticmethod
-    def _orphans(link: Link, call: OrphanCall) -> Orphans | None:
+    def _orphans(link: Link, call: OrphanCall) -> Orphans:
         assert link.records is not None
-        newest = link.records.runs(call.job, call.newest, None)
-        return (newest, link.records.instances()) if newest or call.heartbeats else None
+        newest = link.records.newest(call.jobs, call.newest)
+        return newest, (link.records.instances() if newest or call.heartbeats else {})
 
     @staticmethod
     def _latest(link: Link, call: LatestCall) -> tuple[int, int | None] | None:

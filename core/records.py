@@ -99,6 +99,10 @@ class InstanceInfo:
     # Its clock's offset to the backend's (the backend's minus its own, seconds), as it last
     # measured it (--spread); None when it did not.
     offset: float | None = None
+    # How many times its registrations changed (new jobs, or new details of one), written with
+    # each heartbeat: a reader of the registry reads the jobs again only when this, or the set
+    # of instances, changed (--spread). None from a pyjob that did not say: read every time.
+    registered: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -147,6 +151,11 @@ class RecordStore(Protocol):
 
     def runs(self, job: str, limit: int, since_us: int | None = None) -> list[RunRecord]:
         """The job's records, newest first."""
+        ...
+
+    def newest(self, jobs: Sequence[str], limit: int) -> dict[str, list[RunRecord]]:
+        """Each job's ``limit`` newest records, newest first, in a few round trips for all of
+        ``jobs``; a job with no records is left out."""
         ...
 
     def recent(self, job: str) -> list[RunRecord]:
@@ -225,6 +234,10 @@ class RetryingReader:
 
     def runs(self, job: str, limit: int, since_us: int | None = None) -> list[RunRecord]:
         out: list[RunRecord] = self._twice(lambda: self.store.runs(job, limit, since_us))
+        return out
+
+    def newest(self, jobs: Sequence[str], limit: int) -> dict[str, list[RunRecord]]:
+        out: dict[str, list[RunRecord]] = self._twice(lambda: self.store.newest(jobs, limit))
         return out
 
     def recent(self, job: str) -> list[RunRecord]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from queue import Empty, PriorityQueue
 
 from .backendcalls import (
@@ -77,6 +77,8 @@ class Link:
     pending: dict[tuple[str, int], tuple[RunRecord, int]] = field(default_factory=dict)
     unregistered: dict[str, JobInfo] = field(default_factory=dict)  # registrations to redo
     registered: dict[str, JobInfo] = field(default_factory=dict)  # every one asked for
+    written: dict[str, JobInfo] = field(default_factory=dict)  # every one written once
+    generation: int = 0  # InstanceInfo.registered: how many writes brought something new
     reregister_at: float = 0.0  # monotonic: when they are all written again
     me: InstanceInfo | None = None
     retry_at: float | None = None  # monotonic: when what is pending is tried again
@@ -187,8 +189,13 @@ class RecordWrites:
             link.dropped = 0
         try:
             if link.unregistered and link.me is not None:
-                store.register(list(link.unregistered.values()), link.me)
-                link.unregistered.clear()
+                jobs = link.unregistered
+                new = any(link.written.get(job) != info for job, info in jobs.items())
+                generation = link.generation + new
+                store.register(list(jobs.values()), replace(link.me, registered=generation))
+                link.generation = generation
+                link.written.update(jobs)
+                link.unregistered = {}
             batch = list(itertools.islice(link.pending.values(), store.batch))
             for record in self.invented(link, [r for r, _ in batch]):
                 del link.pending[(record.job, record.tick_us)]
@@ -305,7 +312,7 @@ class RecordWrites:
         what = "heartbeat" if isinstance(call, HeartbeatCall) else "prune"
         try:
             if isinstance(call, HeartbeatCall):
-                store.heartbeat(call.me)
+                store.heartbeat(replace(call.me, registered=link.generation))
             else:
                 store.prune(call.jobs, call.keep, call.oldest_us)
         except Exception as e:

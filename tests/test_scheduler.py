@@ -620,7 +620,7 @@ def with_records(
     s: Scheduler, records: dict[tuple[str, int], Any], beating: tuple[str, ...] = ()
 ) -> None:
     """Run records kept in ``records`` (by job and tick), as a backend that keeps them would:
-    the orphan look-up answers the job's newest one, and the heartbeats of the ``beating``
+    the orphan look-up answers each job's newest ones, and the heartbeats of the ``beating``
     instances (each beat just now) and of no other."""
     from pyjob.core.records import InstanceInfo
 
@@ -633,14 +633,19 @@ def with_records(
     def record(url: Any, r: Any, keep: int) -> None:
         records[(r.job, r.tick_us)] = replace(r)
 
-    def orphan(url: Any, job: str, done: Any, n: int = 1, heartbeats: bool = False) -> None:
-        mine = sorted((r for (j, _), r in records.items() if j == job), key=lambda r: -r.tick_us)
+    def orphans(url: Any, jobs: Any, done: Any, n: int = 1, heartbeats: bool = False) -> None:
+        newest = {}
+        for job in jobs:
+            mine = [r for (j, _), r in records.items() if j == job]
+            mine.sort(key=lambda r: -r.tick_us)
+            if mine:
+                newest[job] = [replace(r) for r in mine[:n]]
         now = to_us(s.clock.now())
         beats = {i: InstanceInfo(i, "h", 1, "0", seen_us=now) for i in beating}
-        co._deliver(done, ([replace(r) for r in mine[:n]], beats) if mine or heartbeats else None)
+        co._deliver(done, (newest, beats if newest or heartbeats else {}))
 
     co.record = record  # type: ignore[method-assign]
-    co.orphan = orphan  # type: ignore[method-assign]
+    co.orphans = orphans  # type: ignore[method-assign]
 
 
 def test_an_idle_instance_beats_once_a_minute_and_fast_while_its_run_goes_on() -> None:

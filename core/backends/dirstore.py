@@ -208,6 +208,15 @@ class DirectoryRecords:
                 break
         return out
 
+    def newest(self, jobs: Sequence[str], limit: int) -> dict[str, list[RunRecord]]:
+        # No round trips to save: a directory listing a job (none for a job with no records).
+        out = {}
+        for job in jobs:
+            records = self.runs(job, limit)
+            if records:
+                out[job] = records
+        return out
+
     def recent(self, job: str) -> list[RunRecord]:
         out: list[RunRecord] = []
         d = self._runs_dir(job)

@@ -142,6 +142,24 @@ class EtcdRecords:
         )
         return parse_records(unb64(kv.get("value")) for kv in self._kvs(body, "history not read"))
 
+    def newest(self, jobs: Sequence[str], limit: int) -> dict[str, list[RunRecord]]:
+        # A range a job, TXN_OPS of them a transaction.
+        ops = [
+            {
+                "request_range": _range(
+                    self._runs(job), sort_order="DESCEND", sort_target="KEY", limit=str(limit)
+                )
+            }
+            for job in jobs
+        ]
+        out = {}
+        for job, response in zip(jobs, self._txn(ops, "history not read"), strict=True):
+            kvs = response.get("response_range", {}).get("kvs") or []
+            records = parse_records(unb64(kv.get("value")) for kv in kvs)
+            if records:
+                out[job] = records
+        return out
+
     def recent(self, job: str) -> list[RunRecord]:
         return newest_finished(self, job)
 

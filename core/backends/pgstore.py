@@ -139,6 +139,21 @@ class PostgresRecords:
         )
         return parse_records(r[0] for r in rows)
 
+    def newest(self, jobs: Sequence[str], limit: int) -> dict[str, list[RunRecord]]:
+        # One statement: each job's newest rows by its primary key's index.
+        rows = self._exec(
+            "history not read",
+            "SELECT j.job, r.record::text FROM unnest(%s::text[]) AS j(job) CROSS JOIN LATERAL "
+            "(SELECT record, tick_us FROM pyjob_runs WHERE job = j.job "
+            "ORDER BY tick_us DESC LIMIT %s) r ORDER BY j.job, r.tick_us DESC",
+            (list(jobs), limit),
+        )
+        docs: dict[str, list[str]] = {}
+        for job, doc in rows:
+            docs.setdefault(job, []).append(doc)
+        out = {job: parse_records(d) for job, d in docs.items()}
+        return {job: records for job, records in out.items() if records}
+
     def recent(self, job: str) -> list[RunRecord]:
         return newest_finished(self, job)
 

@@ -35,6 +35,7 @@ return 1
 
 
 _SLICE = 10_000  # jobs per SADD and MSET when registering
+_READ_SLICE = 1_000  # jobs per pipeline when reading many jobs' records
 
 
 class RedisRecords:
@@ -128,6 +129,31 @@ class RedisRecords:
             return parse_records(docs)
 
         result: list[RunRecord] = self._call("history not read", go)
+        return result
+
+    def newest(self, jobs: Sequence[str], limit: int) -> dict[str, list[RunRecord]]:
+        def go() -> dict[str, list[RunRecord]]:
+            # Two pipelines a slice: the ticks of every job, then the records of those with any.
+            out: dict[str, list[RunRecord]] = {}
+            for i in range(0, len(jobs), _READ_SLICE):
+                part = jobs[i : i + _READ_SLICE]
+                pipe = self._r.pipeline(transaction=False)
+                for job in part:
+                    pipe.zrevrange(self._k(job, "runs"), 0, limit - 1)
+                replies = zip(part, pipe.execute(), strict=True)
+                found = [(job, ticks) for job, ticks in replies if ticks]
+                if not found:
+                    continue
+                pipe = self._r.pipeline(transaction=False)
+                for job, ticks in found:
+                    pipe.hmget(self._k(job, "records"), ticks)
+                for (job, _), docs in zip(found, pipe.execute(), strict=True):
+                    records = parse_records(docs)
+                    if records:
+                        out[job] = records
+            return out
+
+        result: dict[str, list[RunRecord]] = self._call("history not read", go)
         return result
 
     def recent(self, job: str) -> list[RunRecord]:

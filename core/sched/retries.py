@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from ..backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult
@@ -24,12 +25,15 @@ from .timers import RetryDue
 LOST_EXIT = 1  # the exit code a lost run's hooks and final ping see (the real one is unknown)
 MIN_WAIT = 0.5
 MAX_WAIT = 5.0
-# What the coordinator's orphan look-up answers: the job's newest record, and the heartbeats.
-_Orphan = tuple[list[RunRecord], dict[str, InstanceInfo]]
+# What the coordinator's orphan look-up answers: each job's newest records, and the heartbeats.
+_Orphan = tuple[dict[str, list[RunRecord]], dict[str, InstanceInfo]]
 # How many of a job's newest records are looked at for runs lost with their instance: a run
 # lost among more newer records (a job far more frequent than its --lease-ttl) is only shown
 # as lost to readers (status, history), not ended here.
 ORPHAN_SCAN = 32
+# Jobs a look-up: one call reads them all in a few round trips, and is short enough that a
+# tick's claim queued behind it is not kept waiting long.
+ORPHAN_BATCH = 500
 
 
 class Retries:
@@ -197,31 +201,15 @@ class Retries:
                 self.won[state.id] = (tick, holder, fence)
         self.sh.books.hurry()
 
-    def _unrecorded(self, state: JobState, records: list[RunRecord]) -> RunRecord | None:
-        """The run of the tick another instance won (``watch``) when no record of that tick
-        is among the job's newest ``records``: its winner was lost before it wrote one (it
-        writes the run's ``running`` record just after the spawn). Taken as lost in its
-        first attempt, as a ``running`` record would say."""
-        won = self.won.get(state.id)
-        if won is None:
-            return None
-        tick, holder, fence = won
-        tick_us = to_us(tick)
-        beyond = len(records) >= ORPHAN_SCAN and records[-1].tick_us > tick_us
-        if beyond or any(r.tick_us == tick_us for r in records):
-            del self.won[state.id]  # recorded (or out of sight, as ORPHAN_SCAN says)
-            return None
-        return RunRecord(
-            state.id, tick_us, run_id(state.id, tick, tick), holder, Result.RUNNING, fence
-        )
-
     def adopt_orphans(self) -> None:
         """Find the runs whose instance went quiet (killed, host lost) while they ran or waited
         for their next attempt: once its heartbeat is older than its leases' TTL, one instance
         continues the attempts if any are left within the tick, or else records the run as
         lost and fires its hooks and final ping. Jobs with --retries are looked at every beat,
-        other jobs while another instance holds a run of theirs."""
+        other jobs while another instance holds a run of theirs; ORPHAN_BATCH jobs of a
+        backend a call."""
         sh = self.sh
+        asks: dict[str | None, list[JobState]] = {}
         for job_id in sorted(self.jobs | self.watched):
             state = sh.jobs.get(job_id)
             if state is None:
@@ -234,30 +222,42 @@ class Retries:
             if not sh.coordinator.has_records(state.job.lock):
                 self.watched.discard(job_id)
                 continue
+            asks.setdefault(state.job.lock, []).append(state)
+        for url, states in asks.items():
+            for first in range(0, len(states), ORPHAN_BATCH):
+                batch = states[first : first + ORPHAN_BATCH]
+                for state in batch:
+                    state.look_up(JobPhase.ADOPTING)
+                sh.coordinator.orphans(
+                    url,
+                    [state.id for state in batch],
+                    partial(self._found, batch),
+                    ORPHAN_SCAN,
+                    heartbeats=any(state.id in self.won for state in batch),
+                )
 
-            def found(answer: _Orphan | BackendError | None, state: JobState = state) -> None:
-                state.looked_up(JobPhase.ADOPTING)
-                if isinstance(answer, BackendError):
-                    # The other instances could not write their heartbeats either: what was
-                    # seen of them starts over once the backend answers.
-                    self.beats.clear()
-                    return  # looked at again at the next beat
-                records, instances = answer or ([], {})
-                # Oldest first: a lost run's attempts (within its tick) before the newer ticks.
-                again = [self.adopt(state, r, instances) for r in reversed(records)]
-                unrecorded = self._unrecorded(state, records)
-                if unrecorded is not None:
-                    if self.adopt(state, unrecorded, instances):
-                        again.append(True)
-                    else:
-                        self.won.pop(state.id, None)
-                if not any(again):
-                    self.watched.discard(state.id)
-
-            state.look_up(JobPhase.ADOPTING)
-            sh.coordinator.orphan(
-                state.job.lock, state.id, found, ORPHAN_SCAN, heartbeats=job_id in self.won
-            )
+    def _found(self, states: list[JobState], answer: _Orphan | BackendError) -> None:
+        """The answer of ``adopt_orphans``' look-up of ``states``."""
+        for state in states:
+            state.looked_up(JobPhase.ADOPTING)
+        if isinstance(answer, BackendError):
+            # The other instances could not write their heartbeats either: what was seen of
+            # them starts over once the backend answers. Looked at again at the next beat.
+            self.beats.clear()
+            return
+        newest, instances = answer
+        for state in states:
+            records = newest.get(state.id, [])
+            # Oldest first: a lost run's attempts (within its tick) before the newer ticks.
+            again = [self.adopt(state, r, instances) for r in reversed(records)]
+            unrecorded = _unrecorded(self.won, state, records)
+            if unrecorded is not None:
+                if self.adopt(state, unrecorded, instances):
+                    again.append(True)
+                else:
+                    self.won.pop(state.id, None)
+            if not any(again):
+                self.watched.discard(state.id)
 
     def quiet(self, name: str, info: InstanceInfo | None) -> bool:
         """Whether the instance ``name`` went quiet: its heartbeat (or its absence) has not
@@ -428,3 +428,22 @@ class Retries:
             sh.executor.start(state, tick, ClaimResult(True, sh.instance, fence), got.lease)
 
         sh.coordinator.claim(state.job.lock, [request], claimed)
+
+
+def _unrecorded(
+    won_by: dict[str, tuple[datetime, str, int | None]], state: JobState, records: list[RunRecord]
+) -> RunRecord | None:
+    """The run of the tick another instance won (``Retries.watch``) when no record of that tick
+    is among the job's newest ``records``: its winner was lost before it wrote one (it
+    writes the run's ``running`` record just after the spawn). Taken as lost in its
+    first attempt, as a ``running`` record would say."""
+    won = won_by.get(state.id)
+    if won is None:
+        return None
+    tick, holder, fence = won
+    tick_us = to_us(tick)
+    beyond = len(records) >= ORPHAN_SCAN and records[-1].tick_us > tick_us
+    if beyond or any(r.tick_us == tick_us for r in records):
+        del won_by[state.id]  # recorded (or out of sight, as ORPHAN_SCAN says)
+        return None
+    return RunRecord(state.id, tick_us, run_id(state.id, tick, tick), holder, Result.RUNNING, fence)
