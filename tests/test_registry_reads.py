@@ -126,3 +126,32 @@ def test_the_registration_count_grows_only_with_new_registrations(tmp_path: Path
     coordinator.heartbeat(me)
     assert said() == 2
     coordinator.close()
+
+
+def test_a_job_added_here_gets_its_members_though_the_registry_did_not_change() -> None:
+    """A reload that adds back a job the registry already lists (its registration brings
+    nothing new, so no heartbeat says the registry changed) still ranks it among its peers."""
+    from types import SimpleNamespace
+
+    from pyjob.core.sched.spread import Spreading
+    from pyjob.core.settings import Spread
+
+    jobs: dict[str, Any] = {"j1": object()}
+    sh = SimpleNamespace(
+        instance="a",
+        jobs=jobs,
+        emit=lambda *a, **k: None,
+        retries=SimpleNamespace(quiet=lambda name, info: False),
+        books=SimpleNamespace(hurry=lambda: None),
+        coordinator=SimpleNamespace(has_records=lambda url: True),
+    )
+    sp = Spreading(sh)  # type: ignore[arg-type]
+    sp._set = True  # its first reads are under way
+    registry = [JobInfo(j, "@daily", "UTC", "true", instances=["a", "b"]) for j in ("j1", "j2")]
+    beats = {n: InstanceInfo(n, "h", 1, "0", seen_us=1, registered=1) for n in ("a", "b")}
+    sp.heard("", (registry, beats, None))
+    assert sp.members == {"j1": ("a", "b")}
+    jobs["j2"] = object()  # the reload adds j2 back
+    sp.added(SimpleNamespace(s=SimpleNamespace(spread=Spread.EVEN), job=SimpleNamespace(lock=None)))
+    sp.heard("", (None, beats, None))  # the registry is the same
+    assert sp.members == {"j1": ("a", "b"), "j2": ("a", "b")}

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
+from ..backendcalls import Orphans
 from ..backends.protocol import ClaimOutcome, ClaimRequest, ClaimResult
 from ..errors import BackendError
 from ..instants import from_us, iso, to_us
@@ -25,8 +26,6 @@ from .timers import RetryDue
 LOST_EXIT = 1  # the exit code a lost run's hooks and final ping see (the real one is unknown)
 MIN_WAIT = 0.5
 MAX_WAIT = 5.0
-# What the coordinator's orphan look-up answers: each job's newest records, and the heartbeats.
-_Orphan = tuple[dict[str, list[RunRecord]], dict[str, InstanceInfo]]
 # How many of a job's newest records are looked at for runs lost with their instance: a run
 # lost among more newer records (a job far more frequent than its --lease-ttl) is only shown
 # as lost to readers (status, history), not ended here.
@@ -236,7 +235,7 @@ class Retries:
                     heartbeats=any(state.id in self.won for state in batch),
                 )
 
-    def _found(self, states: list[JobState], answer: _Orphan | BackendError) -> None:
+    def _found(self, states: list[JobState], answer: Orphans | BackendError) -> None:
         """The answer of ``adopt_orphans``' look-up of ``states``."""
         for state in states:
             state.looked_up(JobPhase.ADOPTING)

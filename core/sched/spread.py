@@ -46,14 +46,15 @@ Fleet = tuple[list[JobInfo] | None, dict[str, InstanceInfo], float | None]
 
 @dataclass
 class _Known:
-    """A backend's registry as last read: this instance's jobs in it (with the instances that
-    serve each), every instance it names, those that serve this instance's jobs, and which of
-    those names were live at the last reading (name -> instance, "" when quiet)."""
+    """A backend's registry as last read: every job in it (with the instances that serve each),
+    every instance it names, and, as of the last time the members were worked out, which of
+    those names were live (name -> instance, "" when quiet; None: not worked out yet) and which
+    serve this instance's jobs."""
 
-    ours: list[JobInfo]
+    jobs: list[JobInfo]
     names: set[str]
-    serving: set[str]
-    live: dict[str, str] = field(default_factory=dict)
+    live: dict[str, str] | None = None
+    serving: set[str] = field(default_factory=set)
 
 
 def _registry_version(
@@ -111,13 +112,15 @@ class Spreading:
         self.fast: dict[str, bool] = {}  # lock URL key -> a live peer there beats fast
         self.registry: dict[str, _Known] = {}  # lock URL key -> its registry as last read
         self.readers: dict[str, Callable[[], Fleet]] = {}  # lock URL key -> its reader
+        self.stale: set[str] = set()  # lock URL keys with jobs added since the members were set
 
     def added(self, state: JobState) -> None:
         """A job was added: read the registry soon when its backend keeps one."""
         sh = self.sh
-        if self._set or state.s.spread is Spread.OFF:
+        if state.s.spread is Spread.OFF or not sh.coordinator.has_records(state.job.lock):
             return
-        if not sh.coordinator.has_records(state.job.lock):
+        self.stale.add(Coordinator.key(state.job.lock))
+        if self._set:
             return
         self._set = self.doubling = True
         sh.mono.push(SpreadRead(sh.clock.monotonic() + FIRST_READ, FIRST_READ))
@@ -192,15 +195,24 @@ class Spreading:
             self.measured(key, offset)
         known = self.registry.get(key)
         if jobs is not None or known is None:
-            ours = [info for info in jobs or [] if info.job in self.sh.jobs]
             names = {n for info in jobs or [] for n in info.instances}
-            known = _Known(ours, names, {n for info in ours for n in info.instances})
-            self.registry[key] = known
-            fresh = True
-        else:
-            fresh = False
+            known = self.registry[key] = _Known(jobs or [], names)
         live = self.live(instances, known.names)
         me = self.sh.instance
+        # Each job's members again only when they may have changed: another registry, other
+        # live instances, or other jobs here (a reload).
+        if live != known.live or key in self.stale:
+            self.stale.discard(key)
+            known.live = live
+            known.serving = set()
+            for info in known.jobs:
+                if info.job not in self.sh.jobs:
+                    continue
+                known.serving.update(info.instances)
+                members = tuple(sorted({me} | {live[n] for n in info.instances} - {""}))
+                if members != self.members.get(info.job):
+                    self.sh.emit("fleet", info.job, None, instances=list(members))
+                self.members[info.job] = members
         idle_quiet = int(IDLE_BEAT * 3.5e6)
         # A live peer serving one of this instance's jobs that beats fast.
         self.fast[key] = any(
@@ -209,13 +221,6 @@ class Spreading:
             and beat.quiet_us < idle_quiet
             for n in known.serving
         )
-        if fresh or live != known.live:  # else every job's members are those it has
-            known.live = live
-            for info in known.ours:
-                members = tuple(sorted({me} | {live[n] for n in info.instances} - {""}))
-                if members != self.members.get(info.job):
-                    self.sh.emit("fleet", info.job, None, instances=list(members))
-                self.members[info.job] = members
         if self.fast[key]:
             self.sh.books.hurry()
 
