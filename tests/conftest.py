@@ -23,6 +23,7 @@ from .servers import (
     start_postgres,
     start_redis,
 )
+from .stalls import Stalls
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 27, 22, 0, tzinfo=UTC)  # a fixed "now" for CLI tests
@@ -88,6 +89,13 @@ class Invoker:
         )
         runner = CliRunner()
         return runner.invoke(cli, list(args), obj=env, catch_exceptions=False, env=self.environ)
+
+
+@pytest.fixture
+def stalls() -> Iterator[Stalls]:
+    """A witness of pauses of the whole machine (tests/stalls.py)."""
+    with Stalls() as witness:
+        yield witness
 
 
 @pytest.fixture
