@@ -86,6 +86,20 @@ class FleetCall:
     priority: ClassVar[int] = 1
 
 
+@dataclass(eq=False)
+class PollCall:
+    """A read the worker repeats on its own every ``every`` seconds (the fleet control's
+    version: core/sched/fleet.py). ``done`` hears only of an answer that is not None, or of
+    the BackendError: the reads that find nothing new never wake the scheduler's thread, so an
+    idle process costs one round trip a period on one thread."""
+
+    fn: Callable[[], Any]
+    done: Callable[[Any], None]
+    every: float
+    at: float = 0.0  # monotonic: when the worker makes the read again
+    priority: ClassVar[int] = 1
+
+
 @dataclass
 class RecordsCall:
     records: list[RunRecord]
@@ -131,6 +145,7 @@ Call = (
     | LatestCall
     | OrphanCall
     | FleetCall
+    | PollCall
     | RecordsCall
     | RegisterCall
     | HeartbeatCall
@@ -150,6 +165,7 @@ __all__ = [
     "LatestCall",
     "OrphanCall",
     "Orphans",
+    "PollCall",
     "PreviousCall",
     "PruneCall",
     "RecordsCall",

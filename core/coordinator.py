@@ -56,6 +56,7 @@ from .backendcalls import (
     LatestCall,
     OrphanCall,
     Orphans,
+    PollCall,
     PreviousCall,
     PruneCall,
     RecordsCall,
@@ -104,7 +105,7 @@ def _shown(outcome: ClaimOutcome) -> ClaimOutcome:
 
 
 # The calls whose caller waits for the answer: a failure goes to it as the answer.
-ANSWERED = (ClaimCall, RenewCall, OrphanCall, LatestCall, PreviousCall, FleetCall)
+ANSWERED = (ClaimCall, RenewCall, OrphanCall, LatestCall, PreviousCall, FleetCall, PollCall)
 
 
 def _waits_for_none(call: Call) -> bool:
@@ -290,6 +291,16 @@ class Coordinator:
         tick waits for it, so it goes with the background calls (see ``hold``)."""
         self._submit(url, FleetCall(fn, done, held))
 
+    def every(self, url: str | None, period: float, fn: Work, done: Answer) -> bool:
+        """``fn()`` on the backend's worker every ``period`` seconds from now on, until the
+        process ends, under the one error policy: a result that is not None, or the
+        BackendError, to ``done`` (``PollCall``). False when there is no worker (unthreaded):
+        the caller times the reads itself."""
+        if not self.threaded:
+            return False
+        self._submit(url, PollCall(fn, done, period))
+        return True
+
     def drain(self) -> int:
         """Deliver the results that are ready (on the caller's thread); how many."""
         n = 0
@@ -403,6 +414,14 @@ class Coordinator:
             self._deliver(call.done, link.backend.renew_many(call.leases))
         elif isinstance(call, FleetCall):
             self._deliver(call.done, call.fn())
+        elif isinstance(call, PollCall):
+            call.at = self.clock.monotonic() + call.every  # first: a read that fails is repeated
+            if call not in link.polls:
+                link.polls.append(call)  # queued by ``every``: the first read is a period away
+                return
+            got = call.fn()
+            if got is not None:
+                self._deliver(call.done, got)
         elif isinstance(call, OrphanCall):
             self._deliver(call.done, self._orphans(link, call))
         elif isinstance(call, LatestCall):

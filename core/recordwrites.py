@@ -19,6 +19,7 @@ from queue import Empty, PriorityQueue
 from .backendcalls import (
     Call,
     HeartbeatCall,
+    PollCall,
     PruneCall,
     RecordsCall,
     RegisterCall,
@@ -72,6 +73,7 @@ class Link:
     clock_read: tuple[float, int | None] | None = None
     records: RecordStore | None = None
     carry: Call | None = None  # a call taken from the queue while batching records
+    polls: list[PollCall] = field(default_factory=list)  # the worker's own repeated reads
     # Record writes not yet written, oldest first, one per run ((job, tick µs) → (record, keep)):
     # touched only by the worker (or, unthreaded, the caller), so no lock.
     pending: dict[tuple[str, int], tuple[RunRecord, int]] = field(default_factory=dict)
@@ -90,10 +92,13 @@ class Link:
     def next_call(self, clock: Clock, release_retry: float) -> Call | None:
         """The next queued call, waited for on the pipe. While releases or records are owed,
         an empty ReleaseCall when they are due even if nothing else is asked: they must go out
-        as soon as the backend answers (failed releases are tried every ``release_retry``)."""
+        as soon as the backend answers (failed releases are tried every ``release_retry``).
+        When nothing is queued, a repeated read that is due (``polls``)."""
         assert self.waker is not None
         while True:
             owed = self._owed_in(clock, release_retry)
+            poll = min(self.polls, key=lambda p: p.at, default=None)
+            poll_in = None if poll is None else poll.at - clock.monotonic()
             self.idle = True
             try:
                 try:
@@ -102,13 +107,22 @@ class Link:
                     pass
                 if owed is not None and owed <= 0:
                     return ReleaseCall([])
+                if poll is not None and poll_in is not None and poll_in <= 0:
+                    return poll
+                waits = [w for w in (owed, poll_in) if w is not None]
                 # On the pipe in real time, not clock.wait: a fake clock's wait would move the
                 # test's time from this thread.
-                woken = self.waker.block(float("inf") if owed is None else owed)
+                woken = self.waker.block(min(waits, default=float("inf")))
             finally:
                 self.idle = False
-            if not woken and owed is not None:
+            if woken:
+                continue
+            # The wait ran out (by the real time, which a fake clock may not follow): what it
+            # was for is due now.
+            if owed is not None and (poll_in is None or owed <= poll_in):
                 return ReleaseCall([])
+            if poll is not None:
+                return poll
 
     def _owed_in(self, clock: Clock, release_retry: float) -> float | None:
         """Seconds until the worker must look again for what it owes (None: nothing owed)."""

@@ -359,11 +359,12 @@ def iso(instant: datetime) -> str:
 
 
 @pytest.mark.parametrize("kind", ["file", "nfs"])
-def test_file_control_is_watched_and_nfs_control_is_read_every_second(
+def test_file_control_is_watched_and_nfs_control_is_read_every_second_by_its_worker(
     tmp_path: Path, kind: str
 ) -> None:
     """On file: a change of the control wakes the loop (inotify), and nothing reads it every
-    second; on nfs:, whose other hosts' writes make no event here, it is read every second."""
+    second; on nfs:, whose other hosts' writes make no event here, the backend's worker reads
+    it every second, and the loop hears of it only when it changed (no timer of its own)."""
     from pyjob.core.backends.file import FileBackend
     from pyjob.core.backends.nfs import NfsBackend
     from pyjob.core.clock import SystemClock
@@ -386,7 +387,13 @@ def test_file_control_is_watched_and_nfs_control_is_read_every_second(
         fleet = s._sh.fleet
         polls = [t for _, _, t in s._sh.mono._heap if type(t).__name__ == "ControlPoll"]
         if kind == "nfs":
-            assert not fleet.fds() and len(polls) == 1
+            assert not fleet.fds() and not polls and len(fleet.standing) == 1
+            DirectoryControl(tmp_path / "locks", backend.url).pause(["job"], "a@h", 0)
+            deadline = time.monotonic() + 20
+            while "job" not in fleet.paused:
+                assert time.monotonic() < deadline, "the pause was never read"
+                s.waker.block(0.5)
+                s.coordinator.drain()
             return
         assert len(fleet.fds()) == 1 and not polls
         (fd,) = fleet.fds()

@@ -2,10 +2,13 @@
 any host.
 
 One read per lock URL every CONTROL_EVERY seconds, whatever the number of jobs: the control
-version, and the whole state only when it changed. On file: the read is made when the control's
-directory changes instead (a watch the loop waits on beside its children's descriptors), so an
-idle process reads nothing; a read that failed, or a watch that ended (the directory removed),
-goes back to a read every CONTROL_EVERY seconds until one works and the watch is set again. At
+version, and the whole state only when it changed. The backend's worker makes that read on its
+own (``Coordinator.every``) and wakes the scheduler's thread only when the version changed, so
+an idle process costs one small read a second on one thread. On file: the read is made when the
+control's directory changes instead (a watch the loop waits on beside its children's
+descriptors), so an idle process reads nothing; a read that failed, or a watch that ended (the
+directory removed), goes back to a read every CONTROL_EVERY seconds until one works and the
+watch is set again. At
 the start the first read is made before any tick (a job paused while its instance was down
 stays paused). A paused job claims no tick and starts no run; each tick it would have run is
 recorded ``skipped`` (reason ``paused``); runs already going on, and the retries of a run
@@ -59,6 +62,7 @@ class Fleet:
         self.watched: set[str] = set()  # the lock URL keys whose control is watched
         self.again: set[str] = set()  # a watch woke while its read was under way: read again
         self.failed: set[str] = set()  # watched, but the last read failed: polled until one works
+        self.standing: set[str] = set()  # the lock URL keys their worker reads on its own
         self._timer_set = False
 
     # ------------------------------------------------------------------ set-up
@@ -86,10 +90,19 @@ class Fleet:
             state = poll(store, None)
         except BackendError as e:
             self.sh.emit("backend-error", "*", None, error=str(e), action="control read later")
-            return
+            state = None
         if state is not None:
             self.seen[k] = state.version
             self._paused(k, state)
+        self._stand(k, store)  # after this thread's read: the worker's never runs beside it
+
+    def _stand(self, k: str, store: ControlStore) -> None:
+        """A control that is not watched is read by its worker on its own, when it has one."""
+        if k in self.standing or k in self.watched:
+            return
+        poller = self._poller(store, k)
+        if self.sh.coordinator.every(k or None, CONTROL_EVERY, poller, self._changed(k)):
+            self.standing.add(k)
 
     def added(self, state: JobState) -> None:
         """A job was added: its URL's control is read from now on; a pause known applies."""
@@ -98,6 +111,7 @@ class Fleet:
         store = self._store(state.job.lock)
         if store is None:
             return
+        self._stand(Coordinator.key(state.job.lock), store)
         if not self._timer_set and self._polled():
             self._timer_set = True
             self.sh.mono.push(ControlPoll(self.sh.clock.monotonic() + CONTROL_EVERY))
@@ -116,8 +130,13 @@ class Fleet:
             self.watched.add(k)
 
     def _polled(self) -> list[str]:
-        """The lock URL keys read every CONTROL_EVERY seconds: not watched, or failed."""
-        return [k for k in self.stores if k not in self.watched or k in self.failed]
+        """The lock URL keys this thread reads every CONTROL_EVERY seconds: neither watched nor
+        read by their worker on its own, or watched but failed."""
+        return [
+            k
+            for k in self.stores
+            if (k not in self.watched and k not in self.standing) or k in self.failed
+        ]
 
     def close(self) -> None:
         for _, watch in self.watches.values():
@@ -179,8 +198,8 @@ class Fleet:
             self.sh.coordinator.call(k or None, self._poller(self.stores[k], k), self._answer(k))
 
     def _poller(self, store: ControlStore, k: str) -> Callable[[], ControlState | None]:
-        seen = self.seen.get(k)
-        return lambda: poll(store, seen)
+        # The version last seen when the read is made (a worker's own reads outlive this call).
+        return lambda: poll(store, self.seen.get(k))
 
     def _answer(self, k: str) -> Callable[[Any], None]:
         def done(result: ControlState | BackendError | None) -> None:
@@ -194,13 +213,25 @@ class Fleet:
                     self.polling()
                 return  # an outage is told by backend-down; the state stays as it was
             self.failed.discard(k)
-            if result is None:
-                return
-            self.seen[k] = result.version
-            self._paused(k, result)
-            self._triggers(k, result)
+            if result is not None:
+                self._apply(k, result)
 
         return done
+
+    def _changed(self, k: str) -> Callable[[Any], None]:
+        """The answer to the worker's own reads: only a new version, or a failure (told by
+        backend-down; the state stays as it was, and the worker reads again)."""
+
+        def done(result: ControlState | BackendError) -> None:
+            if not isinstance(result, BackendError) and result.version != self.seen.get(k):
+                self._apply(k, result)
+
+        return done
+
+    def _apply(self, k: str, state: ControlState) -> None:
+        self.seen[k] = state.version
+        self._paused(k, state)
+        self._triggers(k, state)
 
     def _serves(self, k: str, job: str) -> JobState | None:
         state = self.sh.jobs.get(job)
