@@ -155,3 +155,49 @@ def test_a_job_added_here_gets_its_members_though_the_registry_did_not_change() 
     sp.added(SimpleNamespace(s=SimpleNamespace(spread=Spread.EVEN), job=SimpleNamespace(lock=None)))
     sp.heard("", (None, beats, None))  # the registry is the same
     assert sp.members == {"j1": ("a", "b"), "j2": ("a", "b")}
+
+
+def test_the_urls_read_follow_the_jobs_without_a_walk_over_them_at_every_heartbeat() -> None:
+    """A heartbeat reads the registry of each lock URL a spread job uses; that set is worked
+    out again when jobs come or go (a 10,000-job process walked them all at every beat)."""
+    from types import SimpleNamespace
+
+    from pyjob.core.sched.spread import Spreading
+    from pyjob.core.settings import Spread
+
+    walked: list[str | None] = []
+    read: list[str | None] = []
+
+    def has_records(url: str | None) -> bool:
+        walked.append(url)
+        return True
+
+    def job(lock: str, spread: Spread = Spread.EVEN) -> Any:
+        return SimpleNamespace(s=SimpleNamespace(spread=spread), job=SimpleNamespace(lock=lock))
+
+    jobs: dict[str, Any] = {"a": job("redis://a"), "b": job("redis://b", Spread.OFF)}
+    sh = SimpleNamespace(
+        jobs=jobs,
+        clock=None,
+        coordinator=SimpleNamespace(
+            has_records=has_records,
+            backend=lambda url: SimpleNamespace(records=lambda: object()),
+            call=lambda url, fn, done, held: read.append(url),
+        ),
+    )
+    sp = Spreading(sh)  # type: ignore[arg-type]
+    sp._set = True  # its first reads are under way
+    sp.read()
+    assert read == ["redis://a"] and walked == ["redis://a"]
+    sp.read()
+    sp.read()
+    assert read == ["redis://a"] * 3 and walked == ["redis://a"]  # not walked again
+    jobs["c"] = job("redis://c")
+    sp.added(jobs["c"])
+    read.clear()
+    sp.read()
+    assert read == ["redis://a", "redis://c"]
+    del jobs["a"]  # retired by a reload
+    read.clear()
+    sp.read()
+    assert read == ["redis://c"]

@@ -113,10 +113,14 @@ class Spreading:
         self.registry: dict[str, _Known] = {}  # lock URL key -> its registry as last read
         self.readers: dict[str, Callable[[], Fleet]] = {}  # lock URL key -> its reader
         self.stale: set[str] = set()  # lock URL keys with jobs added since the members were set
+        # The lock URLs a spread job uses (by key), and the number of jobs they were found
+        # among: worked out again only when jobs came or went, not at every heartbeat.
+        self._urls: tuple[int, dict[str, str | None]] | None = None
 
     def added(self, state: JobState) -> None:
         """A job was added: read the registry soon when its backend keeps one."""
         sh = self.sh
+        self._urls = None
         if state.s.spread is Spread.OFF or not sh.coordinator.has_records(state.job.lock):
             return
         self.stale.add(Coordinator.key(state.job.lock))
@@ -139,12 +143,14 @@ class Spreading:
     def read(self) -> None:
         """Read the registry and the backend's clock of every lock URL a spread job uses."""
         sh = self.sh
-        urls = {
-            Coordinator.key(s.job.lock): s.job.lock
-            for s in sh.jobs.values()
-            if s.s.spread is not Spread.OFF and sh.coordinator.has_records(s.job.lock)
-        }
-        for key, url in sorted(urls.items()):
+        if self._urls is None or self._urls[0] != len(sh.jobs):
+            urls = {
+                Coordinator.key(s.job.lock): s.job.lock
+                for s in sh.jobs.values()
+                if s.s.spread is not Spread.OFF and sh.coordinator.has_records(s.job.lock)
+            }
+            self._urls = (len(sh.jobs), dict(sorted(urls.items())))
+        for key, url in self._urls[1].items():
             if key not in self.stores:  # one per backend: a store may set itself up once
                 self.stores[key] = sh.coordinator.backend(url).records()
             store = self.stores[key]
