@@ -185,15 +185,21 @@ class BackendClock:
     error: float  # ± seconds
 
 
+# A reading bracketed within half a millisecond either way (a loopback round trip, a local
+# file's stamp) is not narrowed usefully by more samples: the first such one is kept, so a
+# heartbeat's reading of a fast backend costs one round trip, not ``samples``.
+TIGHT_BRACKET = 0.0005
+
+
 def backend_clock(
     backend: Backend, clock: Clock, samples: int = 5, calibrate: bool = True
 ) -> BackendClock | None:
     """The lock backend's clock against this host's: each reading is bracketed by two local
     readings; the tightest bracket wins and its half-width (plus half the backend's resolution)
-    is the error bound. None for a backend without a clock of its own. A backend whose clock
-    reads coarsely (etcd's, to the second) first narrows what it knows of it (``calibrate``,
-    seconds of probes: for check-clock, never on a running scheduler's backend thread, where it
-    would hold up the claims)."""
+    is the error bound; sampling stops at a bracket within TIGHT_BRACKET. None for a backend
+    without a clock of its own. A backend whose clock reads coarsely (etcd's, to the second)
+    first narrows what it knows of it (``calibrate``, seconds of probes: for check-clock, never
+    on a running scheduler's backend thread, where it would hold up the claims)."""
     narrow = getattr(backend, "calibrate", None)
     if calibrate and narrow is not None:
         narrow()
@@ -211,6 +217,8 @@ def backend_clock(
         )
         if best is None or sample.error < best.error:
             best = sample
+        if elapsed / 2 <= TIGHT_BRACKET:
+            break  # as tight as a reading gets: more samples cannot narrow it usefully
     return best
 
 

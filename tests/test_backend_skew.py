@@ -315,3 +315,34 @@ def test_a_run_claimed_before_the_backend_clock_stepped_back_keeps_its_records(
         server.terminate()
         server.wait(timeout=20)
         shutil.rmtree(shared, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("round_trip", "calls"), [(0.0002, 1), (0.004, 3)])
+def test_a_backend_clock_reading_stops_at_the_first_tight_bracket(
+    round_trip: float, calls: int
+) -> None:
+    """A heartbeat reads the backend's clock (--spread): a reading bracketed within half a
+    millisecond is kept at once (one round trip, not three); a wider one is sampled again and
+    the tightest bracket wins."""
+    from types import SimpleNamespace
+
+    from pyjob.core.clock import FakeClock
+    from pyjob.core.clockcheck import backend_clock
+
+    clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
+    asked: list[float] = []
+    widths = iter([round_trip, round_trip / 2, round_trip])
+
+    def server_time() -> tuple[float, float]:
+        width = next(widths)
+        asked.append(width)
+        clock.advance(width / 2)
+        at = clock.now().timestamp() + 0.3  # the backend's clock is 300 ms ahead
+        clock.advance(width / 2)
+        return at, 0.0
+
+    backend = SimpleNamespace(url="x://", server_time=server_time)
+    reading = backend_clock(backend, clock, samples=3, calibrate=False)  # type: ignore[arg-type]
+    assert reading is not None and len(asked) == calls
+    assert reading.offset == pytest.approx(0.3, abs=1e-6)
+    assert reading.error == pytest.approx(min(asked) / 2, abs=1e-9)
