@@ -95,6 +95,7 @@ class Link:
         as soon as the backend answers (failed releases are tried every ``release_retry``).
         When nothing is queued, a repeated read that is due (``polls``)."""
         assert self.waker is not None
+        poll_due = False  # a wait for a poll ran out (by the real time a fake clock may not follow)
         while True:
             owed = self._owed_in(clock, release_retry)
             poll = min(self.polls, key=lambda p: p.at, default=None)
@@ -102,12 +103,12 @@ class Link:
             self.idle = True
             try:
                 try:
-                    return self.calls.get_nowait()[2]
+                    return self.calls.get_nowait()[2]  # first what is queued, a claim above all
                 except Empty:
                     pass
                 if owed is not None and owed <= 0:
                     return ReleaseCall([])
-                if poll is not None and poll_in is not None and poll_in <= 0:
+                if poll is not None and (poll_due or (poll_in is not None and poll_in <= 0)):
                     return poll
                 waits = [w for w in (owed, poll_in) if w is not None]
                 # On the pipe in real time, not clock.wait: a fake clock's wait would move the
@@ -117,12 +118,10 @@ class Link:
                 self.idle = False
             if woken:
                 continue
-            # The wait ran out (by the real time, which a fake clock may not follow): what it
-            # was for is due now.
+            # The wait ran out: what it was for is due now, though a fake clock may say not.
             if owed is not None and (poll_in is None or owed <= poll_in):
                 return ReleaseCall([])
-            if poll is not None:
-                return poll
+            poll_due = poll is not None
 
     def _owed_in(self, clock: Clock, release_retry: float) -> float | None:
         """Seconds until the worker must look again for what it owes (None: nothing owed)."""

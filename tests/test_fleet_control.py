@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -400,5 +401,86 @@ def test_file_control_is_watched_and_nfs_control_is_read_every_second_by_its_wor
         DirectoryControl(tmp_path / "locks", backend.url).pause(["job"], "a@h", 0)
         assert s.waker.poll([fd], 10.0) == [fd]  # readable once the pause is written
         assert fleet.woken([fd]) == [] and fleet.reading  # and read at once
+    finally:
+        s.close()
+
+
+def _scheduler(tmp_path: Path, kind: str) -> tuple[Any, Any, Any]:
+    """A scheduler on a real file: or nfs: backend (threaded coordinator), not opened yet."""
+    from pyjob.core.backends.file import FileBackend
+    from pyjob.core.backends.nfs import NfsBackend
+    from pyjob.core.clock import SystemClock
+    from pyjob.core.jobsettings import JobSettings
+    from pyjob.core.process import Command
+    from pyjob.core.schedule import Schedule, parse
+    from pyjob.core.scheduler import Job, Scheduler
+
+    from .fakes import FakeRunner
+
+    clock = SystemClock()
+    backend = FileBackend(tmp_path / "locks") if kind == "file" else NfsBackend(tmp_path / "locks")
+    spec = parse("every 1h align tz UTC", env={})
+    jobs = [
+        Job(name, Schedule(spec, job_id=name), Command(("true",)), JobSettings())
+        for name in ("a", "b")
+    ]
+    s = Scheduler(clock, FakeRunner(clock), lambda e: None, instance="t", opener=lambda u: backend)
+    return s, backend, jobs
+
+
+def test_a_url_whose_first_control_read_failed_is_read_by_its_worker_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two jobs on one URL whose first read fails: the second job's start reads nothing on the
+    scheduler's thread (the worker reads it from then on, on the one connection)."""
+    import threading
+
+    from pyjob.core.control import DirectoryControl
+    from pyjob.core.errors import BackendError
+
+    s, backend, jobs = _scheduler(tmp_path, "nfs")
+    here: list[str] = []
+    real = DirectoryControl.version
+
+    def version(self: DirectoryControl) -> str:
+        here.append(threading.current_thread().name)
+        if len(here) == 1:
+            raise BackendError("the first read fails")
+        return real(self)
+
+    monkeypatch.setattr(DirectoryControl, "version", version)
+    try:
+        s.open(jobs)
+        for job in jobs:
+            s.add(job)
+        main = threading.current_thread().name
+        assert here == [main]  # one read here, the one that failed
+        DirectoryControl(tmp_path / "locks", backend.url).pause(["a"], "a@h", 0)
+        deadline = time.monotonic() + 20
+        while "a" not in s._sh.fleet.paused:
+            assert time.monotonic() < deadline, "the pause was never read"
+            s.waker.block(0.5)
+            s.coordinator.drain()
+        assert here.count(main) == 1 and len(here) >= 2
+    finally:
+        s.close()
+
+
+def test_a_url_a_reload_brings_is_watched_on_file_and_a_stop_takes_no_new_trigger(
+    tmp_path: Path,
+) -> None:
+    from pyjob.core.control import ControlState, Pause
+
+    s, _, jobs = _scheduler(tmp_path, "file")
+    try:
+        s.coordinator.open(jobs[0].lock)  # as a reload opens a URL it brings
+        s.add(jobs[0])  # no fleet.open: the reload path
+        fleet = s._sh.fleet
+        assert len(fleet.fds()) == 1 and not fleet.standing
+        # A read answered while the process stops changes nothing (no trigger claimed then).
+        s._sh.stop = True
+        k = next(iter(fleet.stores))
+        fleet._changed(k)(ControlState("v9", paused={"a": Pause("a", "x@h", 0)}))
+        assert fleet.seen[k] != "v9" and not fleet.paused
     finally:
         s.close()

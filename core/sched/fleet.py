@@ -63,6 +63,7 @@ class Fleet:
         self.again: set[str] = set()  # a watch woke while its read was under way: read again
         self.failed: set[str] = set()  # watched, but the last read failed: polled until one works
         self.standing: set[str] = set()  # the lock URL keys their worker reads on its own
+        self.set_up: set[str] = set()  # the lock URL keys whose watch or reads were set up
         self._timer_set = False
 
     # ------------------------------------------------------------------ set-up
@@ -83,8 +84,9 @@ class Fleet:
         poll (the job runs meanwhile: a read that failed is no pause)."""
         store = self._store(url)
         k = Coordinator.key(url)
-        if store is None or self.seen.get(k) is not None:
+        if store is None or k in self.set_up:
             return
+        self.set_up.add(k)
         self._watch(k, store)  # before the first read: a change after it wakes the loop
         try:
             state = poll(store, None)
@@ -94,7 +96,9 @@ class Fleet:
         if state is not None:
             self.seen[k] = state.version
             self._paused(k, state)
-        self._stand(k, store)  # after this thread's read: the worker's never runs beside it
+        # After this thread's read, and only once (a later open of the URL reads nothing
+        # here): the worker's reads never run beside one of this thread.
+        self._stand(k, store)
 
     def _stand(self, k: str, store: ControlStore) -> None:
         """A control that is not watched is read by its worker on its own, when it has one."""
@@ -111,7 +115,11 @@ class Fleet:
         store = self._store(state.job.lock)
         if store is None:
             return
-        self._stand(Coordinator.key(state.job.lock), store)
+        k = Coordinator.key(state.job.lock)
+        if k not in self.set_up:  # a URL a reload brought: watched or read as open() sets up
+            self.set_up.add(k)
+            self._watch(k, store)
+            self._stand(k, store)
         if not self._timer_set and self._polled():
             self._timer_set = True
             self.sh.mono.push(ControlPoll(self.sh.clock.monotonic() + CONTROL_EVERY))
@@ -223,6 +231,8 @@ class Fleet:
         backend-down; the state stays as it was, and the worker reads again)."""
 
         def done(result: ControlState | BackendError) -> None:
+            if self.sh.stop:  # the worker reads until it ends: a trigger now would be lost
+                return
             if not isinstance(result, BackendError) and result.version != self.seen.get(k):
                 self._apply(k, result)
 
