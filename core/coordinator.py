@@ -382,6 +382,11 @@ class Coordinator:
                 self.releases.send(link, at_once=True)
                 self.writes.last_writes(link)
                 return
+            if isinstance(call, PollCall) and call not in link.polls:
+                # Queued by ``every``: kept, its first read a period away (no round trip now).
+                call.at = self.clock.monotonic() + call.every
+                link.polls.append(call)
+                continue
             if isinstance(call, RecordsCall):
                 call = self.writes.gather(link, call)
             self._do(link, call)
@@ -416,9 +421,6 @@ class Coordinator:
             self._deliver(call.done, call.fn())
         elif isinstance(call, PollCall):
             call.at = self.clock.monotonic() + call.every  # first: a read that fails is repeated
-            if call not in link.polls:
-                link.polls.append(call)  # queued by ``every``: the first read is a period away
-                return
             got = call.fn()
             if got is not None:
                 self._deliver(call.done, got)

@@ -1,20 +1,19 @@
-"""Fleet control in `pyjob run` (core/control.py): the jobs paused and the runs triggered from
-any host.
+"""Fleet control in `pyjob run` (core/control.py): the jobs paused and the runs triggered from any
+host.
 
 One read per lock URL every CONTROL_EVERY seconds, whatever the number of jobs: the control
-version, and the whole state only when it changed. The backend's worker makes that read on its
-own (``Coordinator.every``) and wakes the scheduler's thread only when the version changed, so
-an idle process costs one small read a second on one thread. On file: the read is made when the
-control's directory changes instead (a watch the loop waits on beside its children's
-descriptors), so an idle process reads nothing; a read that failed, or a watch that ended (the
-directory removed), goes back to a read every CONTROL_EVERY seconds until one works and the
-watch is set again. At
-the start the first read is made before any tick (a job paused while its instance was down
-stays paused). A paused job claims no tick and starts no run; each tick it would have run is
-recorded ``skipped`` (reason ``paused``); runs already going on, and the retries of a run
-started before the pause, go on. A trigger is claimed as a tick of its own (``trigger_tick``)
-by every instance serving its job: the claim lets exactly one run it, which then follows the
-job's --overlap like any tick.
+version, and the whole state only when it changed. The backend's worker makes that read on its own
+(``Coordinator.every``) and wakes the scheduler's thread only when the version changed, so an idle
+process costs one small read a second on one thread. On file: the read is made when the control's
+directory changes instead (a watch the loop waits on beside its children's descriptors), so an
+idle process reads nothing; a read that failed, or a watch that ended (the directory removed),
+goes back to a read every CONTROL_EVERY seconds until one works and the watch is set again. At the
+start the first read is made before any tick (a job paused while its instance was down stays
+paused). A paused job claims no tick and starts no run; each tick it would have run is recorded
+``skipped`` (reason ``paused``); runs already going on, and the retries of a run started before
+the pause, go on. A trigger is claimed as a tick of its own (``trigger_tick``) by every instance
+serving its job: the claim lets exactly one run it, which then follows the job's --overlap like
+any tick.
 """
 
 from __future__ import annotations
