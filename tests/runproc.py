@@ -77,10 +77,14 @@ class PyjobRun:
                 out.append(doc)
         return out
 
-    def wait_for(self, kind: str, count: int = 1, timeout: float = 20) -> list[dict[str, Any]]:
+    def wait_for(
+        self, kind: str | tuple[str, ...], count: int = 1, timeout: float = 20
+    ) -> list[dict[str, Any]]:
+        """The events of ``kind`` (or of any of several kinds) once ``count`` of them are in."""
+        kinds = (kind,) if isinstance(kind, str) else kind
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            found = self.events(kind)
+            found = [e for e in self.events() if e["event"] in kinds]
             if len(found) >= count:
                 return found
             if self.proc.poll() is not None:

@@ -218,15 +218,24 @@ def test_even_a_killed_instance_loses_no_tick_and_the_others_share_its_ticks(
     first = int(time.time()) + 2
     time.sleep(first + 3 - time.time() + 0.5)
     _kill_between_ticks(runs[0])
-    end = int(time.time()) + 12
+    for r in runs[1:]:
+        _wait_members(r, 2)
+    known = int(time.time()) + 1  # both survivors rank without the dead one from here
+    end = known + 8
     time.sleep(end - time.time() + 0.8)
     for r in runs[1:]:
         assert r.stop() == 0
     window = _window(tmp_path, first, end - first)
     _each_once(window, first, end - first, stalls, runs)
     assert max(Counter(t for t, _ in _runs(tmp_path)).values()) == 1
-    late = Counter(i for t, i in window if t >= end - 6)  # once it is known dead
-    assert set(late) == {"i1", "i2"}, window
+    # Its ticks go where the ranking of the two survivors sends them (which of them a handful
+    # of ticks favours is chance; the ranking is not): on a busy machine one claim may be late.
+    job = next(e["job"] for r in runs for e in r.events("claimed"))
+    two = ("i1", "i2")
+    top = {t: next(m for m in two if rank(f"{job}\0{t * 10**6}", m, two) == 0) for t, _ in window}
+    after = [(t, i) for t, i in _window(tmp_path, known, end - known) if not stalls.near(t)]
+    quiet = [t for t in range(known, end) if not stalls.near(t)]
+    assert sum(i == top[t] for t, i in after) >= len(quiet) - 1, (after, stalls.seen)
 
 
 def test_metrics_count_claims_won_and_export_the_offset_to_the_backend_clock() -> None:
