@@ -39,31 +39,29 @@ SIZES = {100: 1, 1000: 4}
 COMMAND = ["date", "+%s.%N"]
 FLOOR = r"""
 import math, os, shutil, sys, time
-n, ticks, period = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+n, period = int(sys.argv[1]), int(sys.argv[2])
 argv = ["date", "+%s.%N"]
 path, env = shutil.which(argv[0]), dict(os.environ)
 actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
 print("ready", file=sys.stderr, flush=True)
-for _ in range(ticks):
-    time.sleep(math.ceil((time.time() + 1e-4) / period) * period - time.time())
+while True:  # until killed, as pyjob runs until stopped: the window is cut out below
+    time.sleep(max(0.0, math.ceil((time.time() + 1e-4) / period) * period - time.time()))
     pids = [os.posix_spawn(path, argv, env, file_actions=actions, setpgroup=0) for _ in range(n)]
     for pid in pids:
         os.waitpid(pid, 0)
-sys.stdin.read()
 """
 POPEN = r"""
 import math, subprocess, sys, time
-n, ticks, period = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+n, period = int(sys.argv[1]), int(sys.argv[2])
 argv = ["date", "+%s.%N"]
 print("ready", file=sys.stderr, flush=True)
-for _ in range(ticks):
-    time.sleep(math.ceil((time.time() + 1e-4) / period) * period - time.time())
+while True:  # until killed, as pyjob runs until stopped: the window is cut out below
+    time.sleep(max(0.0, math.ceil((time.time() + 1e-4) / period) * period - time.time()))
     children = [
         subprocess.Popen(argv, stdin=subprocess.DEVNULL, process_group=0) for _ in range(n)
     ]
     for c in children:
         c.wait()
-sys.stdin.read()
 """
 LOOPS = {"floor": FLOOR, "popen": POPEN}
 
@@ -97,7 +95,7 @@ def one_run(name: str, lock: str | None, n: int, ticks: int, tmp: Path) -> dict[
         argv = run_file(lock, jobs_file(tmp / "jobs.toml", n, period))
         marker = '"event": "jobs"'  # it runs until stopped; the window is cut out below
     else:
-        argv = [sys.executable, "-c", LOOPS[name], str(n), str(ticks + 4), str(period)]
+        argv = [sys.executable, "-c", LOOPS[name], str(n), str(period)]
         marker = "ready"
     with out.open("wb") as o, log.open("wb") as e:
         proc = subprocess.Popen(
