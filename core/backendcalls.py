@@ -10,10 +10,11 @@ them, so that a batch of record writes never delays a claim.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from .backends.protocol import ClaimOutcome, ClaimRequest, Lease
 from .errors import BackendError
@@ -86,18 +87,65 @@ class FleetCall:
     priority: ClassVar[int] = 1
 
 
+class Subscription(Protocol):
+    """A change feed a backend pushes to (Redis: the control's channel): the worker waits on
+    ``fd`` beside its queue."""
+
+    fd: int
+
+    def drain(self) -> bool:
+        """Take what came; False when the feed ended (its connection broke)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# Seconds between the reads of a poll whose store pushes its changes (``subscribe``): what a
+# feed broken without a word (a host gone from the network) can hide, at most.
+SUBSCRIBED_EVERY = 30.0
+
+
 @dataclass(eq=False)
 class PollCall:
     """A read the worker repeats on its own every ``every`` seconds (the fleet control's
     version: core/sched/fleet.py). ``done`` hears only of an answer that is not None, or of
     the BackendError: the reads that find nothing new never wake the scheduler's thread, so an
-    idle process costs one round trip a period on one thread."""
+    idle process costs one round trip a period on one thread. Where the store pushes its
+    changes (``subscribe``), the read is made when one is told, and only every
+    SUBSCRIBED_EVERY seconds besides: an idle process then makes almost none."""
 
     fn: Callable[[], Any]
     done: Callable[[Any], None]
     every: float
     at: float = 0.0  # monotonic: when the worker makes the read again
+    subscribe: Callable[[], Subscription] | None = None
+    feed: Subscription | None = None
     priority: ClassVar[int] = 1
+
+    def read(self, now: float) -> Any:
+        """The read; first the subscription, when there is none yet (a change made after it
+        is told, so none is missed between). One that cannot be made leaves the read every
+        ``every`` seconds, and is tried again at each."""
+        self.at = now + self.every  # first: a read that fails is repeated
+        if self.subscribe is not None and self.feed is None:
+            with contextlib.suppress(BackendError):
+                self.feed = self.subscribe()
+        if self.feed is not None:
+            self.at = now + SUBSCRIBED_EVERY
+        return self.fn()
+
+    def told(self, now: float) -> None:
+        """Its feed is readable: the read is due now (a feed that ended is dropped first, and
+        made again by that read)."""
+        assert self.feed is not None
+        if not self.feed.drain():
+            self.end()
+        self.at = now
+
+    def end(self) -> None:
+        if self.feed is not None:
+            self.feed.close()
+            self.feed = None
 
 
 @dataclass
@@ -157,6 +205,7 @@ BACKGROUND = (RecordsCall, RegisterCall, HeartbeatCall, PruneCall, CleanupCall)
 
 __all__ = [
     "BACKGROUND",
+    "SUBSCRIBED_EVERY",
     "Call",
     "ClaimCall",
     "CleanupCall",
@@ -172,4 +221,5 @@ __all__ = [
     "RegisterCall",
     "ReleaseCall",
     "RenewCall",
+    "Subscription",
 ]

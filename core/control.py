@@ -6,7 +6,9 @@ Every change also changes the store's *version*. A `pyjob run` process reads the
 every CONTROL_EVERY seconds (one small read for all its jobs), and reads the whole state only
 when the version changed: an idle fleet costs one key, row or file read a second per process.
 On file: it reads it when the directory of the version changes instead (``DirectoryControl.watch``,
-inotify): an idle process reads nothing.
+inotify): an idle process reads nothing. On Redis a writer also publishes each change, and the
+worker reads when its subscription (``RedisControl.subscribe``) is told, and every
+SUBSCRIBED_EVERY seconds besides (core/backendcalls.py).
 A writer writes its change first and the new version after it, so a reader that saw the last
 version also sees every change made before it.
 
@@ -276,6 +278,10 @@ class RedisControl:
                 state.triggers.append(Trigger.from_json(doc))
         return state
 
+    def _channel(self) -> str:
+        # Channels are the server's, not a database's: the number keeps databases apart.
+        return f"{_VERSION}@{self._r.connection_pool.connection_kwargs.get('db', 0)}"
+
     def _write(self, what: str, build: Any) -> None:
         def go() -> None:
             pipe = self._r.pipeline(transaction=True)
@@ -284,6 +290,16 @@ class RedisControl:
             pipe.execute()
 
         self._call(what, go)
+        # Then told to the subscribers. Once the change is written it is done: a publish that
+        # fails (a writer gone between the two, a server that forbids it) leaves the readers
+        # to their next read, SUBSCRIBED_EVERY seconds away at most.
+        with contextlib.suppress(*self._errors):
+            self._r.publish(self._channel(), "")
+
+    def subscribe(self) -> RedisFeed:
+        """The control's channel, on a connection of its own (the backend keeps one for its
+        calls): the worker waits on it, and reads the version when a writer publishes."""
+        return RedisFeed(self._r.connection_pool, self._channel(), self.url, self._errors)
 
     def pause(self, jobs: Sequence[str], by: str, now_us: int) -> None:
         def build(pipe: Any) -> None:
@@ -302,6 +318,71 @@ class RedisControl:
 
     def remove_triggers(self, ids: Sequence[str]) -> None:
         self._write("trigger not removed", lambda pipe: pipe.hdel(_TRIGGERS, *ids) if ids else None)
+
+
+def _confirms(message: Any) -> bool:
+    return isinstance(message, dict) and message.get("type") == "subscribe"
+
+
+class RedisFeed:
+    """A subscription to the control's channel. Its connection is made once, never again in
+    place (redis-py would subscribe anew without a word, and what was published meanwhile
+    would be lost): a broken one ends the feed, and the worker reads, then subscribes anew.
+    TCP keepalive ends one whose server went away without a word."""
+
+    def __init__(
+        self, pool: Any, channel: str, url: str, errors: tuple[type[BaseException], ...]
+    ) -> None:
+        import socket
+
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        options: dict[int, int] = {}
+        for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, name):
+                options[getattr(socket, name)] = value
+        kwargs = {
+            **pool.connection_kwargs,
+            "retry": Retry(NoBackoff(), 0),
+            "socket_keepalive": True,
+            "socket_keepalive_options": options,
+        }
+        own = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+        self._errors = errors
+        # and AttributeError: the socket is redis-py's own attribute, which a release may rename
+        self._broken: tuple[type[BaseException], ...] = (*errors, AttributeError)
+        client: Any = redis.Redis(connection_pool=own)
+        self._ps = client.pubsub()
+        try:
+            self._ps.subscribe(channel)
+            self._sock = self._ps.connection._sock
+            self.fd: int = self._sock.fileno()
+            # The server's confirmation, waited for: the caller's read, on the other
+            # connection, must come after the subscription took effect, or a change between
+            # the two would be told to no one.
+            # Nothing is published to it before that, so it is the first message.
+            first = self._ps.get_message(timeout=kwargs.get("socket_timeout") or 2.0)
+            if not _confirms(first):
+                raise TimeoutError(f"no confirmation but {first!r}")
+        except self._broken as e:
+            self.close()
+            raise BackendError(f"{url}: control not subscribed: {e}") from e
+
+    def drain(self) -> bool:
+        try:
+            conn = self._ps.connection
+            while conn is not None and conn.can_read(timeout=0):
+                self._ps.get_message(timeout=0)
+            return conn is not None and conn._sock is self._sock
+        except self._broken:
+            return False
+
+    def close(self) -> None:
+        with contextlib.suppress(*self._errors):
+            self._ps.close()
+            self._ps.connection_pool.disconnect()
 
 
 # ------------------------------------------------------------------------------ PostgreSQL

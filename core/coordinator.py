@@ -63,6 +63,7 @@ from .backendcalls import (
     RegisterCall,
     ReleaseCall,
     RenewCall,
+    Subscription,
 )
 from .backends import Backend, open_backend
 from .backends.protocol import ClaimOutcome, ClaimRequest, Lease, LostAnswer
@@ -83,6 +84,7 @@ LAST = 9  # the stop, after everything queued
 Report = Callable[..., None]
 Answer = Callable[[Any], None]  # what gets a call's answer
 Work = Callable[[], Any]  # what a call does on the worker
+Feed = Callable[[], Subscription] | None  # what subscribes to a store's changes
 _T = TypeVar("_T")
 
 
@@ -174,12 +176,8 @@ class Coordinator:
         self._links[k] = link
         if self.threaded:
             link.waker = Waker()
-            link.thread = threading.Thread(
-                target=self._worker,
-                args=(link,),
-                name=f"pyjob-backend-{len(self._links)}",
-                daemon=True,
-            )
+            name, work = f"pyjob-backend-{len(self._links)}", self._worker
+            link.thread = threading.Thread(target=work, args=(link,), name=name, daemon=True)
             link.thread.start()
         return backend
 
@@ -291,14 +289,16 @@ class Coordinator:
         tick waits for it, so it goes with the background calls (see ``hold``)."""
         self._submit(url, FleetCall(fn, done, held))
 
-    def every(self, url: str | None, period: float, fn: Work, done: Answer) -> bool:
+    def every(
+        self, url: str | None, period: float, fn: Work, done: Answer, subscribe: Feed = None
+    ) -> bool:
         """``fn()`` on the backend's worker every ``period`` seconds from now on, until the
         process ends, under the one error policy: a result that is not None, or the
-        BackendError, to ``done`` (``PollCall``). False when there is no worker (unthreaded):
-        the caller times the reads itself."""
+        BackendError, to ``done`` (``PollCall``; ``subscribe``: a feed of changes that makes
+        the reads rare). False when there is no worker (unthreaded): the caller times them."""
         if not self.threaded:
             return False
-        self._submit(url, PollCall(fn, done, period))
+        self._submit(url, PollCall(fn, done, period, subscribe=subscribe))
         return True
 
     def drain(self) -> int:
@@ -379,6 +379,8 @@ class Coordinator:
             else:
                 call = link.next_call(self.clock, RELEASE_RETRY)
             if call is None:
+                for poll in link.polls:
+                    poll.end()
                 self.releases.send(link, at_once=True)
                 self.writes.last_writes(link)
                 return
@@ -420,8 +422,7 @@ class Coordinator:
         elif isinstance(call, FleetCall):
             self._deliver(call.done, call.fn())
         elif isinstance(call, PollCall):
-            call.at = self.clock.monotonic() + call.every  # first: a read that fails is repeated
-            got = call.fn()
+            got = call.read(self.clock.monotonic())
             if got is not None:
                 self._deliver(call.done, got)
         elif isinstance(call, OrphanCall):

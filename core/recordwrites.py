@@ -112,11 +112,14 @@ class Link:
                     return poll
                 waits = [w for w in (owed, poll_in) if w is not None]
                 # On the pipe in real time, not clock.wait: a fake clock's wait would move the
-                # test's time from this thread.
-                woken = self.waker.block(min(waits, default=float("inf")))
+                # test's time from this thread; beside it, the feeds the polls subscribed to.
+                feeds = {p.feed.fd: p for p in self.polls if p.feed is not None}
+                ready = self.waker.poll(list(feeds), min(waits, default=float("inf")))
             finally:
                 self.idle = False
-            if woken:
+            if ready is not None:  # woken, or told of a change
+                for fd in ready:
+                    feeds[fd].told(clock.monotonic())
                 continue
             # The wait ran out: what it was for is due now, though a fake clock may say not.
             if owed is not None and (poll_in is None or owed <= poll_in):

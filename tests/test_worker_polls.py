@@ -84,3 +84,90 @@ def test_without_a_worker_the_caller_times_the_reads() -> None:
 
     coordinator = Coordinator(FakeClock(NOW), "a", Waker(), lambda *a, **k: None, threaded=False)
     assert not coordinator.every(None, 1.0, lambda: None, lambda _: None)
+
+
+def _pubsub_clients(url: str) -> list[dict[str, Any]]:
+    import redis
+
+    return [c for c in redis.Redis.from_url(url).client_list() if c.get("flags") == "P"]
+
+
+def _ids(url: str) -> list[str]:
+    return [c["id"] for c in _pubsub_clients(url)]
+
+
+@pytest.mark.parametrize("fleet_lock_url", ["redis"], indirect=True)
+def test_on_redis_the_worker_reads_the_control_when_a_writer_publishes_and_rarely_else(
+    fleet_lock_url: str,
+) -> None:
+    from pyjob.core.backendcalls import SUBSCRIBED_EVERY
+
+    clock = SystemClock()
+    waker = CountingWaker()
+    coordinator = Coordinator(clock, "a", waker, lambda *a, **k: None)
+    other = open_backend(fleet_lock_url, None, clock)
+    try:
+        store = control_for(coordinator.open(fleet_lock_url))
+        theirs = control_for(other)
+        assert store is not None and theirs is not None
+        seen = {"version": store.version()}
+        reads: list[float] = []
+        got: list[ControlState | BackendError] = []
+
+        def read() -> ControlState | None:
+            reads.append(time.monotonic())
+            state = poll(store, seen["version"])
+            if state is not None:
+                seen["version"] = state.version
+            return state
+
+        assert coordinator.every(fleet_lock_url, 0.1, read, got.append, store.subscribe)
+        _until(lambda: len(reads) == 1 and len(_pubsub_clients(fleet_lock_url)) == 1)
+        time.sleep(1.5)  # read every 0.1 s, it would have made some 15 reads by now
+        assert len(reads) == 1 and SUBSCRIBED_EVERY >= 10
+
+        def told(count: int) -> None:
+            start = time.monotonic()
+            theirs.pause([f"j{count}"], "b", int(time.time() * 1e6))
+            _until(lambda: coordinator.drain() > 0 and len(got) == count)
+            state = got[-1]
+            assert isinstance(state, ControlState) and f"j{count}" in state.paused
+            assert time.monotonic() - start < 5  # told, not found by a read 30 s later
+
+        told(1)
+        assert len(reads) == 2 and waker.wakes == 1
+        # The subscription's connection is killed: the worker reads at once (what was written
+        # while none listened is found), subscribes anew, and is told again.
+        [first] = _pubsub_clients(fleet_lock_url)
+        import redis
+
+        redis.Redis.from_url(fleet_lock_url).client_kill_filter(_type="pubsub")
+        _until(lambda: len(reads) == 3)
+        _until(lambda: _ids(fleet_lock_url) not in ([], [first["id"]]))
+        told(2)
+        assert len(reads) == 4 and len(got) == 2
+    finally:
+        coordinator.close()
+        other.close()
+    assert _pubsub_clients(fleet_lock_url) == []  # closed with the process's backends
+
+
+@pytest.mark.parametrize("fleet_lock_url", ["redis"], indirect=True)
+def test_a_subscription_that_cannot_be_made_leaves_the_reads_at_their_period(
+    fleet_lock_url: str,
+) -> None:
+    coordinator = Coordinator(SystemClock(), "a", Waker(), lambda *a, **k: None)
+    try:
+        coordinator.open(fleet_lock_url)
+        tries: list[float] = []
+        reads: list[float] = []
+
+        def subscribe() -> Any:
+            tries.append(time.monotonic())
+            raise BackendError("not subscribed")
+
+        assert coordinator.every(fleet_lock_url, 0.1, lambda: reads.append(1), print, subscribe)
+        _until(lambda: len(reads) >= 8)
+        assert len(tries) >= 7  # tried again at each read
+    finally:
+        coordinator.close()

@@ -4,7 +4,8 @@ host.
 One read per lock URL every CONTROL_EVERY seconds, whatever the number of jobs: the control
 version, and the whole state only when it changed. The backend's worker makes that read on its own
 (``Coordinator.every``) and wakes the scheduler's thread only when the version changed, so an idle
-process costs one small read a second on one thread. On file: the read is made when the control's
+process costs one small read a second on one thread (on Redis, where the worker subscribes to
+the writers' news, two a minute). On file: the read is made when the control's
 directory changes instead (a watch the loop waits on beside its children's descriptors), so an
 idle process reads nothing; a read that failed, or a watch that ended (the directory removed),
 goes back to a read every CONTROL_EVERY seconds until one works and the watch is set again. At the
@@ -103,8 +104,8 @@ class Fleet:
         """A control that is not watched is read by its worker on its own, when it has one."""
         if k in self.standing or k in self.watched:
             return
-        poller = self._poller(store, k)
-        if self.sh.coordinator.every(k or None, CONTROL_EVERY, poller, self._changed(k)):
+        poller, feed = self._poller(store, k), getattr(store, "subscribe", None)
+        if self.sh.coordinator.every(k or None, CONTROL_EVERY, poller, self._changed(k), feed):
             self.standing.add(k)
 
     def added(self, state: JobState) -> None:
