@@ -87,10 +87,10 @@ def pause_cmd(jobs: tuple[str, ...], every: bool, lock: str | None) -> None:
     """Pause JOB everywhere: no instance sharing the lock backend starts a run of it until
     `pyjob resume JOB`.
 
-    Every instance reads the backend's control state once a second (on Redis when told of a
-    change, which the pause publishes), so within about a second (one read, plus the backend's
-    round trip) it stops claiming the job's ticks; each tick it
-    would have run is recorded as skipped, reason "paused", and it logs a `paused` event once,
+    Every instance reads the backend's control state once a second (on Redis and PostgreSQL
+    when told of a change, which the pause publishes), so within about a second (one read,
+    plus the backend's round trip) it stops claiming the job's ticks; each tick it would have
+    run is recorded as skipped, reason "paused", and it logs a `paused` event once,
     naming who paused the job and when. Runs already going on are not killed, and the retries
     of a run that started before the pause go on. The pause is kept in the backend: it
     survives restarts of every instance, and `pyjob status` shows it. A job already paused

@@ -235,8 +235,8 @@ PAGES: dict[str, Page] = {
         "description": [
             "Marks each JOB (every job the backend knows with --all) paused in the lock "
             "backend. Every pyjob run instance sharing the backend reads its control state once "
-            "a second (on Redis when told of a change, which the pause publishes), so within "
-            "about a second it stops claiming the job's ticks and records "
+            "a second (on Redis and PostgreSQL when told of a change, which the pause publishes), "
+            "so within about a second it stops claiming the job's ticks and records "
             "each one as skipped, reason paused; it logs a paused event once, naming who paused "
             "the job (USER@HOST) and when. Runs going on are not killed, and the retries of a run "
             "started before the pause go on. The pause lives in the backend: it survives "

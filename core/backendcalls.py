@@ -10,7 +10,6 @@ them, so that a batch of record writes never delays a claim.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,19 +119,25 @@ class PollCall:
     at: float = 0.0  # monotonic: when the worker makes the read again
     subscribe: Callable[[], Subscription] | None = None
     feed: Subscription | None = None
+    subscribe_at: float = 0.0  # monotonic: when a subscription that failed is tried again
     priority: ClassVar[int] = 1
 
     def read(self, now: float) -> Any:
         """The read; first the subscription, when there is none yet (a change made after it
         is told, so none is missed between). One that cannot be made leaves the read every
-        ``every`` seconds, and is tried again at each."""
+        ``every`` seconds, and is tried again SUBSCRIBED_EVERY seconds later (a server that
+        refuses it is not asked a second). A read that fails is repeated ``every`` seconds
+        later, told or not."""
         self.at = now + self.every  # first: a read that fails is repeated
-        if self.subscribe is not None and self.feed is None:
-            with contextlib.suppress(BackendError):
+        if self.subscribe is not None and self.feed is None and now >= self.subscribe_at:
+            try:
                 self.feed = self.subscribe()
+            except Exception:  # a bug in it too: the reads go on without it
+                self.subscribe_at = now + SUBSCRIBED_EVERY
+        got = self.fn()
         if self.feed is not None:
             self.at = now + SUBSCRIBED_EVERY
-        return self.fn()
+        return got
 
     def told(self, now: float) -> None:
         """Its feed is readable: the read is due now (a feed that ended is dropped first, and

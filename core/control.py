@@ -6,9 +6,9 @@ Every change also changes the store's *version*. A `pyjob run` process reads the
 every CONTROL_EVERY seconds (one small read for all its jobs), and reads the whole state only
 when the version changed: an idle fleet costs one key, row or file read a second per process.
 On file: it reads it when the directory of the version changes instead (``DirectoryControl.watch``,
-inotify): an idle process reads nothing. On Redis a writer also publishes each change, and the
-worker reads when its subscription (``RedisControl.subscribe``) is told, and every
-SUBSCRIBED_EVERY seconds besides (core/backendcalls.py).
+inotify): an idle process reads nothing. On Redis and PostgreSQL a writer also publishes each
+change (PUBLISH, NOTIFY), and the worker reads when its subscription (``subscribe``) is told, and
+every SUBSCRIBED_EVERY seconds besides (core/backendcalls.py).
 A writer writes its change first and the new version after it, so a reader that saw the last
 version also sees every change made before it.
 
@@ -325,10 +325,11 @@ def _confirms(message: Any) -> bool:
 
 
 class RedisFeed:
-    """A subscription to the control's channel. Its connection is made once, never again in
-    place (redis-py would subscribe anew without a word, and what was published meanwhile
-    would be lost): a broken one ends the feed, and the worker reads, then subscribes anew.
-    TCP keepalive ends one whose server went away without a word."""
+    """A subscription to the control's channel. A broken connection ends the feed, and the
+    worker reads, then subscribes anew: redis-py remakes it once before it raises, but a
+    connection other than the first is never taken for this feed's (what was published
+    between the two would be lost). TCP keepalive ends one whose server went away without a
+    word. What a message says is never read: it only says that something changed."""
 
     def __init__(
         self, pool: Any, channel: str, url: str, errors: tuple[type[BaseException], ...]
@@ -346,13 +347,12 @@ class RedisFeed:
         kwargs = {
             **pool.connection_kwargs,
             "retry": Retry(NoBackoff(), 0),
+            "decode_responses": False,  # any payload, whoever published it
             "socket_keepalive": True,
             "socket_keepalive_options": options,
         }
         own = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
         self._errors = errors
-        # and AttributeError: the socket is redis-py's own attribute, which a release may rename
-        self._broken: tuple[type[BaseException], ...] = (*errors, AttributeError)
         client: Any = redis.Redis(connection_pool=own)
         self._ps = client.pubsub()
         try:
@@ -366,7 +366,7 @@ class RedisFeed:
             first = self._ps.get_message(timeout=kwargs.get("socket_timeout") or 2.0)
             if not _confirms(first):
                 raise TimeoutError(f"no confirmation but {first!r}")
-        except self._broken as e:
+        except Exception as e:  # AttributeError too: ``_sock`` is redis-py's own attribute
             self.close()
             raise BackendError(f"{url}: control not subscribed: {e}") from e
 
@@ -376,7 +376,7 @@ class RedisFeed:
             while conn is not None and conn.can_read(timeout=0):
                 self._ps.get_message(timeout=0)
             return conn is not None and conn._sock is self._sock
-        except self._broken:
+        except Exception:  # whatever came, it ends the feed (on the worker: never raised)
             return False
 
     def close(self) -> None:
@@ -392,6 +392,9 @@ CREATE TABLE IF NOT EXISTS pyjob_paused (job text PRIMARY KEY, info jsonb NOT NU
 CREATE TABLE IF NOT EXISTS pyjob_triggers (id text PRIMARY KEY, info jsonb NOT NULL);
 CREATE SEQUENCE IF NOT EXISTS pyjob_control_version;
 """
+
+
+_CHANNEL = "pyjob_control"
 
 
 class PostgresControl:
@@ -432,7 +435,13 @@ class PostgresControl:
         return state
 
     def _bump(self, what: str) -> None:
-        self._exec(what, "SELECT nextval('pyjob_control_version')")
+        # The news in the same statement: sent when it commits, so never one without the other.
+        self._exec(what, f"SELECT nextval('pyjob_control_version'), pg_notify('{_CHANNEL}', '')")
+
+    def subscribe(self) -> PostgresFeed:
+        """LISTEN on the control's channel, on a connection of its own (the backend keeps one
+        for its calls): the worker waits on it, and reads the version when a writer notifies."""
+        return PostgresFeed(self._b)
 
     def pause(self, jobs: Sequence[str], by: str, now_us: int) -> None:
         for job in jobs:
@@ -461,6 +470,45 @@ class PostgresControl:
             "trigger not removed", "DELETE FROM pyjob_triggers WHERE id = ANY(%s)", (list(ids),)
         )
         self._bump("trigger not removed")
+
+
+class PostgresFeed:
+    """LISTEN on a connection of its own: notifications are the database's, sent at the commit
+    of the change. A broken connection ends the feed (the worker reads, then listens anew);
+    TCP keepalive ends one whose server went away without a word."""
+
+    def __init__(self, backend: Any) -> None:
+        self._errors = (backend._psycopg.Error, OSError)
+        self._conn: Any = None
+        try:
+            self._conn = backend._cls.connect(
+                backend._dsn,
+                autocommit=True,
+                connect_timeout=max(1, round(backend.timeout)),
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
+            )
+            self._conn.call_timeout = backend.timeout
+            self._conn.execute(f"LISTEN {_CHANNEL}")  # answered: in effect from here on
+            self.fd: int = self._conn.fileno()
+        except Exception as e:
+            self.close()
+            raise BackendError(f"{backend.url}: control not subscribed: {e}") from e
+
+    def drain(self) -> bool:
+        try:
+            for _ in self._conn.notifies(timeout=0):
+                pass
+            return not (self._conn.closed or self._conn.broken)
+        except Exception:  # whatever came, it ends the feed (on the worker: never raised)
+            return False
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(*self._errors):
+                self._conn.close()
 
 
 def control_for(backend: Any) -> ControlStore | None:

@@ -1,6 +1,7 @@
 """The reads a backend's worker repeats on its own (Coordinator.every): the fleet control's
 version on the stores that cannot be watched (nfs:, Redis, PostgreSQL, etcd), read without
-waking the scheduler's thread unless something changed, on real servers."""
+waking the scheduler's thread unless something changed; on Redis and PostgreSQL read when a
+writer publishes (the worker's subscription), and rarely else. On real servers."""
 
 from __future__ import annotations
 
@@ -86,18 +87,38 @@ def test_without_a_worker_the_caller_times_the_reads() -> None:
     assert not coordinator.every(None, 1.0, lambda: None, lambda _: None)
 
 
-def _pubsub_clients(url: str) -> list[dict[str, Any]]:
-    import redis
+def _listeners(url: str) -> list[str]:
+    """The connections subscribed to the control's channel: their ids."""
+    if url.startswith("redis"):
+        import redis
 
-    return [c for c in redis.Redis.from_url(url).client_list() if c.get("flags") == "P"]
+        clients = redis.Redis.from_url(url).client_list()
+        return [c["id"] for c in clients if c.get("flags") == "P"]
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return [str(pid) for (pid,) in rows]
 
 
-def _ids(url: str) -> list[str]:
-    return [c["id"] for c in _pubsub_clients(url)]
+def _kill_listeners(url: str) -> None:
+    if url.startswith("redis"):
+        import redis
+
+        redis.Redis.from_url(url).client_kill_filter(_type="pubsub")
+        return
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        for pid in _listeners(url):
+            conn.execute("SELECT pg_terminate_backend(%s)", (int(pid),))
 
 
-@pytest.mark.parametrize("fleet_lock_url", ["redis"], indirect=True)
-def test_on_redis_the_worker_reads_the_control_when_a_writer_publishes_and_rarely_else(
+@pytest.mark.parametrize("fleet_lock_url", ["redis", "postgresql"], indirect=True)
+def test_the_worker_reads_the_control_when_a_writer_publishes_and_rarely_else(
     fleet_lock_url: str,
 ) -> None:
     from pyjob.core.backendcalls import SUBSCRIBED_EVERY
@@ -114,46 +135,64 @@ def test_on_redis_the_worker_reads_the_control_when_a_writer_publishes_and_rarel
         reads: list[float] = []
         got: list[ControlState | BackendError] = []
 
+        fail = {"next": False}
+
         def read() -> ControlState | None:
             reads.append(time.monotonic())
+            if fail["next"]:
+                fail["next"] = False
+                raise BackendError("this read fails")
             state = poll(store, seen["version"])
             if state is not None:
                 seen["version"] = state.version
             return state
 
-        assert coordinator.every(fleet_lock_url, 0.1, read, got.append, store.subscribe)
-        _until(lambda: len(reads) == 1 and len(_pubsub_clients(fleet_lock_url)) == 1)
+        subscribe = getattr(store, "subscribe", None)
+        assert coordinator.every(fleet_lock_url, 0.1, read, got.append, subscribe)
+        _until(lambda: len(reads) == 1 and len(_listeners(fleet_lock_url)) == 1)
         time.sleep(1.5)  # read every 0.1 s, it would have made some 15 reads by now
         assert len(reads) == 1 and SUBSCRIBED_EVERY >= 10
 
         def told(count: int) -> None:
-            start = time.monotonic()
+            start, before = time.monotonic(), len(reads)
             theirs.pause([f"j{count}"], "b", int(time.time() * 1e6))
             _until(lambda: coordinator.drain() > 0 and len(got) == count)
             state = got[-1]
             assert isinstance(state, ControlState) and f"j{count}" in state.paused
             assert time.monotonic() - start < 5  # told, not found by a read 30 s later
+            assert len(reads) == before + 1
 
         told(1)
-        assert len(reads) == 2 and waker.wakes == 1
+        assert waker.wakes == 1
+        # The read a change prompts fails: it is made again a period later, not 30 s later.
+        fail["next"] = True
+        theirs.pause(["j-late"], "b", int(time.time() * 1e6))
+        _until(lambda: coordinator.drain() > 0 and len(got) == 3, timeout=5)
+        assert isinstance(got[1], BackendError) and "j-late" in got[2].paused  # type: ignore[union-attr]
+        if fleet_lock_url.startswith("redis"):  # a message it cannot decode ends nothing
+            import redis
+
+            channel = f"pyjob-control:version@{fleet_lock_url.rsplit('/', 1)[1]}"
+            redis.Redis.from_url(fleet_lock_url).publish(channel, b"\xff\xfe")
+            _until(lambda: len(reads) == 5)
+        del got[1:]
         # The subscription's connection is killed: the worker reads at once (what was written
         # while none listened is found), subscribes anew, and is told again.
-        [first] = _pubsub_clients(fleet_lock_url)
-        import redis
-
-        redis.Redis.from_url(fleet_lock_url).client_kill_filter(_type="pubsub")
-        _until(lambda: len(reads) == 3)
-        _until(lambda: _ids(fleet_lock_url) not in ([], [first["id"]]))
+        [first] = _listeners(fleet_lock_url)
+        _kill_listeners(fleet_lock_url)
+        _until(lambda: len(reads) >= 3)
+        _until(lambda: _listeners(fleet_lock_url) not in ([], [first]))
+        time.sleep(0.5)  # the read that follows the new subscription is done
         told(2)
-        assert len(reads) == 4 and len(got) == 2
+        assert len(got) == 2
     finally:
         coordinator.close()
         other.close()
-    assert _pubsub_clients(fleet_lock_url) == []  # closed with the process's backends
+    _until(lambda: _listeners(fleet_lock_url) == [])  # closed with the process's backends
 
 
 @pytest.mark.parametrize("fleet_lock_url", ["redis"], indirect=True)
-def test_a_subscription_that_cannot_be_made_leaves_the_reads_at_their_period(
+def test_a_subscription_that_cannot_be_made_leaves_the_reads_at_their_period_and_waits(
     fleet_lock_url: str,
 ) -> None:
     coordinator = Coordinator(SystemClock(), "a", Waker(), lambda *a, **k: None)
@@ -168,6 +207,6 @@ def test_a_subscription_that_cannot_be_made_leaves_the_reads_at_their_period(
 
         assert coordinator.every(fleet_lock_url, 0.1, lambda: reads.append(1), print, subscribe)
         _until(lambda: len(reads) >= 8)
-        assert len(tries) >= 7  # tried again at each read
+        assert len(tries) == 1  # tried again SUBSCRIBED_EVERY later, not at each read
     finally:
         coordinator.close()

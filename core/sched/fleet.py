@@ -4,8 +4,8 @@ host.
 One read per lock URL every CONTROL_EVERY seconds, whatever the number of jobs: the control
 version, and the whole state only when it changed. The backend's worker makes that read on its own
 (``Coordinator.every``) and wakes the scheduler's thread only when the version changed, so an idle
-process costs one small read a second on one thread (on Redis, where the worker subscribes to
-the writers' news, two a minute). On file: the read is made when the control's
+process costs one small read a second on one thread (on Redis and PostgreSQL, where the worker
+subscribes to the writers' news, two a minute). On file: the read is made when the control's
 directory changes instead (a watch the loop waits on beside its children's descriptors), so an
 idle process reads nothing; a read that failed, or a watch that ended (the directory removed),
 goes back to a read every CONTROL_EVERY seconds until one works and the watch is set again. At the
