@@ -123,18 +123,22 @@ class PollCall:
     priority: ClassVar[int] = 1
 
     def read(self, now: float) -> Any:
-        """The read; first the subscription, when there is none yet (a change made after it
-        is told, so none is missed between). One that cannot be made leaves the read every
-        ``every`` seconds, and is tried again SUBSCRIBED_EVERY seconds later (a server that
-        refuses it is not asked a second). A read that fails is repeated ``every`` seconds
-        later, told or not."""
+        """The read; then, when there is no subscription yet, the subscription and a read
+        again (what changed before it took effect). In that order a backend that does not
+        answer costs one bounded call, as any read that fails (it is made again ``every``
+        seconds later, told or not). A subscription that cannot be made leaves the reads
+        every ``every`` seconds, and is tried again SUBSCRIBED_EVERY seconds later: a server
+        that refuses it (an ACL, no connection left) is not asked every second."""
         self.at = now + self.every  # first: a read that fails is repeated
+        got = self.fn()
         if self.subscribe is not None and self.feed is None and now >= self.subscribe_at:
             try:
                 self.feed = self.subscribe()
             except Exception:  # a bug in it too: the reads go on without it
                 self.subscribe_at = now + SUBSCRIBED_EVERY
-        got = self.fn()
+            else:
+                again = self.fn()
+                got = got if again is None else again
         if self.feed is not None:
             self.at = now + SUBSCRIBED_EVERY
         return got
