@@ -484,3 +484,31 @@ def test_a_url_a_reload_brings_is_watched_on_file_and_a_stop_takes_no_new_trigge
         assert fleet.seen[k] != "v9" and not fleet.paused
     finally:
         s.close()
+
+
+def test_a_resume_read_as_a_tick_falls_due_leaves_that_tick_skipped() -> None:
+    """The resume is applied in the turn where the tick is due, a few ms after it: the tick
+    was passed by paused, and is skipped as the ones before it; the next one runs."""
+    from datetime import UTC, timedelta
+    from types import SimpleNamespace
+
+    from pyjob.core.clock import FakeClock
+    from pyjob.core.control import ControlState, Pause
+    from pyjob.core.sched.fleet import Fleet
+
+    tick = datetime(2030, 1, 1, 12, 0, 5, tzinfo=UTC)
+    clock = FakeClock(tick - timedelta(seconds=3))
+    said: list[str] = []
+    state = SimpleNamespace(id="job", gone=False, job=SimpleNamespace(lock=None))
+    sh = SimpleNamespace(
+        jobs={"job": state}, clock=clock, emit=lambda kind, *a, **k: said.append(kind)
+    )
+    fleet = Fleet(sh)  # type: ignore[arg-type]
+    fleet._paused("", ControlState("1", {"job": Pause("job", "a@h", 0)}))
+    assert fleet.is_paused(state, tick)  # type: ignore[arg-type]
+    clock.sleep(3.004)
+    fleet._paused("", ControlState("2"))
+    assert said == ["paused", "resumed"]
+    assert not fleet.is_paused(state)  # type: ignore[arg-type]
+    assert fleet.is_paused(state, tick)  # type: ignore[arg-type]
+    assert not fleet.is_paused(state, tick + timedelta(seconds=1))  # type: ignore[arg-type]

@@ -181,8 +181,8 @@ def test_the_worker_reads_the_control_when_a_writer_publishes_and_rarely_else(
         # The subscription's connection is killed: the worker reads at once (what was written
         # while none listened is found), subscribes anew, and is told again.
         [first] = _listeners(fleet_lock_url)
+        count = len(reads)  # before the kill: the worker may read before this thread goes on
         _kill_listeners(fleet_lock_url)
-        count = len(reads)
         _until(lambda: len(reads) >= count + 2)
         _until(lambda: _listeners(fleet_lock_url) not in ([], [first]))
         time.sleep(0.5)  # the read that follows the new subscription is done

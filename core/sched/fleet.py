@@ -54,6 +54,7 @@ class Fleet:
         self.seen: dict[str, str | None] = {}  # the version last read, by lock URL key
         self.reading: set[str] = set()  # reads under way
         self.paused: dict[str, Pause] = {}  # the jobs of this process that are paused
+        self.resumed: dict[str, datetime] = {}  # job -> when this process logged its resume
         self.taken: dict[str, int] = {}  # trigger id -> when it was asked for (µs): handled
         # (job, tick) of a triggered run -> its run id: its start, its retries and its record
         self.rids: dict[tuple[str, datetime], str] = {}
@@ -259,6 +260,7 @@ class Fleet:
                 self._say_paused(new)
             elif new is None and old is not None:
                 del self.paused[job]
+                self.resumed[job] = sh.clock.now()
                 paused_for = (to_us(sh.clock.now()) - old.since_us) / 1e6
                 sh.emit("resumed", job, None, paused_for=round(max(0.0, paused_for), 3))
 
@@ -266,8 +268,14 @@ class Fleet:
         since = from_us(pause.since_us).isoformat()
         self.sh.emit("paused", pause.job, None, by=pause.by, since=since)
 
-    def is_paused(self, state: JobState) -> bool:
-        return state.id in self.paused
+    def is_paused(self, state: JobState, tick: datetime | None = None) -> bool:
+        """Whether the job is paused; with ``tick``, also whether that tick was due before the
+        resume was logged (a resume read just as the tick fell due: the tick was passed by
+        paused, and is skipped as the ones before it)."""
+        if state.id in self.paused:
+            return True
+        resumed = self.resumed.get(state.id)
+        return tick is not None and resumed is not None and tick < resumed
 
     # ------------------------------------------------------------------ triggers
 

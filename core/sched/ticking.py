@@ -107,7 +107,7 @@ class Ticking:
         if grace is not None and late > grace:
             sh.claims.drop_lease(state, state.outcomes.pop(tick, None))
             self.missed(state, [tick], f"{late:.3f}s late, over --misfire-grace {grace:g}s")
-        elif sh.fleet.is_paused(state):
+        elif sh.fleet.is_paused(state, tick):
             sh.claims.drop_lease(state, state.outcomes.pop(tick, None))
             self.skipped(state, tick, PAUSED, None)
         else:
