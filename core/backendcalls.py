@@ -137,7 +137,10 @@ class PollCall:
             except Exception:  # a bug in it too: the reads go on without it
                 self.subscribe_at = now + SUBSCRIBED_EVERY
             else:
-                again = self.fn()
+                try:
+                    again = self.fn()
+                except BackendError:  # the first answer stands; read again a period later
+                    return got
                 got = got if again is None else again
         if self.feed is not None:
             self.at = now + SUBSCRIBED_EVERY

@@ -512,3 +512,4 @@ def test_a_resume_read_as_a_tick_falls_due_leaves_that_tick_skipped() -> None:
     assert not fleet.is_paused(state)  # type: ignore[arg-type]
     assert fleet.is_paused(state, tick)  # type: ignore[arg-type]
     assert not fleet.is_paused(state, tick + timedelta(seconds=1))  # type: ignore[arg-type]
+    assert fleet.resumed == {}  # kept no longer than the first tick after it

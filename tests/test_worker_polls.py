@@ -213,3 +213,32 @@ def test_a_subscription_that_cannot_be_made_leaves_the_reads_at_their_period_and
         assert len(tries) == 1  # tried again SUBSCRIBED_EVERY later, not at each read
     finally:
         coordinator.close()
+
+
+@pytest.mark.parametrize("fleet_lock_url", ["redis"], indirect=True)
+def test_when_the_read_after_a_new_subscription_fails_the_first_answer_stands(
+    fleet_lock_url: str,
+) -> None:
+    coordinator = Coordinator(SystemClock(), "a", Waker(), lambda *a, **k: None)
+    try:
+        store = control_for(coordinator.open(fleet_lock_url))
+        assert store is not None
+        answers: list[Any] = ["first", BackendError("the read after subscribing fails")]
+        reads: list[Any] = []
+        got: list[Any] = []
+
+        def read() -> Any:
+            reads.append(1)
+            answer = answers.pop(0) if answers else None
+            if isinstance(answer, BackendError):
+                raise answer
+            return answer
+
+        assert coordinator.every(fleet_lock_url, 0.1, read, got.append, store.subscribe)
+        _until(lambda: coordinator.drain() > 0 or len(got) > 0)
+        assert got == ["first"]
+        _until(lambda: len(reads) >= 3)  # a period later, not 30 s: the feed is new
+        coordinator.drain()
+        assert got == ["first"]
+    finally:
+        coordinator.close()

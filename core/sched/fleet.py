@@ -275,7 +275,12 @@ class Fleet:
         if state.id in self.paused:
             return True
         resumed = self.resumed.get(state.id)
-        return tick is not None and resumed is not None and tick < resumed
+        if tick is None or resumed is None:
+            return False
+        if tick >= resumed:  # the first tick after it: the instant is needed no more
+            del self.resumed[state.id]
+            return False
+        return True
 
     # ------------------------------------------------------------------ triggers
 

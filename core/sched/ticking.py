@@ -47,6 +47,7 @@ class Ticking:
         tick twice (the claim decides, as always); a tick it won is never claimed again. Without
         this, a host whose clock was ahead by X would sit out X after it was set right, as Vixie
         cron does for fixed-time jobs, though it runs its every-minute ones at once."""
+        self.sh.fleet.resumed.clear()  # instants of the old clock: no tick is held back by one
         for state in self.sh.jobs.values():
             if state.phase is not JobPhase.ACTIVE or state.next_tick is None or state.waiting:
                 continue
@@ -76,7 +77,7 @@ class Ticking:
 
     def claim_ahead(self, state: JobState, tick: datetime, turn: WallTurn) -> None:
         sh = self.sh
-        if tick not in state.outcomes and not sh.fleet.is_paused(state):
+        if tick not in state.outcomes and not sh.fleet.is_paused(state, tick):
             turn.claims.setdefault(state.job.lock, []).append((state, tick))
         # The following tick, the run id, the environment and the program's place on PATH,
         # made now rather than between the spawns of this one.
