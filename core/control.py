@@ -481,16 +481,9 @@ class PostgresFeed:
         self._errors = (backend._psycopg.Error, OSError)
         self._conn: Any = None
         try:
-            self._conn = backend._cls.connect(
-                backend._dsn,
-                autocommit=True,
-                connect_timeout=max(1, round(backend.timeout)),
-                keepalives=1,
-                keepalives_idle=10,
-                keepalives_interval=5,
-                keepalives_count=3,
+            self._conn = backend.connect(
+                keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3
             )
-            self._conn.call_timeout = backend.timeout
             self._conn.execute(f"LISTEN {_CHANNEL}")  # answered: in effect from here on
             self.fd: int = self._conn.fileno()
         except Exception as e:

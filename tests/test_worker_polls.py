@@ -5,14 +5,16 @@ writer publishes (the worker's subscription), and rarely else. On real servers."
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from pyjob.core.backends import open_backend
 from pyjob.core.clock import SystemClock, Waker
-from pyjob.core.control import ControlState, control_for, poll
+from pyjob.core.control import ControlState, ControlStore, control_for, poll
 from pyjob.core.coordinator import Coordinator
 from pyjob.core.errors import BackendError
 
@@ -34,18 +36,29 @@ def _until(what: Any, timeout: float = 20) -> None:
         time.sleep(0.02)
 
 
+@contextlib.contextmanager
+def _two_hosts(url: str) -> Iterator[tuple[Coordinator, CountingWaker, ControlStore, ControlStore]]:
+    """This process's coordinator (its scheduler's waker counts wake-ups) and control store,
+    beside another host's control store on the same backend."""
+    clock = SystemClock()
+    waker = CountingWaker()
+    coordinator = Coordinator(clock, "a", waker, lambda *a, **k: None)
+    other = open_backend(url, None, clock)
+    try:
+        store = control_for(coordinator.open(url))
+        theirs = control_for(other)
+        assert store is not None and theirs is not None
+        yield coordinator, waker, store, theirs
+    finally:
+        coordinator.close()
+        other.close()
+
+
 @pytest.mark.parametrize("fleet_lock_url", ["nfs", "redis", "postgresql", "etcd"], indirect=True)
 def test_the_worker_reads_the_control_on_its_own_and_wakes_the_scheduler_only_on_a_change(
     fleet_lock_url: str,
 ) -> None:
-    clock = SystemClock()
-    waker = CountingWaker()
-    coordinator = Coordinator(clock, "a", waker, lambda *a, **k: None)
-    other = open_backend(fleet_lock_url, None, clock)
-    try:
-        store = control_for(coordinator.open(fleet_lock_url))
-        theirs = control_for(other)
-        assert store is not None and theirs is not None
+    with _two_hosts(fleet_lock_url) as (coordinator, waker, store, theirs):
         seen = {"version": store.version()}
         reads: list[float] = []
         got: list[ControlState | BackendError] = []
@@ -73,9 +86,6 @@ def test_the_worker_reads_the_control_on_its_own_and_wakes_the_scheduler_only_on
         _until(lambda: len(reads) >= count + 5)
         coordinator.drain()
         assert waker.wakes == wakes and len(got) == 2
-    finally:
-        coordinator.close()
-        other.close()
 
 
 def test_without_a_worker_the_caller_times_the_reads() -> None:
@@ -123,14 +133,7 @@ def test_the_worker_reads_the_control_when_a_writer_publishes_and_rarely_else(
 ) -> None:
     from pyjob.core.backendcalls import SUBSCRIBED_EVERY
 
-    clock = SystemClock()
-    waker = CountingWaker()
-    coordinator = Coordinator(clock, "a", waker, lambda *a, **k: None)
-    other = open_backend(fleet_lock_url, None, clock)
-    try:
-        store = control_for(coordinator.open(fleet_lock_url))
-        theirs = control_for(other)
-        assert store is not None and theirs is not None
+    with _two_hosts(fleet_lock_url) as (coordinator, waker, store, theirs):
         seen = {"version": store.version()}
         reads: list[float] = []
         got: list[ControlState | BackendError] = []
@@ -188,9 +191,6 @@ def test_the_worker_reads_the_control_when_a_writer_publishes_and_rarely_else(
         time.sleep(0.5)  # the read that follows the new subscription is done
         told(2)
         assert len(got) == 2
-    finally:
-        coordinator.close()
-        other.close()
     _until(lambda: _listeners(fleet_lock_url) == [])  # closed with the process's backends
 
 

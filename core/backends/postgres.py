@@ -277,13 +277,18 @@ class PostgresBackend:
         self._clock = SystemClock()
         self._server = BackendClock(timeout)
 
+    def connect(self, **options: Any) -> Any:
+        """A new connection, autocommit, every wait for the server bounded by the timeout
+        (``options``: more libpq parameters)."""
+        conn = self._cls.connect(
+            self._dsn, autocommit=True, connect_timeout=max(1, round(self.timeout)), **options
+        )
+        conn.call_timeout = self.timeout
+        return conn
+
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
-            cls = self._cls
-            self._conn = cls.connect(
-                self._dsn, autocommit=True, connect_timeout=max(1, round(self.timeout))
-            )
-            self._conn.call_timeout = self.timeout
+            self._conn = self.connect()
             self._conn.execute(f"SET statement_timeout = {int(self.timeout * 1000)}")
         if not self._schema_ready:
             try:
