@@ -299,7 +299,7 @@ class RedisControl:
     def subscribe(self) -> RedisFeed:
         """The control's channel, on a connection of its own (the backend keeps one for its
         calls): the worker waits on it, and reads the version when a writer publishes."""
-        return RedisFeed(self._r.connection_pool, self._channel(), self.url, self._errors)
+        return RedisFeed(self._r.connection_pool, self._channel(), self.url)
 
     def pause(self, jobs: Sequence[str], by: str, now_us: int) -> None:
         def build(pipe: Any) -> None:
@@ -331,9 +331,7 @@ class RedisFeed:
     between the two would be lost). TCP keepalive ends one whose server went away without a
     word. What a message says is never read: it only says that something changed."""
 
-    def __init__(
-        self, pool: Any, channel: str, url: str, errors: tuple[type[BaseException], ...]
-    ) -> None:
+    def __init__(self, pool: Any, channel: str, url: str) -> None:
         import socket
 
         import redis
@@ -352,7 +350,6 @@ class RedisFeed:
             "socket_keepalive_options": options,
         }
         own = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-        self._errors = errors
         client: Any = redis.Redis(connection_pool=own)
         self._ps = client.pubsub()
         try:
@@ -380,8 +377,11 @@ class RedisFeed:
             return False
 
     def close(self) -> None:
-        with contextlib.suppress(*self._errors):
+        # Called on the worker when a feed ends, outside its error policy: whatever a broken
+        # connection raises here must not end the worker (and with it the URL's claims).
+        with contextlib.suppress(Exception):
             self._ps.close()
+        with contextlib.suppress(Exception):
             self._ps.connection_pool.disconnect()
 
 
@@ -478,7 +478,6 @@ class PostgresFeed:
     TCP keepalive ends one whose server went away without a word."""
 
     def __init__(self, backend: Any) -> None:
-        self._errors = (backend._psycopg.Error, OSError)
         self._conn: Any = None
         try:
             self._conn = backend.connect(
@@ -500,7 +499,7 @@ class PostgresFeed:
 
     def close(self) -> None:
         if self._conn is not None:
-            with contextlib.suppress(*self._errors):
+            with contextlib.suppress(Exception):  # on the worker, as RedisFeed.close
                 self._conn.close()
 
 

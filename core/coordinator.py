@@ -27,9 +27,11 @@ call (one typed class per kind, core/backendcalls.py) goes through here with one
   RECORD_RETRY_MAX) once the time comes, when no claim, renewal or release is waiting. The
   pending records are bounded (PENDING_MAX, each under 5 KiB: the output tail is 4 KiB at most):
   past it the oldest is dropped, and said so. A registration that failed is retried with them,
-  and every registration is written again every REREGISTER_EVERY seconds (one deleted or damaged
-  comes back without a restart). ``close`` tries what is pending until its ``wait`` is over.
-  No record of a tick more than AHEAD_LIMIT ahead of the backend's clock is written (DESIGN §8).
+  and every registration is checked once every REREGISTER_EVERY seconds, a share at each
+  heartbeat, and written again when gone or changed; all of them are written again at once when
+  a heartbeat finds the instance's last one gone (the backend lost what it kept). ``close``
+  tries what is pending until its ``wait`` is over. No record of a tick more than AHEAD_LIMIT
+  ahead of the backend's clock is written (DESIGN §8).
 
 With ``threaded=False`` (tests with a fake clock) calls run at once on the caller's thread, and
 their results are still delivered by ``drain()``, so the order of events does not depend on it.

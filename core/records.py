@@ -141,7 +141,15 @@ class RecordStore(Protocol):
         """``instance`` serves ``jobs``; also a heartbeat."""
         ...
 
-    def heartbeat(self, instance: InstanceInfo) -> None: ...
+    def heartbeat(self, instance: InstanceInfo) -> bool:
+        """Write it; False when the instance's last one was not there to replace (deleted,
+        flushed, lost with a database restored): what it registered may be gone as well."""
+        ...
+
+    def missing(self, jobs: Sequence[JobInfo], instance: str) -> list[JobInfo]:
+        """Those of ``jobs`` whose registration by ``instance`` is gone or differs (a check
+        that writes nothing, much cheaper than ``register``)."""
+        ...
 
     def jobs(self) -> list[JobInfo]:
         """Every job registered, with the instances that registered it."""
@@ -221,8 +229,11 @@ class RetryingReader:
     def register(self, jobs: Sequence[JobInfo], instance: InstanceInfo) -> None:
         self.store.register(jobs, instance)
 
-    def heartbeat(self, instance: InstanceInfo) -> None:
-        self.store.heartbeat(instance)
+    def heartbeat(self, instance: InstanceInfo) -> bool:
+        return self.store.heartbeat(instance)
+
+    def missing(self, jobs: Sequence[JobInfo], instance: str) -> list[JobInfo]:
+        return self.store.missing(jobs, instance)
 
     def jobs(self) -> list[JobInfo]:
         out: list[JobInfo] = self._twice(self.store.jobs)

@@ -262,13 +262,15 @@ def test_a_restart_on_a_non_utf8_mark_refuses_that_job_and_runs_the_other_of_its
 
 def test_a_damaged_registration_is_written_again_within_minutes(tmp_path: Path) -> None:
     """A registration file damaged (or deleted, on any backend) while the instance runs is
-    written again whole every few minutes, so `status` lists the job again without a restart."""
+    found by the periodic check and written again, so `status` lists the job again without a
+    restart."""
     from datetime import UTC, datetime
 
     from pyjob.core.backendcalls import RegisterCall
     from pyjob.core.clock import FakeClock, Waker
     from pyjob.core.coordinator import Coordinator
     from pyjob.core.records import InstanceInfo, JobInfo
+    from pyjob.core.recordwrites import REREGISTER_EVERY
 
     lock = tmp_path / "locks"
     url = f"file:{lock}"
@@ -279,11 +281,84 @@ def test_a_damaged_registration_is_written_again_within_minutes(tmp_path: Path) 
     coordinator.register(url, RegisterCall([JobInfo("nightly", "@daily", "UTC", "backup")], me))
     (lock / "nightly" / "job.json").write_bytes(GARBAGE)
     assert "nightly" not in status_jobs(url)  # skipped as damaged, not a traceback
-    for _ in range(2):  # 5 minutes on; a heartbeat finds it time, the next call writes it
-        clock.advance(151)
+    for _ in range(2):  # a check period on; a heartbeat finds it damaged, the next call writes it
+        clock.advance(REREGISTER_EVERY / 2 + 1)
         coordinator.heartbeat(me)
     coordinator.heartbeat(me)
     assert "nightly" in status_jobs(url)
+
+
+def test_registrations_are_checked_a_share_at_each_heartbeat_and_only_the_damaged_rewritten(
+    tmp_path: Path,
+) -> None:
+    """Every registration is checked once a period, a share at each heartbeat (an even cost,
+    where writing all of them again at once cost a 10,000-job instance 6 s of CPU); only the
+    ones damaged are written again."""
+    from datetime import UTC, datetime
+
+    from pyjob.core.backendcalls import RegisterCall
+    from pyjob.core.clock import FakeClock, Waker
+    from pyjob.core.coordinator import Coordinator
+    from pyjob.core.records import InstanceInfo, JobInfo
+    from pyjob.core.recordwrites import REREGISTER_EVERY
+
+    lock = tmp_path / "locks"
+    url = f"file:{lock}"
+    clock = FakeClock(datetime(2026, 12, 1, tzinfo=UTC))
+    coordinator = Coordinator(clock, "i0", Waker(), lambda *a, **k: None, threaded=False)
+    coordinator.open(url)
+    me = InstanceInfo("i0", "host", 1, "0", seen_us=int(time.time() * 1e6))
+    jobs = [JobInfo(f"j{n}", "@daily", "UTC", f"echo {n}") for n in range(10)]
+    coordinator.register(url, RegisterCall(jobs, me))
+    store = coordinator._links[coordinator.key(url)].records
+    assert store is not None
+    checked: list[list[str]] = []
+    check = store.missing
+    store.missing = lambda js, i: checked.append([j.job for j in js]) or check(js, i)  # type: ignore[method-assign]
+    (lock / "j7" / "job.json").write_bytes(GARBAGE)
+    (lock / "j2" / "instances" / "i0").unlink()
+    written = {p: p.stat().st_mtime_ns for p in lock.glob("*/job.json")}
+    for _ in range(5):
+        clock.advance(REREGISTER_EVERY / 5)
+        coordinator.heartbeat(me)
+    assert [len(c) for c in checked] == [2, 2, 2, 2, 2]
+    assert sorted(j for c in checked for j in c) == sorted(j.job for j in jobs)
+    coordinator.heartbeat(me)  # the call after the check writes what it found
+    assert (lock / "j7" / "job.json").read_text() == jobs[7].to_json()
+    assert (lock / "j2" / "instances" / "i0").exists()
+    rewritten = {p.parent.name for p, t in written.items() if p.stat().st_mtime_ns != t}
+    assert rewritten <= {"j2", "j7"}  # the others were read, not written
+
+
+def test_the_check_of_a_registration_stats_it_and_reads_it_again_only_when_it_changed(
+    scheme: str, tmp_path: Path
+) -> None:
+    from pyjob.core.records import InstanceInfo, JobInfo
+
+    d = tmp_path / "locks"
+    store = _open(f"{scheme}:{d}").records()
+    assert store is not None
+    job = JobInfo("nightly", "@daily", "UTC", "backup")
+    store.register([job], InstanceInfo("i0", "host", 1, "0"))
+    assert store.missing([job], "i0") == []
+    path = d / "nightly" / "job.json"
+    reads = []
+    real_open = os.open
+
+    def counting_open(p: Any, *args: Any, **kwargs: Any) -> int:
+        reads.append(str(p))
+        return real_open(p, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "open", counting_open)
+        assert store.missing([job], "i0") == []
+        assert reads == []  # found right before, unchanged since: only stated
+        time.sleep(0.01)  # a later modification time
+        path.write_text(path.read_text().replace("backup", "BACKUP"))  # same size, other bytes
+        assert store.missing([job], "i0") == [job]
+        assert reads == [str(path)]
+    path.write_text(job.to_json())
+    assert store.missing([job], "i0") == []
 
 
 def test_a_file_where_one_jobs_directory_should_be_refuses_that_job_only(

@@ -147,6 +147,115 @@ def test_records_older_than_the_max_age_are_pruned(fleet_lock_url: str) -> None:
     backend.close()
 
 
+def test_missing_names_the_registrations_gone_or_changed_and_writes_nothing(
+    fleet_lock_url: str,
+) -> None:
+    """The periodic check of an instance's registrations: a read on every backend, which names
+    a job registered with another document, or not by this instance, and no other."""
+    from pyjob.core.backends import open_backend
+    from pyjob.core.records import InstanceInfo, JobInfo
+
+    backend = open_backend(fleet_lock_url)
+    backend.check()
+    store = backend.records()
+    assert store is not None
+    jobs = [JobInfo(f"job {n}", "@hourly", "UTC", f"echo {n}") for n in range(4)]
+    jobs.append(JobInfo("job é 🙂", "@hourly", "UTC", "echo 'é 🙂'"))  # not ASCII
+    me = InstanceInfo("i0", "host", 1, "0", seen_us=int(time.time() * 1e6))
+    store.register(jobs, me)
+    assert store.missing(jobs, "i0") == []
+    assert store.missing(jobs[1:3], "i1") == jobs[1:3]  # another instance registered nothing
+    store.register([JobInfo("job 3", "@daily", "UTC", "echo 3")], me)  # written over
+    assert store.missing(jobs, "i0") == [jobs[3]]
+    assert store.missing([*jobs, JobInfo("new", "@daily", "UTC", "x")], "i0")[-1].job == "new"
+    assert store.missing(jobs, "i0") == [jobs[3]]  # the check wrote nothing
+    store.register([jobs[3]], me)
+    assert store.missing(jobs, "i0") == []
+    backend.close()
+
+
+def _wipe(url: str) -> None:
+    """Everything pyjob keeps in the backend of ``url`` gone at once: a FLUSHDB, a database's
+    tables emptied, a key prefix deleted, a lock directory removed."""
+    if url.startswith("redis"):
+        import redis
+
+        redis.Redis.from_url(url).flushdb()
+    elif url.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("TRUNCATE pyjob_jobs, pyjob_job_instances, pyjob_instances, pyjob_runs")
+    elif url.startswith("etcd"):
+        from pyjob.core.backends import open_backend
+
+        backend: Any = open_backend(url)
+        try:
+            prefix = backend.prefix + "/"
+            body = {"key": _b64(prefix), "range_end": _b64(prefix[:-1] + "0")}
+            backend.call("/v3/kv/deleterange", body, "wiped")
+        finally:
+            backend.close()
+    else:
+        import shutil
+
+        shutil.rmtree(url.split(":", 1)[1])
+
+
+def _b64(text: str) -> str:
+    import base64
+
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_a_heartbeat_says_whether_the_one_before_it_was_there(fleet_lock_url: str) -> None:
+    from pyjob.core.backends import open_backend
+    from pyjob.core.records import InstanceInfo, JobInfo
+
+    backend = open_backend(fleet_lock_url)
+    backend.check()
+    store = backend.records()
+    assert store is not None
+    me = InstanceInfo("i0", "host", 1, "0", seen_us=int(time.time() * 1e6))
+    store.register([JobInfo("nightly", "@daily", "UTC", "backup")], me)
+    assert store.heartbeat(me)
+    assert store.heartbeat(me)
+    backend.close()
+    _wipe(fleet_lock_url)
+    backend = open_backend(fleet_lock_url)
+    backend.check()
+    store = backend.records()
+    assert store is not None
+    found = store.heartbeat(me)
+    # file: and nfs: write what was registered again themselves (the store of a fresh process
+    # holds nothing, so here nothing), and say the heartbeat was found only when they did.
+    assert not found
+    assert store.heartbeat(me)
+    backend.close()
+
+
+def test_an_instance_registers_again_at_its_next_heartbeat_after_a_wipe(
+    fleet_lock_url: str, tmp_path: Path
+) -> None:
+    """Everything pyjob kept in the backend is lost (a FLUSHDB, a restored backup): the next
+    heartbeat finds its own last one gone, and the instance writes what it registered again
+    then, so `status` lists its jobs within seconds, not at the periodic check."""
+    args = ["--every", "300ms", "--align", "--lease-ttl", "3s", "--lock", fleet_lock_url]
+    run = PyjobRun([*args, "--name", "wiped", "--", "true"], tmp_path)
+    run.wait_for("run-finished", timeout=30)
+    assert "wiped" in status(fleet_lock_url)
+    _wipe(fleet_lock_url)
+    deadline = time.monotonic() + 20  # heartbeats every second (a third of the lease)
+    jobs: dict[str, dict[str, Any]] = {}
+    while time.monotonic() < deadline:
+        jobs = status(fleet_lock_url)
+        if jobs.get("wiped", {}).get("instances"):
+            break
+        time.sleep(0.3)
+    assert jobs.get("wiped", {}).get("instances"), jobs
+    assert run.stop() == 0
+
+
 def test_a_failing_record_write_never_skips_a_run(tmp_path: Path) -> None:
     lock = tmp_path / "locks"
     lock.mkdir(mode=0o700)

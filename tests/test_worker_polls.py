@@ -242,3 +242,39 @@ def test_when_the_read_after_a_new_subscription_fails_the_first_answer_stands(
         assert got == ["first"]
     finally:
         coordinator.close()
+
+
+@pytest.mark.parametrize("fleet_lock_url", ["redis", "postgresql"], indirect=True)
+def test_a_feed_whose_connection_raises_anything_as_it_closes_ends_no_worker(
+    fleet_lock_url: str,
+) -> None:
+    """A feed is closed on the worker when it ends, outside the worker's error policy: what the
+    client library raises from a broken connection (not always its own error class) is not
+    allowed out, or the worker, and every claim of the URL with it, would end."""
+    coordinator = Coordinator(SystemClock(), "a", Waker(), lambda *a, **k: None)
+    try:
+        store = control_for(coordinator.open(fleet_lock_url))
+        assert store is not None
+        feeds: list[Any] = []
+
+        def subscribe() -> Any:
+            feed = store.subscribe()  # type: ignore[attr-defined]
+            inner = feed._ps if hasattr(feed, "_ps") else feed._conn
+            close = inner.close
+
+            def broken() -> None:
+                close()
+                raise RuntimeError("not the client's error class")
+
+            inner.close = broken
+            feeds.append(feed)
+            return feed
+
+        assert coordinator.every(fleet_lock_url, 0.1, lambda: None, print, subscribe)
+        for made in (2, 3):  # the feed ends: closed, then made anew, by a worker that lives on
+            before = made - 1
+            _until(lambda: len(feeds) == before and len(_listeners(fleet_lock_url)) == 1)  # noqa: B023
+            _kill_listeners(fleet_lock_url)
+            _until(lambda: len(feeds) == before + 1)  # noqa: B023
+    finally:
+        coordinator.close()

@@ -100,13 +100,37 @@ class EtcdRecords:
         self._txn(ops, "jobs not registered")
         self.heartbeat(instance)
 
-    def heartbeat(self, instance: InstanceInfo) -> None:
+    def heartbeat(self, instance: InstanceInfo) -> bool:
         key = f"{self._p}/registry/instance/{instance.instance}"
-        self._b.call(
+        reply = self._b.call(
             "/v3/kv/put",
-            {"key": b64(key), "value": b64(instance.to_json())},
+            {"key": b64(key), "value": b64(instance.to_json()), "prev_kv": True},
             "heartbeat not written",
         )
+        return bool(reply.get("prev_kv"))
+
+    def missing(self, jobs: Sequence[JobInfo], instance: str) -> list[JobInfo]:
+        """Two range reads over the names of ``jobs`` (a share of the registrations, in order:
+        the range holds little else), where writing them again would be a transaction for
+        every 50 jobs and a new revision of each key."""
+        if not jobs:
+            return []
+        names = sorted(safe_name(j.job) for j in jobs)
+        info, serves = f"{self._p}/registry/job/", f"{self._p}/registry/serves/"
+        what = "registrations not read"
+        docs = {
+            unb64(kv["key"])[len(info) :]: unb64(kv.get("value"))
+            for kv in self._kvs(_range(info + names[0], info + names[-1] + "\0"), what)
+        }
+        end = range_end(serves + names[-1] + "/")
+        mine = {
+            key[len(serves) :].partition("/")[0]
+            for kv in self._kvs(_range(serves + names[0] + "/", end, keys_only=True), what)
+            if (key := unb64(kv["key"])).endswith("/" + instance)
+        }
+        return [
+            j for j in jobs if docs.get(name := safe_name(j.job)) != j.to_json() or name not in mine
+        ]
 
     def jobs(self) -> list[JobInfo]:
         infos = self._kvs(_range(f"{self._p}/registry/job/"), "jobs not read")

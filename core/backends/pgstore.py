@@ -102,13 +102,28 @@ class PostgresRecords:
             )
         self.heartbeat(instance)
 
-    def heartbeat(self, instance: InstanceInfo) -> None:
-        self._exec(
+    def missing(self, jobs: Sequence[JobInfo], instance: str) -> list[JobInfo]:
+        if not jobs:
+            return []
+        rows = self._exec(
+            "registrations not read",
+            "SELECT n FROM unnest(%s::text[], %s::jsonb[]) WITH ORDINALITY AS v(job, info, n) "
+            "WHERE NOT EXISTS (SELECT 1 FROM pyjob_jobs j WHERE j.job = v.job AND j.info = v.info)"
+            " OR NOT EXISTS (SELECT 1 FROM pyjob_job_instances i"
+            " WHERE i.job = v.job AND i.instance = %s)",
+            ([j.job for j in jobs], [j.to_json() for j in jobs], instance),
+        )
+        return [jobs[int(n) - 1] for (n,) in rows]
+
+    def heartbeat(self, instance: InstanceInfo) -> bool:
+        rows = self._exec(
             "heartbeat not written",
             "INSERT INTO pyjob_instances (instance, info) VALUES (%s, %s::jsonb) "
-            "ON CONFLICT (instance) DO UPDATE SET info = EXCLUDED.info",
+            "ON CONFLICT (instance) DO UPDATE SET info = EXCLUDED.info "
+            "RETURNING xmax <> 0",  # 0: a row inserted, not one updated
             (instance.instance, instance.to_json()),
         )
+        return bool(rows and rows[0][0])
 
     def jobs(self) -> list[JobInfo]:
         rows = self._exec(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,21 @@ end
 return 1
 """
 
+# ARGV[1]: the instance; ARGV[2]: a JSON list of [job, its safe name, its registration]; the
+# 0-based indexes of those whose registration, membership of pyjob:jobs or instance entry is
+# gone or differs. One argument however many jobs: redis-py packs each argument in Python.
+_MISSING = """
+local me, jobs, out = ARGV[1], cjson.decode(ARGV[2]), {}
+for i, j in ipairs(jobs) do
+  local p = 'pyjob:' .. j[2]
+  if redis.call('GET', p .. ':info') ~= j[3]
+      or redis.call('SISMEMBER', p .. ':instances', me) == 0
+      or redis.call('SISMEMBER', 'pyjob:jobs', j[1]) == 0 then
+    out[#out + 1] = i - 1
+  end
+end
+return out
+"""
 
 _SLICE = 10_000  # jobs per SADD and MSET when registering
 _READ_SLICE = 1_000  # jobs per pipeline when reading many jobs' records
@@ -50,6 +66,7 @@ class RedisRecords:
         self.url = url
         self._errors = errors
         self._put = client.register_script(_PUT)
+        self._missing = client.register_script(_MISSING)
 
     def _k(self, job: str, part: str) -> str:
         return f"pyjob:{safe_name(job)}:{part}"
@@ -82,9 +99,28 @@ class RedisRecords:
 
         self._call("jobs not registered", go)
 
-    def heartbeat(self, instance: InstanceInfo) -> None:
+    def heartbeat(self, instance: InstanceInfo) -> bool:
         key = f"pyjob:instance:{instance.instance}"
-        self._call("heartbeat not written", lambda: self._r.set(key, instance.to_json(), ex=86400))
+
+        def go() -> bool:
+            pipe = self._r.pipeline(transaction=False)  # one round trip
+            pipe.exists(key)
+            pipe.set(key, instance.to_json(), ex=86400)
+            return bool(pipe.execute()[0])
+
+        found: bool = self._call("heartbeat not written", go)
+        return found
+
+    def missing(self, jobs: Sequence[JobInfo], instance: str) -> list[JobInfo]:
+        out: list[JobInfo] = []
+        for i in range(0, len(jobs), _SLICE):
+            part = jobs[i : i + _SLICE]
+            args = [instance, json.dumps([[j.job, safe_name(j.job), j.to_json()] for j in part])]
+            found = self._call(
+                "registrations not read", lambda a=args: self._missing(keys=[], args=a)
+            )
+            out += [part[int(n)] for n in found]
+        return out
 
     def jobs(self) -> list[JobInfo]:
         def go() -> list[JobInfo]:
