@@ -123,6 +123,16 @@ class RecordsNotWritten(BackendError):
         self.unwritten = unwritten
 
 
+class RegistrationsNotWritten(BackendError):
+    """The registrations of these jobs were not written, the others were: a store that writes
+    them one by one (file:, nfs:) says which, so that one job's broken directory holds back
+    neither the other jobs' registrations nor any record."""
+
+    def __init__(self, message: str, jobs: set[str]) -> None:
+        super().__init__(message)
+        self.jobs = jobs
+
+
 # Records per write on a store whose batch is one round trip (one statement, one pipeline).
 RECORD_BATCH = 500
 
@@ -143,7 +153,7 @@ class RecordStore(Protocol):
 
     def heartbeat(self, instance: InstanceInfo) -> bool:
         """Write it; False when the instance's last one was not there to replace (deleted,
-        flushed, lost with a database restored): what it registered may be gone as well."""
+        flushed, a backup from before it restored): what it registered may be gone as well."""
         ...
 
     def missing(self, jobs: Sequence[JobInfo], instance: str) -> list[JobInfo]:
@@ -267,6 +277,7 @@ __all__ = [
     "JobInfo",
     "RecordStore",
     "RecordsNotWritten",
+    "RegistrationsNotWritten",
     "RetryingReader",
     "RunRecord",
 ]

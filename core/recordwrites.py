@@ -30,7 +30,6 @@ from .backendcalls import (
 from .backends import Backend
 from .backends.protocol import AHEAD_LIMIT, Lease
 from .clock import Clock, Waker
-from .errors import BackendError
 from .outage import Outage
 from .records import (
     RECORD_BATCH,
@@ -38,6 +37,7 @@ from .records import (
     JobInfo,
     RecordsNotWritten,
     RecordStore,
+    RegistrationsNotWritten,
     RunRecord,
 )
 
@@ -214,10 +214,15 @@ class RecordWrites:
                 jobs = link.unregistered
                 new = any(link.written.get(job) != info for job, info in jobs.items())
                 generation = link.generation + new
-                store.register(list(jobs.values()), replace(link.me, registered=generation))
+                refused: set[str] = set()
+                try:
+                    store.register(list(jobs.values()), replace(link.me, registered=generation))
+                except RegistrationsNotWritten as e:  # the others were: their jobs' own paths
+                    refused = e.jobs
+                    self.report_refused(e)
                 link.generation = generation
-                link.written.update(jobs)
-                link.unregistered = {}
+                link.written.update((k, v) for k, v in jobs.items() if k not in refused)
+                link.unregistered = {}  # the refused: tried again when the check finds them
             batch = list(itertools.islice(link.pending.values(), store.batch))
             for record in self.invented(link, [r for r, _ in batch]):
                 del link.pending[(record.job, record.tick_us)]
@@ -272,6 +277,16 @@ class RecordWrites:
             unwritten |= {(r.job, r.tick_us) for r in records}
         return unwritten, failure
 
+    def report_refused(self, e: RegistrationsNotWritten) -> None:
+        for job in sorted(e.jobs):
+            self.report(
+                job,
+                None,
+                "backend-error",
+                error=str(e),
+                action="registration written again when a check finds it missing; runs go on",
+            )
+
     def report_unwritten(self, link: Link, e: Exception) -> None:
         """A backend-error per job whose records wait, once until they are written."""
         jobs = {job for job, _ in link.pending} | set(link.unregistered)
@@ -323,16 +338,19 @@ class RecordWrites:
                 link.outage.unsent(0)
             call.tried.set()
             return
-        if isinstance(call, HeartbeatCall) and link.registered and not self.recheck(link, call):
-            return  # the backend failed: the heartbeat waits for the next, as the check does
         what = "heartbeat" if isinstance(call, HeartbeatCall) else "prune"
         try:
             if isinstance(call, HeartbeatCall):
                 found = store.heartbeat(replace(call.me, registered=link.generation))
                 if not found and link.written:
-                    # Its last heartbeat was gone (a flush, a deletion, a restored backup):
-                    # what it registered is written again now, not at the periodic check.
+                    # Its last heartbeat was gone (a FLUSHDB, the tables or the directory
+                    # emptied): what it registered is written again now, not at the periodic
+                    # check, and counts as new (``generation`` moves on), so that a reader who
+                    # read the registry in the gap reads it again once it is back.
+                    link.written.clear()
                     self.owe(link, call.me, link.registered.values())
+                elif link.registered:
+                    self.recheck(link, call)
             else:
                 store.prune(call.jobs, call.keep, call.oldest_us)
         except Exception as e:
@@ -341,40 +359,39 @@ class RecordWrites:
                 "*", None, "backend-error", error=str(e), action=f"{what} later; runs go on"
             )
 
-    def recheck(self, link: Link, call: HeartbeatCall) -> bool:
-        """Check the share of the registrations due since the last heartbeat, so that each is
-        checked once every REREGISTER_EVERY seconds and the cost is spread evenly (a whole
-        rewrite at once cost an instance of 10,000 jobs on file: 6 s of CPU); the ones missing
+    def recheck(self, link: Link, call: HeartbeatCall) -> None:
+        """After a heartbeat written: check the share of the registrations due since the last,
+        so that each is checked once every REREGISTER_EVERY seconds and the cost is even (a
+        whole rewrite at once cost an instance of 10,000 jobs on file: 6 s of CPU); those gone
         or damaged (a file, a key, a row someone deleted or wrote over) are written again with
-        the owed writes, without a restart. A check that fails is said, and its share checked
-        at the next heartbeat; False when the backend failed it (one bounded call a heartbeat:
-        the heartbeat is not tried after it)."""
+        the owed writes. A check that fails is said, and its share waits for the next period:
+        it never keeps a heartbeat from being written, nor piles up a larger share."""
         store = link.records
         assert store is not None
         now = self.clock.monotonic()
         order = link.check_order
         due = link.check_credit + len(order) * max(0.0, now - link.checked_at) / REREGISTER_EVERY
-        link.check_credit = min(due, float(len(order)))
         link.checked_at = now
-        count = int(link.check_credit)
+        count = min(int(due), len(order))
+        link.check_credit = due - count if count < len(order) else 0.0  # none twice a period
         if not count:
-            return True
+            return
         first = link.check_next % len(order)
+        link.check_next = (first + count) % len(order)
         names = (order[first:] + order[:first])[:count]
         try:
             damaged = store.missing([link.registered[n] for n in names], call.me.instance)
-        except Exception as e:  # a backend bug too: tried again at the next heartbeat
-            failed = isinstance(e, BackendError)
-            if failed:
-                link.outage.failed(str(e))
-            action = "heartbeat later" if failed else "registrations checked at the next heartbeat"
-            self.report("*", None, "backend-error", error=str(e), action=f"{action}; runs go on")
-            return not failed
-        link.check_credit -= count
-        link.check_next = (first + count) % len(order)
+        except Exception as e:  # a backend bug too
+            self.report(
+                "*",
+                None,
+                "backend-error",
+                error=str(e),
+                action="registrations checked again later; runs go on",
+            )
+            return
         if damaged:
             self.owe(link, call.me, damaged)
-        return True
 
     def owe(self, link: Link, me: InstanceInfo, jobs: Iterable[JobInfo]) -> None:
         """Registrations to write again with the owed writes: at once, or at the retry."""

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -359,6 +360,81 @@ def test_the_check_of_a_registration_stats_it_and_reads_it_again_only_when_it_ch
         assert reads == [str(path)]
     path.write_text(job.to_json())
     assert store.missing([job], "i0") == []
+
+
+def test_a_jobs_first_record_makes_its_runs_directory_and_a_deleted_job_registers_again(
+    scheme: str, tmp_path: Path
+) -> None:
+    """A registration makes the job's directory, its file and its instance's mark, no runs
+    directory: the first record makes that, without taking the job for deleted. A job whose
+    whole directory was deleted is registered again by its next record."""
+    from pyjob.core.records import InstanceInfo, JobInfo, RunRecord
+
+    d = tmp_path / "locks"
+    store = _open(f"{scheme}:{d}").records()
+    assert store is not None
+    job = JobInfo("nightly", "@daily", "UTC", "backup")
+    store.register([job], InstanceInfo("i0", "host", 1, "0"))
+    assert sorted(p.name for p in (d / "nightly").iterdir()) == ["instances", "job.json"]
+    assert stat.S_IMODE((d / "nightly" / "instances").stat().st_mode) == 0o700
+    before = (d / "nightly" / "job.json").stat().st_mtime_ns
+    time.sleep(0.01)
+    store.put_runs([RunRecord("nightly", 1, "r1", "i0", "success")])
+    assert (d / "nightly" / "job.json").stat().st_mtime_ns == before  # not registered again
+    assert stat.S_IMODE((d / "nightly" / "runs").stat().st_mode) == 0o700
+    shutil.rmtree(d / "nightly" / "runs")  # the records alone: written again, no registration
+    store.put_runs([RunRecord("nightly", 2, "r2", "i0", "success")])
+    assert (d / "nightly" / "job.json").stat().st_mtime_ns == before
+    assert [r.run_id for r in store.runs("nightly", 10)] == ["r2"]
+    shutil.rmtree(d / "nightly")  # the whole job: its next record registers it again
+    store.put_runs([RunRecord("nightly", 3, "r3", "i0", "success")])
+    assert (d / "nightly" / "job.json").read_text() == job.to_json()
+    assert (d / "nightly" / "instances" / "i0").exists()
+    assert [r.run_id for r in store.runs("nightly", 10)] == ["r3"]
+
+
+def test_one_jobs_broken_path_holds_back_no_heartbeat_no_other_registration_no_record(
+    tmp_path: Path,
+) -> None:
+    """A job's directory becomes a symlink loop (any error of that path alone: a permission,
+    I/O): the check finds it damaged, its registration fails alone and is said, and the
+    heartbeats, the other jobs' registrations and every record are written all the same."""
+    from datetime import UTC, datetime
+
+    from pyjob.core.backendcalls import RegisterCall
+    from pyjob.core.clock import FakeClock, Waker
+    from pyjob.core.coordinator import Coordinator
+    from pyjob.core.records import InstanceInfo, JobInfo, RunRecord
+    from pyjob.core.recordwrites import REREGISTER_EVERY
+
+    lock = tmp_path / "locks"
+    url = f"file:{lock}"
+    clock = FakeClock(datetime(2026, 12, 1, tzinfo=UTC))
+    events: list[tuple[str, str]] = []
+    coordinator = Coordinator(
+        clock,
+        "i0",
+        Waker(),
+        lambda job, tick, kind, **f: events.append((job, kind)),
+        threaded=False,
+    )
+    coordinator.open(url)
+    jobs = [JobInfo(n, "@daily", "UTC", n) for n in ("a", "bad", "c")]
+    coordinator.register(url, RegisterCall(jobs, InstanceInfo("i0", "host", 1, "0")))
+    shutil.rmtree(lock / "bad")
+    (lock / "bad").symlink_to(lock / "bad")  # ELOOP for every path under it
+    (lock / "c" / "instances" / "i0").unlink()  # damage the check repairs
+    beats = lock / ".instances" / "i0.json"
+    for n in range(1, 7):
+        clock.advance(REREGISTER_EVERY / 5)
+        me = InstanceInfo("i0", "host", 1, "0", seen_us=n)
+        coordinator.heartbeat(me)
+        assert json.loads(beats.read_text())["seen_us"] == n  # every beat written
+        coordinator.record(url, RunRecord("a", n, f"r{n}", "i0", "success"), 100)
+    assert ("bad", "backend-error") in events
+    assert not [e for e in events if e[0] in ("a", "c", "*")]
+    assert (lock / "c" / "instances" / "i0").exists()
+    assert len(list((lock / "a" / "runs").iterdir())) == 6
 
 
 def test_a_file_where_one_jobs_directory_should_be_refuses_that_job_only(

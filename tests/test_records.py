@@ -161,6 +161,8 @@ def test_missing_names_the_registrations_gone_or_changed_and_writes_nothing(
     assert store is not None
     jobs = [JobInfo(f"job {n}", "@hourly", "UTC", f"echo {n}") for n in range(4)]
     jobs.append(JobInfo("job é 🙂", "@hourly", "UTC", "echo 'é 🙂'"))  # not ASCII
+    # names one of which extends another ('-' and '.' sort before '/' in keys)
+    jobs += [JobInfo(n, "@daily", "UTC", n) for n in ("backup", "backup-db", "backup.daily")]
     me = InstanceInfo("i0", "host", 1, "0", seen_us=int(time.time() * 1e6))
     store.register(jobs, me)
     assert store.missing(jobs, "i0") == []
@@ -171,6 +173,19 @@ def test_missing_names_the_registrations_gone_or_changed_and_writes_nothing(
     assert store.missing(jobs, "i0") == [jobs[3]]  # the check wrote nothing
     store.register([jobs[3]], me)
     assert store.missing(jobs, "i0") == []
+    assert store.missing(jobs[-3:], "i0") == []  # a share of them alone
+    assert store.missing(jobs[-3:-1], "i0/other") == jobs[-3:-1]  # an id with a slash
+    if fleet_lock_url.startswith("redis"):  # a key of another type: damage of that job alone
+        import redis
+        from pyjob.core.names import safe_name
+
+        server = redis.Redis.from_url(fleet_lock_url)
+        key = f"pyjob:{safe_name('backup')}:instances"
+        server.delete(key)
+        server.set(key, "not a set")
+        assert store.missing(jobs, "i0") == [jobs[-3]]
+        store.register([jobs[-3]], me)  # the set made again
+        assert store.missing(jobs, "i0") == []
     backend.close()
 
 

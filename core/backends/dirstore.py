@@ -14,6 +14,7 @@ from ..records import (
     InstanceInfo,
     JobInfo,
     RecordsNotWritten,
+    RegistrationsNotWritten,
     RunRecord,
 )
 from ..results import FINISHED, Result
@@ -34,8 +35,11 @@ def _create(path: Path, text: str) -> None:
         _write(path, text)
 
 
-def _make_dirs(path: Path) -> bool:
+def _make_dirs(path: Path | str) -> bool:
     return make_private_dirs(path)
+
+
+_MARK = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
 
 
 class DirectoryRecords:
@@ -111,7 +115,7 @@ class DirectoryRecords:
     def _put(self, r: RunRecord) -> None:
         d = self._runs_dir(r.job)
         if r.job not in self._made:
-            if _make_dirs(d) and r.job in self._registered:  # deleted since it registered
+            if self._make_runs(d) and r.job in self._registered:  # deleted since it registered
                 self._register_one(self._registered[r.job])
             self._made.add(r.job)
         path = d / f"{r.tick_us}.json"
@@ -126,26 +130,44 @@ class DirectoryRecords:
                 _write(path, text)
 
     def register(self, jobs: Sequence[JobInfo], instance: InstanceInfo) -> None:
+        """Each job on its own: RegistrationsNotWritten names those that failed."""
         self._me = instance
-        try:
-            for j in jobs:
-                self._registered[j.job] = j
+        refused: set[str] = set()
+        first: OSError | None = None
+        for j in jobs:
+            self._registered[j.job] = j
+            try:
                 self._register_one(j)
-        except OSError as e:
-            raise self._fail("jobs not registered", e) from e
+            except OSError as e:
+                refused.add(j.job)
+                first = first or e
         self.heartbeat(instance)
+        if first is not None:
+            error = self._fail("jobs not registered", first)
+            raise RegistrationsNotWritten(str(error), refused) from first
+
+    @staticmethod
+    def _make_runs(d: Path) -> bool:
+        """Make a job's runs directory; True when the job's own directory had to be made too
+        (its registration was deleted with it). A registration makes no runs directory (a
+        mkdir is the dearest step of a registration on ext4): one missing alone is the job's
+        first record, or its records deleted."""
+        gone = _make_dirs(d.parent)
+        _make_dirs(d)
+        return gone
 
     def _register_one(self, j: JobInfo) -> None:
         assert self._me is not None
-        d = self.directory / safe_name(j.job)
+        # Strings, not Paths: joining Paths cost a fifth of a 10,000-job registration.
+        d = f"{self.directory}/{safe_name(j.job)}"
         new = _make_dirs(d)  # the job's directory first: one mkdir for each of its directories
-        _make_dirs(d / "instances")
-        _make_dirs(d / "runs")  # so that the job's first record does not take it for a deletion
+        _make_dirs(f"{d}/instances")
         if new:
-            _create(d / "job.json", j.to_json())
+            _create(Path(d, "job.json"), j.to_json())
         else:
-            _write(d / "job.json", j.to_json())
-        (d / "instances" / safe_name(self._me.instance)).touch()
+            _write(Path(d, "job.json"), j.to_json())
+        # The mark is an empty file whose name is all it says: made, not touched.
+        os.close(os.open(f"{d}/instances/{safe_name(self._me.instance)}", _MARK, 0o600))
 
     def heartbeat(self, instance: InstanceInfo) -> bool:
         d = self.directory / ".instances"
@@ -183,6 +205,10 @@ class DirectoryRecords:
                         self._verified[j.job] = seen
                     same = same and os.path.exists(f"{d}/instances/{me}")
                 except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                    same = False
+                except OSError:  # a loop, a permission, I/O: damage of this job's path alone,
+                    if not os.path.isdir(self.directory):  # unless the directory fails too
+                        raise
                     same = False
                 if not same:
                     out.append(j)

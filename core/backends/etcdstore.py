@@ -122,14 +122,16 @@ class EtcdRecords:
             unb64(kv["key"])[len(info) :]: unb64(kv.get("value"))
             for kv in self._kvs(_range(info + names[0], info + names[-1] + "\0"), what)
         }
-        end = range_end(serves + names[-1] + "/")
-        mine = {
-            key[len(serves) :].partition("/")[0]
-            for kv in self._kvs(_range(serves + names[0] + "/", end, keys_only=True), what)
-            if (key := unb64(kv["key"])).endswith("/" + instance)
-        }
+        # "backup-db/" sorts before "backup/" ('-' and '.' before '/'): the bounds are those of
+        # the prefixes themselves, not of the names.
+        prefixes = sorted(f"{serves}{n}/" for n in names)
+        body = _range(prefixes[0], range_end(prefixes[-1]), keys_only=True)
+        keys = {unb64(kv["key"]) for kv in self._kvs(body, what)}
         return [
-            j for j in jobs if docs.get(name := safe_name(j.job)) != j.to_json() or name not in mine
+            j
+            for j in jobs
+            if docs.get(name := safe_name(j.job)) != j.to_json()
+            or f"{serves}{name}/{instance}" not in keys
         ]
 
     def jobs(self) -> list[JobInfo]:

@@ -37,20 +37,47 @@ return 1
 # ARGV[1]: the instance; ARGV[2]: a JSON list of [job, its safe name, its registration]; the
 # 0-based indexes of those whose registration, membership of pyjob:jobs or instance entry is
 # gone or differs. One argument however many jobs: redis-py packs each argument in Python.
+# pcall: a key of another type (someone's SET over a set) is damage of that job, not an error
+# of the whole check.
 _MISSING = """
 local me, jobs, out = ARGV[1], cjson.decode(ARGV[2]), {}
 for i, j in ipairs(jobs) do
   local p = 'pyjob:' .. j[2]
-  if redis.call('GET', p .. ':info') ~= j[3]
-      or redis.call('SISMEMBER', p .. ':instances', me) == 0
-      or redis.call('SISMEMBER', 'pyjob:jobs', j[1]) == 0 then
+  if redis.pcall('GET', p .. ':info') ~= j[3]
+      or redis.pcall('SISMEMBER', p .. ':instances', me) ~= 1
+      or redis.pcall('SISMEMBER', 'pyjob:jobs', j[1]) ~= 1 then
     out[#out + 1] = i - 1
   end
 end
 return out
 """
 
-_SLICE = 10_000  # jobs per SADD and MSET when registering
+# The same argument; a set that is not one (damaged) is replaced.
+_REGISTER = """
+local me, jobs = ARGV[1], cjson.decode(ARGV[2])
+local function sadd(key, member)
+  local r = redis.pcall('SADD', key, member)
+  if type(r) == 'table' and r.err then
+    redis.call('DEL', key)
+    redis.call('SADD', key, member)
+  end
+end
+for _, j in ipairs(jobs) do
+  local p = 'pyjob:' .. j[2]
+  sadd('pyjob:jobs', j[1])
+  redis.call('SET', p .. ':info', j[3])
+  sadd(p .. ':instances', me)
+end
+return #jobs
+"""
+
+
+def _triples(jobs: Sequence[JobInfo]) -> str:
+    """The argument of _MISSING and _REGISTER: [job, its safe name, its registration] each."""
+    return json.dumps([[j.job, safe_name(j.job), j.to_json()] for j in jobs])
+
+
+_SLICE = 10_000  # jobs per script call when registering or checking registrations
 _READ_SLICE = 1_000  # jobs per pipeline when reading many jobs' records
 
 
@@ -67,6 +94,7 @@ class RedisRecords:
         self._errors = errors
         self._put = client.register_script(_PUT)
         self._missing = client.register_script(_MISSING)
+        self._register = client.register_script(_REGISTER)
 
     def _k(self, job: str, part: str) -> str:
         return f"pyjob:{safe_name(job)}:{part}"
@@ -85,15 +113,14 @@ class RedisRecords:
 
     def register(self, jobs: Sequence[JobInfo], instance: InstanceInfo) -> None:
         def go() -> None:
-            # Many jobs in few commands: the names in one SADD and the documents in one MSET per
-            # slice (a start registers all of a 100,000-line crontab in one round trip).
+            # A slice of jobs in one script call, with one argument: redis-py packs every
+            # argument and every command in Python, which for a SADD a job cost more than the
+            # rest of the start of a 10,000-line crontab's registration.
             pipe = self._r.pipeline(transaction=False)
             for i in range(0, len(jobs), _SLICE):
-                part = jobs[i : i + _SLICE]
-                pipe.sadd("pyjob:jobs", *(j.job for j in part))
-                pipe.mset({self._k(j.job, "info"): j.to_json() for j in part})
-                for j in part:
-                    pipe.sadd(self._k(j.job, "instances"), instance.instance)
+                self._register(
+                    keys=[], args=[instance.instance, _triples(jobs[i : i + _SLICE])], client=pipe
+                )
             pipe.set(f"pyjob:instance:{instance.instance}", instance.to_json(), ex=86400)
             pipe.execute()
 
@@ -115,7 +142,7 @@ class RedisRecords:
         out: list[JobInfo] = []
         for i in range(0, len(jobs), _SLICE):
             part = jobs[i : i + _SLICE]
-            args = [instance, json.dumps([[j.job, safe_name(j.job), j.to_json()] for j in part])]
+            args = [instance, _triples(part)]
             found = self._call(
                 "registrations not read", lambda a=args: self._missing(keys=[], args=a)
             )
