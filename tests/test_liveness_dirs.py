@@ -331,9 +331,8 @@ def test_registrations_are_checked_a_share_at_each_heartbeat_and_only_the_damage
     assert rewritten <= {"j2", "j7"}  # the others were read, not written
 
 
-def test_the_check_of_a_registration_stats_it_and_reads_it_again_only_when_it_changed(
-    scheme: str, tmp_path: Path
-) -> None:
+def _nightly(scheme: str, tmp_path: Path) -> tuple[Path, Any, Any]:
+    """A lock directory's record store with one job, "nightly", registered by instance i0."""
     from pyjob.core.records import InstanceInfo, JobInfo
 
     d = tmp_path / "locks"
@@ -341,6 +340,13 @@ def test_the_check_of_a_registration_stats_it_and_reads_it_again_only_when_it_ch
     assert store is not None
     job = JobInfo("nightly", "@daily", "UTC", "backup")
     store.register([job], InstanceInfo("i0", "host", 1, "0"))
+    return d, store, job
+
+
+def test_the_check_of_a_registration_stats_it_and_reads_it_again_only_when_it_changed(
+    scheme: str, tmp_path: Path
+) -> None:
+    d, store, job = _nightly(scheme, tmp_path)
     assert store.missing([job], "i0") == []
     path = d / "nightly" / "job.json"
     reads = []
@@ -368,13 +374,9 @@ def test_a_jobs_first_record_makes_its_runs_directory_and_a_deleted_job_register
     """A registration makes the job's directory, its file and its instance's mark, no runs
     directory: the first record makes that, without taking the job for deleted. A job whose
     whole directory was deleted is registered again by its next record."""
-    from pyjob.core.records import InstanceInfo, JobInfo, RunRecord
+    from pyjob.core.records import RunRecord
 
-    d = tmp_path / "locks"
-    store = _open(f"{scheme}:{d}").records()
-    assert store is not None
-    job = JobInfo("nightly", "@daily", "UTC", "backup")
-    store.register([job], InstanceInfo("i0", "host", 1, "0"))
+    d, store, job = _nightly(scheme, tmp_path)
     assert sorted(p.name for p in (d / "nightly").iterdir()) == ["instances", "job.json"]
     assert stat.S_IMODE((d / "nightly" / "instances").stat().st_mode) == 0o700
     before = (d / "nightly" / "job.json").stat().st_mtime_ns
