@@ -153,7 +153,7 @@ class RecordStore(Protocol):
 
     def heartbeat(self, instance: InstanceInfo) -> bool:
         """Write it; False when the instance's last one was not there to replace (deleted,
-        flushed, a backup from before it restored): what it registered may be gone as well."""
+        flushed, a backup without it restored): what it registered may be gone as well."""
         ...
 
     def missing(self, jobs: Sequence[JobInfo], instance: str) -> list[JobInfo]:

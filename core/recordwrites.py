@@ -232,6 +232,8 @@ class RecordWrites:
                 key = (record.job, record.tick_us)
                 if key not in unwritten:
                     del link.pending[key]
+                else:  # behind the others: one job's broken directory holds back no other's
+                    link.pending[key] = link.pending.pop(key)
             if failure is not None:
                 raise failure
         except Exception as e:  # a backend bug must not end the process: it is an error too
@@ -347,7 +349,6 @@ class RecordWrites:
                     # emptied): what it registered is written again now, not at the periodic
                     # check, and counts as new (``generation`` moves on), so that a reader who
                     # read the registry in the gap reads it again once it is back.
-                    link.written.clear()
                     self.owe(link, call.me, link.registered.values())
                 elif link.registered:
                     self.recheck(link, call)
@@ -378,9 +379,15 @@ class RecordWrites:
             return
         first = link.check_next % len(order)
         link.check_next = (first + count) % len(order)
-        names = (order[first:] + order[:first])[:count]
+        # In two runs where the share wraps, each a run of names in order (etcd reads a range).
+        runs = [order[first : first + count], order[: max(0, first + count - len(order))]]
         try:
-            damaged = store.missing([link.registered[n] for n in names], call.me.instance)
+            damaged = [
+                j
+                for names in runs
+                if names
+                for j in store.missing([link.registered[n] for n in names], call.me.instance)
+            ]
         except Exception as e:  # a backend bug too
             self.report(
                 "*",
@@ -394,9 +401,13 @@ class RecordWrites:
             self.owe(link, call.me, damaged)
 
     def owe(self, link: Link, me: InstanceInfo, jobs: Iterable[JobInfo]) -> None:
-        """Registrations to write again with the owed writes: at once, or at the retry."""
+        """Registrations to write again with the owed writes: at once, or at the retry. They
+        count as new (``generation`` moves on): a reader who read the registry while they were
+        gone reads it again once they are back."""
         link.me = me
-        link.unregistered.update((j.job, j) for j in jobs)
+        for j in jobs:
+            link.unregistered[j.job] = j
+            link.written.pop(j.job, None)
         if link.retry_at is None:
             link.retry_at = self.clock.monotonic()
 

@@ -388,7 +388,8 @@ def test_a_jobs_first_record_makes_its_runs_directory_and_a_deleted_job_register
     store.put_runs([RunRecord("nightly", 2, "r2", "i0", "success")])
     assert (d / "nightly" / "job.json").stat().st_mtime_ns == before
     assert [r.run_id for r in store.runs("nightly", 10)] == ["r2"]
-    shutil.rmtree(d / "nightly")  # the whole job: its next record registers it again
+    shutil.rmtree(d / "nightly")  # the whole job: its next record registers it again,
+    (d / "nightly" / "claims").mkdir(parents=True)  # though its claim made the directory again
     store.put_runs([RunRecord("nightly", 3, "r3", "i0", "success")])
     assert (d / "nightly" / "job.json").read_text() == job.to_json()
     assert (d / "nightly" / "instances" / "i0").exists()
@@ -437,6 +438,35 @@ def test_one_jobs_broken_path_holds_back_no_heartbeat_no_other_registration_no_r
     assert not [e for e in events if e[0] in ("a", "c", "*")]
     assert (lock / "c" / "instances" / "i0").exists()
     assert len(list((lock / "a" / "runs").iterdir())) == 6
+
+
+def test_records_that_fail_go_behind_the_others_so_one_job_holds_back_no_other(
+    tmp_path: Path,
+) -> None:
+    """More records of one job whose runs directory refuses them than a write takes at once
+    (25 on file:): the other job's records, queued after them, are written at the next try."""
+    from datetime import UTC, datetime
+
+    from pyjob.core.clock import FakeClock, Waker
+    from pyjob.core.coordinator import Coordinator
+    from pyjob.core.records import InstanceInfo, RunRecord
+
+    lock = tmp_path / "locks"
+    url = f"file:{lock}"
+    clock = FakeClock(datetime(2026, 12, 1, tzinfo=UTC))
+    coordinator = Coordinator(clock, "i0", Waker(), lambda *a, **k: None, threaded=False)
+    coordinator.open(url)
+    (lock / "bad").mkdir(mode=0o700)
+    (lock / "bad" / "runs").write_text("a file where the records directory should be")
+    for n in range(30):
+        coordinator.record(url, RunRecord("bad", n, f"b{n}", "i0", "success"), 100)
+    for n in range(5):
+        coordinator.record(url, RunRecord("good", n, f"g{n}", "i0", "success"), 100)
+    me = InstanceInfo("i0", "host", 1, "0")
+    for _ in range(3):  # retries, after their backoff
+        clock.advance(10)
+        coordinator.heartbeat(me)
+    assert len(list((lock / "good" / "runs").iterdir())) == 5
 
 
 def test_a_file_where_one_jobs_directory_should_be_refuses_that_job_only(

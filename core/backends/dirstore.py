@@ -52,8 +52,9 @@ class DirectoryRecords:
 
     Every directory is made 0700 with its parents. When someone deletes the directory (or a
     job's) while instances run, what they registered is written again: at the next heartbeat
-    (which finds ``.instances`` gone) or the job's next record (which finds ``runs`` gone), so
-    that `pyjob status` and `pyjob history` list the jobs again without a restart.
+    (which finds ``.instances`` gone) or the job's next record (which finds ``runs`` and
+    ``job.json`` gone), so that `pyjob status` and `pyjob history` list the jobs again without a
+    restart. A registration makes no ``runs``: the job's first record makes it.
     """
 
     # A file per record: a claim queued behind a write waits for 25 files at most.
@@ -141,6 +142,8 @@ class DirectoryRecords:
             except OSError as e:
                 refused.add(j.job)
                 first = first or e
+        if first is not None and not os.path.isdir(self.directory):
+            raise self._fail("jobs not registered", first) from first  # the directory's failure
         self.heartbeat(instance)
         if first is not None:
             error = self._fail("jobs not registered", first)
@@ -148,13 +151,12 @@ class DirectoryRecords:
 
     @staticmethod
     def _make_runs(d: Path) -> bool:
-        """Make a job's runs directory; True when the job's own directory had to be made too
-        (its registration was deleted with it). A registration makes no runs directory (a
-        mkdir is the dearest step of a registration on ext4): one missing alone is the job's
-        first record, or its records deleted."""
-        gone = _make_dirs(d.parent)
-        _make_dirs(d)
-        return gone
+        """Make a job's runs directory; True when it had to be made and the job's registration
+        is gone too (deleted with the job's directory, which the job's claim, made before its
+        first record, has made again). A registration makes no runs directory (a mkdir is the
+        dearest step of a registration on ext4): one missing beside the registration is the
+        job's first record, or its records deleted."""
+        return _make_dirs(d) and not os.path.exists(d.parent / "job.json")
 
     def _register_one(self, j: JobInfo) -> None:
         assert self._me is not None

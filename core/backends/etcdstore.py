@@ -110,9 +110,10 @@ class EtcdRecords:
         return bool(reply.get("prev_kv"))
 
     def missing(self, jobs: Sequence[JobInfo], instance: str) -> list[JobInfo]:
-        """Two range reads over the names of ``jobs`` (a share of the registrations, in order:
-        the range holds little else), where writing them again would be a transaction for
-        every 50 jobs and a new revision of each key."""
+        """Two range reads over the names of ``jobs`` (a share of the registrations, a run of
+        them in name order: the range holds little else but other instances' jobs that sort
+        among them), where writing them again would be a transaction for every 50 jobs and a
+        new revision of each key."""
         if not jobs:
             return []
         names = sorted(safe_name(j.job) for j in jobs)

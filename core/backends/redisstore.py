@@ -52,12 +52,16 @@ end
 return out
 """
 
-# The same argument; a set that is not one (damaged) is replaced.
+# The same argument; a key of another type where a set belongs (damage) is replaced; any other
+# error (out of memory) ends the script as it is, deleting nothing.
 _REGISTER = """
 local me, jobs = ARGV[1], cjson.decode(ARGV[2])
 local function sadd(key, member)
   local r = redis.pcall('SADD', key, member)
   if type(r) == 'table' and r.err then
+    if string.sub(r.err, 1, 9) ~= 'WRONGTYPE' then
+      error(r)
+    end
     redis.call('DEL', key)
     redis.call('SADD', key, member)
   end
