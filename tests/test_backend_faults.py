@@ -199,8 +199,10 @@ def test_instances_behind_a_dropping_proxy_never_exit_nor_run_a_tick_twice(
     for r in runs:
         assert r.stop() == 0
         assert "Traceback" not in r.log_path.read_text()
+    # A dropped connection is made again and the call tried once more, so a failure reaches
+    # the log only when two drop in a row (about 0.6 % of calls at 8 %): a couple a run, and
+    # none in about one run in eight (CI saw one). What is asserted is that they were survived.
     assert proxy.dropped > 0
-    assert any(r.events("backend-error") for r in runs)
     ticks = out.read_text().split()
     assert len(ticks) == len(set(ticks)), sorted(t for t in ticks if ticks.count(t) > 1)
     assert len(ticks) >= 12  # the fleet kept running through it
